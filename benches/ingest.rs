@@ -1,0 +1,183 @@
+//! Ingest benchmark: how fast Sluice drains a replication backlog into its
+//! log, against `pg_recvlogical` draining the same backlog to /dev/null
+//! (the raw limit R), on the same machine in the same run.
+//!
+//! `cargo bench --bench ingest -- [--rows N] [--separate-state]`
+//! (scripts/bench-ingest.sh installs Postgres if needed and runs this).
+//! Prints rows/s for both, the ratio Sluice/R (target ≥ 0.6), and Sluice's
+//! peak RSS (target ≤ 256 MiB whatever N is).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice::localpg::LocalPg;
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
+fn psql(pg: &LocalPg, db: &str, sql: &str) -> String {
+    pg.psql(db, sql)
+        .unwrap_or_else(|e| panic!("psql failed: {e}\n{sql}"))
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+fn main() {
+    let rows: u64 = arg("--rows")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let separate_state = flag("--separate-state");
+    eprintln!("starting a throwaway cluster…");
+    let pg = LocalPg::start().expect("start Postgres");
+    let db = pg.create_database("bench").expect("db");
+    psql(
+        &pg,
+        &db,
+        "CREATE TABLE bench (id bigint PRIMARY KEY, tenant text NOT NULL, note text, amount numeric(12,2),
+                             at timestamptz, meta jsonb);
+         ALTER TABLE bench REPLICA IDENTITY FULL;
+         CREATE PUBLICATION bench_pub FOR TABLE bench;
+         SELECT pg_create_logical_replication_slot('raw_slot', 'pgoutput');
+         SELECT pg_create_logical_replication_slot('sluice_slot', 'pgoutput');",
+    );
+    let state_db = if separate_state {
+        pg.create_database("state").expect("state db")
+    } else {
+        db.clone()
+    };
+
+    eprintln!("building a backlog of {rows} rows…");
+    let chunk = 10_000u64;
+    let mut first = 1u64;
+    while first <= rows {
+        let last = (first + chunk - 1).min(rows);
+        psql(
+            &pg,
+            &db,
+            &format!(
+                "INSERT INTO bench SELECT g, 'tenant' || (g % 100), md5(g::text) || md5((g + 1)::text),
+                        (g % 100000) / 100.0, now(), jsonb_build_object('k', g, 'tag', 'x' || (g % 7), 'ok', true)
+                 FROM generate_series({first}, {last}) g"
+            ),
+        );
+        first = last + 1;
+    }
+    let end_lsn = psql(&pg, &db, "SELECT pg_current_wal_lsn()")
+        .trim()
+        .to_owned();
+    let row_bytes = psql(
+        &pg,
+        &db,
+        "SELECT avg(pg_column_size(bench.*))::int FROM bench",
+    );
+    eprintln!(
+        "backlog ends at {end_lsn}; average row {} bytes",
+        row_bytes.trim()
+    );
+
+    // (a) the raw limit: pg_recvlogical decodes with pgoutput into /dev/null.
+    let recv = pg.bin_dir().join("pg_recvlogical");
+    let t = Instant::now();
+    let status = Command::new(&recv)
+        .args([
+            "-d",
+            &pg.url(&db),
+            "--slot",
+            "raw_slot",
+            "--start",
+            "--no-loop",
+            "-f",
+            "/dev/null",
+        ])
+        .args([
+            "--endpos",
+            &end_lsn,
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=bench_pub",
+        ])
+        .stdin(Stdio::null())
+        .status()
+        .expect("run pg_recvlogical");
+    let raw_secs = t.elapsed().as_secs_f64();
+    assert!(status.success(), "pg_recvlogical failed: {status}");
+
+    // (b) Sluice drains the same backlog into its log.
+    let exe = env!("CARGO_BIN_EXE_sluice");
+    let t = Instant::now();
+    let mut child = Command::new(exe)
+        .arg("serve")
+        .env("SLUICE_SOURCE_POSTGRES_URL", pg.url(&db))
+        .env("SLUICE_SOURCE_POSTGRES_SLOT", "sluice_slot")
+        .env("SLUICE_SOURCE_POSTGRES_PUBLICATION", "bench_pub")
+        .env(
+            "SLUICE_SOURCE_POSTGRES_TABLES",
+            r#"[{table="public.bench", tenant_column="tenant"}]"#,
+        )
+        .env("SLUICE_STATE_URL", pg.url(&state_db))
+        .env("SLUICE_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn sluice");
+    let pid = child.id();
+    let mut peak = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+        let n: u64 = pg
+            .psql(&state_db, "SELECT count(*) FROM sluice.events")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if n >= rows {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("sluice exited early: {status}");
+        }
+    }
+    let sluice_secs = t.elapsed().as_secs_f64();
+    peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = child.wait();
+
+    let raw_rate = rows as f64 / raw_secs;
+    let sluice_rate = rows as f64 / sluice_secs;
+    println!("rows: {rows}");
+    println!(
+        "state database: {}",
+        if separate_state {
+            "separate database, same cluster"
+        } else {
+            "the source database"
+        }
+    );
+    println!("pg_recvlogical (R): {raw_secs:.2} s, {raw_rate:.0} rows/s");
+    println!("sluice:            {sluice_secs:.2} s, {sluice_rate:.0} rows/s");
+    println!(
+        "ratio sluice/R:    {:.2} (target >= 0.6)",
+        sluice_rate / raw_rate
+    );
+    println!(
+        "sluice peak RSS:   {:.1} MiB (target <= 256)",
+        peak as f64 / 1024.0
+    );
+}

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: installs PostgreSQL server
+# binaries when missing (the tests start their own throwaway clusters), then
+# runs every unit and integration test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SLUICE_PG_BIN="$(scripts/ensure-postgres.sh | tail -n 1)"
+export SLUICE_PG_BIN
+echo "using PostgreSQL binaries in $SLUICE_PG_BIN" >&2
+cargo test --locked

@@ -1,0 +1,29 @@
+-- The durable event log, the source checkpoints, and the tenants seen per
+-- relation (a TRUNCATE is announced to each of them).
+CREATE TABLE sluice.events (
+    seq          bigint      PRIMARY KEY,
+    tenant       text        NOT NULL,
+    type         text        NOT NULL,
+    topic        text        NOT NULL,
+    source       text        NOT NULL,
+    commit_time  timestamptz NOT NULL,
+    appended_at  timestamptz NOT NULL DEFAULT now(),
+    body         text        NOT NULL
+);
+-- Every tenant-scoped read is "this tenant, from this seq".
+CREATE INDEX events_tenant_seq ON sluice.events (tenant, seq);
+
+CREATE TABLE sluice.checkpoints (
+    source      text        PRIMARY KEY,
+    commit_lsn  bigint      NOT NULL,
+    ordinal     bigint      NOT NULL,
+    complete    boolean     NOT NULL,
+    ack_lsn     bigint      NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE sluice.relation_tenants (
+    relation  text NOT NULL,
+    tenant    text NOT NULL,
+    PRIMARY KEY (relation, tenant)
+);

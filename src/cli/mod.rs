@@ -1,0 +1,196 @@
+//! The commands behind the `sluice` binary. Each loads the config, does one
+//! job, and returns a [`CliError`] that `main` turns into an exit code.
+
+mod demo;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::event::{TenantError, TenantId};
+use crate::log::{self, ReadScope};
+use crate::pipeline::{self, PipelineError};
+use crate::source::postgres::setup::{self, Status};
+
+pub use demo::demo;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("config: {0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("--tenant: {0}")]
+    Tenant(#[from] TenantError),
+    #[error("preflight found {0} problem(s) that stop `sluice serve`")]
+    CheckFailed(usize),
+    #[error("{0}")]
+    Demo(String),
+    #[error("cannot write to stdout: {0}")]
+    Stdout(std::io::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(_)
+            | CliError::Tenant(_)
+            | CliError::Pipeline(PipelineError::Config(_)) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Logs go to stderr (stdout carries NDJSON for `tail`). `SLUICE_LOG` sets
+/// the filter (default `info`), `SLUICE_LOG_FORMAT=json` the format.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("SLUICE_LOG_FORMAT").as_deref() == Ok("json") {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = match signal(SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown requested; stopping intake and flushing the log");
+        token.cancel();
+    });
+}
+
+pub async fn serve(config: Option<&Path>) -> Result<(), CliError> {
+    let config = Config::from_process(config)?;
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let running = pipeline::start(&config, shutdown).await?;
+    running.wait().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+pub async fn migrate(config: Option<&Path>) -> Result<(), CliError> {
+    let config = Config::from_process(config)?;
+    let applied = pipeline::migrate(&config).await?;
+    if applied.is_empty() {
+        println!("the log's schema is up to date");
+    } else {
+        println!("applied migrations {applied:?}");
+    }
+    Ok(())
+}
+
+async fn source_client(config: &Config) -> Result<tokio_postgres::Client, CliError> {
+    let pg = config.postgres()?;
+    log::connect(&pg.url).await.map_err(|source| {
+        PipelineError::Connect {
+            what: "source",
+            source,
+        }
+        .into()
+    })
+}
+
+pub async fn setup(config: Option<&Path>) -> Result<(), CliError> {
+    let config = Config::from_process(config)?;
+    let client = source_client(&config).await?;
+    let done = setup::setup(&client, config.postgres()?).await?;
+    if done.is_empty() {
+        println!("publication and slot already set up");
+    }
+    for line in done {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+pub async fn check(config: Option<&Path>) -> Result<(), CliError> {
+    let config = Config::from_process(config)?;
+    let client = source_client(&config).await?;
+    let findings = setup::check(&client, config.postgres()?).await?;
+    for f in &findings {
+        println!("{f}");
+    }
+    let failed = findings.iter().filter(|f| f.status == Status::Fail).count();
+    if failed > 0 {
+        return Err(CliError::CheckFailed(failed));
+    }
+    Ok(())
+}
+
+pub async fn tail(
+    config: Option<&Path>,
+    tenant: Option<String>,
+    from: i64,
+    follow: bool,
+) -> Result<(), CliError> {
+    let config = Config::from_process(config)?;
+    let scope = match tenant {
+        Some(t) => ReadScope::Tenant(TenantId::new(&t)?),
+        None => ReadScope::Operator,
+    };
+    let url = config.state_url()?.to_owned();
+    let client = log::connect(&url)
+        .await
+        .map_err(|source| PipelineError::Connect {
+            what: "state",
+            source,
+        })?;
+    let stdout = std::io::stdout();
+    let mut next = from.max(1);
+    loop {
+        let events = log::read_events(&client, &scope, next, 1000).await?;
+        let mut out = stdout.lock();
+        for e in &events {
+            let written = writeln!(out, "{}", e.body);
+            if let Err(err) = written {
+                // A closed pipe (`sluice tail | head`) is a normal end.
+                if err.kind() == std::io::ErrorKind::BrokenPipe {
+                    return Ok(());
+                }
+                return Err(CliError::Stdout(err));
+            }
+            next = e.seq + 1;
+        }
+        if let Err(err) = out.flush() {
+            if err.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(());
+            }
+            return Err(CliError::Stdout(err));
+        }
+        drop(out);
+        if events.is_empty() {
+            if !follow {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

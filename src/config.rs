@@ -1,0 +1,664 @@
+//! Configuration: one TOML file, every key overridable by a `SLUICE_…`
+//! environment variable, validated completely before anything starts.
+//!
+//! The environment name of a key is its dotted path upper-cased with dots
+//! turned into underscores: `source.postgres.url` is
+//! `SLUICE_SOURCE_POSTGRES_URL`. Values from the environment are read as
+//! the key's type (a number, `true`/`false`, a string, or for
+//! `source.postgres.tables` a TOML array such as
+//! `[{table="public.orders", tenant_column="tenant_id"}]`).
+//!
+//! Every error names the key (`source.postgres.tables[1].tenant_column`) and
+//! what was expected, because an operator reading a start-up failure should
+//! not have to guess which of forty settings is wrong.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Environment variables with the `SLUICE_` prefix that are not config keys.
+const NON_KEY_VARS: &[&str] = &[
+    "SLUICE_CONFIG",
+    "SLUICE_LOG",
+    "SLUICE_LOG_FORMAT",
+    "SLUICE_PG_BIN",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Str,
+    Int,
+    TableList,
+}
+
+/// Every key, its kind, its default (as shown to operators) and what it does.
+/// The README's configuration reference is checked against this list.
+pub const KEYS: &[(&str, &str, &str)] = &[
+    (
+        "source.postgres.name",
+        "main",
+        "name of the source; events carry `source = /sluice/pg/<name>`",
+    ),
+    (
+        "source.postgres.url",
+        "(required)",
+        "connection URL of the captured database (`postgres://user:pass@host:port/db`)",
+    ),
+    (
+        "source.postgres.slot",
+        "sluice_<name>",
+        "logical replication slot (pgoutput)",
+    ),
+    (
+        "source.postgres.publication",
+        "sluice_<name>",
+        "publication listing the captured tables",
+    ),
+    (
+        "source.postgres.tables",
+        "(required)",
+        "captured tables: `[{table=\"schema.table\", tenant_column=\"col\", fields_only=false}]`",
+    ),
+    (
+        "source.postgres.status_interval_ms",
+        "200",
+        "how soon a durable append is acknowledged to Postgres (standby status update)",
+    ),
+    (
+        "source.postgres.reconnect_max_backoff_ms",
+        "10000",
+        "longest wait between reconnection attempts",
+    ),
+    (
+        "source.postgres.queue_messages",
+        "1024",
+        "bound on raw replication messages buffered from the server",
+    ),
+    (
+        "state.url",
+        "source.postgres.url",
+        "database holding the log (schema `sluice`); defaults to the source database",
+    ),
+    (
+        "appender.max_batch_events",
+        "5000",
+        "most events appended in one transaction",
+    ),
+    (
+        "appender.max_batch_bytes",
+        "8388608",
+        "most envelope bytes appended in one transaction",
+    ),
+    (
+        "appender.queue_events",
+        "20000",
+        "bound on normalized events waiting for the appender",
+    ),
+];
+
+fn kind_of(path: &str) -> Kind {
+    match path {
+        "source.postgres.tables" => Kind::TableList,
+        "source.postgres.status_interval_ms"
+        | "source.postgres.reconnect_max_backoff_ms"
+        | "source.postgres.queue_messages"
+        | "appender.max_batch_events"
+        | "appender.max_batch_bytes"
+        | "appender.queue_events" => Kind::Int,
+        _ => Kind::Str,
+    }
+}
+
+/// The environment variable that overrides `path`.
+pub fn env_name(path: &str) -> String {
+    format!("SLUICE_{}", path.to_ascii_uppercase().replace('.', "_"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: String, message: String },
+    #[error("environment variable {var} (key `{key}`): expected {expected}, got {got:?}")]
+    Env {
+        var: String,
+        key: String,
+        expected: &'static str,
+        got: String,
+    },
+    #[error("unknown environment variable {var}: no config key `{guess}`; keys are listed in the README's configuration reference")]
+    UnknownEnv { var: String, guess: String },
+    #[error("config key `{key}`: {message}")]
+    Key { key: String, message: String },
+}
+
+impl ConfigError {
+    fn key(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Key {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub source: SourcesConfig,
+    #[serde(default)]
+    pub state: StateConfig,
+    #[serde(default)]
+    pub appender: AppenderConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesConfig {
+    pub postgres: Option<PgSourceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgSourceConfig {
+    #[serde(default = "default_source_name")]
+    pub name: String,
+    pub url: String,
+    #[serde(default)]
+    pub slot: Option<String>,
+    #[serde(default)]
+    pub publication: Option<String>,
+    pub tables: Vec<TableConfig>,
+    #[serde(default = "default_status_interval_ms")]
+    pub status_interval_ms: u64,
+    #[serde(default = "default_reconnect_max_backoff_ms")]
+    pub reconnect_max_backoff_ms: u64,
+    #[serde(default = "default_queue_messages")]
+    pub queue_messages: usize,
+}
+
+impl PgSourceConfig {
+    pub fn slot(&self) -> String {
+        self.slot
+            .clone()
+            .unwrap_or_else(|| format!("sluice_{}", self.name))
+    }
+    pub fn publication(&self) -> String {
+        self.publication
+            .clone()
+            .unwrap_or_else(|| format!("sluice_{}", self.name))
+    }
+    /// The `source` attribute of this source's events.
+    pub fn event_source(&self) -> String {
+        format!("/sluice/pg/{}", self.name)
+    }
+    /// The checkpoint key of this source in `sluice.checkpoints`.
+    pub fn checkpoint_key(&self) -> String {
+        format!("pg/{}", self.name)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// `schema.table`
+    pub table: String,
+    pub tenant_column: String,
+    #[serde(default)]
+    pub fields_only: bool,
+}
+
+impl TableConfig {
+    /// The table's schema and name. Validation guarantees exactly one dot.
+    pub fn schema_and_name(&self) -> (&str, &str) {
+        self.table
+            .split_once('.')
+            .unwrap_or(("public", &self.table))
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppenderConfig {
+    #[serde(default = "default_max_batch_events")]
+    pub max_batch_events: usize,
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: usize,
+    #[serde(default = "default_queue_events")]
+    pub queue_events: usize,
+}
+
+impl Default for AppenderConfig {
+    fn default() -> Self {
+        AppenderConfig {
+            max_batch_events: default_max_batch_events(),
+            max_batch_bytes: default_max_batch_bytes(),
+            queue_events: default_queue_events(),
+        }
+    }
+}
+
+fn default_source_name() -> String {
+    "main".to_owned()
+}
+fn default_status_interval_ms() -> u64 {
+    200
+}
+fn default_reconnect_max_backoff_ms() -> u64 {
+    10_000
+}
+fn default_queue_messages() -> usize {
+    1024
+}
+fn default_max_batch_events() -> usize {
+    5000
+}
+fn default_max_batch_bytes() -> usize {
+    8 * 1024 * 1024
+}
+fn default_queue_events() -> usize {
+    20_000
+}
+
+impl Config {
+    /// Loads `path` (if any), applies `SLUICE_…` overrides from `env`, and
+    /// validates the result.
+    pub fn load(
+        path: Option<&Path>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let mut doc = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Syntax {
+                        path: p.display().to_string(),
+                        message: e.to_string().trim().replace('\n', " "),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut doc, env)?;
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
+                let key = e.path().to_string();
+                let message = e
+                    .inner()
+                    .to_string()
+                    .replace("expected usize", "expected a whole number")
+                    .replace("expected u64", "expected a whole number");
+                ConfigError::key(if key == "." { String::new() } else { key }, message)
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Loads with the process environment.
+    pub fn from_process(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        Config::load(path, &env)
+    }
+
+    pub fn postgres(&self) -> Result<&PgSourceConfig, ConfigError> {
+        self.source.postgres.as_ref().ok_or_else(|| {
+            ConfigError::key(
+                "source.postgres",
+                "missing: this command needs a Postgres source (set source.postgres.url and source.postgres.tables)",
+            )
+        })
+    }
+
+    /// The database holding the log: `state.url`, else the source's URL.
+    pub fn state_url(&self) -> Result<&str, ConfigError> {
+        if let Some(url) = &self.state.url {
+            return Ok(url);
+        }
+        self.source
+            .postgres
+            .as_ref()
+            .map(|p| p.url.as_str())
+            .ok_or_else(|| {
+                ConfigError::key("state.url", "missing: set state.url or source.postgres.url")
+            })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.state.url {
+            check_url("state.url", url)?;
+        }
+        if let Some(pg) = &self.source.postgres {
+            check_identifier("source.postgres.name", &pg.name, 40)?;
+            check_url("source.postgres.url", &pg.url)?;
+            check_identifier("source.postgres.slot", &pg.slot(), 63)?;
+            check_identifier("source.postgres.publication", &pg.publication(), 63)?;
+            if pg.tables.is_empty() {
+                return Err(ConfigError::key(
+                    "source.postgres.tables",
+                    "expected at least one table, e.g. [{table=\"public.orders\", tenant_column=\"tenant_id\"}]",
+                ));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for (i, t) in pg.tables.iter().enumerate() {
+                let key = format!("source.postgres.tables[{i}]");
+                match t.table.split_once('.') {
+                    Some((s, n)) if !s.is_empty() && !n.is_empty() && !n.contains('.') => {
+                        if s == "sluice" {
+                            return Err(ConfigError::key(
+                                format!("{key}.table"),
+                                "schema `sluice` holds Sluice's own log and cannot be captured",
+                            ));
+                        }
+                    }
+                    _ => {
+                        return Err(ConfigError::key(
+                            format!("{key}.table"),
+                            format!("expected `schema.table`, got {:?}", t.table),
+                        ))
+                    }
+                }
+                if t.tenant_column.is_empty() {
+                    return Err(ConfigError::key(
+                        format!("{key}.tenant_column"),
+                        "expected the name of the column holding the tenant id",
+                    ));
+                }
+                if !seen.insert(t.table.clone()) {
+                    return Err(ConfigError::key(
+                        format!("{key}.table"),
+                        format!("{} is listed twice", t.table),
+                    ));
+                }
+            }
+            positive(
+                "source.postgres.status_interval_ms",
+                pg.status_interval_ms as usize,
+            )?;
+            positive("source.postgres.queue_messages", pg.queue_messages)?;
+        }
+        positive("appender.max_batch_events", self.appender.max_batch_events)?;
+        positive("appender.max_batch_bytes", self.appender.max_batch_bytes)?;
+        positive("appender.queue_events", self.appender.queue_events)?;
+        Ok(())
+    }
+}
+
+fn positive(key: &str, v: usize) -> Result<(), ConfigError> {
+    if v == 0 {
+        return Err(ConfigError::key(key, "expected a number greater than 0"));
+    }
+    Ok(())
+}
+
+fn check_identifier(key: &str, v: &str, max: usize) -> Result<(), ConfigError> {
+    let ok = !v.is_empty()
+        && v.len() <= max
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !v.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::key(
+            key,
+            format!("expected 1 to {max} characters of a-z, 0-9 and _ (not starting with a digit), got {v:?}"),
+        ))
+    }
+}
+
+fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    url.parse::<tokio_postgres::Config>()
+        .map(|_| ())
+        .map_err(|e| {
+            ConfigError::key(
+                key,
+                format!("expected a Postgres URL like postgres://user:password@host:5432/db ({e})"),
+            )
+        })
+}
+
+fn apply_env(doc: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    let known: BTreeMap<String, &str> = KEYS.iter().map(|(k, _, _)| (env_name(k), *k)).collect();
+    for (var, raw) in env {
+        if !var.starts_with("SLUICE_") || NON_KEY_VARS.contains(&var.as_str()) {
+            continue;
+        }
+        let Some(path) = known.get(var) else {
+            return Err(ConfigError::UnknownEnv {
+                var: var.clone(),
+                guess: var["SLUICE_".len()..]
+                    .to_ascii_lowercase()
+                    .replace('_', "."),
+            });
+        };
+        let err = |expected| ConfigError::Env {
+            var: var.clone(),
+            key: (*path).to_owned(),
+            expected,
+            got: raw.clone(),
+        };
+        let value = match kind_of(path) {
+            Kind::Str => toml::Value::String(raw.clone()),
+            Kind::Int => toml::Value::Integer(
+                raw.trim()
+                    .parse::<i64>()
+                    .map_err(|_| err("a whole number"))?,
+            ),
+            Kind::TableList => {
+                let wrapped = format!("v = {raw}");
+                let parsed: toml::Table = wrapped
+                    .parse()
+                    .map_err(|_| err("a TOML array like [{table=\"public.orders\", tenant_column=\"tenant_id\"}]"))?;
+                parsed
+                    .get("v")
+                    .cloned()
+                    .ok_or_else(|| err("a TOML array"))?
+            }
+        };
+        set_path(doc, path, value);
+    }
+    Ok(())
+}
+
+fn set_path(doc: &mut toml::Table, path: &str, value: toml::Value) {
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let Some(last) = parts.pop() else { return };
+    let mut table = doc;
+    for part in parts {
+        let entry = table
+            .entry(part.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(t) = entry else { return };
+        table = t;
+    }
+    table.insert(last.to_owned(), value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml_text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, toml_text).expect("write");
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::load(Some(&path), &env)
+    }
+
+    const GOOD: &str = r#"
+[source.postgres]
+url = "postgres://u@localhost/app"
+tables = [{ table = "public.orders", tenant_column = "tenant_id" }]
+"#;
+
+    #[test]
+    fn defaults_fill_every_optional_key() {
+        let c = load(GOOD, &[]).expect("valid");
+        let pg = c.postgres().expect("pg");
+        assert_eq!(pg.slot(), "sluice_main");
+        assert_eq!(pg.publication(), "sluice_main");
+        assert_eq!(pg.event_source(), "/sluice/pg/main");
+        assert_eq!(c.state_url().expect("state"), "postgres://u@localhost/app");
+        assert_eq!(c.appender.max_batch_events, 5000);
+    }
+
+    #[test]
+    fn environment_overrides_file_values_of_every_kind() {
+        let c = load(
+            GOOD,
+            &[
+                ("SLUICE_SOURCE_POSTGRES_URL", "postgres://other@db/x"),
+                ("SLUICE_APPENDER_MAX_BATCH_EVENTS", "7"),
+                (
+                    "SLUICE_SOURCE_POSTGRES_TABLES",
+                    r#"[{table="s.t", tenant_column="org", fields_only=true}]"#,
+                ),
+                ("SLUICE_LOG", "debug"),
+            ],
+        )
+        .expect("valid");
+        let pg = c.postgres().expect("pg");
+        assert_eq!(pg.url, "postgres://other@db/x");
+        assert_eq!(c.appender.max_batch_events, 7);
+        assert_eq!(
+            pg.tables,
+            vec![TableConfig {
+                table: "s.t".into(),
+                tenant_column: "org".into(),
+                fields_only: true
+            }]
+        );
+    }
+
+    #[test]
+    fn environment_alone_is_a_complete_config() {
+        let env: BTreeMap<String, String> = [
+            ("SLUICE_SOURCE_POSTGRES_URL", "postgres://u@h/d"),
+            (
+                "SLUICE_SOURCE_POSTGRES_TABLES",
+                r#"[{table="a.b", tenant_column="t"}]"#,
+            ),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        let c = Config::load(None, &env).expect("valid");
+        assert_eq!(c.postgres().expect("pg").tables.len(), 1);
+    }
+
+    #[test]
+    fn missing_key_is_named_with_its_path() {
+        let err = load(
+            "[source.postgres]\nurl = \"postgres://u@h/d\"\ntables = [{ table = \"public.orders\" }]\n",
+            &[],
+        )
+        .expect_err("missing tenant_column");
+        let msg = err.to_string();
+        assert!(msg.contains("source.postgres.tables[0]"), "{msg}");
+        assert!(msg.contains("tenant_column"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_expectation() {
+        let err = load(
+            &format!("{GOOD}\n[appender]\nmax_batch_events = \"many\"\n"),
+            &[],
+        )
+        .expect_err("wrong type");
+        let msg = err.to_string();
+        assert!(msg.contains("appender.max_batch_events"), "{msg}");
+        assert!(msg.contains("expected a whole number"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_rejected() {
+        let err = load(&format!("{GOOD}\n[appender]\nmax_batch = 3\n"), &[]).expect_err("unknown");
+        let msg = err.to_string();
+        assert!(msg.contains("appender"), "{msg}");
+        assert!(msg.contains("max_batch"), "{msg}");
+    }
+
+    #[test]
+    fn bad_environment_values_name_the_variable() {
+        let err = load(GOOD, &[("SLUICE_APPENDER_QUEUE_EVENTS", "lots")]).expect_err("bad int");
+        let msg = err.to_string();
+        assert!(msg.contains("SLUICE_APPENDER_QUEUE_EVENTS"), "{msg}");
+        assert!(msg.contains("whole number"), "{msg}");
+        let err = load(GOOD, &[("SLUICE_APPENDER_QUEUE", "1")]).expect_err("unknown var");
+        assert!(err.to_string().contains("SLUICE_APPENDER_QUEUE"));
+    }
+
+    #[test]
+    fn invalid_values_are_explained() {
+        for (text, key) in [
+            (
+                GOOD.replace("public.orders", "orders"),
+                "source.postgres.tables[0].table",
+            ),
+            (
+                GOOD.replace("public.orders", "sluice.events"),
+                "source.postgres.tables[0].table",
+            ),
+            (
+                GOOD.replace("postgres://u@localhost/app", "not a url"),
+                "source.postgres.url",
+            ),
+            (
+                format!("{GOOD}slot = \"Bad-Slot\"\n"),
+                "source.postgres.slot",
+            ),
+            (
+                format!("{GOOD}\n[appender]\nqueue_events = 0\n"),
+                "appender.queue_events",
+            ),
+            (
+                GOOD.replace(
+                    "tables = [",
+                    "tables = [{ table = \"public.orders\", tenant_column = \"t\" },",
+                ),
+                "source.postgres.tables[1].table",
+            ),
+        ] {
+            let err = load(&text, &[]).expect_err(key);
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
+        let err = load("[source.postgres\n", &[]).expect_err("syntax");
+        assert!(err.to_string().contains("not valid TOML"), "{err}");
+    }
+
+    #[test]
+    fn every_key_has_a_kind_and_env_name() {
+        for (key, _, _) in KEYS {
+            let var = env_name(key);
+            assert!(var.starts_with("SLUICE_"));
+            // Setting each variable to a value of its kind must be accepted by the parser.
+            let value = match kind_of(key) {
+                Kind::Int => "5",
+                Kind::TableList => r#"[{table="a.b", tenant_column="t"}]"#,
+                Kind::Str if key.ends_with("url") => "postgres://u@h/d",
+                Kind::Str => "abc",
+            };
+            load(GOOD, &[(&var, value)]).unwrap_or_else(|e| panic!("{var}: {e}"));
+        }
+    }
+}

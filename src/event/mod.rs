@@ -1,0 +1,199 @@
+//! The event envelope: one JSON shape for every transport (CloudEvents 1.0
+//! structured mode plus Sluice's `seq`, `tenant`, `topic`, `txid`, `lsn`).
+//!
+//! A source builds a [`PendingEvent`] whose `data` is already serialized
+//! (the expensive part, done once, off the appender's path). The appender
+//! gives it a `seq` and calls [`PendingEvent::envelope_json`], which only
+//! wraps the pre-serialized data in the small header. Nothing here does I/O.
+
+pub mod tenant;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+pub use tenant::{TenantError, TenantId};
+
+/// Where an event came from in its source, so an append can be made
+/// idempotent: a source never re-sends a position at or before the last one
+/// the log holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct SourcePosition {
+    /// Postgres: the commit LSN of the transaction (or the LSN of a
+    /// non-transactional message).
+    pub commit_lsn: u64,
+    /// 1-based index of the change within its transaction.
+    pub ordinal: u64,
+}
+
+/// Who an event is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audience {
+    /// The tenant read from the row or message itself.
+    Tenant(TenantId),
+    /// Every tenant that has had rows of this relation (`schema.table`):
+    /// a TRUNCATE empties the table for all of them, and the row that would
+    /// name a tenant does not exist. The appender expands it.
+    TenantsOfRelation(Arc<str>),
+}
+
+/// An event as a source produced it, before the log gives it a `seq`.
+#[derive(Debug, Clone)]
+pub struct PendingEvent {
+    pub audience: Audience,
+    pub position: SourcePosition,
+    /// `/sluice/pg/main`
+    pub source: Arc<str>,
+    /// `row.updated`, `custom.order.shipped`, …
+    pub event_type: Arc<str>,
+    /// `tables/public.orders/update`
+    pub topic: Arc<str>,
+    pub subject: Option<String>,
+    /// Source commit time, microseconds since the Unix epoch.
+    pub time_micros: i64,
+    pub txid: Option<u64>,
+    pub lsn: Option<u64>,
+    /// The serialized `data` member.
+    pub data: Box<RawValue>,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    specversion: &'static str,
+    id: String,
+    seq: i64,
+    source: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<&'a str>,
+    time: String,
+    tenant: &'a str,
+    topic: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    txid: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lsn: Option<String>,
+    data: &'a RawValue,
+}
+
+impl PendingEvent {
+    /// The envelope as it is stored and sent, for `tenant` at `seq`.
+    pub fn envelope_json(&self, seq: i64, tenant: &TenantId) -> String {
+        let env = Envelope {
+            specversion: "1.0",
+            id: seq.to_string(),
+            seq,
+            source: &self.source,
+            event_type: &self.event_type,
+            subject: self.subject.as_deref(),
+            time: format_time_micros(self.time_micros),
+            tenant: tenant.as_str(),
+            topic: &self.topic,
+            txid: self.txid,
+            lsn: self.lsn.map(format_lsn),
+            data: &self.data,
+        };
+        serde_json::to_string(&env)
+            .expect("an envelope of strings, numbers and valid raw JSON always serializes")
+    }
+
+    /// Size used for memory bounds on queues and batches.
+    pub fn approx_bytes(&self) -> usize {
+        self.data.get().len()
+            + self.topic.len()
+            + self.subject.as_ref().map_or(0, |s| s.len())
+            + 256
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (RFC 3339, UTC, microseconds).
+pub fn format_time_micros(micros: i64) -> String {
+    match chrono::DateTime::from_timestamp_micros(micros) {
+        Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        None => "1970-01-01T00:00:00.000000Z".to_owned(),
+    }
+}
+
+/// Microseconds between the Unix epoch and the Postgres epoch (2000-01-01).
+pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+
+/// Converts a Postgres wire timestamp (µs since 2000-01-01) to µs since 1970.
+pub fn pg_micros_to_unix(pg: i64) -> i64 {
+    pg.saturating_add(PG_EPOCH_OFFSET_MICROS)
+}
+
+/// An LSN the way Postgres prints it: `16/B374D848`.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// The type names of row events.
+pub mod types {
+    pub const INSERTED: &str = "row.inserted";
+    pub const UPDATED: &str = "row.updated";
+    pub const DELETED: &str = "row.deleted";
+    pub const TRUNCATED: &str = "row.truncated";
+    pub const SNAPSHOT: &str = "row.snapshot";
+    pub const CUSTOM_PREFIX: &str = "custom.";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(data: &str) -> PendingEvent {
+        PendingEvent {
+            audience: Audience::Tenant(TenantId::new("acme").expect("valid")),
+            position: SourcePosition::default(),
+            source: "/sluice/pg/main".into(),
+            event_type: types::UPDATED.into(),
+            topic: "tables/public.orders/update".into(),
+            subject: Some("public.orders/42".into()),
+            time_micros: 1_795_342_530_123_456,
+            txid: Some(7731),
+            lsn: Some(0x16B3748),
+            data: RawValue::from_string(data.to_owned()).expect("valid json"),
+        }
+    }
+
+    #[test]
+    fn envelope_has_the_documented_members_in_order() {
+        let e = pending(r#"{"op":"update","key":{"id":42}}"#);
+        let json = e.envelope_json(184467, &TenantId::new("acme").expect("valid"));
+        assert_eq!(
+            json,
+            concat!(
+                r#"{"specversion":"1.0","id":"184467","seq":184467,"source":"/sluice/pg/main","#,
+                r#""type":"row.updated","subject":"public.orders/42","time":"2026-11-22T10:15:30.123456Z","#,
+                r#""tenant":"acme","topic":"tables/public.orders/update","txid":7731,"lsn":"0/16B3748","#,
+                r#""data":{"op":"update","key":{"id":42}}}"#
+            )
+        );
+        let v: serde_json::Value = serde_json::from_str(&json).expect("parses");
+        assert_eq!(v["data"]["key"]["id"], 42);
+    }
+
+    #[test]
+    fn optional_members_are_left_out_not_null() {
+        let mut e = pending("{}");
+        e.subject = None;
+        e.txid = None;
+        e.lsn = None;
+        let json = e.envelope_json(1, &TenantId::new("t").expect("valid"));
+        assert!(!json.contains("subject") && !json.contains("txid") && !json.contains("lsn"));
+    }
+
+    #[test]
+    fn lsn_and_time_formats_match_postgres_and_rfc3339() {
+        assert_eq!(format_lsn(0), "0/0");
+        assert_eq!(format_lsn((0x16 << 32) | 0xB374D848), "16/B374D848");
+        assert_eq!(format_time_micros(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(pg_micros_to_unix(0), PG_EPOCH_OFFSET_MICROS);
+        assert_eq!(
+            format_time_micros(pg_micros_to_unix(0)),
+            "2000-01-01T00:00:00.000000Z"
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! Sluice: change-data-capture from PostgreSQL (pgoutput) into a durable,
+//! tenant-isolated event log.
+//!
+//! The modules follow the pipeline: `source` reads and decodes changes,
+//! `event` is the envelope, `log` appends and reads the durable log,
+//! `pipeline` wires them together for `sluice serve`.
+
+pub mod cli;
+pub mod config;
+pub mod event;
+pub mod localpg;
+pub mod log;
+pub mod pipeline;
+pub mod source;

@@ -1,0 +1,499 @@
+//! The appender: the one writer of the log.
+//!
+//! Sources send [`AppendItem`]s through a bounded queue (bounded in count
+//! and in bytes). The appender gathers what is waiting into one database
+//! transaction (COPY of the events, the relation→tenant index, and each
+//! source's checkpoint), commits, and only then publishes the new durable
+//! state, from which a source learns what it may acknowledge upstream.
+//!
+//! Invariant: a batch is either wholly in the log with its checkpoints or
+//! not at all; a batch whose commit outcome is unknown (connection lost
+//! during COMMIT) is resolved by re-reading the checkpoints, never by
+//! appending it twice. Accepted items are never dropped: database failures
+//! are retried until they succeed or the appender is shut down.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::pin_mut;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::checkpoint::{self, Checkpoint};
+use super::{connect, LogError, APPENDER_LOCK_KEY};
+use crate::config::AppenderConfig;
+use crate::event::{Audience, PendingEvent, SourcePosition, TenantId};
+
+/// What a source hands to the appender, in source order.
+#[derive(Debug)]
+pub enum AppendItem {
+    Event {
+        source: Arc<str>,
+        event: PendingEvent,
+    },
+    /// The transaction committed at `commit_lsn` has been sent completely;
+    /// after it the source may acknowledge `end_lsn`.
+    TxEnd {
+        source: Arc<str>,
+        commit_lsn: u64,
+        end_lsn: u64,
+    },
+}
+
+impl AppendItem {
+    fn bytes(&self) -> usize {
+        match self {
+            AppendItem::Event { event, .. } => event.approx_bytes(),
+            AppendItem::TxEnd { .. } => 64,
+        }
+    }
+}
+
+/// What is durably in the log.
+#[derive(Debug, Clone, Default)]
+pub struct Durable {
+    /// Highest `seq` in the log (0 when empty).
+    pub last_seq: i64,
+    /// Each source's checkpoint as committed.
+    pub checkpoints: BTreeMap<Arc<str>, Checkpoint>,
+}
+
+/// The sending side, cloned by every source.
+#[derive(Clone)]
+pub struct AppenderHandle {
+    tx: mpsc::Sender<(AppendItem, u32)>,
+    budget: Arc<Semaphore>,
+    max_item_permits: u32,
+    durable: watch::Receiver<Arc<Durable>>,
+}
+
+impl AppenderHandle {
+    /// Queues an item, waiting while the queue is full (backpressure).
+    pub async fn send(&self, item: AppendItem) -> Result<(), LogError> {
+        let want = u32::try_from(item.bytes())
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.max_item_permits);
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(want)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        permit.forget();
+        self.tx
+            .send((item, want))
+            .await
+            .map_err(|_| LogError::Closed)
+    }
+
+    /// Watch the durable state (last seq, checkpoints).
+    pub fn durable(&self) -> watch::Receiver<Arc<Durable>> {
+        self.durable.clone()
+    }
+}
+
+pub struct Appender {
+    url: String,
+    config: AppenderConfig,
+    rx: mpsc::Receiver<(AppendItem, u32)>,
+    budget: Arc<Semaphore>,
+    durable_tx: watch::Sender<Arc<Durable>>,
+    client: Option<Client>,
+    next_seq: i64,
+    checkpoints: BTreeMap<Arc<str>, Checkpoint>,
+    /// Relation → tenants known to have rows there (to expand TRUNCATE).
+    tenants_of: HashMap<Arc<str>, BTreeSet<TenantId>>,
+}
+
+/// Budget, in bytes, of items waiting for the appender.
+const QUEUE_BYTES: usize = 64 * 1024 * 1024;
+
+impl Appender {
+    /// Connects, takes the writer lock, and loads the log's position.
+    pub async fn start(
+        url: &str,
+        config: &AppenderConfig,
+    ) -> Result<(Appender, AppenderHandle), LogError> {
+        let (tx, rx) = mpsc::channel(config.queue_events);
+        let budget = Arc::new(Semaphore::new(QUEUE_BYTES));
+        let (durable_tx, durable_rx) = watch::channel(Arc::new(Durable::default()));
+        let mut appender = Appender {
+            url: url.to_owned(),
+            config: config.clone(),
+            rx,
+            budget: budget.clone(),
+            durable_tx,
+            client: None,
+            next_seq: 1,
+            checkpoints: BTreeMap::new(),
+            tenants_of: HashMap::new(),
+        };
+        appender.reconnect().await?;
+        let handle = AppenderHandle {
+            tx,
+            budget,
+            max_item_permits: u32::try_from(QUEUE_BYTES / 4).unwrap_or(u32::MAX),
+            durable: durable_rx,
+        };
+        Ok((appender, handle))
+    }
+
+    /// Loads a source's checkpoint from the log (sources call this once at
+    /// start, before sending anything).
+    pub async fn checkpoint(&mut self, source: &Arc<str>) -> Result<Checkpoint, LogError> {
+        let client = self.client.as_ref().ok_or(LogError::Closed)?;
+        let cp = checkpoint::load(client, source).await?;
+        self.checkpoints.insert(source.clone(), cp);
+        self.publish();
+        Ok(cp)
+    }
+
+    async fn reconnect(&mut self) -> Result<(), LogError> {
+        self.client = None;
+        let client = connect(&self.url).await?;
+        let locked: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&APPENDER_LOCK_KEY])
+            .await?
+            .get(0);
+        if !locked {
+            return Err(LogError::AnotherWriter(APPENDER_LOCK_KEY));
+        }
+        let last: i64 = client
+            .query_one("SELECT coalesce(max(seq), 0) FROM sluice.events", &[])
+            .await?
+            .get(0);
+        self.next_seq = last + 1;
+        for (source, cp) in self.checkpoints.iter_mut() {
+            *cp = checkpoint::load(&client, source).await?;
+        }
+        self.client = Some(client);
+        self.publish();
+        Ok(())
+    }
+
+    fn publish(&self) {
+        self.durable_tx.send_replace(Arc::new(Durable {
+            last_seq: self.next_seq - 1,
+            checkpoints: self.checkpoints.clone(),
+        }));
+    }
+
+    /// Runs until every handle is dropped (then flushes what was queued) or
+    /// `shutdown` fires (then flushes what was already queued and returns).
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), LogError> {
+        let mut items: Vec<(AppendItem, u32)> = Vec::with_capacity(self.config.max_batch_events);
+        loop {
+            items.clear();
+            let n = tokio::select! {
+                n = self.rx.recv_many(&mut items, self.config.max_batch_events) => n,
+                _ = shutdown.cancelled() => {
+                    self.rx.close();
+                    self.rx.recv_many(&mut items, self.config.max_batch_events).await
+                }
+            };
+            if n == 0 {
+                return Ok(());
+            }
+            self.fill(&mut items);
+            let permits: usize = items.iter().map(|(_, p)| *p as usize).sum();
+            let batch: Vec<AppendItem> = items.drain(..).map(|(i, _)| i).collect();
+            self.append_with_retry(batch, &shutdown).await?;
+            self.budget.add_permits(permits);
+        }
+    }
+
+    /// Takes more waiting items, up to the batch bounds, without waiting.
+    fn fill(&mut self, items: &mut Vec<(AppendItem, u32)>) {
+        let mut bytes: usize = items.iter().map(|(i, _)| i.bytes()).sum();
+        while items.len() < self.config.max_batch_events && bytes < self.config.max_batch_bytes {
+            match self.rx.try_recv() {
+                Ok(item) => {
+                    bytes += item.0.bytes();
+                    items.push(item);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    async fn append_with_retry(
+        &mut self,
+        batch: Vec<AppendItem>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), LogError> {
+        let mut expected = self.checkpoints.clone();
+        advance_checkpoints(&mut expected, &batch);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let result = match self.client.as_mut() {
+                Some(_) => self.append(&batch).await,
+                None => Err(LogError::Closed),
+            };
+            let err = match result {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_retryable() || matches!(e, LogError::Closed) => e,
+                Err(e) => return Err(e),
+            };
+            tracing::warn!(error = %err, "append failed; reconnecting to the state database");
+            self.client = None;
+            self.tenants_of.clear();
+            loop {
+                if shutdown.is_cancelled() && backoff >= Duration::from_secs(5) {
+                    return Err(err);
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                match self.reconnect().await {
+                    Ok(()) => break,
+                    Err(LogError::AnotherWriter(k)) => return Err(LogError::AnotherWriter(k)),
+                    Err(e) => tracing::warn!(error = %e, "state database still unreachable"),
+                }
+            }
+            // The lost attempt may have committed: the checkpoints say, since
+            // they are written in the same transaction as the events.
+            if self.committed(&expected).await? {
+                tracing::info!("the interrupted append had committed; not appending it again");
+                self.checkpoints = expected;
+                self.publish();
+                return Ok(());
+            }
+        }
+    }
+
+    /// Whether the log's checkpoints are those `expected` after a batch.
+    async fn committed(&self, expected: &BTreeMap<Arc<str>, Checkpoint>) -> Result<bool, LogError> {
+        let client = self.client.as_ref().ok_or(LogError::Closed)?;
+        for (source, cp) in expected {
+            if checkpoint::load(client, source).await? != *cp {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn append(&mut self, batch: &[AppendItem]) -> Result<(), LogError> {
+        let client = self.client.as_mut().ok_or(LogError::Closed)?;
+        let tx = client.transaction().await?;
+
+        // Index the batch's (relation, tenant) pairs first, so a TRUNCATE in
+        // the same batch reaches a tenant whose first row is in it too.
+        let mut pairs: BTreeSet<(Arc<str>, TenantId)> = BTreeSet::new();
+        let mut truncated: BTreeSet<Arc<str>> = BTreeSet::new();
+        for item in batch {
+            if let AppendItem::Event { event, .. } = item {
+                match &event.audience {
+                    Audience::Tenant(t) => {
+                        if let Some(rel) = relation_of(&event.topic) {
+                            let known = self.tenants_of.get(rel).is_some_and(|s| s.contains(t));
+                            if !known {
+                                pairs.insert((rel.into(), t.clone()));
+                            }
+                        }
+                    }
+                    Audience::TenantsOfRelation(rel) => {
+                        truncated.insert(rel.clone());
+                    }
+                }
+            }
+        }
+        if !pairs.is_empty() {
+            let rels: Vec<&str> = pairs.iter().map(|(r, _)| &**r).collect();
+            let tenants: Vec<&str> = pairs.iter().map(|(_, t)| t.as_str()).collect();
+            tx.execute(
+                "INSERT INTO sluice.relation_tenants (relation, tenant)
+                 SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+                &[&rels, &tenants],
+            )
+            .await?;
+        }
+        let mut truncate_audience: HashMap<Arc<str>, Vec<TenantId>> = HashMap::new();
+        for rel in truncated {
+            let rows = tx
+                .query(
+                    "SELECT tenant FROM sluice.relation_tenants WHERE relation = $1 ORDER BY tenant",
+                    &[&&*rel],
+                )
+                .await?;
+            let tenants = rows
+                .iter()
+                .filter_map(|r| TenantId::new(r.get::<_, &str>(0)).ok())
+                .collect();
+            truncate_audience.insert(rel, tenants);
+        }
+
+        let sink = tx
+            .copy_in("COPY sluice.events (seq, tenant, type, topic, source, commit_time, body) FROM STDIN BINARY")
+            .await?;
+        let writer = BinaryCopyInWriter::new(
+            sink,
+            &[
+                Type::INT8,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TIMESTAMPTZ,
+                Type::TEXT,
+            ],
+        );
+        pin_mut!(writer);
+        let mut seq = self.next_seq;
+        let mut checkpoints = self.checkpoints.clone();
+        advance_checkpoints(&mut checkpoints, batch);
+        for item in batch {
+            let AppendItem::Event { event, .. } = item else {
+                continue;
+            };
+            let audience: &[TenantId] = match &event.audience {
+                Audience::Tenant(t) => std::slice::from_ref(t),
+                Audience::TenantsOfRelation(rel) => {
+                    truncate_audience.get(rel).map_or(&[], |v| v.as_slice())
+                }
+            };
+            let time =
+                chrono::DateTime::from_timestamp_micros(event.time_micros).unwrap_or_default();
+            for tenant in audience {
+                let body = event.envelope_json(seq, tenant);
+                writer
+                    .as_mut()
+                    .write(&[
+                        &seq,
+                        &tenant.as_str(),
+                        &&*event.event_type,
+                        &&*event.topic,
+                        &&*event.source,
+                        &time,
+                        &body,
+                    ])
+                    .await?;
+                seq += 1;
+            }
+        }
+        writer.finish().await?;
+        for (source, cp) in &checkpoints {
+            if self.checkpoints.get(source) != Some(cp) {
+                checkpoint::store(&tx, source, cp).await?;
+            }
+        }
+        tx.commit().await?;
+
+        self.next_seq = seq;
+        self.checkpoints = checkpoints;
+        for (rel, t) in pairs {
+            self.tenants_of.entry(rel).or_default().insert(t);
+        }
+        self.publish();
+        Ok(())
+    }
+}
+
+/// The checkpoints after `batch`, starting from `cps`.
+fn advance_checkpoints(cps: &mut BTreeMap<Arc<str>, Checkpoint>, batch: &[AppendItem]) {
+    for item in batch {
+        match item {
+            AppendItem::Event { source, event } => {
+                let cp = cps.entry(source.clone()).or_default();
+                cp.position = event.position;
+                cp.complete = false;
+            }
+            AppendItem::TxEnd {
+                source,
+                commit_lsn,
+                end_lsn,
+            } => {
+                let cp = cps.entry(source.clone()).or_default();
+                if cp.position.commit_lsn != *commit_lsn {
+                    cp.position = SourcePosition {
+                        commit_lsn: *commit_lsn,
+                        ordinal: 0,
+                    };
+                }
+                cp.complete = true;
+                cp.ack_lsn = (*end_lsn).max(cp.ack_lsn);
+            }
+        }
+    }
+}
+
+/// `tables/<schema>.<table>/<op>` → `<schema>.<table>`.
+fn relation_of(topic: &str) -> Option<&str> {
+    let rest = topic.strip_prefix("tables/")?;
+    rest.rsplit_once('/').map(|(rel, _)| rel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relation_is_read_from_table_topics_only() {
+        assert_eq!(
+            relation_of("tables/public.orders/insert"),
+            Some("public.orders")
+        );
+        assert_eq!(relation_of("custom/order.shipped"), None);
+    }
+
+    #[test]
+    fn checkpoints_follow_events_and_transaction_ends() {
+        use serde_json::value::RawValue;
+        let src: Arc<str> = "pg/main".into();
+        let ev = |lsn, ord| AppendItem::Event {
+            source: src.clone(),
+            event: PendingEvent {
+                audience: Audience::Tenant(TenantId::new("a").expect("valid")),
+                position: SourcePosition {
+                    commit_lsn: lsn,
+                    ordinal: ord,
+                },
+                source: "/sluice/pg/main".into(),
+                event_type: "row.inserted".into(),
+                topic: "tables/public.t/insert".into(),
+                subject: None,
+                time_micros: 0,
+                txid: None,
+                lsn: None,
+                data: RawValue::from_string("{}".into()).expect("json"),
+            },
+        };
+        let mut cps = BTreeMap::new();
+        advance_checkpoints(&mut cps, &[ev(10, 1), ev(10, 2)]);
+        assert_eq!(
+            cps[&src],
+            Checkpoint {
+                position: SourcePosition {
+                    commit_lsn: 10,
+                    ordinal: 2
+                },
+                complete: false,
+                ack_lsn: 0
+            }
+        );
+        advance_checkpoints(
+            &mut cps,
+            &[AppendItem::TxEnd {
+                source: src.clone(),
+                commit_lsn: 10,
+                end_lsn: 18,
+            }],
+        );
+        assert!(cps[&src].complete);
+        assert_eq!(cps[&src].ack_lsn, 18);
+        assert_eq!(cps[&src].position.ordinal, 2);
+        // A transaction with no captured events still moves the checkpoint.
+        advance_checkpoints(
+            &mut cps,
+            &[AppendItem::TxEnd {
+                source: src.clone(),
+                commit_lsn: 30,
+                end_lsn: 38,
+            }],
+        );
+        assert_eq!(cps[&src].position.commit_lsn, 30);
+        assert_eq!(cps[&src].ack_lsn, 38);
+    }
+}

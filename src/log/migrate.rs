@@ -1,0 +1,77 @@
+//! Schema migrations for `sluice`, embedded from `sql/`, applied in order,
+//! each in its own transaction under an advisory lock so concurrent starts
+//! do not race.
+
+use tokio_postgres::Client;
+
+use super::LogError;
+
+/// (version, name, SQL) in order. Append only: never edit a shipped one.
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "log", include_str!("../../sql/001_log.sql"))];
+
+const MIGRATE_LOCK_KEY: i64 = 0x51_75_1C_E0_00_02;
+
+/// Applies the migrations that are missing; returns the versions applied.
+pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, LogError> {
+    client
+        .batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS sluice;
+             CREATE TABLE IF NOT EXISTS sluice.schema_migrations (
+                 version int PRIMARY KEY,
+                 name text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .or_else(|e| {
+            // Two processes creating the schema at once: one wins, and the
+            // other's duplicate-object error is harmless.
+            if e.code()
+                .is_some_and(|c| c.code() == "23505" || c.code() == "42P07")
+            {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+    let known = MIGRATIONS.last().map_or(0, |m| m.0);
+    let mut applied = Vec::new();
+    for (version, name, sql) in MIGRATIONS {
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK_KEY])
+            .await?;
+        let done = tx
+            .query_opt(
+                "SELECT 1 FROM sluice.schema_migrations WHERE version = $1",
+                &[version],
+            )
+            .await?
+            .is_some();
+        if !done {
+            tx.batch_execute(sql)
+                .await
+                .map_err(|source| LogError::Migration {
+                    version: *version,
+                    name,
+                    source,
+                })?;
+            tx.execute(
+                "INSERT INTO sluice.schema_migrations (version, name) VALUES ($1, $2)",
+                &[version, name],
+            )
+            .await?;
+            applied.push(*version);
+        }
+        tx.commit().await?;
+    }
+    let row = client
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM sluice.schema_migrations",
+            &[],
+        )
+        .await?;
+    let found: i32 = row.get(0);
+    if found > known {
+        return Err(LogError::TooNew { found, known });
+    }
+    Ok(applied)
+}

@@ -1,0 +1,87 @@
+//! The `sluice` binary: parses the command line, starts logging, and hands
+//! over to the library. Exit codes: 0 success, 1 runtime failure, 2 bad
+//! configuration or usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Change-data-capture from Postgres into a tenant-isolated event log"
+)]
+struct Cli {
+    /// TOML config file (every key can also be set as SLUICE_<KEY>).
+    #[arg(long, short, global = true, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline: replicate, normalize, append.
+    Serve,
+    /// Apply the log's schema migrations and exit.
+    Migrate,
+    /// Create the publication and replication slot (idempotent).
+    Setup,
+    /// Preflight: wal_level, privileges, publication, slot, and per table
+    /// whether deletes can be attributed to a tenant.
+    Check,
+    /// Print the log as NDJSON on stdout (operator tool: reads the log directly).
+    Tail {
+        /// Only this tenant's events.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// First seq to print (inclusive).
+        #[arg(long, default_value_t = 1)]
+        from: i64,
+        /// Keep waiting for new events.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Run a throwaway Postgres with a demo table and print events as changes happen.
+    Demo {
+        /// Keep running after the scripted changes (Ctrl-C to stop).
+        #[arg(long)]
+        keep_running: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    sluice::cli::init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = cli.config.as_deref();
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve => sluice::cli::serve(config).await,
+            Command::Migrate => sluice::cli::migrate(config).await,
+            Command::Setup => sluice::cli::setup(config).await,
+            Command::Check => sluice::cli::check(config).await,
+            Command::Tail {
+                tenant,
+                from,
+                follow,
+            } => sluice::cli::tail(config, tenant, from, follow).await,
+            Command::Demo { keep_running } => sluice::cli::demo(keep_running).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The PostgreSQL logical-replication source (pgoutput, protocol version 1).
+//!
+//! `pgoutput` decodes bytes, `value` maps text forms to JSON, `normalize`
+//! turns changes into tenant-tagged events (all three pure); `catalog`,
+//! `setup` and `stream` are the I/O edges.
+
+pub mod catalog;
+pub mod normalize;
+pub mod pgoutput;
+pub mod setup;
+pub mod stats;
+pub mod stream;
+pub mod value;

@@ -1,0 +1,403 @@
+//! `sluice setup` and `sluice check`: creating the publication and slot
+//! (idempotent), and the preflight that says whether this database can be
+//! captured as configured, with the fix for each problem.
+
+use std::fmt;
+
+use tokio_postgres::Client;
+
+use crate::config::{PgSourceConfig, TableConfig};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One line of the preflight report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub status: Status,
+    pub subject: String,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tag = match self.status {
+            Status::Ok => "ok  ",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        };
+        write!(f, "[{tag}] {}: {}", self.subject, self.detail)?;
+        if let Some(fix) = &self.fix {
+            write!(f, "\n       fix: {fix}")?;
+        }
+        Ok(())
+    }
+}
+
+fn finding(
+    status: Status,
+    subject: impl Into<String>,
+    detail: impl Into<String>,
+    fix: Option<String>,
+) -> Finding {
+    Finding {
+        status,
+        subject: subject.into(),
+        detail: detail.into(),
+        fix,
+    }
+}
+
+/// Quotes an identifier for SQL.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn qualified(t: &TableConfig) -> String {
+    let (s, n) = t.schema_and_name();
+    format!("{}.{}", quote_ident(s), quote_ident(n))
+}
+
+/// Creates the publication (or sets its table list to the configured one)
+/// and the slot, if missing. Returns what it did, one line each.
+pub async fn setup(
+    client: &Client,
+    cfg: &PgSourceConfig,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let mut done = Vec::new();
+    let publication = cfg.publication();
+    let tables: Vec<String> = cfg.tables.iter().map(qualified).collect();
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await?
+        .is_some();
+    if !exists {
+        client
+            .batch_execute(&format!(
+                "CREATE PUBLICATION {} FOR TABLE {}",
+                quote_ident(&publication),
+                tables.join(", ")
+            ))
+            .await?;
+        done.push(format!(
+            "created publication {publication} for {}",
+            tables.join(", ")
+        ));
+    } else {
+        let covered = publication_tables(client, &publication).await?;
+        let wanted: std::collections::BTreeSet<String> =
+            cfg.tables.iter().map(|t| t.table.clone()).collect();
+        if covered != wanted {
+            client
+                .batch_execute(&format!(
+                    "ALTER PUBLICATION {} SET TABLE {}",
+                    quote_ident(&publication),
+                    tables.join(", ")
+                ))
+                .await?;
+            done.push(format!(
+                "set publication {publication} to {}",
+                tables.join(", ")
+            ));
+        }
+    }
+    let slot = cfg.slot();
+    let slot_exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?
+        .is_some();
+    if !slot_exists {
+        client
+            .query_one(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&slot],
+            )
+            .await?;
+        done.push(format!("created replication slot {slot} (pgoutput)"));
+    }
+    Ok(done)
+}
+
+async fn publication_tables(
+    client: &Client,
+    publication: &str,
+) -> Result<std::collections::BTreeSet<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT schemaname::text || '.' || tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[&publication],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+}
+
+/// The preflight. `Fail` findings mean `serve` must not start.
+pub async fn check(
+    client: &Client,
+    cfg: &PgSourceConfig,
+) -> Result<Vec<Finding>, tokio_postgres::Error> {
+    let mut out = Vec::new();
+    let wal_level: String = client.query_one("SHOW wal_level", &[]).await?.get(0);
+    out.push(if wal_level == "logical" {
+        finding(Status::Ok, "wal_level", "logical", None)
+    } else {
+        finding(
+            Status::Fail,
+            "wal_level",
+            format!("is {wal_level}; logical replication needs logical"),
+            Some("ALTER SYSTEM SET wal_level = logical; then restart Postgres".into()),
+        )
+    });
+
+    let role = client
+        .query_one(
+            "SELECT current_user::text, rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?;
+    let (user, sup, repl): (String, bool, bool) = (role.get(0), role.get(1), role.get(2));
+    out.push(if sup || repl {
+        finding(
+            Status::Ok,
+            "privileges",
+            format!("role {user} may replicate"),
+            None,
+        )
+    } else {
+        finding(
+            Status::Fail,
+            "privileges",
+            format!("role {user} has neither REPLICATION nor SUPERUSER"),
+            Some(format!(
+                "ALTER ROLE {} WITH REPLICATION",
+                quote_ident(&user)
+            )),
+        )
+    });
+
+    let publication = cfg.publication();
+    let pubrow = client
+        .query_opt(
+            "SELECT pubinsert, pubupdate, pubdelete, pubtruncate, puballtables FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await?;
+    match pubrow {
+        None => out.push(finding(
+            Status::Fail,
+            format!("publication {publication}"),
+            "does not exist",
+            Some("run `sluice setup`".into()),
+        )),
+        Some(r) => {
+            let (i, u, d, t, all): (bool, bool, bool, bool, bool) =
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+            let covered = publication_tables(client, &publication).await?;
+            let missing: Vec<&str> = cfg
+                .tables
+                .iter()
+                .map(|t| t.table.as_str())
+                .filter(|t| !covered.contains(*t))
+                .collect();
+            if all && covered.iter().any(|t| t.starts_with("sluice.")) {
+                out.push(finding(
+                    Status::Fail,
+                    format!("publication {publication}"),
+                    "is FOR ALL TABLES and so includes Sluice's own log: every append would be captured again",
+                    Some(format!("DROP PUBLICATION {}; then run `sluice setup`", quote_ident(&publication))),
+                ));
+            } else if !missing.is_empty() {
+                out.push(finding(
+                    Status::Fail,
+                    format!("publication {publication}"),
+                    format!("does not cover {}", missing.join(", ")),
+                    Some("run `sluice setup`".into()),
+                ));
+            } else if !(i && u && d && t) {
+                out.push(finding(
+                    Status::Warn,
+                    format!("publication {publication}"),
+                    "does not publish every operation (insert, update, delete, truncate); those left out are not captured",
+                    Some(format!(
+                        "ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate')",
+                        quote_ident(&publication)
+                    )),
+                ));
+            } else {
+                out.push(finding(
+                    Status::Ok,
+                    format!("publication {publication}"),
+                    "covers every captured table",
+                    None,
+                ));
+            }
+        }
+    }
+
+    let slot = cfg.slot();
+    let slotrow = client
+        .query_opt(
+            "SELECT plugin::text, database::text, wal_status::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    let db: String = client
+        .query_one("SELECT current_database()::text", &[])
+        .await?
+        .get(0);
+    out.push(match slotrow {
+        None => finding(Status::Fail, format!("slot {slot}"), "does not exist", Some("run `sluice setup`".into())),
+        Some(r) => {
+            let (plugin, sdb, wal_status): (Option<String>, Option<String>, Option<String>) = (r.get(0), r.get(1), r.get(2));
+            if plugin.as_deref() != Some("pgoutput") || sdb.as_deref() != Some(db.as_str()) {
+                finding(
+                    Status::Fail,
+                    format!("slot {slot}"),
+                    format!("uses plugin {plugin:?} on database {sdb:?}; expected pgoutput on {db}"),
+                    Some("choose another source.postgres.slot, or drop this slot".into()),
+                )
+            } else if wal_status.as_deref() == Some("lost") {
+                finding(
+                    Status::Fail,
+                    format!("slot {slot}"),
+                    "was invalidated (the WAL it needed is gone); changes since then cannot be read",
+                    Some(format!(
+                        "SELECT pg_drop_replication_slot('{slot}'); then `sluice setup` (changes made meanwhile are not in the log)"
+                    )),
+                )
+            } else {
+                finding(Status::Ok, format!("slot {slot}"), "pgoutput", None)
+            }
+        }
+    });
+
+    for t in &cfg.tables {
+        out.extend(check_table(client, t).await?);
+    }
+    Ok(out)
+}
+
+async fn check_table(
+    client: &Client,
+    t: &TableConfig,
+) -> Result<Vec<Finding>, tokio_postgres::Error> {
+    let (schema, name) = t.schema_and_name();
+    let subject = format!("table {}", t.table);
+    let row = client
+        .query_opt(
+            "SELECT c.oid, c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&schema, &name],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(vec![finding(
+            Status::Fail,
+            subject,
+            "does not exist",
+            Some("create it, or remove it from source.postgres.tables".into()),
+        )]);
+    };
+    let oid: u32 = row.get(0);
+    let ident: String = row.get(1);
+    let has_col = client
+        .query_opt(
+            "SELECT 1 FROM pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped",
+            &[&oid, &t.tenant_column],
+        )
+        .await?
+        .is_some();
+    if !has_col {
+        return Ok(vec![finding(
+            Status::Fail,
+            subject,
+            format!("has no column {:?} (its tenant_column)", t.tenant_column),
+            Some("set tenant_column to the column holding the tenant id".into()),
+        )]);
+    }
+    let in_index = |primary: bool| async move {
+        client
+            .query_opt(
+                "SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[])
+                 WHERE i.indrelid = $1 AND a.attname = $2 AND (CASE WHEN $3 THEN i.indisprimary ELSE i.indisreplident END)",
+                &[&oid, &t.tenant_column, &primary],
+            )
+            .await
+            .map(|r| r.is_some())
+    };
+    let has_pk = client
+        .query_opt(
+            "SELECT 1 FROM pg_index WHERE indrelid = $1 AND indisprimary",
+            &[&oid],
+        )
+        .await?
+        .is_some();
+    let fix_full = format!("ALTER TABLE {} REPLICA IDENTITY FULL", qualified(t));
+    let attributable = match ident.as_str() {
+        "f" => Ok("REPLICA IDENTITY FULL: deletes carry the whole old row"),
+        "d" if !has_pk => Err("has no primary key and REPLICA IDENTITY DEFAULT: deletes carry no old row at all"),
+        "d" if in_index(true).await? => Ok("the tenant column is part of the primary key"),
+        "d" => Err("the tenant column is not in the primary key, so a delete does not say whose row it was"),
+        "i" if in_index(false).await? => Ok("the tenant column is part of the replica identity index"),
+        "i" => Err("the tenant column is not in the replica identity index"),
+        _ => Err("REPLICA IDENTITY NOTHING: deletes carry no old row"),
+    };
+    let mut out = Vec::new();
+    out.push(match attributable {
+        Ok(why) => finding(
+            Status::Ok,
+            subject.clone(),
+            format!("deletes can be attributed to a tenant ({why})"),
+            None,
+        ),
+        Err(why) => finding(
+            Status::Fail,
+            subject.clone(),
+            format!("deletes cannot be attributed to a tenant: {why}"),
+            Some(format!(
+                "{fix_full}; or put {:?} in the primary key",
+                t.tenant_column
+            )),
+        ),
+    });
+    if !has_pk {
+        out.push(finding(
+            Status::Warn,
+            subject.clone(),
+            "has no primary key: events' `key` is the replica identity columns",
+            None,
+        ));
+    }
+    if ident != "f" {
+        out.push(finding(
+            Status::Warn,
+            subject,
+            if t.fields_only {
+                "is fields_only without REPLICA IDENTITY FULL: updates cannot say which fields changed"
+            } else {
+                "REPLICA IDENTITY is not FULL: updates carry no old row (`old`, `changed` left out) and unchanged TOASTed values are listed in `unchanged` instead of sent"
+            },
+            Some(fix_full),
+        ));
+    }
+    Ok(out)
+}
+
+/// Whether a report lets `serve` start.
+pub fn blocking(findings: &[Finding]) -> Vec<&Finding> {
+    findings
+        .iter()
+        .filter(|f| f.status == Status::Fail)
+        .collect()
+}

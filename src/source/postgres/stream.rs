@@ -1,0 +1,437 @@
+//! The replication loop: reads the slot through `pgwire-replication`,
+//! decodes pgoutput, normalizes, and hands events to the appender in source
+//! order. It acknowledges to Postgres only what the appender reports as
+//! durable, and reconnects with backoff when the connection breaks.
+//!
+//! Invariant: an item is sent to the appender at most once per source
+//! position (`last_sent` only moves forward, and a re-sent transaction is
+//! skipped up to it), so a reconnect never duplicates an event.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgwire_replication::{
+    Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, SslMode, TlsConfig,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::catalog::Catalog;
+use super::normalize::{DropReason, Normalizer, Outcome, TableRule, TxContext, SUBS_PER_CHANGE};
+use super::pgoutput::{self, Message};
+use super::stats::SourceStats;
+use crate::config::PgSourceConfig;
+use crate::event::{pg_micros_to_unix, SourcePosition};
+use crate::log::{AppendItem, AppenderHandle, Checkpoint, LogError};
+
+/// Session settings that make the text forms of values what `value.rs`
+/// expects, whatever the server's defaults are.
+pub const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres \
+     -c extra_float_digits=1 -c bytea_output=hex -c lc_monetary=C";
+
+/// The prefix of logical messages that are custom events.
+pub const CUSTOM_PREFIX: &str = "sluice";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("replication connection: {0}")]
+    Replication(#[from] pgwire_replication::PgWireError),
+    #[error("catalog query: {0}")]
+    Catalog(#[from] tokio_postgres::Error),
+    #[error("cannot decode a pgoutput message (the stream is not understood, so nothing after it is appended): {0}")]
+    Decode(#[from] pgoutput::DecodeError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("source url: {0}")]
+    Url(String),
+    #[error("the replication stream ended")]
+    Ended,
+}
+
+impl SourceError {
+    /// Whether the loop should stop rather than reconnect.
+    fn is_fatal(&self) -> bool {
+        matches!(self, SourceError::Log(_) | SourceError::Url(_))
+    }
+}
+
+/// Builds the replication connection settings from a Postgres URL.
+pub fn replication_config(
+    cfg: &PgSourceConfig,
+    start: Lsn,
+    ack: Lsn,
+) -> Result<ReplicationConfig, SourceError> {
+    let pc: tokio_postgres::Config = cfg
+        .url
+        .parse()
+        .map_err(|e| SourceError::Url(format!("{e}")))?;
+    let host = match pc.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = pc.get_ports().first().copied().unwrap_or(5432);
+    let user = pc.get_user().unwrap_or("postgres").to_owned();
+    let password = pc
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    let db = pc.get_dbname().unwrap_or(&user).to_owned();
+    let tls = match pc.get_ssl_mode() {
+        tokio_postgres::config::SslMode::Require => TlsConfig::require(),
+        _ => TlsConfig::disabled(),
+    };
+    let _ = SslMode::Disable;
+    let mut rc = ReplicationConfig::new(host, user, password, db, cfg.slot(), cfg.publication())
+        .with_port(port)
+        .with_tls(tls)
+        .with_start_lsn(start)
+        .with_ack_lsn(ack)
+        .with_status_interval(Duration::from_millis(cfg.status_interval_ms))
+        .with_wakeup_interval(Duration::from_secs(5))
+        .with_buffer_size(cfg.queue_messages)
+        .with_options(SESSION_OPTIONS)
+        .with_application_name(format!("sluice/{}", cfg.name));
+    rc.stop_at_lsn = None;
+    Ok(rc)
+}
+
+pub struct PgSource {
+    cfg: PgSourceConfig,
+    rules: HashMap<(String, String), TableRule>,
+    appender: AppenderHandle,
+    key: Arc<str>,
+    pub stats: Arc<SourceStats>,
+}
+
+struct OpenTx {
+    ctx: TxContext,
+    changes: u64,
+    skip_all: bool,
+}
+
+impl PgSource {
+    pub fn new(cfg: PgSourceConfig, appender: AppenderHandle, stats: Arc<SourceStats>) -> PgSource {
+        let rules = cfg
+            .tables
+            .iter()
+            .map(|t| {
+                let (s, n) = t.schema_and_name();
+                (
+                    (s.to_owned(), n.to_owned()),
+                    TableRule {
+                        tenant_column: t.tenant_column.clone(),
+                        fields_only: t.fields_only,
+                    },
+                )
+            })
+            .collect();
+        let key = cfg.checkpoint_key().into();
+        PgSource {
+            cfg,
+            rules,
+            appender,
+            key,
+            stats,
+        }
+    }
+
+    pub fn checkpoint_key(&self) -> Arc<str> {
+        self.key.clone()
+    }
+
+    /// Streams until `shutdown`, reconnecting after failures. `start` is the
+    /// source's checkpoint as the log holds it.
+    pub async fn run(
+        self,
+        start: Checkpoint,
+        shutdown: CancellationToken,
+    ) -> Result<(), SourceError> {
+        let mut last_sent = start;
+        let mut backoff = Duration::from_millis(200);
+        let max_backoff = Duration::from_millis(self.cfg.reconnect_max_backoff_ms.max(200));
+        loop {
+            let began = std::time::Instant::now();
+            match self.session(&mut last_sent, &shutdown).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) => {
+                    self.stats.connected.store(false, Ordering::Relaxed);
+                    self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                    if began.elapsed() > Duration::from_secs(30) {
+                        backoff = Duration::from_millis(200);
+                    }
+                    tracing::warn!(source = %self.cfg.name, error = %e, retry_in_ms = backoff.as_millis() as u64,
+                        "replication interrupted; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(max_backoff);
+                }
+            }
+        }
+    }
+
+    async fn session(
+        &self,
+        last_sent: &mut Checkpoint,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SourceError> {
+        let catalog_client = crate::log::connect(&self.cfg.url).await?;
+        catalog_client
+            .batch_execute("SET application_name = 'sluice-catalog'")
+            .await?;
+        let mut catalog = Catalog::new(catalog_client);
+        let mut durable = self.appender.durable();
+        let durable_ack = durable
+            .borrow()
+            .checkpoints
+            .get(&self.key)
+            .map_or(0, |c| c.ack_lsn);
+        let rc = replication_config(
+            &self.cfg,
+            Lsn::from_u64(last_sent.ack_lsn),
+            Lsn::from_u64(durable_ack),
+        )?;
+        let mut client = ReplicationClient::connect(rc).await?;
+        let mut normalizer = Normalizer::new(&self.cfg.event_source());
+        let mut tx: Option<OpenTx> = None;
+        let mut outcomes = Vec::new();
+        let mut first = true;
+        loop {
+            let ev = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    client.stop();
+                    return Ok(());
+                }
+                changed = durable.changed() => {
+                    if changed.is_err() {
+                        return Err(LogError::Closed.into());
+                    }
+                    let ack = durable.borrow_and_update().checkpoints.get(&self.key).map(|c| c.ack_lsn);
+                    if let Some(ack) = ack {
+                        client.update_applied_lsn(Lsn::from_u64(ack));
+                        self.stats.acked_lsn.store(ack, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+                ev = client.recv() => ev?,
+            };
+            if first {
+                first = false;
+                self.stats.connected.store(true, Ordering::Relaxed);
+                tracing::info!(source = %self.cfg.name, slot = %self.cfg.slot(), "replication streaming");
+            }
+            let Some(ev) = ev else {
+                return Err(SourceError::Ended);
+            };
+            match ev {
+                ReplicationEvent::KeepAlive { wal_end, .. } => {
+                    self.stats
+                        .server_wal_end
+                        .store(wal_end.as_u64(), Ordering::Relaxed);
+                    // Nothing open and everything sent is durable: the slot may
+                    // move to the server's position (quiet captured tables must
+                    // not hold WAL back).
+                    let all_durable = durable
+                        .borrow()
+                        .checkpoints
+                        .get(&self.key)
+                        .is_some_and(|c| c == last_sent);
+                    if tx.is_none() && all_durable && wal_end.as_u64() > last_sent.ack_lsn {
+                        client.update_applied_lsn(wal_end);
+                    }
+                }
+                ReplicationEvent::Begin {
+                    final_lsn,
+                    xid,
+                    commit_time_micros,
+                } => {
+                    let commit_lsn = final_lsn.as_u64();
+                    tx = Some(OpenTx {
+                        ctx: TxContext {
+                            xid,
+                            commit_lsn,
+                            commit_time_micros: pg_micros_to_unix(commit_time_micros),
+                        },
+                        changes: 0,
+                        skip_all: last_sent.covers_transaction(commit_lsn),
+                    });
+                }
+                ReplicationEvent::XLogData { data, .. } => {
+                    let msg = pgoutput::decode(&data)?;
+                    match msg {
+                        Message::Relation(rel) => {
+                            let rule = self
+                                .rules
+                                .get(&(rel.namespace.clone(), rel.name.clone()))
+                                .cloned();
+                            let resolved = catalog.resolve(rel, rule).await?;
+                            normalizer.set_relation(resolved);
+                        }
+                        Message::Insert(_)
+                        | Message::Update(_)
+                        | Message::Delete(_)
+                        | Message::Truncate(_) => {
+                            let Some(open) = tx.as_mut() else {
+                                tracing::warn!("change outside a transaction; ignored");
+                                continue;
+                            };
+                            open.changes += 1;
+                            if open.skip_all {
+                                continue;
+                            }
+                            let base = SourcePosition {
+                                commit_lsn: open.ctx.commit_lsn,
+                                ordinal: open.changes.saturating_mul(SUBS_PER_CHANGE),
+                            };
+                            if last_sent.covers(SourcePosition {
+                                ordinal: base.ordinal + SUBS_PER_CHANGE - 1,
+                                ..base
+                            }) {
+                                continue;
+                            }
+                            outcomes.clear();
+                            normalizer.change(&open.ctx, open.changes, &msg, &mut outcomes);
+                            for o in outcomes.drain(..) {
+                                self.deliver(o, last_sent).await?;
+                            }
+                            self.stats
+                                .value_fallbacks
+                                .store(normalizer.stats.value_fallbacks, Ordering::Relaxed);
+                        }
+                        Message::Begin(_) | Message::Commit(_) | Message::Message(_) => {
+                            tracing::warn!("transaction boundary arrived as raw data; ignored");
+                        }
+                        Message::Type(_) | Message::Origin(_) => {}
+                    }
+                }
+                ReplicationEvent::Message {
+                    transactional,
+                    lsn,
+                    prefix,
+                    content,
+                } => {
+                    if prefix != CUSTOM_PREFIX {
+                        continue;
+                    }
+                    match (transactional, tx.as_mut()) {
+                        (true, Some(open)) => {
+                            open.changes += 1;
+                            if open.skip_all {
+                                continue;
+                            }
+                            let pos = open.changes.saturating_mul(SUBS_PER_CHANGE);
+                            let o = normalizer.custom(&open.ctx, pos, &content);
+                            self.deliver(o, last_sent).await?;
+                        }
+                        _ => {
+                            // A non-transactional message is its own unit.
+                            let at = lsn.as_u64();
+                            if last_sent.covers_transaction(at) {
+                                continue;
+                            }
+                            let ctx = TxContext {
+                                xid: 0,
+                                commit_lsn: at,
+                                commit_time_micros: chrono::Utc::now().timestamp_micros(),
+                            };
+                            let o = normalizer.custom(&ctx, SUBS_PER_CHANGE, &content);
+                            self.deliver(o, last_sent).await?;
+                            self.end_tx(at, at, last_sent).await?;
+                        }
+                    }
+                }
+                ReplicationEvent::Commit { lsn, end_lsn, .. } => {
+                    let Some(open) = tx.take() else { continue };
+                    if open.skip_all {
+                        continue;
+                    }
+                    self.end_tx(lsn.as_u64(), end_lsn.as_u64(), last_sent)
+                        .await?;
+                    self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .last_commit_micros
+                        .store(open.ctx.commit_time_micros, Ordering::Relaxed);
+                }
+                ReplicationEvent::StoppedAt { .. } => return Ok(()),
+            }
+        }
+    }
+
+    async fn deliver(
+        &self,
+        outcome: Outcome,
+        last_sent: &mut Checkpoint,
+    ) -> Result<(), SourceError> {
+        match outcome {
+            Outcome::Event(event) => {
+                if last_sent.covers(event.position) {
+                    return Ok(());
+                }
+                let pos = event.position;
+                self.appender
+                    .send(AppendItem::Event {
+                        source: self.key.clone(),
+                        event,
+                    })
+                    .await?;
+                last_sent.position = pos;
+                last_sent.complete = false;
+                self.stats.events.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Ignored => {}
+            Outcome::Dropped(reason) => match &reason {
+                DropReason::NoTenant { table, key, why } => {
+                    self.stats.dropped_no_tenant.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%table, %key, %why, "change has no tenant; not delivered to anyone");
+                }
+                DropReason::MalformedCustom(why) => {
+                    self.stats
+                        .dropped_malformed_custom
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%why, "malformed custom event; not appended");
+                }
+                DropReason::UnknownRelation(id) => {
+                    self.stats.dropped_other.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        relation_id = id,
+                        "change for a relation never described; not appended"
+                    );
+                }
+                DropReason::ShapeMismatch { table } => {
+                    self.stats.dropped_other.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(%table, "row does not match its relation's columns; not appended");
+                }
+            },
+        }
+        Ok(())
+    }
+
+    async fn end_tx(
+        &self,
+        commit_lsn: u64,
+        end_lsn: u64,
+        last_sent: &mut Checkpoint,
+    ) -> Result<(), SourceError> {
+        self.appender
+            .send(AppendItem::TxEnd {
+                source: self.key.clone(),
+                commit_lsn,
+                end_lsn,
+            })
+            .await?;
+        if last_sent.position.commit_lsn != commit_lsn {
+            last_sent.position = SourcePosition {
+                commit_lsn,
+                ordinal: 0,
+            };
+        }
+        last_sent.complete = true;
+        last_sent.ack_lsn = last_sent.ack_lsn.max(end_lsn);
+        Ok(())
+    }
+}

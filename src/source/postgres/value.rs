@@ -1,0 +1,2020 @@
+//! Postgres text-form values to JSON (pure, no I/O).
+//!
+//! pgoutput protocol 1 sends every column in its Postgres TEXT output form.
+//! This module owns the mapping from that text to the project's JSON
+//! contract: [`PgType`] (the JSON mapping of a column type),
+//! [`builtin_type`] (that mapping for built-in type OIDs; the catalog
+//! resolves the rest) and [`to_json`] (the conversion itself, including
+//! array literals of any dimension).
+//!
+//! The replication session pins `DateStyle=ISO`, `TimeZone=UTC`,
+//! `IntervalStyle=postgres`, `extra_float_digits=1`, `bytea_output=hex` and
+//! `lc_monetary=C`, so each type has exactly one output form to accept;
+//! anything else is a [`ValueError`] (the caller decides on a fallback).
+//! Scalars allocate nothing beyond the returned value.
+
+use std::fmt::Write as _;
+use std::str::FromStr as _;
+
+use base64::Engine as _;
+use serde_json::{Number, Value};
+
+/// How a column type maps to JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PgType {
+    /// `bool`: JSON boolean.
+    Bool,
+    /// `int2`, `int4`, `int8`, `oid`, `xid`, `xid8`, `cid`: exact JSON number.
+    Int,
+    /// `float4`, `float8`: JSON number with the printed digits; `NaN`,
+    /// `Infinity`, `-Infinity` as strings.
+    Float,
+    /// `numeric`: string with the exact digits.
+    Numeric,
+    /// `money`: string with the exact digits, no currency symbol or grouping.
+    Money,
+    /// String-like types (text, varchar, bpchar, char, name, citext, uuid,
+    /// inet, cidr, macaddr, macaddr8, enums, xml, …): JSON string.
+    Text,
+    /// `json`, `jsonb`: the JSON value itself.
+    Json,
+    /// `bytea`: base64 (standard alphabet, padded).
+    Bytea,
+    /// `date`: `YYYY-MM-DD`; infinities and BC dates as printed.
+    Date,
+    /// `timestamp`: `YYYY-MM-DDTHH:MM:SS[.f]`; infinities and BC as printed.
+    Timestamp,
+    /// `timestamptz`: RFC 3339 in UTC (`…Z`); infinities and BC as printed.
+    Timestamptz,
+    /// An array of `elem`, whose elements are separated by `delim` (`,`
+    /// for every built-in type but `box`, which uses `;`).
+    Array { elem: Box<PgType>, delim: u8 },
+    /// Anything else (time, timetz, interval, ranges, geometry, …): the
+    /// Postgres text form as a JSON string.
+    Other,
+}
+
+impl PgType {
+    /// Short name used in error messages.
+    fn name(&self) -> &'static str {
+        match self {
+            PgType::Bool => "bool",
+            PgType::Int => "integer",
+            PgType::Float => "float",
+            PgType::Numeric => "numeric",
+            PgType::Money => "money",
+            PgType::Text => "text",
+            PgType::Json => "json",
+            PgType::Bytea => "bytea",
+            PgType::Date => "date",
+            PgType::Timestamp => "timestamp",
+            PgType::Timestamptz => "timestamptz",
+            PgType::Array { .. } => "array",
+            PgType::Other => "other",
+        }
+    }
+}
+
+/// The type for a built-in type OID: scalars and their array types.
+///
+/// `None` for OIDs that are not built in (user types start at 16384) or not
+/// known here; the caller resolves those from the catalog (enum → Text,
+/// domain → its base type, array of X → `Array { elem: X }`).
+pub fn builtin_type(oid: u32) -> Option<PgType> {
+    if let Some(t) = builtin_scalar(oid) {
+        return Some(t);
+    }
+    let elem = builtin_array_elem(oid)?;
+    Some(PgType::Array {
+        elem: Box::new(builtin_scalar(elem)?),
+        // box is the only built-in type whose typdelim is not ','.
+        delim: if elem == 603 { b';' } else { b',' },
+    })
+}
+
+fn builtin_scalar(oid: u32) -> Option<PgType> {
+    Some(match oid {
+        16 => PgType::Bool,
+        17 => PgType::Bytea,
+        // int8, int2, int4, oid, xid, cid, xid8
+        20 | 21 | 23 | 26 | 28 | 29 | 5069 => PgType::Int,
+        700 | 701 => PgType::Float,
+        1700 => PgType::Numeric,
+        790 => PgType::Money,
+        // char, name, text, xml, unknown, inet, cidr, macaddr, macaddr8,
+        // bpchar, varchar, bit, varbit, refcursor, uuid, pg_lsn, tsvector,
+        // tsquery, jsonpath, cstring, and the reg* types (printed as names).
+        18 | 19 | 25 | 142 | 705 | 869 | 650 | 829 | 774 | 1042 | 1043 | 1560 | 1562 | 1790
+        | 2950 | 3220 | 3614 | 3615 | 4072 | 2275 | 24 | 2202 | 2203 | 2204 | 2205 | 2206
+        | 4191 | 4096 | 4089 | 3734 | 3769 => PgType::Text,
+        114 | 3802 => PgType::Json,
+        1082 => PgType::Date,
+        1114 => PgType::Timestamp,
+        1184 => PgType::Timestamptz,
+        // time, timetz, interval; int2vector and oidvector (space-separated,
+        // not array literals); tid; catalog row types; pg_node_tree and the
+        // statistics types; geometry; aclitem; gtsvector; snapshots; ranges
+        // and multiranges; record.
+        1083 | 1266 | 1186 | 22 | 30 | 27 | 71 | 75 | 81 | 83 | 194 | 3361 | 3402 | 5017 | 600
+        | 601 | 602 | 603 | 604 | 628 | 718 | 1033 | 3642 | 2970 | 5038 | 3904 | 3906 | 3908
+        | 3910 | 3912 | 3926 | 4451 | 4532 | 4533 | 4534 | 4535 | 4536 | 2249 => PgType::Other,
+        _ => return None,
+    })
+}
+
+/// The element type OID of a built-in array type OID.
+fn builtin_array_elem(oid: u32) -> Option<u32> {
+    Some(match oid {
+        1000 => 16,
+        1001 => 17,
+        1002 => 18,
+        1003 => 19,
+        1016 => 20,
+        1005 => 21,
+        1006 => 22,
+        1007 => 23,
+        1008 => 24,
+        1009 => 25,
+        1028 => 26,
+        1010 => 27,
+        1011 => 28,
+        1012 => 29,
+        1013 => 30,
+        210 => 71,
+        270 => 75,
+        272 => 81,
+        273 => 83,
+        199 => 114,
+        143 => 142,
+        271 => 5069,
+        1017 => 600,
+        1018 => 601,
+        1019 => 602,
+        1020 => 603,
+        1027 => 604,
+        629 => 628,
+        1021 => 700,
+        1022 => 701,
+        719 => 718,
+        791 => 790,
+        1040 => 829,
+        1041 => 869,
+        651 => 650,
+        775 => 774,
+        1034 => 1033,
+        1014 => 1042,
+        1015 => 1043,
+        1182 => 1082,
+        1183 => 1083,
+        1115 => 1114,
+        1185 => 1184,
+        1187 => 1186,
+        1270 => 1266,
+        1561 => 1560,
+        1563 => 1562,
+        1231 => 1700,
+        2201 => 1790,
+        2207 => 2202,
+        2208 => 2203,
+        2209 => 2204,
+        2210 => 2205,
+        4192 => 4191,
+        2211 => 2206,
+        4097 => 4096,
+        4090 => 4089,
+        2951 => 2950,
+        3221 => 3220,
+        3643 => 3614,
+        3644 => 3642,
+        3645 => 3615,
+        3735 => 3734,
+        3770 => 3769,
+        3807 => 3802,
+        4073 => 4072,
+        2949 => 2970,
+        5039 => 5038,
+        3905 => 3904,
+        3907 => 3906,
+        3909 => 3908,
+        3911 => 3910,
+        3913 => 3912,
+        3927 => 3926,
+        6150 => 4451,
+        6151 => 4532,
+        6152 => 4533,
+        6153 => 4534,
+        6155 => 4535,
+        6157 => 4536,
+        2287 => 2249,
+        1263 => 2275,
+        _ => return None,
+    })
+}
+
+/// Why a text form could not be converted. `text` is the offending input,
+/// lossily decoded and cut to [`SNIPPET_CHARS`] characters (`…` marks a cut).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ValueError {
+    /// The input is not UTF-8 (string-like types).
+    #[error("{ty} value {text:?} is not valid UTF-8 (invalid byte at offset {at})")]
+    NotUtf8 {
+        ty: &'static str,
+        text: String,
+        at: usize,
+    },
+    /// The input is not an output form of the type.
+    #[error("invalid {ty} value {text:?}: {reason}")]
+    Invalid {
+        ty: &'static str,
+        text: String,
+        reason: &'static str,
+    },
+    /// json/jsonb text the JSON parser rejected (including nesting deeper
+    /// than serde_json's recursion limit).
+    #[error("invalid {ty} value {text:?}: {reason}")]
+    Json {
+        ty: &'static str,
+        text: String,
+        reason: String,
+    },
+    /// A malformed array literal.
+    #[error("malformed array literal {text:?} at byte {at}: {reason}")]
+    Array {
+        text: String,
+        at: usize,
+        reason: &'static str,
+    },
+    /// An array element (starting at byte `at` of the literal) that did not
+    /// convert.
+    #[error("array literal {text:?}, element at byte {at}: {source}")]
+    Element {
+        text: String,
+        at: usize,
+        #[source]
+        source: Box<ValueError>,
+    },
+}
+
+/// How many characters of the input an error keeps.
+pub const SNIPPET_CHARS: usize = 64;
+
+fn snippet(text: &[u8]) -> String {
+    // A char is at most 4 bytes, so this prefix holds SNIPPET_CHARS chars.
+    let head = &text[..text.len().min(SNIPPET_CHARS * 4)];
+    let lossy = String::from_utf8_lossy(head);
+    let mut chars = lossy.char_indices();
+    match chars.nth(SNIPPET_CHARS) {
+        Some((cut, _)) => format!("{}…", &lossy[..cut]),
+        None if head.len() < text.len() => format!("{lossy}…"),
+        None => lossy.into_owned(),
+    }
+}
+
+fn invalid(ty: &PgType, text: &[u8], reason: &'static str) -> ValueError {
+    ValueError::Invalid {
+        ty: ty.name(),
+        text: snippet(text),
+        reason,
+    }
+}
+
+/// Converts the text form of a value of type `ty` to JSON.
+///
+/// Never panics, whatever the bytes.
+pub fn to_json(ty: &PgType, text: &[u8]) -> Result<Value, ValueError> {
+    match ty {
+        PgType::Bool => match text {
+            b"t" => Ok(Value::Bool(true)),
+            b"f" => Ok(Value::Bool(false)),
+            _ => Err(invalid(ty, text, "expected 't' or 'f'")),
+        },
+        PgType::Int => int_value(text)
+            .map(Value::Number)
+            .ok_or_else(|| invalid(ty, text, "expected an integer")),
+        PgType::Float => float_value(text).ok_or_else(|| {
+            invalid(
+                ty,
+                text,
+                "expected a decimal number, NaN, Infinity or -Infinity",
+            )
+        }),
+        PgType::Numeric => {
+            if is_numeric(text) {
+                Ok(Value::String(ascii_string(text)))
+            } else {
+                Err(invalid(
+                    ty,
+                    text,
+                    "expected [-]digits[.digits], NaN, Infinity or -Infinity",
+                ))
+            }
+        }
+        PgType::Money => money_value(text).map_err(|reason| invalid(ty, text, reason)),
+        PgType::Text | PgType::Other => utf8_string(ty, text),
+        PgType::Json => serde_json::from_slice(text).map_err(|e| ValueError::Json {
+            ty: ty.name(),
+            text: snippet(text),
+            reason: e.to_string(),
+        }),
+        PgType::Bytea => bytea_value(text).map_err(|reason| invalid(ty, text, reason)),
+        PgType::Date => date_value(text).map_err(|reason| invalid(ty, text, reason)),
+        PgType::Timestamp => timestamp_value(text).map_err(|reason| invalid(ty, text, reason)),
+        PgType::Timestamptz => timestamptz_value(text).map_err(|reason| invalid(ty, text, reason)),
+        PgType::Array { elem, delim } => ArrayParser::new(elem, *delim, text).parse(),
+    }
+}
+
+fn utf8_string(ty: &PgType, text: &[u8]) -> Result<Value, ValueError> {
+    match std::str::from_utf8(text) {
+        Ok(s) => Ok(Value::String(s.to_owned())),
+        Err(e) => Err(ValueError::NotUtf8 {
+            ty: ty.name(),
+            text: snippet(text),
+            at: e.valid_up_to(),
+        }),
+    }
+}
+
+/// A `String` of text already checked to be ASCII (one allocation).
+fn ascii_string(text: &[u8]) -> String {
+    String::from_utf8_lossy(text).into_owned()
+}
+
+// ---------------------------------------------------------------------------
+// Numbers
+
+/// `-?(0|[1-9][0-9]*)`, as an exact JSON number.
+fn int_value(text: &[u8]) -> Option<Number> {
+    let (neg, digits) = match text {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, text),
+    };
+    match digits {
+        [] => return None,
+        [b'0', _, ..] => return None,
+        _ if !digits.iter().all(u8::is_ascii_digit) => return None,
+        _ => {}
+    }
+    let mut acc: u64 = 0;
+    for &d in digits {
+        match acc
+            .checked_mul(10)
+            .and_then(|a| a.checked_add(u64::from(d - b'0')))
+        {
+            Some(a) => acc = a,
+            // Wider than 64 bits: still exact, via serde_json's own parser.
+            None => return Number::from_str(std::str::from_utf8(text).ok()?).ok(),
+        }
+    }
+    if !neg {
+        Some(Number::from(acc))
+    } else if acc != 0 && acc <= 1 << 63 {
+        // 1 << 63 as i64 is i64::MIN, and its wrapping negation is itself.
+        Some(Number::from((acc as i64).wrapping_neg()))
+    } else {
+        // "-0" (a float's negative zero) and below i64::MIN, kept as printed.
+        Number::from_str(std::str::from_utf8(text).ok()?).ok()
+    }
+}
+
+fn float_value(text: &[u8]) -> Option<Value> {
+    match text {
+        b"NaN" | b"Infinity" | b"-Infinity" => Some(Value::String(ascii_string(text))),
+        _ if !is_json_number(text) => None,
+        _ => {
+            if let Some(n) = int_value(text) {
+                return Some(Value::Number(n));
+            }
+            // Validated ASCII; with arbitrary_precision the digits are kept
+            // as printed (no f32 -> f64 widening).
+            let n = Number::from_str(std::str::from_utf8(text).ok()?).ok()?;
+            Some(Value::Number(n))
+        }
+    }
+}
+
+/// The JSON number grammar (which every finite Postgres float output obeys).
+fn is_json_number(t: &[u8]) -> bool {
+    let mut i = usize::from(t.first() == Some(&b'-'));
+    let digits_from = |mut i: usize| {
+        while t.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        i
+    };
+    match t.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i = digits_from(i + 1),
+        _ => return false,
+    }
+    if t.get(i) == Some(&b'.') {
+        let end = digits_from(i + 1);
+        if end == i + 1 {
+            return false;
+        }
+        i = end;
+    }
+    if matches!(t.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(t.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let end = digits_from(i);
+        if end == i {
+            return false;
+        }
+        i = end;
+    }
+    i == t.len()
+}
+
+/// numeric_out's forms: `-?[0-9]+(\.[0-9]+)?`, `NaN`, `Infinity`, `-Infinity`.
+fn is_numeric(text: &[u8]) -> bool {
+    if matches!(text, b"NaN" | b"Infinity" | b"-Infinity") {
+        return true;
+    }
+    let t = text.strip_prefix(b"-").unwrap_or(text);
+    let (int, frac) = match t.iter().position(|&b| b == b'.') {
+        Some(p) => (&t[..p], Some(&t[p + 1..])),
+        None => (t, None),
+    };
+    let all_digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+    all_digits(int) && frac.is_none_or(all_digits)
+}
+
+/// cash_out in the C locale: `-?$d,ddd.cc` → `-?dddd.cc`.
+fn money_value(text: &[u8]) -> Result<Value, &'static str> {
+    const SHAPE: &str = "expected [-]$d,ddd.cc";
+    let (mut neg, mut rest) = match text {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, text),
+    };
+    rest = rest.strip_prefix(b"$").ok_or(SHAPE)?;
+    if !neg {
+        if let [b'-', r @ ..] = rest {
+            neg = true;
+            rest = r;
+        }
+    }
+    let (int, frac) = match rest.iter().position(|&b| b == b'.') {
+        Some(p) => (&rest[..p], Some(&rest[p + 1..])),
+        None => (rest, None),
+    };
+    // Groups: the first 1..=3 digits (any number without separators), then
+    // exactly 3 after each ','.
+    let mut groups = int.split(|&b| b == b',');
+    let first = groups.next().unwrap_or_default();
+    let grouped = int.contains(&b',');
+    if first.is_empty()
+        || (grouped && first.len() > 3)
+        || !first.iter().all(u8::is_ascii_digit)
+        || !groups.all(|g| g.len() == 3 && g.iter().all(u8::is_ascii_digit))
+    {
+        return Err(SHAPE);
+    }
+    if frac.is_some_and(|f| f.is_empty() || !f.iter().all(u8::is_ascii_digit)) {
+        return Err(SHAPE);
+    }
+    let mut out = String::with_capacity(text.len());
+    if neg {
+        out.push('-');
+    }
+    out.extend(int.iter().filter(|&&b| b != b',').map(|&b| char::from(b)));
+    if let Some(f) = frac {
+        out.push('.');
+        out.extend(f.iter().map(|&b| char::from(b)));
+    }
+    Ok(Value::String(out))
+}
+
+// ---------------------------------------------------------------------------
+// bytea
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// `\x` + hex pairs → base64, decoding through a stack buffer.
+fn bytea_value(text: &[u8]) -> Result<Value, &'static str> {
+    // A multiple of 3, so every chunk but the last encodes without padding.
+    const CHUNK: usize = 768;
+    let hex = text
+        .strip_prefix(b"\\x")
+        .ok_or("expected hex format (\\x followed by hex digits)")?;
+    if hex.len() % 2 != 0 {
+        return Err("odd number of hex digits");
+    }
+    let mut out = String::with_capacity((hex.len() / 2).div_ceil(3) * 4);
+    let mut buf = [0u8; CHUNK];
+    for chunk in hex.chunks(CHUNK * 2) {
+        let mut n = 0;
+        for (slot, pair) in buf.iter_mut().zip(chunk.chunks_exact(2)) {
+            match (hex_val(pair[0]), hex_val(pair[1])) {
+                (Some(hi), Some(lo)) => *slot = (hi << 4) | lo,
+                _ => return Err("invalid hex digit"),
+            }
+            n += 1;
+        }
+        base64::engine::general_purpose::STANDARD.encode_string(&buf[..n], &mut out);
+    }
+    Ok(Value::String(out))
+}
+
+// ---------------------------------------------------------------------------
+// Dates and timestamps (DateStyle=ISO)
+
+const DATE_SHAPE: &str = "expected YYYY-MM-DD[ BC], infinity or -infinity";
+const TS_SHAPE: &str = "expected YYYY-MM-DD HH:MM:SS[.f][ BC], infinity or -infinity";
+const TSTZ_SHAPE: &str =
+    "expected YYYY-MM-DD HH:MM:SS[.f]±HH[:MM[:SS]][ BC], infinity or -infinity";
+
+fn two_digits(t: &[u8], at: usize) -> Option<u32> {
+    match (t.get(at), t.get(at + 1)) {
+        (Some(a @ b'0'..=b'9'), Some(b @ b'0'..=b'9')) => {
+            Some(u32::from(a - b'0') * 10 + u32::from(b - b'0'))
+        }
+        _ => None,
+    }
+}
+
+fn is_leap(astronomical_year: i64) -> bool {
+    astronomical_year % 4 == 0 && (astronomical_year % 100 != 0 || astronomical_year % 400 == 0)
+}
+
+fn days_in_month(astronomical_year: i64, month: u32) -> u32 {
+    match month {
+        2 if is_leap(astronomical_year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// A parsed `YYYY-MM-DD` (year as printed, 4 to 9 digits, ≥ 1).
+struct Ymd {
+    year: i64,
+    month: u32,
+    day: u32,
+    /// Index just past the date.
+    end: usize,
+}
+
+fn parse_date(t: &[u8]) -> Option<Ymd> {
+    let ylen = t.iter().take_while(|b| b.is_ascii_digit()).count();
+    if !(4..=9).contains(&ylen) || t.get(ylen) != Some(&b'-') || t.get(ylen + 3) != Some(&b'-') {
+        return None;
+    }
+    let year = t[..ylen]
+        .iter()
+        .fold(0i64, |a, &b| a * 10 + i64::from(b - b'0'));
+    let month = two_digits(t, ylen + 1)?;
+    let day = two_digits(t, ylen + 4)?;
+    (year >= 1 && (1..=12).contains(&month) && day >= 1).then_some(Ymd {
+        year,
+        month,
+        day,
+        end: ylen + 6,
+    })
+}
+
+/// Checks the day against its month once the era is known (1 BC is the
+/// astronomical year 0, a leap year).
+fn valid_day(d: &Ymd, bc: bool) -> bool {
+    let astronomical = if bc { 1 - d.year } else { d.year };
+    d.day <= days_in_month(astronomical, d.month)
+}
+
+/// A parsed ` HH:MM:SS[.f]` starting at the separator after the date.
+struct Hms {
+    secs: i64,
+    /// Index of the `.` of the fraction (or `end` if none).
+    frac: usize,
+    end: usize,
+}
+
+fn parse_time(t: &[u8], at: usize) -> Option<Hms> {
+    if t.get(at) != Some(&b' ') || t.get(at + 3) != Some(&b':') || t.get(at + 6) != Some(&b':') {
+        return None;
+    }
+    let (h, m, s) = (
+        two_digits(t, at + 1)?,
+        two_digits(t, at + 4)?,
+        two_digits(t, at + 7)?,
+    );
+    if h > 23 || m > 59 || s > 59 {
+        return None;
+    }
+    let frac = at + 9;
+    let mut end = frac;
+    if t.get(frac) == Some(&b'.') {
+        let n = t[frac + 1..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if !(1..=9).contains(&n) {
+            return None;
+        }
+        end = frac + 1 + n;
+    }
+    Some(Hms {
+        secs: i64::from(h * 3600 + m * 60 + s),
+        frac,
+        end,
+    })
+}
+
+/// `±HH[:MM[:SS]]` → (seconds east of UTC, index past it).
+fn parse_offset(t: &[u8], at: usize) -> Option<(i64, usize)> {
+    let sign = match t.get(at) {
+        Some(b'+') => 1,
+        Some(b'-') => -1,
+        _ => return None,
+    };
+    let mut secs = i64::from(two_digits(t, at + 1)?) * 3600;
+    let mut end = at + 3;
+    for unit in [60, 1] {
+        if t.get(end) != Some(&b':') {
+            break;
+        }
+        let v = two_digits(t, end + 1).filter(|&v| v <= 59)?;
+        secs += i64::from(v) * unit;
+        end += 3;
+    }
+    Some((sign * secs, end))
+}
+
+/// Whether the rest is nothing (AD) or ` BC`.
+fn era(rest: &[u8]) -> Option<bool> {
+    match rest {
+        b"" => Some(false),
+        b" BC" => Some(true),
+        _ => None,
+    }
+}
+
+fn date_value(text: &[u8]) -> Result<Value, &'static str> {
+    if matches!(text, b"infinity" | b"-infinity") {
+        return Ok(Value::String(ascii_string(text)));
+    }
+    let d = parse_date(text).ok_or(DATE_SHAPE)?;
+    let bc = era(&text[d.end..]).ok_or(DATE_SHAPE)?;
+    if !valid_day(&d, bc) {
+        return Err("day out of range for month");
+    }
+    Ok(Value::String(ascii_string(text)))
+}
+
+fn timestamp_value(text: &[u8]) -> Result<Value, &'static str> {
+    if matches!(text, b"infinity" | b"-infinity") {
+        return Ok(Value::String(ascii_string(text)));
+    }
+    let d = parse_date(text).ok_or(TS_SHAPE)?;
+    let t = parse_time(text, d.end).ok_or(TS_SHAPE)?;
+    let bc = era(&text[t.end..]).ok_or(TS_SHAPE)?;
+    if !valid_day(&d, bc) {
+        return Err("day out of range for month");
+    }
+    if bc {
+        return Ok(Value::String(ascii_string(text)));
+    }
+    let mut out = String::with_capacity(text.len());
+    out.push_str(&String::from_utf8_lossy(&text[..d.end]));
+    out.push('T');
+    out.push_str(&String::from_utf8_lossy(&text[d.end + 1..t.end]));
+    Ok(Value::String(out))
+}
+
+fn timestamptz_value(text: &[u8]) -> Result<Value, &'static str> {
+    if matches!(text, b"infinity" | b"-infinity") {
+        return Ok(Value::String(ascii_string(text)));
+    }
+    let d = parse_date(text).ok_or(TSTZ_SHAPE)?;
+    let t = parse_time(text, d.end).ok_or(TSTZ_SHAPE)?;
+    let (offset, end) = parse_offset(text, t.end).ok_or(TSTZ_SHAPE)?;
+    let bc = era(&text[end..]).ok_or(TSTZ_SHAPE)?;
+    if !valid_day(&d, bc) {
+        return Err("day out of range for month");
+    }
+    if bc {
+        return Ok(Value::String(ascii_string(text)));
+    }
+    // Both slices are validated ASCII, so the lossy conversions borrow.
+    let frac = String::from_utf8_lossy(&text[t.frac..t.end]);
+    let mut out = String::with_capacity(t.end + 1);
+    if offset == 0 {
+        out.push_str(&String::from_utf8_lossy(&text[..d.end]));
+        out.push('T');
+        out.push_str(&String::from_utf8_lossy(&text[d.end + 1..t.frac]));
+    } else {
+        let local = t.secs - offset;
+        let days = days_from_civil(d.year, d.month, d.day) + local.div_euclid(86_400);
+        let secs = local.rem_euclid(86_400);
+        let (y, m, day) = civil_from_days(days);
+        if y < 1 {
+            // The UTC instant is BC: keep the Postgres text, as for BC input.
+            return Ok(Value::String(ascii_string(text)));
+        }
+        let _ = write!(
+            out,
+            "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        );
+    }
+    out.push_str(&frac);
+    out.push('Z');
+    Ok(Value::String(out))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (astronomical year).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The inverse of [`days_from_civil`].
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    // Both fit: day in 1..=31, month in 1..=12.
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = (if mp < 10 { mp + 3 } else { mp - 9 }) as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+// ---------------------------------------------------------------------------
+// Arrays (array_out's output, read with array_in's rules)
+
+/// Postgres' MAXDIM.
+const MAXDIM: usize = 6;
+
+/// array_isspace: the whitespace array_in trims.
+fn is_array_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+}
+
+struct ArrayParser<'a> {
+    src: &'a [u8],
+    pos: usize,
+    elem: &'a PgType,
+    delim: u8,
+    /// Unescaped text of the current element when it cannot be borrowed.
+    scratch: Vec<u8>,
+    /// The depth at which elements sit, once one has been seen.
+    leaf_depth: Option<usize>,
+    /// The deepest `{` seen so far.
+    deepest: usize,
+    /// The length of every (sub-)array at each depth, once known.
+    lens: [Option<usize>; MAXDIM],
+}
+
+impl<'a> ArrayParser<'a> {
+    fn new(elem: &'a PgType, delim: u8, src: &'a [u8]) -> Self {
+        ArrayParser {
+            src,
+            pos: 0,
+            elem,
+            delim,
+            scratch: Vec::new(),
+            leaf_depth: None,
+            deepest: 0,
+            lens: [None; MAXDIM],
+        }
+    }
+
+    fn err(&self, at: usize, reason: &'static str) -> ValueError {
+        ValueError::Array {
+            text: snippet(self.src),
+            at,
+            reason,
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.src.get(self.pos).copied()
+    }
+
+    fn skip_space(&mut self) {
+        while self.peek().is_some_and(is_array_space) {
+            self.pos += 1;
+        }
+    }
+
+    fn parse(mut self) -> Result<Value, ValueError> {
+        self.skip_space();
+        let dims = if self.peek() == Some(b'[') {
+            Some(self.parse_dims()?)
+        } else {
+            None
+        };
+        if self.peek() != Some(b'{') {
+            return Err(self.err(self.pos, "expected '{'"));
+        }
+        let value = self.parse_level(1)?;
+        self.skip_space();
+        if self.pos != self.src.len() {
+            return Err(self.err(self.pos, "junk after closing '}'"));
+        }
+        if let Some((n, lens)) = dims {
+            let ndim = self.leaf_depth.unwrap_or(self.deepest);
+            let matches = ndim == n
+                && lens[..n]
+                    .iter()
+                    .zip(&self.lens)
+                    .all(|(&want, &got)| u64::try_from(got.unwrap_or(0)).ok() == Some(want));
+            if !matches {
+                return Err(self.err(0, "dimensions do not match the array's contents"));
+            }
+        }
+        Ok(value)
+    }
+
+    /// `[lb:ub]…=` (or `[ub]`) → (number of dimensions, their lengths).
+    fn parse_dims(&mut self) -> Result<(usize, [u64; MAXDIM]), ValueError> {
+        let mut lens = [0u64; MAXDIM];
+        let mut n = 0;
+        while self.peek() == Some(b'[') {
+            if n == MAXDIM {
+                return Err(self.err(self.pos, "more than 6 dimensions"));
+            }
+            self.pos += 1;
+            let first = self.parse_bound()?;
+            let (lower, upper) = if self.peek() == Some(b':') {
+                self.pos += 1;
+                (first, self.parse_bound()?)
+            } else {
+                (1, first)
+            };
+            if self.peek() != Some(b']') {
+                return Err(self.err(self.pos, "expected ']' in dimensions"));
+            }
+            self.pos += 1;
+            let len = i128::from(upper) - i128::from(lower) + 1;
+            lens[n] = u64::try_from(len)
+                .ok()
+                .filter(|&l| l > 0)
+                .ok_or_else(|| self.err(self.pos, "upper bound below lower bound"))?;
+            n += 1;
+        }
+        self.skip_space();
+        if self.peek() != Some(b'=') {
+            return Err(self.err(self.pos, "expected '=' after dimensions"));
+        }
+        self.pos += 1;
+        self.skip_space();
+        Ok((n, lens))
+    }
+
+    fn parse_bound(&mut self) -> Result<i64, ValueError> {
+        let start = self.pos;
+        let neg = match self.peek() {
+            Some(b'-') => {
+                self.pos += 1;
+                true
+            }
+            Some(b'+') => {
+                self.pos += 1;
+                false
+            }
+            _ => false,
+        };
+        let digits_at = self.pos;
+        let mut v: i64 = 0;
+        while let Some(d @ b'0'..=b'9') = self.peek() {
+            v = v
+                .checked_mul(10)
+                .and_then(|v| v.checked_add(i64::from(d - b'0')))
+                .ok_or_else(|| self.err(start, "array bound out of range"))?;
+            self.pos += 1;
+        }
+        if self.pos == digits_at {
+            return Err(self.err(self.pos, "expected an array bound"));
+        }
+        Ok(if neg { -v } else { v })
+    }
+
+    /// One `{…}` at `depth` (1 for the outermost), with `pos` on the `{`.
+    fn parse_level(&mut self, depth: usize) -> Result<Value, ValueError> {
+        if depth > MAXDIM {
+            return Err(self.err(self.pos, "more than 6 dimensions"));
+        }
+        if self.leaf_depth.is_some_and(|leaf| depth > leaf) {
+            return Err(self.err(self.pos, "sub-array where an element was expected"));
+        }
+        self.deepest = self.deepest.max(depth);
+        self.pos += 1;
+        let mut items = Vec::new();
+        self.skip_space();
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+        } else {
+            loop {
+                self.skip_space();
+                match self.peek() {
+                    None => return Err(self.err(self.pos, "unterminated array")),
+                    Some(b'{') => items.push(self.parse_level(depth + 1)?),
+                    Some(_) => {
+                        if self.leaf_depth.is_some_and(|leaf| leaf != depth) || self.deepest > depth
+                        {
+                            return Err(
+                                self.err(self.pos, "element where a sub-array was expected")
+                            );
+                        }
+                        self.leaf_depth = Some(depth);
+                        items.push(self.parse_element()?);
+                    }
+                }
+                self.skip_space();
+                match self.peek() {
+                    Some(b) if b == self.delim => self.pos += 1,
+                    Some(b'}') => {
+                        self.pos += 1;
+                        break;
+                    }
+                    None => return Err(self.err(self.pos, "unterminated array")),
+                    Some(_) => {
+                        return Err(self.err(self.pos, "expected a delimiter or '}'"));
+                    }
+                }
+            }
+        }
+        match &mut self.lens[depth - 1] {
+            slot @ None => *slot = Some(items.len()),
+            Some(n) if *n == items.len() => {}
+            Some(_) => return Err(self.err(self.pos, "sub-arrays must have matching dimensions")),
+        }
+        Ok(Value::Array(items))
+    }
+
+    /// One element, `pos` on its first (non-space) byte; leaves `pos` on the
+    /// delimiter or `}` that ends it.
+    fn parse_element(&mut self) -> Result<Value, ValueError> {
+        let src = self.src;
+        let start = self.pos;
+        let delim = self.delim;
+        let ends = |b: u8| b == delim || b == b'}';
+
+        // Fast paths: the element is a slice of the input.
+        if src[start] == b'"' {
+            let close = src[start + 1..]
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\')
+                .map(|p| start + 1 + p);
+            if let Some(close) = close.filter(|&c| src[c] == b'"') {
+                let mut after = close + 1;
+                while src.get(after).copied().is_some_and(is_array_space) {
+                    after += 1;
+                }
+                if src.get(after).copied().is_some_and(ends) {
+                    self.pos = after;
+                    return self.convert(start, &src[start + 1..close]);
+                }
+            }
+        } else {
+            let stop = src[start..]
+                .iter()
+                .position(|&b| ends(b) || matches!(b, b'{' | b'"' | b'\\'))
+                .map(|p| start + p);
+            if let Some(stop) = stop.filter(|&s| ends(src[s])) {
+                let mut end = stop;
+                while end > start && is_array_space(src[end - 1]) {
+                    end -= 1;
+                }
+                let raw = &src[start..end];
+                if raw.is_empty() {
+                    return Err(self.err(start, "empty unquoted element"));
+                }
+                self.pos = stop;
+                if raw.eq_ignore_ascii_case(b"NULL") {
+                    return Ok(Value::Null);
+                }
+                return self.convert(start, raw);
+            }
+        }
+
+        // General case: quoted parts, backslash escapes, mixed.
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        let mut keep = 0; // length without trailing unquoted whitespace
+        let mut literal = false; // saw quotes or escapes: never NULL
+        let mut in_quotes = false;
+        let mut i = start;
+        loop {
+            let Some(&c) = src.get(i) else {
+                return Err(self.err(start, "unterminated element"));
+            };
+            if !in_quotes && ends(c) {
+                break;
+            }
+            match c {
+                b'\\' => {
+                    i += 1;
+                    let Some(&next) = src.get(i) else {
+                        return Err(self.err(start, "unterminated element"));
+                    };
+                    buf.push(next);
+                    keep = buf.len();
+                    literal = true;
+                }
+                b'"' => {
+                    in_quotes = !in_quotes;
+                    keep = buf.len();
+                    literal = true;
+                }
+                _ if in_quotes => {
+                    buf.push(c);
+                    keep = buf.len();
+                }
+                b'{' => return Err(self.err(i, "unexpected '{' in element")),
+                _ if is_array_space(c) => buf.push(c),
+                _ => {
+                    buf.push(c);
+                    keep = buf.len();
+                }
+            }
+            i += 1;
+        }
+        buf.truncate(keep);
+        self.pos = i;
+        let result = if literal {
+            self.convert(start, &buf)
+        } else if buf.is_empty() {
+            Err(self.err(start, "empty unquoted element"))
+        } else if buf.eq_ignore_ascii_case(b"NULL") {
+            Ok(Value::Null)
+        } else {
+            self.convert(start, &buf)
+        };
+        self.scratch = buf;
+        result
+    }
+
+    fn convert(&self, at: usize, raw: &[u8]) -> Result<Value, ValueError> {
+        to_json(self.elem, raw).map_err(|e| ValueError::Element {
+            text: snippet(self.src),
+            at,
+            source: Box::new(e),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn ok(ty: &PgType, text: &str) -> Value {
+        match to_json(ty, text.as_bytes()) {
+            Ok(v) => v,
+            Err(e) => panic!("{ty:?} {text:?}: {e}"),
+        }
+    }
+
+    /// The serialized JSON, to check exact digits.
+    fn ser(ty: &PgType, text: &str) -> String {
+        serde_json::to_string(&ok(ty, text)).unwrap()
+    }
+
+    fn bad(ty: &PgType, text: &str) -> ValueError {
+        match to_json(ty, text.as_bytes()) {
+            Ok(v) => panic!("{ty:?} {text:?} unexpectedly gave {v}"),
+            Err(e) => e,
+        }
+    }
+
+    fn arr(elem: PgType) -> PgType {
+        PgType::Array {
+            elem: Box::new(elem),
+            delim: b',',
+        }
+    }
+
+    #[test]
+    fn bool_t_and_f() {
+        assert_eq!(ok(&PgType::Bool, "t"), json!(true));
+        assert_eq!(ok(&PgType::Bool, "f"), json!(false));
+        for t in ["", "true", "T", "1", "t "] {
+            bad(&PgType::Bool, t);
+        }
+    }
+
+    #[test]
+    fn int_edges_are_exact() {
+        let ty = PgType::Int;
+        for t in [
+            "0",
+            "1",
+            "-1",
+            "32767",
+            "-32768",
+            "2147483647",
+            "-2147483648",
+        ] {
+            assert_eq!(ser(&ty, t), t);
+        }
+        assert_eq!(ser(&ty, &i64::MAX.to_string()), i64::MAX.to_string());
+        assert_eq!(ser(&ty, &i64::MIN.to_string()), i64::MIN.to_string());
+        assert_eq!(ok(&ty, &i64::MIN.to_string()).as_i64(), Some(i64::MIN));
+        // xid8 and oid are unsigned.
+        assert_eq!(ok(&ty, &u64::MAX.to_string()).as_u64(), Some(u64::MAX));
+        assert_eq!(ser(&ty, "4294967295"), "4294967295");
+        // Beyond 64 bits stays exact.
+        assert_eq!(ser(&ty, "-18446744073709551617"), "-18446744073709551617");
+        assert_eq!(
+            ser(&ty, "123456789012345678901234567890"),
+            "123456789012345678901234567890"
+        );
+    }
+
+    #[test]
+    fn int_rejects_non_integers() {
+        for t in [
+            "", "-", "+1", "01", "-01", " 1", "1 ", "1.0", "1e3", "0x10", "NaN", "١",
+        ] {
+            let e = bad(&PgType::Int, t);
+            assert!(
+                matches!(e, ValueError::Invalid { ty: "integer", .. }),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn float_keeps_printed_digits() {
+        let ty = PgType::Float;
+        for t in [
+            "1.1",
+            "0",
+            "-0",
+            "100",
+            "1e-07",
+            "1.5e+20",
+            "-2.5e-308",
+            "3.4028235e+38",
+            "1.7976931348623157e+308",
+            "5e-324",
+            "0.30000000000000004",
+            "123456789012345680000",
+        ] {
+            assert_eq!(ser(&ty, t), t);
+        }
+        assert_eq!(ok(&ty, "1.1").as_f64(), Some(1.1));
+        assert_eq!(ok(&ty, "-0").as_f64(), Some(-0.0));
+    }
+
+    #[test]
+    fn float_specials_are_strings() {
+        for t in ["NaN", "Infinity", "-Infinity"] {
+            assert_eq!(ok(&PgType::Float, t), json!(t));
+        }
+        for t in [
+            "", "nan", "inf", "+1", "1.", ".5", "1e", "1e+", "01", "1,5", "--1",
+        ] {
+            bad(&PgType::Float, t);
+        }
+    }
+
+    #[test]
+    fn numeric_is_an_exact_string() {
+        let ty = PgType::Numeric;
+        let forty = "1234567890123456789012345678901234567890";
+        assert_eq!(ok(&ty, forty), json!(forty));
+        let t = "-9876543210987654321098765432109876543210.0000000000000000000001";
+        assert_eq!(ok(&ty, t), json!(t));
+        for t in [
+            "0",
+            "-1.50",
+            "123.4500",
+            "0.000000001",
+            "NaN",
+            "Infinity",
+            "-Infinity",
+        ] {
+            assert_eq!(ok(&ty, t), json!(t));
+        }
+        for t in ["", "-", "1e5", "1.", ".5", "+1", "nan", "1.2.3", " 1"] {
+            bad(&ty, t);
+        }
+    }
+
+    #[test]
+    fn money_drops_symbol_and_grouping() {
+        let ty = PgType::Money;
+        assert_eq!(ok(&ty, "$1,234.56"), json!("1234.56"));
+        assert_eq!(ok(&ty, "-$1,234.56"), json!("-1234.56"));
+        assert_eq!(ok(&ty, "$0.00"), json!("0.00"));
+        assert_eq!(ok(&ty, "-$0.01"), json!("-0.01"));
+        assert_eq!(ok(&ty, "$999.99"), json!("999.99"));
+        assert_eq!(
+            ok(&ty, "$92,233,720,368,547,758.07"),
+            json!("92233720368547758.07")
+        );
+        assert_eq!(
+            ok(&ty, "-$92,233,720,368,547,758.08"),
+            json!("-92233720368547758.08")
+        );
+        for t in [
+            "",
+            "$",
+            "1.00",
+            "$1,23.00",
+            "$1234,567.00",
+            "$,123.00",
+            "$1.",
+            "€1.00",
+            "$1.2a",
+            "--$1.00",
+        ] {
+            bad(&ty, t);
+        }
+    }
+
+    #[test]
+    fn text_like_types_are_strings() {
+        for ty in [PgType::Text, PgType::Other] {
+            for t in [
+                "",
+                "hello",
+                "NULL",
+                "héllo wörld ✓ 🌍 日本語",
+                "a\"b\\c,{d}",
+                "550e8400-e29b-41d4-a716-446655440000",
+                "192.168.0.1/24",
+                "08:00:2b:01:02:03",
+            ] {
+                assert_eq!(ok(&ty, t), json!(t));
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_an_error() {
+        for ty in [PgType::Text, PgType::Other] {
+            let e = to_json(&ty, b"ab\xffcd").unwrap_err();
+            assert!(matches!(e, ValueError::NotUtf8 { at: 2, .. }), "{e}");
+        }
+        assert!(to_json(&PgType::Json, b"\"\xff\"").is_err());
+        assert!(to_json(&arr(PgType::Text), b"{a,\xff}").is_err());
+        assert!(to_json(&PgType::Int, b"\xff").is_err());
+    }
+
+    #[test]
+    fn time_timetz_interval_stay_text() {
+        let ty = builtin_type(1083).unwrap();
+        assert_eq!(ok(&ty, "10:15:30.123456"), json!("10:15:30.123456"));
+        let ty = builtin_type(1266).unwrap();
+        assert_eq!(ok(&ty, "10:15:30+05:30"), json!("10:15:30+05:30"));
+        let ty = builtin_type(1186).unwrap();
+        let t = "1 year 2 mons 3 days 04:05:06.5";
+        assert_eq!(ok(&ty, t), json!(t));
+        assert_eq!(ok(&ty, "-00:00:01"), json!("-00:00:01"));
+    }
+
+    #[test]
+    fn json_is_embedded_not_stringified() {
+        let ty = PgType::Json;
+        let v = ok(&ty, r#"{"a": [1, {"b": null}, [[]]], "c": "x", "d": true}"#);
+        assert_eq!(v, json!({"a": [1, {"b": null}, [[]]], "c": "x", "d": true}));
+        assert_eq!(ok(&ty, "null"), Value::Null);
+        assert_eq!(ok(&ty, r#""s""#), json!("s"));
+        assert_eq!(ok(&ty, "[]"), json!([]));
+        // Key order as printed (preserve_order).
+        assert_eq!(ser(&ty, r#"{"z": 1, "a": 2}"#), r#"{"z":1,"a":2}"#);
+        // Huge and precise numbers stay exact.
+        assert_eq!(
+            ser(
+                &ty,
+                r#"{"n": 123456789012345678901234567890, "f": 0.1000000000000000000001, "x": 1.0}"#
+            ),
+            r#"{"n":123456789012345678901234567890,"f":0.1000000000000000000001,"x":1.0}"#
+        );
+        assert_eq!(
+            ser(&ty, "-123456789012345678901234567890"),
+            "-123456789012345678901234567890"
+        );
+        for t in ["", "{", "{'a': 1}", "[1,]", "nul", "{} x"] {
+            assert!(matches!(bad(&ty, t), ValueError::Json { .. }));
+        }
+    }
+
+    #[test]
+    fn json_nesting_beyond_recursion_limit_is_an_error() {
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(matches!(bad(&PgType::Json, &deep), ValueError::Json { .. }));
+        let ok_depth = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert!(to_json(&PgType::Json, ok_depth.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn bytea_is_base64() {
+        let ty = PgType::Bytea;
+        assert_eq!(ok(&ty, "\\x"), json!(""));
+        assert_eq!(ok(&ty, "\\x0a0b"), json!("Cgs="));
+        assert_eq!(ok(&ty, "\\x00"), json!("AA=="));
+        assert_eq!(ok(&ty, "\\xDEADbeef"), json!("3q2+7w=="));
+        let all: Vec<u8> = (0..=255).collect();
+        let hex: String = all.iter().map(|b| format!("{b:02x}")).collect();
+        let want = base64::engine::general_purpose::STANDARD.encode(&all);
+        assert_eq!(ok(&ty, &format!("\\x{hex}")), json!(want));
+        for t in [
+            "", "\\x0", "\\xzz", "\\x0g", "abc", "\\001", "\\X00", "\\x 00",
+        ] {
+            bad(&ty, t);
+        }
+    }
+
+    #[test]
+    fn date_forms() {
+        let ty = PgType::Date;
+        for t in [
+            "2026-11-22",
+            "0001-01-01",
+            "2024-02-29",
+            "infinity",
+            "-infinity",
+            "0044-03-15 BC",
+            "0001-02-29 BC", // 1 BC is a leap year
+            "4713-11-24 BC",
+            "5874897-12-31",
+        ] {
+            assert_eq!(ok(&ty, t), json!(t));
+        }
+        for t in [
+            "",
+            "2026-13-01",
+            "2026-00-10",
+            "2026-02-29",
+            "2026-04-31",
+            "0000-01-01",
+            "26-01-01",
+            "2026-1-01",
+            "2026-01-01 AD",
+            "2026-01-01 ",
+        ] {
+            bad(&ty, t);
+        }
+    }
+
+    #[test]
+    fn timestamp_forms() {
+        let ty = PgType::Timestamp;
+        assert_eq!(
+            ok(&ty, "2026-11-22 10:15:30.123456"),
+            json!("2026-11-22T10:15:30.123456")
+        );
+        assert_eq!(ok(&ty, "2026-11-22 10:15:30"), json!("2026-11-22T10:15:30"));
+        assert_eq!(
+            ok(&ty, "2026-11-22 00:00:00.5"),
+            json!("2026-11-22T00:00:00.5")
+        );
+        assert_eq!(
+            ok(&ty, "294276-12-31 23:59:59.999999"),
+            json!("294276-12-31T23:59:59.999999")
+        );
+        for t in [
+            "infinity",
+            "-infinity",
+            "0044-03-15 10:00:00 BC",
+            "4714-11-24 00:00:00.25 BC",
+        ] {
+            assert_eq!(ok(&ty, t), json!(t));
+        }
+        for t in [
+            "",
+            "2026-11-22",
+            "2026-11-22T10:15:30",
+            "2026-11-22 24:00:00",
+            "2026-11-22 10:60:00",
+            "2026-11-22 10:15:30.",
+            "2026-11-22 10:15:30+00",
+            "2026-11-31 10:15:30",
+        ] {
+            bad(&ty, t);
+        }
+    }
+
+    #[test]
+    fn timestamptz_utc_becomes_z() {
+        let ty = PgType::Timestamptz;
+        assert_eq!(
+            ok(&ty, "2026-11-22 10:15:30.123456+00"),
+            json!("2026-11-22T10:15:30.123456Z")
+        );
+        assert_eq!(
+            ok(&ty, "2026-11-22 10:15:30+00"),
+            json!("2026-11-22T10:15:30Z")
+        );
+        assert_eq!(
+            ok(&ty, "2026-11-22 10:15:30+00:00"),
+            json!("2026-11-22T10:15:30Z")
+        );
+        for t in ["infinity", "-infinity", "0044-03-15 10:00:00+00 BC"] {
+            assert_eq!(ok(&ty, t), json!(t));
+        }
+    }
+
+    #[test]
+    fn timestamptz_offsets_convert_to_utc() {
+        let ty = PgType::Timestamptz;
+        let cases = [
+            (
+                "2026-11-22 10:15:30.123456+05:30",
+                "2026-11-22T04:45:30.123456Z",
+            ),
+            ("2026-11-22 10:15:30-08", "2026-11-22T18:15:30Z"),
+            ("2026-11-22 20:15:30.5-08", "2026-11-23T04:15:30.5Z"),
+            ("2026-11-22 10:15:30+05:30:15", "2026-11-22T04:45:15Z"),
+            ("1883-11-18 12:00:00-04:56:02", "1883-11-18T16:56:02Z"),
+            ("2027-01-01 02:00:00+05", "2026-12-31T21:00:00Z"),
+            ("2026-12-31 23:00:00-02", "2027-01-01T01:00:00Z"),
+            ("2024-03-01 01:00:00+02", "2024-02-29T23:00:00Z"),
+            ("2023-03-01 01:00:00+02", "2023-02-28T23:00:00Z"),
+            ("2024-02-29 23:30:00-01", "2024-03-01T00:30:00Z"),
+            (
+                "2000-01-01 00:00:00.000001+14",
+                "1999-12-31T10:00:00.000001Z",
+            ),
+        ];
+        for (t, want) in cases {
+            assert_eq!(ok(&ty, t), json!(want), "{t}");
+        }
+        // A UTC instant before year 1 keeps the Postgres text.
+        assert_eq!(
+            ok(&ty, "0001-01-01 01:00:00+05"),
+            json!("0001-01-01 01:00:00+05")
+        );
+        for t in [
+            "",
+            "2026-11-22 10:15:30",
+            "2026-11-22 10:15:30+5",
+            "2026-11-22 10:15:30+05:60",
+            "2026-11-22 10:15:30 +00",
+            "2026-11-22 10:15:30+00 AD",
+        ] {
+            bad(&ty, t);
+        }
+    }
+
+    #[test]
+    fn int_array_two_dimensional_with_nulls() {
+        let ty = builtin_type(1007).unwrap();
+        assert_eq!(ok(&ty, "{{1,NULL},{3,4}}"), json!([[1, null], [3, 4]]));
+        assert_eq!(ok(&ty, "{1,2,3}"), json!([1, 2, 3]));
+        assert_eq!(ok(&ty, "{null,Null}"), json!([null, null]));
+        assert_eq!(ok(&ty, "{}"), json!([]));
+        assert_eq!(ok(&ty, " { 1 , 2 } "), json!([1, 2]));
+        assert_eq!(ok(&ty, "{ {1 ,2} , {3, 4 } }"), json!([[1, 2], [3, 4]]));
+        let ty = builtin_type(1016).unwrap();
+        assert_eq!(
+            ser(&ty, "{-9223372036854775808,9223372036854775807}"),
+            "[-9223372036854775808,9223372036854775807]"
+        );
+    }
+
+    #[test]
+    fn text_array_quoting() {
+        let ty = builtin_type(1009).unwrap();
+        let v = ok(
+            &ty,
+            r#"{plain,"with space","a,b","{braces}","quote\"d","back\\slash",NULL,"NULL","null","",ünï,"\\\"",x\yz}"#,
+        );
+        assert_eq!(
+            v,
+            json!([
+                "plain",
+                "with space",
+                "a,b",
+                "{braces}",
+                "quote\"d",
+                "back\\slash",
+                null,
+                "NULL",
+                "null",
+                "",
+                "ünï",
+                "\\\"",
+                "xyz"
+            ])
+        );
+        // array_in's rules: trimmed unquoted whitespace, kept quoted or
+        // escaped whitespace, mixed quoted and unquoted parts.
+        assert_eq!(
+            ok(&ty, r#"{  a b  ," c ", d\ ,a"b c"d}"#),
+            json!(["a b", " c ", "d ", "ab cd"])
+        );
+        assert_eq!(ok(&ty, r#"{"a" , "b"}"#), json!(["a", "b"]));
+        assert_eq!(
+            ok(&ty, r#"{\NULL,NUL\L,"NULL" }"#),
+            json!(["NULL", "NULL", "NULL"])
+        );
+        assert_eq!(
+            ok(&ty, "{{a,b},{c,NULL}}"),
+            json!([["a", "b"], ["c", null]])
+        );
+    }
+
+    #[test]
+    fn array_decoration_is_dropped() {
+        let ty = builtin_type(1007).unwrap();
+        assert_eq!(ok(&ty, "[0:1]={1,2}"), json!([1, 2]));
+        assert_eq!(ok(&ty, "[-3:-2]={1,2}"), json!([1, 2]));
+        assert_eq!(ok(&ty, "[1:2][1:1]={{1},{2}}"), json!([[1], [2]]));
+        assert_eq!(ok(&ty, "[2][0:0] = {{1},{2}}"), json!([[1], [2]]));
+        for t in [
+            "[0:2]={1,2}",
+            "[1:2]={{1},{2}}",
+            "[1:0]={}",
+            "[1:1]={}",
+            "[0:1={1,2}",
+            "[0:1]{1,2}",
+            "[a:1]={1}",
+            "[99999999999999999999:1]={1}",
+        ] {
+            assert!(matches!(bad(&ty, t), ValueError::Array { .. }), "{t}");
+        }
+    }
+
+    #[test]
+    fn array_element_types() {
+        let jsonb = builtin_type(3807).unwrap();
+        assert_eq!(
+            ok(
+                &jsonb,
+                r#"{"{\"a\": [1, 2]}","[1, {\"b\": null}]",NULL,"null",5,"\"s\""}"#
+            ),
+            json!([{"a": [1, 2]}, [1, {"b": null}], null, null, 5, "s"])
+        );
+        assert_eq!(
+            ser(
+                &builtin_type(199).unwrap(),
+                r#"{123456789012345678901234567890}"#
+            ),
+            "[123456789012345678901234567890]"
+        );
+        let ts = builtin_type(1185).unwrap();
+        assert_eq!(
+            ok(
+                &ts,
+                r#"{"2026-11-22 10:15:30+00","2026-11-22 10:15:30.5+05:30",infinity}"#
+            ),
+            json!(["2026-11-22T10:15:30Z", "2026-11-22T04:45:30.5Z", "infinity"])
+        );
+        assert_eq!(
+            ok(&builtin_type(1115).unwrap(), r#"{"2026-11-22 10:15:30"}"#),
+            json!(["2026-11-22T10:15:30"])
+        );
+        assert_eq!(
+            ok(
+                &builtin_type(1182).unwrap(),
+                "{2026-11-22,\"0044-03-15 BC\"}"
+            ),
+            json!(["2026-11-22", "0044-03-15 BC"])
+        );
+        assert_eq!(
+            ok(&builtin_type(1001).unwrap(), r#"{"\\x0a0b","\\x",NULL}"#),
+            json!(["Cgs=", "", null])
+        );
+        assert_eq!(
+            ok(&builtin_type(1000).unwrap(), "{t,f,NULL}"),
+            json!([true, false, null])
+        );
+        assert_eq!(
+            ser(&builtin_type(1021).unwrap(), "{1.1,NaN,-Infinity,1e-07}"),
+            r#"[1.1,"NaN","-Infinity",1e-07]"#
+        );
+        assert_eq!(
+            ok(&builtin_type(1231).unwrap(), "{1.50,NaN}"),
+            json!(["1.50", "NaN"])
+        );
+        assert_eq!(
+            ok(&builtin_type(791).unwrap(), r#"{"$1,234.56","-$0.50"}"#),
+            json!(["1234.56", "-0.50"])
+        );
+        assert_eq!(
+            ok(
+                &builtin_type(2951).unwrap(),
+                "{550e8400-e29b-41d4-a716-446655440000}"
+            ),
+            json!(["550e8400-e29b-41d4-a716-446655440000"])
+        );
+        assert_eq!(
+            ok(
+                &builtin_type(1187).unwrap(),
+                r#"{"1 day 02:00:00",00:00:01}"#
+            ),
+            json!(["1 day 02:00:00", "00:00:01"])
+        );
+    }
+
+    #[test]
+    fn box_array_uses_semicolon() {
+        let ty = builtin_type(1020).unwrap();
+        assert_eq!(
+            ok(&ty, "{(1,1),(0,0);(3,3),(2,2)}"),
+            json!(["(1,1),(0,0)", "(3,3),(2,2)"])
+        );
+        // With ';' as delimiter, a ',' is ordinary text.
+        let ty = PgType::Array {
+            elem: Box::new(PgType::Text),
+            delim: b';',
+        };
+        assert_eq!(ok(&ty, r#"{a,b;"c;d"}"#), json!(["a,b", "c;d"]));
+    }
+
+    #[test]
+    fn array_of_domain_over_array_nests() {
+        let ty = arr(arr(PgType::Int));
+        assert_eq!(
+            ok(&ty, r#"{"{1,2}","{3}",NULL}"#),
+            json!([[1, 2], [3], null])
+        );
+    }
+
+    #[test]
+    fn array_dimension_limit() {
+        let ty = arr(PgType::Int);
+        let six = format!("{}1{}", "{".repeat(6), "}".repeat(6));
+        assert_eq!(ok(&ty, &six), json!([[[[[[1]]]]]]));
+        let seven = format!("{}1{}", "{".repeat(7), "}".repeat(7));
+        assert!(matches!(bad(&ty, &seven), ValueError::Array { .. }));
+        let deep = "{".repeat(100_000);
+        assert!(matches!(bad(&ty, &deep), ValueError::Array { .. }));
+    }
+
+    #[test]
+    fn malformed_arrays_are_errors() {
+        let ty = arr(PgType::Text);
+        for t in [
+            "",
+            "1,2",
+            "{",
+            "{1,2",
+            "{1,,2}",
+            "{1,}",
+            "{,1}",
+            "{{1},2}",
+            "{1,{2}}",
+            "{{1,2},{3}}",
+            "{{1},{}}",
+            "{1} x",
+            "{1}}",
+            r#"{"a}"#,
+            r#"{a\"#,
+            "{a{b}",
+            "{{{1}},{2}}",
+            "[1:1]",
+            "{1 2\"x}",
+        ] {
+            assert!(matches!(bad(&ty, t), ValueError::Array { .. }), "{t}");
+        }
+    }
+
+    #[test]
+    fn element_errors_name_the_element() {
+        let e = bad(&arr(PgType::Int), "{1,x2}");
+        match &e {
+            ValueError::Element { at, source, .. } => {
+                assert_eq!(*at, 3);
+                assert!(matches!(
+                    **source,
+                    ValueError::Invalid { ty: "integer", .. }
+                ));
+            }
+            other => panic!("{other:?}"),
+        }
+        let msg = e.to_string();
+        assert!(msg.contains("{1,x2}") && msg.contains("\"x2\""), "{msg}");
+    }
+
+    #[test]
+    fn error_text_is_truncated() {
+        let long = "x".repeat(1000);
+        let e = bad(&PgType::Int, &long);
+        let ValueError::Invalid { ty, text, reason } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(*ty, "integer");
+        assert_eq!(text.chars().count(), SNIPPET_CHARS + 1);
+        assert!(text.ends_with('…'));
+        assert_eq!(*reason, "expected an integer");
+        let e = bad(&PgType::Int, &"é".repeat(200));
+        let ValueError::Invalid { text, .. } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(text.chars().count(), SNIPPET_CHARS + 1);
+        assert_eq!(snippet(b"short"), "short");
+        assert_eq!(snippet(b"\xff"), "\u{fffd}");
+    }
+
+    #[test]
+    fn builtin_types() {
+        use PgType::*;
+        let cases = [
+            (16, Bool),
+            (17, Bytea),
+            (20, Int),
+            (21, Int),
+            (23, Int),
+            (26, Int),
+            (28, Int),
+            (5069, Int),
+            (700, Float),
+            (701, Float),
+            (1700, Numeric),
+            (790, Money),
+            (25, Text),
+            (1043, Text),
+            (1042, Text),
+            (18, Text),
+            (19, Text),
+            (2950, Text),
+            (869, Text),
+            (650, Text),
+            (829, Text),
+            (774, Text),
+            (142, Text),
+            (114, Json),
+            (3802, Json),
+            (1082, Date),
+            (1114, Timestamp),
+            (1184, Timestamptz),
+            (1083, Other),
+            (1266, Other),
+            (1186, Other),
+            (22, Other),
+            (30, Other),
+            (603, Other),
+            (3904, Other),
+        ];
+        for (oid, want) in cases {
+            assert_eq!(builtin_type(oid), Some(want.clone()), "oid {oid}");
+        }
+        let arrays = [
+            (1000, Bool),
+            (1001, Bytea),
+            (1005, Int),
+            (1007, Int),
+            (1016, Int),
+            (1028, Int),
+            (1009, Text),
+            (1015, Text),
+            (1014, Text),
+            (2951, Text),
+            (1041, Text),
+            (199, Json),
+            (3807, Json),
+            (1021, Float),
+            (1022, Float),
+            (1231, Numeric),
+            (791, Money),
+            (1182, Date),
+            (1115, Timestamp),
+            (1185, Timestamptz),
+            (1183, Other),
+            (1187, Other),
+            (1006, Other),
+        ];
+        for (oid, elem) in arrays {
+            assert_eq!(builtin_type(oid), Some(arr(elem)), "oid {oid}");
+        }
+        assert_eq!(
+            builtin_type(1020),
+            Some(PgType::Array {
+                elem: Box::new(Other),
+                delim: b';'
+            })
+        );
+        for oid in [0, 1, 16384, 16385, 99999, u32::MAX] {
+            assert_eq!(builtin_type(oid), None, "oid {oid}");
+        }
+    }
+
+    #[test]
+    fn civil_day_arithmetic_round_trips() {
+        for days in (-3_000_000..110_000_000i64).step_by(997) {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+            assert!((1..=12).contains(&m) && d >= 1 && d <= days_in_month(y, m));
+        }
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    // -----------------------------------------------------------------------
+    // Properties
+
+    fn leaf_type() -> impl Strategy<Value = PgType> {
+        prop_oneof![
+            Just(PgType::Bool),
+            Just(PgType::Int),
+            Just(PgType::Float),
+            Just(PgType::Numeric),
+            Just(PgType::Money),
+            Just(PgType::Text),
+            Just(PgType::Json),
+            Just(PgType::Bytea),
+            Just(PgType::Date),
+            Just(PgType::Timestamp),
+            Just(PgType::Timestamptz),
+            Just(PgType::Other),
+        ]
+    }
+
+    fn any_type() -> impl Strategy<Value = PgType> {
+        leaf_type().prop_recursive(3, 8, 1, |inner| {
+            (inner, prop_oneof![Just(b','), Just(b';'), any::<u8>()]).prop_map(|(elem, delim)| {
+                PgType::Array {
+                    elem: Box::new(elem),
+                    delim,
+                }
+            })
+        })
+    }
+
+    /// Arbitrary bytes, and bytes drawn from the characters the parsers
+    /// care about (so the deep paths get exercised too).
+    fn any_text() -> impl Strategy<Value = Vec<u8>> {
+        const ALPHABET: &[u8] = b"{}[]\"\\,; \t:=-+.0123456789eEtfxNULnaIy$TZBC\xff\xc3\xa9";
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..200),
+            proptest::collection::vec(proptest::sample::select(ALPHABET), 0..200),
+        ]
+    }
+
+    /// Quotes an element the way array_out does.
+    fn pg_quote(s: &str, delim: u8, out: &mut String) {
+        let needs = s.is_empty()
+            || s.eq_ignore_ascii_case("NULL")
+            || s.bytes().any(|b| {
+                matches!(b, b'{' | b'}' | b'"' | b'\\') || b == delim || is_array_space(b)
+            });
+        if !needs {
+            out.push_str(s);
+            return;
+        }
+        out.push('"');
+        for c in s.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+
+    fn pg_text_array(items: &[Option<String>], delim: u8) -> String {
+        let mut out = String::from("{");
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(char::from(delim));
+            }
+            match item {
+                None => out.push_str("NULL"),
+                Some(s) => pg_quote(s, delim, &mut out),
+            }
+        }
+        out.push('}');
+        out
+    }
+
+    fn element_string() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[a-zA-Z0-9{}\",;\\\\ \t\n]{0,8}",
+            "(?i)null",
+            Just(String::new()),
+        ]
+    }
+
+    /// Rust's `1.5e20` in Postgres' style: `1.5e+20` (signed, at least two
+    /// exponent digits).
+    fn pg_exp(rust: String) -> String {
+        let (mantissa, exp) = rust.split_once('e').unwrap();
+        let exp: i32 = exp.parse().unwrap();
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.unsigned_abs())
+    }
+
+    /// Postgres' timestamptz offset form: ±HH, ±HH:MM or ±HH:MM:SS.
+    fn pg_offset(secs: i32) -> String {
+        let sign = if secs < 0 { '-' } else { '+' };
+        let a = secs.unsigned_abs();
+        let (h, m, s) = (a / 3600, a / 60 % 60, a % 60);
+        match (m, s) {
+            (0, 0) => format!("{sign}{h:02}"),
+            (_, 0) => format!("{sign}{h:02}:{m:02}"),
+            _ => format!("{sign}{h:02}:{m:02}:{s:02}"),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn never_panics(ty in any_type(), text in any_text()) {
+            let _ = to_json(&ty, &text);
+        }
+
+        #[test]
+        fn never_panics_on_every_leaf_type(text in any_text()) {
+            for ty in [
+                PgType::Bool, PgType::Int, PgType::Float, PgType::Numeric, PgType::Money,
+                PgType::Text, PgType::Json, PgType::Bytea, PgType::Date, PgType::Timestamp,
+                PgType::Timestamptz, PgType::Other, arr(PgType::Text), arr(PgType::Json),
+            ] {
+                let _ = to_json(&ty, &text);
+            }
+        }
+
+        #[test]
+        fn text_array_round_trips(
+            items in proptest::collection::vec(proptest::option::of(element_string()), 0..8),
+            delim in prop_oneof![Just(b','), Just(b';')],
+        ) {
+            let literal = pg_text_array(&items, delim);
+            let ty = PgType::Array { elem: Box::new(PgType::Text), delim };
+            let want = Value::Array(items.iter().map(|i| i.as_ref().map_or(Value::Null, |s| json!(s))).collect());
+            prop_assert_eq!(to_json(&ty, literal.as_bytes()), Ok(want), "{}", literal);
+        }
+
+        #[test]
+        fn int_2d_array_round_trips(
+            rows in (1usize..4, 1usize..4).prop_flat_map(|(r, c)| {
+                proptest::collection::vec(proptest::collection::vec(proptest::option::of(any::<i64>()), c), r)
+            }),
+            lower in proptest::option::of((-5i64..5, -5i64..5)),
+        ) {
+            let mut literal = String::new();
+            if let Some((l1, l2)) = lower {
+                literal = format!("[{}:{}][{}:{}]=", l1, l1 + rows.len() as i64 - 1, l2, l2 + rows[0].len() as i64 - 1);
+            }
+            let fmt = |r: &Vec<Option<i64>>| {
+                r.iter().map(|v| v.map_or("NULL".to_string(), |n| n.to_string())).collect::<Vec<_>>().join(",")
+            };
+            literal.push_str(&format!("{{{}}}", rows.iter().map(|r| format!("{{{}}}", fmt(r))).collect::<Vec<_>>().join(",")));
+            let want = json!(rows);
+            prop_assert_eq!(to_json(&arr(PgType::Int), literal.as_bytes()), Ok(want), "{}", literal);
+        }
+
+        #[test]
+        fn ints_are_exact(n in any::<i64>(), u in any::<u64>()) {
+            prop_assert_eq!(ser(&PgType::Int, &n.to_string()), n.to_string());
+            prop_assert_eq!(ser(&PgType::Int, &u.to_string()), u.to_string());
+        }
+
+        #[test]
+        fn floats_keep_digits(f in any::<f64>().prop_filter("finite", |f| f.is_finite()), single in any::<f32>().prop_filter("finite", |f| f.is_finite())) {
+            for text in [pg_exp(format!("{f:e}")), format!("{f}"), pg_exp(format!("{single:e}"))] {
+                let v = to_json(&PgType::Float, text.as_bytes()).unwrap();
+                prop_assert_eq!(serde_json::to_string(&v).unwrap(), text.clone());
+            }
+            let v = to_json(&PgType::Float, pg_exp(format!("{f:e}")).as_bytes()).unwrap();
+            prop_assert_eq!(v.as_f64(), Some(f));
+            let v = to_json(&PgType::Float, pg_exp(format!("{single:e}")).as_bytes()).unwrap();
+            prop_assert_eq!(v.as_f64().map(|x| x as f32), Some(single));
+        }
+
+        #[test]
+        fn bytea_matches_base64(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let want = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            prop_assert_eq!(to_json(&PgType::Bytea, format!("\\x{hex}").as_bytes()), Ok(json!(want)));
+        }
+
+        #[test]
+        fn timestamptz_matches_chrono(
+            secs in -62_135_596_800i64 + 86_400..253_402_300_799 - 86_400,
+            micros in 0u32..1_000_000,
+            offset in -(16 * 3600 - 1)..16 * 3600i32,
+        ) {
+            use chrono::{DateTime, FixedOffset, SecondsFormat};
+            let utc = DateTime::from_timestamp(secs, micros * 1000).unwrap();
+            let local = utc.with_timezone(&FixedOffset::east_opt(offset).unwrap());
+            let mut frac = format!("{:06}", micros);
+            while frac.ends_with('0') {
+                frac.pop();
+            }
+            let dot = if frac.is_empty() { "" } else { "." };
+            let text = format!("{}{dot}{frac}{}", local.format("%Y-%m-%d %H:%M:%S"), pg_offset(offset));
+            let want = format!("{}{dot}{frac}Z", utc.to_rfc3339_opts(SecondsFormat::Secs, true).trim_end_matches('Z'));
+            prop_assert_eq!(to_json(&PgType::Timestamptz, text.as_bytes()), Ok(json!(want)), "{}", text);
+        }
+    }
+}

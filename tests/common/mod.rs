@@ -1,0 +1,152 @@
+//! Shared harness for the integration tests: one throwaway Postgres cluster
+//! per test binary (`sluice::localpg::shared`, torn down when the binary
+//! exits), and per test its own database, publication and slot.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sluice::config::Config;
+use sluice::localpg::{self, LocalPg};
+use sluice::log::{self, ReadScope};
+use tokio_postgres::Client;
+
+/// How long a test waits for events that must arrive. Reaching it fails the
+/// test (the events never came); nothing asserts how fast they came.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+pub fn cluster() -> &'static LocalPg {
+    localpg::shared()
+}
+
+/// A fresh database on the shared cluster.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub fn new(prefix: &str) -> TestDb {
+        let pg = cluster();
+        let name = pg.create_database(prefix).expect("create test database");
+        let url = pg.url(&name);
+        TestDb { name, url }
+    }
+
+    pub async fn client(&self) -> Client {
+        log::connect(&self.url)
+            .await
+            .expect("connect to test database")
+    }
+
+    /// A config capturing `tables` (`(table, tenant_column)`), with this
+    /// database's own slot (slots are cluster-wide, so named after it).
+    pub fn config(&self, tables: &[(&str, &str)]) -> Config {
+        self.config_with(tables, &[])
+    }
+
+    pub fn config_with(&self, tables: &[(&str, &str)], extra: &[(&str, &str)]) -> Config {
+        Config::load(None, &self.env(tables, extra)).expect("valid test config")
+    }
+
+    pub fn env(&self, tables: &[(&str, &str)], extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+        let list: Vec<String> = tables
+            .iter()
+            .map(|(t, c)| format!("{{table=\"{t}\", tenant_column=\"{c}\"}}"))
+            .collect();
+        let mut env: BTreeMap<String, String> = [
+            ("SLUICE_SOURCE_POSTGRES_URL".to_owned(), self.url.clone()),
+            (
+                "SLUICE_SOURCE_POSTGRES_SLOT".to_owned(),
+                format!("slot_{}", self.name),
+            ),
+            (
+                "SLUICE_SOURCE_POSTGRES_TABLES".to_owned(),
+                format!("[{}]", list.join(", ")),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        for (k, v) in extra {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
+        env
+    }
+}
+
+/// Every event in the log, parsed, in seq order (operator scope).
+pub async fn all_events(client: &Client) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut next = 1;
+    loop {
+        let batch = log::read_events(client, &ReadScope::Operator, next, 10_000)
+            .await
+            .expect("read log");
+        if batch.is_empty() {
+            return out;
+        }
+        for e in batch {
+            next = e.seq + 1;
+            out.push(serde_json::from_str(&e.body).expect("stored envelope is JSON"));
+        }
+    }
+}
+
+/// Waits until the log holds at least `n` events; returns them all.
+pub async fn wait_for_events(client: &Client, n: usize) -> Vec<Value> {
+    let start = Instant::now();
+    loop {
+        let count: i64 = match client
+            .query_one("SELECT count(*) FROM sluice.events", &[])
+            .await
+        {
+            Ok(r) => r.get(0),
+            Err(_) => 0, // the schema may not exist yet
+        };
+        if count as usize >= n {
+            return all_events(client).await;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "only {count} of {n} events arrived within {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Compares JSON values the way the mapping promises: numbers by exact
+/// decimal value when both are integers, otherwise as floats; maps
+/// regardless of key order.
+pub fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (xs, ys) = (x.to_string(), y.to_string());
+            if xs == ys {
+                return true;
+            }
+            match (xs.parse::<i128>(), ys.parse::<i128>()) {
+                (Ok(i), Ok(j)) => i == j,
+                _ => match (xs.parse::<f64>(), ys.parse::<f64>()) {
+                    (Ok(f), Ok(g)) => f == g,
+                    _ => false,
+                },
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same_json(p, q))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// Events of one type, in order.
+pub fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == t).collect()
+}

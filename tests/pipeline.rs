@@ -1,0 +1,560 @@
+//! The pipeline against a real Postgres: type fidelity, TOAST, transactions,
+//! truncate, schema changes, a large transaction, custom events, tenant
+//! tagging and the preflight refusal.
+
+mod common;
+
+use common::{all_events, of_type, same_json, wait_for_events, TestDb};
+use serde_json::{json, Value};
+use sluice::config::Config;
+use sluice::pipeline::{self, Pipeline, PipelineError};
+use tokio_util::sync::CancellationToken;
+
+async fn start(config: &Config) -> (Pipeline, CancellationToken) {
+    let token = CancellationToken::new();
+    let running = pipeline::start(config, token.clone())
+        .await
+        .expect("pipeline starts");
+    (running, token)
+}
+
+async fn stop(running: Pipeline, token: CancellationToken) {
+    token.cancel();
+    running.wait().await.expect("pipeline stops cleanly");
+}
+
+const TYPES_DDL: &str = r#"
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE DOMAIN posint AS int4 CHECK (VALUE > 0);
+CREATE TABLE types (
+    id int PRIMARY KEY, tenant text NOT NULL,
+    b bool, i2 int2, i4 int4, i8 int8, n numeric, f4 float4, f8 float8,
+    t text, vc varchar(40), u uuid, j json, jb jsonb, by bytea,
+    d date, ts timestamp, tstz timestamptz, tm time, iv interval,
+    m mood, dom posint, ia int4[], ia2 int4[], ta text[], ip inet, mo money
+);
+ALTER TABLE types REPLICA IDENTITY FULL;
+"#;
+
+/// What Postgres says a row holds, under Sluice's documented mapping.
+const EXPECTED_SQL: &str = r#"
+SELECT jsonb_build_object(
+  'id', id, 'tenant', tenant, 'b', b, 'i2', i2, 'i4', i4, 'i8', i8,
+  'n', n::text,
+  'f4', CASE WHEN f4::text IN ('NaN', 'Infinity', '-Infinity') THEN to_jsonb(f4::text) ELSE to_jsonb(f4) END,
+  'f8', CASE WHEN f8::text IN ('NaN', 'Infinity', '-Infinity') THEN to_jsonb(f8::text) ELSE to_jsonb(f8) END,
+  't', t, 'vc', vc, 'u', u::text, 'j', j::jsonb, 'jb', jb,
+  'by', translate(encode(by, 'base64'), E'\n', ''),
+  'd', d::text,
+  'ts', replace(ts::text, ' ', 'T'),
+  'tstz', regexp_replace(replace(tstz::text, ' ', 'T'), '\+00$', 'Z'),
+  'tm', tm::text, 'iv', iv::text, 'm', m::text, 'dom', dom,
+  'ia', ia, 'ia2', ia2, 'ta', ta, 'ip', CASE WHEN ip IS NOT NULL THEN format('%s', ip) END, 'mo', mo::numeric::text
+)::text FROM types WHERE id = $1
+"#;
+
+async fn expected_row(client: &tokio_postgres::Client, id: i32) -> Value {
+    let text: String = client
+        .query_one(EXPECTED_SQL, &[&id])
+        .await
+        .expect("read back")
+        .get(0);
+    serde_json::from_str(&text).expect("json")
+}
+
+fn by_subject<'a>(events: &[&'a Value], subject: &str) -> &'a Value {
+    events
+        .iter()
+        .find(|e| e["subject"] == subject)
+        .unwrap_or_else(|| panic!("no event for {subject}"))
+}
+
+fn assert_same(actual: &Value, expected: &Value, what: &str) {
+    let (Value::Object(a), Value::Object(e)) = (actual, expected) else {
+        panic!("{what}: not objects: {actual} vs {expected}");
+    };
+    for (k, ev) in e {
+        let av = a.get(k).unwrap_or(&Value::Null);
+        assert!(
+            same_json(av, ev),
+            "{what}: column {k}: event has {av}, Postgres holds {ev}"
+        );
+    }
+    assert_eq!(
+        a.len(),
+        e.len(),
+        "{what}: column sets differ: {actual} vs {expected}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn type_fidelity_events_equal_what_postgres_holds() {
+    let db = TestDb::new("types");
+    let c = db.client().await;
+    c.batch_execute(TYPES_DDL).await.expect("ddl");
+    c.batch_execute("SET TimeZone = 'UTC'; SET IntervalStyle = 'postgres'; SET DateStyle = 'ISO'")
+        .await
+        .expect("session");
+    let (running, token) = start(&db.config(&[("public.types", "tenant")])).await;
+
+    c.batch_execute(
+        r#"
+INSERT INTO types VALUES (1, 'acme', true, -32768, 2147483647, 9223372036854775807,
+  '12345678901234567890.123456789012345678901', 1.1, 'NaN', 'héllo "quoted" \ back', 'varchar ✓',
+  'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{"a":[1,2,{"b":null}],"big":123456789012345678901234567890, "z": "é"}',
+  '{"nested":{"deep":[true,false,null,1.5e300]},"n":-0.000001}', '\x00010203feff',
+  '2000-02-29', '2026-11-22 10:15:30.123456', '2026-11-22 10:15:30.5+05:30', '23:59:59.999999',
+  '1 year 2 mons 3 days 04:05:06.789', 'happy', 7, '{1,2,3}', '{{1,NULL},{3,4}}',
+  ARRAY['a,b', 'c"d', 'NULL', NULL, '', 'x y', 'back\slash', '{braces}'], '192.168.0.1/24', '1234.56');
+INSERT INTO types (id, tenant) VALUES (2, 'acme');
+INSERT INTO types VALUES (3, 'globex', false, 0, -2147483648, -9223372036854775808,
+  'NaN', '-Infinity', 1e-7, '', '', '00000000-0000-0000-0000-000000000000', '[]', '"just a string"',
+  ''::bytea, 'infinity', '-infinity', 'infinity', '00:00', '-1 days -00:00:01', 'sad', 1, '{}', '{{{1},{2}},{{3},{4}}}',
+  '{}', '::1', '-1234.56');
+"#,
+    )
+    .await
+    .expect("inserts");
+    let mut inserted = Vec::new();
+    for id in 1..=3 {
+        inserted.push(expected_row(&c, id).await);
+    }
+    c.batch_execute(
+        r#"
+UPDATE types SET b = false, i8 = -1, n = '-0.5', f4 = 'Infinity', f8 = 3.141592653589793, t = E'line\nbreak\ttab',
+  jb = '{"k": [1, {"x": "y"}]}', by = decode(repeat('ff', 300), 'hex'), ts = '1999-12-31 23:59:59',
+  tstz = '2026-01-01 00:00:00-08', ia2 = '{{NULL,NULL},{NULL,5}}', ta = '{"only one"}', m = 'ok' WHERE id = 1;
+UPDATE types SET i2 = 5, d = '0044-03-15 BC' WHERE id = 3;
+"#,
+    )
+    .await
+    .expect("updates");
+    let updated = [expected_row(&c, 1).await, expected_row(&c, 3).await];
+    c.batch_execute("DELETE FROM types WHERE id IN (2, 3)")
+        .await
+        .expect("deletes");
+
+    wait_for_events(&c, 7).await;
+    stop(running, token).await;
+    let events = all_events(&c).await;
+
+    let ins = of_type(&events, "row.inserted");
+    let upd = of_type(&events, "row.updated");
+    let del = of_type(&events, "row.deleted");
+    assert_eq!((ins.len(), upd.len(), del.len()), (3, 2, 2));
+    for (i, exp) in inserted.iter().enumerate() {
+        let e = by_subject(&ins, &format!("public.types/{}", i + 1));
+        assert_same(&e["data"]["new"], exp, &format!("insert {}", i + 1));
+    }
+    let u1 = by_subject(&upd, "public.types/1");
+    assert_same(&u1["data"]["new"], &updated[0], "update 1 new");
+    assert_same(&u1["data"]["old"], &inserted[0], "update 1 old");
+    let u3 = by_subject(&upd, "public.types/3");
+    assert_same(&u3["data"]["new"], &updated[1], "update 3 new");
+    assert_eq!(u3["data"]["changed"], json!(["i2", "d"]));
+    assert_same(
+        &by_subject(&del, "public.types/2")["data"]["old"],
+        &inserted[1],
+        "delete 2",
+    );
+    assert_same(
+        &by_subject(&del, "public.types/3")["data"]["old"],
+        &updated[1],
+        "delete 3",
+    );
+    for e in &events {
+        assert_eq!(e["specversion"], "1.0");
+        assert_eq!(e["id"], e["seq"].to_string());
+        assert!(e["lsn"].as_str().is_some_and(|l| l.contains('/')), "{e}");
+        assert!(
+            e["time"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z') && t.len() == 27),
+            "{e}"
+        );
+        assert_eq!(e["source"], "/sluice/pg/main");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_toast_is_never_sent_as_a_wrong_value() {
+    let db = TestDb::new("toast");
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE plain (tenant text, id int, note text, blob text, PRIMARY KEY (tenant, id));
+         CREATE TABLE full_ident (tenant text, id int, note text, blob text, PRIMARY KEY (tenant, id));
+         ALTER TABLE full_ident REPLICA IDENTITY FULL;
+         ALTER TABLE plain ALTER COLUMN blob SET STORAGE EXTERNAL;
+         ALTER TABLE full_ident ALTER COLUMN blob SET STORAGE EXTERNAL;",
+    )
+    .await
+    .expect("ddl");
+    let (running, token) =
+        start(&db.config(&[("public.plain", "tenant"), ("public.full_ident", "tenant")])).await;
+    c.batch_execute(
+        "INSERT INTO plain SELECT 'acme', 1, 'a', string_agg(md5(g::text), '') FROM generate_series(1, 3000) g;
+         INSERT INTO full_ident SELECT 'acme', 1, 'a', string_agg(md5(g::text), '') FROM generate_series(1, 3000) g;
+         UPDATE plain SET note = 'b';
+         UPDATE full_ident SET note = 'b';",
+    )
+    .await
+    .expect("writes");
+    let blob: String = c
+        .query_one("SELECT blob FROM full_ident", &[])
+        .await
+        .expect("blob")
+        .get(0);
+    assert!(blob.len() > 90_000);
+    wait_for_events(&c, 4).await;
+    stop(running, token).await;
+    let events = all_events(&c).await;
+    let upd = of_type(&events, "row.updated");
+    let plain = upd
+        .iter()
+        .find(|e| e["data"]["table"] == "plain")
+        .expect("plain update");
+    assert_eq!(
+        plain["data"]["new"],
+        json!({"tenant": "acme", "id": 1, "note": "b"})
+    );
+    assert_eq!(plain["data"]["unchanged"], json!(["blob"]));
+    let full = upd
+        .iter()
+        .find(|e| e["data"]["table"] == "full_ident")
+        .expect("full update");
+    assert_eq!(full["data"]["new"]["blob"].as_str(), Some(blob.as_str()));
+    assert_eq!(full["data"]["changed"], json!(["note"]));
+    assert!(full["data"].get("unchanged").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_are_contiguous_in_statement_order_and_rollbacks_vanish() {
+    let db = TestDb::new("tx");
+    let a = db.client().await;
+    let b = db.client().await;
+    a.batch_execute("CREATE TABLE t (id int PRIMARY KEY, tenant text NOT NULL, v text); ALTER TABLE t REPLICA IDENTITY FULL")
+        .await
+        .expect("ddl");
+    let (running, token) = start(&db.config(&[("public.t", "tenant")])).await;
+    a.batch_execute("BEGIN; INSERT INTO t VALUES (1, 'acme', 'a1')")
+        .await
+        .expect("a1");
+    b.batch_execute("INSERT INTO t VALUES (100, 'globex', 'b1')")
+        .await
+        .expect("b1");
+    b.batch_execute("BEGIN; INSERT INTO t VALUES (200, 'globex', 'rolled back'); ROLLBACK")
+        .await
+        .expect("rollback");
+    a.batch_execute("INSERT INTO t VALUES (2, 'acme', 'a2'); UPDATE t SET v = 'a1x' WHERE id = 1; DELETE FROM t WHERE id = 2; COMMIT")
+        .await
+        .expect("a commit");
+    b.batch_execute("INSERT INTO t VALUES (101, 'globex', 'b2')")
+        .await
+        .expect("b2");
+    wait_for_events(&a, 6).await;
+    stop(running, token).await;
+    let events = all_events(&a).await;
+    let subjects: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap_or(""),
+                e["subject"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        subjects,
+        vec![
+            ("row.inserted", "public.t/100"),
+            ("row.inserted", "public.t/1"),
+            ("row.inserted", "public.t/2"),
+            ("row.updated", "public.t/1"),
+            ("row.deleted", "public.t/2"),
+            ("row.inserted", "public.t/101"),
+        ]
+    );
+    let a_events = &events[1..5];
+    assert!(a_events
+        .iter()
+        .all(|e| e["txid"] == a_events[0]["txid"] && e["time"] == a_events[0]["time"]));
+    assert_ne!(events[0]["txid"], a_events[0]["txid"]);
+    let seqs: Vec<i64> = events.iter().filter_map(|e| e["seq"].as_i64()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    assert!(!events
+        .iter()
+        .any(|e| e["data"]["new"]["v"] == "rolled back"));
+    assert_eq!(events[0]["tenant"], "globex");
+    assert_eq!(events[1]["tenant"], "acme");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_is_announced_to_each_tenant_of_the_table() {
+    let db = TestDb::new("trunc");
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE t1 (id int PRIMARY KEY, tenant text); ALTER TABLE t1 REPLICA IDENTITY FULL;
+         CREATE TABLE t2 (id int PRIMARY KEY, tenant text); ALTER TABLE t2 REPLICA IDENTITY FULL;",
+    )
+    .await
+    .expect("ddl");
+    let (running, token) =
+        start(&db.config(&[("public.t1", "tenant"), ("public.t2", "tenant")])).await;
+    c.batch_execute(
+        "INSERT INTO t1 VALUES (1, 'acme'), (2, 'globex'), (3, 'acme');
+         INSERT INTO t2 VALUES (1, 'initech');
+         TRUNCATE t1, t2 RESTART IDENTITY;",
+    )
+    .await
+    .expect("writes");
+    wait_for_events(&c, 7).await;
+    stop(running, token).await;
+    let events = all_events(&c).await;
+    let tr = of_type(&events, "row.truncated");
+    let mut seen: Vec<(String, String)> = tr
+        .iter()
+        .map(|e| {
+            (
+                e["data"]["table"].as_str().unwrap_or("").to_owned(),
+                e["tenant"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("t1".to_owned(), "acme".to_owned()),
+            ("t1".to_owned(), "globex".to_owned()),
+            ("t2".to_owned(), "initech".to_owned())
+        ]
+    );
+    assert!(tr.iter().all(|e| e["data"]["restart_identity"] == true
+        && e["topic"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("/truncate"))));
+    // Truncates come after the rows they remove.
+    let first_trunc = events
+        .iter()
+        .position(|e| e["type"] == "row.truncated")
+        .expect("truncate");
+    assert_eq!(first_trunc, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_changes_mid_stream_are_followed() {
+    let db = TestDb::new("schema");
+    let c = db.client().await;
+    c.batch_execute("CREATE TABLE s (id int PRIMARY KEY, tenant text, note text); ALTER TABLE s REPLICA IDENTITY FULL")
+        .await
+        .expect("ddl");
+    let (running, token) = start(&db.config(&[("public.s", "tenant")])).await;
+    c.batch_execute(
+        "INSERT INTO s VALUES (1, 'acme', 'n1');
+         ALTER TABLE s ADD COLUMN extra int;
+         INSERT INTO s VALUES (2, 'acme', 'n2', 42);
+         ALTER TABLE s DROP COLUMN note;
+         INSERT INTO s VALUES (3, 'acme', 43);
+         UPDATE s SET extra = 44 WHERE id = 1;",
+    )
+    .await
+    .expect("writes");
+    wait_for_events(&c, 4).await;
+    stop(running, token).await;
+    let events = all_events(&c).await;
+    assert_eq!(
+        events[0]["data"]["new"],
+        json!({"id": 1, "tenant": "acme", "note": "n1"})
+    );
+    assert_eq!(
+        events[1]["data"]["new"],
+        json!({"id": 2, "tenant": "acme", "note": "n2", "extra": 42})
+    );
+    assert_eq!(
+        events[2]["data"]["new"],
+        json!({"id": 3, "tenant": "acme", "extra": 43})
+    );
+    assert_eq!(
+        events[3]["data"]["new"],
+        json!({"id": 1, "tenant": "acme", "extra": 44})
+    );
+    assert_eq!(events[3]["data"]["changed"], json!(["extra"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200k_row_transaction_is_appended_whole_and_in_order() {
+    let db = TestDb::new("big");
+    let c = db.client().await;
+    c.batch_execute("CREATE TABLE big (id int PRIMARY KEY, tenant text NOT NULL, v text); ALTER TABLE big REPLICA IDENTITY FULL")
+        .await
+        .expect("ddl");
+    let (running, token) = start(&db.config(&[("public.big", "tenant")])).await;
+    c.batch_execute("INSERT INTO big SELECT g, 'tenant' || (g % 10), md5(g::text) FROM generate_series(1, 200000) g")
+        .await
+        .expect("big insert");
+    c.batch_execute("INSERT INTO big VALUES (0, 'after', 'x')")
+        .await
+        .expect("after");
+    let _ = wait_for_events(&c, 200_001).await;
+    stop(running, token).await;
+    let row = c
+        .query_one(
+            "SELECT count(*), count(DISTINCT body::jsonb->'txid'), min(seq), max(seq),
+                    bool_and((body::jsonb->'data'->'new'->>'id')::int = seq - (SELECT min(seq) FROM sluice.events) + 1)
+             FROM sluice.events WHERE tenant <> 'after'",
+            &[],
+        )
+        .await
+        .expect("summary");
+    let (n, txids, min, max, ordered): (i64, i64, i64, i64, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    assert_eq!(n, 200_000);
+    assert_eq!(txids, 1, "one transaction");
+    assert_eq!(max - min + 1, 200_000, "contiguous seqs");
+    assert!(ordered, "statement order");
+    let last: i64 = c
+        .query_one("SELECT seq FROM sluice.events WHERE tenant = 'after'", &[])
+        .await
+        .expect("after")
+        .get(0);
+    assert_eq!(last, max + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_events_are_ordered_with_rows_and_only_if_committed() {
+    let db = TestDb::new("custom");
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE o (id int PRIMARY KEY, tenant text); ALTER TABLE o REPLICA IDENTITY FULL",
+    )
+    .await
+    .expect("ddl");
+    let (running, token) = start(&db.config(&[("public.o", "tenant")])).await;
+    c.batch_execute(
+        r#"
+BEGIN;
+INSERT INTO o VALUES (1, 'acme');
+SELECT pg_logical_emit_message(true, 'sluice', '{"tenant":"acme","type":"order.shipped","data":{"id":1}}');
+INSERT INTO o VALUES (2, 'acme');
+COMMIT;
+BEGIN;
+SELECT pg_logical_emit_message(true, 'sluice', '{"tenant":"acme","type":"never","data":{}}');
+ROLLBACK;
+SELECT pg_logical_emit_message(true, 'sluice', 'not json at all');
+SELECT pg_logical_emit_message(true, 'sluice', '{"tenant":"acme","type":"bad type!"}');
+SELECT pg_logical_emit_message(true, 'other-prefix', '{"tenant":"acme","type":"ignored"}');
+SELECT pg_logical_emit_message(false, 'sluice', '{"tenant":"globex","type":"ping","data":[1,2]}');
+INSERT INTO o VALUES (3, 'acme');
+"#,
+    )
+    .await
+    .expect("writes");
+    wait_for_events(&c, 5).await;
+    stop(running, token).await;
+    let events = all_events(&c).await;
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "row.inserted",
+            "custom.order.shipped",
+            "row.inserted",
+            "custom.ping",
+            "row.inserted"
+        ]
+    );
+    assert_eq!(events[1]["txid"], events[0]["txid"]);
+    assert_eq!(events[1]["data"], json!({"id": 1}));
+    assert_eq!(events[1]["topic"], "custom/order.shipped");
+    assert_eq!(events[3]["tenant"], "globex");
+    assert_eq!(events[3]["data"], json!([1, 2]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_without_a_tenant_are_given_to_no_one() {
+    let db = TestDb::new("notenant");
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE n (id int PRIMARY KEY, tenant text); ALTER TABLE n REPLICA IDENTITY FULL",
+    )
+    .await
+    .expect("ddl");
+    let (running, token) = start(&db.config(&[("public.n", "tenant")])).await;
+    c.batch_execute("INSERT INTO n VALUES (1, NULL); INSERT INTO n VALUES (2, ''); INSERT INTO n VALUES (3, 'acme')")
+        .await
+        .expect("writes");
+    wait_for_events(&c, 1).await;
+    let dropped = running
+        .stats
+        .dropped_no_tenant
+        .load(std::sync::atomic::Ordering::Relaxed);
+    stop(running, token).await;
+    let events = all_events(&c).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["subject"], "public.n/3");
+    assert_eq!(dropped, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_table_whose_deletes_cannot_be_attributed() {
+    let db = TestDb::new("refuse");
+    let c = db.client().await;
+    c.batch_execute("CREATE TABLE r (id int PRIMARY KEY, tenant text)")
+        .await
+        .expect("ddl");
+    let err = pipeline::start(
+        &db.config(&[("public.r", "tenant")]),
+        CancellationToken::new(),
+    )
+    .await
+    .err()
+    .expect("must refuse");
+    let msg = err.to_string();
+    assert!(matches!(err, PipelineError::Preflight(_)), "{msg}");
+    assert!(
+        msg.contains("public.r") && msg.contains("REPLICA IDENTITY FULL"),
+        "{msg}"
+    );
+    // With the fix applied it starts.
+    c.batch_execute("ALTER TABLE r REPLICA IDENTITY FULL")
+        .await
+        .expect("fix");
+    let (running, token) = start(&db.config(&[("public.r", "tenant")])).await;
+    stop(running, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_restart_resumes_without_loss_or_duplicates() {
+    let db = TestDb::new("restart");
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE r (id int PRIMARY KEY, tenant text); ALTER TABLE r REPLICA IDENTITY FULL",
+    )
+    .await
+    .expect("ddl");
+    let config = db.config(&[("public.r", "tenant")]);
+    let (running, token) = start(&config).await;
+    c.batch_execute("INSERT INTO r SELECT g, 'acme' FROM generate_series(1, 100) g")
+        .await
+        .expect("w1");
+    wait_for_events(&c, 100).await;
+    stop(running, token).await;
+    c.batch_execute("INSERT INTO r SELECT g, 'acme' FROM generate_series(101, 150) g")
+        .await
+        .expect("w2");
+    let (running, token) = start(&config).await;
+    c.batch_execute("INSERT INTO r SELECT g, 'acme' FROM generate_series(151, 200) g")
+        .await
+        .expect("w3");
+    wait_for_events(&c, 200).await;
+    stop(running, token).await;
+    let events = all_events(&c).await;
+    let ids: Vec<i64> = events
+        .iter()
+        .filter_map(|e| e["data"]["new"]["id"].as_i64())
+        .collect();
+    assert_eq!(ids, (1..=200).collect::<Vec<i64>>());
+}
