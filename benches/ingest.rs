@@ -37,6 +37,13 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 fn main() {
     let rows: u64 = arg("--rows")
         .and_then(|s| s.parse().ok())
@@ -121,8 +128,22 @@ fn main() {
     // (b) Sluice drains the same backlog into its log.
     let exe = env!("CARGO_BIN_EXE_sluice");
     let t = Instant::now();
-    let mut child = Command::new(exe)
+    // SLUICE_BENCH_WRAP="perf record -g -o /tmp/sluice.perf --" profiles the run
+    // (the RSS and CPU figures are then the wrapper's).
+    let wrap: Vec<String> = std::env::var("SLUICE_BENCH_WRAP")
+        .map(|w| w.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let mut command = match wrap.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let mut child = command
         .arg("serve")
+        .env_remove("SLUICE_BENCH_WRAP")
         .env("SLUICE_SOURCE_POSTGRES_URL", pg.url(&db))
         .env("SLUICE_SOURCE_POSTGRES_SLOT", "sluice_slot")
         .env("SLUICE_SOURCE_POSTGRES_PUBLICATION", "bench_pub")
@@ -154,6 +175,19 @@ fn main() {
     }
     let sluice_secs = t.elapsed().as_secs_f64();
     peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+    let sluice_cpu = cpu_secs(pid).unwrap_or(0.0);
+    let backend_cpu = |app: &str, db: &str| -> f64 {
+        pg.psql(
+            db,
+            &format!("SELECT pid FROM pg_stat_activity WHERE application_name = '{app}'"),
+        )
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+        .and_then(cpu_secs)
+        .unwrap_or(f64::NAN)
+    };
+    let walsender_cpu = backend_cpu("sluice/main", &db);
+    let appender_cpu = backend_cpu("sluice-appender", &state_db);
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
@@ -175,6 +209,10 @@ fn main() {
     println!(
         "ratio sluice/R:    {:.2} (target >= 0.6)",
         sluice_rate / raw_rate
+    );
+    println!("sluice CPU:        {sluice_cpu:.2} s (user + system of the sluice process)");
+    println!(
+        "postgres CPU:      walsender {walsender_cpu:.2} s, appender backend {appender_cpu:.2} s"
     );
     println!(
         "sluice peak RSS:   {:.1} MiB (target <= 256)",

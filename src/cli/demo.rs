@@ -101,6 +101,7 @@ pub async fn demo(keep_running: bool) -> Result<(), CliError> {
     shutdown.cancel();
     running.wait().await?;
     eprintln!("{printed} events appended and printed; stopping the demo cluster");
+    drop((reader, client));
     drop(pg);
     Ok(())
 }

@@ -10,7 +10,6 @@ pub mod tenant;
 
 use std::sync::Arc;
 
-use serde::Serialize;
 use serde_json::value::RawValue;
 
 pub use tenant::{TenantError, TenantId};
@@ -52,51 +51,51 @@ pub struct PendingEvent {
     pub subject: Option<String>,
     /// Source commit time, microseconds since the Unix epoch.
     pub time_micros: i64,
+    /// `format_time_micros(time_micros)`, formatted once per transaction
+    /// rather than once per event.
+    pub time: Arc<str>,
     pub txid: Option<u64>,
     pub lsn: Option<u64>,
     /// The serialized `data` member.
     pub data: Box<RawValue>,
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
-    specversion: &'static str,
-    id: String,
-    seq: i64,
-    source: &'a str,
-    #[serde(rename = "type")]
-    event_type: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    subject: Option<&'a str>,
-    time: String,
-    tenant: &'a str,
-    topic: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    txid: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lsn: Option<String>,
-    data: &'a RawValue,
-}
-
 impl PendingEvent {
     /// The envelope as it is stored and sent, for `tenant` at `seq`.
     pub fn envelope_json(&self, seq: i64, tenant: &TenantId) -> String {
-        let env = Envelope {
-            specversion: "1.0",
-            id: seq.to_string(),
-            seq,
-            source: &self.source,
-            event_type: &self.event_type,
-            subject: self.subject.as_deref(),
-            time: format_time_micros(self.time_micros),
-            tenant: tenant.as_str(),
-            topic: &self.topic,
-            txid: self.txid,
-            lsn: self.lsn.map(format_lsn),
-            data: &self.data,
-        };
-        serde_json::to_string(&env)
-            .expect("an envelope of strings, numbers and valid raw JSON always serializes")
+        let data = self.data.get();
+        let mut out = String::with_capacity(data.len() + self.topic.len() * 2 + 200);
+        out.push_str("{\"specversion\":\"1.0\",\"id\":\"");
+        push_int(&mut out, seq);
+        out.push_str("\",\"seq\":");
+        push_int(&mut out, seq);
+        out.push_str(",\"source\":");
+        push_json_str(&mut out, &self.source);
+        out.push_str(",\"type\":");
+        push_json_str(&mut out, &self.event_type);
+        if let Some(subject) = &self.subject {
+            out.push_str(",\"subject\":");
+            push_json_str(&mut out, subject);
+        }
+        out.push_str(",\"time\":\"");
+        out.push_str(&self.time);
+        out.push_str("\",\"tenant\":");
+        push_json_str(&mut out, tenant.as_str());
+        out.push_str(",\"topic\":");
+        push_json_str(&mut out, &self.topic);
+        if let Some(txid) = self.txid {
+            out.push_str(",\"txid\":");
+            push_int(&mut out, i64::try_from(txid).unwrap_or(i64::MAX));
+        }
+        if let Some(lsn) = self.lsn {
+            out.push_str(",\"lsn\":\"");
+            out.push_str(&format_lsn(lsn));
+            out.push('"');
+        }
+        out.push_str(",\"data\":");
+        out.push_str(data);
+        out.push('}');
+        out
     }
 
     /// Size used for memory bounds on queues and batches.
@@ -105,6 +104,22 @@ impl PendingEvent {
             + self.topic.len()
             + self.subject.as_ref().map_or(0, |s| s.len())
             + 256
+    }
+}
+
+fn push_int(out: &mut String, v: i64) {
+    use std::fmt::Write as _;
+    let _ = write!(out, "{v}");
+}
+
+/// Appends `s` as a JSON string literal.
+fn push_json_str(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(s).expect("a str always serializes"));
     }
 }
 
@@ -152,6 +167,7 @@ mod tests {
             topic: "tables/public.orders/update".into(),
             subject: Some("public.orders/42".into()),
             time_micros: 1_795_342_530_123_456,
+            time: format_time_micros(1_795_342_530_123_456).into(),
             txid: Some(7731),
             lsn: Some(0x16B3748),
             data: RawValue::from_string(data.to_owned()).expect("valid json"),
@@ -173,6 +189,16 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_str(&json).expect("parses");
         assert_eq!(v["data"]["key"]["id"], 42);
+    }
+
+    #[test]
+    fn strings_needing_escapes_are_escaped() {
+        let mut e = pending("{}");
+        e.subject = Some("public.t/a\"b\\c\n".into());
+        let json = e.envelope_json(1, &TenantId::new("t\"x").expect("valid"));
+        let v: serde_json::Value = serde_json::from_str(&json).expect("parses");
+        assert_eq!(v["subject"], "public.t/a\"b\\c\n");
+        assert_eq!(v["tenant"], "t\"x");
     }
 
     #[test]

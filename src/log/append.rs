@@ -24,7 +24,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::{self, Checkpoint};
-use super::{connect, LogError, APPENDER_LOCK_KEY};
+use super::{connect_as, LogError, APPENDER_LOCK_KEY};
 use crate::config::AppenderConfig;
 use crate::event::{Audience, PendingEvent, SourcePosition, TenantId};
 
@@ -154,7 +154,7 @@ impl Appender {
 
     async fn reconnect(&mut self) -> Result<(), LogError> {
         self.client = None;
-        let client = connect(&self.url).await?;
+        let client = connect_as(&self.url, "sluice-appender").await?;
         let locked: bool = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&APPENDER_LOCK_KEY])
             .await?
@@ -455,6 +455,7 @@ mod tests {
                 topic: "tables/public.t/insert".into(),
                 subject: None,
                 time_micros: 0,
+                time: "1970-01-01T00:00:00.000000Z".into(),
                 txid: None,
                 lsn: None,
                 data: RawValue::from_string("{}".into()).expect("json"),

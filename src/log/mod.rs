@@ -67,7 +67,20 @@ pub(crate) fn db_error_is_retryable(e: &tokio_postgres::Error) -> bool {
 /// Connects to the state database; the connection task runs in the background
 /// and ends when the client is dropped.
 pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    connect_as(url, "sluice").await
+}
+
+/// Connects with `application_name` set (unless the URL sets one), so an
+/// operator can tell Sluice's sessions apart in `pg_stat_activity`.
+pub async fn connect_as(
+    url: &str,
+    application_name: &str,
+) -> Result<Client, tokio_postgres::Error> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    if config.get_application_name().is_none() {
+        config.application_name(application_name);
+    }
+    let (client, conn) = config.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "state connection ended");

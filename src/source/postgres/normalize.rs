@@ -5,18 +5,21 @@
 //! catalog, which is I/O). The tenant is read from the row itself, never
 //! from anything a client sent; a row whose tenant cannot be read is not
 //! given to anyone and is reported as [`Dropped`](Outcome::Dropped).
+//!
+//! This runs for every change, so `data` is written straight from the
+//! tuple's datums into one buffer (no intermediate JSON tree); column keys
+//! are escaped once per relation.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 use super::pgoutput::{
     Datum, Delete, Insert, Message, OldTuple, Relation, Truncate, Tuple, Update,
 };
-use super::value::{to_json, PgType};
-use crate::event::{types, Audience, PendingEvent, SourcePosition, TenantId};
+use super::value::{write_json, write_json_string, PgType};
+use crate::event::{format_time_micros, types, Audience, PendingEvent, SourcePosition, TenantId};
 
 /// How one captured table is tagged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,15 +48,32 @@ struct CachedRelation {
     qualified: Arc<str>,
     tenant_index: Option<usize>,
     topics: [Arc<str>; 4],
+    /// `"column":` per column, escaped.
+    keys: Vec<Vec<u8>>,
+    /// `{"op":"…","schema":"…","table":"…"` minus the op, which varies.
+    head: String,
 }
 
 /// The transaction a change belongs to.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TxContext {
     pub xid: u32,
     pub commit_lsn: u64,
     /// Microseconds since the Unix epoch.
     pub commit_time_micros: i64,
+    /// `commit_time_micros` formatted, shared by the transaction's events.
+    pub time: Arc<str>,
+}
+
+impl TxContext {
+    pub fn new(xid: u32, commit_lsn: u64, commit_time_micros: i64) -> TxContext {
+        TxContext {
+            xid,
+            commit_lsn,
+            commit_time_micros,
+            time: format_time_micros(commit_time_micros).into(),
+        }
+    }
 }
 
 /// Why a change produced no event.
@@ -98,6 +118,18 @@ pub struct Normalizer {
     source: Arc<str>,
     relations: HashMap<u32, CachedRelation>,
     pub stats: NormalizeStats,
+    /// Size of the last `data` written, to size the next buffer.
+    last_len: usize,
+}
+
+/// Which columns of a tuple to write.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Image {
+    /// Every column (a new row, or a full old row).
+    Full,
+    /// Only the key columns (a `K` old tuple sends the others as NULL
+    /// placeholders, which say nothing about the row).
+    KeyOnly,
 }
 
 impl Normalizer {
@@ -106,6 +138,7 @@ impl Normalizer {
             source: source.into(),
             relations: HashMap::new(),
             stats: NormalizeStats::default(),
+            last_len: 256,
         }
     }
 
@@ -129,12 +162,30 @@ impl Normalizer {
             topic("delete"),
             topic("truncate"),
         ];
+        let keys = rel
+            .columns
+            .iter()
+            .map(|c| {
+                let mut k = Vec::with_capacity(c.name.len() + 3);
+                write_json_string(&c.name, &mut k);
+                k.push(b':');
+                k
+            })
+            .collect();
+        let mut head = Vec::new();
+        head.extend_from_slice(b",\"schema\":");
+        write_json_string(&rel.namespace, &mut head);
+        head.extend_from_slice(b",\"table\":");
+        write_json_string(&rel.name, &mut head);
+        let head = String::from_utf8(head).expect("JSON written from strs is UTF-8");
         self.relations.insert(
             rel.id,
             CachedRelation {
-                qualified: qualified.clone(),
+                qualified,
                 tenant_index,
                 topics,
+                keys,
+                head,
                 resolved,
             },
         );
@@ -163,6 +214,10 @@ impl Normalizer {
         }
     }
 
+    fn buffer(&self) -> Vec<u8> {
+        Vec::with_capacity(self.last_len + self.last_len / 4)
+    }
+
     fn insert(&mut self, tx: &TxContext, pos: u64, m: &Insert) -> Outcome {
         let Some(rel) = self.relations.get(&m.relation_id) else {
             return Outcome::Dropped(DropReason::UnknownRelation(m.relation_id));
@@ -170,27 +225,34 @@ impl Normalizer {
         let Some(rule) = &rel.resolved.rule else {
             return Outcome::Ignored;
         };
-        let mut row = RowImage::default();
-        if let Err(o) = row.fill(rel, &m.new, &mut self.stats) {
-            return Outcome::Dropped(o);
+        if let Err(r) = check_shape(rel, &m.new) {
+            return Outcome::Dropped(r);
         }
-        let tenant = match tenant_of(rel, Some(&m.new), None, &row) {
+        let tenant = match tenant_of(rel, Some(&m.new), None) {
             Ok(t) => t,
-            Err(o) => return Outcome::Dropped(o),
+            Err(r) => return Outcome::Dropped(r),
         };
-        let key = row.key(rel);
-        let mut data = Map::new();
-        head(&mut data, "insert", &rel.resolved.relation);
-        data.insert("key".into(), Value::Object(key.clone()));
+        let mut w = Writer::new(self.buffer(), &mut self.stats);
+        w.head("insert", rel);
+        w.key(rel, &m.new);
+        let mut unchanged = Vec::new();
         if !rule.fields_only {
-            data.insert("new".into(), Value::Object(row.values));
+            w.raw(b",\"new\":");
+            w.row(rel, &m.new, Image::Full, None, &mut unchanged);
         }
-        if !row.unchanged.is_empty() {
-            data.insert("unchanged".into(), names(row.unchanged));
-        }
+        w.names(rel, b"unchanged", &unchanged);
+        let data = w.finish();
+        let subject = subject(rel, &m.new);
         let topic = rel.topics[0].clone();
-        let subject = subject(&rel.qualified, &key);
-        self.event(tx, pos, tenant, types::INSERTED, topic, Some(subject), data)
+        self.event(
+            tx,
+            pos,
+            Audience::Tenant(tenant),
+            types::INSERTED,
+            topic,
+            Some(subject),
+            data,
+        )
     }
 
     fn update(&mut self, tx: &TxContext, pos: u64, m: &Update) -> Outcome {
@@ -200,67 +262,62 @@ impl Normalizer {
         let Some(rule) = &rel.resolved.rule else {
             return Outcome::Ignored;
         };
-        let (old_tuple, old_is_full) = match &m.old {
-            Some(OldTuple::Full(t)) => (Some(t), true),
-            Some(OldTuple::Key(t)) => (Some(t), false),
-            None => (None, false),
+        let (old, old_image) = match &m.old {
+            Some(OldTuple::Full(t)) => (Some(t), Image::Full),
+            Some(OldTuple::Key(t)) => (Some(t), Image::KeyOnly),
+            None => (None, Image::KeyOnly),
         };
-        let mut old = RowImage::default();
-        if let Some(t) = old_tuple {
-            if let Err(o) = old.fill_partial(rel, t, old_is_full, &mut self.stats) {
-                return Outcome::Dropped(o);
-            }
+        if let Err(r) =
+            check_shape(rel, &m.new).and_then(|()| old.map_or(Ok(()), |t| check_shape(rel, t)))
+        {
+            return Outcome::Dropped(r);
         }
-        let mut new = RowImage::default();
-        if let Err(o) = new.fill(rel, &m.new, &mut self.stats) {
-            return Outcome::Dropped(o);
-        }
+        let tenant = match tenant_of(rel, Some(&m.new), old) {
+            Ok(t) => t,
+            Err(r) => return Outcome::Dropped(r),
+        };
         // An unchanged TOASTed value is never sent as a wrong value: it is
         // taken from the full old image when there is one.
-        if old_is_full && !new.unchanged.is_empty() {
-            let mut still = Vec::new();
-            for name in std::mem::take(&mut new.unchanged) {
-                match old.values.get(name) {
-                    Some(v) => {
-                        new.values.insert(name.to_owned(), v.clone());
-                    }
-                    None => still.push(name),
-                }
-            }
-            new.unchanged = still;
-            reorder_like_relation(&mut new.values, &rel.resolved.relation);
-        }
-        let tenant = match tenant_of(rel, Some(&m.new), old_tuple, &new) {
-            Ok(t) => t,
-            Err(o) => return Outcome::Dropped(o),
-        };
-        let key = new.key(rel);
-        let mut data = Map::new();
-        head(&mut data, "update", &rel.resolved.relation);
-        data.insert("key".into(), Value::Object(key.clone()));
+        let full_old = old.filter(|_| old_image == Image::Full);
+        let mut w = Writer::new(self.buffer(), &mut self.stats);
+        w.head("update", rel);
+        w.key(rel, &m.new);
+        let mut unchanged = Vec::new();
         if !rule.fields_only {
-            data.insert("new".into(), Value::Object(new.values.clone()));
-            if old_tuple.is_some() {
-                data.insert("old".into(), Value::Object(old.values.clone()));
+            w.raw(b",\"new\":");
+            w.row(rel, &m.new, Image::Full, full_old, &mut unchanged);
+            if let Some(o) = old {
+                w.raw(b",\"old\":");
+                w.row(rel, o, old_image, None, &mut Vec::new());
+            }
+        } else {
+            unchanged = unchanged_columns(&m.new, full_old);
+        }
+        if let Some(o) = full_old {
+            let changed: Vec<usize> = (0..m.new.0.len())
+                .filter(|&i| match (m.new.0.get(i), o.0.get(i)) {
+                    (Some(Datum::UnchangedToast), _) => false,
+                    (a, b) => a != b,
+                })
+                .collect();
+            w.names(rel, b"changed", &changed);
+            if changed.is_empty() {
+                w.raw(b",\"changed\":[]");
             }
         }
-        if old_is_full {
-            let changed: Vec<&str> = rel
-                .resolved
-                .relation
-                .columns
-                .iter()
-                .map(|c| c.name.as_str())
-                .filter(|n| new.values.get(*n) != old.values.get(*n) && !new.unchanged.contains(n))
-                .collect();
-            data.insert("changed".into(), names(changed));
-        }
-        if !new.unchanged.is_empty() {
-            data.insert("unchanged".into(), names(new.unchanged));
-        }
+        w.names(rel, b"unchanged", &unchanged);
+        let data = w.finish();
+        let subject = subject(rel, &m.new);
         let topic = rel.topics[1].clone();
-        let subject = subject(&rel.qualified, &key);
-        self.event(tx, pos, tenant, types::UPDATED, topic, Some(subject), data)
+        self.event(
+            tx,
+            pos,
+            Audience::Tenant(tenant),
+            types::UPDATED,
+            topic,
+            Some(subject),
+            data,
+        )
     }
 
     fn delete(&mut self, tx: &TxContext, pos: u64, m: &Delete) -> Outcome {
@@ -270,28 +327,36 @@ impl Normalizer {
         let Some(rule) = &rel.resolved.rule else {
             return Outcome::Ignored;
         };
-        let (tuple, full) = match &m.old {
-            OldTuple::Full(t) => (t, true),
-            OldTuple::Key(t) => (t, false),
+        let (tuple, image) = match &m.old {
+            OldTuple::Full(t) => (t, Image::Full),
+            OldTuple::Key(t) => (t, Image::KeyOnly),
         };
-        let mut old = RowImage::default();
-        if let Err(o) = old.fill_partial(rel, tuple, full, &mut self.stats) {
-            return Outcome::Dropped(o);
+        if let Err(r) = check_shape(rel, tuple) {
+            return Outcome::Dropped(r);
         }
-        let tenant = match tenant_of(rel, None, Some(tuple), &old) {
+        let tenant = match tenant_of(rel, None, Some(tuple)) {
             Ok(t) => t,
-            Err(o) => return Outcome::Dropped(o),
+            Err(r) => return Outcome::Dropped(r),
         };
-        let key = old.key(rel);
-        let mut data = Map::new();
-        head(&mut data, "delete", &rel.resolved.relation);
-        data.insert("key".into(), Value::Object(key.clone()));
+        let mut w = Writer::new(self.buffer(), &mut self.stats);
+        w.head("delete", rel);
+        w.key(rel, tuple);
         if !rule.fields_only {
-            data.insert("old".into(), Value::Object(old.values));
+            w.raw(b",\"old\":");
+            w.row(rel, tuple, image, None, &mut Vec::new());
         }
+        let data = w.finish();
+        let subject = subject(rel, tuple);
         let topic = rel.topics[2].clone();
-        let subject = subject(&rel.qualified, &key);
-        self.event(tx, pos, tenant, types::DELETED, topic, Some(subject), data)
+        self.event(
+            tx,
+            pos,
+            Audience::Tenant(tenant),
+            types::DELETED,
+            topic,
+            Some(subject),
+            data,
+        )
     }
 
     fn truncate(&mut self, tx: &TxContext, base: u64, m: &Truncate, out: &mut Vec<Outcome>) {
@@ -304,52 +369,39 @@ impl Normalizer {
                 out.push(Outcome::Ignored);
                 continue;
             }
-            let mut data = Map::new();
-            head(&mut data, "truncate", &rel.resolved.relation);
-            data.insert("cascade".into(), Value::Bool(m.cascade));
-            data.insert("restart_identity".into(), Value::Bool(m.restart_identity));
+            let mut w = Writer::new(Vec::with_capacity(128), &mut self.stats);
+            w.head("truncate", rel);
+            w.raw(if m.cascade {
+                b",\"cascade\":true"
+            } else {
+                b",\"cascade\":false"
+            });
+            w.raw(if m.restart_identity {
+                b",\"restart_identity\":true"
+            } else {
+                b",\"restart_identity\":false"
+            });
+            let data = w.finish();
             let audience = Audience::TenantsOfRelation(rel.qualified.clone());
             let topic = rel.topics[3].clone();
             let subject = Some(rel.qualified.to_string());
             let pos = base.saturating_add(i as u64);
-            out.push(self.event_for(tx, pos, audience, types::TRUNCATED, topic, subject, data));
+            out.push(self.event(tx, pos, audience, types::TRUNCATED, topic, subject, data));
         }
     }
 
     #[allow(clippy::too_many_arguments)]
     fn event(
-        &self,
-        tx: &TxContext,
-        pos: u64,
-        tenant: TenantId,
-        event_type: &'static str,
-        topic: Arc<str>,
-        subject: Option<String>,
-        data: Map<String, Value>,
-    ) -> Outcome {
-        self.event_for(
-            tx,
-            pos,
-            Audience::Tenant(tenant),
-            event_type,
-            topic,
-            subject,
-            data,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn event_for(
-        &self,
+        &mut self,
         tx: &TxContext,
         pos: u64,
         audience: Audience,
         event_type: &'static str,
         topic: Arc<str>,
         subject: Option<String>,
-        data: Map<String, Value>,
+        data: Box<RawValue>,
     ) -> Outcome {
-        let data = raw(&Value::Object(data));
+        self.last_len = data.get().len();
         Outcome::Event(PendingEvent {
             audience,
             position: SourcePosition {
@@ -361,6 +413,7 @@ impl Normalizer {
             topic,
             subject,
             time_micros: tx.commit_time_micros,
+            time: tx.time.clone(),
             txid: Some(u64::from(tx.xid)),
             lsn: Some(tx.commit_lsn),
             data,
@@ -382,9 +435,11 @@ impl Normalizer {
                 topic: format!("custom/{name}").into(),
                 subject: None,
                 time_micros: tx.commit_time_micros,
+                time: tx.time.clone(),
                 txid: (tx.xid != 0).then_some(u64::from(tx.xid)),
                 lsn: Some(tx.commit_lsn),
-                data: raw(&data),
+                data: serde_json::value::to_raw_value(&data)
+                    .expect("a serde_json::Value always serializes"),
             }),
             Err(why) => Outcome::Dropped(DropReason::MalformedCustom(why)),
         }
@@ -404,7 +459,8 @@ pub fn valid_custom_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-fn parse_custom(content: &[u8]) -> Result<(TenantId, String, Value), String> {
+fn parse_custom(content: &[u8]) -> Result<(TenantId, String, serde_json::Value), String> {
+    use serde_json::Value;
     let v: Value =
         serde_json::from_slice(content).map_err(|e| format!("content is not JSON: {e}"))?;
     let Value::Object(mut obj) = v else {
@@ -429,133 +485,200 @@ fn parse_custom(content: &[u8]) -> Result<(TenantId, String, Value), String> {
     Ok((tenant, name, data))
 }
 
-fn raw(v: &Value) -> Box<RawValue> {
-    serde_json::value::to_raw_value(v).expect("a serde_json::Value always serializes")
-}
-
-fn head(data: &mut Map<String, Value>, op: &str, rel: &Relation) {
-    data.insert("op".into(), Value::String(op.into()));
-    data.insert("schema".into(), Value::String(rel.namespace.clone()));
-    data.insert("table".into(), Value::String(rel.name.clone()));
-}
-
-fn names(list: Vec<&str>) -> Value {
-    Value::Array(
-        list.into_iter()
-            .map(|s| Value::String(s.to_owned()))
-            .collect(),
-    )
-}
-
-fn subject(qualified: &str, key: &Map<String, Value>) -> String {
-    if key.is_empty() {
-        return qualified.to_owned();
+fn check_shape(rel: &CachedRelation, t: &Tuple) -> Result<(), DropReason> {
+    let n = rel.resolved.relation.columns.len();
+    if t.0.len() != n || rel.resolved.types.len() != n {
+        return Err(DropReason::ShapeMismatch {
+            table: rel.qualified.to_string(),
+        });
     }
-    let mut s = String::with_capacity(qualified.len() + 16);
-    s.push_str(qualified);
-    s.push('/');
-    for (i, v) in key.values().enumerate() {
-        if i > 0 {
-            s.push(',');
+    Ok(())
+}
+
+fn is_key_column(rel: &CachedRelation, i: usize) -> bool {
+    rel.resolved.key_columns.contains(&i)
+        || rel
+            .resolved
+            .relation
+            .columns
+            .get(i)
+            .is_some_and(|c| c.is_key)
+}
+
+/// Columns that are unchanged TOAST in `new` and cannot be filled from `old`.
+fn unchanged_columns(new: &Tuple, full_old: Option<&Tuple>) -> Vec<usize> {
+    new.0
+        .iter()
+        .enumerate()
+        .filter(|(i, d)| {
+            **d == Datum::UnchangedToast
+                && !matches!(
+                    full_old.and_then(|o| o.0.get(*i)),
+                    Some(Datum::Text(_) | Datum::Binary(_) | Datum::Null)
+                )
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Builds one event's `data` object.
+struct Writer<'s> {
+    out: Vec<u8>,
+    stats: &'s mut NormalizeStats,
+}
+
+impl<'s> Writer<'s> {
+    fn new(out: Vec<u8>, stats: &'s mut NormalizeStats) -> Writer<'s> {
+        Writer { out, stats }
+    }
+
+    fn raw(&mut self, b: &[u8]) {
+        self.out.extend_from_slice(b);
+    }
+
+    fn head(&mut self, op: &str, rel: &CachedRelation) {
+        self.out.extend_from_slice(b"{\"op\":\"");
+        self.out.extend_from_slice(op.as_bytes());
+        self.out.push(b'"');
+        self.out.extend_from_slice(rel.head.as_bytes());
+    }
+
+    fn value(&mut self, ty: &PgType, datum: &Datum) {
+        match datum {
+            Datum::Null | Datum::UnchangedToast => self.out.extend_from_slice(b"null"),
+            Datum::Text(b) => {
+                if write_json(ty, b, &mut self.out).is_err() {
+                    self.stats.value_fallbacks += 1;
+                    write_json_string(&String::from_utf8_lossy(b), &mut self.out);
+                }
+            }
+            Datum::Binary(b) => {
+                use base64::Engine as _;
+                self.out.push(b'"');
+                let encoded = base64::engine::general_purpose::STANDARD.encode(b);
+                self.out.extend_from_slice(encoded.as_bytes());
+                self.out.push(b'"');
+            }
         }
-        match v {
-            Value::String(t) => s.push_str(t),
-            other => s.push_str(&other.to_string()),
+    }
+
+    /// Writes `{"col":value,…}` for `t`. Unchanged TOAST values are taken
+    /// from `fill` when it has them, otherwise left out and listed in
+    /// `unchanged`.
+    fn row(
+        &mut self,
+        rel: &CachedRelation,
+        t: &Tuple,
+        image: Image,
+        fill: Option<&Tuple>,
+        unchanged: &mut Vec<usize>,
+    ) {
+        self.out.push(b'{');
+        let mut first = true;
+        for (i, datum) in t.0.iter().enumerate() {
+            if image == Image::KeyOnly && !is_key_column(rel, i) {
+                continue;
+            }
+            let datum = match datum {
+                Datum::UnchangedToast => match fill.and_then(|f| f.0.get(i)) {
+                    Some(d) if *d != Datum::UnchangedToast => d,
+                    _ => {
+                        unchanged.push(i);
+                        continue;
+                    }
+                },
+                d => d,
+            };
+            let (Some(key), Some(ty)) = (rel.keys.get(i), rel.resolved.types.get(i)) else {
+                continue;
+            };
+            if !first {
+                self.out.push(b',');
+            }
+            first = false;
+            self.out.extend_from_slice(key);
+            self.value(ty, datum);
         }
+        self.out.push(b'}');
+    }
+
+    /// Writes `,"key":{…}` from the key columns of `t`.
+    fn key(&mut self, rel: &CachedRelation, t: &Tuple) {
+        self.out.extend_from_slice(b",\"key\":{");
+        let mut first = true;
+        for &i in &rel.resolved.key_columns {
+            let (Some(key), Some(ty), Some(datum)) =
+                (rel.keys.get(i), rel.resolved.types.get(i), t.0.get(i))
+            else {
+                continue;
+            };
+            if *datum == Datum::UnchangedToast {
+                continue;
+            }
+            if !first {
+                self.out.push(b',');
+            }
+            first = false;
+            self.out.extend_from_slice(key);
+            self.value(ty, datum);
+        }
+        self.out.push(b'}');
+    }
+
+    /// Writes `,"<member>":["col",…]` when `cols` is not empty.
+    fn names(&mut self, rel: &CachedRelation, member: &[u8], cols: &[usize]) {
+        if cols.is_empty() {
+            return;
+        }
+        self.out.extend_from_slice(b",\"");
+        self.out.extend_from_slice(member);
+        self.out.extend_from_slice(b"\":[");
+        for (n, &i) in cols.iter().enumerate() {
+            if n > 0 {
+                self.out.push(b',');
+            }
+            if let Some(c) = rel.resolved.relation.columns.get(i) {
+                write_json_string(&c.name, &mut self.out);
+            }
+        }
+        self.out.push(b']');
+    }
+
+    fn finish(mut self) -> Box<RawValue> {
+        self.out.push(b'}');
+        let text = String::from_utf8(self.out).expect("the writer only writes UTF-8 JSON");
+        RawValue::from_string(text).expect("the writer only writes valid JSON")
+    }
+}
+
+/// `schema.table/<key values joined by ','>`.
+fn subject(rel: &CachedRelation, t: &Tuple) -> String {
+    let mut s = String::with_capacity(rel.qualified.len() + 16);
+    s.push_str(&rel.qualified);
+    let mut first = true;
+    for &i in &rel.resolved.key_columns {
+        let text = match t.0.get(i) {
+            Some(Datum::Text(b)) => String::from_utf8_lossy(b),
+            Some(Datum::Null) => "null".into(),
+            _ => continue,
+        };
+        s.push(if first { '/' } else { ',' });
+        first = false;
+        s.push_str(&text);
     }
     s
 }
 
-fn reorder_like_relation(values: &mut Map<String, Value>, rel: &Relation) {
-    let mut ordered = Map::with_capacity(values.len());
-    for c in &rel.columns {
-        if let Some(v) = values.remove(&c.name) {
-            ordered.insert(c.name.clone(), v);
-        }
-    }
-    *values = ordered;
-}
-
-/// One row image as JSON, plus the columns that were unchanged TOAST.
-#[derive(Default)]
-struct RowImage<'r> {
-    values: Map<String, Value>,
-    unchanged: Vec<&'r str>,
-}
-
-impl<'r> RowImage<'r> {
-    fn fill(
-        &mut self,
-        rel: &'r CachedRelation,
-        t: &Tuple,
-        stats: &mut NormalizeStats,
-    ) -> Result<(), DropReason> {
-        self.fill_partial(rel, t, true, stats)
-    }
-
-    /// Converts `t`. When the image is not `full` (a key-only old tuple),
-    /// only the key columns are kept: the other columns arrive as NULL
-    /// placeholders, and a NULL there says nothing about the row.
-    fn fill_partial(
-        &mut self,
-        rel: &'r CachedRelation,
-        t: &Tuple,
-        full: bool,
-        stats: &mut NormalizeStats,
-    ) -> Result<(), DropReason> {
-        let r = &rel.resolved;
-        if t.0.len() != r.relation.columns.len() || r.types.len() != r.relation.columns.len() {
-            return Err(DropReason::ShapeMismatch {
-                table: rel.qualified.to_string(),
-            });
-        }
-        self.values = Map::with_capacity(t.0.len());
-        for (i, ((col, ty), datum)) in r
-            .relation
-            .columns
-            .iter()
-            .zip(&r.types)
-            .zip(&t.0)
-            .enumerate()
-        {
-            if !full && !col.is_key && !r.key_columns.contains(&i) {
-                continue;
-            }
-            let v = match datum {
-                Datum::Null => Value::Null,
-                Datum::UnchangedToast => {
-                    self.unchanged.push(&col.name);
-                    continue;
-                }
-                Datum::Text(b) => match to_json(ty, b) {
-                    Ok(v) => v,
-                    Err(_) => {
-                        stats.value_fallbacks += 1;
-                        Value::String(String::from_utf8_lossy(&b[..]).into_owned())
-                    }
-                },
-                Datum::Binary(b) => {
-                    use base64::Engine as _;
-                    Value::String(base64::engine::general_purpose::STANDARD.encode(b))
-                }
-            };
-            self.values.insert(col.name.clone(), v);
-        }
-        Ok(())
-    }
-
-    fn key(&self, rel: &CachedRelation) -> Map<String, Value> {
-        let r = &rel.resolved;
-        let mut key = Map::with_capacity(r.key_columns.len());
-        for &i in &r.key_columns {
-            if let Some(c) = r.relation.columns.get(i) {
-                if let Some(v) = self.values.get(&c.name) {
-                    key.insert(c.name.clone(), v.clone());
-                }
-            }
-        }
-        key
-    }
+/// The key of `t` as compact JSON text, for log lines about dropped rows.
+fn key_text(rel: &CachedRelation, t: &Tuple) -> String {
+    let mut stats = NormalizeStats::default();
+    let mut w = Writer::new(Vec::new(), &mut stats);
+    w.key(rel, t);
+    let mut out = w.out;
+    // `w.key` writes `,"key":{…}`; keep the object.
+    let start = out.iter().position(|&b| b == b'{').unwrap_or(0);
+    out.drain(..start);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The tenant of a change: from the new row, else from the old image.
@@ -563,11 +686,10 @@ fn tenant_of(
     rel: &CachedRelation,
     new: Option<&Tuple>,
     old: Option<&Tuple>,
-    image: &RowImage,
 ) -> Result<TenantId, DropReason> {
     let drop = |why: &str| DropReason::NoTenant {
         table: rel.qualified.to_string(),
-        key: serde_json::to_string(&image.key(rel)).unwrap_or_default(),
+        key: new.or(old).map(|t| key_text(rel, t)).unwrap_or_default(),
         why: why.to_owned(),
     };
     let Some(idx) = rel.tenant_index else {
@@ -589,6 +711,7 @@ mod tests {
     use super::*;
     use crate::source::postgres::pgoutput::{Column, ReplicaIdentity};
     use bytes::Bytes;
+    use serde_json::Value;
 
     fn rel(identity: ReplicaIdentity, fields_only: bool) -> ResolvedRelation {
         let col = |name: &str, oid: u32, key: bool| Column {
@@ -631,15 +754,13 @@ mod tests {
         )
     }
 
-    const TX: TxContext = TxContext {
-        xid: 99,
-        commit_lsn: 0x100,
-        commit_time_micros: 1_000_000,
-    };
+    fn tx() -> TxContext {
+        TxContext::new(99, 0x100, 1_000_000)
+    }
 
     fn one(n: &mut Normalizer, m: Message) -> Outcome {
         let mut out = Vec::new();
-        n.change(&TX, 1, &m, &mut out);
+        n.change(&tx(), 1, &m, &mut out);
         assert_eq!(out.len(), 1);
         out.pop().expect("one outcome")
     }
@@ -824,7 +945,7 @@ mod tests {
         n.set_relation(other);
         let mut out = Vec::new();
         n.change(
-            &TX,
+            &tx(),
             3,
             &Message::Truncate(Truncate {
                 cascade: true,
@@ -847,7 +968,7 @@ mod tests {
     fn custom_messages_are_validated() {
         let n = Normalizer::new("s");
         let o = n.custom(
-            &TX,
+            &tx(),
             1,
             br#"{"tenant":"acme","type":"order.shipped","data":{"id":1}}"#,
         );
@@ -866,7 +987,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    n.custom(&TX, 1, bad),
+                    n.custom(&tx(), 1, bad),
                     Outcome::Dropped(DropReason::MalformedCustom(_))
                 ),
                 "{}",

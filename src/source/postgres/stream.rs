@@ -252,11 +252,7 @@ impl PgSource {
                 } => {
                     let commit_lsn = final_lsn.as_u64();
                     tx = Some(OpenTx {
-                        ctx: TxContext {
-                            xid,
-                            commit_lsn,
-                            commit_time_micros: pg_micros_to_unix(commit_time_micros),
-                        },
+                        ctx: TxContext::new(xid, commit_lsn, pg_micros_to_unix(commit_time_micros)),
                         changes: 0,
                         skip_all: last_sent.covers_transaction(commit_lsn),
                     });
@@ -334,11 +330,7 @@ impl PgSource {
                             if last_sent.covers_transaction(at) {
                                 continue;
                             }
-                            let ctx = TxContext {
-                                xid: 0,
-                                commit_lsn: at,
-                                commit_time_micros: chrono::Utc::now().timestamp_micros(),
-                            };
+                            let ctx = TxContext::new(0, at, chrono::Utc::now().timestamp_micros());
                             let o = normalizer.custom(&ctx, SUBS_PER_CHANGE, &content);
                             self.deliver(o, last_sent).await?;
                             self.end_tx(at, at, last_sent).await?;

@@ -324,6 +324,78 @@ pub fn to_json(ty: &PgType, text: &[u8]) -> Result<Value, ValueError> {
     }
 }
 
+/// Writes the JSON for the text form of a value of type `ty` to `out`:
+/// the same JSON as [`to_json`], without building a `Value` for the common
+/// scalar types (this runs for every column of every row). On error `out`
+/// is left as it was.
+pub fn write_json(ty: &PgType, text: &[u8], out: &mut Vec<u8>) -> Result<(), ValueError> {
+    match ty {
+        PgType::Bool => match text {
+            b"t" => out.extend_from_slice(b"true"),
+            b"f" => out.extend_from_slice(b"false"),
+            _ => return Err(invalid(ty, text, "expected 't' or 'f'")),
+        },
+        // Postgres prints integers as -?digits without leading zeros, which
+        // is already the exact JSON number.
+        PgType::Int if is_plain_int(text) => out.extend_from_slice(text),
+        PgType::Float if matches!(text, b"NaN" | b"Infinity" | b"-Infinity") => {
+            out.push(b'"');
+            out.extend_from_slice(text);
+            out.push(b'"');
+        }
+        PgType::Float if is_json_number(text) => out.extend_from_slice(text),
+        PgType::Numeric if is_numeric(text) => {
+            out.push(b'"');
+            out.extend_from_slice(text);
+            out.push(b'"');
+        }
+        PgType::Text | PgType::Other => match std::str::from_utf8(text) {
+            Ok(s) => write_json_string(s, out),
+            Err(e) => {
+                return Err(ValueError::NotUtf8 {
+                    ty: ty.name(),
+                    text: snippet(text),
+                    at: e.valid_up_to(),
+                })
+            }
+        },
+        // jsonb prints on one line; json keeps the input's text, which may
+        // span lines (an NDJSON line must not), so only single-line text is
+        // copied as it is, once checked to be JSON.
+        PgType::Json if !text.iter().any(|&b| b == b'\n' || b == b'\r') => {
+            serde_json::from_slice::<serde::de::IgnoredAny>(text).map_err(|e| {
+                ValueError::Json {
+                    ty: ty.name(),
+                    text: snippet(text),
+                    reason: e.to_string(),
+                }
+            })?;
+            out.extend_from_slice(text);
+        }
+        _ => {
+            let v = to_json(ty, text)?;
+            serde_json::to_writer(&mut *out, &v).expect("writing a Value to a Vec cannot fail");
+        }
+    }
+    Ok(())
+}
+
+/// Writes `s` as a JSON string literal.
+pub fn write_json_string(s: &str, out: &mut Vec<u8>) {
+    serde_json::to_writer(&mut *out, s).expect("writing a str to a Vec cannot fail");
+}
+
+/// `-?(0|[1-9][0-9]*)` and not `-0`.
+fn is_plain_int(text: &[u8]) -> bool {
+    let digits = text.strip_prefix(b"-").unwrap_or(text);
+    match digits {
+        [] => false,
+        [b'0'] => text.len() == 1,
+        [b'0', ..] => false,
+        _ => digits.iter().all(u8::is_ascii_digit),
+    }
+}
+
 fn utf8_string(ty: &PgType, text: &[u8]) -> Result<Value, ValueError> {
     match std::str::from_utf8(text) {
         Ok(s) => Ok(Value::String(s.to_owned())),
@@ -1077,6 +1149,49 @@ impl<'a> ArrayParser<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_json_agrees_with_to_json() {
+        let cases: &[(PgType, &[u8])] = &[
+            (PgType::Bool, b"t"),
+            (PgType::Int, b"-9223372036854775808"),
+            (PgType::Int, b"0"),
+            (PgType::Int, b"-0"),
+            (PgType::Float, b"1.5e+300"),
+            (PgType::Float, b"-Infinity"),
+            (PgType::Numeric, b"-12.50"),
+            (PgType::Text, "h\u{e9}llo \"q\" \\ \n".as_bytes()),
+            (
+                PgType::Json,
+                br#"{"a": [1, 2.50, {"b": null}], "n": 123456789012345678901234567890}"#,
+            ),
+            (PgType::Json, b"{\n  \"multi\": \"line\"\n}"),
+            (PgType::Timestamptz, b"2026-11-22 10:15:30.5+05:30"),
+            (PgType::Bytea, b"\\x00ff"),
+            (PgType::Money, b"-$1,234.56"),
+        ];
+        for (ty, text) in cases {
+            let mut out = Vec::new();
+            write_json(ty, text, &mut out).expect("valid");
+            let written: Value = serde_json::from_slice(&out).expect("json");
+            let expected = to_json(ty, text).expect("valid");
+            assert_eq!(
+                written,
+                expected,
+                "{ty:?} {}",
+                String::from_utf8_lossy(text)
+            );
+            assert!(
+                !out.contains(&b'\n'),
+                "one line: {}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+        let mut out = b"keep".to_vec();
+        assert!(write_json(&PgType::Int, b"1x", &mut out).is_err());
+        assert!(write_json(&PgType::Json, b"{nope", &mut out).is_err());
+        assert_eq!(out, b"keep");
+    }
     use proptest::prelude::*;
     use serde_json::json;
 
