@@ -162,7 +162,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
         peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
         let n: u64 = pg
-            .psql(&state_db, "SELECT count(*) FROM sluice.events")
+            .psql(&state_db, "SELECT coalesce(max(seq), 0) FROM sluice.events")
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0);

@@ -1,14 +1,20 @@
 -- The durable event log, the source checkpoints, and the tenants seen per
 -- relation (a TRUNCATE is announced to each of them).
+-- The envelope's header is stored as columns and `data` as text; readers
+-- rebuild the identical envelope (event::Envelope is the one serializer).
+-- Storing the header once instead of twice keeps rows and WAL small.
 CREATE TABLE sluice.events (
     seq          bigint      PRIMARY KEY,
     tenant       text        NOT NULL,
     type         text        NOT NULL,
     topic        text        NOT NULL,
     source       text        NOT NULL,
+    subject      text,
+    txid         bigint,
+    lsn          bigint,
     commit_time  timestamptz NOT NULL,
     appended_at  timestamptz NOT NULL DEFAULT now(),
-    body         text        NOT NULL
+    data         text        NOT NULL
 );
 -- Every tenant-scoped read is "this tenant, from this seq".
 CREATE INDEX events_tenant_seq ON sluice.events (tenant, seq);

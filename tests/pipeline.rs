@@ -399,8 +399,8 @@ async fn a_200k_row_transaction_is_appended_whole_and_in_order() {
     stop(running, token).await;
     let row = c
         .query_one(
-            "SELECT count(*), count(DISTINCT body::jsonb->'txid'), min(seq), max(seq),
-                    bool_and((body::jsonb->'data'->'new'->>'id')::int = seq - (SELECT min(seq) FROM sluice.events) + 1)
+            "SELECT count(*), count(DISTINCT txid), min(seq), max(seq),
+                    bool_and((data::jsonb->'new'->>'id')::int = seq - (SELECT min(seq) FROM sluice.events) + 1)
              FROM sluice.events WHERE tenant <> 'after'",
             &[],
         )

@@ -60,29 +60,46 @@ pub struct PendingEvent {
     pub data: Box<RawValue>,
 }
 
-impl PendingEvent {
-    /// The envelope as it is stored and sent, for `tenant` at `seq`.
-    pub fn envelope_json(&self, seq: i64, tenant: &TenantId) -> String {
-        let data = self.data.get();
-        let mut out = String::with_capacity(data.len() + self.topic.len() * 2 + 200);
+/// The parts of one envelope. [`Envelope::to_json`] is the only
+/// serializer of envelopes, so a stored event read back and a live event are
+/// the same bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    pub seq: i64,
+    pub source: &'a str,
+    pub event_type: &'a str,
+    pub subject: Option<&'a str>,
+    /// As produced by [`format_time_micros`].
+    pub time: &'a str,
+    pub tenant: &'a str,
+    pub topic: &'a str,
+    pub txid: Option<u64>,
+    pub lsn: Option<u64>,
+    /// Serialized JSON.
+    pub data: &'a str,
+}
+
+impl Envelope<'_> {
+    pub fn to_json(&self) -> String {
+        let mut out = String::with_capacity(self.data.len() + self.topic.len() * 2 + 200);
         out.push_str("{\"specversion\":\"1.0\",\"id\":\"");
-        push_int(&mut out, seq);
+        push_int(&mut out, self.seq);
         out.push_str("\",\"seq\":");
-        push_int(&mut out, seq);
+        push_int(&mut out, self.seq);
         out.push_str(",\"source\":");
-        push_json_str(&mut out, &self.source);
+        push_json_str(&mut out, self.source);
         out.push_str(",\"type\":");
-        push_json_str(&mut out, &self.event_type);
-        if let Some(subject) = &self.subject {
+        push_json_str(&mut out, self.event_type);
+        if let Some(subject) = self.subject {
             out.push_str(",\"subject\":");
             push_json_str(&mut out, subject);
         }
         out.push_str(",\"time\":\"");
-        out.push_str(&self.time);
+        out.push_str(self.time);
         out.push_str("\",\"tenant\":");
-        push_json_str(&mut out, tenant.as_str());
+        push_json_str(&mut out, self.tenant);
         out.push_str(",\"topic\":");
-        push_json_str(&mut out, &self.topic);
+        push_json_str(&mut out, self.topic);
         if let Some(txid) = self.txid {
             out.push_str(",\"txid\":");
             push_int(&mut out, i64::try_from(txid).unwrap_or(i64::MAX));
@@ -93,9 +110,32 @@ impl PendingEvent {
             out.push('"');
         }
         out.push_str(",\"data\":");
-        out.push_str(data);
+        out.push_str(self.data);
         out.push('}');
         out
+    }
+}
+
+impl PendingEvent {
+    /// The parts of this event's envelope for `tenant` at `seq`.
+    pub fn envelope<'a>(&'a self, seq: i64, tenant: &'a TenantId) -> Envelope<'a> {
+        Envelope {
+            seq,
+            source: &self.source,
+            event_type: &self.event_type,
+            subject: self.subject.as_deref(),
+            time: &self.time,
+            tenant: tenant.as_str(),
+            topic: &self.topic,
+            txid: self.txid,
+            lsn: self.lsn,
+            data: self.data.get(),
+        }
+    }
+
+    /// The envelope as it is stored and sent, for `tenant` at `seq`.
+    pub fn envelope_json(&self, seq: i64, tenant: &TenantId) -> String {
+        self.envelope(seq, tenant).to_json()
     }
 
     /// Size used for memory bounds on queues and batches.

@@ -326,7 +326,10 @@ impl Appender {
         }
 
         let sink = tx
-            .copy_in("COPY sluice.events (seq, tenant, type, topic, source, commit_time, body) FROM STDIN BINARY")
+            .copy_in(
+                "COPY sluice.events (seq, tenant, type, topic, source, subject, txid, lsn, commit_time, data) \
+                 FROM STDIN BINARY",
+            )
             .await?;
         let writer = BinaryCopyInWriter::new(
             sink,
@@ -336,6 +339,9 @@ impl Appender {
                 Type::TEXT,
                 Type::TEXT,
                 Type::TEXT,
+                Type::TEXT,
+                Type::INT8,
+                Type::INT8,
                 Type::TIMESTAMPTZ,
                 Type::TEXT,
             ],
@@ -345,19 +351,15 @@ impl Appender {
         let mut checkpoints = self.checkpoints.clone();
         advance_checkpoints(&mut checkpoints, batch);
         for item in batch {
-            let AppendItem::Event { event, .. } = item else {
-                continue;
-            };
+            let AppendItem::Event { event, .. } = item else { continue };
             let audience: &[TenantId] = match &event.audience {
                 Audience::Tenant(t) => std::slice::from_ref(t),
-                Audience::TenantsOfRelation(rel) => {
-                    truncate_audience.get(rel).map_or(&[], |v| v.as_slice())
-                }
+                Audience::TenantsOfRelation(rel) => truncate_audience.get(rel).map_or(&[], |v| v.as_slice()),
             };
-            let time =
-                chrono::DateTime::from_timestamp_micros(event.time_micros).unwrap_or_default();
+            let time = chrono::DateTime::from_timestamp_micros(event.time_micros).unwrap_or_default();
+            let txid = event.txid.and_then(|t| i64::try_from(t).ok());
+            let lsn = event.lsn.and_then(|l| i64::try_from(l).ok());
             for tenant in audience {
-                let body = event.envelope_json(seq, tenant);
                 writer
                     .as_mut()
                     .write(&[
@@ -366,8 +368,11 @@ impl Appender {
                         &&*event.event_type,
                         &&*event.topic,
                         &&*event.source,
+                        &event.subject.as_deref(),
+                        &txid,
+                        &lsn,
                         &time,
-                        &body,
+                        &event.data.get(),
                     ])
                     .await?;
                 seq += 1;

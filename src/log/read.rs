@@ -1,9 +1,9 @@
 //! Reads of the log. Every read names its scope: one tenant, or the
 //! operator's cross-tenant view, which is spelled out as such.
 
-use tokio_postgres::GenericClient;
+use tokio_postgres::{GenericClient, Row};
 
-use crate::event::TenantId;
+use crate::event::{format_time_micros, Envelope, TenantId};
 
 /// Whose events a read may return.
 #[derive(Debug, Clone)]
@@ -14,12 +14,40 @@ pub enum ReadScope {
     Operator,
 }
 
-/// One event as stored.
+/// One event as stored, with its envelope rebuilt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEvent {
     pub seq: i64,
     pub tenant: String,
+    /// The envelope JSON, byte for byte what the live path sends.
     pub body: String,
+}
+
+const COLUMNS: &str = "seq, tenant, type, topic, source, subject, txid, lsn, commit_time, data";
+
+fn to_u64(v: Option<i64>) -> Option<u64> {
+    v.and_then(|v| u64::try_from(v).ok())
+}
+
+fn stored(r: &Row) -> StoredEvent {
+    let seq: i64 = r.get(0);
+    let tenant: String = r.get(1);
+    let time: chrono::DateTime<chrono::Utc> = r.get(8);
+    let time = format_time_micros(time.timestamp_micros());
+    let body = Envelope {
+        seq,
+        tenant: &tenant,
+        event_type: r.get(2),
+        topic: r.get(3),
+        source: r.get(4),
+        subject: r.get(5),
+        txid: to_u64(r.get(6)),
+        lsn: to_u64(r.get(7)),
+        time: &time,
+        data: r.get(9),
+    }
+    .to_json();
+    StoredEvent { seq, tenant, body }
 }
 
 /// Events with `seq >= from`, in seq order, at most `limit`.
@@ -33,25 +61,21 @@ pub async fn read_events(
         ReadScope::Tenant(t) => {
             client
                 .query(
-                    "SELECT seq, tenant, body FROM sluice.events
-                     WHERE tenant = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+                    &format!(
+                        "SELECT {COLUMNS} FROM sluice.events WHERE tenant = $1 AND seq >= $2 ORDER BY seq LIMIT $3"
+                    ),
                     &[&t.as_str(), &from, &limit],
                 )
                 .await?
         }
-        ReadScope::Operator => client
-            .query(
-                "SELECT seq, tenant, body FROM sluice.events WHERE seq >= $1 ORDER BY seq LIMIT $2",
-                &[&from, &limit],
-            )
-            .await?,
+        ReadScope::Operator => {
+            client
+                .query(
+                    &format!("SELECT {COLUMNS} FROM sluice.events WHERE seq >= $1 ORDER BY seq LIMIT $2"),
+                    &[&from, &limit],
+                )
+                .await?
+        }
     };
-    Ok(rows
-        .iter()
-        .map(|r| StoredEvent {
-            seq: r.get(0),
-            tenant: r.get(1),
-            body: r.get(2),
-        })
-        .collect())
+    Ok(rows.iter().map(stored).collect())
 }
