@@ -153,6 +153,11 @@ fn main() {
         )
         .env("SLUICE_STATE_URL", pg.url(&state_db))
         .env("SLUICE_LOG", "warn")
+        .envs(
+            std::env::vars()
+                .filter(|(k, _)| k.starts_with("BENCH_SLUICE_"))
+                .map(|(k, v)| (k["BENCH_".len()..].to_owned(), v)),
+        )
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn sluice");

@@ -82,17 +82,17 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ),
     (
         "appender.max_batch_events",
-        "5000",
+        "20000",
         "most events appended in one transaction",
     ),
     (
         "appender.max_batch_bytes",
-        "8388608",
+        "16777216",
         "most envelope bytes appended in one transaction",
     ),
     (
         "appender.queue_events",
-        "20000",
+        "50000",
         "bound on normalized events waiting for the appender",
     ),
 ];
@@ -262,13 +262,13 @@ fn default_queue_messages() -> usize {
     1024
 }
 fn default_max_batch_events() -> usize {
-    5000
+    20_000
 }
 fn default_max_batch_bytes() -> usize {
-    8 * 1024 * 1024
+    16 * 1024 * 1024
 }
 fn default_queue_events() -> usize {
-    20_000
+    50_000
 }
 
 impl Config {
@@ -519,7 +519,7 @@ tables = [{ table = "public.orders", tenant_column = "tenant_id" }]
         assert_eq!(pg.publication(), "sluice_main");
         assert_eq!(pg.event_source(), "/sluice/pg/main");
         assert_eq!(c.state_url().expect("state"), "postgres://u@localhost/app");
-        assert_eq!(c.appender.max_batch_events, 5000);
+        assert_eq!(c.appender.max_batch_events, 20_000);
     }
 
     #[test]
@@ -644,6 +644,50 @@ tables = [{ table = "public.orders", tenant_column = "tenant_id" }]
         }
         let err = load("[source.postgres\n", &[]).expect_err("syntax");
         assert!(err.to_string().contains("not valid TOML"), "{err}");
+    }
+
+    #[test]
+    fn readme_lists_every_key_with_its_env_var_and_default() {
+        let readme = include_str!("../README.md");
+        for (key, default, _) in KEYS {
+            let row = format!("| `{key}` | `{}` |", env_name(key));
+            let line = readme
+                .lines()
+                .find(|l| l.starts_with(&row))
+                .unwrap_or_else(|| panic!("README has no row for {key}"));
+            assert!(
+                line.contains(default),
+                "README row for {key} lacks default {default}: {line}"
+            );
+        }
+    }
+
+    #[test]
+    fn documented_numeric_defaults_are_the_real_defaults() {
+        let c = load(GOOD, &[]).expect("valid");
+        let pg = c.postgres().expect("pg");
+        let actual = [
+            (
+                "source.postgres.status_interval_ms",
+                pg.status_interval_ms as usize,
+            ),
+            (
+                "source.postgres.reconnect_max_backoff_ms",
+                pg.reconnect_max_backoff_ms as usize,
+            ),
+            ("source.postgres.queue_messages", pg.queue_messages),
+            ("appender.max_batch_events", c.appender.max_batch_events),
+            ("appender.max_batch_bytes", c.appender.max_batch_bytes),
+            ("appender.queue_events", c.appender.queue_events),
+        ];
+        for (key, value) in actual {
+            let documented = KEYS
+                .iter()
+                .find(|k| k.0 == key)
+                .map(|k| k.1)
+                .expect("documented");
+            assert_eq!(documented, value.to_string(), "{key}");
+        }
     }
 
     #[test]

@@ -16,14 +16,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::pin_mut;
+use bytes::{Bytes, BytesMut};
+use futures_util::{pin_mut, SinkExt};
 use tokio::sync::{mpsc, watch, Semaphore};
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::{self, Checkpoint};
+use super::copy;
 use super::{connect_as, LogError, APPENDER_LOCK_KEY};
 use crate::config::AppenderConfig;
 use crate::event::{Audience, PendingEvent, SourcePosition, TenantId};
@@ -45,13 +45,25 @@ pub enum AppendItem {
 }
 
 impl AppendItem {
+    /// Memory an item holds while queued: the event and its encoded row.
     fn bytes(&self) -> usize {
         match self {
-            AppendItem::Event { event, .. } => event.approx_bytes(),
+            AppendItem::Event { event, .. } => 2 * event.approx_bytes(),
             AppendItem::TxEnd { .. } => 64,
         }
     }
 }
+
+/// An item in the queue with its pre-encoded COPY row.
+#[derive(Debug)]
+struct Queued {
+    item: AppendItem,
+    row: Option<Vec<u8>>,
+    permits: u32,
+}
+
+/// Bytes of COPY data sent to the server at a time.
+const COPY_CHUNK: usize = 1 << 20;
 
 /// What is durably in the log.
 #[derive(Debug, Clone, Default)]
@@ -65,7 +77,7 @@ pub struct Durable {
 /// The sending side, cloned by every source.
 #[derive(Clone)]
 pub struct AppenderHandle {
-    tx: mpsc::Sender<(AppendItem, u32)>,
+    tx: mpsc::Sender<Queued>,
     budget: Arc<Semaphore>,
     max_item_permits: u32,
     durable: watch::Receiver<Arc<Durable>>,
@@ -84,8 +96,29 @@ impl AppenderHandle {
             .await
             .map_err(|_| LogError::Closed)?;
         permit.forget();
+        // The COPY row is encoded here, on the sender's task, so the one
+        // writer only patches in the seq.
+        let row = match &item {
+            AppendItem::Event {
+                event:
+                    event @ PendingEvent {
+                        audience: Audience::Tenant(t),
+                        ..
+                    },
+                ..
+            } => {
+                let mut row = Vec::new();
+                copy::encode_row(&mut row, 0, t.as_str(), event);
+                Some(row)
+            }
+            _ => None,
+        };
         self.tx
-            .send((item, want))
+            .send(Queued {
+                item,
+                row,
+                permits: want,
+            })
             .await
             .map_err(|_| LogError::Closed)
     }
@@ -99,7 +132,7 @@ impl AppenderHandle {
 pub struct Appender {
     url: String,
     config: AppenderConfig,
-    rx: mpsc::Receiver<(AppendItem, u32)>,
+    rx: mpsc::Receiver<Queued>,
     budget: Arc<Semaphore>,
     durable_tx: watch::Sender<Arc<Durable>>,
     client: Option<Client>,
@@ -185,7 +218,7 @@ impl Appender {
     /// Runs until every handle is dropped (then flushes what was queued) or
     /// `shutdown` fires (then flushes what was already queued and returns).
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), LogError> {
-        let mut items: Vec<(AppendItem, u32)> = Vec::with_capacity(self.config.max_batch_events);
+        let mut items: Vec<Queued> = Vec::with_capacity(self.config.max_batch_events);
         loop {
             items.clear();
             let n = tokio::select! {
@@ -199,20 +232,19 @@ impl Appender {
                 return Ok(());
             }
             self.fill(&mut items);
-            let permits: usize = items.iter().map(|(_, p)| *p as usize).sum();
-            let batch: Vec<AppendItem> = items.drain(..).map(|(i, _)| i).collect();
-            self.append_with_retry(batch, &shutdown).await?;
+            let permits: usize = items.iter().map(|q| q.permits as usize).sum();
+            self.append_with_retry(&mut items, &shutdown).await?;
             self.budget.add_permits(permits);
         }
     }
 
     /// Takes more waiting items, up to the batch bounds, without waiting.
-    fn fill(&mut self, items: &mut Vec<(AppendItem, u32)>) {
-        let mut bytes: usize = items.iter().map(|(i, _)| i.bytes()).sum();
+    fn fill(&mut self, items: &mut Vec<Queued>) {
+        let mut bytes: usize = items.iter().map(|q| q.item.bytes()).sum();
         while items.len() < self.config.max_batch_events && bytes < self.config.max_batch_bytes {
             match self.rx.try_recv() {
                 Ok(item) => {
-                    bytes += item.0.bytes();
+                    bytes += item.item.bytes();
                     items.push(item);
                 }
                 Err(_) => break,
@@ -222,15 +254,15 @@ impl Appender {
 
     async fn append_with_retry(
         &mut self,
-        batch: Vec<AppendItem>,
+        batch: &mut [Queued],
         shutdown: &CancellationToken,
     ) -> Result<(), LogError> {
         let mut expected = self.checkpoints.clone();
-        advance_checkpoints(&mut expected, &batch);
+        advance_checkpoints(&mut expected, batch.iter().map(|q| &q.item));
         let mut backoff = Duration::from_millis(100);
         loop {
             let result = match self.client.as_mut() {
-                Some(_) => self.append(&batch).await,
+                Some(_) => self.append(batch).await,
                 None => Err(LogError::Closed),
             };
             let err = match result {
@@ -275,7 +307,7 @@ impl Appender {
         Ok(true)
     }
 
-    async fn append(&mut self, batch: &[AppendItem]) -> Result<(), LogError> {
+    async fn append(&mut self, batch: &mut [Queued]) -> Result<(), LogError> {
         let client = self.client.as_mut().ok_or(LogError::Closed)?;
         let tx = client.transaction().await?;
 
@@ -283,8 +315,8 @@ impl Appender {
         // the same batch reaches a tenant whose first row is in it too.
         let mut pairs: BTreeSet<(Arc<str>, TenantId)> = BTreeSet::new();
         let mut truncated: BTreeSet<Arc<str>> = BTreeSet::new();
-        for item in batch {
-            if let AppendItem::Event { event, .. } = item {
+        for q in batch.iter() {
+            if let AppendItem::Event { event, .. } = &q.item {
                 match &event.audience {
                     Audience::Tenant(t) => {
                         if let Some(rel) = relation_of(&event.topic) {
@@ -325,60 +357,46 @@ impl Appender {
             truncate_audience.insert(rel, tenants);
         }
 
-        let sink = tx
-            .copy_in(
-                "COPY sluice.events (seq, tenant, type, topic, source, subject, txid, lsn, commit_time, data) \
-                 FROM STDIN BINARY",
-            )
-            .await?;
-        let writer = BinaryCopyInWriter::new(
-            sink,
-            &[
-                Type::INT8,
-                Type::TEXT,
-                Type::TEXT,
-                Type::TEXT,
-                Type::TEXT,
-                Type::TEXT,
-                Type::INT8,
-                Type::INT8,
-                Type::TIMESTAMPTZ,
-                Type::TEXT,
-            ],
-        );
-        pin_mut!(writer);
+        let sink = tx.copy_in::<_, Bytes>(copy::COPY_STATEMENT).await?;
+        pin_mut!(sink);
         let mut seq = self.next_seq;
         let mut checkpoints = self.checkpoints.clone();
-        advance_checkpoints(&mut checkpoints, batch);
-        for item in batch {
-            let AppendItem::Event { event, .. } = item else { continue };
-            let audience: &[TenantId] = match &event.audience {
-                Audience::Tenant(t) => std::slice::from_ref(t),
-                Audience::TenantsOfRelation(rel) => truncate_audience.get(rel).map_or(&[], |v| v.as_slice()),
+        advance_checkpoints(&mut checkpoints, batch.iter().map(|q| &q.item));
+        let mut buf = BytesMut::with_capacity(COPY_CHUNK + COPY_CHUNK / 4);
+        buf.extend_from_slice(copy::HEADER);
+        let mut scratch = Vec::new();
+        for q in batch.iter_mut() {
+            let AppendItem::Event { event, .. } = &q.item else {
+                continue;
             };
-            let time = chrono::DateTime::from_timestamp_micros(event.time_micros).unwrap_or_default();
-            let txid = event.txid.and_then(|t| i64::try_from(t).ok());
-            let lsn = event.lsn.and_then(|l| i64::try_from(l).ok());
-            for tenant in audience {
-                writer
-                    .as_mut()
-                    .write(&[
-                        &seq,
-                        &tenant.as_str(),
-                        &&*event.event_type,
-                        &&*event.topic,
-                        &&*event.source,
-                        &event.subject.as_deref(),
-                        &txid,
-                        &lsn,
-                        &time,
-                        &event.data.get(),
-                    ])
-                    .await?;
-                seq += 1;
+            match (&event.audience, q.row.as_mut()) {
+                (Audience::Tenant(_), Some(row)) => {
+                    copy::patch_seq(row, seq);
+                    buf.extend_from_slice(row);
+                    seq += 1;
+                }
+                (audience, _) => {
+                    let tenants: &[TenantId] = match audience {
+                        Audience::Tenant(t) => std::slice::from_ref(t),
+                        Audience::TenantsOfRelation(rel) => {
+                            truncate_audience.get(rel).map_or(&[], |v| v.as_slice())
+                        }
+                    };
+                    for tenant in tenants {
+                        scratch.clear();
+                        copy::encode_row(&mut scratch, seq, tenant.as_str(), event);
+                        buf.extend_from_slice(&scratch);
+                        seq += 1;
+                    }
+                }
+            }
+            if buf.len() >= COPY_CHUNK {
+                sink.as_mut().send(buf.split().freeze()).await?;
             }
         }
-        writer.finish().await?;
+        buf.extend_from_slice(copy::TRAILER);
+        sink.as_mut().send(buf.freeze()).await?;
+        sink.finish().await?;
         for (source, cp) in &checkpoints {
             if self.checkpoints.get(source) != Some(cp) {
                 checkpoint::store(&tx, source, cp).await?;
@@ -397,7 +415,10 @@ impl Appender {
 }
 
 /// The checkpoints after `batch`, starting from `cps`.
-fn advance_checkpoints(cps: &mut BTreeMap<Arc<str>, Checkpoint>, batch: &[AppendItem]) {
+fn advance_checkpoints<'a>(
+    cps: &mut BTreeMap<Arc<str>, Checkpoint>,
+    batch: impl IntoIterator<Item = &'a AppendItem>,
+) {
     for item in batch {
         match item {
             AppendItem::Event { source, event } => {

@@ -7,6 +7,7 @@
 
 pub mod append;
 pub mod checkpoint;
+pub mod copy;
 pub mod migrate;
 pub mod read;
 
