@@ -10,7 +10,6 @@ pub mod tenant;
 
 use std::sync::Arc;
 
-use serde_json::value::RawValue;
 
 pub use tenant::{TenantError, TenantId};
 
@@ -57,7 +56,38 @@ pub struct PendingEvent {
     pub txid: Option<u64>,
     pub lsn: Option<u64>,
     /// The serialized `data` member.
-    pub data: Box<RawValue>,
+    pub data: JsonText,
+}
+
+/// Serialized JSON, valid by construction: built from a `Value`, parsed,
+/// or written by the normalizer's JSON writer (checked in debug builds).
+/// Holding text rather than a `RawValue` spares re-parsing every event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonText(Box<str>);
+
+impl JsonText {
+    pub fn from_value(v: &serde_json::Value) -> JsonText {
+        JsonText(v.to_string().into())
+    }
+
+    /// Checks that `s` is one JSON value.
+    pub fn parse(s: String) -> Result<JsonText, serde_json::Error> {
+        serde_json::from_str::<serde::de::IgnoredAny>(&s)?;
+        Ok(JsonText(s.into()))
+    }
+
+    /// For writers that only ever produce valid JSON.
+    pub(crate) fn from_trusted(s: String) -> JsonText {
+        debug_assert!(
+            serde_json::from_str::<serde::de::IgnoredAny>(&s).is_ok(),
+            "invalid JSON from a trusted writer: {s}"
+        );
+        JsonText(s.into())
+    }
+
+    pub fn get(&self) -> &str {
+        &self.0
+    }
 }
 
 /// The parts of one envelope. [`Envelope::to_json`] is the only
@@ -210,7 +240,7 @@ mod tests {
             time: format_time_micros(1_795_342_530_123_456).into(),
             txid: Some(7731),
             lsn: Some(0x16B3748),
-            data: RawValue::from_string(data.to_owned()).expect("valid json"),
+            data: JsonText::parse(data.to_owned()).expect("valid json"),
         }
     }
 

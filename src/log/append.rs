@@ -262,7 +262,7 @@ impl Appender {
         let mut backoff = Duration::from_millis(100);
         loop {
             let result = match self.client.as_mut() {
-                Some(_) => self.append(batch).await,
+                Some(_) => self.append(batch, &expected).await,
                 None => Err(LogError::Closed),
             };
             let err = match result {
@@ -307,7 +307,11 @@ impl Appender {
         Ok(true)
     }
 
-    async fn append(&mut self, batch: &mut [Queued]) -> Result<(), LogError> {
+    async fn append(
+        &mut self,
+        batch: &mut [Queued],
+        expected: &BTreeMap<Arc<str>, Checkpoint>,
+    ) -> Result<(), LogError> {
         let client = self.client.as_mut().ok_or(LogError::Closed)?;
         let tx = client.transaction().await?;
 
@@ -360,8 +364,7 @@ impl Appender {
         let sink = tx.copy_in::<_, Bytes>(copy::COPY_STATEMENT).await?;
         pin_mut!(sink);
         let mut seq = self.next_seq;
-        let mut checkpoints = self.checkpoints.clone();
-        advance_checkpoints(&mut checkpoints, batch.iter().map(|q| &q.item));
+        let checkpoints = expected.clone();
         let mut buf = BytesMut::with_capacity(COPY_CHUNK + COPY_CHUNK / 4);
         buf.extend_from_slice(copy::HEADER);
         let mut scratch = Vec::new();
@@ -466,7 +469,6 @@ mod tests {
 
     #[test]
     fn checkpoints_follow_events_and_transaction_ends() {
-        use serde_json::value::RawValue;
         let src: Arc<str> = "pg/main".into();
         let ev = |lsn, ord| AppendItem::Event {
             source: src.clone(),
@@ -484,7 +486,7 @@ mod tests {
                 time: "1970-01-01T00:00:00.000000Z".into(),
                 txid: None,
                 lsn: None,
-                data: RawValue::from_string("{}".into()).expect("json"),
+                data: crate::event::JsonText::parse("{}".into()).expect("json"),
             },
         };
         let mut cps = BTreeMap::new();

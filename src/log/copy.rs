@@ -69,7 +69,6 @@ pub fn patch_seq(row: &mut [u8], seq: i64) {
 mod tests {
     use super::*;
     use crate::event::{Audience, SourcePosition, TenantId};
-    use serde_json::value::RawValue;
 
     #[test]
     fn row_layout_matches_the_binary_copy_format() {
@@ -84,7 +83,7 @@ mod tests {
             time: "x".into(),
             txid: Some(7),
             lsn: None,
-            data: RawValue::from_string("{}".into()).expect("json"),
+            data: crate::event::JsonText::parse("{}".into()).expect("json"),
         };
         let mut row = Vec::new();
         encode_row(&mut row, 0, "t", &e);

@@ -13,13 +13,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde_json::value::RawValue;
 
 use super::pgoutput::{
     Datum, Delete, Insert, Message, OldTuple, Relation, Truncate, Tuple, Update,
 };
 use super::value::{write_json, write_json_string, PgType};
-use crate::event::{format_time_micros, types, Audience, PendingEvent, SourcePosition, TenantId};
+use crate::event::{format_time_micros, types, Audience, JsonText, PendingEvent, SourcePosition, TenantId};
 
 /// How one captured table is tagged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -399,7 +398,7 @@ impl Normalizer {
         event_type: &'static str,
         topic: Arc<str>,
         subject: Option<String>,
-        data: Box<RawValue>,
+        data: JsonText,
     ) -> Outcome {
         self.last_len = data.get().len();
         Outcome::Event(PendingEvent {
@@ -438,8 +437,7 @@ impl Normalizer {
                 time: tx.time.clone(),
                 txid: (tx.xid != 0).then_some(u64::from(tx.xid)),
                 lsn: Some(tx.commit_lsn),
-                data: serde_json::value::to_raw_value(&data)
-                    .expect("a serde_json::Value always serializes"),
+                data: JsonText::from_value(&data),
             }),
             Err(why) => Outcome::Dropped(DropReason::MalformedCustom(why)),
         }
@@ -644,10 +642,10 @@ impl<'s> Writer<'s> {
         self.out.push(b']');
     }
 
-    fn finish(mut self) -> Box<RawValue> {
+    fn finish(mut self) -> JsonText {
         self.out.push(b'}');
         let text = String::from_utf8(self.out).expect("the writer only writes UTF-8 JSON");
-        RawValue::from_string(text).expect("the writer only writes valid JSON")
+        JsonText::from_trusted(text)
     }
 }
 
