@@ -2,7 +2,8 @@
 //! log, against `pg_recvlogical` draining the same backlog to /dev/null
 //! (the raw limit R), on the same machine in the same run.
 //!
-//! `cargo bench --bench ingest -- [--rows N] [--separate-state]`
+//! `cargo bench --bench ingest -- [--rows N] [--runs N] [--separate-state] [--pg-defaults]`
+//! (`BENCH_SLUICE_<KEY>=v` passes `SLUICE_<KEY>=v` to the measured sluice.)
 //! (scripts/bench-ingest.sh installs Postgres if needed and runs this).
 //! Prints rows/s for both, the ratio Sluice/R (target ≥ 0.6), and Sluice's
 //! peak RSS (target ≤ 256 MiB whatever N is).
@@ -44,11 +45,8 @@ fn cpu_secs(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-fn main() {
-    let rows: u64 = arg("--rows")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000);
-    let separate_state = flag("--separate-state");
+/// One complete run on a fresh cluster.
+fn run_once(rows: u64, separate_state: bool) -> Figures {
     eprintln!("starting a throwaway cluster…");
     let pg = LocalPg::start().expect("start Postgres");
     // The cluster both contenders read from: by default sized like a small
@@ -216,13 +214,58 @@ fn main() {
         .status();
     let _ = child.wait();
 
-    let raw_rate = rows as f64 / raw_secs;
-    let sluice_rate = rows as f64 / sluice_secs;
-    println!("rows: {rows}");
-    println!(
-        "cluster settings: {}",
-        if tuned { "shared_buffers=1GB, max_wal_size=8GB, checkpoint_timeout=30min" } else { "stock" }
-    );
+    Figures {
+        raw_secs,
+        sluice_secs,
+        sluice_cpu,
+        walsender_cpu,
+        appender_cpu,
+        peak_mib: peak as f64 / 1024.0,
+        tuned,
+    }
+}
+
+struct Figures {
+    raw_secs: f64,
+    sluice_secs: f64,
+    sluice_cpu: f64,
+    walsender_cpu: f64,
+    appender_cpu: f64,
+    peak_mib: f64,
+    tuned: bool,
+}
+
+fn main() {
+    let rows: u64 = arg("--rows")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let runs: usize = arg("--runs")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let separate_state = flag("--separate-state");
+    let mut all = Vec::new();
+    for run in 1..=runs {
+        let f = run_once(rows, separate_state);
+        let (raw_rate, sluice_rate) = (rows as f64 / f.raw_secs, rows as f64 / f.sluice_secs);
+        println!(
+            "run {run}: pg_recvlogical {:.2} s ({raw_rate:.0} rows/s), sluice {:.2} s ({sluice_rate:.0} rows/s), \
+             ratio {:.2}, sluice CPU {:.2} s, walsender CPU {:.2} s, appender backend CPU {:.2} s, sluice peak RSS {:.1} MiB",
+            f.raw_secs,
+            f.sluice_secs,
+            sluice_rate / raw_rate,
+            f.sluice_cpu,
+            f.walsender_cpu,
+            f.appender_cpu,
+            f.peak_mib
+        );
+        all.push(f);
+    }
+    let mut ratios: Vec<f64> = all.iter().map(|f| f.raw_secs / f.sluice_secs).collect();
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    let peak = all.iter().map(|f| f.peak_mib).fold(0.0, f64::max);
+    println!("rows: {rows}, runs: {runs}");
     println!(
         "state database: {}",
         if separate_state {
@@ -231,18 +274,18 @@ fn main() {
             "the source database"
         }
     );
-    println!("pg_recvlogical (R): {raw_secs:.2} s, {raw_rate:.0} rows/s");
-    println!("sluice:            {sluice_secs:.2} s, {sluice_rate:.0} rows/s");
     println!(
-        "ratio sluice/R:    {:.2} (target >= 0.6)",
-        sluice_rate / raw_rate
-    );
-    println!("sluice CPU:        {sluice_cpu:.2} s (user + system of the sluice process)");
-    println!(
-        "postgres CPU:      walsender {walsender_cpu:.2} s, appender backend {appender_cpu:.2} s"
+        "cluster settings: {}",
+        if all[0].tuned {
+            "shared_buffers=1GB, max_wal_size=8GB, checkpoint_timeout=30min"
+        } else {
+            "stock"
+        }
     );
     println!(
-        "sluice peak RSS:   {:.1} MiB (target <= 256)",
-        peak as f64 / 1024.0
+        "ratio sluice/R: median {median:.2}, min {:.2}, max {:.2} (target >= 0.6)",
+        ratios[0],
+        ratios[ratios.len() - 1]
     );
+    println!("sluice peak RSS: {peak:.1} MiB, highest of all runs (target <= 256)");
 }

@@ -10,7 +10,6 @@ pub mod tenant;
 
 use std::sync::Arc;
 
-
 pub use tenant::{TenantError, TenantId};
 
 /// Where an event came from in its source, so an append can be made

@@ -108,7 +108,7 @@ impl AppenderHandle {
                 ..
             } => {
                 let mut row = Vec::new();
-                copy::encode_row(&mut row, 0, t.as_str(), event);
+                copy::encode_row(&mut row, 0, t, event);
                 Some(row)
             }
             _ => None,
@@ -387,7 +387,7 @@ impl Appender {
                     };
                     for tenant in tenants {
                         scratch.clear();
-                        copy::encode_row(&mut scratch, seq, tenant.as_str(), event);
+                        copy::encode_row(&mut scratch, seq, tenant, event);
                         buf.extend_from_slice(&scratch);
                         seq += 1;
                     }

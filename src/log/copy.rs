@@ -2,7 +2,7 @@
 //! work happens on the sending source's task and the appender only patches
 //! in the `seq` and copies bytes. Pure.
 
-use crate::event::{PendingEvent, PG_EPOCH_OFFSET_MICROS};
+use crate::event::{PendingEvent, TenantId, PG_EPOCH_OFFSET_MICROS};
 
 /// Signature, flags, header extension length.
 pub const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
@@ -11,10 +11,10 @@ pub const TRAILER: &[u8] = &[0xff, 0xff];
 
 /// The column list the rows are encoded for, in order.
 pub const COPY_STATEMENT: &str =
-    "COPY sluice.events (seq, tenant, type, topic, source, subject, txid, lsn, \
-     commit_time, data) FROM STDIN BINARY";
+    "COPY sluice.events (seq, tenant, tenant_hash, type, topic, source, subject, \
+     txid, lsn, commit_time, data) FROM STDIN BINARY";
 
-const FIELDS: i16 = 10;
+const FIELDS: i16 = 11;
 /// Where the `seq` value sits in an encoded row: after the field count (2)
 /// and the field length (4).
 const SEQ_AT: usize = 6;
@@ -36,11 +36,13 @@ fn int8(out: &mut Vec<u8>, v: Option<i64>) {
 }
 
 /// Encodes one row of `event` for `tenant`, at `seq`.
-pub fn encode_row(out: &mut Vec<u8>, seq: i64, tenant: &str, event: &PendingEvent) {
+pub fn encode_row(out: &mut Vec<u8>, seq: i64, tenant: &TenantId, event: &PendingEvent) {
     out.reserve(event.approx_bytes() + 64);
     out.extend_from_slice(&FIELDS.to_be_bytes());
     int8(out, Some(seq));
-    text(out, tenant);
+    text(out, tenant.as_str());
+    out.extend_from_slice(&4i32.to_be_bytes());
+    out.extend_from_slice(&tenant.hash32().to_be_bytes());
     text(out, &event.event_type);
     text(out, &event.topic);
     text(out, &event.source);
@@ -68,7 +70,7 @@ pub fn patch_seq(row: &mut [u8], seq: i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Audience, SourcePosition, TenantId};
+    use crate::event::{Audience, SourcePosition};
 
     #[test]
     fn row_layout_matches_the_binary_copy_format() {
@@ -86,10 +88,15 @@ mod tests {
             data: crate::event::JsonText::parse("{}".into()).expect("json"),
         };
         let mut row = Vec::new();
-        encode_row(&mut row, 0, "t", &e);
+        let t = TenantId::new("t").expect("valid");
+        encode_row(&mut row, 0, &t, &e);
         patch_seq(&mut row, 0x0102);
-        let mut expected = vec![0, 10, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 1, 2];
-        for s in ["t", "ty", "to", "s"] {
+        let mut expected = vec![0, 11, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 1, 2];
+        expected.extend_from_slice(&1i32.to_be_bytes());
+        expected.push(b't');
+        expected.extend_from_slice(&4i32.to_be_bytes());
+        expected.extend_from_slice(&t.hash32().to_be_bytes());
+        for s in ["ty", "to", "s"] {
             expected.extend_from_slice(&(s.len() as i32).to_be_bytes());
             expected.extend_from_slice(s.as_bytes());
         }

@@ -13,12 +13,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-
 use super::pgoutput::{
     Datum, Delete, Insert, Message, OldTuple, Relation, Truncate, Tuple, Update,
 };
 use super::value::{write_json, write_json_string, PgType};
-use crate::event::{format_time_micros, types, Audience, JsonText, PendingEvent, SourcePosition, TenantId};
+use crate::event::{
+    format_time_micros, types, Audience, JsonText, PendingEvent, SourcePosition, TenantId,
+};
 
 /// How one captured table is tagged.
 #[derive(Debug, Clone, PartialEq, Eq)]
