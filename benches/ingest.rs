@@ -2,7 +2,7 @@
 //! log, against `pg_recvlogical` draining the same backlog to /dev/null
 //! (the raw limit R), on the same machine in the same run.
 //!
-//! `cargo bench --bench ingest -- [--rows N] [--runs N] [--separate-state] [--pg-defaults]`
+//! `cargo bench --bench ingest -- [--rows N] [--runs N] [--separate-state] [--tuned]`
 //! (`BENCH_SLUICE_<KEY>=v` passes `SLUICE_<KEY>=v` to the measured sluice.)
 //! (scripts/bench-ingest.sh installs Postgres if needed and runs this).
 //! Prints rows/s for both, the ratio Sluice/R (target ≥ 0.6), and Sluice's
@@ -49,11 +49,9 @@ fn cpu_secs(pid: u32) -> Option<f64> {
 fn run_once(rows: u64, separate_state: bool) -> Figures {
     eprintln!("starting a throwaway cluster…");
     let pg = LocalPg::start().expect("start Postgres");
-    // The cluster both contenders read from: by default sized like a small
-    // production server (128 MB shared_buffers and 1 GB max_wal_size make
-    // the backend evict its own dirty pages and checkpoint mid-run, which
-    // swings the results by half); --pg-defaults keeps the stock settings.
-    let tuned = !flag("--pg-defaults");
+    // The cluster both contenders read from has the stock settings, or with
+    // --tuned those of a small production server.
+    let tuned = flag("--tuned");
     if tuned {
         psql(
             &pg,

@@ -33,7 +33,7 @@ CREATE TABLE types (
     b bool, i2 int2, i4 int4, i8 int8, n numeric, f4 float4, f8 float8,
     t text, vc varchar(40), u uuid, j json, jb jsonb, by bytea,
     d date, ts timestamp, tstz timestamptz, tm time, iv interval,
-    m mood, dom posint, ia int4[], ia2 int4[], ta text[], ip inet, mo money
+    m mood, dom posint, ia int4[], ia2 int4[], ta text[], ta2 text[], ip inet, mo money
 );
 ALTER TABLE types REPLICA IDENTITY FULL;
 "#;
@@ -51,7 +51,7 @@ SELECT jsonb_build_object(
   'ts', replace(ts::text, ' ', 'T'),
   'tstz', regexp_replace(replace(tstz::text, ' ', 'T'), '\+00$', 'Z'),
   'tm', tm::text, 'iv', iv::text, 'm', m::text, 'dom', dom,
-  'ia', ia, 'ia2', ia2, 'ta', ta, 'ip', CASE WHEN ip IS NOT NULL THEN format('%s', ip) END, 'mo', mo::numeric::text
+  'ia', ia, 'ia2', ia2, 'ta', ta, 'ta2', ta2, 'ip', CASE WHEN ip IS NOT NULL THEN format('%s', ip) END, 'mo', mo::numeric::text
 )::text FROM types WHERE id = $1
 "#;
 
@@ -107,12 +107,13 @@ INSERT INTO types VALUES (1, 'acme', true, -32768, 2147483647, 92233720368547758
   '{"nested":{"deep":[true,false,null,1.5e300]},"n":-0.000001}', '\x00010203feff',
   '2000-02-29', '2026-11-22 10:15:30.123456', '2026-11-22 10:15:30.5+05:30', '23:59:59.999999',
   '1 year 2 mons 3 days 04:05:06.789', 'happy', 7, '{1,2,3}', '{{1,NULL},{3,4}}',
-  ARRAY['a,b', 'c"d', 'NULL', NULL, '', 'x y', 'back\slash', '{braces}'], '192.168.0.1/24', '1234.56');
+  ARRAY['a,b', 'c"d', 'NULL', NULL, '', 'x y', 'back\slash', '{braces}'],
+  ARRAY[ARRAY['r1 c1', NULL], ARRAY['"q"', 'NULL']], '192.168.0.1/24', '1234.56');
 INSERT INTO types (id, tenant) VALUES (2, 'acme');
 INSERT INTO types VALUES (3, 'globex', false, 0, -2147483648, -9223372036854775808,
   'NaN', '-Infinity', 1e-7, '', '', '00000000-0000-0000-0000-000000000000', '[]', '"just a string"',
   ''::bytea, 'infinity', '-infinity', 'infinity', '00:00', '-1 days -00:00:01', 'sad', 1, '{}', '{{{1},{2}},{{3},{4}}}',
-  '{}', '::1', '-1234.56');
+  '{}', '{{NULL,NULL},{NULL,NULL}}', '::1', '-1234.56');
 "#,
     )
     .await
@@ -594,4 +595,34 @@ async fn tenant_reads_never_return_a_tenant_with_the_same_index_hash() {
         let later = read_events(&c, &scope, 16, 1000).await.expect("read");
         assert!(later.iter().all(|e| e.tenant == tenant && e.seq >= 16));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_separate_state_database_holds_the_log() {
+    let source = TestDb::new("srcdb");
+    let state = TestDb::new("statedb");
+    let c = source.client().await;
+    c.batch_execute(
+        "CREATE TABLE s (id int PRIMARY KEY, tenant text); ALTER TABLE s REPLICA IDENTITY FULL",
+    )
+    .await
+    .expect("ddl");
+    let config = source.config_with(
+        &[("public.s", "tenant")],
+        &[("SLUICE_STATE_URL", &state.url)],
+    );
+    let (running, token) = start(&config).await;
+    c.batch_execute("INSERT INTO s SELECT g, 'acme' FROM generate_series(1, 5) g")
+        .await
+        .expect("writes");
+    let sc = state.client().await;
+    wait_for_events(&sc, 5).await;
+    stop(running, token).await;
+    assert_eq!(all_events(&sc).await.len(), 5);
+    let in_source: Option<String> = c
+        .query_one("SELECT to_regclass('sluice.events')::text", &[])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(in_source, None, "the source database gets no log");
 }

@@ -57,27 +57,28 @@ pub async fn read_events(
     from: i64,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, tokio_postgres::Error> {
-    let rows =
-        match scope {
-            ReadScope::Tenant(t) => {
-                client
-                    .query(
-                        &format!(
+    let rows = match scope {
+        ReadScope::Tenant(t) => {
+            client
+                .query(
+                    &format!(
                         "SELECT {COLUMNS} FROM sluice.events
                          WHERE tenant_hash = $1 AND tenant = $2 AND seq >= $3 ORDER BY seq LIMIT $4"
                     ),
-                        &[&t.hash32(), &t.as_str(), &from, &limit],
-                    )
-                    .await?
-            }
-            ReadScope::Operator => client
+                    &[&t.hash32(), &t.as_str(), &from, &limit],
+                )
+                .await?
+        }
+        ReadScope::Operator => {
+            client
                 .query(
                     &format!(
                         "SELECT {COLUMNS} FROM sluice.events WHERE seq >= $1 ORDER BY seq LIMIT $2"
                     ),
                     &[&from, &limit],
                 )
-                .await?,
-        };
+                .await?
+        }
+    };
     Ok(rows.iter().map(stored).collect())
 }
