@@ -588,17 +588,23 @@ impl<'s> Writer<'s> {
                 },
                 d => d,
             };
-            let (Some(key), Some(ty)) = (rel.keys.get(i), rel.resolved.types.get(i)) else {
-                continue;
-            };
-            if !first {
-                self.out.push(b',');
-            }
-            first = false;
-            self.out.extend_from_slice(key);
-            self.value(ty, datum);
+            self.member(&mut first, rel, i, datum);
         }
         self.out.push(b'}');
+    }
+
+    /// Writes `"col":value` for column `i`, after a comma unless it is the
+    /// object's first member.
+    fn member(&mut self, first: &mut bool, rel: &CachedRelation, i: usize, datum: &Datum) {
+        let (Some(key), Some(ty)) = (rel.keys.get(i), rel.resolved.types.get(i)) else {
+            return;
+        };
+        if !*first {
+            self.out.push(b',');
+        }
+        *first = false;
+        self.out.extend_from_slice(key);
+        self.value(ty, datum);
     }
 
     /// Writes `,"key":{…}` from the key columns of `t`.
@@ -606,20 +612,10 @@ impl<'s> Writer<'s> {
         self.out.extend_from_slice(b",\"key\":{");
         let mut first = true;
         for &i in &rel.resolved.key_columns {
-            let (Some(key), Some(ty), Some(datum)) =
-                (rel.keys.get(i), rel.resolved.types.get(i), t.0.get(i))
-            else {
-                continue;
-            };
-            if *datum == Datum::UnchangedToast {
-                continue;
+            match t.0.get(i) {
+                Some(Datum::UnchangedToast) | None => {}
+                Some(datum) => self.member(&mut first, rel, i, datum),
             }
-            if !first {
-                self.out.push(b',');
-            }
-            first = false;
-            self.out.extend_from_slice(key);
-            self.value(ty, datum);
         }
         self.out.push(b'}');
     }
