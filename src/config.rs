@@ -95,6 +95,71 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "50000",
         "bound on normalized events waiting for the appender",
     ),
+    (
+        "http.listen",
+        "127.0.0.1:8787",
+        "address the HTTP API listens on",
+    ),
+    (
+        "http.heartbeat_secs",
+        "15",
+        "idle seconds before an SSE comment or NDJSON heartbeat line",
+    ),
+    (
+        "http.retry_ms",
+        "2000",
+        "the SSE `retry:` hint sent to clients",
+    ),
+    (
+        "http.max_query_bytes",
+        "8192",
+        "longest accepted query string",
+    ),
+    (
+        "http.page_limit",
+        "1000",
+        "most events in one JSON page or one catch-up read",
+    ),
+    (
+        "hub.subscriber_queue",
+        "1024",
+        "events buffered per live subscriber before it catches up from the log",
+    ),
+    (
+        "log.retention_hours",
+        "168",
+        "events older than this are pruned",
+    ),
+    (
+        "log.prune_interval_secs",
+        "60",
+        "how often retention pruning runs",
+    ),
+    (
+        "auth.jwt_hs256_secret",
+        "(none)",
+        "secret for HS256 JWTs (set it from the environment)",
+    ),
+    (
+        "auth.jwt_rs256_public_key",
+        "(none)",
+        "PEM public key for RS256 JWTs",
+    ),
+    (
+        "auth.jwt_tenant_claim",
+        "tenant",
+        "JWT claim holding the tenant id",
+    ),
+    (
+        "auth.jwt_role_claim",
+        "role",
+        "JWT claim holding the role (anon or service)",
+    ),
+    (
+        "auth.revocation_check_secs",
+        "2",
+        "how often open streams re-check that their key is still valid",
+    ),
 ];
 
 fn kind_of(path: &str) -> Kind {
@@ -105,7 +170,15 @@ fn kind_of(path: &str) -> Kind {
         | "source.postgres.queue_messages"
         | "appender.max_batch_events"
         | "appender.max_batch_bytes"
-        | "appender.queue_events" => Kind::Int,
+        | "appender.queue_events"
+        | "http.heartbeat_secs"
+        | "http.retry_ms"
+        | "http.max_query_bytes"
+        | "http.page_limit"
+        | "hub.subscriber_queue"
+        | "log.retention_hours"
+        | "log.prune_interval_secs"
+        | "auth.revocation_check_secs" => Kind::Int,
         _ => Kind::Str,
     }
 }
@@ -155,7 +228,68 @@ pub struct Config {
     pub state: StateConfig,
     #[serde(default)]
     pub appender: AppenderConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub hub: HubConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
+
+/// Declares a config section whose every key has a default.
+macro_rules! section {
+    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident : $ty:ty = $default:expr),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct $name { $($(#[$fmeta])* pub $field: $ty),* }
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $($field: $default),* }
+            }
+        }
+    };
+}
+
+section!(
+    /// The HTTP API.
+    HttpConfig {
+        listen: String = "127.0.0.1:8787".to_owned(),
+        heartbeat_secs: u64 = 15,
+        retry_ms: u64 = 2000,
+        max_query_bytes: usize = 8192,
+        page_limit: i64 = 1000,
+    }
+);
+
+section!(
+    /// The live fan-out.
+    HubConfig {
+        subscriber_queue: usize = 1024,
+    }
+);
+
+section!(
+    /// The log's retention.
+    LogConfig {
+        retention_hours: u64 = 168,
+        prune_interval_secs: u64 = 60,
+    }
+);
+
+section!(
+    /// Credentials: API keys live in the state database; JWTs are verified
+    /// with these settings.
+    AuthConfig {
+        jwt_hs256_secret: Option<String> = None,
+        jwt_rs256_public_key: Option<String> = None,
+        jwt_tenant_claim: String = "tenant".to_owned(),
+        jwt_role_claim: String = "role".to_owned(),
+        revocation_check_secs: u64 = 2,
+    }
+);
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -389,6 +523,31 @@ impl Config {
             )?;
             positive("source.postgres.queue_messages", pg.queue_messages)?;
         }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::key(
+                "http.listen",
+                format!(
+                    "expected an address like 127.0.0.1:8787, got {:?}",
+                    self.http.listen
+                ),
+            ));
+        }
+        positive("http.heartbeat_secs", self.http.heartbeat_secs as usize)?;
+        positive("http.max_query_bytes", self.http.max_query_bytes)?;
+        positive(
+            "http.page_limit",
+            usize::try_from(self.http.page_limit).unwrap_or(0),
+        )?;
+        positive("hub.subscriber_queue", self.hub.subscriber_queue)?;
+        positive("log.retention_hours", self.log.retention_hours as usize)?;
+        positive(
+            "log.prune_interval_secs",
+            self.log.prune_interval_secs as usize,
+        )?;
+        positive(
+            "auth.revocation_check_secs",
+            self.auth.revocation_check_secs as usize,
+        )?;
         positive("appender.max_batch_events", self.appender.max_batch_events)?;
         positive("appender.max_batch_bytes", self.appender.max_batch_bytes)?;
         positive("appender.queue_events", self.appender.queue_events)?;
@@ -679,6 +838,20 @@ tables = [{ table = "public.orders", tenant_column = "tenant_id" }]
             ("appender.max_batch_events", c.appender.max_batch_events),
             ("appender.max_batch_bytes", c.appender.max_batch_bytes),
             ("appender.queue_events", c.appender.queue_events),
+            ("http.heartbeat_secs", c.http.heartbeat_secs as usize),
+            ("http.retry_ms", c.http.retry_ms as usize),
+            ("http.max_query_bytes", c.http.max_query_bytes),
+            ("http.page_limit", c.http.page_limit as usize),
+            ("hub.subscriber_queue", c.hub.subscriber_queue),
+            ("log.retention_hours", c.log.retention_hours as usize),
+            (
+                "log.prune_interval_secs",
+                c.log.prune_interval_secs as usize,
+            ),
+            (
+                "auth.revocation_check_secs",
+                c.auth.revocation_check_secs as usize,
+            ),
         ];
         for (key, value) in actual {
             let documented = KEYS
@@ -700,6 +873,7 @@ tables = [{ table = "public.orders", tenant_column = "tenant_id" }]
                 Kind::Int => "5",
                 Kind::TableList => r#"[{table="a.b", tenant_column="t"}]"#,
                 Kind::Str if key.ends_with("url") => "postgres://u@h/d",
+                Kind::Str if key.ends_with("listen") => "127.0.0.1:1",
                 Kind::Str => "abc",
             };
             load(GOOD, &[(&var, value)]).unwrap_or_else(|e| panic!("{var}: {e}"));
