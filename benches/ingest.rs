@@ -166,6 +166,7 @@ fn run_once(rows: u64, separate_state: bool) -> Figures {
             r#"[{table="public.bench", tenant_column="tenant"}]"#,
         )
         .env("SLUICE_STATE_URL", pg.url(&state_db))
+        .env("SLUICE_HTTP_LISTEN", "127.0.0.1:0")
         .env("SLUICE_LOG", "warn")
         .envs(
             std::env::vars()

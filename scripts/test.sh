@@ -7,4 +7,7 @@ cd "$(dirname "$0")/.."
 SLUICE_PG_BIN="$(scripts/ensure-postgres.sh | tail -n 1)"
 export SLUICE_PG_BIN
 echo "using PostgreSQL binaries in $SLUICE_PG_BIN" >&2
+# The independent SSE client the tests drive Sluice with (PyPI).
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+  -r tests/clients/requirements.txt >&2
 cargo test --locked

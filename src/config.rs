@@ -121,6 +121,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "most events in one JSON page or one catch-up read",
     ),
     (
+        "http.db_pool_size",
+        "16",
+        "state-database connections shared by HTTP readers",
+    ),
+    (
         "hub.subscriber_queue",
         "1024",
         "events buffered per live subscriber before it catches up from the log",
@@ -175,6 +180,7 @@ fn kind_of(path: &str) -> Kind {
         | "http.retry_ms"
         | "http.max_query_bytes"
         | "http.page_limit"
+        | "http.db_pool_size"
         | "hub.subscriber_queue"
         | "log.retention_hours"
         | "log.prune_interval_secs"
@@ -261,6 +267,7 @@ section!(
         retry_ms: u64 = 2000,
         max_query_bytes: usize = 8192,
         page_limit: i64 = 1000,
+        db_pool_size: usize = 16,
     }
 );
 
@@ -534,6 +541,7 @@ impl Config {
         }
         positive("http.heartbeat_secs", self.http.heartbeat_secs as usize)?;
         positive("http.max_query_bytes", self.http.max_query_bytes)?;
+        positive("http.db_pool_size", self.http.db_pool_size)?;
         positive(
             "http.page_limit",
             usize::try_from(self.http.page_limit).unwrap_or(0),
@@ -842,6 +850,7 @@ tables = [{ table = "public.orders", tenant_column = "tenant_id" }]
             ("http.retry_ms", c.http.retry_ms as usize),
             ("http.max_query_bytes", c.http.max_query_bytes),
             ("http.page_limit", c.http.page_limit as usize),
+            ("http.db_pool_size", c.http.db_pool_size),
             ("hub.subscriber_queue", c.hub.subscriber_queue),
             ("log.retention_hours", c.log.retention_hours as usize),
             (

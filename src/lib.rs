@@ -5,10 +5,17 @@
 //! `event` is the envelope, `log` appends and reads the durable log,
 //! `pipeline` wires them together for `sluice serve`.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod deliver;
 pub mod event;
+pub mod http;
+pub mod hub;
 pub mod localpg;
 pub mod log;
+pub mod metrics;
 pub mod pipeline;
+pub mod server;
 pub mod source;
+pub mod subscription;

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
+use crate::hub::Hub;
 use crate::log::{self, Appender, Durable, LogError};
 use crate::source::postgres::setup::{self, Finding};
 use crate::source::postgres::stats::SourceStats;
@@ -83,10 +84,12 @@ pub async fn migrate(config: &Config) -> Result<Vec<i32>, PipelineError> {
     Ok(log::migrate::migrate(&mut client).await?)
 }
 
-/// Prepares everything and starts streaming.
+/// Prepares everything and starts streaming; committed events also go live
+/// to `hub` when one is given.
 pub async fn start(
     config: &Config,
     shutdown: CancellationToken,
+    hub: Option<Arc<Hub>>,
 ) -> Result<Pipeline, PipelineError> {
     let pg = config.postgres()?.clone();
     migrate(config).await?;
@@ -114,7 +117,8 @@ pub async fn start(
     }
     drop(source_client);
 
-    let (mut appender, handle) = Appender::start(config.state_url()?, &config.appender).await?;
+    let (mut appender, handle) =
+        Appender::start(config.state_url()?, &config.appender, hub).await?;
     let stats = Arc::new(SourceStats::default());
     let source = PgSource::new(pg, handle.clone(), stats.clone());
     let checkpoint = appender.checkpoint(&source.checkpoint_key()).await?;
@@ -137,13 +141,23 @@ pub async fn start(
         let source_result = tokio::select! {
             r = &mut source_task => r,
             r = &mut appender_task => {
-                // The appender failed or stopped on its own: stop the source.
-                shutdown.cancel();
-                let _ = source_task.await;
-                return match r {
-                    Ok(Ok(())) => Err(PipelineError::Log(LogError::Closed)),
-                    Ok(Err(e)) => Err(e.into()),
-                    Err(e) => Err(PipelineError::Task(e.to_string())),
+                // The appender ends cleanly only once every source handle is
+                // gone, i.e. the source has stopped: then its result decides.
+                // It ends with an error on a fault: then stop the source.
+                let appended = match r {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(PipelineError::Log(e)),
+                    Err(e) => Some(PipelineError::Task(e.to_string())),
+                };
+                if appended.is_some() {
+                    shutdown.cancel();
+                }
+                let source = source_task.await;
+                return match (appended, source) {
+                    (Some(e), _) => Err(e),
+                    (None, Ok(Ok(()))) => Ok(()),
+                    (None, Ok(Err(e))) => Err(e.into()),
+                    (None, Err(e)) => Err(PipelineError::Task(e.to_string())),
                 };
             }
         };

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 async fn start(config: &Config) -> (Pipeline, CancellationToken) {
     let token = CancellationToken::new();
-    let running = pipeline::start(config, token.clone())
+    let running = pipeline::start(config, token.clone(), None)
         .await
         .expect("pipeline starts");
     (running, token)
@@ -511,6 +511,7 @@ async fn serve_refuses_a_table_whose_deletes_cannot_be_attributed() {
     let err = pipeline::start(
         &db.config(&[("public.r", "tenant")]),
         CancellationToken::new(),
+        None,
     )
     .await
     .err()

@@ -26,7 +26,7 @@ fn sluice() -> Command {
 fn write_config(dir: &Path, db: &TestDb, table: &str, tenant: &str, extra: &str) -> PathBuf {
     let path = dir.join("sluice.toml");
     let text = format!(
-        "[source.postgres]\nurl = \"{}\"\nslot = \"slot_{}\"\ntables = [{{ table = \"{table}\", tenant_column = \"{tenant}\" }}]\n{extra}",
+        "[http]\nlisten = \"127.0.0.1:0\"\n\n[source.postgres]\nurl = \"{}\"\nslot = \"slot_{}\"\ntables = [{{ table = \"{table}\", tenant_column = \"{tenant}\" }}]\n{extra}",
         db.url, db.name
     );
     std::fs::write(&path, text).expect("write config");

@@ -62,7 +62,7 @@ pub async fn demo(keep_running: bool) -> Result<(), CliError> {
     let config = Config::load(None, &env)?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
-    let running = pipeline::start(&config, shutdown.clone()).await?;
+    let running = pipeline::start(&config, shutdown.clone(), None).await?;
     let mut durable = running.durable.clone();
 
     let writer_client = log::connect(&url)

@@ -2,6 +2,7 @@
 //! job, and returns a [`CliError`] that `main` turns into an exit code.
 
 mod demo;
+pub mod keys;
 
 use std::io::Write;
 use std::path::Path;
@@ -23,6 +24,8 @@ pub enum CliError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Server(#[from] crate::server::ServerError),
     #[error("database: {0}")]
     Db(#[from] tokio_postgres::Error),
     #[error("--tenant: {0}")]
@@ -33,6 +36,8 @@ pub enum CliError {
     Demo(String),
     #[error("cannot write to stdout: {0}")]
     Stdout(std::io::Error),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 impl CliError {
@@ -40,7 +45,8 @@ impl CliError {
         match self {
             CliError::Config(_)
             | CliError::Tenant(_)
-            | CliError::Pipeline(PipelineError::Config(_)) => 2,
+            | CliError::Pipeline(PipelineError::Config(_))
+            | CliError::Server(crate::server::ServerError::Pipeline(PipelineError::Config(_))) => 2,
             _ => 1,
         }
     }
@@ -90,8 +96,8 @@ pub async fn serve(config: Option<&Path>) -> Result<(), CliError> {
     let config = Config::from_process(config)?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
-    let running = pipeline::start(&config, shutdown).await?;
-    running.wait().await?;
+    let server = crate::server::start(config, shutdown).await?;
+    server.wait().await?;
     tracing::info!("stopped");
     Ok(())
 }

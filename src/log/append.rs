@@ -27,6 +27,7 @@ use super::copy;
 use super::{connect_as, LogError, APPENDER_LOCK_KEY};
 use crate::config::AppenderConfig;
 use crate::event::{Audience, PendingEvent, SourcePosition, TenantId};
+use crate::hub::{Hub, LiveEvent};
 
 /// What a source hands to the appender, in source order.
 #[derive(Debug)]
@@ -140,6 +141,8 @@ pub struct Appender {
     checkpoints: BTreeMap<Arc<str>, Checkpoint>,
     /// Relation → tenants known to have rows there (to expand TRUNCATE).
     tenants_of: HashMap<Arc<str>, BTreeSet<TenantId>>,
+    /// Where committed events go live.
+    hub: Option<Arc<Hub>>,
 }
 
 /// Budget, in bytes, of items waiting for the appender.
@@ -150,6 +153,7 @@ impl Appender {
     pub async fn start(
         url: &str,
         config: &AppenderConfig,
+        hub: Option<Arc<Hub>>,
     ) -> Result<(Appender, AppenderHandle), LogError> {
         let (tx, rx) = mpsc::channel(config.queue_events);
         let budget = Arc::new(Semaphore::new(QUEUE_BYTES));
@@ -164,6 +168,7 @@ impl Appender {
             next_seq: 1,
             checkpoints: BTreeMap::new(),
             tenants_of: HashMap::new(),
+            hub,
         };
         appender.reconnect().await?;
         let handle = AppenderHandle {
@@ -289,6 +294,11 @@ impl Appender {
             // they are written in the same transaction as the events.
             if self.committed(&expected).await? {
                 tracing::info!("the interrupted append had committed; not appending it again");
+                if let Some(hub) = &self.hub {
+                    // Which seqs that batch got is not known here: everyone
+                    // reads it from the log instead of missing it live.
+                    hub.lag_everyone();
+                }
                 self.checkpoints = expected;
                 self.publish();
                 return Ok(());
@@ -368,14 +378,23 @@ impl Appender {
         let mut buf = BytesMut::with_capacity(COPY_CHUNK + COPY_CHUNK / 4);
         buf.extend_from_slice(copy::HEADER);
         let mut scratch = Vec::new();
-        for q in batch.iter_mut() {
+        // (seq, tenant, index in batch) of events someone is subscribed to.
+        let mut live: Vec<(i64, TenantId, usize)> = Vec::new();
+        let hub = self.hub.clone();
+        let mut wanted = |seq: i64, tenant: &TenantId, i: usize| {
+            if hub.as_ref().is_some_and(|h| h.wants(tenant)) {
+                live.push((seq, tenant.clone(), i));
+            }
+        };
+        for (i, q) in batch.iter_mut().enumerate() {
             let AppendItem::Event { event, .. } = &q.item else {
                 continue;
             };
             match (&event.audience, q.row.as_mut()) {
-                (Audience::Tenant(_), Some(row)) => {
+                (Audience::Tenant(t), Some(row)) => {
                     copy::patch_seq(row, seq);
                     buf.extend_from_slice(row);
+                    wanted(seq, t, i);
                     seq += 1;
                 }
                 (audience, _) => {
@@ -389,6 +408,7 @@ impl Appender {
                         scratch.clear();
                         copy::encode_row(&mut scratch, seq, tenant, event);
                         buf.extend_from_slice(&scratch);
+                        wanted(seq, tenant, i);
                         seq += 1;
                     }
                 }
@@ -413,6 +433,26 @@ impl Appender {
             self.tenants_of.entry(rel).or_default().insert(t);
         }
         self.publish();
+        if let Some(hub) = &self.hub {
+            let events: Vec<LiveEvent> = live
+                .into_iter()
+                .filter_map(|(seq, tenant, i)| {
+                    let AppendItem::Event { event, .. } = &batch.get(i)?.item else {
+                        return None;
+                    };
+                    Some(LiveEvent {
+                        seq,
+                        body: Bytes::from(event.envelope_json(seq, &tenant)),
+                        tenant,
+                        topic: event.topic.clone(),
+                        event_type: event.event_type.clone(),
+                    })
+                })
+                .collect();
+            if !events.is_empty() {
+                hub.publish(&events);
+            }
+        }
         Ok(())
     }
 }

@@ -10,12 +10,13 @@ pub mod checkpoint;
 pub mod copy;
 pub mod migrate;
 pub mod read;
+pub mod retention;
 
 use tokio_postgres::{Client, NoTls};
 
 pub use append::{AppendItem, Appender, AppenderHandle, Durable};
 pub use checkpoint::Checkpoint;
-pub use read::{read_events, ReadScope, StoredEvent};
+pub use read::{pruned_through, query_events, read_events, LogQuery, ReadScope, StoredEvent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {

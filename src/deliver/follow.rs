@@ -1,0 +1,193 @@
+//! Following a tenant's events from a position: catch up from the log, then
+//! go live through the hub, and fall back to the log whenever the hub lets
+//! the subscriber go (its queue overflowed). Shared by SSE, NDJSON tails
+//! and (later) WebSocket subscriptions.
+//!
+//! Invariant: events come out in seq order, each at most once, none missing.
+//! The subscriber registers with the hub *before* each final log read, so an
+//! event committed after that read is in the live queue and one committed
+//! before it is in the read; the overlap is dropped by seq.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::event::TenantId;
+use crate::hub::{Hub, Subscription};
+use crate::log::{self, LogQuery, ReadScope};
+use crate::subscription::Selector;
+
+/// One event to deliver.
+#[derive(Debug, Clone)]
+pub struct Followed {
+    pub seq: i64,
+    pub event_type: Arc<str>,
+    pub body: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    #[error("the log no longer holds seq {requested}: retention pruned it; the oldest available is {oldest}")]
+    Gap { requested: i64, oldest: i64 },
+    #[error("reading the log: {0}")]
+    Db(String),
+}
+
+/// Where a follower starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// At this seq (inclusive).
+    At(i64),
+    /// With the next event appended after now.
+    Live,
+}
+
+enum Mode {
+    CatchUp { registered: Option<Subscription> },
+    Live(Subscription),
+}
+
+pub struct Follower {
+    hub: Arc<Hub>,
+    pool: deadpool_postgres::Pool,
+    tenant: TenantId,
+    selector: Arc<Selector>,
+    /// The next seq this follower may deliver.
+    next: i64,
+    page: i64,
+    buffer: VecDeque<Followed>,
+    /// Every log row below this seq has been read (delivered or skipped).
+    scanned: i64,
+    mode: Mode,
+    /// How often this follower fell back to the log.
+    pub catchups: u64,
+}
+
+impl Follower {
+    /// `head` is the log's last seq now (used for `Start::Live`).
+    pub fn new(
+        hub: Arc<Hub>,
+        pool: deadpool_postgres::Pool,
+        tenant: TenantId,
+        selector: Arc<Selector>,
+        start: Start,
+        head: i64,
+        page: i64,
+    ) -> Follower {
+        let (next, mode) = match start {
+            Start::At(seq) => (seq.max(1), Mode::CatchUp { registered: None }),
+            // Registering now and reading the log from head+1 closes the
+            // window between "now" and the registration.
+            Start::Live => (head + 1, Mode::CatchUp { registered: None }),
+        };
+        Follower {
+            hub,
+            pool,
+            tenant,
+            selector,
+            next,
+            page: page.max(1),
+            buffer: VecDeque::new(),
+            scanned: 0,
+            mode,
+            catchups: 0,
+        }
+    }
+
+    /// The next seq this follower would deliver (its resume position).
+    pub fn position(&self) -> i64 {
+        self.next
+    }
+
+    /// Waits for the next event.
+    pub async fn next(&mut self) -> Result<Followed, FollowError> {
+        loop {
+            if let Some(e) = self.buffer.pop_front() {
+                if e.seq >= self.next {
+                    self.next = e.seq + 1;
+                    return Ok(e);
+                }
+                continue;
+            }
+            match &mut self.mode {
+                Mode::Live(sub) => match sub.rx.recv().await {
+                    Some(e) if e.seq < self.next => continue,
+                    Some(e) => {
+                        self.next = e.seq + 1;
+                        return Ok(Followed {
+                            seq: e.seq,
+                            event_type: e.event_type,
+                            body: e.body,
+                        });
+                    }
+                    None => {
+                        // Lagged: the hub let us go. Read the rest from the log.
+                        self.catchups += 1;
+                        self.mode = Mode::CatchUp { registered: None };
+                    }
+                },
+                Mode::CatchUp { registered } => {
+                    self.next = self.next.max(self.scanned);
+                    if registered.is_none() {
+                        *registered = Some(
+                            self.hub
+                                .subscribe(self.tenant.clone(), self.selector.clone()),
+                        );
+                    }
+                    let exhausted = self.read_page().await?;
+                    if exhausted {
+                        if let Mode::CatchUp { registered } = &mut self.mode {
+                            if let Some(sub) = registered.take() {
+                                self.mode = Mode::Live(sub);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads one page from the log into the buffer; true when the log had
+    /// nothing more.
+    async fn read_page(&mut self) -> Result<bool, FollowError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| FollowError::Db(e.to_string()))?;
+        let pruned = log::pruned_through(&**client)
+            .await
+            .map_err(|e| FollowError::Db(e.to_string()))?;
+        if self.next <= pruned {
+            return Err(FollowError::Gap {
+                requested: self.next,
+                oldest: pruned + 1,
+            });
+        }
+        let scope = ReadScope::Tenant(self.tenant.clone());
+        let q = LogQuery {
+            from: self.next,
+            limit: self.page,
+            ..LogQuery::default()
+        };
+        let rows = log::query_events(&**client, &scope, &q)
+            .await
+            .map_err(|e| FollowError::Db(e.to_string()))?;
+        let exhausted = (rows.len() as i64) < self.page;
+        if let Some(last) = rows.last() {
+            // Rows the selector skips still count as read.
+            self.scanned = self.scanned.max(last.seq + 1);
+        }
+        for row in rows {
+            if self.selector.matches(&row.topic, || row.data()) {
+                self.buffer.push_back(Followed {
+                    seq: row.seq,
+                    event_type: row.event_type.into(),
+                    body: Bytes::from(row.body),
+                });
+            }
+        }
+        Ok(exhausted)
+    }
+}

@@ -1,0 +1,486 @@
+//! The tenant's log over HTTP: `GET /v1/events` as JSON pages or NDJSON
+//! (export a range, or `follow=true` to tail), `GET /v1/events/{seq}`, and
+//! `GET /v1/stats`.
+//!
+//! NDJSON: one envelope per line. A tail writes `{"heartbeat":true,
+//! "next_from":N}` after `http.heartbeat_secs` of silence (no envelope has a
+//! `heartbeat` member, so readers tell them apart) and, when the server
+//! stops, `{"shutdown":true,"next_from":N}`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use futures_util::stream;
+
+use super::follow::{FollowError, Follower, Start};
+use crate::auth::Role;
+use crate::event::TenantId;
+use crate::http::params::Params;
+use crate::http::{authorize, ApiError, AppState};
+use crate::log::{self, LogQuery, ReadScope, StoredEvent};
+use crate::subscription::Selector;
+
+const LIST_PARAMS: &[&str] = &[
+    "from", "to", "limit", "types", "topics", "topic", "since", "until", "format", "follow",
+    "apikey", "tenant",
+];
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/events", get(list))
+        .route("/v1/events/{seq}", get(one))
+        .route("/v1/stats", get(stats))
+}
+
+struct ListRequest {
+    tenant: TenantId,
+    from: i64,
+    to: Option<i64>,
+    limit: Option<i64>,
+    types: Option<Vec<String>>,
+    selector: Selector,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl ListRequest {
+    fn keeps(&self, e: &StoredEvent) -> bool {
+        self.selector.matches(&e.topic, || e.data())
+    }
+}
+
+async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let p = Params::parse(
+        raw.as_deref(),
+        LIST_PARAMS,
+        state.config.http.max_query_bytes,
+    )?;
+    let (_identity, tenant) = authorize(
+        &state,
+        &headers,
+        p.one("apikey")?,
+        p.one("tenant")?,
+        Role::Anon,
+    )
+    .await?;
+    let accept_ndjson = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/x-ndjson"));
+    let ndjson = match p.one("format")? {
+        None => accept_ndjson,
+        Some("ndjson") => true,
+        Some("json") => false,
+        Some(f) => {
+            return Err(ApiError::bad_param(
+                "format",
+                format!("expected json or ndjson, got {f:?}"),
+            ))
+        }
+    };
+    let follow = p.bool("follow")?;
+    if follow && !ndjson {
+        return Err(ApiError::bad_param(
+            "follow",
+            "follow=true streams NDJSON: add format=ndjson",
+        ));
+    }
+    let limit = match p.one("limit")? {
+        None => None,
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if n >= 1 => Some(n),
+            _ => {
+                return Err(ApiError::bad_param(
+                    "limit",
+                    format!("expected a whole number >= 1, got {v:?}"),
+                ))
+            }
+        },
+    };
+    if !ndjson && limit.is_some_and(|l| l > state.config.http.page_limit) {
+        return Err(ApiError::bad_param(
+            "limit",
+            format!(
+                "at most {} events per page; use format=ndjson to export more",
+                state.config.http.page_limit
+            ),
+        ));
+    }
+    let types = p.list("types");
+    let mut selector = p.selector(&state.captured_tables())?;
+    for t in p.list("topics") {
+        selector.topics.push(
+            crate::subscription::TopicGlob::parse(&t)
+                .map_err(|e| ApiError::bad_param("topics", e.to_string()))?,
+        );
+    }
+    let req = ListRequest {
+        tenant,
+        from: p.seq("from")?.unwrap_or(1),
+        to: p.seq("to")?,
+        limit,
+        types: (!types.is_empty()).then_some(types),
+        selector,
+        since: p.time("since")?,
+        until: p.time("until")?,
+    };
+    if follow && (req.to.is_some() || req.until.is_some()) {
+        return Err(ApiError::bad_param(
+            "follow",
+            "a tail has no end: drop to/until, or follow",
+        ));
+    }
+    let client = state
+        .pool
+        .get()
+        .await
+        .map_err(|e| ApiError::unavailable("the log", e))?;
+    let pruned = log::pruned_through(&**client)
+        .await
+        .map_err(|e| ApiError::unavailable("the log", e))?;
+    if req.from <= pruned {
+        return Err(ApiError::gap(req.from, pruned + 1));
+    }
+    drop(client);
+    if !ndjson {
+        return page(&state, &req).await;
+    }
+    let body = if follow {
+        Body::from_stream(tail(state, req))
+    } else {
+        Body::from_stream(export(state, req))
+    };
+    let mut resp = body.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(resp)
+}
+
+fn query(req: &ListRequest, from: i64, limit: i64) -> LogQuery {
+    LogQuery {
+        from,
+        to: req.to,
+        limit,
+        types: req.types.clone(),
+        since: req.since,
+        until: req.until,
+    }
+}
+
+/// One JSON page: `{"events": [...], "next_from": N}`.
+async fn page(state: &AppState, req: &ListRequest) -> Result<Response, ApiError> {
+    let limit = req.limit.unwrap_or(100).min(state.config.http.page_limit);
+    let client = state
+        .pool
+        .get()
+        .await
+        .map_err(|e| ApiError::unavailable("the log", e))?;
+    let rows = log::query_events(
+        &**client,
+        &ReadScope::Tenant(req.tenant.clone()),
+        &query(req, req.from, limit),
+    )
+    .await
+    .map_err(|e| ApiError::unavailable("the log", e))?;
+    let next_from = rows.last().map_or(req.from, |r| r.seq + 1);
+    let mut body = String::from("{\"events\":[");
+    let mut first = true;
+    for r in rows.iter().filter(|r| req.keeps(r)) {
+        if !first {
+            body.push(',');
+        }
+        first = false;
+        body.push_str(&r.body);
+    }
+    body.push_str(&format!("],\"next_from\":{next_from}}}"));
+    let mut resp = Body::from(body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+/// NDJSON of a range, read page by page until the range (or `limit`) ends.
+fn export(
+    state: AppState,
+    req: ListRequest,
+) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
+    let remaining = req.limit;
+    stream::unfold(
+        (state, req, remaining, false),
+        |(state, mut req, remaining, done)| async move {
+            if done || remaining == Some(0) {
+                return None;
+            }
+            let page = state.config.http.page_limit;
+            let client = match state.pool.get().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ndjson export cannot reach the log");
+                    return Some((
+                        Ok(error_line("unavailable", req.from)),
+                        (state, req, remaining, true),
+                    ));
+                }
+            };
+            let rows = match log::query_events(
+                &**client,
+                &ReadScope::Tenant(req.tenant.clone()),
+                &query(&req, req.from, page),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ndjson export read failed");
+                    return Some((
+                        Ok(error_line("unavailable", req.from)),
+                        (state, req, remaining, true),
+                    ));
+                }
+            };
+            drop(client);
+            let exhausted = (rows.len() as i64) < page;
+            let mut out = Vec::new();
+            let mut remaining = remaining;
+            for r in &rows {
+                if remaining == Some(0) {
+                    break;
+                }
+                req.from = r.seq + 1;
+                if req.keeps(r) {
+                    out.extend_from_slice(r.body.as_bytes());
+                    out.push(b'\n');
+                    remaining = remaining.map(|n| n - 1);
+                }
+            }
+            Some((Ok(Bytes::from(out)), (state, req, remaining, exhausted)))
+        },
+    )
+}
+
+fn error_line(code: &str, next_from: i64) -> Bytes {
+    Bytes::from(format!(
+        "{{\"error\":{{\"code\":\"{code}\"}},\"next_from\":{next_from}}}\n"
+    ))
+}
+
+/// NDJSON tail: everything from `from`, then live.
+fn tail(
+    state: AppState,
+    req: ListRequest,
+) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
+    let types = req.types.clone();
+    let follower = Follower::new(
+        state.hub.clone(),
+        state.pool.clone(),
+        req.tenant.clone(),
+        Arc::new(req.selector),
+        Start::At(req.from),
+        state.head(),
+        state.config.http.page_limit,
+    );
+    let heartbeat = Duration::from_secs(state.config.http.heartbeat_secs.max(1));
+    stream::unfold(
+        (state, follower, types, false),
+        move |(state, mut f, types, done)| async move {
+            if done {
+                return None;
+            }
+            let shutdown = state.shutdown.clone();
+            let (line, done) = tokio::select! {
+                next = f.next() => match next {
+                    Ok(e) if types.as_ref().is_some_and(|t| !t.iter().any(|t| **t == *e.event_type)) => (Bytes::new(), false),
+                    Ok(e) => {
+                        let mut l = Vec::with_capacity(e.body.len() + 1);
+                        l.extend_from_slice(&e.body);
+                        l.push(b'\n');
+                        (Bytes::from(l), false)
+                    }
+                    Err(FollowError::Gap { oldest, .. }) => (
+                        Bytes::from(format!("{{\"error\":{{\"code\":\"gap\",\"oldest\":{oldest}}},\"next_from\":{}}}\n", f.position())),
+                        true,
+                    ),
+                    Err(FollowError::Db(e)) => {
+                        tracing::warn!(error = %e, "ndjson tail cannot read the log");
+                        (error_line("unavailable", f.position()), true)
+                    }
+                },
+                _ = tokio::time::sleep(heartbeat) => (
+                    Bytes::from(format!("{{\"heartbeat\":true,\"next_from\":{}}}\n", f.position())),
+                    false,
+                ),
+                _ = shutdown.cancelled() => (
+                    Bytes::from(format!("{{\"shutdown\":true,\"next_from\":{}}}\n", f.position())),
+                    true,
+                ),
+            };
+            Some((Ok(line), (state, f, types, done)))
+        },
+    )
+}
+
+async fn one(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(seq): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let p = Params::parse(
+        raw.as_deref(),
+        &["apikey", "tenant"],
+        state.config.http.max_query_bytes,
+    )?;
+    let (_identity, tenant) = authorize(
+        &state,
+        &headers,
+        p.one("apikey")?,
+        p.one("tenant")?,
+        Role::Anon,
+    )
+    .await?;
+    let seq: i64 = match seq.parse() {
+        Ok(n) if n >= 1 => n,
+        _ => {
+            return Err(ApiError::bad_param(
+                "seq",
+                format!("expected a seq (a whole number >= 1), got {seq:?}"),
+            ))
+        }
+    };
+    let client = state
+        .pool
+        .get()
+        .await
+        .map_err(|e| ApiError::unavailable("the log", e))?;
+    let q = LogQuery {
+        from: seq,
+        to: Some(seq),
+        limit: 1,
+        ..LogQuery::default()
+    };
+    let rows = log::query_events(&**client, &ReadScope::Tenant(tenant), &q)
+        .await
+        .map_err(|e| ApiError::unavailable("the log", e))?;
+    // Another tenant's event is "not found", not "forbidden": its existence is not ours to tell.
+    let Some(row) = rows.into_iter().next() else {
+        return Err(ApiError::not_found(format!(
+            "no event {seq} for this tenant"
+        )));
+    };
+    let mut resp = Body::from(row.body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+/// Parses `30s`, `15m`, `24h`, `7d`.
+fn window(s: &str) -> Option<i64> {
+    let (n, unit) = s.split_at(s.len().checked_sub(1)?);
+    let n: i64 = n.parse().ok().filter(|n| *n > 0)?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(mult).filter(|s| *s <= 366 * 86_400)
+}
+
+async fn stats(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let p = Params::parse(
+        raw.as_deref(),
+        &["window", "apikey", "tenant"],
+        state.config.http.max_query_bytes,
+    )?;
+    let (_identity, tenant) = authorize(
+        &state,
+        &headers,
+        p.one("apikey")?,
+        p.one("tenant")?,
+        Role::Anon,
+    )
+    .await?;
+    let secs = match p.one("window")? {
+        None => 86_400,
+        Some(w) => window(w).ok_or_else(|| {
+            ApiError::bad_param(
+                "window",
+                format!("expected a duration like 30s, 15m, 24h or 7d (at most 366d), got {w:?}"),
+            )
+        })?,
+    };
+    let client = state
+        .pool
+        .get()
+        .await
+        .map_err(|e| ApiError::unavailable("the log", e))?;
+    let rows = client
+        .query(
+            "SELECT type, topic, count(*) FROM sluice.events
+             WHERE tenant_hash = $1 AND tenant = $2 AND commit_time >= now() - make_interval(secs => $3)
+             GROUP BY type, topic ORDER BY type, topic",
+            &[&tenant.hash32(), &tenant.as_str(), &(secs as f64)],
+        )
+        .await
+        .map_err(|e| ApiError::unavailable("the log", e))?;
+    let mut by_type = serde_json::Map::new();
+    let mut by_topic = serde_json::Map::new();
+    let mut total = 0i64;
+    for r in &rows {
+        let (t, topic, n): (String, String, i64) = (r.get(0), r.get(1), r.get(2));
+        total += n;
+        let bump = |m: &mut serde_json::Map<String, serde_json::Value>, k: String| {
+            let v = m.get(&k).and_then(|v| v.as_i64()).unwrap_or(0) + n;
+            m.insert(k, v.into());
+        };
+        bump(&mut by_type, t);
+        bump(&mut by_topic, topic);
+    }
+    Ok(axum::Json(serde_json::json!({
+        "tenant": tenant.as_str(),
+        "window_seconds": secs,
+        "total": total,
+        "by_type": by_type,
+        "by_topic": by_topic,
+    }))
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::window;
+
+    #[test]
+    fn windows_parse_with_units_and_bounds() {
+        assert_eq!(window("30s"), Some(30));
+        assert_eq!(window("15m"), Some(900));
+        assert_eq!(window("24h"), Some(86_400));
+        assert_eq!(window("7d"), Some(604_800));
+        for bad in ["", "h", "0h", "-1h", "1w", "367d", "abc"] {
+            assert_eq!(window(bad), None, "{bad}");
+        }
+    }
+}

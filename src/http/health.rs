@@ -1,0 +1,185 @@
+//! `/livez` (the process answers), `/readyz` (the state database answers
+//! and the source is streaming, with the reasons when not) and `/metrics`.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::AppState;
+use crate::metrics::{self, load};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/livez", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let mut problems = Vec::new();
+    let db = tokio::time::timeout(Duration::from_secs(2), async {
+        let client = state.pool.get().await.map_err(|e| e.to_string())?;
+        client
+            .query_one("SELECT 1", &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<(), String>(())
+    })
+    .await;
+    match db {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => problems.push(format!("state database unreachable: {e}")),
+        Err(_) => problems.push("state database did not answer within 2 s".to_owned()),
+    }
+    if !state.source.connected.load(Ordering::Relaxed) {
+        problems
+            .push("the Postgres source is not streaming (connecting or reconnecting)".to_owned());
+    }
+    if problems.is_empty() {
+        (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "problems": problems})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    let s = &state.source;
+    let now_micros = chrono::Utc::now().timestamp_micros();
+    let last_commit = s.last_commit_micros.load(Ordering::Relaxed);
+    let lag_seconds = if last_commit > 0
+        && s.acked_lsn.load(Ordering::Relaxed) < s.server_wal_end.load(Ordering::Relaxed)
+    {
+        (now_micros - last_commit).max(0) as f64 / 1e6
+    } else {
+        0.0
+    };
+    let lag_bytes = s
+        .server_wal_end
+        .load(Ordering::Relaxed)
+        .saturating_sub(s.acked_lsn.load(Ordering::Relaxed)) as f64;
+    let head = state.head() as f64;
+    let samples = vec![
+        (metrics::EVENTS_APPENDED, None, head),
+        (metrics::LOG_HEAD, None, head),
+        (
+            metrics::SOURCE_EVENTS,
+            Some("source=\"postgres\""),
+            load(&s.events),
+        ),
+        (
+            metrics::TRANSACTIONS,
+            Some("source=\"postgres\""),
+            load(&s.transactions),
+        ),
+        (
+            metrics::RECONNECTS,
+            Some("source=\"postgres\""),
+            load(&s.reconnects),
+        ),
+        (
+            metrics::DROPPED,
+            Some("reason=\"no_tenant\""),
+            load(&s.dropped_no_tenant),
+        ),
+        (
+            metrics::DROPPED,
+            Some("reason=\"malformed_custom\""),
+            load(&s.dropped_malformed_custom),
+        ),
+        (
+            metrics::DROPPED,
+            Some("reason=\"other\""),
+            load(&s.dropped_other),
+        ),
+        (metrics::LAG_BYTES, None, lag_bytes),
+        (metrics::LAG_SECONDS, None, lag_seconds),
+        (
+            metrics::SUBSCRIBERS,
+            Some("transport=\"sse\""),
+            load(&state.metrics.sse_subscribers),
+        ),
+        (
+            metrics::HUB_SUBSCRIBERS,
+            None,
+            load(&state.hub.stats.subscribers),
+        ),
+        (
+            metrics::CATCHUPS,
+            None,
+            load(&state.metrics.catchups) + load(&state.hub.stats.lagged),
+        ),
+        (
+            metrics::HUB_DELIVERED,
+            None,
+            load(&state.hub.stats.delivered),
+        ),
+        (metrics::SSE_EVENTS, None, load(&state.metrics.sse_events)),
+    ];
+    let kinds = [
+        (
+            metrics::EVENTS_APPENDED,
+            "counter",
+            "events appended to the log (the log's head seq)",
+        ),
+        (metrics::LOG_HEAD, "gauge", "the last seq in the log"),
+        (
+            metrics::SOURCE_EVENTS,
+            "counter",
+            "events read from the source",
+        ),
+        (metrics::TRANSACTIONS, "counter", "source transactions read"),
+        (metrics::RECONNECTS, "counter", "replication reconnections"),
+        (
+            metrics::DROPPED,
+            "counter",
+            "changes not delivered to anyone, by reason",
+        ),
+        (
+            metrics::LAG_BYTES,
+            "gauge",
+            "server WAL position minus the acknowledged position",
+        ),
+        (
+            metrics::LAG_SECONDS,
+            "gauge",
+            "now minus the commit time of the last transaction read, while behind",
+        ),
+        (
+            metrics::SUBSCRIBERS,
+            "gauge",
+            "open subscriptions by transport",
+        ),
+        (
+            metrics::HUB_SUBSCRIBERS,
+            "gauge",
+            "subscribers on the live path",
+        ),
+        (
+            metrics::CATCHUPS,
+            "counter",
+            "times a subscriber fell back to the log",
+        ),
+        (
+            metrics::HUB_DELIVERED,
+            "counter",
+            "events handed to live subscribers",
+        ),
+        (
+            metrics::SSE_EVENTS,
+            "counter",
+            "events written to SSE streams",
+        ),
+    ];
+    let text = metrics::render(&samples, &kinds);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}

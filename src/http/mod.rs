@@ -1,0 +1,214 @@
+//! The HTTP API: shared state, the error type every handler returns, the
+//! credential step, and the server. Each resource exposes its own
+//! `router()`; they are merged here.
+//!
+//! Boundary: `ApiError` never carries database text to a client; database
+//! failures are logged and answered 503 with a generic message.
+
+pub mod health;
+pub mod params;
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{self, AuthError, Authenticator, Identity, Role};
+use crate::config::Config;
+use crate::event::TenantId;
+use crate::hub::Hub;
+use crate::log::Durable;
+use crate::source::postgres::stats::SourceStats;
+
+/// Everything a handler may use.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub pool: deadpool_postgres::Pool,
+    pub hub: Arc<Hub>,
+    pub auth: Arc<Authenticator>,
+    pub durable: watch::Receiver<Arc<Durable>>,
+    pub source: Arc<SourceStats>,
+    pub metrics: Arc<crate::metrics::HttpMetrics>,
+    /// Fires on shutdown: open streams end with their resume position.
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// The captured tables (`schema.table`).
+    pub fn captured_tables(&self) -> Vec<String> {
+        self.config
+            .source
+            .postgres
+            .as_ref()
+            .map(|p| p.tables.iter().map(|t| t.table.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The log's last seq now.
+    pub fn head(&self) -> i64 {
+        self.durable.borrow().last_seq
+    }
+}
+
+/// An error answered to a client: status, stable code, the parameter at
+/// fault (if any) and what was wrong.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub param: Option<String>,
+    pub message: String,
+    /// Extra members of the error object (e.g. `oldest` for a gap).
+    pub extra: Option<Box<serde_json::Value>>,
+}
+
+impl ApiError {
+    pub fn bad_param(param: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_parameter",
+            param: Some(param.to_owned()),
+            message: message.into(),
+            extra: None,
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            param: None,
+            message: message.into(),
+            extra: None,
+        }
+    }
+
+    pub fn gap(requested: i64, oldest: i64) -> ApiError {
+        ApiError {
+            status: StatusCode::GONE,
+            code: "gap",
+            param: Some("from".to_owned()),
+            message: format!(
+                "seq {requested} is older than the log's retention; the oldest available is {oldest}"
+            ),
+            extra: Some(Box::new(json!({ "oldest": oldest }))),
+        }
+    }
+
+    /// A failure of ours; the detail goes to the log, not the client.
+    pub fn unavailable(what: &str, detail: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %detail, what, "request failed");
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "unavailable",
+            param: None,
+            message: format!("{what} is unavailable; retry shortly"),
+            extra: None,
+        }
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        let mut err = json!({
+            "status": self.status.as_u16(),
+            "code": self.code,
+            "message": self.message,
+        });
+        if let Some(p) = &self.param {
+            err["param"] = json!(p);
+        }
+        if let Some(serde_json::Value::Object(extra)) = self.extra.as_deref() {
+            for (k, v) in extra {
+                err[k] = v.clone();
+            }
+        }
+        json!({ "error": err })
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> ApiError {
+        if matches!(e, AuthError::Unavailable(_)) {
+            return ApiError::unavailable("authentication", &e);
+        }
+        ApiError {
+            status: StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED),
+            code: e.code(),
+            param: None,
+            message: e.to_string(),
+            extra: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, axum::Json(self.body())).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
+    }
+}
+
+/// Authenticates a request (query `apikey`, `apikey` header or Bearer) and
+/// checks its role. Returns the identity and the tenant it acts for: its
+/// own, or for an admin credential the `tenant` parameter it named.
+pub async fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    query_apikey: Option<&str>,
+    tenant_param: Option<&str>,
+    need: Role,
+) -> Result<(Identity, TenantId), ApiError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (token, from) = auth::extract(query_apikey, header("apikey"), header("authorization"))?;
+    let identity = state.auth.authenticate(&token, from).await?;
+    auth::require(&identity, need)?;
+    let tenant =
+        match (&identity.tenant, tenant_param) {
+            (Some(own), None) => own.clone(),
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_param(
+                    "tenant",
+                    "the tenant comes from the credential; only admin credentials may name one",
+                ))
+            }
+            (None, Some(t)) => {
+                TenantId::new(t).map_err(|e| ApiError::bad_param("tenant", e.to_string()))?
+            }
+            (None, None) => return Err(ApiError::bad_param(
+                "tenant",
+                "admin credentials are cross-tenant: name the tenant to act for with tenant=<id>",
+            )),
+        };
+    Ok((identity, tenant))
+}
+
+/// Every route of the API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(crate::deliver::sse::router())
+        .merge(crate::deliver::ndjson::router())
+        .merge(health::router())
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

@@ -1,0 +1,135 @@
+//! `sluice serve`: the pipeline (source → appender → log), the live hub, the
+//! HTTP API and retention, started together and stopped in order.
+//!
+//! Shutdown order: stop intake and flush the log (the pipeline), then end
+//! open streams with their resume position and stop accepting requests,
+//! then stop retention.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{AuthError, Authenticator};
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::hub::Hub;
+use crate::pipeline::{self, PipelineError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error("authentication setup: {0}")]
+    Auth(#[from] AuthError),
+    #[error("cannot create the state database pool: {0}")]
+    Pool(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed: {0}")]
+    Http(String),
+}
+
+/// A running server.
+pub struct Server {
+    /// Where the HTTP API listens (useful with port 0).
+    pub addr: SocketAddr,
+    pub state: AppState,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl Server {
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.task
+            .await
+            .map_err(|e| ServerError::Http(e.to_string()))?
+    }
+}
+
+fn pool(url: &str, size: usize) -> Result<deadpool_postgres::Pool, ServerError> {
+    let pg: tokio_postgres::Config = url.parse().map_err(|e| ServerError::Pool(format!("{e}")))?;
+    let mgr = deadpool_postgres::Manager::from_config(
+        pg,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    deadpool_postgres::Pool::builder(mgr)
+        .max_size(size)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| ServerError::Pool(e.to_string()))
+}
+
+/// Starts everything; `shutdown` stops it.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Server, ServerError> {
+    let config = Arc::new(config);
+    let hub = Hub::new(config.hub.subscriber_queue);
+    let intake = CancellationToken::new();
+    let running = pipeline::start(&config, intake.clone(), Some(hub.clone())).await?;
+    let state_url = config.state_url().map_err(PipelineError::from)?.to_owned();
+    let auth = Arc::new(Authenticator::new(&state_url, &config.auth).await?);
+    let streams = CancellationToken::new();
+    let state = AppState {
+        config: config.clone(),
+        pool: pool(&state_url, config.http.db_pool_size)?,
+        hub,
+        auth,
+        durable: running.durable.clone(),
+        source: running.stats.clone(),
+        metrics: Arc::default(),
+        shutdown: streams.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(&config.http.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: config.http.listen.clone(),
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: config.http.listen.clone(),
+            source,
+        })?;
+    tracing::info!(%addr, "http api listening");
+    let http_stop = CancellationToken::new();
+    let http_task = tokio::spawn(http::serve(listener, state.clone(), http_stop.clone()));
+    let retention_stop = CancellationToken::new();
+    let retention_task = tokio::spawn(crate::log::retention::run(
+        state_url,
+        Duration::from_secs(config.log.retention_hours.saturating_mul(3600)),
+        Duration::from_secs(config.log.prune_interval_secs),
+        retention_stop.clone(),
+    ));
+    let task = tokio::spawn(async move {
+        let mut flushed = Box::pin(running.wait());
+        let pipeline_result = tokio::select! {
+            _ = shutdown.cancelled() => {
+                intake.cancel();
+                flushed.await
+            }
+            r = &mut flushed => r,
+        };
+        streams.cancel();
+        http_stop.cancel();
+        let http_result = http_task.await;
+        retention_stop.cancel();
+        let _ = retention_task.await;
+        pipeline_result?;
+        match http_result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ServerError::Http(e.to_string())),
+            Err(e) => Err(ServerError::Http(e.to_string())),
+        }
+    });
+    Ok(Server { addr, state, task })
+}

@@ -1,0 +1,555 @@
+//! The HTTP API against a real Postgres and a real server on a free port:
+//! SSE with an independent client (Python httpx-sse), randomized tenant
+//! isolation, a slow subscriber, NDJSON export and tail, bad input.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::http::{get, stream, Stream};
+use common::{all_events, wait_for_events, TestDb, PATIENCE};
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use sluice::auth::keys::create_key;
+use sluice::auth::Role;
+use sluice::event::TenantId;
+use sluice::server::{self, Server};
+use tokio_util::sync::CancellationToken;
+
+const ITEMS: &str =
+    "CREATE TABLE items (id int PRIMARY KEY, tenant text NOT NULL, color text, n int);
+                     ALTER TABLE items REPLICA IDENTITY FULL;";
+
+async fn serve(db: &TestDb, extra: &[(&str, &str)]) -> (Server, CancellationToken) {
+    let mut env = vec![
+        ("SLUICE_HTTP_LISTEN", "127.0.0.1:0"),
+        ("SLUICE_HTTP_HEARTBEAT_SECS", "1"),
+    ];
+    env.extend_from_slice(extra);
+    let config = db.config_with(&[("public.items", "tenant")], &env);
+    let token = CancellationToken::new();
+    let server = server::start(config, token.clone())
+        .await
+        .expect("server starts");
+    (server, token)
+}
+
+async fn stop(server: Server, token: CancellationToken) {
+    token.cancel();
+    server.wait().await.expect("server stops cleanly");
+}
+
+async fn key(db: &TestDb, tenant: &str, role: Role) -> String {
+    let c = db.client().await;
+    create_key(&c, Some(&TenantId::new(tenant).expect("valid")), role, None)
+        .await
+        .expect("create key")
+        .1
+}
+
+fn url_encode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sse_client_resumes_with_last_event_id_exactly_once() {
+    let db = TestDb::new("pysse");
+    let c = db.client().await;
+    c.batch_execute(ITEMS).await.expect("ddl");
+    let (server, token) = serve(&db, &[]).await;
+    let anon = key(&db, "acme", Role::Anon).await;
+    // Half the workload before the client connects, half while it reads.
+    let write = |from: i32, to: i32| {
+        format!(
+            "INSERT INTO items SELECT g, CASE WHEN g % 2 = 0 THEN 'acme' ELSE 'globex' END, 'red', g FROM generate_series({from}, {to}) g;
+             UPDATE items SET n = n + 100 WHERE id BETWEEN {from} AND {to} AND id % 4 = 0;
+             DELETE FROM items WHERE id BETWEEN {from} AND {to} AND id % 8 = 0;"
+        )
+    };
+    c.batch_execute(&write(1, 40)).await.expect("first half");
+    let expected_first: usize = 20 + 10 + 5;
+    let total = expected_first * 2;
+    let base = format!("http://{}", server.addr);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/sse_resume.py");
+    let child = tokio::process::Command::new("python3")
+        .args([script, &base, &anon, &total.to_string(), "12"])
+        .output();
+    let writer = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.batch_execute(&write(41, 80)).await.expect("second half");
+    };
+    let (out, ()) = tokio::join!(tokio::time::timeout(PATIENCE, child), writer);
+    let out = out
+        .expect("python client finished in time")
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "python client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let received: Vec<Value> = serde_json::from_slice(&out.stdout).expect("client prints JSON");
+    stop(server, token).await;
+
+    let log = all_events(&c).await;
+    let expected: Vec<i64> = log
+        .iter()
+        .filter(|e| e["tenant"] == "acme")
+        .filter_map(|e| e["seq"].as_i64())
+        .collect();
+    assert_eq!(expected.len(), total);
+    let got: Vec<i64> = received
+        .iter()
+        .filter_map(|r| r["envelope"]["seq"].as_i64())
+        .collect();
+    assert_eq!(
+        got, expected,
+        "every acme event exactly once, in order, across the reconnect"
+    );
+    for r in &received {
+        assert_eq!(r["envelope"]["tenant"], "acme");
+        assert_eq!(r["id"], r["envelope"]["seq"].to_string());
+        assert_eq!(r["event"], r["envelope"]["type"]);
+    }
+    let types: std::collections::BTreeSet<&str> = received
+        .iter()
+        .filter_map(|r| r["event"].as_str())
+        .collect();
+    assert!(
+        types.contains("row.inserted")
+            && types.contains("row.updated")
+            && types.contains("row.deleted")
+    );
+}
+
+/// The subscriptions the randomized test draws from, with an evaluation of
+/// each written independently of Sluice's glob and filter code.
+const TOPICS: &[&str] = &[
+    "",
+    "tables/public.items/*",
+    "tables/public.items/insert",
+    "**/insert",
+    "tables/**",
+];
+const FILTERS: &[&str] = &[
+    "",
+    r#"{"field":"new.color","op":"in","value":["red","blue"]}"#,
+    r#"{"field":"new.n","op":"gt","value":5}"#,
+    r#"{"or":[{"field":"new.color","op":"eq","value":"red"},{"field":"new.n","op":"lt","value":3}]}"#,
+    r#"{"not":{"field":"new.color","op":"eq","value":"green"}}"#,
+];
+
+fn topic_ok(t: usize, topic: &str) -> bool {
+    match t {
+        0 => true,
+        1 => topic.starts_with("tables/public.items/"),
+        2 => topic == "tables/public.items/insert",
+        3 => topic.ends_with("/insert"),
+        _ => topic.starts_with("tables/"),
+    }
+}
+
+fn filter_ok(f: usize, data: &Value) -> bool {
+    let new = &data["new"];
+    let color = new["color"].as_str();
+    let n = new["n"].as_i64();
+    match f {
+        0 => true,
+        1 => matches!(color, Some("red" | "blue")),
+        2 => n.is_some_and(|n| n > 5),
+        3 => color == Some("red") || n.is_some_and(|n| n < 3),
+        _ => color != Some("green"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_subscribers_get_exactly_their_tenants_matching_events() {
+    let seed: u64 = std::env::var("SLUICE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen());
+    println!("isolation test seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let db = TestDb::new("iso");
+    let c = db.client().await;
+    c.batch_execute(ITEMS).await.expect("ddl");
+    let (server, token) = serve(&db, &[]).await;
+    let tenants = ["t0", "t1", "t2", "t3", "t4"];
+    let mut keys = BTreeMap::new();
+    for t in tenants {
+        keys.insert(t, key(&db, t, Role::Anon).await);
+    }
+    struct Sub {
+        tenant: &'static str,
+        topic: usize,
+        filter: usize,
+        stream: Stream,
+    }
+    let mut subs = Vec::new();
+    for _ in 0..20 {
+        let tenant = tenants[rng.gen_range(0..tenants.len())];
+        let (topic, filter) = (
+            rng.gen_range(0..TOPICS.len()),
+            rng.gen_range(0..FILTERS.len()),
+        );
+        let mut path = format!("/v1/events/subscribe?apikey={}&from=1", keys[tenant]);
+        if !TOPICS[topic].is_empty() {
+            path.push_str(&format!("&topic={}", url_encode(TOPICS[topic])));
+        }
+        if !FILTERS[filter].is_empty() {
+            path.push_str(&format!("&filter={}", url_encode(FILTERS[filter])));
+        }
+        let s = stream(server.addr, &path, &[]).await;
+        assert_eq!(s.status, 200);
+        subs.push(Sub {
+            tenant,
+            topic,
+            filter,
+            stream: s,
+        });
+    }
+    // A random workload across tenants, in random transactions.
+    let colors = ["red", "blue", "green"];
+    let mut next_id = 1;
+    let mut live_ids: Vec<i32> = Vec::new();
+    for _ in 0..60 {
+        let mut sql = String::from("BEGIN;");
+        for _ in 0..rng.gen_range(1..6) {
+            let op = rng.gen_range(0..10);
+            if op < 5 || live_ids.is_empty() {
+                let t = tenants[rng.gen_range(0..tenants.len())];
+                sql.push_str(&format!(
+                    "INSERT INTO items VALUES ({next_id}, '{t}', '{}', {});",
+                    colors[rng.gen_range(0..3)],
+                    rng.gen_range(0..10)
+                ));
+                live_ids.push(next_id);
+                next_id += 1;
+            } else if op < 8 {
+                let id = live_ids[rng.gen_range(0..live_ids.len())];
+                sql.push_str(&format!(
+                    "UPDATE items SET color = '{}', n = {} WHERE id = {id};",
+                    colors[rng.gen_range(0..3)],
+                    rng.gen_range(0..10)
+                ));
+            } else {
+                let id = live_ids.swap_remove(rng.gen_range(0..live_ids.len()));
+                sql.push_str(&format!("DELETE FROM items WHERE id = {id};"));
+            }
+        }
+        sql.push_str("COMMIT;");
+        c.batch_execute(&sql).await.expect("workload");
+    }
+    // A last row per tenant that every subscription matches: a subscriber
+    // that receives it has received everything before it.
+    for t in tenants {
+        c.batch_execute(&format!(
+            "INSERT INTO items VALUES ({next_id}, '{t}', 'red', 1000)"
+        ))
+        .await
+        .expect("sentinel");
+        next_id += 1;
+    }
+    let log = all_events(&c).await;
+    for (i, sub) in subs.iter_mut().enumerate() {
+        let expected: Vec<i64> = log
+            .iter()
+            .filter(|e| e["tenant"] == sub.tenant)
+            .filter(|e| topic_ok(sub.topic, e["topic"].as_str().unwrap_or("")))
+            .filter(|e| filter_ok(sub.filter, &e["data"]))
+            .filter_map(|e| e["seq"].as_i64())
+            .collect();
+        let mut got = Vec::new();
+        while got.len() < expected.len() {
+            let ev = sub.stream.expect_event(PATIENCE).await;
+            let env: Value = serde_json::from_str(&ev.data).expect("envelope");
+            assert_eq!(
+                env["tenant"], sub.tenant,
+                "subscriber {i} got another tenant's event: {env}"
+            );
+            got.push(env["seq"].as_i64().expect("seq"));
+        }
+        assert_eq!(
+            got, expected,
+            "subscriber {i} (tenant {}, topic {:?}, filter {:?})",
+            sub.tenant, TOPICS[sub.topic], FILTERS[sub.filter]
+        );
+    }
+    stop(server, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_catches_up_from_the_log_and_misses_nothing() {
+    let db = TestDb::new("slow");
+    let c = db.client().await;
+    c.batch_execute(ITEMS).await.expect("ddl");
+    let (server, token) = serve(&db, &[("SLUICE_HUB_SUBSCRIBER_QUEUE", "8")]).await;
+    let anon = key(&db, "acme", Role::Anon).await;
+    let path = format!("/v1/events/subscribe?apikey={anon}");
+    let mut slow = stream(server.addr, &path, &[]).await;
+    let mut fast = stream(server.addr, &path, &[]).await;
+    // The slow one reads nothing while 30 transactions of 50 rows commit.
+    let writer = async {
+        for i in 0..30 {
+            c.batch_execute(&format!(
+                "INSERT INTO items SELECT g, 'acme', 'red', g FROM generate_series({}, {}) g",
+                i * 50 + 1,
+                i * 50 + 50
+            ))
+            .await
+            .expect("write");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let reader = async {
+        let mut seqs = Vec::new();
+        while seqs.len() < 1500 {
+            let e = fast.expect_event(PATIENCE).await;
+            seqs.push(e.id.expect("id").parse::<i64>().expect("seq"));
+        }
+        seqs
+    };
+    let ((), fast_seqs) = tokio::join!(writer, reader);
+    wait_for_events(&c, 1500).await;
+    let mut slow_seqs = Vec::new();
+    while slow_seqs.len() < 1500 {
+        let e = slow.expect_event(PATIENCE).await;
+        slow_seqs.push(e.id.expect("id").parse::<i64>().expect("seq"));
+    }
+    let expected: Vec<i64> = (1..=1500).collect();
+    assert_eq!(fast_seqs, expected);
+    assert_eq!(slow_seqs, expected);
+    let metrics = get(server.addr, "/metrics", &[]).await;
+    let text = String::from_utf8_lossy(&metrics.body).to_string();
+    let catchups: f64 = text
+        .lines()
+        .find(|l| l.starts_with("sluice_subscriber_catchups_total "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("catch-up metric");
+    assert!(
+        catchups >= 1.0,
+        "the slow subscriber left the live path at least once:\n{text}"
+    );
+    stop(server, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ndjson_exports_a_range_and_tails_from_a_seq() {
+    let db = TestDb::new("ndjson");
+    let c = db.client().await;
+    c.batch_execute(ITEMS).await.expect("ddl");
+    let (server, token) = serve(&db, &[]).await;
+    let service = key(&db, "acme", Role::Service).await;
+    let auth = format!("Bearer {service}");
+    let hdr = [("Authorization", auth.as_str())];
+    c.batch_execute("INSERT INTO items SELECT g, CASE WHEN g <= 20 THEN 'acme' ELSE 'globex' END, 'red', g FROM generate_series(1, 30) g")
+        .await
+        .expect("writes");
+    wait_for_events(&c, 30).await;
+    let r = get(server.addr, "/v1/events?format=ndjson&from=5&to=12", &hdr).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/x-ndjson"));
+    let lines: Vec<Value> = String::from_utf8_lossy(&r.body)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one envelope per line"))
+        .collect();
+    let seqs: Vec<i64> = lines.iter().filter_map(|l| l["seq"].as_i64()).collect();
+    assert_eq!(seqs, (5..=12).collect::<Vec<_>>());
+    // JSON pages with Accept-driven NDJSON equivalence.
+    let page = get(server.addr, "/v1/events?from=1&limit=7", &hdr)
+        .await
+        .json();
+    assert_eq!(page["events"].as_array().map(Vec::len), Some(7));
+    assert_eq!(page["next_from"], 8);
+    let one = get(server.addr, "/v1/events/3", &hdr).await;
+    assert_eq!(one.json()["seq"], 3);
+    let other_tenant = get(server.addr, "/v1/events/25", &hdr).await;
+    assert_eq!(
+        other_tenant.status, 404,
+        "another tenant's event is not found"
+    );
+    let stats = get(server.addr, "/v1/stats?window=1h", &hdr).await.json();
+    assert_eq!(stats["total"], 20);
+    assert_eq!(stats["by_type"]["row.inserted"], 20);
+
+    // Tail from seq 18: the last three acme events, then live ones.
+    let mut tail = stream(
+        server.addr,
+        "/v1/events?format=ndjson&follow=true&from=18",
+        &hdr,
+    )
+    .await;
+    assert_eq!(tail.status, 200);
+    let mut got = Vec::new();
+    let writer = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        c.batch_execute(
+            "INSERT INTO items SELECT g, 'acme', 'blue', g FROM generate_series(31, 35) g",
+        )
+        .await
+        .expect("live writes");
+    };
+    let reader = async {
+        while got.len() < 8 {
+            let line = tokio::time::timeout(PATIENCE, tail.next_line())
+                .await
+                .expect("line in time")
+                .expect("open");
+            let v: Value = serde_json::from_str(&line).expect("json line");
+            if v.get("heartbeat").is_some() {
+                continue;
+            }
+            got.push(v["seq"].as_i64().expect("seq"));
+        }
+    };
+    tokio::join!(writer, reader);
+    assert_eq!(got, vec![18, 19, 20, 31, 32, 33, 34, 35]);
+    stop(server, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_precise_4xx_and_the_service_keeps_going() {
+    let db = TestDb::new("badinput");
+    let c = db.client().await;
+    c.batch_execute(ITEMS).await.expect("ddl");
+    let (server, token) = serve(&db, &[]).await;
+    let anon = key(&db, "acme", Role::Anon).await;
+    let service = key(&db, "acme", Role::Service).await;
+    let deep = (0..12).fold(r#"{"field":"n","op":"eq","value":1}"#.to_owned(), |f, _| {
+        format!(r#"{{"not":{f}}}"#)
+    });
+    let huge = "x".repeat(9000);
+    let sub = |q: &str| format!("/v1/events/subscribe?apikey={anon}&{q}");
+    let cases: Vec<(String, u16, Option<&str>)> = vec![
+        ("/v1/events/subscribe".into(), 401, None),
+        ("/v1/events/subscribe?apikey=sk_anon_nope".into(), 401, None),
+        (format!("/v1/events/subscribe?apikey={service}"), 403, None),
+        (sub("filter=%7Bnot-json"), 400, Some("filter")),
+        (
+            sub(&format!(
+                "filter={}",
+                url_encode(r#"{"field":"n","op":"like","value":1}"#)
+            )),
+            400,
+            Some("filter"),
+        ),
+        (
+            sub(&format!("filter={}", url_encode(&deep))),
+            400,
+            Some("filter"),
+        ),
+        (sub("topic=a%2F%2Fb"), 400, Some("topic")),
+        (sub("table=public.nope"), 400, Some("table")),
+        (sub("from=-1"), 400, Some("from")),
+        (sub("from=abc"), 400, Some("from")),
+        (sub("colour=red"), 400, Some("colour")),
+        (sub(&format!("topic={huge}")), 400, Some("query")),
+        (sub("tenant=globex"), 400, Some("tenant")),
+        (
+            format!("/v1/events?apikey={anon}&limit=0"),
+            400,
+            Some("limit"),
+        ),
+        (
+            format!("/v1/events?apikey={anon}&format=xml"),
+            400,
+            Some("format"),
+        ),
+        (
+            format!("/v1/events?apikey={anon}&follow=true"),
+            400,
+            Some("follow"),
+        ),
+        (
+            format!("/v1/events?apikey={anon}&since=yesterday"),
+            400,
+            Some("since"),
+        ),
+        (format!("/v1/events/abc?apikey={anon}"), 400, Some("seq")),
+        (format!("/v1/events/999999?apikey={anon}"), 404, None),
+        (
+            format!("/v1/stats?apikey={anon}&window=1w"),
+            400,
+            Some("window"),
+        ),
+    ];
+    for (path, status, param) in &cases {
+        let r = get(server.addr, path, &[]).await;
+        assert_eq!(
+            r.status,
+            *status,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let body = r.json();
+        assert_eq!(body["error"]["status"], *status, "{path}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{path}"
+        );
+        if let Some(p) = param {
+            assert_eq!(body["error"]["param"], *p, "{path}: {body}");
+        }
+    }
+    // A position pruned by retention is an explicit gap, not an empty stream.
+    c.batch_execute("INSERT INTO items VALUES (1, 'acme', 'red', 1)")
+        .await
+        .expect("write");
+    wait_for_events(&c, 1).await;
+    c.batch_execute("UPDATE sluice.retention SET pruned_through = 5")
+        .await
+        .expect("watermark");
+    let r = get(server.addr, &sub("from=3"), &[]).await;
+    assert_eq!(r.status, 410);
+    assert_eq!(r.json()["error"]["oldest"], 6);
+    // Still healthy, and still serving.
+    assert_eq!(get(server.addr, "/livez", &[]).await.status, 200);
+    let ok = get(
+        server.addr,
+        &format!("/v1/events?apikey={anon}&from=6"),
+        &[],
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.json()["events"], json!([]));
+    stop(server, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_answer() {
+    let db = TestDb::new("health");
+    let c = db.client().await;
+    c.batch_execute(ITEMS).await.expect("ddl");
+    let (server, token) = serve(&db, &[]).await;
+    let addr: SocketAddr = server.addr;
+    assert_eq!(get(addr, "/livez", &[]).await.json()["status"], "ok");
+    // The source connects shortly after start; readiness follows.
+    let start = std::time::Instant::now();
+    loop {
+        let r = get(addr, "/readyz", &[]).await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "never ready: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m = String::from_utf8_lossy(&get(addr, "/metrics", &[]).await.body).to_string();
+    for name in [
+        "sluice_events_appended_total",
+        "sluice_subscribers{transport=\"sse\"}",
+        "sluice_subscriber_catchups_total",
+        "sluice_replication_lag_bytes",
+        "sluice_replication_lag_seconds",
+    ] {
+        assert!(m.contains(name), "metrics lack {name}:\n{m}");
+    }
+    stop(server, token).await;
+}
