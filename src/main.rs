@@ -49,12 +49,42 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// Manage API keys (stored hashed in the state database).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Run a throwaway Postgres with a demo table and print events as changes happen.
     Demo {
         /// Keep running after the scripted changes (Ctrl-C to stop).
         #[arg(long)]
         keep_running: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Create a key; it is printed once and only its hash is stored.
+    Create {
+        /// The tenant the key acts for (not for admin keys).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// anon (read/subscribe, browser-safe), service (its tenant's
+        /// publish, webhooks, exports) or admin (operator, cross-tenant).
+        #[arg(long)]
+        role: String,
+        /// A label to recognise the key by.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List keys (never the keys themselves: their prefixes).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a key by id: new requests fail at once, open streams end
+    /// within auth.revocation_check_secs.
+    Revoke { id: i64 },
 }
 
 fn main() -> ExitCode {
@@ -79,6 +109,13 @@ fn main() -> ExitCode {
                 from,
                 follow,
             } => sluice::cli::tail(config, tenant, from, follow).await,
+            Command::Keys { action } => match action {
+                KeysAction::Create { tenant, role, name } => {
+                    sluice::cli::keys::create(config, tenant, role, name).await
+                }
+                KeysAction::List { tenant } => sluice::cli::keys::list(config, tenant).await,
+                KeysAction::Revoke { id } => sluice::cli::keys::revoke(config, id).await,
+            },
             Command::Demo { keep_running } => sluice::cli::demo(keep_running).await,
         }
     });

@@ -553,3 +553,76 @@ async fn health_and_metrics_answer() {
     }
     stop(server, token).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_key_ends_its_open_stream_and_refuses_new_requests() {
+    let db = TestDb::new("revoke");
+    let c = db.client().await;
+    c.batch_execute(ITEMS).await.expect("ddl");
+    let (server, token) = serve(&db, &[("SLUICE_AUTH_REVOCATION_CHECK_SECS", "1")]).await;
+    let (info, anon) = create_key(
+        &c,
+        Some(&TenantId::new("acme").expect("valid")),
+        Role::Anon,
+        None,
+    )
+    .await
+    .expect("key");
+    let path = format!("/v1/events/subscribe?apikey={anon}");
+    let mut s = stream(server.addr, &path, &[]).await;
+    assert_eq!(s.status, 200);
+    c.batch_execute("INSERT INTO items VALUES (1, 'acme', 'red', 1)")
+        .await
+        .expect("write");
+    let first = s.expect_event(PATIENCE).await;
+    assert_eq!(first.event.as_deref(), Some("row.inserted"));
+    assert!(sluice::auth::keys::revoke_key(&c, info.id)
+        .await
+        .expect("revoke"));
+    let end = s.expect_event(PATIENCE).await;
+    assert_eq!(end.event.as_deref(), Some("error"));
+    assert!(end.data.contains("credential_revoked"), "{end:?}");
+    assert!(
+        s.next_event().await.is_none(),
+        "the stream ends after the error frame"
+    );
+    let again = get(server.addr, &path, &[]).await;
+    assert_eq!(again.status, 401);
+    assert_eq!(again.json()["error"]["code"], "revoked");
+    stop(server, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_jwt_subscribes_to_its_tenant_only() {
+    let db = TestDb::new("jwt");
+    let c = db.client().await;
+    c.batch_execute(ITEMS).await.expect("ddl");
+    let secret = "a-test-secret-that-is-at-least-32-bytes-long";
+    let (server, token) = serve(&db, &[("SLUICE_AUTH_JWT_HS256_SECRET", secret)]).await;
+    let exp = chrono::Utc::now().timestamp() + 600;
+    let jwt = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"tenant": "globex", "role": "anon", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign");
+    let auth = format!("Bearer {jwt}");
+    let mut s = stream(
+        server.addr,
+        "/v1/events/subscribe?from=1",
+        &[("Authorization", &auth)],
+    )
+    .await;
+    assert_eq!(s.status, 200);
+    c.batch_execute("INSERT INTO items VALUES (1, 'acme', 'red', 1), (2, 'globex', 'red', 2)")
+        .await
+        .expect("write");
+    let e = s.expect_event(PATIENCE).await;
+    let env: Value = serde_json::from_str(&e.data).expect("json");
+    assert_eq!(env["tenant"], "globex");
+    assert_eq!(env["data"]["new"]["id"], 2);
+    let forged = format!("Bearer {}x", jwt);
+    let r = get(server.addr, "/v1/events", &[("Authorization", &forged)]).await;
+    assert_eq!(r.status, 401);
+    stop(server, token).await;
+}

@@ -286,3 +286,71 @@ async fn tail_prints_one_tenants_ndjson_and_resumes_from_a_seq() {
     let all = run(sluice().arg("--config").arg(&config).arg("tail"));
     assert_eq!(String::from_utf8_lossy(&all.stdout).lines().count(), 10);
 }
+
+#[test]
+fn keys_cli_creates_lists_and_revokes() {
+    let db = TestDb::new("keyscli");
+    let dir = tempfile::tempdir().expect("tempdir");
+    common::cluster()
+        .psql(&db.name, "CREATE TABLE t (id int PRIMARY KEY, tenant text)")
+        .expect("ddl");
+    let config = write_config(dir.path(), &db, "public.t", "tenant", "");
+    let out = run(sluice().arg("--config").arg(&config).args([
+        "keys", "create", "--tenant", "acme", "--role", "anon", "--name", "web",
+    ]));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = stdout
+        .lines()
+        .find(|l| l.starts_with("sk_anon_"))
+        .expect("the key is printed once");
+    let out = run(sluice().arg("--config").arg(&config).args(["keys", "list"]));
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        listing.contains(&key[..12]) && listing.contains("acme") && listing.contains("web"),
+        "{listing}"
+    );
+    assert!(
+        !listing.contains(key),
+        "a listing never shows the key itself"
+    );
+    let id = listing
+        .lines()
+        .find(|l| l.contains(&key[..12]))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("id column")
+        .to_owned();
+    let out = run(sluice()
+        .arg("--config")
+        .arg(&config)
+        .args(["keys", "revoke", &id]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(sluice()
+        .arg("--config")
+        .arg(&config)
+        .args(["keys", "create", "--tenant", "acme", "--role", "owner"]));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(sluice()
+        .arg("--config")
+        .arg(&config)
+        .args(["keys", "create", "--role", "anon"]));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

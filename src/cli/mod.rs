@@ -46,7 +46,8 @@ impl CliError {
             CliError::Config(_)
             | CliError::Tenant(_)
             | CliError::Pipeline(PipelineError::Config(_))
-            | CliError::Server(crate::server::ServerError::Pipeline(PipelineError::Config(_))) => 2,
+            | CliError::Server(crate::server::ServerError::Pipeline(PipelineError::Config(_)))
+            | CliError::Auth(crate::auth::AuthError::InvalidKeyRequest(_)) => 2,
             _ => 1,
         }
     }
