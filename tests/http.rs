@@ -626,3 +626,68 @@ async fn a_signed_jwt_subscribes_to_its_tenant_only() {
     assert_eq!(r.status, 401);
     stop(server, token).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_in_seq_order_and_readers_get_an_explicit_gap() {
+    let db = TestDb::new("retain");
+    let c = db.client().await;
+    c.batch_execute(ITEMS).await.expect("ddl");
+    let (server, token) = serve(&db, &[]).await;
+    let anon = key(&db, "acme", Role::Anon).await;
+    c.batch_execute("INSERT INTO items SELECT g, 'acme', 'red', g FROM generate_series(1, 10) g")
+        .await
+        .expect("old rows");
+    wait_for_events(&c, 10).await;
+    // Everything so far is older than a zero retention.
+    let watermark = sluice::log::retention::prune_once(&c, Duration::ZERO)
+        .await
+        .expect("prune");
+    assert_eq!(watermark, 10);
+    c.batch_execute("INSERT INTO items VALUES (11, 'acme', 'red', 11)")
+        .await
+        .expect("new row");
+    wait_for_events(&c, 11).await;
+    let left: i64 = c
+        .query_one("SELECT count(*) FROM sluice.events", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 1, "only the event after the watermark remains");
+    // A restart after everything old was pruned continues above the watermark.
+    stop(server, token).await;
+    let watermark = sluice::log::retention::prune_once(&c, Duration::ZERO)
+        .await
+        .expect("prune");
+    assert_eq!(watermark, 11);
+    let (server, token) = serve(&db, &[]).await;
+    c.batch_execute("INSERT INTO items VALUES (12, 'acme', 'red', 12)")
+        .await
+        .expect("after restart");
+    let log = wait_for_events(&c, 12).await;
+    let seqs: Vec<i64> = log.iter().filter_map(|e| e["seq"].as_i64()).collect();
+    assert_eq!(seqs, vec![12], "seqs are never handed out twice");
+    let gone = get(
+        server.addr,
+        &format!("/v1/events?apikey={anon}&from=4"),
+        &[],
+    )
+    .await;
+    assert_eq!(gone.status, 410);
+    assert_eq!(gone.json()["error"]["oldest"], 12);
+    // NDJSON chosen by the Accept header, from the oldest available seq.
+    let r = get(
+        server.addr,
+        &format!("/v1/events?apikey={anon}&from=12"),
+        &[("Accept", "application/x-ndjson")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/x-ndjson"));
+    let lines: Vec<&str> = std::str::from_utf8(&r.body)
+        .expect("utf8")
+        .lines()
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].contains("\"seq\":12"));
+    stop(server, token).await;
+}

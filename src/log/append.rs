@@ -200,8 +200,14 @@ impl Appender {
         if !locked {
             return Err(LogError::AnotherWriter(APPENDER_LOCK_KEY));
         }
+        // Above every seq ever handed out: the log's own, and those retention
+        // already pruned (an emptied log must not restart at 1).
         let last: i64 = client
-            .query_one("SELECT coalesce(max(seq), 0) FROM sluice.events", &[])
+            .query_one(
+                "SELECT greatest((SELECT coalesce(max(seq), 0) FROM sluice.events),
+                                 (SELECT coalesce(max(pruned_through), 0) FROM sluice.retention))",
+                &[],
+            )
             .await?
             .get(0);
         self.next_seq = last + 1;
