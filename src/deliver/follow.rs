@@ -62,19 +62,22 @@ pub struct Follower {
     mode: Mode,
     /// How often this follower fell back to the log.
     pub catchups: u64,
+    /// The log's durable head, to skip a needless read when going live.
+    durable: tokio::sync::watch::Receiver<Arc<crate::log::Durable>>,
 }
 
 impl Follower {
-    /// `head` is the log's last seq now (used for `Start::Live`).
+    /// `durable` tells the log's head (used for `Start::Live`).
     pub fn new(
         hub: Arc<Hub>,
         pool: deadpool_postgres::Pool,
+        durable: tokio::sync::watch::Receiver<Arc<crate::log::Durable>>,
         tenant: TenantId,
         selector: Arc<Selector>,
         start: Start,
-        head: i64,
         page: i64,
     ) -> Follower {
+        let head = durable.borrow().last_seq;
         let (next, mode) = match start {
             Start::At(seq) => (seq.max(1), Mode::CatchUp { registered: None }),
             // Registering now and reading the log from head+1 closes the
@@ -92,6 +95,7 @@ impl Follower {
             scanned: 0,
             mode,
             catchups: 0,
+            durable,
         }
     }
 
@@ -135,7 +139,16 @@ impl Follower {
                                 .subscribe(self.tenant.clone(), self.selector.clone()),
                         );
                     }
-                    let exhausted = self.read_page().await?;
+                    // The durable head is published before the hub publishes,
+                    // so if it has not reached `next` since we registered,
+                    // every later event comes through the hub: no read needed
+                    // (a fan-out of fresh subscribers costs no queries).
+                    let head = self.durable.borrow().last_seq;
+                    let exhausted = if self.buffer.is_empty() && head < self.next {
+                        true
+                    } else {
+                        self.read_page().await?
+                    };
                     if exhausted {
                         if let Mode::CatchUp { registered } = &mut self.mode {
                             if let Some(sub) = registered.take() {

@@ -289,10 +289,10 @@ fn tail(
     let follower = Follower::new(
         state.hub.clone(),
         state.pool.clone(),
+        state.durable.clone(),
         req.tenant.clone(),
         Arc::new(req.selector),
         Start::At(req.from),
-        state.head(),
         state.config.http.page_limit,
     );
     let heartbeat = Duration::from_secs(state.config.http.heartbeat_secs.max(1));

@@ -89,10 +89,10 @@ async fn subscribe(
     let follower = Follower::new(
         state.hub.clone(),
         state.pool.clone(),
+        state.durable.clone(),
         tenant,
         selector,
         start,
-        state.head(),
         state.config.http.page_limit,
     );
     state
