@@ -72,8 +72,11 @@ impl Pipeline {
     }
 }
 
-/// Migrates the state database; returns the versions applied.
-pub async fn migrate(config: &Config) -> Result<Vec<i32>, PipelineError> {
+/// Connects to the state database and migrates it; returns the client and
+/// the versions applied.
+pub async fn migrated_state(
+    config: &Config,
+) -> Result<(tokio_postgres::Client, Vec<i32>), PipelineError> {
     let url = config.state_url()?;
     let mut client = log::connect(url)
         .await
@@ -81,7 +84,13 @@ pub async fn migrate(config: &Config) -> Result<Vec<i32>, PipelineError> {
             what: "state",
             source,
         })?;
-    Ok(log::migrate::migrate(&mut client).await?)
+    let applied = log::migrate::migrate(&mut client).await?;
+    Ok((client, applied))
+}
+
+/// Migrates the state database; returns the versions applied.
+pub async fn migrate(config: &Config) -> Result<Vec<i32>, PipelineError> {
+    Ok(migrated_state(config).await?.1)
 }
 
 /// Prepares everything and starts streaming; committed events also go live

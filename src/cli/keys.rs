@@ -11,22 +11,10 @@ use super::CliError;
 use crate::auth::{self, AuthError, KeyInfo, Role};
 use crate::config::Config;
 use crate::event::TenantId;
-use crate::log;
-use crate::pipeline::PipelineError;
 
 async fn state_client(config: Option<&Path>) -> Result<Client, CliError> {
     let config = Config::from_process(config)?;
-    let url = config.state_url()?;
-    let mut client = log::connect(url)
-        .await
-        .map_err(|source| PipelineError::Connect {
-            what: "state",
-            source,
-        })?;
-    log::migrate::migrate(&mut client)
-        .await
-        .map_err(PipelineError::from)?;
-    Ok(client)
+    Ok(crate::pipeline::migrated_state(&config).await?.0)
 }
 
 /// Writes `text` to stdout; a closed pipe is not an error.

@@ -23,14 +23,12 @@ use futures_util::stream;
 use super::follow::{FollowError, Follower, Start};
 use crate::auth::Role;
 use crate::event::TenantId;
-use crate::http::params::Params;
-use crate::http::{authorize, ApiError, AppState};
+use crate::http::{request, ApiError, AppState};
 use crate::log::{self, LogQuery, ReadScope, StoredEvent};
 use crate::subscription::Selector;
 
 const LIST_PARAMS: &[&str] = &[
     "from", "to", "limit", "types", "topics", "topic", "since", "until", "format", "follow",
-    "apikey", "tenant",
 ];
 
 pub fn router() -> Router<AppState> {
@@ -62,19 +60,8 @@ async fn list(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let p = Params::parse(
-        raw.as_deref(),
-        LIST_PARAMS,
-        state.config.http.max_query_bytes,
-    )?;
-    let (_identity, tenant) = authorize(
-        &state,
-        &headers,
-        p.one("apikey")?,
-        p.one("tenant")?,
-        Role::Anon,
-    )
-    .await?;
+    let (p, _identity, tenant) =
+        request(&state, &headers, raw.as_deref(), LIST_PARAMS, Role::Anon).await?;
     let accept_ndjson = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -341,19 +328,8 @@ async fn one(
     Path(seq): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let p = Params::parse(
-        raw.as_deref(),
-        &["apikey", "tenant"],
-        state.config.http.max_query_bytes,
-    )?;
-    let (_identity, tenant) = authorize(
-        &state,
-        &headers,
-        p.one("apikey")?,
-        p.one("tenant")?,
-        Role::Anon,
-    )
-    .await?;
+    let (_p, _identity, tenant) =
+        request(&state, &headers, raw.as_deref(), &[], Role::Anon).await?;
     let seq: i64 = match seq.parse() {
         Ok(n) if n >= 1 => n,
         _ => {
@@ -410,19 +386,8 @@ async fn stats(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let p = Params::parse(
-        raw.as_deref(),
-        &["window", "apikey", "tenant"],
-        state.config.http.max_query_bytes,
-    )?;
-    let (_identity, tenant) = authorize(
-        &state,
-        &headers,
-        p.one("apikey")?,
-        p.one("tenant")?,
-        Role::Anon,
-    )
-    .await?;
+    let (p, _identity, tenant) =
+        request(&state, &headers, raw.as_deref(), &["window"], Role::Anon).await?;
     let secs = match p.one("window")? {
         None => 86_400,
         Some(w) => window(w).ok_or_else(|| {

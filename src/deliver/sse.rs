@@ -26,17 +26,9 @@ use futures_util::stream;
 use super::follow::{FollowError, Follower, Start};
 use crate::auth::{Identity, Role};
 use crate::http::params::Params;
-use crate::http::{authorize, ApiError, AppState};
+use crate::http::{request, ApiError, AppState};
 
-const PARAMS: &[&str] = &[
-    "topic",
-    "table",
-    "collection",
-    "filter",
-    "from",
-    "apikey",
-    "tenant",
-];
+const PARAMS: &[&str] = &["topic", "table", "collection", "filter", "from"];
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/events/subscribe", get(subscribe))
@@ -62,15 +54,8 @@ async fn subscribe(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(raw.as_deref(), PARAMS, state.config.http.max_query_bytes)?;
-    let (identity, tenant) = authorize(
-        &state,
-        &headers,
-        params.one("apikey")?,
-        params.one("tenant")?,
-        Role::Anon,
-    )
-    .await?;
+    let (params, identity, tenant) =
+        request(&state, &headers, raw.as_deref(), PARAMS, Role::Anon).await?;
     let selector = Arc::new(params.selector(&state.captured_tables())?);
     let start = start(&headers, &params)?;
     if let Start::At(from) = start {

@@ -192,6 +192,24 @@ pub async fn authorize(
     Ok((identity, tenant))
 }
 
+/// The common start of a handler: the query string parsed against
+/// `allowed` (plus `apikey` and `tenant`), then the credential checked for
+/// `need`.
+pub async fn request(
+    state: &AppState,
+    headers: &HeaderMap,
+    raw_query: Option<&str>,
+    allowed: &[&str],
+    need: Role,
+) -> Result<(params::Params, Identity, TenantId), ApiError> {
+    let mut names: Vec<&str> = allowed.to_vec();
+    names.extend(["apikey", "tenant"]);
+    let p = params::Params::parse(raw_query, &names, state.config.http.max_query_bytes)?;
+    let (identity, tenant) =
+        authorize(state, headers, p.one("apikey")?, p.one("tenant")?, need).await?;
+    Ok((p, identity, tenant))
+}
+
 /// Every route of the API.
 pub fn router(state: AppState) -> Router {
     Router::new()
