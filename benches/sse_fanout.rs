@@ -1,0 +1,1039 @@
+//! SSE fan-out benchmark: many open SSE connections spread over 100
+//! tenants. Prints the server's RSS before and after opening them (and RSS
+//! per connection, target ≤ 16 KiB), and the cost of routing one tenant's
+//! changes with 10 versus N subscribers open (target: flat, ratio ≈ 1).
+//!
+//! `cargo bench --bench sse_fanout -- [--connections 10000] [--batch 1000]
+//!  [--rounds 10] [--open-batch 500]`
+//! (`BENCH_SLUICE_<KEY>=v` passes `SLUICE_<KEY>=v` to the measured sluice;
+//! scripts/bench-sse-fanout.sh installs Postgres if needed and runs this.)
+//!
+//! Routing cost, measured from outside the server: exactly one subscriber of
+//! tenant t0 is open in both cases (the probe); the others subscribe to
+//! t1…t99. A round commits `--batch` rows for t0 in one transaction; the
+//! figure is (receipt of the probe's last event − the commit time) / batch,
+//! the median over `--rounds` rounds after two warm-up rounds. Everything runs
+//! on this machine, so the commit time (the events' `time` member) and the
+//! receipt time come from the same clock.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use sluice::auth::{create_key, Role};
+use sluice::event::TenantId;
+use sluice::localpg::LocalPg;
+
+const TENANTS: usize = 100;
+/// File descriptors kept beyond one per connection, in each process.
+const FD_SLACK: u64 = 200;
+/// Routing rounds run before the measured ones.
+const WARMUP_ROUNDS: usize = 2;
+
+// ---------------------------------------------------------------- arguments
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn num_arg(name: &str, default: u64) -> u64 {
+    arg(name)
+        .map(|s| {
+            s.parse()
+                .unwrap_or_else(|_| panic!("{name}: expected a whole number, got {s:?}"))
+        })
+        .unwrap_or(default)
+}
+
+fn psql(pg: &LocalPg, db: &str, sql: &str) -> String {
+    pg.psql(db, sql)
+        .unwrap_or_else(|e| panic!("psql failed: {e}\n{sql}"))
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_micros() as i64
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port on 127.0.0.1")
+        .port()
+}
+
+// ------------------------------------------------------------------ /proc
+
+/// (soft, hard) "Max open files" of a process (`self` or a pid).
+fn nofile(pid: &str) -> Option<(u64, u64)> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut f = line["Max open files".len()..].split_whitespace();
+    let parse = |s: Option<&str>| -> Option<u64> {
+        match s? {
+            "unlimited" => Some(u64::MAX),
+            v => v.parse().ok(),
+        }
+    };
+    Some((parse(f.next())?, parse(f.next())?))
+}
+
+fn show_limit(v: u64) -> String {
+    if v == u64::MAX {
+        "unlimited".to_owned()
+    } else {
+        v.to_string()
+    }
+}
+
+/// A `/proc/<pid>/status` field in KiB (VmRSS, RssAnon, …).
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// (busy, total) jiffies of the whole machine, from /proc/stat.
+fn machine_cpu() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).unwrap_or(&0);
+    Some((total - idle, total))
+}
+
+fn open_fds(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+// ------------------------------------------------------------ time parsing
+
+fn num(b: &[u8]) -> Option<u32> {
+    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+/// The envelope's `time` (`2026-11-22T10:15:30.123456Z`) in µs since the
+/// epoch.
+fn parse_rfc3339_utc(s: &[u8]) -> Option<i64> {
+    if s.len() < 20 {
+        return None;
+    }
+    let (y, mo, d) = (num(&s[0..4])?, num(&s[5..7])?, num(&s[8..10])?);
+    let (h, mi, sec) = (num(&s[11..13])?, num(&s[14..16])?, num(&s[17..19])?);
+    let mut us = 0u32;
+    if s[19] == b'.' {
+        let frac: Vec<u8> = s[20..]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .copied()
+            .collect();
+        for k in 0..6 {
+            us = us * 10 + frac.get(k).map_or(0, |c| u32::from(c - b'0'));
+        }
+    }
+    let t = chrono::NaiveDate::from_ymd_opt(y as i32, mo, d)?.and_hms_micro_opt(h, mi, sec, us)?;
+    Some(t.and_utc().timestamp_micros())
+}
+
+fn envelope_time(data: &[u8]) -> Option<i64> {
+    const KEY: &[u8] = b"\"time\":\"";
+    let at = data.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let end = data[at..].iter().position(|&c| c == b'"')? + at;
+    parse_rfc3339_utc(&data[at..end])
+}
+
+// ------------------------------------------------- HTTP/1.1 + SSE decoding
+
+/// Undoes `Transfer-Encoding: chunked` incrementally.
+#[derive(Default)]
+struct Dechunker {
+    remaining: usize,
+    crlf: usize,
+    line: Vec<u8>,
+    done: bool,
+}
+
+impl Dechunker {
+    fn feed(&mut self, mut input: &[u8], out: &mut impl FnMut(&[u8])) {
+        while !input.is_empty() && !self.done {
+            if self.remaining > 0 {
+                let n = self.remaining.min(input.len());
+                out(&input[..n]);
+                self.remaining -= n;
+                input = &input[n..];
+                if self.remaining == 0 {
+                    self.crlf = 2;
+                }
+            } else if self.crlf > 0 {
+                let n = self.crlf.min(input.len());
+                self.crlf -= n;
+                input = &input[n..];
+            } else {
+                match input.iter().position(|&c| c == b'\n') {
+                    None => {
+                        self.line.extend_from_slice(input);
+                        input = &[];
+                    }
+                    Some(p) => {
+                        self.line.extend_from_slice(&input[..p]);
+                        input = &input[p + 1..];
+                        let hex: String = self
+                            .line
+                            .iter()
+                            .take_while(|c| c.is_ascii_hexdigit())
+                            .map(|&c| c as char)
+                            .collect();
+                        self.line.clear();
+                        match usize::from_str_radix(&hex, 16).unwrap_or(0) {
+                            0 => self.done = true,
+                            size => self.remaining = size,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Splits an SSE byte stream into events (`event:` type, `data:` lines).
+/// `keep_data` false: the data is not kept (the event is still reported).
+struct SseParser {
+    keep_data: bool,
+    line: Vec<u8>,
+    event: Vec<u8>,
+    data: Vec<u8>,
+    has_data: bool,
+}
+
+impl SseParser {
+    fn new(keep_data: bool) -> SseParser {
+        SseParser {
+            keep_data,
+            line: Vec::new(),
+            event: Vec::new(),
+            data: Vec::new(),
+            has_data: false,
+        }
+    }
+
+    fn feed(&mut self, mut input: &[u8], on_event: &mut impl FnMut(&[u8], &[u8])) {
+        while let Some(p) = input.iter().position(|&c| c == b'\n') {
+            let line: &[u8] = if self.line.is_empty() {
+                &input[..p]
+            } else {
+                self.line.extend_from_slice(&input[..p]);
+                &self.line
+            };
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() {
+                if self.has_data {
+                    on_event(&self.event, &self.data);
+                }
+                self.event.clear();
+                self.data.clear();
+                self.has_data = false;
+            } else if let Some(v) = line.strip_prefix(b"data:") {
+                if self.keep_data {
+                    if self.has_data {
+                        self.data.push(b'\n');
+                    }
+                    self.data
+                        .extend_from_slice(v.strip_prefix(b" ").unwrap_or(v));
+                }
+                self.has_data = true;
+            } else if let Some(v) = line.strip_prefix(b"event:") {
+                let v = v.strip_prefix(b" ").unwrap_or(v).to_vec();
+                self.event = v;
+            }
+            self.line.clear();
+            input = &input[p + 1..];
+        }
+        self.line.extend_from_slice(input);
+    }
+}
+
+async fn read_head(sock: &mut TcpStream) -> Result<(u16, bool, Vec<u8>), String> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 2048];
+    loop {
+        let n = sock
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("connection closed before the response headers".to_owned());
+        }
+        head.extend_from_slice(&buf[..n]);
+        if let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            let text = String::from_utf8_lossy(&head[..p + 4]).to_ascii_lowercase();
+            let status = text
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let chunked = text.contains("transfer-encoding: chunked");
+            return Ok((status, chunked, head[p + 4..].to_vec()));
+        }
+    }
+}
+
+/// `GET path` with `Connection: close`: (status, body).
+async fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
+    let mut sock = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    sock.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .map_err(|e| format!("write: {e}"))?;
+    let (status, chunked, mut rest) = read_head(&mut sock).await?;
+    sock.read_to_end(&mut rest)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    let body = if chunked {
+        let mut body = Vec::new();
+        Dechunker::default().feed(&rest, &mut |b| body.extend_from_slice(b));
+        body
+    } else {
+        rest
+    };
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A sample of the server's metrics (the line `name value`, no labels).
+async fn metric(port: u16, name: &str) -> Option<f64> {
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), http_get(port, "/metrics"))
+        .await
+        .ok()?
+        .ok()?;
+    if status != 200 {
+        return None;
+    }
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+// ------------------------------------------------------------ connections
+
+/// What all connection tasks share.
+struct Shared {
+    port: u16,
+    /// Events received, per connection.
+    counts: Vec<AtomicU64>,
+    /// Connections whose stream ended, by reason.
+    ended: Mutex<BTreeMap<String, usize>>,
+    /// Control events (`event: error|gap|shutdown`) received, by type.
+    controls: Mutex<BTreeMap<String, usize>>,
+}
+
+/// One SSE connection: opens it, reports the response on `ready`, then reads
+/// and counts events until the stream ends (or the task is aborted). The
+/// probe also sends (commit µs, receipt µs) of each event.
+async fn connection(
+    shared: Arc<Shared>,
+    index: usize,
+    key: Arc<str>,
+    ready: oneshot::Sender<Result<(), String>>,
+    probe: Option<mpsc::UnboundedSender<(i64, i64)>>,
+) {
+    let opened = async {
+        let mut sock = TcpStream::connect(("127.0.0.1", shared.port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = sock.set_nodelay(true);
+        sock.write_all(
+            format!("GET /v1/events/subscribe?apikey={key} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+        let (status, chunked, rest) = read_head(&mut sock).await?;
+        if status != 200 {
+            return Err(format!(
+                "status {status}: {}",
+                String::from_utf8_lossy(&rest)
+            ));
+        }
+        Ok((sock, chunked, rest))
+    };
+    let (mut sock, chunked, first) =
+        match tokio::time::timeout(Duration::from_secs(60), opened).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+            Err(_) => {
+                let _ = ready.send(Err("no response within 60 s".to_owned()));
+                return;
+            }
+        };
+    let _ = ready.send(Ok(()));
+    let mut dechunk = chunked.then(Dechunker::default);
+    let mut sse = SseParser::new(probe.is_some());
+    let mut buf = vec![0u8; if probe.is_some() { 64 * 1024 } else { 1024 }];
+    let mut received = now_micros();
+    let mut input = first;
+    let reason = loop {
+        let mut on_event = |event: &[u8], data: &[u8]| {
+            if event.starts_with(b"row.") {
+                shared.counts[index].fetch_add(1, Ordering::Relaxed);
+                if let Some(p) = &probe {
+                    if let Some(c) = envelope_time(data) {
+                        let _ = p.send((c, received));
+                    }
+                }
+            } else if !event.is_empty() {
+                *shared
+                    .controls
+                    .lock()
+                    .expect("controls")
+                    .entry(String::from_utf8_lossy(event).into_owned())
+                    .or_default() += 1;
+            }
+        };
+        match &mut dechunk {
+            Some(d) => {
+                d.feed(&input, &mut |b| sse.feed(b, &mut on_event));
+                if d.done {
+                    break "the server ended the response".to_owned();
+                }
+            }
+            None => sse.feed(&input, &mut on_event),
+        }
+        input.clear();
+        match sock.read(&mut buf).await {
+            Ok(0) => break "the server closed the connection".to_owned(),
+            Ok(n) => {
+                received = now_micros();
+                input.extend_from_slice(&buf[..n]);
+            }
+            Err(e) => break format!("read error: {e}"),
+        }
+    };
+    *shared
+        .ended
+        .lock()
+        .expect("ended")
+        .entry(reason)
+        .or_default() += 1;
+}
+
+// -------------------------------------------------------------- processes
+
+/// A child process stopped (TERM, then KILL) when dropped, also on panic.
+struct Guard {
+    child: Child,
+}
+
+impl Guard {
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.exited().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("sluice did not stop within 20 s of SIGTERM; killing it");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- routing
+
+/// Routing figures of one round.
+struct Round {
+    /// Receipt of the last event − commit time, µs.
+    last_us: f64,
+    /// Receipt of the first event − commit time, µs.
+    first_us: f64,
+}
+
+/// Commits `batch` rows of tenant t0 in one transaction and times their
+/// arrival at the probe.
+async fn round(
+    client: &tokio_postgres::Client,
+    first_id: i64,
+    batch: i64,
+    probe: &mut mpsc::UnboundedReceiver<(i64, i64)>,
+) -> Option<Round> {
+    while probe.try_recv().is_ok() {}
+    client
+        .execute(
+            "INSERT INTO bench (id, tenant, v) SELECT g, 't0', 'x' FROM generate_series($1::bigint, $2::bigint) g",
+            &[&first_id, &(first_id + batch - 1)],
+        )
+        .await
+        .expect("commit a batch for t0");
+    let mut got = Vec::with_capacity(batch as usize);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while (got.len() as i64) < batch {
+        match tokio::time::timeout_at(deadline, probe.recv()).await {
+            Ok(Some(s)) => got.push(s),
+            _ => {
+                eprintln!(
+                    "the probe received {} of {batch} events within 60 s",
+                    got.len()
+                );
+                return None;
+            }
+        }
+    }
+    let commit = got.iter().map(|s| s.0).min()?;
+    let first = got.iter().map(|s| s.1).min()?;
+    let last = got.iter().map(|s| s.1).max()?;
+    Some(Round {
+        last_us: (last - commit) as f64,
+        first_us: (first - commit) as f64,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+struct Routing {
+    per_change_us: f64,
+    min_per_change_us: f64,
+    max_per_change_us: f64,
+    first_ms: f64,
+    last_ms: f64,
+    rounds: usize,
+}
+
+async fn routing(
+    client: &tokio_postgres::Client,
+    next_id: &mut i64,
+    batch: i64,
+    rounds: usize,
+    probe: &mut mpsc::UnboundedReceiver<(i64, i64)>,
+) -> Routing {
+    let mut all = Vec::new();
+    // The first WARMUP_ROUNDS warm up and are not counted.
+    for r in 0..rounds + WARMUP_ROUNDS {
+        let got = round(client, *next_id, batch, probe).await;
+        *next_id += batch;
+        if r >= WARMUP_ROUNDS {
+            all.extend(got);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Routing {
+        per_change_us: median(all.iter().map(|r| r.last_us / batch as f64).collect()),
+        min_per_change_us: all
+            .iter()
+            .map(|r| r.last_us / batch as f64)
+            .fold(f64::INFINITY, f64::min),
+        max_per_change_us: all
+            .iter()
+            .map(|r| r.last_us / batch as f64)
+            .fold(0.0, f64::max),
+        first_ms: median(all.iter().map(|r| r.first_us / 1000.0).collect()),
+        last_ms: median(all.iter().map(|r| r.last_us / 1000.0).collect()),
+        rounds: all.len(),
+    }
+}
+
+// ------------------------------------------------------------------- main
+
+fn main() {
+    let requested = num_arg("--connections", 10_000).max(TENANTS as u64);
+    let batch = num_arg("--batch", 1000).max(1) as i64;
+    let rounds = num_arg("--rounds", 10).max(1) as usize;
+    let open_batch = num_arg("--open-batch", 500).max(1) as usize;
+    let mut notes: Vec<String> = Vec::new();
+
+    // File descriptors: one per connection in this process and in the server.
+    let need = requested + FD_SLACK;
+    let (mut soft, hard) = nofile("self").expect("read /proc/self/limits");
+    println!(
+        "bench process: open files limit soft {} hard {} (need about {need})",
+        show_limit(soft),
+        show_limit(hard)
+    );
+    if soft < need && hard > soft {
+        // No libc here: let util-linux's prlimit raise ours to the hard limit.
+        let pid = std::process::id().to_string();
+        let h = show_limit(hard);
+        let ok = Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={h}:{h}")])
+            .status()
+            .is_ok_and(|s| s.success());
+        soft = nofile("self").map_or(soft, |l| l.0);
+        println!(
+            "bench process: raised the soft limit to the hard limit with prlimit: {} (now {})",
+            if ok { "done" } else { "failed" },
+            show_limit(soft)
+        );
+    }
+    let mut connections = requested;
+    if soft < need {
+        connections = soft.saturating_sub(FD_SLACK).max(TENANTS as u64);
+        let why = format!(
+            "this process may open only {} files (hard limit {}), so {connections} connections are opened instead of {requested}",
+            show_limit(soft),
+            show_limit(hard)
+        );
+        println!("NOTE: {why}");
+        notes.push(why);
+    }
+    let ports = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let v: Vec<u64> = s
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            Some(v.get(1)? - v.first()? + 1)
+        });
+    if let Some(p) = ports {
+        if connections + 100 > p {
+            connections = p.saturating_sub(100);
+            let why = format!(
+                "only {p} ephemeral ports (net.ipv4.ip_local_port_range), so {connections} connections"
+            );
+            println!("NOTE: {why}");
+            notes.push(why);
+        }
+    }
+
+    eprintln!("starting a throwaway cluster…");
+    let pg = LocalPg::start().expect("start Postgres");
+    let db = pg.create_database("bench").expect("db");
+    psql(
+        &pg,
+        &db,
+        "CREATE TABLE bench (id bigint PRIMARY KEY, tenant text NOT NULL, v text);
+         ALTER TABLE bench REPLICA IDENTITY FULL;
+         CREATE PUBLICATION bench_pub FOR TABLE bench;
+         SELECT pg_create_logical_replication_slot('sluice_slot', 'pgoutput');",
+    );
+
+    // Sluice, with its open-files soft limit raised to the hard limit
+    // through the shell when ours is not enough for it.
+    let port = free_port();
+    let exe = env!("CARGO_BIN_EXE_sluice");
+    let server_need = connections + FD_SLACK;
+    let mut command = if soft < server_need {
+        let mut c = Command::new("sh");
+        c.args([
+            "-c",
+            r#"ulimit -n "$(ulimit -H -n)" 2>/dev/null; exec "$0" serve"#,
+            exe,
+        ]);
+        c
+    } else {
+        let mut c = Command::new(exe);
+        c.arg("serve");
+        c
+    };
+    let mut sluice = Guard {
+        child: command
+            .env("SLUICE_SOURCE_POSTGRES_URL", pg.url(&db))
+            .env("SLUICE_SOURCE_POSTGRES_SLOT", "sluice_slot")
+            .env("SLUICE_SOURCE_POSTGRES_PUBLICATION", "bench_pub")
+            .env(
+                "SLUICE_SOURCE_POSTGRES_TABLES",
+                r#"[{table="public.bench", tenant_column="tenant"}]"#,
+            )
+            .env("SLUICE_HTTP_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SLUICE_LOG", "warn")
+            .envs(
+                std::env::vars()
+                    .filter(|(k, _)| k.starts_with("BENCH_SLUICE_"))
+                    .map(|(k, v)| (k["BENCH_".len()..].to_owned(), v)),
+            )
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn sluice"),
+    };
+    let pid = sluice.child.id();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+
+    eprintln!("waiting for sluice (pid {pid}) to be ready…");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = sluice.exited() {
+            panic!("sluice exited early: {status}");
+        }
+        if matches!(rt.block_on(http_get(port, "/readyz")), Ok((200, _))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sluice not ready within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (server_soft, server_hard) = nofile(&pid.to_string()).expect("read the server's limits");
+    println!(
+        "sluice (pid {pid}): open files limit soft {} hard {}",
+        show_limit(server_soft),
+        show_limit(server_hard)
+    );
+    if server_soft < server_need {
+        let before = connections;
+        connections = server_soft.saturating_sub(FD_SLACK).max(TENANTS as u64);
+        let why = format!(
+            "sluice may open only {} files, so {connections} connections are opened instead of {before}",
+            show_limit(server_soft)
+        );
+        println!("NOTE: {why}");
+        notes.push(why);
+    }
+    let connections = connections as usize;
+
+    // One anon key per tenant.
+    let (client, keys) = rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&pg.url(&db), tokio_postgres::NoTls)
+            .await
+            .expect("connect to the database");
+        tokio::spawn(conn);
+        let mut keys: Vec<Arc<str>> = Vec::new();
+        for t in 0..TENANTS {
+            let tenant = TenantId::new(&format!("t{t}")).expect("tenant id");
+            let (_, key) = create_key(&client, Some(&tenant), Role::Anon, Some("sse-fanout bench"))
+                .await
+                .expect("create an anon key");
+            keys.push(key.into());
+        }
+        (client, keys)
+    });
+
+    let shared = Arc::new(Shared {
+        port,
+        counts: (0..connections).map(|_| AtomicU64::new(0)).collect(),
+        ended: Mutex::default(),
+        controls: Mutex::default(),
+    });
+    let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
+    let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    let mut failures: BTreeMap<String, usize> = BTreeMap::new();
+    // Connection 0 is the probe (tenant t0); connection i > 0 subscribes to
+    // tenant 1 + (i - 1) % 99, so t0 has exactly one subscriber throughout.
+    let tenant_of = |i: usize| {
+        if i == 0 {
+            0
+        } else {
+            1 + (i - 1) % (TENANTS - 1)
+        }
+    };
+    let mut open =
+        |from: usize, to: usize, tasks: &mut Vec<tokio::task::JoinHandle<()>>| -> usize {
+            let mut established = 0;
+            let mut i = from;
+            while i < to {
+                let end = (i + open_batch).min(to);
+                let readies: Vec<oneshot::Receiver<Result<(), String>>> = (i..end)
+                    .map(|c| {
+                        let (tx, rx) = oneshot::channel();
+                        let probe = (c == 0).then(|| probe_tx.clone());
+                        tasks.push(rt.spawn(connection(
+                            shared.clone(),
+                            c,
+                            keys[tenant_of(c)].clone(),
+                            tx,
+                            probe,
+                        )));
+                        rx
+                    })
+                    .collect();
+                for r in readies {
+                    match rt.block_on(r) {
+                        Ok(Ok(())) => established += 1,
+                        Ok(Err(e)) => *failures.entry(e).or_default() += 1,
+                        Err(_) => *failures.entry("task ended".to_owned()).or_default() += 1,
+                    }
+                }
+                i = end;
+            }
+            established
+        };
+    // Waits until the hub holds `n` live subscribers (each stream first
+    // reads the log, then registers); returns what it reached.
+    let wait_live = |n: usize| -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut last = 0.0;
+        while Instant::now() < deadline {
+            last = rt
+                .block_on(metric(port, "sluice_hub_live_subscribers"))
+                .unwrap_or(0.0);
+            if last >= n as f64 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        last
+    };
+    let settle = || std::thread::sleep(Duration::from_secs(2));
+
+    settle();
+    let rss_idle = status_kib(pid, "VmRSS").unwrap_or(0);
+
+    // 10 subscribers: the probe and 9 others.
+    let small = 10.min(connections);
+    let t = Instant::now();
+    let mut established = open(0, small, &mut tasks);
+    assert!(
+        shared.counts.len() >= small && established >= 1,
+        "could not open the first connections: {failures:?}"
+    );
+    let live_small = wait_live(established);
+    eprintln!(
+        "{established} connections open ({live_small} live in the hub) in {:.1} s; routing {batch}-row batches for t0…",
+        t.elapsed().as_secs_f64()
+    );
+    let mut next_id: i64 = 1;
+    let with_small = rt.block_on(routing(&client, &mut next_id, batch, rounds, &mut probe_rx));
+    settle();
+    let rss_before = status_kib(pid, "VmRSS").unwrap_or(0);
+    let anon_before = status_kib(pid, "RssAnon").unwrap_or(0);
+
+    // All N.
+    eprintln!(
+        "opening {} more connections in batches of {open_batch}…",
+        connections - small
+    );
+    let t = Instant::now();
+    established += open(small, connections, &mut tasks);
+    let open_secs = t.elapsed().as_secs_f64();
+    let live_all = wait_live(established);
+    let live_secs = t.elapsed().as_secs_f64();
+    settle();
+    let rss_after = status_kib(pid, "VmRSS").unwrap_or(0);
+    let anon_after = status_kib(pid, "RssAnon").unwrap_or(0);
+    let server_fds = open_fds(pid);
+    let bench_rss = status_kib(std::process::id(), "VmRSS").unwrap_or(0);
+
+    // Idle cost of N open streams (heartbeats, credential re-checks).
+    let cpu0 = cpu_secs(pid).unwrap_or(0.0);
+    let machine0 = machine_cpu();
+    let idle = Duration::from_secs(6);
+    std::thread::sleep(idle);
+    let idle_cpu = (cpu_secs(pid).unwrap_or(0.0) - cpu0) / idle.as_secs_f64();
+    let machine_busy = match (machine0, machine_cpu()) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0) as f64 / (t1 - t0) as f64,
+        _ => f64::NAN,
+    };
+
+    eprintln!("routing {batch}-row batches for t0 with {established} connections open…");
+    let with_all = rt.block_on(routing(&client, &mut next_id, batch, rounds, &mut probe_rx));
+    let others_after: u64 = shared.counts[1..]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum();
+
+    // Reach: one row for each of t1…t99; every open stream must see one.
+    eprintln!("one event for each other tenant; counting the streams that receive it…");
+    let before: Vec<u64> = shared
+        .counts
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .collect();
+    let reach_start = Instant::now();
+    rt.block_on(client.execute(
+        "INSERT INTO bench (id, tenant, v) SELECT $1::bigint + g, 't' || g, 'x' FROM generate_series(1, 99) g",
+        &[&next_id],
+    ))
+    .expect("commit one row per tenant");
+    let mut reached = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        reached = shared.counts[1..]
+            .iter()
+            .zip(&before[1..])
+            .filter(|(c, b)| c.load(Ordering::Relaxed) > **b)
+            .count();
+        if reached + 1 >= established {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let reach_secs = reach_start.elapsed().as_secs_f64();
+
+    // Close every stream and see what the server gives back; then open as
+    // many again: flat RSS means the memory is kept for reuse, not leaked.
+    let close_all = |tasks: &mut Vec<tokio::task::JoinHandle<()>>| {
+        for t in tasks.drain(..) {
+            t.abort();
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let open = rt
+                .block_on(metric(port, "sluice_subscribers{transport=\"sse\"}"))
+                .unwrap_or(f64::NAN);
+            if open == 0.0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        settle();
+        status_kib(pid, "VmRSS").unwrap_or(0)
+    };
+    let rss_closed = close_all(&mut tasks);
+    eprintln!("opening {established} connections again…");
+    let reopened = open(0, connections, &mut tasks);
+    wait_live(reopened);
+    settle();
+    let rss_reopened = status_kib(pid, "VmRSS").unwrap_or(0);
+    let rss_closed_again = close_all(&mut tasks);
+    let ended = shared.ended.lock().expect("ended").clone();
+    let controls = shared.controls.lock().expect("controls").clone();
+
+    drop(client);
+    drop(tasks);
+    rt.shutdown_timeout(Duration::from_secs(5));
+    drop(sluice);
+    drop(pg);
+
+    // ------------------------------------------------------------ report
+    println!("connections: requested {requested}, attempted {connections}, established {established} (HTTP 200), live in the hub {live_all}");
+    if established < requested as usize {
+        if !failures.is_empty() {
+            println!("  failed to open: {failures:?}");
+        }
+        for n in &notes {
+            println!("  because {n}");
+        }
+    }
+    if !ended.is_empty() {
+        println!("  streams the server ended while open: {ended:?}");
+    }
+    if !controls.is_empty() {
+        println!("  control events received: {controls:?}");
+    }
+    println!(
+        "  opened {} in {open_secs:.1} s, all live in the hub after {live_secs:.1} s; sluice holds {} fds",
+        connections - small,
+        server_fds.map_or("?".to_owned(), |n| n.to_string())
+    );
+    println!(
+        "  reach: one event per tenant t1..t99 arrived on {reached} of {} other streams in {reach_secs:.2} s",
+        established.saturating_sub(1)
+    );
+    println!("sluice RSS:");
+    let mib = |k: u64| k as f64 / 1024.0;
+    println!(
+        "  {:<36} {:>7.1} MiB",
+        "idle, no connection:",
+        mib(rss_idle)
+    );
+    println!(
+        "  {:<36} {:>7.1} MiB (anon {:.1} MiB)",
+        "before (10 open, pipeline warmed):",
+        mib(rss_before),
+        mib(anon_before)
+    );
+    println!(
+        "  {:<36} {:>7.1} MiB (anon {:.1} MiB)",
+        format!("after ({established} open):"),
+        mib(rss_after),
+        mib(anon_after)
+    );
+    println!(
+        "  {:<36} {:>7.1} MiB",
+        "after closing them all:",
+        mib(rss_closed)
+    );
+    println!(
+        "  {:<36} {:>7.1} MiB",
+        format!("after opening {reopened} again:"),
+        mib(rss_reopened)
+    );
+    println!(
+        "  {:<36} {:>7.1} MiB",
+        "after closing them again:",
+        mib(rss_closed_again)
+    );
+    let added = (established - small.min(established)).max(1);
+    println!(
+        "  RSS per connection: (after - before) / {added} = {:.1} KiB (target <= 16 KiB); (after - idle) / {established} = {:.1} KiB",
+        rss_after.saturating_sub(rss_before) as f64 / added as f64,
+        rss_after.saturating_sub(rss_idle) as f64 / established.max(1) as f64
+    );
+    println!(
+        "idle with {established} streams open ({:.0} s): sluice CPU {:.1}% of one core; whole machine {:.1}% busy ({} cores)",
+        idle.as_secs_f64(),
+        idle_cpu * 100.0,
+        machine_busy * 100.0,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "  bench client RSS with all open: {:.1} MiB",
+        bench_rss as f64 / 1024.0
+    );
+    println!(
+        "routing {batch} changes of tenant t0 (1 subscriber of t0 in both cases), median of {} rounds:",
+        with_small.rounds.min(with_all.rounds)
+    );
+    for (label, r) in [
+        (format!("{small} subscribers open"), &with_small),
+        (format!("{established} subscribers open"), &with_all),
+    ] {
+        println!(
+            "  {label:<24} {:>7.1} µs per change (range {:.1}..{:.1}); commit -> first event {:.1} ms, -> last event {:.1} ms",
+            r.per_change_us, r.min_per_change_us, r.max_per_change_us, r.first_ms, r.last_ms
+        );
+    }
+    println!(
+        "  ratio {established}/{small}: {:.2} (target: flat, about 1)",
+        with_all.per_change_us / with_small.per_change_us
+    );
+    println!(
+        "  events of t0 received by the other subscribers: {} (must be 0)",
+        others_after
+    );
+}
