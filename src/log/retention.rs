@@ -17,16 +17,7 @@ pub async fn prune_once(
     retention: Duration,
 ) -> Result<i64, tokio_postgres::Error> {
     let secs = retention.as_secs_f64();
-    // appended_at never decreases along seq (one writer, one transaction
-    // after another), so "older than" is a seq prefix.
-    let cutoff: Option<i64> = client
-        .query_one(
-            "SELECT max(seq) FROM sluice.events WHERE appended_at < now() - make_interval(secs => $1)",
-            &[&secs],
-        )
-        .await?
-        .get(0);
-    let Some(cutoff) = cutoff else {
+    let Some(cutoff) = cutoff_seq(client, secs).await? else {
         return crate::log::pruned_through(client).await;
     };
     loop {
@@ -48,6 +39,52 @@ pub async fn prune_once(
         )
         .await?;
     Ok(cutoff)
+}
+
+/// The highest seq appended more than `secs` ago, by binary search over
+/// seq: appended_at never decreases along seq (one writer, one transaction
+/// after another), so "older than" is a seq prefix, found with about
+/// log2(n) primary-key lookups.
+async fn cutoff_seq(client: &Client, secs: f64) -> Result<Option<i64>, tokio_postgres::Error> {
+    let bounds = client
+        .query_one("SELECT min(seq), max(seq) FROM sluice.events", &[])
+        .await?;
+    let (Some(mut lo), Some(mut hi)): (Option<i64>, Option<i64>) = (bounds.get(0), bounds.get(1))
+    else {
+        return Ok(None);
+    };
+    let old = |seq: i64| async move {
+        // The first event at or after `seq` (seqs may have gaps).
+        let row = client
+            .query_opt(
+                "SELECT appended_at < now() - make_interval(secs => $2) FROM sluice.events
+                 WHERE seq >= $1 ORDER BY seq LIMIT 1",
+                &[&seq, &secs],
+            )
+            .await?;
+        Ok::<bool, tokio_postgres::Error>(row.is_some_and(|r| r.get(0)))
+    };
+    if !old(lo).await? {
+        return Ok(None);
+    }
+    // Invariant: the event at or after `lo` is old; none after `hi` exists.
+    while lo < hi {
+        let mid = lo + (hi - lo + 1) / 2;
+        if old(mid).await? {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    // `lo` may sit in a gap: the old event is the first one at or after it.
+    let seq: Option<i64> = client
+        .query_opt(
+            "SELECT seq FROM sluice.events WHERE seq >= $1 ORDER BY seq LIMIT 1",
+            &[&lo],
+        )
+        .await?
+        .map(|r| r.get(0));
+    Ok(seq)
 }
 
 /// Prunes every `interval` until `shutdown`.
