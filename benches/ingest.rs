@@ -13,37 +13,8 @@ use std::time::{Duration, Instant};
 
 use sluice::localpg::LocalPg;
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
-
-fn flag(name: &str) -> bool {
-    std::env::args().any(|a| a == name)
-}
-
-fn psql(pg: &LocalPg, db: &str, sql: &str) -> String {
-    pg.psql(db, sql)
-        .unwrap_or_else(|e| panic!("psql failed: {e}\n{sql}"))
-}
-
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-}
-
-fn cpu_secs(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
-}
+mod common;
+use common::{arg, cpu_secs, flag, peak_rss_kib, psql};
 
 /// One complete run on a fresh cluster.
 fn run_once(rows: u64, separate_state: bool) -> Figures {

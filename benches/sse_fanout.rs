@@ -17,10 +17,10 @@
 //! receipt time come from the same clock.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,48 +30,17 @@ use sluice::auth::{create_key, Role};
 use sluice::event::TenantId;
 use sluice::localpg::LocalPg;
 
+mod common;
+use common::{
+    cpu_secs, envelope_time, free_port, now_micros, num_arg, psql, status_kib, Dechunker, Guard,
+    SseParser,
+};
+
 const TENANTS: usize = 100;
 /// File descriptors kept beyond one per connection, in each process.
 const FD_SLACK: u64 = 200;
 /// Routing rounds run before the measured ones.
 const WARMUP_ROUNDS: usize = 2;
-
-// ---------------------------------------------------------------- arguments
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
-
-fn num_arg(name: &str, default: u64) -> u64 {
-    arg(name)
-        .map(|s| {
-            s.parse()
-                .unwrap_or_else(|_| panic!("{name}: expected a whole number, got {s:?}"))
-        })
-        .unwrap_or(default)
-}
-
-fn psql(pg: &LocalPg, db: &str, sql: &str) -> String {
-    pg.psql(db, sql)
-        .unwrap_or_else(|e| panic!("psql failed: {e}\n{sql}"))
-}
-
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_micros() as i64
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port on 127.0.0.1")
-        .port()
-}
 
 // ------------------------------------------------------------------ /proc
 
@@ -97,23 +66,6 @@ fn show_limit(v: u64) -> String {
     }
 }
 
-/// A `/proc/<pid>/status` field in KiB (VmRSS, RssAnon, …).
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-}
-
-fn cpu_secs(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
-}
-
 /// (busy, total) jiffies of the whole machine, from /proc/stat.
 fn machine_cpu() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
@@ -133,154 +85,7 @@ fn open_fds(pid: u32) -> Option<usize> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
 
-// ------------------------------------------------------------ time parsing
-
-fn num(b: &[u8]) -> Option<u32> {
-    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(b).ok()?.parse().ok()
-}
-
-/// The envelope's `time` (`2026-11-22T10:15:30.123456Z`) in µs since the
-/// epoch.
-fn parse_rfc3339_utc(s: &[u8]) -> Option<i64> {
-    if s.len() < 20 {
-        return None;
-    }
-    let (y, mo, d) = (num(&s[0..4])?, num(&s[5..7])?, num(&s[8..10])?);
-    let (h, mi, sec) = (num(&s[11..13])?, num(&s[14..16])?, num(&s[17..19])?);
-    let mut us = 0u32;
-    if s[19] == b'.' {
-        let frac: Vec<u8> = s[20..]
-            .iter()
-            .take_while(|c| c.is_ascii_digit())
-            .copied()
-            .collect();
-        for k in 0..6 {
-            us = us * 10 + frac.get(k).map_or(0, |c| u32::from(c - b'0'));
-        }
-    }
-    let t = chrono::NaiveDate::from_ymd_opt(y as i32, mo, d)?.and_hms_micro_opt(h, mi, sec, us)?;
-    Some(t.and_utc().timestamp_micros())
-}
-
-fn envelope_time(data: &[u8]) -> Option<i64> {
-    const KEY: &[u8] = b"\"time\":\"";
-    let at = data.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
-    let end = data[at..].iter().position(|&c| c == b'"')? + at;
-    parse_rfc3339_utc(&data[at..end])
-}
-
-// ------------------------------------------------- HTTP/1.1 + SSE decoding
-
-/// Undoes `Transfer-Encoding: chunked` incrementally.
-#[derive(Default)]
-struct Dechunker {
-    remaining: usize,
-    crlf: usize,
-    line: Vec<u8>,
-    done: bool,
-}
-
-impl Dechunker {
-    fn feed(&mut self, mut input: &[u8], out: &mut impl FnMut(&[u8])) {
-        while !input.is_empty() && !self.done {
-            if self.remaining > 0 {
-                let n = self.remaining.min(input.len());
-                out(&input[..n]);
-                self.remaining -= n;
-                input = &input[n..];
-                if self.remaining == 0 {
-                    self.crlf = 2;
-                }
-            } else if self.crlf > 0 {
-                let n = self.crlf.min(input.len());
-                self.crlf -= n;
-                input = &input[n..];
-            } else {
-                match input.iter().position(|&c| c == b'\n') {
-                    None => {
-                        self.line.extend_from_slice(input);
-                        input = &[];
-                    }
-                    Some(p) => {
-                        self.line.extend_from_slice(&input[..p]);
-                        input = &input[p + 1..];
-                        let hex: String = self
-                            .line
-                            .iter()
-                            .take_while(|c| c.is_ascii_hexdigit())
-                            .map(|&c| c as char)
-                            .collect();
-                        self.line.clear();
-                        match usize::from_str_radix(&hex, 16).unwrap_or(0) {
-                            0 => self.done = true,
-                            size => self.remaining = size,
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Splits an SSE byte stream into events (`event:` type, `data:` lines).
-/// `keep_data` false: the data is not kept (the event is still reported).
-struct SseParser {
-    keep_data: bool,
-    line: Vec<u8>,
-    event: Vec<u8>,
-    data: Vec<u8>,
-    has_data: bool,
-}
-
-impl SseParser {
-    fn new(keep_data: bool) -> SseParser {
-        SseParser {
-            keep_data,
-            line: Vec::new(),
-            event: Vec::new(),
-            data: Vec::new(),
-            has_data: false,
-        }
-    }
-
-    fn feed(&mut self, mut input: &[u8], on_event: &mut impl FnMut(&[u8], &[u8])) {
-        while let Some(p) = input.iter().position(|&c| c == b'\n') {
-            let line: &[u8] = if self.line.is_empty() {
-                &input[..p]
-            } else {
-                self.line.extend_from_slice(&input[..p]);
-                &self.line
-            };
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.is_empty() {
-                if self.has_data {
-                    on_event(&self.event, &self.data);
-                }
-                self.event.clear();
-                self.data.clear();
-                self.has_data = false;
-            } else if let Some(v) = line.strip_prefix(b"data:") {
-                if self.keep_data {
-                    if self.has_data {
-                        self.data.push(b'\n');
-                    }
-                    self.data
-                        .extend_from_slice(v.strip_prefix(b" ").unwrap_or(v));
-                }
-                self.has_data = true;
-            } else if let Some(v) = line.strip_prefix(b"event:") {
-                let v = v.strip_prefix(b" ").unwrap_or(v).to_vec();
-                self.event = v;
-            }
-            self.line.clear();
-            input = &input[p + 1..];
-        }
-        self.line.extend_from_slice(input);
-    }
-}
+// ------------------------------------------------------------------ HTTP
 
 async fn read_head(sock: &mut TcpStream) -> Result<(u16, bool, Vec<u8>), String> {
     let mut head = Vec::new();
@@ -449,41 +254,6 @@ async fn connection(
         .expect("ended")
         .entry(reason)
         .or_default() += 1;
-}
-
-// -------------------------------------------------------------- processes
-
-/// A child process stopped (TERM, then KILL) when dropped, also on panic.
-struct Guard {
-    child: Child,
-}
-
-impl Guard {
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if self.exited().is_some() {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if self.exited().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!("sluice did not stop within 20 s of SIGTERM; killing it");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ---------------------------------------------------------------- routing
@@ -697,6 +467,8 @@ fn main() {
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn sluice"),
+        name: "sluice",
+        grace: Duration::from_secs(20),
     };
     let pid = sluice.child.id();
 

@@ -19,219 +19,22 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use sluice::auth::{create_key, Role};
 use sluice::event::TenantId;
 use sluice::localpg::LocalPg;
 
-// ---------------------------------------------------------------- arguments
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
-
-fn flag(name: &str) -> bool {
-    std::env::args().any(|a| a == name)
-}
-
-fn psql(pg: &LocalPg, db: &str, sql: &str) -> String {
-    pg.psql(db, sql)
-        .unwrap_or_else(|e| panic!("psql failed: {e}\n{sql}"))
-}
-
-/// Microseconds since the Unix epoch, the clock Postgres stamps commits with.
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_micros() as i64
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port on 127.0.0.1")
-        .port()
-}
-
-// ------------------------------------------------------------ time parsing
-
-/// µs since the epoch of a civil UTC date and time.
-fn civil_micros(y: i64, mo: u32, d: u32, h: u32, mi: u32, s: u32, us: u32) -> Option<i64> {
-    let date = chrono::NaiveDate::from_ymd_opt(y as i32, mo, d)?;
-    let t = date.and_hms_micro_opt(h, mi, s, us)?;
-    Some(t.and_utc().timestamp_micros())
-}
-
-fn num(b: &[u8]) -> Option<u32> {
-    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(b).ok()?.parse().ok()
-}
-
-/// `YYYY-MM-DD?HH:MM:SS[.ffffff]` followed by a zone (`Z`, `+00`, `+05:30`,
-/// `-03`): the envelope's RFC 3339 `time` and test_decoding's
-/// `2026-01-01 10:00:00.12+00` alike. Returns µs since the epoch.
-fn parse_timestamp(s: &[u8]) -> Option<i64> {
-    if s.len() < 19 {
-        return None;
-    }
-    let (y, mo, d) = (num(&s[0..4])?, num(&s[5..7])?, num(&s[8..10])?);
-    let (h, mi, sec) = (num(&s[11..13])?, num(&s[14..16])?, num(&s[17..19])?);
-    let mut i = 19;
-    let mut us = 0u32;
-    if s.get(i) == Some(&b'.') {
-        i += 1;
-        let start = i;
-        while i < s.len() && s[i].is_ascii_digit() {
-            i += 1;
-        }
-        let frac = &s[start..i];
-        let mut v = 0u32;
-        for k in 0..6 {
-            v = v * 10 + frac.get(k).map_or(0, |c| u32::from(c - b'0'));
-        }
-        us = v;
-    }
-    let base = civil_micros(i64::from(y), mo, d, h, mi, sec, us)?;
-    let offset_secs: i64 = match s.get(i) {
-        Some(b'Z') | None => 0,
-        Some(&sign @ (b'+' | b'-')) => {
-            let rest = &s[i + 1..];
-            let oh = i64::from(num(rest.get(0..2)?)?);
-            let om = match rest.get(2) {
-                Some(b':') => i64::from(num(rest.get(3..5)?)?),
-                _ => 0,
-            };
-            let o = oh * 3600 + om * 60;
-            if sign == b'+' {
-                o
-            } else {
-                -o
-            }
-        }
-        _ => return None,
-    };
-    Some(base - offset_secs * 1_000_000)
-}
-
-/// The envelope's `time` member (it precedes `data`, so the first match is it).
-fn envelope_time(data: &[u8]) -> Option<i64> {
-    const KEY: &[u8] = b"\"time\":\"";
-    let at = data.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
-    let end = data[at..].iter().position(|&c| c == b'"')? + at;
-    parse_timestamp(&data[at..end])
-}
+mod common;
+use common::{
+    arg, envelope_time, flag, free_port, now_micros, parse_timestamp, psql, Dechunker, Guard,
+    SseParser,
+};
 
 // ------------------------------------------------- HTTP/1.1 + SSE decoding
-
-/// Undoes `Transfer-Encoding: chunked` incrementally.
-#[derive(Default)]
-struct Dechunker {
-    /// Bytes left in the current chunk's data.
-    remaining: usize,
-    /// Bytes of the CRLF after the chunk's data still to skip.
-    crlf: usize,
-    /// The size line being read.
-    line: Vec<u8>,
-    done: bool,
-}
-
-impl Dechunker {
-    fn feed(&mut self, mut input: &[u8], out: &mut impl FnMut(&[u8])) {
-        while !input.is_empty() && !self.done {
-            if self.remaining > 0 {
-                let n = self.remaining.min(input.len());
-                out(&input[..n]);
-                self.remaining -= n;
-                input = &input[n..];
-                if self.remaining == 0 {
-                    self.crlf = 2;
-                }
-            } else if self.crlf > 0 {
-                let n = self.crlf.min(input.len());
-                self.crlf -= n;
-                input = &input[n..];
-            } else {
-                match input.iter().position(|&c| c == b'\n') {
-                    None => {
-                        self.line.extend_from_slice(input);
-                        input = &[];
-                    }
-                    Some(p) => {
-                        self.line.extend_from_slice(&input[..p]);
-                        input = &input[p + 1..];
-                        let hex: String = self
-                            .line
-                            .iter()
-                            .take_while(|c| c.is_ascii_hexdigit())
-                            .map(|&c| c as char)
-                            .collect();
-                        self.line.clear();
-                        let size = usize::from_str_radix(&hex, 16).unwrap_or(0);
-                        if size == 0 {
-                            self.done = true;
-                        } else {
-                            self.remaining = size;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Splits an SSE byte stream into events (`event:` type, `data:` lines).
-#[derive(Default)]
-struct SseParser {
-    line: Vec<u8>,
-    event: Vec<u8>,
-    data: Vec<u8>,
-    has_data: bool,
-}
-
-impl SseParser {
-    fn feed(&mut self, mut input: &[u8], on_event: &mut impl FnMut(&[u8], &[u8])) {
-        while let Some(p) = input.iter().position(|&c| c == b'\n') {
-            self.line.extend_from_slice(&input[..p]);
-            input = &input[p + 1..];
-            let mut line = std::mem::take(&mut self.line);
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            if line.is_empty() {
-                if self.has_data {
-                    on_event(&self.event, &self.data);
-                }
-                self.event.clear();
-                self.data.clear();
-                self.has_data = false;
-            } else if let Some(v) = line.strip_prefix(b"data:") {
-                if self.has_data {
-                    self.data.push(b'\n');
-                }
-                self.data
-                    .extend_from_slice(v.strip_prefix(b" ").unwrap_or(v));
-                self.has_data = true;
-            } else if let Some(v) = line.strip_prefix(b"event:") {
-                self.event.clear();
-                self.event
-                    .extend_from_slice(v.strip_prefix(b" ").unwrap_or(v));
-            }
-            line.clear();
-            self.line = line;
-        }
-        self.line.extend_from_slice(input);
-    }
-}
 
 /// An open SSE response: the socket, and the decoders for what follows the
 /// headers.
@@ -276,7 +79,7 @@ fn open_sse(port: u16, path: &str) -> std::io::Result<SseStream> {
     Ok(SseStream {
         sock,
         chunked: chunked.then(Dechunker::default),
-        sse: SseParser::default(),
+        sse: SseParser::new(true),
         pending: head[end..].to_vec(),
     })
 }
@@ -330,49 +133,6 @@ fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
         body.extend_from_slice(&all[end..]);
     }
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-// -------------------------------------------------------------- processes
-
-/// A child process stopped (TERM, then KILL) when dropped, also on panic.
-struct Guard {
-    child: Child,
-    name: &'static str,
-}
-
-impl Guard {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if self.exited().is_some() {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if self.exited().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!(
-            "{} did not stop within 15 s of SIGTERM; killing it",
-            self.name
-        );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ---------------------------------------------------------------- figures
@@ -492,6 +252,7 @@ fn main() {
             .spawn()
             .expect("spawn sluice"),
         name: "sluice",
+        grace: Duration::from_secs(15),
     };
     eprintln!("waiting for sluice (pid {}) to be ready…", sluice.pid());
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -596,6 +357,7 @@ fn main() {
             .spawn()
             .expect("run pg_recvlogical"),
         name: "pg_recvlogical",
+        grace: Duration::from_secs(15),
     };
     let floor_samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
     let floor_thread = {

@@ -23,6 +23,16 @@ fn sluice() -> Command {
     cmd
 }
 
+/// A spawned `sluice`, killed when the test ends, also when it panics.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn write_config(dir: &Path, db: &TestDb, table: &str, tenant: &str, extra: &str) -> PathBuf {
     let path = dir.join("sluice.toml");
     let text = format!(
@@ -108,21 +118,19 @@ async fn killed_at_random_points_the_log_holds_every_commit_exactly_once() {
             .expect("spawn sluice serve")
     };
     for round in 0..8 {
-        let mut child = spawn();
+        let child = Running(spawn());
         let alive_ms = rng.gen_range(300..2500);
         tokio::time::sleep(Duration::from_millis(alive_ms)).await;
-        child.kill().expect("SIGKILL");
-        let _ = child.wait();
+        drop(child); // SIGKILL
         println!("round {round}: killed after {alive_ms} ms");
     }
     stop_writer.cancel();
     writer.await.expect("writer");
     let expected = committed.lock().expect("lock").clone();
 
-    let mut child = spawn();
+    let child = Running(spawn());
     wait_for_events(&c, expected.len()).await;
-    child.kill().expect("kill");
-    let _ = child.wait();
+    drop(child);
 
     let events = all_events(&c).await;
     let got: Vec<i32> = events
@@ -234,20 +242,21 @@ async fn tail_prints_one_tenants_ndjson_and_resumes_from_a_seq() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut serve = sluice()
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("serve");
+    let serve = Running(
+        sluice()
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("serve"),
+    );
     c.batch_execute("INSERT INTO t SELECT g, CASE WHEN g % 2 = 0 THEN 'acme' ELSE 'globex' END FROM generate_series(1, 10) g")
         .await
         .expect("writes");
     wait_for_events(&c, 10).await;
-    let _ = serve.kill();
-    let _ = serve.wait();
+    drop(serve);
 
     let out = run(sluice()
         .arg("--config")

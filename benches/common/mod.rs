@@ -1,0 +1,306 @@
+#![allow(dead_code)]
+//! Helpers shared by the benchmark programs: argument parsing, psql, clocks
+//! and ports, /proc readers, RFC 3339 timestamp parsing, chunked-encoding
+//! and SSE decoding, and a child-process guard.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sluice::localpg::LocalPg;
+
+// ---------------------------------------------------------------- arguments
+
+pub fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+pub fn flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
+pub fn num_arg(name: &str, default: u64) -> u64 {
+    arg(name)
+        .map(|s| {
+            s.parse()
+                .unwrap_or_else(|_| panic!("{name}: expected a whole number, got {s:?}"))
+        })
+        .unwrap_or(default)
+}
+
+pub fn psql(pg: &LocalPg, db: &str, sql: &str) -> String {
+    pg.psql(db, sql)
+        .unwrap_or_else(|e| panic!("psql failed: {e}\n{sql}"))
+}
+
+/// Microseconds since the Unix epoch, the clock Postgres stamps commits with.
+pub fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_micros() as i64
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port on 127.0.0.1")
+        .port()
+}
+
+// ------------------------------------------------------------------ /proc
+
+/// A `/proc/<pid>/status` field in KiB (VmRSS, VmHWM, RssAnon, …).
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Peak resident set size (VmHWM) in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM")
+}
+
+/// User + system CPU time of a process, in seconds.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+// ------------------------------------------------------------ time parsing
+
+/// µs since the epoch of a civil UTC date and time.
+pub fn civil_micros(y: i64, mo: u32, d: u32, h: u32, mi: u32, s: u32, us: u32) -> Option<i64> {
+    let date = chrono::NaiveDate::from_ymd_opt(y as i32, mo, d)?;
+    let t = date.and_hms_micro_opt(h, mi, s, us)?;
+    Some(t.and_utc().timestamp_micros())
+}
+
+pub fn num(b: &[u8]) -> Option<u32> {
+    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+/// `YYYY-MM-DD?HH:MM:SS[.ffffff]` followed by a zone (`Z`, `+00`, `+05:30`,
+/// `-03`): the envelope's RFC 3339 `time` and test_decoding's
+/// `2026-01-01 10:00:00.12+00` alike. Returns µs since the epoch.
+pub fn parse_timestamp(s: &[u8]) -> Option<i64> {
+    if s.len() < 19 {
+        return None;
+    }
+    let (y, mo, d) = (num(&s[0..4])?, num(&s[5..7])?, num(&s[8..10])?);
+    let (h, mi, sec) = (num(&s[11..13])?, num(&s[14..16])?, num(&s[17..19])?);
+    let mut i = 19;
+    let mut us = 0u32;
+    if s.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while i < s.len() && s[i].is_ascii_digit() {
+            i += 1;
+        }
+        let frac = &s[start..i];
+        let mut v = 0u32;
+        for k in 0..6 {
+            v = v * 10 + frac.get(k).map_or(0, |c| u32::from(c - b'0'));
+        }
+        us = v;
+    }
+    let base = civil_micros(i64::from(y), mo, d, h, mi, sec, us)?;
+    let offset_secs: i64 = match s.get(i) {
+        Some(b'Z') | None => 0,
+        Some(&sign @ (b'+' | b'-')) => {
+            let rest = &s[i + 1..];
+            let oh = i64::from(num(rest.get(0..2)?)?);
+            let om = match rest.get(2) {
+                Some(b':') => i64::from(num(rest.get(3..5)?)?),
+                _ => 0,
+            };
+            let o = oh * 3600 + om * 60;
+            if sign == b'+' {
+                o
+            } else {
+                -o
+            }
+        }
+        _ => return None,
+    };
+    Some(base - offset_secs * 1_000_000)
+}
+
+/// The envelope's `time` member (it precedes `data`, so the first match is it).
+pub fn envelope_time(data: &[u8]) -> Option<i64> {
+    const KEY: &[u8] = b"\"time\":\"";
+    let at = data.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let end = data[at..].iter().position(|&c| c == b'"')? + at;
+    parse_timestamp(&data[at..end])
+}
+
+// ------------------------------------------------- HTTP/1.1 + SSE decoding
+
+/// Undoes `Transfer-Encoding: chunked` incrementally.
+#[derive(Default)]
+pub struct Dechunker {
+    /// Bytes left in the current chunk's data.
+    remaining: usize,
+    /// Bytes of the CRLF after the chunk's data still to skip.
+    crlf: usize,
+    /// The size line being read.
+    line: Vec<u8>,
+    /// The terminating zero-size chunk has been read.
+    pub done: bool,
+}
+
+impl Dechunker {
+    pub fn feed(&mut self, mut input: &[u8], out: &mut impl FnMut(&[u8])) {
+        while !input.is_empty() && !self.done {
+            if self.remaining > 0 {
+                let n = self.remaining.min(input.len());
+                out(&input[..n]);
+                self.remaining -= n;
+                input = &input[n..];
+                if self.remaining == 0 {
+                    self.crlf = 2;
+                }
+            } else if self.crlf > 0 {
+                let n = self.crlf.min(input.len());
+                self.crlf -= n;
+                input = &input[n..];
+            } else {
+                match input.iter().position(|&c| c == b'\n') {
+                    None => {
+                        self.line.extend_from_slice(input);
+                        input = &[];
+                    }
+                    Some(p) => {
+                        self.line.extend_from_slice(&input[..p]);
+                        input = &input[p + 1..];
+                        let hex: String = self
+                            .line
+                            .iter()
+                            .take_while(|c| c.is_ascii_hexdigit())
+                            .map(|&c| c as char)
+                            .collect();
+                        self.line.clear();
+                        match usize::from_str_radix(&hex, 16).unwrap_or(0) {
+                            0 => self.done = true,
+                            size => self.remaining = size,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Splits an SSE byte stream into events (`event:` type, `data:` lines).
+/// `keep_data` false: the data is not kept (the event is still reported).
+pub struct SseParser {
+    keep_data: bool,
+    line: Vec<u8>,
+    event: Vec<u8>,
+    data: Vec<u8>,
+    has_data: bool,
+}
+
+impl SseParser {
+    pub fn new(keep_data: bool) -> SseParser {
+        SseParser {
+            keep_data,
+            line: Vec::new(),
+            event: Vec::new(),
+            data: Vec::new(),
+            has_data: false,
+        }
+    }
+
+    pub fn feed(&mut self, mut input: &[u8], on_event: &mut impl FnMut(&[u8], &[u8])) {
+        while let Some(p) = input.iter().position(|&c| c == b'\n') {
+            let line: &[u8] = if self.line.is_empty() {
+                &input[..p]
+            } else {
+                self.line.extend_from_slice(&input[..p]);
+                &self.line
+            };
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() {
+                if self.has_data {
+                    on_event(&self.event, &self.data);
+                }
+                self.event.clear();
+                self.data.clear();
+                self.has_data = false;
+            } else if let Some(v) = line.strip_prefix(b"data:") {
+                if self.keep_data {
+                    if self.has_data {
+                        self.data.push(b'\n');
+                    }
+                    self.data
+                        .extend_from_slice(v.strip_prefix(b" ").unwrap_or(v));
+                }
+                self.has_data = true;
+            } else if let Some(v) = line.strip_prefix(b"event:") {
+                let v = v.strip_prefix(b" ").unwrap_or(v).to_vec();
+                self.event = v;
+            }
+            self.line.clear();
+            input = &input[p + 1..];
+        }
+        self.line.extend_from_slice(input);
+    }
+}
+
+// -------------------------------------------------------------- processes
+
+/// A child process stopped (TERM, then KILL after `grace`) when dropped,
+/// also on panic.
+pub struct Guard {
+    pub child: Child,
+    pub name: &'static str,
+    pub grace: Duration,
+}
+
+impl Guard {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + self.grace;
+        while Instant::now() < deadline {
+            if self.exited().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!(
+            "{} did not stop within {} s of SIGTERM; killing it",
+            self.name,
+            self.grace.as_secs()
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
