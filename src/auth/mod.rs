@@ -270,7 +270,15 @@ pub struct Authenticator {
     state_url: String,
     conn: tokio::sync::Mutex<Option<Arc<StateConn>>>,
     jwt: Option<JwtVerifier>,
+    /// Recent answers of `still_valid` per key id: every open stream
+    /// re-checks its key, and streams sharing a key share one lookup.
+    rechecks: std::sync::Mutex<std::collections::HashMap<i64, (std::time::Instant, bool)>>,
 }
+
+/// How long a `still_valid` answer for an API key is reused.
+const RECHECK_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Bound on remembered answers; stale ones are dropped past it.
+const RECHECK_MAX: usize = 100_000;
 
 impl fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -290,6 +298,7 @@ impl Authenticator {
             state_url: state_url.to_owned(),
             conn: tokio::sync::Mutex::new(None),
             jwt,
+            rechecks: std::sync::Mutex::default(),
         };
         auth.conn().await?;
         Ok(auth)
@@ -390,15 +399,37 @@ impl Authenticator {
                 jwt::now_unix() <= expires_at_unix.saturating_add(JWT_LEEWAY_SECS as i64)
             }
             CredentialId::ApiKey { id } => {
-                match self.query_opt(|c| &c.active_by_id, &[&id]).await {
+                let now = std::time::Instant::now();
+                if let Some((at, valid)) = self.recheck_cache().get(&id) {
+                    if now.duration_since(*at) < RECHECK_TTL {
+                        return *valid;
+                    }
+                }
+                let valid = match self.query_opt(|c| &c.active_by_id, &[&id]).await {
                     Ok(row) => row.is_some(),
                     Err(e) => {
                         tracing::warn!(error = %e, key_id = id, "cannot re-check an API key; keeping the stream open");
-                        true
+                        return true;
                     }
+                };
+                let mut cache = self.recheck_cache();
+                if cache.len() >= RECHECK_MAX {
+                    cache.retain(|_, (at, _)| now.duration_since(*at) < RECHECK_TTL);
                 }
+                cache.insert(id, (now, valid));
+                valid
             }
         }
+    }
+
+    fn recheck_cache(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, (std::time::Instant, bool)>> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (it holds plain values), so a poisoned lock is still usable.
+        self.rechecks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The current session, connecting if there is none or it broke.
