@@ -33,6 +33,21 @@ impl Drop for Running {
     }
 }
 
+/// `sluice --config <config> serve`, killed when dropped.
+fn serve(config: &Path) -> Running {
+    Running(
+        sluice()
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sluice serve"),
+    )
+}
+
 fn write_config(dir: &Path, db: &TestDb, table: &str, tenant: &str, extra: &str) -> PathBuf {
     let path = dir.join("sluice.toml");
     let text = format!(
@@ -106,19 +121,9 @@ async fn killed_at_random_points_the_log_holds_every_commit_exactly_once() {
         })
     };
 
-    let spawn = || -> Child {
-        sluice()
-            .arg("--config")
-            .arg(&config)
-            .arg("serve")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn sluice serve")
-    };
+    let spawn = || serve(&config);
     for round in 0..8 {
-        let child = Running(spawn());
+        let child = spawn();
         let alive_ms = rng.gen_range(300..2500);
         tokio::time::sleep(Duration::from_millis(alive_ms)).await;
         drop(child); // SIGKILL
@@ -128,7 +133,7 @@ async fn killed_at_random_points_the_log_holds_every_commit_exactly_once() {
     writer.await.expect("writer");
     let expected = committed.lock().expect("lock").clone();
 
-    let child = Running(spawn());
+    let child = spawn();
     wait_for_events(&c, expected.len()).await;
     drop(child);
 
@@ -242,21 +247,12 @@ async fn tail_prints_one_tenants_ndjson_and_resumes_from_a_seq() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let serve = Running(
-        sluice()
-            .arg("--config")
-            .arg(&config)
-            .arg("serve")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("serve"),
-    );
+    let server = serve(&config);
     c.batch_execute("INSERT INTO t SELECT g, CASE WHEN g % 2 = 0 THEN 'acme' ELSE 'globex' END FROM generate_series(1, 10) g")
         .await
         .expect("writes");
     wait_for_events(&c, 10).await;
-    drop(serve);
+    drop(server);
 
     let out = run(sluice()
         .arg("--config")

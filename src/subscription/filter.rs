@@ -721,23 +721,28 @@ struct Decimal<'a> {
     adjusted: i64,
 }
 
+/// Reads an optional `+` or `-` at `b[*i]`, moving past it; true for `-`.
+fn sign(b: &[u8], i: &mut usize) -> bool {
+    match b.get(*i) {
+        Some(b'-') => {
+            *i += 1;
+            true
+        }
+        Some(b'+') => {
+            *i += 1;
+            false
+        }
+        _ => false,
+    }
+}
+
 impl<'a> Decimal<'a> {
     /// `[+-]? (digits [. digits?] | . digits) ([eE] [+-]? digits)?`, with an
     /// exponent of at most [`MAX_DECIMAL_EXPONENT`] in magnitude.
     fn parse(s: &'a str) -> Option<Decimal<'a>> {
         let b = s.as_bytes();
         let mut i = 0;
-        let neg = match b.first() {
-            Some(b'-') => {
-                i += 1;
-                true
-            }
-            Some(b'+') => {
-                i += 1;
-                false
-            }
-            _ => false,
-        };
+        let neg = sign(b, &mut i);
         let int_start = i;
         while b.get(i).is_some_and(u8::is_ascii_digit) {
             i += 1;
@@ -758,17 +763,7 @@ impl<'a> Decimal<'a> {
         let mut exp: i64 = 0;
         if matches!(b.get(i), Some(b'e' | b'E')) {
             i += 1;
-            let exp_neg = match b.get(i) {
-                Some(b'-') => {
-                    i += 1;
-                    true
-                }
-                Some(b'+') => {
-                    i += 1;
-                    false
-                }
-                _ => false,
-            };
+            let exp_neg = sign(b, &mut i);
             let exp_start = i;
             while let Some(d) = b.get(i).filter(|d| d.is_ascii_digit()) {
                 exp = exp * 10 + i64::from(d - b'0');
