@@ -126,27 +126,14 @@ fn run_once(rows: u64, separate_state: bool) -> Figures {
         }
         None => Command::new(exe),
     };
-    let mut child = command
-        .arg("serve")
-        .env_remove("SLUICE_BENCH_WRAP")
-        .env("SLUICE_SOURCE_POSTGRES_URL", pg.url(&db))
-        .env("SLUICE_SOURCE_POSTGRES_SLOT", "sluice_slot")
-        .env("SLUICE_SOURCE_POSTGRES_PUBLICATION", "bench_pub")
-        .env(
-            "SLUICE_SOURCE_POSTGRES_TABLES",
-            r#"[{table="public.bench", tenant_column="tenant"}]"#,
-        )
-        .env("SLUICE_STATE_URL", pg.url(&state_db))
-        .env("SLUICE_HTTP_LISTEN", "127.0.0.1:0")
-        .env("SLUICE_LOG", "warn")
-        .envs(
-            std::env::vars()
-                .filter(|(k, _)| k.starts_with("BENCH_SLUICE_"))
-                .map(|(k, v)| (k["BENCH_".len()..].to_owned(), v)),
-        )
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn sluice");
+    command.arg("serve").env_remove("SLUICE_BENCH_WRAP");
+    common::sluice_env(
+        &mut command,
+        &pg.url(&db),
+        Some(&pg.url(&state_db)),
+        "127.0.0.1:0",
+    );
+    let mut child = command.stdin(Stdio::null()).spawn().expect("spawn sluice");
     let pid = child.id();
     let mut peak = 0;
     loop {

@@ -448,25 +448,14 @@ fn main() {
         c.arg("serve");
         c
     };
+    common::sluice_env(
+        &mut command,
+        &pg.url(&db),
+        None,
+        &format!("127.0.0.1:{port}"),
+    );
     let mut sluice = Guard {
-        child: command
-            .env("SLUICE_SOURCE_POSTGRES_URL", pg.url(&db))
-            .env("SLUICE_SOURCE_POSTGRES_SLOT", "sluice_slot")
-            .env("SLUICE_SOURCE_POSTGRES_PUBLICATION", "bench_pub")
-            .env(
-                "SLUICE_SOURCE_POSTGRES_TABLES",
-                r#"[{table="public.bench", tenant_column="tenant"}]"#,
-            )
-            .env("SLUICE_HTTP_LISTEN", format!("127.0.0.1:{port}"))
-            .env("SLUICE_LOG", "warn")
-            .envs(
-                std::env::vars()
-                    .filter(|(k, _)| k.starts_with("BENCH_SLUICE_"))
-                    .map(|(k, v)| (k["BENCH_".len()..].to_owned(), v)),
-            )
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn sluice"),
+        child: command.stdin(Stdio::null()).spawn().expect("spawn sluice"),
         name: "sluice",
         grace: Duration::from_secs(20),
     };

@@ -230,27 +230,16 @@ fn main() {
     // Sluice.
     let port = free_port();
     let exe = env!("CARGO_BIN_EXE_sluice");
+    let mut command = Command::new(exe);
+    command.arg("serve");
+    common::sluice_env(
+        &mut command,
+        &pg.url(&db),
+        Some(&pg.url(&state_db)),
+        &format!("127.0.0.1:{port}"),
+    );
     let mut sluice = Guard {
-        child: Command::new(exe)
-            .arg("serve")
-            .env("SLUICE_SOURCE_POSTGRES_URL", pg.url(&db))
-            .env("SLUICE_SOURCE_POSTGRES_SLOT", "sluice_slot")
-            .env("SLUICE_SOURCE_POSTGRES_PUBLICATION", "bench_pub")
-            .env(
-                "SLUICE_SOURCE_POSTGRES_TABLES",
-                r#"[{table="public.bench", tenant_column="tenant"}]"#,
-            )
-            .env("SLUICE_STATE_URL", pg.url(&state_db))
-            .env("SLUICE_HTTP_LISTEN", format!("127.0.0.1:{port}"))
-            .env("SLUICE_LOG", "warn")
-            .envs(
-                std::env::vars()
-                    .filter(|(k, _)| k.starts_with("BENCH_SLUICE_"))
-                    .map(|(k, v)| (k["BENCH_".len()..].to_owned(), v)),
-            )
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn sluice"),
+        child: command.stdin(Stdio::null()).spawn().expect("spawn sluice"),
         name: "sluice",
         grace: Duration::from_secs(15),
     };

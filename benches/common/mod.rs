@@ -304,3 +304,32 @@ impl Drop for Guard {
         let _ = self.child.wait();
     }
 }
+
+/// Sets the environment of a measured `sluice serve`: the `bench` table of
+/// `source_url` through slot `sluice_slot` and publication `bench_pub`, the
+/// log in `state_url` (default: the source), the API on `listen`, warnings
+/// only, and every `BENCH_SLUICE_<KEY>=v` passed on as `SLUICE_<KEY>=v`.
+pub fn sluice_env(
+    cmd: &mut std::process::Command,
+    source_url: &str,
+    state_url: Option<&str>,
+    listen: &str,
+) {
+    cmd.env("SLUICE_SOURCE_POSTGRES_URL", source_url)
+        .env("SLUICE_SOURCE_POSTGRES_SLOT", "sluice_slot")
+        .env("SLUICE_SOURCE_POSTGRES_PUBLICATION", "bench_pub")
+        .env(
+            "SLUICE_SOURCE_POSTGRES_TABLES",
+            r#"[{table="public.bench", tenant_column="tenant"}]"#,
+        )
+        .env("SLUICE_HTTP_LISTEN", listen)
+        .env("SLUICE_LOG", "warn")
+        .envs(
+            std::env::vars()
+                .filter(|(k, _)| k.starts_with("BENCH_SLUICE_"))
+                .map(|(k, v)| (k["BENCH_".len()..].to_owned(), v)),
+        );
+    if let Some(url) = state_url {
+        cmd.env("SLUICE_STATE_URL", url);
+    }
+}
