@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::http::{get, stream, Stream};
+use common::http::{get, stream, stream_second, Stream};
 use common::{all_events, wait_for_events, TestDb, PATIENCE};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -690,4 +690,74 @@ async fn retention_prunes_in_seq_order_and_readers_get_an_explicit_gap() {
     assert_eq!(lines.len(), 1);
     assert!(lines[0].contains("\"seq\":12"));
     stop(server, token).await;
+}
+
+/// A subscription that is a connection's first request is streamed by the
+/// lean writer (`http::conn`); one that follows another request on a
+/// kept-alive connection goes through hyper and axum. Both must give the
+/// same stream, and both end with their resume position on shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_stream_the_same_on_fresh_and_kept_alive_connections() {
+    let db = TestDb::new("lean_sse");
+    let c = db.client().await;
+    c.batch_execute(ITEMS).await.expect("ddl");
+    let (server, token) = serve(&db, &[]).await;
+    let anon = key(&db, "acme", Role::Anon).await;
+    c.batch_execute(
+        "INSERT INTO items VALUES (1, 'acme', 'red', 1), (2, 'globex', 'red', 2);
+         UPDATE items SET n = 10 WHERE id = 1;",
+    )
+    .await
+    .expect("write");
+    let path = format!("/v1/events/subscribe?from=1&apikey={anon}");
+    let mut lean = stream(server.addr, &path, &[]).await;
+    let mut routed = stream_second(server.addr, "/livez", &path, &[]).await;
+    for s in [&lean, &routed] {
+        assert_eq!(s.status, 200);
+        assert_eq!(s.header("content-type"), Some("text/event-stream"));
+        assert_eq!(s.header("cache-control"), Some("no-cache"));
+        assert_eq!(s.header("transfer-encoding"), Some("chunked"));
+    }
+    c.batch_execute("DELETE FROM items WHERE id = 1")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    for s in [&mut lean, &mut routed] {
+        let mut events = Vec::new();
+        while events.len() < 3 {
+            let e = s.expect_event(PATIENCE).await;
+            if e.id.is_some() {
+                events.push(e);
+            }
+        }
+        got.push(events);
+    }
+    assert_eq!(got[0], got[1], "both paths carry the same frames");
+    let types: Vec<_> = got[0]
+        .iter()
+        .map(|e| e.event.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(types, ["row.inserted", "row.updated", "row.deleted"]);
+    let last: i64 = got[0][2]
+        .id
+        .as_deref()
+        .and_then(|s| s.parse().ok())
+        .expect("seq id");
+    token.cancel();
+    for s in [&mut lean, &mut routed] {
+        let end = loop {
+            let e = s.expect_event(PATIENCE).await;
+            if e.id.is_none() {
+                break e;
+            }
+        };
+        assert_eq!(end.event.as_deref(), Some("shutdown"), "{end:?}");
+        let data: Value = serde_json::from_str(&end.data).expect("json");
+        assert_eq!(data["resume_from"], last + 1);
+        assert!(
+            s.next_event().await.is_none(),
+            "the stream ends after shutdown"
+        );
+    }
+    server.wait().await.expect("server stops cleanly");
 }

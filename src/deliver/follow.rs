@@ -104,6 +104,33 @@ impl Follower {
         self.next
     }
 
+    /// The next event if one is at hand (buffered from the log or queued
+    /// live), without waiting or reading the log.
+    pub fn try_next(&mut self) -> Option<Followed> {
+        loop {
+            if let Some(e) = self.buffer.pop_front() {
+                if e.seq >= self.next {
+                    self.next = e.seq + 1;
+                    return Some(e);
+                }
+                continue;
+            }
+            let Mode::Live(sub) = &mut self.mode else {
+                return None;
+            };
+            // A closed queue (lagged) is left for `next` to handle.
+            let e = sub.rx.try_recv().ok()?;
+            if e.seq >= self.next {
+                self.next = e.seq + 1;
+                return Some(Followed {
+                    seq: e.seq,
+                    event_type: e.event_type.clone(),
+                    body: e.body.clone(),
+                });
+            }
+        }
+    }
+
     /// Waits for the next event.
     pub async fn next(&mut self) -> Result<Followed, FollowError> {
         loop {
@@ -121,8 +148,8 @@ impl Follower {
                         self.next = e.seq + 1;
                         return Ok(Followed {
                             seq: e.seq,
-                            event_type: e.event_type,
-                            body: e.body,
+                            event_type: e.event_type.clone(),
+                            body: e.body.clone(),
                         });
                     }
                     None => {
@@ -147,7 +174,10 @@ impl Follower {
                     let exhausted = if self.buffer.is_empty() && head < self.next {
                         true
                     } else {
-                        self.read_page().await?
+                        // Boxed: the read's state (pool checkout, query) is
+                        // large and only exists while it runs; inline it
+                        // would sit in every open stream's future.
+                        Box::pin(self.read_page()).await?
                     };
                     if exhausted {
                         if let Mode::CatchUp { registered } = &mut self.mode {

@@ -16,12 +16,12 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use futures_util::stream;
+use futures_util::{stream, StreamExt};
 
 use super::follow::{FollowError, Follower, Start};
 use crate::auth::{Identity, Role};
@@ -54,59 +54,41 @@ async fn subscribe(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let (params, identity, tenant) =
-        request(&state, &headers, raw.as_deref(), PARAMS, Role::Anon).await?;
-    let selector = Arc::new(params.selector(&state.captured_tables())?);
-    let start = start(&headers, &params)?;
-    if let Start::At(from) = start {
-        let client = state
-            .pool
-            .get()
-            .await
-            .map_err(|e| ApiError::unavailable("the log", e))?;
-        let pruned = crate::log::pruned_through(&**client)
-            .await
-            .map_err(|e| ApiError::unavailable("the log", e))?;
-        if from <= pruned {
-            return Err(ApiError::gap(from, pruned + 1));
-        }
-    }
-    let follower = Follower::new(
-        state.hub.clone(),
-        state.pool.clone(),
-        state.durable.clone(),
-        tenant,
-        selector,
-        start,
-        state.config.http.page_limit,
-    );
-    state
-        .metrics
-        .sse_subscribers
-        .fetch_add(1, Ordering::Relaxed);
-    let stream = frames(state, identity, follower);
-    let mut resp = Body::from_stream(stream).into_response();
+    let session = SseSession::open(&state, &headers, raw.as_deref()).await?;
+    let first = session.retry_hint();
+    let rest = stream::unfold(session, |mut s| async move {
+        let frame = s.next_frame().await?;
+        Some((Ok::<Bytes, Infallible>(frame), s))
+    });
+    let body = stream::once(async move { Ok(first) }).chain(rest);
+    let mut resp = Body::from_stream(body).into_response();
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    for (name, value) in RESPONSE_HEADERS {
+        h.insert(*name, HeaderValue::from_static(value));
+    }
     Ok(resp)
 }
 
-struct Conn {
+/// The headers of a stream's response (besides framing).
+pub const RESPONSE_HEADERS: &[(&str, &str)] = &[
+    ("content-type", "text/event-stream"),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),
+];
+
+/// One open SSE stream, independent of the HTTP layer that carries it
+/// (axum's body for most connections; `http::conn`'s lean writer for a
+/// connection whose first request is a subscription).
+pub struct SseSession {
     state: AppState,
     identity: Identity,
     follower: Follower,
     revocation: tokio::time::Interval,
     heartbeat: Duration,
-    retry_sent: bool,
     done: bool,
 }
 
-impl Drop for Conn {
+impl Drop for SseSession {
     fn drop(&mut self) {
         self.state
             .metrics
@@ -116,6 +98,118 @@ impl Drop for Conn {
             .metrics
             .catchups
             .fetch_add(self.follower.catchups, Ordering::Relaxed);
+    }
+}
+
+impl SseSession {
+    /// Authenticates and validates a subscription request and positions its
+    /// follower. Every client error is an `ApiError` (answered before any
+    /// stream starts).
+    pub async fn open(
+        state: &AppState,
+        headers: &HeaderMap,
+        raw_query: Option<&str>,
+    ) -> Result<SseSession, ApiError> {
+        let (params, identity, tenant) =
+            request(state, headers, raw_query, PARAMS, Role::Anon).await?;
+        let selector = Arc::new(params.selector(&state.captured_tables())?);
+        let start = start(headers, &params)?;
+        if let Start::At(from) = start {
+            let client = state
+                .pool
+                .get()
+                .await
+                .map_err(|e| ApiError::unavailable("the log", e))?;
+            let pruned = crate::log::pruned_through(&**client)
+                .await
+                .map_err(|e| ApiError::unavailable("the log", e))?;
+            if from <= pruned {
+                return Err(ApiError::gap(from, pruned + 1));
+            }
+        }
+        let follower = Follower::new(
+            state.hub.clone(),
+            state.pool.clone(),
+            state.durable.clone(),
+            tenant,
+            selector,
+            start,
+            state.config.http.page_limit,
+        );
+        let check = Duration::from_secs(state.config.auth.revocation_check_secs.max(1));
+        let mut revocation = tokio::time::interval_at(tokio::time::Instant::now() + check, check);
+        revocation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        state
+            .metrics
+            .sse_subscribers
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(SseSession {
+            heartbeat: Duration::from_secs(state.config.http.heartbeat_secs.max(1)),
+            state: state.clone(),
+            identity,
+            follower,
+            revocation,
+            done: false,
+        })
+    }
+
+    /// The stream's first frame: the reconnection delay hint.
+    pub fn retry_hint(&self) -> Bytes {
+        Bytes::from(format!("retry: {}\n\n", self.state.config.http.retry_ms))
+    }
+
+    /// An event frame if one is at hand without waiting (to write several
+    /// in one go).
+    pub fn try_next_frame(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        let e = self.follower.try_next()?;
+        self.state
+            .metrics
+            .sse_events
+            .fetch_add(1, Ordering::Relaxed);
+        Some(event_frame(e.seq, &e.event_type, &e.body))
+    }
+
+    /// The next frame to send; `None` when the stream is over. An empty
+    /// frame means "nothing to send" (a credential re-check passed).
+    pub async fn next_frame(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        let shutdown = self.state.shutdown.clone();
+        let frame = tokio::select! {
+            next = self.follower.next() => match next {
+                Ok(e) => {
+                    self.state.metrics.sse_events.fetch_add(1, Ordering::Relaxed);
+                    event_frame(e.seq, &e.event_type, &e.body)
+                }
+                Err(FollowError::Gap { requested, oldest }) => {
+                    self.done = true;
+                    control_frame("gap", serde_json::json!({"code": "gap", "requested": requested, "oldest": oldest}))
+                }
+                Err(FollowError::Db(e)) => {
+                    tracing::warn!(error = %e, "sse stream cannot read the log; closing it");
+                    self.done = true;
+                    control_frame("error", serde_json::json!({"code": "unavailable", "resume_from": self.follower.position()}))
+                }
+            },
+            _ = tokio::time::sleep(self.heartbeat) => Bytes::from_static(b": keepalive\n\n"),
+            _ = self.revocation.tick() => {
+                // Boxed: the re-check's state is large and rarely alive.
+                if Box::pin(self.state.auth.still_valid(&self.identity)).await {
+                    return Some(Bytes::new());
+                }
+                self.done = true;
+                control_frame("error", serde_json::json!({"code": "credential_revoked", "message": "the credential of this stream was revoked or expired"}))
+            }
+            _ = shutdown.cancelled() => {
+                self.done = true;
+                control_frame("shutdown", serde_json::json!({"resume_from": self.follower.position()}))
+            }
+        };
+        Some(frame)
     }
 }
 
@@ -135,64 +229,4 @@ pub fn event_frame(seq: i64, event_type: &str, body: &[u8]) -> Bytes {
 
 fn control_frame(event: &str, data: serde_json::Value) -> Bytes {
     Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
-}
-
-fn frames(
-    state: AppState,
-    identity: Identity,
-    follower: Follower,
-) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
-    let check = Duration::from_secs(state.config.auth.revocation_check_secs.max(1));
-    let mut revocation = tokio::time::interval_at(tokio::time::Instant::now() + check, check);
-    revocation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let conn = Conn {
-        heartbeat: Duration::from_secs(state.config.http.heartbeat_secs.max(1)),
-        state,
-        identity,
-        follower,
-        revocation,
-        retry_sent: false,
-        done: false,
-    };
-    stream::unfold(conn, |mut c| async move {
-        if c.done {
-            return None;
-        }
-        if !c.retry_sent {
-            c.retry_sent = true;
-            let hint = Bytes::from(format!("retry: {}\n\n", c.state.config.http.retry_ms));
-            return Some((Ok(hint), c));
-        }
-        let shutdown = c.state.shutdown.clone();
-        let frame = tokio::select! {
-            next = c.follower.next() => match next {
-                Ok(e) => {
-                    c.state.metrics.sse_events.fetch_add(1, Ordering::Relaxed);
-                    event_frame(e.seq, &e.event_type, &e.body)
-                }
-                Err(FollowError::Gap { requested, oldest }) => {
-                    c.done = true;
-                    control_frame("gap", serde_json::json!({"code": "gap", "requested": requested, "oldest": oldest}))
-                }
-                Err(FollowError::Db(e)) => {
-                    tracing::warn!(error = %e, "sse stream cannot read the log; closing it");
-                    c.done = true;
-                    control_frame("error", serde_json::json!({"code": "unavailable", "resume_from": c.follower.position()}))
-                }
-            },
-            _ = tokio::time::sleep(c.heartbeat) => Bytes::from_static(b": keepalive\n\n"),
-            _ = c.revocation.tick() => {
-                if c.state.auth.still_valid(&c.identity).await {
-                    return Some((Ok(Bytes::new()), c));
-                }
-                c.done = true;
-                control_frame("error", serde_json::json!({"code": "credential_revoked", "message": "the credential of this stream was revoked or expired"}))
-            }
-            _ = shutdown.cancelled() => {
-                c.done = true;
-                control_frame("shutdown", serde_json::json!({"resume_from": c.follower.position()}))
-            }
-        };
-        Some((Ok(frame), c))
-    })
 }

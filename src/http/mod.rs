@@ -5,6 +5,7 @@
 //! Boundary: `ApiError` never carries database text to a client; database
 //! failures are logged and answered 503 with a generic message.
 
+pub mod conn;
 pub mod health;
 pub mod params;
 
@@ -219,21 +220,12 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown`.
+/// Serves the API on `listener` until `shutdown` (see `conn`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = router(state);
-    // Without TCP_NODELAY small SSE frames wait for the client's delayed ACK
-    // (40 ms on Linux): the latency benchmark's p99 went from ~35 ms to ~4 ms.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    let app = router(state.clone());
+    conn::serve(listener, state, app, shutdown).await
 }

@@ -46,7 +46,7 @@ impl LiveEvent {
 struct Entry {
     id: u64,
     selector: Arc<Selector>,
-    tx: mpsc::Sender<LiveEvent>,
+    tx: mpsc::Sender<Arc<LiveEvent>>,
 }
 
 /// Counters exported as metrics.
@@ -73,7 +73,7 @@ pub struct Subscription {
     hub: Arc<Hub>,
     tenant: TenantId,
     id: u64,
-    pub rx: mpsc::Receiver<LiveEvent>,
+    pub rx: mpsc::Receiver<Arc<LiveEvent>>,
 }
 
 impl Drop for Subscription {
@@ -155,7 +155,10 @@ impl Hub {
     }
 
     /// Hands committed events (in seq order) to their tenants' subscribers.
-    pub fn publish(&self, events: &[LiveEvent]) {
+    ///
+    /// Queues hold `Arc`s: a queue's storage is allocated in blocks of 32
+    /// slots per subscriber, so a slot costs a pointer, not an event.
+    pub fn publish(&self, events: &[Arc<LiveEvent>]) {
         let _order = self
             .publishing
             .lock()
@@ -222,14 +225,14 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn ev(seq: i64, tenant: &str, topic: &str) -> LiveEvent {
-        LiveEvent {
+    fn ev(seq: i64, tenant: &str, topic: &str) -> Arc<LiveEvent> {
+        Arc::new(LiveEvent {
             seq,
             tenant: TenantId::new(tenant).expect("valid"),
             topic: topic.into(),
             event_type: "row.inserted".into(),
             body: Bytes::from(format!(r#"{{"seq":{seq},"data":{{"new":{{"n":{seq}}}}}}}"#)),
-        }
+        })
     }
 
     fn all() -> Arc<Selector> {

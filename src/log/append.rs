@@ -440,19 +440,19 @@ impl Appender {
         }
         self.publish();
         if let Some(hub) = &self.hub {
-            let events: Vec<LiveEvent> = live
+            let events: Vec<Arc<LiveEvent>> = live
                 .into_iter()
                 .filter_map(|(seq, tenant, i)| {
                     let AppendItem::Event { event, .. } = &batch.get(i)?.item else {
                         return None;
                     };
-                    Some(LiveEvent {
+                    Some(Arc::new(LiveEvent {
                         seq,
                         body: Bytes::from(event.envelope_json(seq, &tenant)),
                         tenant,
                         topic: event.topic.clone(),
                         event_type: event.event_type.clone(),
-                    })
+                    }))
                 })
                 .collect();
             if !events.is_empty() {

@@ -42,14 +42,53 @@ pub struct Stream {
 }
 
 async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Stream {
-    let mut sock = TcpStream::connect(addr).await.expect("connect to sluice");
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let sock = TcpStream::connect(addr).await.expect("connect to sluice");
+    send(BufReader::new(sock), addr, path, headers, true).await
+}
+
+/// Like `stream`, but the request is the second one on a kept-alive
+/// connection: `GET {first}` goes first and its (Content-Length) answer is
+/// read and dropped.
+pub async fn stream_second(
+    addr: SocketAddr,
+    first: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Stream {
+    let sock = TcpStream::connect(addr).await.expect("connect to sluice");
+    let mut s = send(BufReader::new(sock), addr, first, &[], false).await;
+    let len: usize = s
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("the first answer has a Content-Length");
+    let mut body = vec![0u8; len];
+    s.reader
+        .read_exact(&mut body)
+        .await
+        .expect("first answer's body");
+    send(s.reader, addr, path, headers, true).await
+}
+
+async fn send(
+    mut reader: BufReader<TcpStream>,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    close: bool,
+) -> Stream {
+    let connection = if close { "close" } else { "keep-alive" };
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: {connection}\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    sock.write_all(req.as_bytes()).await.expect("send request");
-    let mut reader = BufReader::new(sock);
+    reader
+        .get_mut()
+        .write_all(req.as_bytes())
+        .await
+        .expect("send request");
     let mut line = String::new();
     reader.read_line(&mut line).await.expect("status line");
     let status: u16 = line
@@ -108,6 +147,13 @@ pub struct SseEvent {
 }
 
 impl Stream {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The next piece of body, or None at the end.
     async fn chunk(&mut self) -> Option<Vec<u8>> {
         if self.done {
