@@ -126,6 +126,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "state-database connections shared by HTTP readers",
     ),
     (
+        "http.cors_origins",
+        "*",
+        "origins browsers may call the API from, comma-separated (`*`: any; keys are never cookies); empty: none",
+    ),
+    (
         "hub.subscriber_queue",
         "1024",
         "events buffered per live subscriber before it catches up from the log",
@@ -268,6 +273,7 @@ section!(
         max_query_bytes: usize = 8192,
         page_limit: i64 = 1000,
         db_pool_size: usize = 16,
+        cors_origins: String = "*".to_owned(),
     }
 );
 

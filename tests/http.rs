@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::http::{get, stream, stream_second, Stream};
+use common::http::{get, request, stream, stream_second, Stream};
 use common::{all_events, wait_for_events, TestDb, PATIENCE};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -710,10 +710,12 @@ async fn subscriptions_stream_the_same_on_fresh_and_kept_alive_connections() {
     .await
     .expect("write");
     let path = format!("/v1/events/subscribe?from=1&apikey={anon}");
-    let mut lean = stream(server.addr, &path, &[]).await;
-    let mut routed = stream_second(server.addr, "/livez", &path, &[]).await;
+    let origin = [("Origin", "https://app.example.com")];
+    let mut lean = stream(server.addr, &path, &origin).await;
+    let mut routed = stream_second(server.addr, "/livez", &path, &origin).await;
     for s in [&lean, &routed] {
         assert_eq!(s.status, 200);
+        assert_eq!(s.header("access-control-allow-origin"), Some("*"));
         assert_eq!(s.header("content-type"), Some("text/event-stream"));
         assert_eq!(s.header("cache-control"), Some("no-cache"));
         assert_eq!(s.header("transfer-encoding"), Some("chunked"));
@@ -722,10 +724,13 @@ async fn subscriptions_stream_the_same_on_fresh_and_kept_alive_connections() {
         .await
         .expect("write");
     let mut got = Vec::new();
-    for s in [&mut lean, &mut routed] {
+    for (i, s) in [&mut lean, &mut routed].into_iter().enumerate() {
         let mut events = Vec::new();
         while events.len() < 3 {
-            let e = s.expect_event(PATIENCE).await;
+            let e = tokio::time::timeout(PATIENCE, s.next_event())
+                .await
+                .unwrap_or_else(|_| panic!("stream {i}: no event in time after {events:?}"))
+                .unwrap_or_else(|| panic!("stream {i} ended after {events:?}"));
             if e.id.is_some() {
                 events.push(e);
             }
@@ -760,4 +765,116 @@ async fn subscriptions_stream_the_same_on_fresh_and_kept_alive_connections() {
         );
     }
     server.wait().await.expect("server stops cleanly");
+}
+
+/// Browsers on other origins: allowed origins get CORS headers on answers,
+/// streams and preflights; others get none (and a 403 preflight).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_allows_the_configured_origins_only() {
+    let db = TestDb::new("cors");
+    let c = db.client().await;
+    c.batch_execute(ITEMS).await.expect("ddl");
+    let app = "https://app.example.com";
+    let (server, token) = serve(
+        &db,
+        &[(
+            "SLUICE_HTTP_CORS_ORIGINS",
+            "https://other.test, https://app.example.com",
+        )],
+    )
+    .await;
+    let anon = key(&db, "acme", Role::Anon).await;
+    let ok = get(
+        server.addr,
+        &format!("/v1/events?apikey={anon}"),
+        &[("Origin", app)],
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("access-control-allow-origin"), Some(app));
+    // Errors carry the header too, so the page can read why.
+    let bad = get(
+        server.addr,
+        "/v1/events/subscribe?apikey=nope",
+        &[("Origin", app)],
+    )
+    .await;
+    assert_eq!(bad.status, 401);
+    assert_eq!(bad.header("access-control-allow-origin"), Some(app));
+    let s = stream(
+        server.addr,
+        &format!("/v1/events/subscribe?apikey={anon}"),
+        &[("Origin", app)],
+    )
+    .await;
+    assert_eq!(s.status, 200);
+    assert_eq!(s.header("access-control-allow-origin"), Some(app));
+    drop(s);
+    let evil = get(server.addr, "/livez", &[("Origin", "https://evil.test")]).await;
+    assert_eq!(evil.status, 200);
+    assert_eq!(evil.header("access-control-allow-origin"), None);
+    let pre = request(
+        server.addr,
+        "OPTIONS",
+        "/v1/events",
+        &[
+            ("Origin", app),
+            ("Access-Control-Request-Method", "GET"),
+            ("Access-Control-Request-Headers", "apikey"),
+        ],
+    )
+    .await;
+    assert_eq!(pre.status, 204);
+    assert_eq!(pre.header("access-control-allow-origin"), Some(app));
+    assert!(pre
+        .header("access-control-allow-headers")
+        .is_some_and(|h| h.contains("apikey")));
+    let denied = request(
+        server.addr,
+        "OPTIONS",
+        "/v1/events",
+        &[
+            ("Origin", "https://evil.test"),
+            ("Access-Control-Request-Method", "GET"),
+        ],
+    )
+    .await;
+    assert_eq!(denied.status, 403);
+    assert_eq!(denied.json()["error"]["code"], "origin_not_allowed");
+    stop(server, token).await;
+}
+
+/// A subscription opened while its events are being appended (committed in
+/// Postgres, not yet in the log) still gets every one: whether the hub
+/// carries them or the log does, none falls between the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_opened_during_an_append_miss_nothing() {
+    let db = TestDb::new("open_race");
+    let c = db.client().await;
+    c.batch_execute(ITEMS).await.expect("ddl");
+    let (server, token) = serve(&db, &[]).await;
+    let anon = key(&db, "acme", Role::Anon).await;
+    let path = format!("/v1/events/subscribe?from=1&apikey={anon}");
+    for i in 1..=25 {
+        c.batch_execute(&format!(
+            "INSERT INTO items VALUES ({i}, 'acme', 'red', {i})"
+        ))
+        .await
+        .expect("write");
+        // No waiting for the log: the stream opens while the row is in flight.
+        let mut s = stream(server.addr, &path, &[]).await;
+        assert_eq!(s.status, 200);
+        let mut ids = Vec::new();
+        while ids.len() < i {
+            let e = tokio::time::timeout(PATIENCE, s.next_event())
+                .await
+                .unwrap_or_else(|_| panic!("round {i}: stuck after {ids:?}"))
+                .expect("open stream");
+            if let Some(id) = e.id {
+                ids.push(id.parse::<usize>().expect("seq"));
+            }
+        }
+        assert_eq!(ids, (1..=i).collect::<Vec<_>>(), "round {i}");
+    }
+    stop(server, token).await;
 }

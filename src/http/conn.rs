@@ -100,8 +100,9 @@ async fn handle(tcp: TcpStream, state: AppState, app: Router, shutdown: Cancella
         // largest state, and it lives as long as the stream.)
         let opened = Box::pin(SseSession::open(&state, &sub.headers, sub.query(&head))).await;
         if let Ok(session) = opened {
+            let cors = super::cors::allow_origin(&state.config.http.cors_origins, &sub.headers);
             drop((head, sub, app));
-            Box::pin(stream_sse(tcp, session, state)).await;
+            Box::pin(stream_sse(tcp, session, cors, shutdown)).await;
             return;
         }
     }
@@ -207,7 +208,12 @@ fn lean_candidate(req: &httparse::Request<'_, '_>, buf: &[u8]) -> Option<Subscri
 /// Streams an opened session on the raw socket as a chunked HTTP/1.1
 /// response, until the session ends, the client goes away or the server
 /// stops.
-async fn stream_sse(tcp: TcpStream, mut session: SseSession, state: AppState) {
+async fn stream_sse(
+    tcp: TcpStream,
+    mut session: SseSession,
+    cors: Option<HeaderValue>,
+    stop: CancellationToken,
+) {
     let mut head = String::with_capacity(256);
     head.push_str("HTTP/1.1 200 OK\r\n");
     for (name, value) in RESPONSE_HEADERS {
@@ -215,6 +221,11 @@ async fn stream_sse(tcp: TcpStream, mut session: SseSession, state: AppState) {
         head.push_str(": ");
         head.push_str(value);
         head.push_str("\r\n");
+    }
+    if let Some(origin) = cors.as_ref().and_then(|v| v.to_str().ok()) {
+        head.push_str("access-control-allow-origin: ");
+        head.push_str(origin);
+        head.push_str("\r\nvary: origin\r\n");
     }
     head.push_str("transfer-encoding: chunked\r\ndate: ");
     head.push_str(&httpdate::fmt_http_date(std::time::SystemTime::now()));
@@ -224,7 +235,7 @@ async fn stream_sse(tcp: TcpStream, mut session: SseSession, state: AppState) {
     out.extend_from_slice(head.as_bytes());
     push_chunk(&mut out, &first);
     drop(head);
-    if write_or_stop(&tcp, &out, &state).await.is_err() {
+    if write_or_stop(&tcp, &out, &stop).await.is_err() {
         return;
     }
     drop(out);
@@ -235,7 +246,7 @@ async fn stream_sse(tcp: TcpStream, mut session: SseSession, state: AppState) {
         };
         let Some(frame) = frame else {
             // The stream is over (shutdown, gap, revoked): end the body.
-            let _ = write_or_stop(&tcp, b"0\r\n\r\n", &state).await;
+            let _ = write_or_stop(&tcp, b"0\r\n\r\n", &stop).await;
             return;
         };
         if frame.is_empty() {
@@ -251,7 +262,7 @@ async fn stream_sse(tcp: TcpStream, mut session: SseSession, state: AppState) {
                         IoSlice::new(&frame),
                         IoSlice::new(b"\r\n"),
                     ],
-                    &state,
+                    &stop,
                 )
                 .await
             }
@@ -266,7 +277,7 @@ async fn stream_sse(tcp: TcpStream, mut session: SseSession, state: AppState) {
                     };
                     push_chunk(&mut out, &more);
                 }
-                write_or_stop(&tcp, &out, &state).await
+                write_or_stop(&tcp, &out, &stop).await
             }
         };
         if result.is_err() {
@@ -281,21 +292,24 @@ fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-async fn write_or_stop(tcp: &TcpStream, data: &[u8], state: &AppState) -> io::Result<()> {
-    write_slices(tcp, &mut [IoSlice::new(data)], state).await
+async fn write_or_stop(tcp: &TcpStream, data: &[u8], stop: &CancellationToken) -> io::Result<()> {
+    write_slices(tcp, &mut [IoSlice::new(data)], stop).await
 }
 
-/// Writes every byte of `slices`; gives up when the server stops (a client
-/// that reads nothing must not hold up shutdown).
+/// Writes every byte of `slices`; gives up when the server stops accepting
+/// (a client that reads nothing must not hold up shutdown; streams were
+/// told to end before, so their last frame is written when the client
+/// reads at all).
 async fn write_slices(
     tcp: &TcpStream,
     mut slices: &mut [IoSlice<'_>],
-    state: &AppState,
+    stop: &CancellationToken,
 ) -> io::Result<()> {
     while !slices.is_empty() {
         tokio::select! {
+            biased;
             r = tcp.writable() => r?,
-            _ = state.shutdown.cancelled() => return Err(io::ErrorKind::Interrupted.into()),
+            _ = stop.cancelled() => return Err(io::ErrorKind::Interrupted.into()),
         }
         match tcp.try_write_vectored(slices) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

@@ -6,6 +6,7 @@
 //! failures are logged and answered 503 with a generic message.
 
 pub mod conn;
+pub mod cors;
 pub mod health;
 pub mod params;
 
@@ -217,6 +218,10 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::deliver::sse::router())
         .merge(crate::deliver::ndjson::router())
         .merge(health::router())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            cors::layer,
+        ))
         .with_state(state)
 }
 

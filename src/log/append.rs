@@ -384,11 +384,13 @@ impl Appender {
         let mut buf = BytesMut::with_capacity(COPY_CHUNK + COPY_CHUNK / 4);
         buf.extend_from_slice(copy::HEADER);
         let mut scratch = Vec::new();
-        // (seq, tenant, index in batch) of events someone is subscribed to.
+        // (seq, tenant, index in batch) of every event, for the hub. Whether
+        // anyone wants a tenant's events is asked only after the commit and
+        // after the durable head moved (see `publish_live`).
         let mut live: Vec<(i64, TenantId, usize)> = Vec::new();
-        let hub = self.hub.clone();
+        let has_hub = self.hub.is_some();
         let mut wanted = |seq: i64, tenant: &TenantId, i: usize| {
-            if hub.as_ref().is_some_and(|h| h.wants(tenant)) {
+            if has_hub {
                 live.push((seq, tenant.clone(), i));
             }
         };
@@ -440,8 +442,14 @@ impl Appender {
         }
         self.publish();
         if let Some(hub) = &self.hub {
+            // Asked after the durable head moved (`self.publish()` above): a
+            // follower that registers after this question finds these seqs
+            // under the head and reads them from the log; one that registered
+            // before is wanted here. Asking before the commit would lose the
+            // events of a follower registering in between.
             let events: Vec<Arc<LiveEvent>> = live
                 .into_iter()
+                .filter(|(_, tenant, _)| hub.wants(tenant))
                 .filter_map(|(seq, tenant, i)| {
                     let AppendItem::Event { event, .. } = &batch.get(i)?.item else {
                         return None;

@@ -43,7 +43,27 @@ pub struct Stream {
 
 async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Stream {
     let sock = TcpStream::connect(addr).await.expect("connect to sluice");
-    send(BufReader::new(sock), addr, path, headers, true).await
+    send(BufReader::new(sock), "GET", addr, path, headers, true).await
+}
+
+/// A request with any method and no body, answered in full.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Response {
+    let sock = TcpStream::connect(addr).await.expect("connect to sluice");
+    let mut s = send(BufReader::new(sock), method, addr, path, headers, true).await;
+    let mut body = Vec::new();
+    while let Some(chunk) = s.chunk().await {
+        body.extend_from_slice(&chunk);
+    }
+    Response {
+        status: s.status,
+        headers: s.headers,
+        body,
+    }
 }
 
 /// Like `stream`, but the request is the second one on a kept-alive
@@ -56,7 +76,7 @@ pub async fn stream_second(
     headers: &[(&str, &str)],
 ) -> Stream {
     let sock = TcpStream::connect(addr).await.expect("connect to sluice");
-    let mut s = send(BufReader::new(sock), addr, first, &[], false).await;
+    let mut s = send(BufReader::new(sock), "GET", addr, first, &[], false).await;
     let len: usize = s
         .headers
         .iter()
@@ -68,18 +88,20 @@ pub async fn stream_second(
         .read_exact(&mut body)
         .await
         .expect("first answer's body");
-    send(s.reader, addr, path, headers, true).await
+    send(s.reader, "GET", addr, path, headers, true).await
 }
 
 async fn send(
     mut reader: BufReader<TcpStream>,
+    method: &str,
     addr: SocketAddr,
     path: &str,
     headers: &[(&str, &str)],
     close: bool,
 ) -> Stream {
     let connection = if close { "close" } else { "keep-alive" };
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: {connection}\r\n");
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: {connection}\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
