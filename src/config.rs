@@ -29,6 +29,7 @@ const NON_KEY_VARS: &[&str] = &[
 enum Kind {
     Str,
     Int,
+    Bool,
     TableList,
 }
 
@@ -131,6 +132,46 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "origins browsers may call the API from, comma-separated (`*`: any; keys are never cookies); empty: none",
     ),
     (
+        "webhooks.timeout_ms",
+        "15000",
+        "a webhook attempt that has no answer after this long fails",
+    ),
+    (
+        "webhooks.retry_schedule",
+        "0s,5s,5m,30m,2h,5h,10h,10h",
+        "delay before each attempt (units ms, s, m, h), the last repeating; jittered ±20 %",
+    ),
+    (
+        "webhooks.max_attempts",
+        "8",
+        "attempts before a delivery is dead, for endpoints that do not set `max_attempts`",
+    ),
+    (
+        "webhooks.concurrency",
+        "64",
+        "webhook requests in flight at once, per process",
+    ),
+    (
+        "webhooks.endpoint_concurrency",
+        "8",
+        "requests in flight to one endpoint, per process (ordered endpoints: 1)",
+    ),
+    (
+        "webhooks.poll_interval_ms",
+        "1000",
+        "how often dispatchers look for due retries and other nodes' deliveries",
+    ),
+    (
+        "webhooks.secret_overlap_secs",
+        "86400",
+        "how long the previous secret keeps signing after a rotation",
+    ),
+    (
+        "webhooks.allow_private_addresses",
+        "false",
+        "let endpoints resolve to loopback, private, link-local or metadata addresses",
+    ),
+    (
         "hub.subscriber_queue",
         "1024",
         "events buffered per live subscriber before it catches up from the log",
@@ -186,10 +227,17 @@ fn kind_of(path: &str) -> Kind {
         | "http.max_query_bytes"
         | "http.page_limit"
         | "http.db_pool_size"
+        | "webhooks.timeout_ms"
+        | "webhooks.max_attempts"
+        | "webhooks.concurrency"
+        | "webhooks.endpoint_concurrency"
+        | "webhooks.poll_interval_ms"
+        | "webhooks.secret_overlap_secs"
         | "hub.subscriber_queue"
         | "log.retention_hours"
         | "log.prune_interval_secs"
         | "auth.revocation_check_secs" => Kind::Int,
+        "webhooks.allow_private_addresses" => Kind::Bool,
         _ => Kind::Str,
     }
 }
@@ -247,6 +295,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
 }
 
 /// Declares a config section whose every key has a default.
@@ -274,6 +324,20 @@ section!(
         page_limit: i64 = 1000,
         db_pool_size: usize = 16,
         cors_origins: String = "*".to_owned(),
+    }
+);
+
+section!(
+    /// Webhook delivery.
+    WebhooksConfig {
+        timeout_ms: u64 = 15000,
+        retry_schedule: String = "0s,5s,5m,30m,2h,5h,10h,10h".to_owned(),
+        max_attempts: usize = 8,
+        concurrency: usize = 64,
+        endpoint_concurrency: usize = 8,
+        poll_interval_ms: u64 = 1000,
+        secret_overlap_secs: u64 = 86400,
+        allow_private_addresses: bool = false,
     }
 );
 
@@ -565,6 +629,19 @@ impl Config {
         positive("appender.max_batch_events", self.appender.max_batch_events)?;
         positive("appender.max_batch_bytes", self.appender.max_batch_bytes)?;
         positive("appender.queue_events", self.appender.queue_events)?;
+        positive("webhooks.timeout_ms", self.webhooks.timeout_ms as usize)?;
+        positive("webhooks.max_attempts", self.webhooks.max_attempts)?;
+        positive("webhooks.concurrency", self.webhooks.concurrency)?;
+        positive(
+            "webhooks.endpoint_concurrency",
+            self.webhooks.endpoint_concurrency,
+        )?;
+        positive(
+            "webhooks.poll_interval_ms",
+            self.webhooks.poll_interval_ms as usize,
+        )?;
+        crate::webhooks::schedule::parse_schedule(&self.webhooks.retry_schedule)
+            .map_err(|e| ConfigError::key("webhooks.retry_schedule", e))?;
         Ok(())
     }
 }
@@ -630,6 +707,11 @@ fn apply_env(doc: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<()
                     .parse::<i64>()
                     .map_err(|_| err("a whole number"))?,
             ),
+            Kind::Bool => match raw.trim() {
+                "true" | "1" => toml::Value::Boolean(true),
+                "false" | "0" => toml::Value::Boolean(false),
+                _ => return Err(err("true or false")),
+            },
             Kind::TableList => {
                 let wrapped = format!("v = {raw}");
                 let parsed: toml::Table = wrapped
@@ -858,6 +940,21 @@ tables = [{ table = "public.orders", tenant_column = "tenant_id" }]
             ("http.page_limit", c.http.page_limit as usize),
             ("http.db_pool_size", c.http.db_pool_size),
             ("hub.subscriber_queue", c.hub.subscriber_queue),
+            ("webhooks.timeout_ms", c.webhooks.timeout_ms as usize),
+            ("webhooks.max_attempts", c.webhooks.max_attempts),
+            ("webhooks.concurrency", c.webhooks.concurrency),
+            (
+                "webhooks.endpoint_concurrency",
+                c.webhooks.endpoint_concurrency,
+            ),
+            (
+                "webhooks.poll_interval_ms",
+                c.webhooks.poll_interval_ms as usize,
+            ),
+            (
+                "webhooks.secret_overlap_secs",
+                c.webhooks.secret_overlap_secs as usize,
+            ),
             ("log.retention_hours", c.log.retention_hours as usize),
             (
                 "log.prune_interval_secs",
@@ -886,6 +983,8 @@ tables = [{ table = "public.orders", tenant_column = "tenant_id" }]
             // Setting each variable to a value of its kind must be accepted by the parser.
             let value = match kind_of(key) {
                 Kind::Int => "5",
+                Kind::Bool => "true",
+                Kind::Str if key.ends_with("schedule") => "0s,1s",
                 Kind::TableList => r#"[{table="a.b", tenant_column="t"}]"#,
                 Kind::Str if key.ends_with("url") => "postgres://u@h/d",
                 Kind::Str if key.ends_with("listen") => "127.0.0.1:1",

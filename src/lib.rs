@@ -19,3 +19,4 @@ pub mod pipeline;
 pub mod server;
 pub mod source;
 pub mod subscription;
+pub mod webhooks;

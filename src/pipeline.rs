@@ -60,6 +60,8 @@ fn list(findings: &[Finding]) -> String {
 pub struct Pipeline {
     pub durable: watch::Receiver<Arc<Durable>>,
     pub stats: Arc<SourceStats>,
+    /// The webhook outbox the appender writes (for the dispatcher).
+    pub outbox: crate::webhooks::Outbox,
     task: JoinHandle<Result<(), PipelineError>>,
 }
 
@@ -128,6 +130,8 @@ pub async fn start(
 
     let (mut appender, handle) =
         Appender::start(config.state_url()?, &config.appender, hub).await?;
+    let outbox = crate::webhooks::Outbox::new();
+    appender.set_outbox(outbox.clone());
     let stats = Arc::new(SourceStats::default());
     let source = PgSource::new(pg, handle.clone(), stats.clone());
     let checkpoint = appender.checkpoint(&source.checkpoint_key()).await?;
@@ -193,6 +197,7 @@ pub async fn start(
     Ok(Pipeline {
         durable,
         stats,
+        outbox,
         task,
     })
 }

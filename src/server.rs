@@ -87,7 +87,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Server
         source: running.stats.clone(),
         metrics: Arc::default(),
         shutdown: streams.clone(),
+        outbox: running.outbox.clone(),
+        webhook_metrics: Arc::default(),
     };
+    let dispatcher = crate::webhooks::dispatch::Dispatcher::new(
+        pool(&state_url, 4)?,
+        &running.outbox,
+        &config.webhooks,
+        state.webhook_metrics.clone(),
+    )
+    .map_err(ServerError::Pool)?;
+    let dispatch_stop = CancellationToken::new();
+    let dispatch_task = tokio::spawn(dispatcher.run(dispatch_stop.clone()));
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
         .map_err(|source| ServerError::Listen {
@@ -124,6 +135,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Server
         let http_result = http_task.await;
         retention_stop.cancel();
         let _ = retention_task.await;
+        dispatch_stop.cancel();
+        let _ = dispatch_task.await;
         pipeline_result?;
         match http_result {
             Ok(Ok(())) => Ok(()),

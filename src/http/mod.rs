@@ -38,6 +38,9 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::HttpMetrics>,
     /// Fires on shutdown: open streams end with their resume position.
     pub shutdown: CancellationToken,
+    /// The webhook outbox (to wake the dispatcher after a replay).
+    pub outbox: crate::webhooks::Outbox,
+    pub webhook_metrics: Arc<crate::webhooks::dispatch::WebhookMetrics>,
 }
 
 impl AppState {
@@ -218,6 +221,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::deliver::sse::router())
         .merge(crate::deliver::ndjson::router())
         .merge(health::router())
+        .merge(crate::webhooks::api::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             cors::layer,

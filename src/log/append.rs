@@ -143,6 +143,8 @@ pub struct Appender {
     tenants_of: HashMap<Arc<str>, BTreeSet<TenantId>>,
     /// Where committed events go live.
     hub: Option<Arc<Hub>>,
+    /// Webhook endpoints to write outbox rows for, in the append transaction.
+    outbox: Option<crate::webhooks::Outbox>,
 }
 
 /// Budget, in bytes, of items waiting for the appender.
@@ -169,6 +171,7 @@ impl Appender {
             checkpoints: BTreeMap::new(),
             tenants_of: HashMap::new(),
             hub,
+            outbox: None,
         };
         appender.reconnect().await?;
         let handle = AppenderHandle {
@@ -178,6 +181,11 @@ impl Appender {
             durable: durable_rx,
         };
         Ok((appender, handle))
+    }
+
+    /// Writes outbox rows for matching webhook endpoints from now on.
+    pub fn set_outbox(&mut self, outbox: crate::webhooks::Outbox) {
+        self.outbox = Some(outbox);
     }
 
     /// Loads a source's checkpoint from the log (sources call this once at
@@ -388,7 +396,7 @@ impl Appender {
         // anyone wants a tenant's events is asked only after the commit and
         // after the durable head moved (see `publish_live`).
         let mut live: Vec<(i64, TenantId, usize)> = Vec::new();
-        let has_hub = self.hub.is_some();
+        let has_hub = self.hub.is_some() || self.outbox.is_some();
         let mut wanted = |seq: i64, tenant: &TenantId, i: usize| {
             if has_hub {
                 live.push((seq, tenant.clone(), i));
@@ -433,7 +441,23 @@ impl Appender {
                 checkpoint::store(&tx, source, cp).await?;
             }
         }
+        let mut outboxed = 0;
+        if let Some(outbox) = &self.outbox {
+            let events: Vec<(i64, &TenantId, &PendingEvent)> = live
+                .iter()
+                .filter_map(|(seq, tenant, i)| match &batch.get(*i)?.item {
+                    AppendItem::Event { event, .. } => Some((*seq, tenant, event)),
+                    AppendItem::TxEnd { .. } => None,
+                })
+                .collect();
+            outboxed = outbox.write(&tx, &events).await?;
+        }
         tx.commit().await?;
+        if outboxed > 0 {
+            if let Some(outbox) = &self.outbox {
+                outbox.notify.notify_one();
+            }
+        }
 
         self.next_seq = seq;
         self.checkpoints = checkpoints;

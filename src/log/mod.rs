@@ -16,7 +16,9 @@ use tokio_postgres::{Client, NoTls};
 
 pub use append::{AppendItem, Appender, AppenderHandle, Durable};
 pub use checkpoint::Checkpoint;
-pub use read::{pruned_through, query_events, read_events, LogQuery, ReadScope, StoredEvent};
+pub use read::{
+    events_by_seq, pruned_through, query_events, read_events, LogQuery, ReadScope, StoredEvent,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {

@@ -146,6 +146,17 @@ pub async fn read_events(
     .await
 }
 
+/// The events with these seqs, in seq order, any tenant (the webhook
+/// dispatcher: each delivery was matched to its tenant when written).
+pub async fn events_by_seq(
+    client: &impl GenericClient,
+    seqs: &[i64],
+) -> Result<Vec<StoredEvent>, tokio_postgres::Error> {
+    let sql = format!("SELECT {COLUMNS} FROM sluice.events WHERE seq = ANY($1) ORDER BY seq");
+    let rows = client.query(&sql, &[&seqs]).await?;
+    Ok(rows.iter().map(stored).collect())
+}
+
 /// The highest seq pruned by retention (0 when nothing was): positions at or
 /// below it are gone.
 pub async fn pruned_through(client: &impl GenericClient) -> Result<i64, tokio_postgres::Error> {

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod receiver;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
