@@ -23,6 +23,8 @@ pub enum Answer {
     Hang(Duration),
     /// Close the connection without answering.
     Close,
+    /// Wait this long, then answer with the status.
+    Slow(Duration, u16),
 }
 
 /// One received request.
@@ -99,7 +101,10 @@ impl Receiver {
     pub fn delivered(&self) -> Vec<Received> {
         self.received()
             .into_iter()
-            .filter(|r| matches!(r.answer, Answer::Status(s) if (200..300).contains(&s)))
+            .filter(|r| match r.answer {
+                Answer::Status(s) | Answer::Slow(_, s) => (200..300).contains(&s),
+                _ => false,
+            })
             .collect()
     }
 
@@ -178,6 +183,10 @@ impl Receiver {
                     return;
                 }
                 Answer::Close => return,
+                Answer::Slow(d, s) => {
+                    tokio::time::sleep(d).await;
+                    (s, String::new())
+                }
             };
             let resp = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n{extra}\r\nok");
             if reader.get_mut().write_all(resp.as_bytes()).await.is_err() {
