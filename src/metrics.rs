@@ -19,6 +19,10 @@ pub const HUB_SUBSCRIBERS: &str = "sluice_hub_live_subscribers";
 pub const CATCHUPS: &str = "sluice_subscriber_catchups_total";
 pub const HUB_DELIVERED: &str = "sluice_hub_deliveries_total";
 pub const SSE_EVENTS: &str = "sluice_sse_events_sent_total";
+pub const WEBHOOK_ATTEMPTS: &str = "sluice_webhook_attempts_total";
+pub const WEBHOOK_OUTCOMES: &str = "sluice_webhook_deliveries_total";
+pub const WEBHOOK_IN_FLIGHT: &str = "sluice_webhook_requests_in_flight";
+pub const WEBHOOK_LATENCY_SUM: &str = "sluice_webhook_request_seconds_total";
 
 /// Counters kept by the HTTP layer.
 #[derive(Debug, Default)]

@@ -297,6 +297,25 @@ async fn failing_receivers_get_every_event_on_schedule_with_a_stable_id() {
         assert_eq!(log[3]["http_status"], 204);
         assert_eq!(d["attempts"], 4);
     }
+    // And the metrics count them by outcome.
+    let m = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        m.contains("sluice_webhook_deliveries_total{outcome=\"delivered\"} 4"),
+        "{m}"
+    );
+    assert!(
+        m.contains("sluice_webhook_deliveries_total{outcome=\"failed\"} 12"),
+        "{m}"
+    );
+    assert!(m.contains("sluice_webhook_attempts_total 16"), "{m}");
     stop(server, token).await;
 }
 

@@ -124,6 +124,36 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             load(&state.hub.stats.delivered),
         ),
         (metrics::SSE_EVENTS, None, load(&state.metrics.sse_events)),
+        (
+            metrics::WEBHOOK_ATTEMPTS,
+            None,
+            load(&state.webhook_metrics.attempts),
+        ),
+        (
+            metrics::WEBHOOK_OUTCOMES,
+            Some("outcome=\"delivered\""),
+            load(&state.webhook_metrics.delivered),
+        ),
+        (
+            metrics::WEBHOOK_OUTCOMES,
+            Some("outcome=\"failed\""),
+            load(&state.webhook_metrics.failed),
+        ),
+        (
+            metrics::WEBHOOK_OUTCOMES,
+            Some("outcome=\"dead\""),
+            load(&state.webhook_metrics.dead),
+        ),
+        (
+            metrics::WEBHOOK_IN_FLIGHT,
+            None,
+            load(&state.webhook_metrics.in_flight),
+        ),
+        (
+            metrics::WEBHOOK_LATENCY_SUM,
+            None,
+            load(&state.webhook_metrics.latency_ms_sum) / 1000.0,
+        ),
     ];
     let kinds = [
         (
@@ -178,6 +208,26 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             metrics::SSE_EVENTS,
             "counter",
             "events written to SSE streams",
+        ),
+        (
+            metrics::WEBHOOK_ATTEMPTS,
+            "counter",
+            "webhook requests made",
+        ),
+        (
+            metrics::WEBHOOK_OUTCOMES,
+            "counter",
+            "webhook attempts by outcome (failed: a retry is scheduled)",
+        ),
+        (
+            metrics::WEBHOOK_IN_FLIGHT,
+            "gauge",
+            "webhook requests in flight in this process",
+        ),
+        (
+            metrics::WEBHOOK_LATENCY_SUM,
+            "counter",
+            "total seconds webhook requests took (divide by attempts for the mean)",
         ),
     ];
     let text = metrics::render(&samples, &kinds);
