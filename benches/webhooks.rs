@@ -811,7 +811,7 @@ fn main() {
                 let stmt = client
                     .prepare(
                         "INSERT INTO items (id, tenant, payload)
-                         VALUES ($1, 't1', md5($1::text) || md5(($1 + 1)::text))",
+                         VALUES ($1::bigint, 't1', md5($1::bigint::text) || md5(($1::bigint + 1)::text))",
                     )
                     .await
                     .expect("prepare the insert");

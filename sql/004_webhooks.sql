@@ -59,6 +59,8 @@ CREATE TABLE sluice.webhook_deliveries (
 CREATE INDEX webhook_deliveries_due ON sluice.webhook_deliveries (webhook_id, next_attempt_at)
     WHERE status IN ('pending', 'failed');
 CREATE INDEX webhook_deliveries_by_status ON sluice.webhook_deliveries (webhook_id, status, seq);
+-- Retention removes the deliveries of pruned events by seq.
+CREATE INDEX webhook_deliveries_seq ON sluice.webhook_deliveries (seq);
 
 -- Every attempt, kept with its delivery.
 -- (attempt counts from 1 again after a replay, so it is not a key.)

@@ -575,5 +575,69 @@ async fn bad_webhook_input_gets_a_precise_4xx() {
         .call(reqwest::Method::DELETE, &format!("/v1/webhooks/{id}"), None)
         .await;
     assert_eq!(code, 204);
+    // Endpoints that point inside anyway (written behind the API's back, or
+    // a name that resolves inside later: DNS rebinding) are refused when
+    // connecting, and nothing reaches them.
+    let inside = Receiver::ok().await;
+    let port = inside.addr.port();
+    for (wid, url) in [
+        ("wh_literal", format!("http://127.0.0.1:{port}/x")),
+        ("wh_name", format!("http://localhost:{port}/x")),
+    ] {
+        c.execute(
+            "INSERT INTO sluice.webhooks (id, tenant, url, max_attempts, secret) VALUES ($1, 'acme', $2, 1, $3)",
+            &[&wid, &url, &sluice::webhooks::sign::generate_secret()],
+        )
+        .await
+        .expect("endpoint");
+    }
+    insert(&db, "acme", 1..=1).await;
+    for wid in ["wh_literal", "wh_name"] {
+        let start = std::time::Instant::now();
+        let dead = loop {
+            let d = acme.deliveries(wid, Some("dead")).await;
+            if !d.is_empty() {
+                break d;
+            }
+            assert!(start.elapsed() < PATIENCE, "{wid}: never attempted");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let error = dead[0]["attempt_log"][0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        assert!(error.contains("loopback"), "{wid}: {error}");
+    }
+    assert!(
+        inside.received().is_empty(),
+        "the guard let a request through"
+    );
+    stop(server, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured() {
+    let db = TestDb::new("wh_retry_after");
+    write(&db, ITEMS).await;
+    let (server, token) = serve(&db, &[]).await;
+    let api = api(&db, &server, "acme").await;
+    // The schedule says 300 ms; the receiver asks for 2 s.
+    let rx = Receiver::start(Arc::new(|_, before| {
+        if before == 0 {
+            Answer::RetryAfter(429, 2)
+        } else {
+            Answer::Status(200)
+        }
+    }))
+    .await;
+    api.create(json!({"url": rx.url("/ra")})).await;
+    insert(&db, "acme", 1..=1).await;
+    rx.wait_until(PATIENCE, "the retry", |r| r.len() >= 2).await;
+    let got = rx.received();
+    let gap = got[1].at - got[0].at;
+    assert!(
+        gap >= Duration::from_millis(1900),
+        "retried after {gap:?}, before Retry-After"
+    );
     stop(server, token).await;
 }

@@ -38,6 +38,20 @@ pub async fn prune_once(
             &[&cutoff],
         )
         .await?;
+    // Webhook deliveries of pruned events go with them (their attempts
+    // cascade): a pending one could never be sent, its body is gone.
+    loop {
+        let deleted = client
+            .execute(
+                "DELETE FROM sluice.webhook_deliveries WHERE id IN
+                   (SELECT id FROM sluice.webhook_deliveries WHERE seq <= $1 LIMIT $2)",
+                &[&cutoff, &CHUNK],
+            )
+            .await?;
+        if (deleted as i64) < CHUNK {
+            break;
+        }
+    }
     Ok(cutoff)
 }
 
