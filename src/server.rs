@@ -51,7 +51,8 @@ impl Server {
     }
 }
 
-fn pool(url: &str, size: usize) -> Result<deadpool_postgres::Pool, ServerError> {
+/// A pool of state-database connections.
+pub fn pool(url: &str, size: usize) -> Result<deadpool_postgres::Pool, ServerError> {
     let pg: tokio_postgres::Config = url.parse().map_err(|e| ServerError::Pool(format!("{e}")))?;
     let mgr = deadpool_postgres::Manager::from_config(
         pg,

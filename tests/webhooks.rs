@@ -641,3 +641,57 @@ async fn retry_after_is_honoured() {
     );
     stop(server, token).await;
 }
+
+/// Two dispatchers (as in two processes) share one outbox: every event is
+/// delivered once, and both do part of the work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dispatchers_share_the_outbox_without_double_sends() {
+    let db = TestDb::new("wh_share");
+    write(&db, ITEMS).await;
+    let (server, token) = serve(&db, &[]).await;
+    let api = api(&db, &server, "acme").await;
+    // Slow answers keep both dispatchers busy.
+    let rx = Receiver::start(Arc::new(|_, _| {
+        Answer::Slow(Duration::from_millis(20), 200)
+    }))
+    .await;
+    api.create(json!({"url": rx.url("/shared")})).await;
+    let config = db.config_with(&[("public.items", "tenant")], FAST);
+    let other = sluice::webhooks::dispatch::Dispatcher::new(
+        server::pool(&db.url, 2).expect("pool"),
+        &sluice::webhooks::Outbox::new(),
+        &config.webhooks,
+        Arc::default(),
+    )
+    .expect("second dispatcher");
+    let other_metrics = other.metrics.clone();
+    let stop_other = CancellationToken::new();
+    let other_task = tokio::spawn(other.run(stop_other.clone()));
+    let c = db.client().await;
+    c.batch_execute("INSERT INTO items SELECT g, 'acme', 'red', g FROM generate_series(1, 300) g")
+        .await
+        .expect("write");
+    rx.wait_until(PATIENCE, "300 deliveries", |r| r.len() >= 300)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = rx.received();
+    let ids: BTreeSet<&str> = got.iter().map(|r| r.header("webhook-id")).collect();
+    assert_eq!(got.len(), 300, "no event sent twice");
+    assert_eq!(ids.len(), 300);
+    let theirs = other_metrics
+        .delivered
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let ours = server
+        .state
+        .webhook_metrics
+        .delivered
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(theirs + ours, 300);
+    assert!(
+        theirs > 0 && ours > 0,
+        "both dispatchers worked: {ours} + {theirs}"
+    );
+    stop_other.cancel();
+    other_task.await.expect("second dispatcher stops");
+    stop(server, token).await;
+}
