@@ -382,9 +382,9 @@ fn cpu_report(a: &CpuSnap, b: &CpuSnap) -> Vec<String> {
     let sluice = b.sluice - a.sluice;
     let bench = b.bench - a.bench;
     let mut lines = vec![format!(
-        "CPU over {wall:.1} s of wall time ({} cores): sluice {sluice:.2} s ({:.0}% of one core), \
+        "CPU over {wall:.1} s of wall time ({} cores; % of one core): sluice {sluice:.2} s ({:.0}%), \
          postgres {pg:.2} s ({:.0}%), this process (receiver + writers) {bench:.2} s ({:.0}%); \
-         machine busy {:.0}%",
+         machine busy {:.0}% of all cores",
         cores(),
         100.0 * sluice / wall,
         100.0 * pg / wall,
@@ -435,7 +435,7 @@ async fn sample_activity(url: String, stop: Arc<AtomicBool>) -> Activity {
                 "SELECT coalesce(nullif(application_name, ''), '(no application_name: sluice pools)'),
                         state,
                         coalesce(wait_event_type || ':' || wait_event, 'CPU'),
-                        left(regexp_replace(query, '\\s+', ' ', 'g'), 72)
+                        left(query, 120)
                  FROM pg_stat_activity
                  WHERE backend_type = 'client backend'
                    AND pid <> pg_backend_pid()
@@ -452,6 +452,13 @@ async fn sample_activity(url: String, stop: Arc<AtomicBool>) -> Activity {
             let (who, state, wait, query): (String, String, String, String) =
                 (r.get(0), r.get(1), r.get(2), r.get(3));
             *out.waits.entry(wait).or_default() += 1;
+            let query: String = query
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .chars()
+                .take(72)
+                .collect();
             *out.busy.entry((who, state, query)).or_default() += 1;
         }
     }

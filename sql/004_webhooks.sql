@@ -56,7 +56,12 @@ CREATE TABLE sluice.webhook_deliveries (
     updated_at       timestamptz NOT NULL DEFAULT now(),
     UNIQUE (webhook_id, seq)
 );
-CREATE INDEX webhook_deliveries_due ON sluice.webhook_deliveries (webhook_id, next_attempt_at)
+-- Claims read an endpoint's due deliveries in (next_attempt_at, seq) order
+-- straight off this index (no sort, however large the backlog); the second
+-- answers an ordered endpoint's "anything earlier unfinished?".
+CREATE INDEX webhook_deliveries_due ON sluice.webhook_deliveries (webhook_id, next_attempt_at, seq)
+    WHERE status IN ('pending', 'failed');
+CREATE INDEX webhook_deliveries_unfinished ON sluice.webhook_deliveries (webhook_id, seq)
     WHERE status IN ('pending', 'failed');
 CREATE INDEX webhook_deliveries_by_status ON sluice.webhook_deliveries (webhook_id, status, seq);
 -- Retention removes the deliveries of pruned events by seq.

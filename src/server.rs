@@ -53,7 +53,20 @@ impl Server {
 
 /// A pool of state-database connections.
 pub fn pool(url: &str, size: usize) -> Result<deadpool_postgres::Pool, ServerError> {
-    let pg: tokio_postgres::Config = url.parse().map_err(|e| ServerError::Pool(format!("{e}")))?;
+    pool_with(url, size, None)
+}
+
+/// A pool whose connections run with `options` (`-c name=value …`).
+pub fn pool_with(
+    url: &str,
+    size: usize,
+    options: Option<&str>,
+) -> Result<deadpool_postgres::Pool, ServerError> {
+    let mut pg: tokio_postgres::Config =
+        url.parse().map_err(|e| ServerError::Pool(format!("{e}")))?;
+    if let Some(o) = options {
+        pg.options(o);
+    }
     let mgr = deadpool_postgres::Manager::from_config(
         pg,
         tokio_postgres::NoTls,
@@ -92,7 +105,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Server
         webhook_metrics: Arc::default(),
     };
     let dispatcher = crate::webhooks::dispatch::Dispatcher::new(
-        pool(&state_url, 4)?,
+        // Asynchronous commit: a dispatcher write lost to a Postgres crash
+        // only means a delivery is sent again (at least once holds), and
+        // it spares every claim and record a WAL flush.
+        pool_with(&state_url, 4, Some("-c synchronous_commit=off"))?,
         &running.outbox,
         &config.webhooks,
         state.webhook_metrics.clone(),

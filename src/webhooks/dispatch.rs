@@ -102,7 +102,8 @@ impl Dispatcher {
             .no_proxy()
             .timeout(timeout)
             .connect_timeout(timeout)
-            .pool_max_idle_per_host(config.endpoint_concurrency)
+            // Endpoints often share a host: keep a connection per request slot.
+            .pool_max_idle_per_host(config.concurrency)
             .user_agent(concat!("sluice-webhooks/", env!("CARGO_PKG_VERSION")))
             .dns_resolver(Arc::new(ssrf::GuardedResolver {
                 allow_private: config.allow_private_addresses,
