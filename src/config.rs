@@ -172,6 +172,31 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "let endpoints resolve to loopback, private, link-local or metadata addresses",
     ),
     (
+        "ws.auth_timeout_secs",
+        "10",
+        "a WebSocket that has not authenticated after this long is closed (4001)",
+    ),
+    (
+        "ws.max_subscriptions",
+        "100",
+        "subscriptions one WebSocket connection may hold",
+    ),
+    (
+        "ws.max_message_bytes",
+        "65536",
+        "largest client message accepted (larger ones get a `message_too_large` error)",
+    ),
+    (
+        "ws.queue",
+        "256",
+        "frames waiting to be written to one WebSocket; when full, its subscriptions fall back to the log",
+    ),
+    (
+        "ws.ping_secs",
+        "30",
+        "interval of server pings; a connection silent for two intervals is closed",
+    ),
+    (
         "hub.subscriber_queue",
         "1024",
         "events buffered per live subscriber before it catches up from the log",
@@ -233,6 +258,11 @@ fn kind_of(path: &str) -> Kind {
         | "webhooks.endpoint_concurrency"
         | "webhooks.poll_interval_ms"
         | "webhooks.secret_overlap_secs"
+        | "ws.auth_timeout_secs"
+        | "ws.max_subscriptions"
+        | "ws.max_message_bytes"
+        | "ws.queue"
+        | "ws.ping_secs"
         | "hub.subscriber_queue"
         | "log.retention_hours"
         | "log.prune_interval_secs"
@@ -297,6 +327,8 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub webhooks: WebhooksConfig,
+    #[serde(default)]
+    pub ws: WsConfig,
 }
 
 /// Declares a config section whose every key has a default.
@@ -324,6 +356,17 @@ section!(
         page_limit: i64 = 1000,
         db_pool_size: usize = 16,
         cors_origins: String = "*".to_owned(),
+    }
+);
+
+section!(
+    /// WebSocket sessions.
+    WsConfig {
+        auth_timeout_secs: u64 = 10,
+        max_subscriptions: usize = 100,
+        max_message_bytes: usize = 65536,
+        queue: usize = 256,
+        ping_secs: u64 = 30,
     }
 );
 
@@ -629,6 +672,11 @@ impl Config {
         positive("appender.max_batch_events", self.appender.max_batch_events)?;
         positive("appender.max_batch_bytes", self.appender.max_batch_bytes)?;
         positive("appender.queue_events", self.appender.queue_events)?;
+        positive("ws.auth_timeout_secs", self.ws.auth_timeout_secs as usize)?;
+        positive("ws.max_subscriptions", self.ws.max_subscriptions)?;
+        positive("ws.max_message_bytes", self.ws.max_message_bytes)?;
+        positive("ws.queue", self.ws.queue)?;
+        positive("ws.ping_secs", self.ws.ping_secs as usize)?;
         positive("webhooks.timeout_ms", self.webhooks.timeout_ms as usize)?;
         positive("webhooks.max_attempts", self.webhooks.max_attempts)?;
         positive("webhooks.concurrency", self.webhooks.concurrency)?;
@@ -940,6 +988,11 @@ tables = [{ table = "public.orders", tenant_column = "tenant_id" }]
             ("http.page_limit", c.http.page_limit as usize),
             ("http.db_pool_size", c.http.db_pool_size),
             ("hub.subscriber_queue", c.hub.subscriber_queue),
+            ("ws.auth_timeout_secs", c.ws.auth_timeout_secs as usize),
+            ("ws.max_subscriptions", c.ws.max_subscriptions),
+            ("ws.max_message_bytes", c.ws.max_message_bytes),
+            ("ws.queue", c.ws.queue),
+            ("ws.ping_secs", c.ws.ping_secs as usize),
             ("webhooks.timeout_ms", c.webhooks.timeout_ms as usize),
             ("webhooks.max_attempts", c.webhooks.max_attempts),
             ("webhooks.concurrency", c.webhooks.concurrency),

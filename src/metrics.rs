@@ -30,6 +30,8 @@ pub struct HttpMetrics {
     pub sse_subscribers: AtomicU64,
     pub sse_events: AtomicU64,
     pub catchups: AtomicU64,
+    pub ws_connections: AtomicU64,
+    pub ws_events: AtomicU64,
 }
 
 /// One sample: name, optional `label="value"` text, value.

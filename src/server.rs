@@ -103,6 +103,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Server
         shutdown: streams.clone(),
         outbox: running.outbox.clone(),
         webhook_metrics: Arc::default(),
+        publish_pool: pool(&config.postgres().map_err(PipelineError::from)?.url, 4)?,
     };
     let dispatcher = crate::webhooks::dispatch::Dispatcher::new(
         // Asynchronous commit: a dispatcher write lost to a Postgres crash

@@ -4,4 +4,7 @@
 
 pub mod follow;
 pub mod ndjson;
+pub mod publish;
 pub mod sse;
+pub mod ws;
+pub mod ws_protocol;

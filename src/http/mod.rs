@@ -41,6 +41,8 @@ pub struct AppState {
     /// The webhook outbox (to wake the dispatcher after a replay).
     pub outbox: crate::webhooks::Outbox,
     pub webhook_metrics: Arc<crate::webhooks::dispatch::WebhookMetrics>,
+    /// Connections to the source database, for publishing custom events.
+    pub publish_pool: deadpool_postgres::Pool,
 }
 
 impl AppState {
@@ -222,6 +224,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::deliver::ndjson::router())
         .merge(health::router())
         .merge(crate::webhooks::api::router())
+        .merge(crate::deliver::ws::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             cors::layer,

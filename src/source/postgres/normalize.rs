@@ -421,10 +421,11 @@ impl Normalizer {
     }
 
     /// A logical decoding message with prefix `sluice`: content
-    /// `{"tenant": …, "type": …, "data": …}` becomes `custom.<type>`.
+    /// `{"tenant": …, "type": …, "data": …, "subject": …}` (subject
+    /// optional) becomes `custom.<type>`.
     pub fn custom(&self, tx: &TxContext, pos: u64, content: &[u8]) -> Outcome {
         match parse_custom(content) {
-            Ok((tenant, name, data)) => Outcome::Event(PendingEvent {
+            Ok((tenant, name, data, subject)) => Outcome::Event(PendingEvent {
                 audience: Audience::Tenant(tenant),
                 position: SourcePosition {
                     commit_lsn: tx.commit_lsn,
@@ -433,7 +434,7 @@ impl Normalizer {
                 source: self.source.clone(),
                 event_type: format!("{}{name}", types::CUSTOM_PREFIX).into(),
                 topic: format!("custom/{name}").into(),
-                subject: None,
+                subject,
                 time_micros: tx.commit_time_micros,
                 time: tx.time.clone(),
                 txid: (tx.xid != 0).then_some(u64::from(tx.xid)),
@@ -458,7 +459,10 @@ pub fn valid_custom_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-fn parse_custom(content: &[u8]) -> Result<(TenantId, String, serde_json::Value), String> {
+/// (tenant, type, data, subject) of a custom event's content.
+type Custom = (TenantId, String, serde_json::Value, Option<String>);
+
+fn parse_custom(content: &[u8]) -> Result<Custom, String> {
     use serde_json::Value;
     let v: Value =
         serde_json::from_slice(content).map_err(|e| format!("content is not JSON: {e}"))?;
@@ -480,8 +484,13 @@ fn parse_custom(content: &[u8]) -> Result<(TenantId, String, serde_json::Value),
         Some(_) => return Err("type must be a string".into()),
         None => return Err("type is missing".into()),
     };
+    let subject = match obj.get("subject") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err("subject must be a string".into()),
+    };
     let data = obj.remove("data").unwrap_or(Value::Null);
-    Ok((tenant, name, data))
+    Ok((tenant, name, data, subject))
 }
 
 fn check_shape(rel: &CachedRelation, t: &Tuple) -> Result<(), DropReason> {

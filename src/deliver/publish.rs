@@ -1,0 +1,90 @@
+//! Publishing a custom event from a client: it goes through Postgres as a
+//! `sluice` logical message (`pg_logical_emit_message`, transactional), so
+//! it is durable and ordered with the row changes around it, and comes back
+//! through the pipeline like any other custom event. The caller gets its
+//! seq once it is in the log.
+
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use crate::event::TenantId;
+use crate::http::AppState;
+
+/// How long a publish waits for its event to reach the log.
+const PUBLISH_WAIT: Duration = Duration::from_secs(10);
+
+/// Emits the event for `tenant` (from the credential, never from the
+/// client) and waits for its seq.
+pub async fn publish(
+    state: &AppState,
+    tenant: &TenantId,
+    name: &str,
+    data: Map<String, Value>,
+    subject: Option<String>,
+) -> Result<i64, String> {
+    let mut content = json!({"tenant": tenant.as_str(), "type": name, "data": Value::Object(data)});
+    if let Some(s) = subject {
+        content["subject"] = json!(s);
+    }
+    let head_before = state.head();
+    let mut durable = state.durable.clone();
+    let source = state
+        .publish_pool
+        .get()
+        .await
+        .map_err(|e| unavailable("the source database", e))?;
+    let row = source
+        .query_one(
+            "SELECT pg_logical_emit_message(true, 'sluice', $1::text)::text, txid_current()",
+            &[&content.to_string()],
+        )
+        .await
+        .map_err(|e| unavailable("the source database", e))?;
+    drop(source);
+    let txid: i64 = row.get(1);
+    // pgoutput carries the 32-bit xid; the log stores that.
+    let xid = txid & 0xFFFF_FFFF;
+    let event_type = format!("custom.{name}");
+    let deadline = tokio::time::Instant::now() + PUBLISH_WAIT;
+    loop {
+        let client = state
+            .pool
+            .get()
+            .await
+            .map_err(|e| unavailable("the log", e))?;
+        let found = client
+            .query_opt(
+                "SELECT seq FROM sluice.events
+                 WHERE seq > $1 AND tenant_hash = $2 AND tenant = $3 AND txid = $4 AND type = $5
+                 ORDER BY seq LIMIT 1",
+                &[
+                    &head_before,
+                    &tenant.hash32(),
+                    &tenant.as_str(),
+                    &xid,
+                    &event_type,
+                ],
+            )
+            .await
+            .map_err(|e| unavailable("the log", e))?;
+        drop(client);
+        if let Some(r) = found {
+            return Ok(r.get(0));
+        }
+        match tokio::time::timeout_at(deadline, durable.changed()).await {
+            Ok(Ok(())) => {}
+            _ => {
+                return Err(format!(
+                    "the event was committed to Postgres but did not reach the log within {}s; it will still be delivered",
+                    PUBLISH_WAIT.as_secs()
+                ))
+            }
+        }
+    }
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> String {
+    tracing::warn!(error = %e, what, "publish failed");
+    format!("{what} is unavailable; retry shortly")
+}

@@ -1,0 +1,445 @@
+//! `GET /v1/ws`: many subscriptions and publishing on one WebSocket. The
+//! messages are in `ws_protocol`; this is the session.
+//!
+//! Each subscription runs its own `Follower` (catch-up from the log, then
+//! live) in a task that hands frames to the connection's bounded queue. A
+//! connection that reads slowly fills that queue; its subscription tasks
+//! then wait, their hub queues overflow, and they fall back to the log: a
+//! slow client costs bounded memory and never slows anyone else.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::follow::{FollowError, Follower, Start};
+use super::ws_protocol::{self as proto, code, ClientMessage, ProtocolError};
+use crate::auth::{self, CredentialSource, Identity, Role};
+use crate::event::TenantId;
+use crate::http::params::Params;
+use crate::http::{authorize, ApiError, AppState};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/ws", get(upgrade))
+}
+
+/// Frames for the client, from subscription tasks and the session.
+enum Out {
+    Text(Utf8Bytes),
+    /// A subscription ended on its own (gap, log unavailable).
+    Ended(String),
+}
+
+async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let p = Params::parse(
+        raw.as_deref(),
+        &["apikey", "tenant"],
+        state.config.http.max_query_bytes,
+    )?;
+    let has_header = headers.contains_key("apikey") || headers.contains_key("authorization");
+    // A credential in the URL or headers authenticates at once; otherwise
+    // the first message must.
+    let pre = if p.one("apikey")?.is_some() || has_header {
+        let (identity, tenant) = authorize(
+            &state,
+            &headers,
+            p.one("apikey")?,
+            p.one("tenant")?,
+            Role::Anon,
+        )
+        .await?;
+        Some((identity, tenant))
+    } else {
+        None
+    };
+    let cloudevents = headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == proto::CLOUDEVENTS_SUBPROTOCOL);
+    let ws = if cloudevents {
+        ws.protocols([proto::CLOUDEVENTS_SUBPROTOCOL])
+    } else {
+        ws
+    };
+    // Frames up to 16 × the limit are read and answered `message_too_large`
+    // (the connection stays); beyond that the socket itself is closed (1009).
+    let limit = state.config.ws.max_message_bytes;
+    let ws = ws
+        .max_message_size(limit.saturating_mul(16))
+        .max_frame_size(limit.saturating_mul(16))
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    Ok(ws.on_upgrade(move |socket| async move {
+        Box::pin(Session::run(socket, state, pre, cloudevents)).await
+    }))
+}
+
+struct Session {
+    state: AppState,
+    cloudevents: bool,
+    who: Option<(Identity, TenantId)>,
+    subs: HashMap<String, JoinHandle<()>>,
+    tx: mpsc::Sender<Out>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for (_, task) in self.subs.drain() {
+            task.abort();
+        }
+        self.state
+            .metrics
+            .ws_connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn text(s: impl Into<String>) -> Message {
+    Message::Text(Utf8Bytes::from(s.into()))
+}
+
+fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }))
+}
+
+impl Session {
+    async fn run(
+        socket: WebSocket,
+        state: AppState,
+        pre: Option<(Identity, TenantId)>,
+        cloudevents: bool,
+    ) {
+        let cfg = state.config.ws.clone();
+        let (tx, mut rx) = mpsc::channel::<Out>(cfg.queue.max(1));
+        state.metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
+        let mut s = Session {
+            state,
+            cloudevents,
+            who: None,
+            subs: HashMap::new(),
+            tx,
+        };
+        let (mut sink, mut stream) = socket.split();
+        if let Some((identity, tenant)) = pre {
+            let ok = proto::auth_ok_frame(&tenant, identity.role);
+            s.who = Some((identity, tenant));
+            if sink.send(text(ok)).await.is_err() {
+                return;
+            }
+        }
+        let auth_deadline = tokio::time::sleep(Duration::from_secs(cfg.auth_timeout_secs.max(1)));
+        tokio::pin!(auth_deadline);
+        let ping_every = Duration::from_secs(cfg.ping_secs.max(1));
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        let check = Duration::from_secs(s.state.config.auth.revocation_check_secs.max(1));
+        let mut revocation = tokio::time::interval_at(tokio::time::Instant::now() + check, check);
+        let mut heard = tokio::time::Instant::now();
+        let shutdown = s.state.shutdown.clone();
+        loop {
+            let reply: Option<Message> = tokio::select! {
+                incoming = stream.next() => {
+                    let Some(Ok(msg)) = incoming else { return };
+                    heard = tokio::time::Instant::now();
+                    match msg {
+                        Message::Text(t) => s.handle(t.as_str()).await.map(text),
+                        Message::Binary(_) => Some(text(proto::error_frame(&ProtocolError::new(
+                            code::BINARY_NOT_SUPPORTED,
+                            "binary frames are not supported; send JSON text frames",
+                        )))),
+                        Message::Ping(_) | Message::Pong(_) => None,
+                        Message::Close(_) => return,
+                    }
+                }
+                Some(out) = rx.recv() => match out {
+                    Out::Text(t) => Some(Message::Text(t)),
+                    Out::Ended(id) => {
+                        s.subs.remove(&id);
+                        None
+                    }
+                },
+                _ = &mut auth_deadline, if s.who.is_none() => {
+                    let _ = sink.send(close(proto::CLOSE_AUTH_TIMEOUT, "auth_timeout")).await;
+                    return;
+                }
+                _ = ping.tick() => {
+                    if heard.elapsed() > ping_every * 2 {
+                        // Nothing heard for two intervals, not even a pong.
+                        return;
+                    }
+                    Some(Message::Ping(Bytes::new()))
+                }
+                _ = revocation.tick(), if s.who.is_some() => {
+                    let still = match &s.who {
+                        Some((identity, _)) => Box::pin(s.state.auth.still_valid(identity)).await,
+                        None => true,
+                    };
+                    if still {
+                        None
+                    } else {
+                        let _ = sink.send(close(proto::CLOSE_CREDENTIAL_REVOKED, "credential_revoked")).await;
+                        return;
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    let _ = sink.send(close(proto::CLOSE_GOING_AWAY, "server shutting down")).await;
+                    return;
+                }
+            };
+            if let Some(m) = reply {
+                if sink.send(m).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Answers one text frame (`None`: nothing to answer right away).
+    async fn handle(&mut self, frame: &str) -> Option<String> {
+        let limit = self.state.config.ws.max_message_bytes;
+        let parsed = if self.who.is_none() {
+            proto::parse_client_before_auth(frame, limit)
+        } else {
+            proto::parse_client(frame, limit, &self.state.captured_tables())
+        };
+        let msg = match parsed {
+            Ok(m) => m,
+            Err(e) => return Some(proto::error_frame(&e)),
+        };
+        let result = match msg {
+            ClientMessage::Ping => Ok(proto::pong_frame().to_owned()),
+            ClientMessage::Auth { token } => self.auth(&token).await,
+            ClientMessage::Subscribe { id, selector, from } => {
+                // Answered through the queue, ahead of its events.
+                return self
+                    .subscribe(id, selector, from)
+                    .await
+                    .err()
+                    .map(|e| proto::error_frame(&e));
+            }
+            ClientMessage::Unsubscribe { id } => match self.subs.remove(&id) {
+                Some(task) => {
+                    task.abort();
+                    Ok(proto::unsubscribed_frame(&id))
+                }
+                None => Err(ProtocolError::new(
+                    code::UNKNOWN_ID,
+                    format!("no subscription {id:?} on this connection"),
+                )
+                .with_id(id)),
+            },
+            ClientMessage::Publish {
+                event,
+                data,
+                subject,
+            } => self.publish(&event, data, subject).await,
+        };
+        Some(result.unwrap_or_else(|e| proto::error_frame(&e)))
+    }
+
+    async fn auth(&mut self, token: &str) -> Result<String, ProtocolError> {
+        if self.who.is_some() {
+            return Err(ProtocolError::already_authenticated());
+        }
+        let identity = self
+            .state
+            .auth
+            .authenticate(token, CredentialSource::Header)
+            .await
+            .map_err(|e| {
+                let code = if matches!(e, auth::AuthError::Unavailable(_)) {
+                    code::UNAVAILABLE
+                } else {
+                    code::AUTH_FAILED
+                };
+                ProtocolError::new(code, e.to_string())
+            })?;
+        let Some(tenant) = identity.tenant.clone() else {
+            return Err(ProtocolError::new(
+                code::AUTH_FAILED,
+                "admin credentials are cross-tenant; a WebSocket acts for one tenant: use that tenant's key",
+            ));
+        };
+        let ok = proto::auth_ok_frame(&tenant, identity.role);
+        self.who = Some((identity, tenant));
+        Ok(ok)
+    }
+
+    async fn subscribe(
+        &mut self,
+        id: String,
+        selector: crate::subscription::Selector,
+        from: Option<i64>,
+    ) -> Result<(), ProtocolError> {
+        let Some((_, tenant)) = &self.who else {
+            return Err(ProtocolError::new(
+                code::NOT_AUTHENTICATED,
+                "authenticate first",
+            ));
+        };
+        if self.subs.contains_key(&id) {
+            return Err(ProtocolError::new(
+                code::DUPLICATE_ID,
+                format!("a subscription {id:?} is already open on this connection"),
+            )
+            .with_id(id));
+        }
+        let max = self.state.config.ws.max_subscriptions;
+        if self.subs.len() >= max {
+            return Err(ProtocolError::new(
+                code::TOO_MANY_SUBSCRIPTIONS,
+                format!("at most {max} subscriptions per connection"),
+            )
+            .with_id(id));
+        }
+        if let Some(from) = from {
+            let pruned = match self.state.pool.get().await {
+                Ok(c) => crate::log::pruned_through(&**c)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+            .map_err(|e| {
+                tracing::warn!(error = %e, "ws subscribe cannot read the log");
+                ProtocolError::new(code::UNAVAILABLE, "the log is unavailable; retry shortly")
+                    .with_id(id.clone())
+            })?;
+            if from <= pruned {
+                return Err(ProtocolError::new(
+                    code::GAP,
+                    format!(
+                        "seq {from} is older than the log's retention; the oldest available is {}",
+                        pruned + 1
+                    ),
+                )
+                .with_id(id));
+            }
+        }
+        let follower = Follower::new(
+            self.state.hub.clone(),
+            self.state.pool.clone(),
+            self.state.durable.clone(),
+            tenant.clone(),
+            Arc::new(selector),
+            from.map_or(Start::Live, Start::At),
+            self.state.config.http.page_limit,
+        );
+        let ack = proto::subscribed_frame(&id);
+        // The ack goes out before any event: it is queued first.
+        self.tx
+            .send(Out::Text(Utf8Bytes::from(ack)))
+            .await
+            .map_err(|_| ProtocolError::new(code::UNAVAILABLE, "connection closing"))?;
+        let task = tokio::spawn(Box::pin(forward(
+            id.clone(),
+            follower,
+            self.tx.clone(),
+            self.cloudevents,
+            self.state.clone(),
+        )));
+        self.subs.insert(id, task);
+        Ok(())
+    }
+
+    async fn publish(
+        &mut self,
+        event: &str,
+        data: serde_json::Map<String, serde_json::Value>,
+        subject: Option<String>,
+    ) -> Result<String, ProtocolError> {
+        let Some((identity, tenant)) = &self.who else {
+            return Err(ProtocolError::new(
+                code::NOT_AUTHENTICATED,
+                "authenticate first",
+            ));
+        };
+        if identity.role < Role::Service {
+            return Err(ProtocolError::new(
+                code::FORBIDDEN,
+                "publishing needs a service key (this connection's credential is anon)",
+            ));
+        }
+        let seq = crate::deliver::publish::publish(&self.state, tenant, event, data, subject)
+            .await
+            .map_err(|e| ProtocolError::new(code::UNAVAILABLE, e))?;
+        Ok(proto::published_frame(seq))
+    }
+}
+
+/// One subscription: follows the log and live hub, queues frames for the
+/// connection until it is aborted or its follower ends.
+async fn forward(
+    id: String,
+    mut follower: Follower,
+    tx: mpsc::Sender<Out>,
+    cloudevents: bool,
+    state: AppState,
+) {
+    loop {
+        let frame = match follower.next().await {
+            Ok(e) => {
+                state.metrics.ws_events.fetch_add(1, Ordering::Relaxed);
+                if cloudevents {
+                    proto::cloudevents_event_frame(&e.body)
+                } else {
+                    proto::event_frame(&id, &e.body)
+                }
+            }
+            Err(FollowError::Gap { requested, oldest }) => {
+                let err = ProtocolError::new(
+                    code::GAP,
+                    format!("seq {requested} was pruned by retention; the oldest available is {oldest}; resubscribe"),
+                )
+                .with_id(id.clone());
+                let _ = tx
+                    .send(Out::Text(Utf8Bytes::from(proto::error_frame(&err))))
+                    .await;
+                let _ = tx.send(Out::Ended(id)).await;
+                return;
+            }
+            Err(FollowError::Db(e)) => {
+                tracing::warn!(error = %e, "ws subscription cannot read the log; ending it");
+                let err = ProtocolError::new(
+                    code::UNAVAILABLE,
+                    format!(
+                        "the log is unavailable; resubscribe with from={}",
+                        follower.position()
+                    ),
+                )
+                .with_id(id.clone());
+                let _ = tx
+                    .send(Out::Text(Utf8Bytes::from(proto::error_frame(&err))))
+                    .await;
+                let _ = tx.send(Out::Ended(id)).await;
+                return;
+            }
+        };
+        let Ok(text) = Utf8Bytes::try_from(frame) else {
+            continue;
+        };
+        if tx.send(Out::Text(text)).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,2096 @@
+//! The WebSocket protocol: parsing of client messages into validated
+//! commands, serialization of server messages, and the stable error and
+//! close codes. Pure: no I/O, no session state; the session decides what a
+//! valid message does (and answers the session-level errors built by the
+//! [`ProtocolError`] constructors).
+//!
+//! # Client → server
+//!
+//! One JSON object per text frame, with a `type` member:
+//!
+//! - `{"type":"auth","token":"<API key or JWT>"}`
+//! - `{"type":"subscribe","id":"s1","topic":"tables/**","topics":[…],
+//!   "table":"public.orders","collection":"shop.orders","filter":{…},"from":42}`
+//!   — `id` (1 to [`MAX_ID_BYTES`] bytes) names the subscription in its
+//!   events; `topic` is one glob, `topics` a non-empty array of globs,
+//!   `table` / `collection` one name or a non-empty array of names (a table
+//!   must be captured); all of them together at most [`MAX_TOPICS`] globs,
+//!   none = every topic; `filter` a filter object (see
+//!   [`crate::subscription::filter`]); `from` the first seq to deliver
+//!   (inclusive, a whole number ≥ 0), none = live only.
+//! - `{"type":"unsubscribe","id":"s1"}`
+//! - `{"type":"publish","event":"order.shipped","data":{…},"subject":"order/42"}`
+//!   — a custom event of the credential's tenant (a `tenant` member is
+//!   accepted and ignored: the tenant always comes from the credential).
+//! - `{"type":"ping"}`
+//!
+//! Any other member is an error naming it, and so is a member given twice.
+//! An optional member set to `null` counts as absent. Before `auth` only
+//! `auth` and `ping` are accepted (see [`parse_client_before_auth`]).
+//!
+//! # Server → client
+//!
+//! `auth_ok {tenant, role}`, `subscribed {id}`, `unsubscribed {id}`,
+//! `event {sub, event}` (the envelope embedded verbatim), `published {seq}`,
+//! `pong`, `error {id?, code, message}`; see the `*_frame` functions. With
+//! the [`CLOUDEVENTS_SUBPROTOCOL`] an event frame is the bare envelope.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use bytes::Bytes;
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::{Map, Value};
+
+use crate::auth::Role;
+use crate::event::TenantId;
+use crate::http::params::MAX_TOPICS;
+use crate::source::postgres::normalize::{valid_custom_name, MAX_CUSTOM_NAME};
+use crate::subscription::{collection_glob, table_glob, Filter, Selector, TopicGlob};
+
+/// Longest subscription id, in bytes.
+pub const MAX_ID_BYTES: usize = 64;
+/// Longest `subject` of a published event, in bytes.
+pub const MAX_SUBJECT_BYTES: usize = 256;
+/// The WebSocket subprotocol in which an event frame is the bare envelope
+/// (a CloudEvents 1.0 structured-mode JSON event) rather than an `event`
+/// message. Its frames carry no subscription id, so a client of it should
+/// hold one subscription (or tell events apart by their `topic`); every
+/// other message is the same as without it.
+pub const CLOUDEVENTS_SUBPROTOCOL: &str = "cloudevents.json";
+/// The client message types, in the order error messages list them.
+pub const CLIENT_TYPES: &[&str] = &["auth", "subscribe", "unsubscribe", "publish", "ping"];
+
+/// The stable error codes of `error` messages.
+pub mod code {
+    /// The text frame is not valid JSON.
+    pub const INVALID_JSON: &str = "invalid_json";
+    /// The message has the wrong shape: not an object, a missing, repeated
+    /// or unknown member, or a member of the wrong type or value.
+    pub const INVALID_MESSAGE: &str = "invalid_message";
+    /// The `type` member names no known message type.
+    pub const UNKNOWN_TYPE: &str = "unknown_type";
+    /// Anything but `auth` or `ping` before a successful `auth`.
+    pub const NOT_AUTHENTICATED: &str = "not_authenticated";
+    /// A second `auth` on an authenticated connection.
+    pub const ALREADY_AUTHENTICATED: &str = "already_authenticated";
+    /// The credential of `auth` was refused (unknown, revoked, expired…).
+    pub const AUTH_FAILED: &str = "auth_failed";
+    /// The credential's role does not allow this (e.g. `publish` with anon).
+    pub const FORBIDDEN: &str = "forbidden";
+    /// `subscribe` with the id of a subscription still active.
+    pub const DUPLICATE_ID: &str = "duplicate_id";
+    /// `unsubscribe` with an id no active subscription has.
+    pub const UNKNOWN_ID: &str = "unknown_id";
+    /// `subscribe` beyond the connection's limit of subscriptions.
+    pub const TOO_MANY_SUBSCRIPTIONS: &str = "too_many_subscriptions";
+    /// A topic glob, table or collection name of `subscribe` is invalid, or
+    /// there are too many of them.
+    pub const INVALID_TOPIC: &str = "invalid_topic";
+    /// The `filter` of `subscribe` is invalid.
+    pub const INVALID_FILTER: &str = "invalid_filter";
+    /// The `table` of `subscribe` is not a captured table.
+    pub const UNKNOWN_TABLE: &str = "unknown_table";
+    /// The `from` of `subscribe` is older than the log's retention.
+    pub const GAP: &str = "gap";
+    /// The text frame is larger than the configured limit.
+    pub const MESSAGE_TOO_LARGE: &str = "message_too_large";
+    /// A binary frame was received; messages are JSON text frames.
+    pub const BINARY_NOT_SUPPORTED: &str = "binary_not_supported";
+    /// A failure on the server's side; retry shortly.
+    pub const UNAVAILABLE: &str = "unavailable";
+}
+
+/// Every error code, with its meaning: code → meaning.
+pub const ERROR_CODES: &[(&str, &str)] = &[
+    (code::INVALID_JSON, "the text frame is not valid JSON"),
+    (
+        code::INVALID_MESSAGE,
+        "the message has the wrong shape: not an object, a missing, repeated or unknown member, or a member of the wrong type or value",
+    ),
+    (code::UNKNOWN_TYPE, "the type member names no known message type"),
+    (
+        code::NOT_AUTHENTICATED,
+        "only auth and ping are accepted before a successful auth",
+    ),
+    (
+        code::ALREADY_AUTHENTICATED,
+        "the connection is already authenticated; open another connection for another credential",
+    ),
+    (
+        code::AUTH_FAILED,
+        "the credential was refused (unknown, revoked, expired or malformed)",
+    ),
+    (
+        code::FORBIDDEN,
+        "the credential's role does not allow this (e.g. publish needs a service credential)",
+    ),
+    (
+        code::DUPLICATE_ID,
+        "a subscription with this id is already active on the connection",
+    ),
+    (code::UNKNOWN_ID, "no active subscription has this id"),
+    (
+        code::TOO_MANY_SUBSCRIPTIONS,
+        "the connection already holds its limit of subscriptions",
+    ),
+    (
+        code::INVALID_TOPIC,
+        "a topic glob, table or collection name is invalid, or there are too many",
+    ),
+    (code::INVALID_FILTER, "the filter is invalid"),
+    (code::UNKNOWN_TABLE, "the table is not one Sluice captures"),
+    (
+        code::GAP,
+        "from is older than the log's retention; the message names the oldest seq available",
+    ),
+    (
+        code::MESSAGE_TOO_LARGE,
+        "the text frame is larger than the limit; the connection stays open",
+    ),
+    (
+        code::BINARY_NOT_SUPPORTED,
+        "binary frames are not accepted; send JSON text frames",
+    ),
+    (
+        code::UNAVAILABLE,
+        "a failure on the server's side (e.g. the log's database); retry shortly",
+    ),
+];
+
+/// Close code: the connection ends normally (the client closed it, or the
+/// server acknowledges the client's close).
+pub const CLOSE_NORMAL: u16 = 1000;
+/// Close code: the server is shutting down; reconnect (to another
+/// instance) and resume with `from`.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code: an unexpected failure of the server.
+pub const CLOSE_INTERNAL_ERROR: u16 = 1011;
+/// Close code: no successful `auth` within the configured time after the
+/// connection opened.
+pub const CLOSE_AUTH_TIMEOUT: u16 = 4001;
+/// Close code: the connection's credential was revoked or has expired.
+pub const CLOSE_CREDENTIAL_REVOKED: u16 = 4003;
+
+/// Every close code the server sends: (code, reason sent in the close
+/// frame, meaning). A slow connection is never closed (it catches up from
+/// the log) and an oversized message is answered with a
+/// `message_too_large` error, the connection staying open (1009 is not
+/// used).
+pub const CLOSE_CODES: &[(u16, &str, &str)] = &[
+    (CLOSE_NORMAL, "normal", "the connection ends normally"),
+    (
+        CLOSE_GOING_AWAY,
+        "server_shutting_down",
+        "the server is shutting down; reconnect and resume with from",
+    ),
+    (
+        CLOSE_INTERNAL_ERROR,
+        "internal_error",
+        "an unexpected failure of the server",
+    ),
+    (
+        CLOSE_AUTH_TIMEOUT,
+        "auth_timeout",
+        "no successful auth within the configured time",
+    ),
+    (
+        CLOSE_CREDENTIAL_REVOKED,
+        "credential_revoked",
+        "the connection's credential was revoked or has expired",
+    ),
+];
+
+/// A client message, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMessage {
+    /// Authenticate the connection.
+    Auth {
+        /// An API key or a JWT, as sent (non-empty).
+        token: String,
+    },
+    /// Open a subscription.
+    Subscribe {
+        /// The client's name for the subscription (1 to [`MAX_ID_BYTES`]
+        /// bytes), echoed as `sub` in its events.
+        id: String,
+        /// Topics (from `topic`, `topics`, `table` and `collection`, in that
+        /// order) and filter.
+        selector: Selector,
+        /// The first seq to deliver (inclusive); `None` = live only.
+        from: Option<i64>,
+    },
+    /// Close a subscription.
+    Unsubscribe {
+        /// The id given to `subscribe`.
+        id: String,
+    },
+    /// Append a custom event for the credential's tenant.
+    Publish {
+        /// The custom event name, under the same rule as the custom events
+        /// Postgres emits with `pg_logical_emit_message(…, 'sluice', …)`
+        /// ([`valid_custom_name`]): 1 to [`MAX_CUSTOM_NAME`] characters of
+        /// `A-Z a-z 0-9 _ . -`, so that it is exactly one topic segment
+        /// (the event's topic is `custom/<event>`) and one type suffix (its
+        /// type is `custom.<event>`). An event published here and one
+        /// emitted from Postgres under the same name reach the same
+        /// subscribers.
+        event: String,
+        /// The event's `data`.
+        data: Map<String, Value>,
+        /// The event's `subject`, if any.
+        subject: Option<String>,
+    },
+    /// Ask for a `pong`.
+    Ping,
+}
+
+impl ClientMessage {
+    /// The message's `type`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ClientMessage::Auth { .. } => "auth",
+            ClientMessage::Subscribe { .. } => "subscribe",
+            ClientMessage::Unsubscribe { .. } => "unsubscribe",
+            ClientMessage::Publish { .. } => "publish",
+            ClientMessage::Ping => "ping",
+        }
+    }
+}
+
+/// Why a client message was refused: sent back as an `error` message (see
+/// [`error_frame`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError {
+    /// The id of the subscribe or unsubscribe it answers, when it could be
+    /// read.
+    pub id: Option<String>,
+    /// One of [`ERROR_CODES`].
+    pub code: &'static str,
+    /// What is wrong, for the client's developer.
+    pub message: String,
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+impl ProtocolError {
+    /// An error without an id.
+    pub fn new(code: &'static str, message: impl Into<String>) -> ProtocolError {
+        ProtocolError {
+            id: None,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The same error, answering the message with this id.
+    pub fn with_id(mut self, id: impl Into<String>) -> ProtocolError {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// `already_authenticated`: a second `auth`.
+    pub fn already_authenticated() -> ProtocolError {
+        ProtocolError::new(
+            code::ALREADY_AUTHENTICATED,
+            "this connection is already authenticated; open another connection to use another credential",
+        )
+    }
+
+    /// `auth_failed`, with the reason the credential was refused.
+    pub fn auth_failed(reason: impl fmt::Display) -> ProtocolError {
+        ProtocolError::new(
+            code::AUTH_FAILED,
+            format!("authentication failed: {reason}"),
+        )
+    }
+
+    /// `forbidden`: `what` (e.g. `"publish"`) needs a `need` credential and
+    /// the connection's is `have`.
+    pub fn forbidden(what: &str, need: Role, have: Role) -> ProtocolError {
+        ProtocolError::new(
+            code::FORBIDDEN,
+            format!("{what} needs a {need} credential; this connection's credential is {have}"),
+        )
+    }
+
+    /// `duplicate_id`: `subscribe` with the id of an active subscription.
+    pub fn duplicate_id(id: &str) -> ProtocolError {
+        ProtocolError::new(
+            code::DUPLICATE_ID,
+            format!(
+                "a subscription with id {id:?} is already active on this connection; unsubscribe it first or choose another id"
+            ),
+        )
+        .with_id(id)
+    }
+
+    /// `unknown_id`: `unsubscribe` with an id no active subscription has.
+    pub fn unknown_id(id: &str) -> ProtocolError {
+        ProtocolError::new(
+            code::UNKNOWN_ID,
+            format!("no active subscription has id {id:?}"),
+        )
+        .with_id(id)
+    }
+
+    /// `too_many_subscriptions`: `subscribe` beyond `max` per connection.
+    pub fn too_many_subscriptions(id: &str, max: usize) -> ProtocolError {
+        ProtocolError::new(
+            code::TOO_MANY_SUBSCRIPTIONS,
+            format!(
+                "this connection already has {max} subscriptions, the limit; unsubscribe one first"
+            ),
+        )
+        .with_id(id)
+    }
+
+    /// `gap`: `from` is at or before the last seq retention pruned.
+    pub fn gap(id: &str, requested: i64, oldest: i64) -> ProtocolError {
+        ProtocolError::new(
+            code::GAP,
+            format!(
+                "seq {requested} is older than the log's retention; the oldest available is {oldest}"
+            ),
+        )
+        .with_id(id)
+    }
+
+    /// `binary_not_supported`: a binary frame.
+    pub fn binary_not_supported() -> ProtocolError {
+        ProtocolError::new(
+            code::BINARY_NOT_SUPPORTED,
+            "binary frames are not supported; send each message as a JSON text frame",
+        )
+    }
+
+    /// `unavailable`: `what` (e.g. `"the log"`) failed on the server's
+    /// side. The detail of the failure belongs in the server's log, not
+    /// here.
+    pub fn unavailable(what: &str) -> ProtocolError {
+        ProtocolError::new(
+            code::UNAVAILABLE,
+            format!("{what} is unavailable; retry shortly"),
+        )
+    }
+}
+
+/// Parses and validates one client text frame on an authenticated
+/// connection. `max_bytes` is the largest frame accepted; `captured_tables`
+/// (`schema.table`) the tables a `table` member may name. The session
+/// answers `auth` with [`ProtocolError::already_authenticated`].
+pub fn parse_client(
+    text: &str,
+    max_bytes: usize,
+    captured_tables: &[String],
+) -> Result<ClientMessage, ProtocolError> {
+    let (kind, obj) = read_frame(text, max_bytes)?;
+    parse_typed(kind, &obj, captured_tables)
+}
+
+/// Parses one client text frame before the connection is authenticated:
+/// `auth` and `ping` are validated as by [`parse_client`]; any other known
+/// type is `not_authenticated` without looking further into it (so nothing
+/// about the server, such as its captured tables, reaches an
+/// unauthenticated client).
+pub fn parse_client_before_auth(
+    text: &str,
+    max_bytes: usize,
+) -> Result<ClientMessage, ProtocolError> {
+    let (kind, obj) = read_frame(text, max_bytes)?;
+    match kind {
+        MessageType::Auth | MessageType::Ping => parse_typed(kind, &obj, &[]),
+        _ => {
+            let err = ProtocolError::new(
+                code::NOT_AUTHENTICATED,
+                format!(
+                    "authenticate first: send {{\"type\":\"auth\",\"token\":\"…\"}} before {:?}",
+                    kind.name()
+                ),
+            );
+            Err(match readable_id(&obj) {
+                Some(id) => err.with_id(id),
+                None => err,
+            })
+        }
+    }
+}
+
+/// Serializes `auth_ok`: `{"type":"auth_ok","tenant":…,"role":…}`.
+pub fn auth_ok_frame(tenant: &TenantId, role: Role) -> String {
+    let mut out = String::from("{\"type\":\"auth_ok\",\"tenant\":");
+    push_json_str(&mut out, tenant.as_str());
+    out.push_str(",\"role\":");
+    push_json_str(&mut out, role.as_str());
+    out.push('}');
+    out
+}
+
+/// Serializes `subscribed`: `{"type":"subscribed","id":…}`.
+pub fn subscribed_frame(id: &str) -> String {
+    id_frame("subscribed", id)
+}
+
+/// Serializes `unsubscribed`: `{"type":"unsubscribed","id":…}`.
+pub fn unsubscribed_frame(id: &str) -> String {
+    id_frame("unsubscribed", id)
+}
+
+/// Serializes `published`: `{"type":"published","seq":…}`, the seq the
+/// published event got.
+pub fn published_frame(seq: i64) -> String {
+    format!("{{\"type\":\"published\",\"seq\":{seq}}}")
+}
+
+/// The `pong` message: `{"type":"pong"}`.
+pub fn pong_frame() -> &'static str {
+    "{\"type\":\"pong\"}"
+}
+
+/// Serializes `error`: `{"type":"error","id":…,"code":…,"message":…}`,
+/// `id` only when the error has one.
+pub fn error_frame(err: &ProtocolError) -> String {
+    let mut out = String::with_capacity(err.message.len() + 64);
+    out.push_str("{\"type\":\"error\"");
+    if let Some(id) = &err.id {
+        out.push_str(",\"id\":");
+        push_json_str(&mut out, id);
+    }
+    out.push_str(",\"code\":");
+    push_json_str(&mut out, err.code);
+    out.push_str(",\"message\":");
+    push_json_str(&mut out, &err.message);
+    out.push('}');
+    out
+}
+
+/// Serializes `event`: `{"type":"event","sub":<sub>,"event":<envelope>}`.
+/// `sub` (the subscription's id) is JSON-escaped; `envelope` (the envelope
+/// JSON as the log and the hub hold it) is embedded byte for byte, never
+/// re-serialized, so the result is valid UTF-8 JSON whenever the envelope
+/// is (envelopes always are).
+pub fn event_frame(sub: &str, envelope: &[u8]) -> Bytes {
+    let mut head = String::with_capacity(sub.len() + 40);
+    head.push_str("{\"type\":\"event\",\"sub\":");
+    push_json_str(&mut head, sub);
+    head.push_str(",\"event\":");
+    let mut out = Vec::with_capacity(head.len() + envelope.len() + 1);
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(envelope);
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+/// An event frame of the [`CLOUDEVENTS_SUBPROTOCOL`]: the bare envelope
+/// (shared, not copied).
+pub fn cloudevents_event_frame(envelope: &Bytes) -> Bytes {
+    envelope.clone()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MessageType {
+    Auth,
+    Subscribe,
+    Unsubscribe,
+    Publish,
+    Ping,
+}
+
+impl MessageType {
+    fn parse(s: &str) -> Option<MessageType> {
+        match s {
+            "auth" => Some(MessageType::Auth),
+            "subscribe" => Some(MessageType::Subscribe),
+            "unsubscribe" => Some(MessageType::Unsubscribe),
+            "publish" => Some(MessageType::Publish),
+            "ping" => Some(MessageType::Ping),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            MessageType::Auth => "auth",
+            MessageType::Subscribe => "subscribe",
+            MessageType::Unsubscribe => "unsubscribe",
+            MessageType::Publish => "publish",
+            MessageType::Ping => "ping",
+        }
+    }
+
+    /// "an auth message", "a subscribe message", …
+    fn article(self) -> &'static str {
+        match self {
+            MessageType::Auth => "an auth message",
+            MessageType::Subscribe => "a subscribe message",
+            MessageType::Unsubscribe => "an unsubscribe message",
+            MessageType::Publish => "a publish message",
+            MessageType::Ping => "a ping message",
+        }
+    }
+
+    /// The members accepted besides `type`, as listed in errors.
+    fn members(self) -> &'static [&'static str] {
+        match self {
+            MessageType::Auth => &["token"],
+            MessageType::Subscribe => &[
+                "id",
+                "topic",
+                "topics",
+                "table",
+                "collection",
+                "filter",
+                "from",
+            ],
+            MessageType::Unsubscribe => &["id"],
+            MessageType::Publish => &["event", "data", "subject"],
+            MessageType::Ping => &[],
+        }
+    }
+}
+
+/// Size, JSON, object, no repeated member, known `type`.
+fn read_frame(
+    text: &str,
+    max_bytes: usize,
+) -> Result<(MessageType, Map<String, Value>), ProtocolError> {
+    if text.len() > max_bytes {
+        return Err(ProtocolError::new(
+            code::MESSAGE_TOO_LARGE,
+            format!(
+                "message is {} bytes; the limit is {max_bytes} bytes",
+                text.len()
+            ),
+        ));
+    }
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        ProtocolError::new(
+            code::INVALID_JSON,
+            format!("message is not valid JSON: {e}"),
+        )
+    })?;
+    let Value::Object(obj) = value else {
+        return Err(ProtocolError::new(
+            code::INVALID_MESSAGE,
+            format!(
+                "expected a JSON object with a \"type\" member, found {}",
+                kind_of(&value)
+            ),
+        ));
+    };
+    if let Some(name) = repeated_member(text) {
+        return Err(ProtocolError::new(
+            code::INVALID_MESSAGE,
+            format!("member {} is given more than once", echo(&name)),
+        ));
+    }
+    let kind = match obj.get("type") {
+        None => {
+            return Err(ProtocolError::new(
+                code::INVALID_MESSAGE,
+                format!(
+                    "missing member \"type\"; expected one of {}",
+                    CLIENT_TYPES.join(", ")
+                ),
+            ))
+        }
+        Some(Value::String(s)) => MessageType::parse(s).ok_or_else(|| {
+            ProtocolError::new(
+                code::UNKNOWN_TYPE,
+                format!(
+                    "unknown message type {}; expected one of {}",
+                    echo(s),
+                    CLIENT_TYPES.join(", ")
+                ),
+            )
+        })?,
+        Some(other) => {
+            return Err(ProtocolError::new(
+                code::INVALID_MESSAGE,
+                format!(
+                    "type: expected a string (one of {}), found {}",
+                    CLIENT_TYPES.join(", "),
+                    kind_of(other)
+                ),
+            ))
+        }
+    };
+    Ok((kind, obj))
+}
+
+fn parse_typed(
+    kind: MessageType,
+    obj: &Map<String, Value>,
+    captured_tables: &[String],
+) -> Result<ClientMessage, ProtocolError> {
+    let m = Members {
+        kind,
+        obj,
+        id: match kind {
+            MessageType::Subscribe | MessageType::Unsubscribe => readable_id(obj),
+            _ => None,
+        },
+    };
+    m.check_known()?;
+    match kind {
+        MessageType::Auth => {
+            let token = m.string(
+                "token",
+                "an API key or a JWT",
+                "a non-empty string (an API key or a JWT)",
+            )?;
+            if token.is_empty() {
+                return Err(m.invalid(
+                    "token: expected a non-empty string (an API key or a JWT), found an empty string",
+                ));
+            }
+            Ok(ClientMessage::Auth {
+                token: token.to_owned(),
+            })
+        }
+        MessageType::Subscribe => {
+            let id = m.id()?;
+            let selector = Selector {
+                topics: m.topics(captured_tables)?,
+                filter: match m.optional("filter") {
+                    None => None,
+                    Some(f) => Some(
+                        Filter::parse(f)
+                            .map_err(|e| m.error(code::INVALID_FILTER, e.to_string()))?,
+                    ),
+                },
+            };
+            let from = match m.optional("from") {
+                None => None,
+                Some(Value::Number(n)) => match n.as_i64() {
+                    Some(seq) if seq >= 0 => Some(seq),
+                    _ => {
+                        return Err(m.invalid(format!(
+                            "from: expected a seq (a whole number >= 0), found {}",
+                            echo_number(&n.to_string())
+                        )))
+                    }
+                },
+                Some(other) => {
+                    return Err(m.invalid(format!(
+                        "from: expected a seq (a whole number >= 0), found {}",
+                        kind_of(other)
+                    )))
+                }
+            };
+            Ok(ClientMessage::Subscribe { id, selector, from })
+        }
+        MessageType::Unsubscribe => Ok(ClientMessage::Unsubscribe { id: m.id()? }),
+        MessageType::Publish => {
+            let what = format!(
+                "an event name of 1 to {MAX_CUSTOM_NAME} characters of A-Z a-z 0-9 _ . -, e.g. \"order.shipped\""
+            );
+            let event = m.string("event", &what, &what)?;
+            if !valid_custom_name(event) {
+                let found = if event.is_empty() {
+                    "an empty string".to_owned()
+                } else if event.len() > MAX_CUSTOM_NAME {
+                    format!("{} bytes", event.len())
+                } else {
+                    echo(event)
+                };
+                return Err(m.invalid(format!("event: expected {what}, found {found}")));
+            }
+            let data = match m.obj.get("data") {
+                Some(Value::Object(d)) => d.clone(),
+                Some(other) => {
+                    return Err(m.invalid(format!(
+                        "data: expected a JSON object, found {}",
+                        kind_of(other)
+                    )))
+                }
+                None => return Err(m.missing("data", "the event's data, a JSON object")),
+            };
+            let subject = match m.optional("subject") {
+                None => None,
+                Some(Value::String(s)) => {
+                    if s.is_empty() || s.len() > MAX_SUBJECT_BYTES {
+                        let found = if s.is_empty() {
+                            "an empty string".to_owned()
+                        } else {
+                            format!("{} bytes", s.len())
+                        };
+                        return Err(m.invalid(format!(
+                            "subject: expected a string of 1 to {MAX_SUBJECT_BYTES} bytes, found {found}"
+                        )));
+                    }
+                    if let Some((at, _)) = s.char_indices().find(|(_, c)| c.is_control()) {
+                        return Err(m.invalid(format!(
+                            "subject: contains a control character at byte {at}; only printable characters are allowed"
+                        )));
+                    }
+                    Some(s.clone())
+                }
+                Some(other) => {
+                    return Err(m.invalid(format!(
+                        "subject: expected a string of 1 to {MAX_SUBJECT_BYTES} bytes, found {}",
+                        kind_of(other)
+                    )))
+                }
+            };
+            Ok(ClientMessage::Publish {
+                event: event.to_owned(),
+                data,
+                subject,
+            })
+        }
+        MessageType::Ping => Ok(ClientMessage::Ping),
+    }
+}
+
+/// The members of one message, and its id (when valid) for errors.
+struct Members<'a> {
+    kind: MessageType,
+    obj: &'a Map<String, Value>,
+    id: Option<String>,
+}
+
+impl Members<'_> {
+    fn error(&self, code: &'static str, message: impl Into<String>) -> ProtocolError {
+        ProtocolError {
+            id: self.id.clone(),
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn invalid(&self, message: impl Into<String>) -> ProtocolError {
+        self.error(code::INVALID_MESSAGE, message)
+    }
+
+    fn missing(&self, name: &str, what: &str) -> ProtocolError {
+        self.invalid(format!(
+            "missing member \"{name}\" in {}; expected {what}",
+            self.kind.article()
+        ))
+    }
+
+    /// Every member is `type`, one of the type's members, or (publish) the
+    /// ignored `tenant`.
+    fn check_known(&self) -> Result<(), ProtocolError> {
+        let allowed = self.kind.members();
+        let ignored = |k: &str| self.kind == MessageType::Publish && k == "tenant";
+        match self
+            .obj
+            .keys()
+            .find(|k| *k != "type" && !allowed.contains(&k.as_str()) && !ignored(k))
+        {
+            None => Ok(()),
+            Some(k) if allowed.is_empty() => Err(self.invalid(format!(
+                "unknown member {} in {}; it has no member besides \"type\"",
+                echo(k),
+                self.kind.article()
+            ))),
+            Some(k) => Err(self.invalid(format!(
+                "unknown member {} in {}; accepted: type, {}",
+                echo(k),
+                self.kind.article(),
+                allowed.join(", ")
+            ))),
+        }
+    }
+
+    /// An optional member: absent or `null` is `None`.
+    fn optional(&self, name: &str) -> Option<&Value> {
+        self.obj.get(name).filter(|v| !v.is_null())
+    }
+
+    /// A required string member; `missing` and `expected` describe it.
+    fn string(&self, name: &str, missing: &str, expected: &str) -> Result<&str, ProtocolError> {
+        match self.obj.get(name) {
+            Some(Value::String(s)) => Ok(s),
+            Some(other) => Err(self.invalid(format!(
+                "{name}: expected {expected}, found {}",
+                kind_of(other)
+            ))),
+            None => Err(self.missing(name, missing)),
+        }
+    }
+
+    /// The subscription id: a string of 1 to [`MAX_ID_BYTES`] bytes.
+    fn id(&self) -> Result<String, ProtocolError> {
+        let expected = format!("a string of 1 to {MAX_ID_BYTES} bytes");
+        let id = self.string(
+            "id",
+            &format!("the subscription's id, {expected}"),
+            &expected,
+        )?;
+        if id.is_empty() {
+            return Err(self.invalid(format!("id: expected {expected}, found an empty string")));
+        }
+        if id.len() > MAX_ID_BYTES {
+            return Err(self.invalid(format!("id: expected {expected}, found {} bytes", id.len())));
+        }
+        Ok(id.to_owned())
+    }
+
+    /// The globs of `topic`, `topics`, `table` and `collection`.
+    fn topics(&self, captured: &[String]) -> Result<Vec<TopicGlob>, ProtocolError> {
+        let topic = match self.optional("topic") {
+            None => Vec::new(),
+            Some(Value::String(s)) => vec![("topic".to_owned(), s.as_str())],
+            Some(other) => {
+                return Err(self.invalid(format!(
+                    "topic: expected a topic glob (a string), found {}; to give several, use \"topics\": [...]",
+                    kind_of(other)
+                )))
+            }
+        };
+        let topics = match self.optional("topics") {
+            None => Vec::new(),
+            Some(Value::Array(a)) => self.strings("topics", a, "a topic glob (a string)")?,
+            Some(other) => {
+                return Err(self.invalid(format!(
+                    "topics: expected an array of topic globs, found {}",
+                    kind_of(other)
+                )))
+            }
+        };
+        let tables = self.names("table", "\"schema.table\"")?;
+        let collections = self.names("collection", "\"database.collection\"")?;
+        let count = topic.len() + topics.len() + tables.len() + collections.len();
+        if count > MAX_TOPICS {
+            return Err(self.error(
+                code::INVALID_TOPIC,
+                format!(
+                    "{count} topic globs given (topic, topics, table and collection together); at most {MAX_TOPICS} per subscription"
+                ),
+            ));
+        }
+        let mut globs = Vec::with_capacity(count);
+        for (at, t) in topic.into_iter().chain(topics) {
+            globs.push(
+                TopicGlob::parse(t)
+                    .map_err(|e| self.error(code::INVALID_TOPIC, format!("{at}: {e}")))?,
+            );
+        }
+        for (at, t) in tables {
+            if !captured.iter().any(|c| c == t) {
+                let known = if captured.is_empty() {
+                    "no tables are captured".to_owned()
+                } else {
+                    format!("captured tables: {}", captured.join(", "))
+                };
+                return Err(self.error(
+                    code::UNKNOWN_TABLE,
+                    format!("{at}: unknown table {}; {known}", echo(t)),
+                ));
+            }
+            globs.push(
+                table_glob(t).map_err(|e| self.error(code::INVALID_TOPIC, format!("{at}: {e}")))?,
+            );
+        }
+        for (at, c) in collections {
+            globs.push(
+                collection_glob(c)
+                    .map_err(|e| self.error(code::INVALID_TOPIC, format!("{at}: {e}")))?,
+            );
+        }
+        Ok(globs)
+    }
+
+    /// `table` / `collection`: one name or a non-empty array of names.
+    fn names<'v>(
+        &'v self,
+        name: &str,
+        shape: &str,
+    ) -> Result<Vec<(String, &'v str)>, ProtocolError> {
+        match self.optional(name) {
+            None => Ok(Vec::new()),
+            Some(Value::String(s)) => Ok(vec![(name.to_owned(), s.as_str())]),
+            Some(Value::Array(a)) => {
+                self.strings(name, a, &format!("a {name} name {shape} (a string)"))
+            }
+            Some(other) => Err(self.invalid(format!(
+                "{name}: expected a {name} name {shape} or an array of them, found {}",
+                kind_of(other)
+            ))),
+        }
+    }
+
+    /// A non-empty array of strings, each labelled `name[i]`.
+    fn strings<'v>(
+        &self,
+        name: &str,
+        items: &'v [Value],
+        expected: &str,
+    ) -> Result<Vec<(String, &'v str)>, ProtocolError> {
+        if items.is_empty() {
+            return Err(self.error(
+                code::INVALID_TOPIC,
+                format!("{name}: the array is empty; omit \"{name}\" to receive every topic"),
+            ));
+        }
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => Ok((format!("{name}[{i}]"), s.as_str())),
+                other => Err(self.invalid(format!(
+                    "{name}[{i}]: expected {expected}, found {}",
+                    kind_of(other)
+                ))),
+            })
+            .collect()
+    }
+}
+
+/// The `id` member when it is a valid subscription id, for errors.
+fn readable_id(obj: &Map<String, Value>) -> Option<String> {
+    match obj.get("id") {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID_BYTES => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// The first member name repeated in the top-level object of `text`
+/// (already known to be a valid JSON object).
+fn repeated_member(text: &str) -> Option<String> {
+    struct Repeated(Option<String>);
+
+    impl<'de> Deserialize<'de> for Repeated {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Repeated, D::Error> {
+            d.deserialize_map(RepeatedVisitor)
+        }
+    }
+
+    struct RepeatedVisitor;
+
+    impl<'de> Visitor<'de> for RepeatedVisitor {
+        type Value = Repeated;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Repeated, A::Error> {
+            let mut seen = HashSet::new();
+            let mut repeated = None;
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if repeated.is_none() && !seen.insert(key.clone()) {
+                    repeated = Some(key);
+                }
+            }
+            Ok(Repeated(repeated))
+        }
+    }
+
+    serde_json::from_str::<Repeated>(text)
+        .ok()
+        .and_then(|r| r.0)
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Longest client-supplied text quoted whole in an error message, in bytes.
+const ECHO_BYTES: usize = 64;
+
+/// `s` quoted for an error message, cut after [`ECHO_BYTES`] bytes.
+fn echo(s: &str) -> String {
+    if s.len() <= ECHO_BYTES {
+        return format!("{s:?}");
+    }
+    let mut end = ECHO_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &s[..end], s.len())
+}
+
+/// A number's text for an error message, unquoted; a long one only by its
+/// length.
+fn echo_number(n: &str) -> String {
+    if n.len() <= ECHO_BYTES {
+        n.to_owned()
+    } else {
+        format!("a number of {} characters", n.len())
+    }
+}
+
+fn id_frame(kind: &str, id: &str) -> String {
+    let mut out = String::with_capacity(id.len() + 40);
+    out.push_str("{\"type\":\"");
+    out.push_str(kind);
+    out.push_str("\",\"id\":");
+    push_json_str(&mut out, id);
+    out.push('}');
+    out
+}
+
+/// Appends `s` as a JSON string literal: `"` and `\` escaped, control
+/// characters as `\n`, `\r`, `\t`, `\b`, `\f` or `\u00XX`.
+fn push_json_str(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if u32::from(c) < 0x20 => {
+                let b = u32::from(c) as usize;
+                out.push_str("\\u00");
+                out.push(char::from(HEX[b >> 4]));
+                out.push(char::from(HEX[b & 0xf]));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+    use std::collections::BTreeSet;
+
+    const MAX: usize = 4096;
+
+    fn captured() -> Vec<String> {
+        vec!["public.orders".to_owned(), "public.items".to_owned()]
+    }
+
+    fn parse(text: &str) -> Result<ClientMessage, ProtocolError> {
+        parse_client(text, MAX, &captured())
+    }
+
+    fn globs(list: &[&str]) -> Vec<TopicGlob> {
+        list.iter()
+            .map(|g| TopicGlob::parse(g).expect("valid glob"))
+            .collect()
+    }
+
+    fn filter(v: Value) -> Filter {
+        Filter::parse(&v).expect("valid filter")
+    }
+
+    fn filter_error(v: Value) -> String {
+        Filter::parse(&v).expect_err("invalid filter").to_string()
+    }
+
+    fn subscribe(
+        id: &str,
+        topics: &[&str],
+        filter: Option<Filter>,
+        from: Option<i64>,
+    ) -> ClientMessage {
+        ClientMessage::Subscribe {
+            id: id.to_owned(),
+            selector: Selector {
+                topics: globs(topics),
+                filter,
+            },
+            from,
+        }
+    }
+
+    fn object(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    #[test]
+    fn valid_messages_of_every_type() {
+        let paid = json!({"field": "status", "op": "eq", "value": "paid"});
+        let cases: Vec<(String, ClientMessage)> = vec![
+            (
+                r#"{"type":"auth","token":"sk_live_abc"}"#.into(),
+                ClientMessage::Auth {
+                    token: "sk_live_abc".into(),
+                },
+            ),
+            (r#"{"type":"ping"}"#.into(), ClientMessage::Ping),
+            // Members in any order, whitespace anywhere.
+            (
+                " {\n \"id\" : \"s1\", \"type\" : \"subscribe\" } ".into(),
+                subscribe("s1", &[], None, None),
+            ),
+            (
+                r#"{"type":"subscribe","id":"s1","topic":"tables/**"}"#.into(),
+                subscribe("s1", &["tables/**"], None, None),
+            ),
+            (
+                r#"{"type":"subscribe","id":"s1","topics":["custom/*","tables/public.orders/update"]}"#
+                    .into(),
+                subscribe(
+                    "s1",
+                    &["custom/*", "tables/public.orders/update"],
+                    None,
+                    None,
+                ),
+            ),
+            // Every topic source at once, in the order topic, topics,
+            // table, collection (whatever the members' order).
+            (
+                r#"{"collection":["shop.orders","shop.carts"],"table":"public.orders","topics":["a/*"],"topic":"b","type":"subscribe","id":"s2"}"#
+                    .into(),
+                subscribe(
+                    "s2",
+                    &[
+                        "b",
+                        "a/*",
+                        "tables/public.orders/*",
+                        "collections/shop.orders/*",
+                        "collections/shop.carts/*",
+                    ],
+                    None,
+                    None,
+                ),
+            ),
+            (
+                r#"{"type":"subscribe","id":"s3","table":["public.orders","public.items"],"collection":"shop.orders"}"#
+                    .into(),
+                subscribe(
+                    "s3",
+                    &[
+                        "tables/public.orders/*",
+                        "tables/public.items/*",
+                        "collections/shop.orders/*",
+                    ],
+                    None,
+                    None,
+                ),
+            ),
+            (
+                format!(r#"{{"type":"subscribe","id":"f","filter":{paid},"from":0}}"#),
+                subscribe("f", &[], Some(filter(paid.clone())), Some(0)),
+            ),
+            (
+                r#"{"type":"subscribe","id":"f","from":9223372036854775807}"#.into(),
+                subscribe("f", &[], None, Some(i64::MAX)),
+            ),
+            // Optional members set to null are absent.
+            (
+                r#"{"type":"subscribe","id":"n","topic":null,"topics":null,"table":null,"collection":null,"filter":null,"from":null}"#
+                    .into(),
+                subscribe("n", &[], None, None),
+            ),
+            // Ids: any string of 1 to 64 bytes.
+            (
+                format!(r#"{{"type":"subscribe","id":"{}"}}"#, "é".repeat(32)),
+                subscribe(&"é".repeat(32), &[], None, None),
+            ),
+            (
+                r#"{"type":"subscribe","id":"a \"quoted\"\n id"}"#.into(),
+                subscribe("a \"quoted\"\n id", &[], None, None),
+            ),
+            (
+                r#"{"type":"unsubscribe","id":"s1"}"#.into(),
+                ClientMessage::Unsubscribe { id: "s1".into() },
+            ),
+            (
+                r#"{"type":"publish","event":"order.shipped","data":{"id":42,"total":"150.00"}}"#
+                    .into(),
+                ClientMessage::Publish {
+                    event: "order.shipped".into(),
+                    data: object(json!({"id": 42, "total": "150.00"})),
+                    subject: None,
+                },
+            ),
+            (
+                r#"{"type":"publish","event":"Order-Shipped_2","data":{},"subject":"order/42"}"#
+                    .into(),
+                ClientMessage::Publish {
+                    event: "Order-Shipped_2".into(),
+                    data: Map::new(),
+                    subject: Some("order/42".into()),
+                },
+            ),
+            // A forged tenant is accepted and dropped: the tenant comes
+            // from the credential.
+            (
+                r#"{"type":"publish","tenant":"someone-else","event":"x","data":{"tenant":"kept in data"},"subject":null}"#
+                    .into(),
+                ClientMessage::Publish {
+                    event: "x".into(),
+                    data: object(json!({"tenant": "kept in data"})),
+                    subject: None,
+                },
+            ),
+            (
+                format!(
+                    r#"{{"type":"publish","event":"{}","data":{{}},"subject":"{}"}}"#,
+                    "e".repeat(MAX_CUSTOM_NAME),
+                    "s".repeat(MAX_SUBJECT_BYTES)
+                ),
+                ClientMessage::Publish {
+                    event: "e".repeat(MAX_CUSTOM_NAME),
+                    data: Map::new(),
+                    subject: Some("s".repeat(MAX_SUBJECT_BYTES)),
+                },
+            ),
+        ];
+        for (text, want) in cases {
+            let got = parse(&text);
+            assert_eq!(got.as_ref(), Ok(&want), "{text}");
+            assert_eq!(want.type_name(), json_type(&text), "type_name of {text}");
+        }
+    }
+
+    fn json_type(text: &str) -> String {
+        let v: Value = serde_json::from_str(text).expect("json");
+        v["type"].as_str().expect("type").to_owned()
+    }
+
+    #[test]
+    fn publish_data_keeps_numbers_exactly() {
+        let Ok(ClientMessage::Publish { data, .. }) = parse(
+            r#"{"type":"publish","event":"x","data":{"big":12345678901234567890.000000000000000001,"f":1.50}}"#,
+        ) else {
+            panic!("valid publish");
+        };
+        assert_eq!(
+            Value::Object(data).to_string(),
+            r#"{"big":12345678901234567890.000000000000000001,"f":1.50}"#
+        );
+    }
+
+    #[test]
+    fn size_limit_is_inclusive() {
+        let ping = r#"{"type":"ping"}"#;
+        assert_eq!(parse_client(ping, ping.len(), &[]), Ok(ClientMessage::Ping));
+        assert_eq!(
+            parse_client(ping, ping.len() - 1, &[]),
+            Err(ProtocolError::new(
+                code::MESSAGE_TOO_LARGE,
+                "message is 15 bytes; the limit is 14 bytes"
+            ))
+        );
+    }
+
+    /// (message, code, id, error message): every error code parsing can
+    /// return.
+    fn error_cases() -> Vec<(String, &'static str, Option<&'static str>, String)> {
+        let long = "x".repeat(70);
+        let many: Vec<String> = (0..=MAX_TOPICS).map(|i| format!("t/{i}")).collect();
+        let bad_filter = json!({"and": [{"field": "a", "op": "like", "value": 1}]});
+        let mut cases: Vec<(String, &'static str, Option<&'static str>, String)> = vec![
+            // message_too_large
+            (
+                format!(r#"{{"type":"ping","pad":"{}"}}"#, "p".repeat(MAX)),
+                code::MESSAGE_TOO_LARGE,
+                None,
+                format!("message is {} bytes; the limit is {MAX} bytes", MAX + 24),
+            ),
+            // invalid_json
+            (
+                "".into(),
+                code::INVALID_JSON,
+                None,
+                "message is not valid JSON: EOF while parsing a value at line 1 column 0".into(),
+            ),
+            (
+                r#"{"type":"ping""#.into(),
+                code::INVALID_JSON,
+                None,
+                "message is not valid JSON: EOF while parsing an object at line 1 column 14".into(),
+            ),
+            (
+                r#"{"type":"ping"} {}"#.into(),
+                code::INVALID_JSON,
+                None,
+                "message is not valid JSON: trailing characters at line 1 column 17".into(),
+            ),
+            (
+                "{type:\"ping\"}".into(),
+                code::INVALID_JSON,
+                None,
+                "message is not valid JSON: key must be a string at line 1 column 2".into(),
+            ),
+            // invalid_message: the frame's shape
+            (
+                r#"["ping"]"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "expected a JSON object with a \"type\" member, found an array".into(),
+            ),
+            (
+                "42".into(),
+                code::INVALID_MESSAGE,
+                None,
+                "expected a JSON object with a \"type\" member, found a number".into(),
+            ),
+            (
+                "null".into(),
+                code::INVALID_MESSAGE,
+                None,
+                "expected a JSON object with a \"type\" member, found null".into(),
+            ),
+            (
+                "{}".into(),
+                code::INVALID_MESSAGE,
+                None,
+                "missing member \"type\"; expected one of auth, subscribe, unsubscribe, publish, ping"
+                    .into(),
+            ),
+            (
+                r#"{"type":["ping"]}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "type: expected a string (one of auth, subscribe, unsubscribe, publish, ping), found an array"
+                    .into(),
+            ),
+            (
+                r#"{"type":"ping","type":"publish"}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "member \"type\" is given more than once".into(),
+            ),
+            (
+                r#"{"type":"subscribe","id":"a","id":"b"}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "member \"id\" is given more than once".into(),
+            ),
+            (
+                r#"{"type":"ping","id":"p1"}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "unknown member \"id\" in a ping message; it has no member besides \"type\"".into(),
+            ),
+            // unknown_type
+            (
+                r#"{"type":"subscribe_all"}"#.into(),
+                code::UNKNOWN_TYPE,
+                None,
+                "unknown message type \"subscribe_all\"; expected one of auth, subscribe, unsubscribe, publish, ping"
+                    .into(),
+            ),
+            (
+                r#"{"type":"PING"}"#.into(),
+                code::UNKNOWN_TYPE,
+                None,
+                "unknown message type \"PING\"; expected one of auth, subscribe, unsubscribe, publish, ping"
+                    .into(),
+            ),
+            (
+                format!(r#"{{"type":"{long}"}}"#),
+                code::UNKNOWN_TYPE,
+                None,
+                format!(
+                    "unknown message type \"{}\"… (70 bytes); expected one of auth, subscribe, unsubscribe, publish, ping",
+                    "x".repeat(64)
+                ),
+            ),
+            // auth
+            (
+                r#"{"type":"auth"}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "missing member \"token\" in an auth message; expected an API key or a JWT".into(),
+            ),
+            (
+                r#"{"type":"auth","token":null}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "token: expected a non-empty string (an API key or a JWT), found null".into(),
+            ),
+            (
+                r#"{"type":"auth","token":""}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "token: expected a non-empty string (an API key or a JWT), found an empty string"
+                    .into(),
+            ),
+            (
+                r#"{"type":"auth","token":"k","tenant":"acme"}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "unknown member \"tenant\" in an auth message; accepted: type, token".into(),
+            ),
+            // subscribe: id
+            (
+                r#"{"type":"subscribe"}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "missing member \"id\" in a subscribe message; expected the subscription's id, a string of 1 to 64 bytes"
+                    .into(),
+            ),
+            (
+                r#"{"type":"subscribe","id":7}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "id: expected a string of 1 to 64 bytes, found a number".into(),
+            ),
+            (
+                r#"{"type":"subscribe","id":""}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "id: expected a string of 1 to 64 bytes, found an empty string".into(),
+            ),
+            (
+                format!(r#"{{"type":"subscribe","id":"{}"}}"#, "i".repeat(65)),
+                code::INVALID_MESSAGE,
+                None,
+                "id: expected a string of 1 to 64 bytes, found 65 bytes".into(),
+            ),
+            // subscribe: members (the id, once valid, is in the error)
+            (
+                r#"{"type":"subscribe","id":"s1","topicz":"a"}"#.into(),
+                code::INVALID_MESSAGE,
+                Some("s1"),
+                "unknown member \"topicz\" in a subscribe message; accepted: type, id, topic, topics, table, collection, filter, from"
+                    .into(),
+            ),
+            (
+                r#"{"type":"subscribe","id":"s1","tenant":"other"}"#.into(),
+                code::INVALID_MESSAGE,
+                Some("s1"),
+                "unknown member \"tenant\" in a subscribe message; accepted: type, id, topic, topics, table, collection, filter, from"
+                    .into(),
+            ),
+            (
+                r#"{"type":"subscribe","id":"s1","topic":["a","b"]}"#.into(),
+                code::INVALID_MESSAGE,
+                Some("s1"),
+                "topic: expected a topic glob (a string), found an array; to give several, use \"topics\": [...]"
+                    .into(),
+            ),
+            (
+                r#"{"type":"subscribe","id":"s1","topics":"a"}"#.into(),
+                code::INVALID_MESSAGE,
+                Some("s1"),
+                "topics: expected an array of topic globs, found a string".into(),
+            ),
+            (
+                r#"{"type":"subscribe","id":"s1","topics":["a",3]}"#.into(),
+                code::INVALID_MESSAGE,
+                Some("s1"),
+                "topics[1]: expected a topic glob (a string), found a number".into(),
+            ),
+            (
+                r#"{"type":"subscribe","id":"s1","table":{"name":"public.orders"}}"#.into(),
+                code::INVALID_MESSAGE,
+                Some("s1"),
+                "table: expected a table name \"schema.table\" or an array of them, found an object"
+                    .into(),
+            ),
+            (
+                r#"{"type":"subscribe","id":"s1","collection":["shop.orders",true]}"#.into(),
+                code::INVALID_MESSAGE,
+                Some("s1"),
+                "collection[1]: expected a collection name \"database.collection\" (a string), found a boolean"
+                    .into(),
+            ),
+            (
+                r#"{"type":"subscribe","id":"s1","from":-1}"#.into(),
+                code::INVALID_MESSAGE,
+                Some("s1"),
+                "from: expected a seq (a whole number >= 0), found -1".into(),
+            ),
+            (
+                r#"{"type":"subscribe","id":"s1","from":1.0}"#.into(),
+                code::INVALID_MESSAGE,
+                Some("s1"),
+                "from: expected a seq (a whole number >= 0), found 1.0".into(),
+            ),
+            (
+                r#"{"type":"subscribe","id":"s1","from":1e3}"#.into(),
+                code::INVALID_MESSAGE,
+                Some("s1"),
+                "from: expected a seq (a whole number >= 0), found 1e+3".into(),
+            ),
+            (
+                r#"{"type":"subscribe","id":"s1","from":9223372036854775808}"#.into(),
+                code::INVALID_MESSAGE,
+                Some("s1"),
+                "from: expected a seq (a whole number >= 0), found 9223372036854775808".into(),
+            ),
+            (
+                format!(r#"{{"type":"subscribe","id":"s1","from":{}}}"#, "9".repeat(65)),
+                code::INVALID_MESSAGE,
+                Some("s1"),
+                "from: expected a seq (a whole number >= 0), found a number of 65 characters"
+                    .into(),
+            ),
+            (
+                r#"{"type":"subscribe","id":"s1","from":"42"}"#.into(),
+                code::INVALID_MESSAGE,
+                Some("s1"),
+                "from: expected a seq (a whole number >= 0), found a string".into(),
+            ),
+            // invalid_topic
+            (
+                r#"{"type":"subscribe","id":"s1","topic":"tables/public.*/update"}"#.into(),
+                code::INVALID_TOPIC,
+                Some("s1"),
+                format!(
+                    "topic: {}",
+                    TopicGlob::parse("tables/public.*/update").expect_err("invalid")
+                ),
+            ),
+            (
+                r#"{"type":"subscribe","id":"s1","topics":["tables/**","a//b"]}"#.into(),
+                code::INVALID_TOPIC,
+                Some("s1"),
+                "topics[1]: topic glob segment 2 is empty; segments are separated by a single \"/\" and the glob cannot start or end with \"/\""
+                    .into(),
+            ),
+            (
+                r#"{"type":"subscribe","id":"s1","topics":[]}"#.into(),
+                code::INVALID_TOPIC,
+                Some("s1"),
+                "topics: the array is empty; omit \"topics\" to receive every topic".into(),
+            ),
+            (
+                r#"{"type":"subscribe","id":"s1","table":[]}"#.into(),
+                code::INVALID_TOPIC,
+                Some("s1"),
+                "table: the array is empty; omit \"table\" to receive every topic".into(),
+            ),
+            (
+                r#"{"type":"subscribe","id":"s1","collection":"orders"}"#.into(),
+                code::INVALID_TOPIC,
+                Some("s1"),
+                "collection: collection name \"orders\" is not qualified; expected \"database.collection\", e.g. \"shop.orders\""
+                    .into(),
+            ),
+            (
+                r#"{"type":"subscribe","id":"s1","collection":["shop.orders","shop/x"]}"#.into(),
+                code::INVALID_TOPIC,
+                Some("s1"),
+                "collection[1]: collection name \"shop/x\" contains \"/\"; expected \"database.collection\", e.g. \"shop.orders\" (no \"/\" and no wildcards; to match several, use a topic glob)"
+                    .into(),
+            ),
+            (
+                json!({"type": "subscribe", "id": "s1", "topic": "a", "topics": many})
+                    .to_string(),
+                code::INVALID_TOPIC,
+                Some("s1"),
+                "34 topic globs given (topic, topics, table and collection together); at most 32 per subscription"
+                    .into(),
+            ),
+            // unknown_table
+            (
+                r#"{"type":"subscribe","id":"s1","table":"public.nope"}"#.into(),
+                code::UNKNOWN_TABLE,
+                Some("s1"),
+                "table: unknown table \"public.nope\"; captured tables: public.orders, public.items"
+                    .into(),
+            ),
+            (
+                r#"{"type":"subscribe","id":"s1","table":["public.items","orders"]}"#.into(),
+                code::UNKNOWN_TABLE,
+                Some("s1"),
+                "table[1]: unknown table \"orders\"; captured tables: public.orders, public.items"
+                    .into(),
+            ),
+            // invalid_filter
+            (
+                json!({"type": "subscribe", "id": "s1", "filter": bad_filter}).to_string(),
+                code::INVALID_FILTER,
+                Some("s1"),
+                filter_error(bad_filter.clone()),
+            ),
+            (
+                r#"{"type":"subscribe","id":"s1","filter":"{\"field\":\"a\",\"op\":\"eq\",\"value\":1}"}"#
+                    .into(),
+                code::INVALID_FILTER,
+                Some("s1"),
+                filter_error(json!("{}")),
+            ),
+            // unsubscribe
+            (
+                r#"{"type":"unsubscribe"}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "missing member \"id\" in an unsubscribe message; expected the subscription's id, a string of 1 to 64 bytes"
+                    .into(),
+            ),
+            (
+                r#"{"type":"unsubscribe","id":"s1","topic":"a"}"#.into(),
+                code::INVALID_MESSAGE,
+                Some("s1"),
+                "unknown member \"topic\" in an unsubscribe message; accepted: type, id".into(),
+            ),
+            (
+                r#"{"type":"unsubscribe","id":["s1"]}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "id: expected a string of 1 to 64 bytes, found an array".into(),
+            ),
+            // publish
+            (
+                r#"{"type":"publish","data":{}}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "missing member \"event\" in a publish message; expected an event name of 1 to 128 characters of A-Z a-z 0-9 _ . -, e.g. \"order.shipped\""
+                    .into(),
+            ),
+            (
+                r#"{"type":"publish","event":7,"data":{}}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "event: expected an event name of 1 to 128 characters of A-Z a-z 0-9 _ . -, e.g. \"order.shipped\", found a number"
+                    .into(),
+            ),
+            (
+                r#"{"type":"publish","event":"order shipped","data":{}}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "event: expected an event name of 1 to 128 characters of A-Z a-z 0-9 _ . -, e.g. \"order.shipped\", found \"order shipped\""
+                    .into(),
+            ),
+            (
+                r#"{"type":"publish","event":"order/shipped","data":{}}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "event: expected an event name of 1 to 128 characters of A-Z a-z 0-9 _ . -, e.g. \"order.shipped\", found \"order/shipped\""
+                    .into(),
+            ),
+            (
+                r#"{"type":"publish","event":"","data":{}}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "event: expected an event name of 1 to 128 characters of A-Z a-z 0-9 _ . -, e.g. \"order.shipped\", found an empty string"
+                    .into(),
+            ),
+            (
+                format!(
+                    r#"{{"type":"publish","event":"{}","data":{{}}}}"#,
+                    "e".repeat(MAX_CUSTOM_NAME + 1)
+                ),
+                code::INVALID_MESSAGE,
+                None,
+                "event: expected an event name of 1 to 128 characters of A-Z a-z 0-9 _ . -, e.g. \"order.shipped\", found 129 bytes"
+                    .into(),
+            ),
+            (
+                r#"{"type":"publish","event":"x"}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "missing member \"data\" in a publish message; expected the event's data, a JSON object"
+                    .into(),
+            ),
+            (
+                r#"{"type":"publish","event":"x","data":[1]}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "data: expected a JSON object, found an array".into(),
+            ),
+            (
+                r#"{"type":"publish","event":"x","data":"{}"}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "data: expected a JSON object, found a string".into(),
+            ),
+            (
+                r#"{"type":"publish","event":"x","data":null}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "data: expected a JSON object, found null".into(),
+            ),
+            (
+                r#"{"type":"publish","event":"x","data":{},"subject":""}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "subject: expected a string of 1 to 256 bytes, found an empty string".into(),
+            ),
+            (
+                format!(
+                    r#"{{"type":"publish","event":"x","data":{{}},"subject":"{}"}}"#,
+                    "s".repeat(MAX_SUBJECT_BYTES + 1)
+                ),
+                code::INVALID_MESSAGE,
+                None,
+                "subject: expected a string of 1 to 256 bytes, found 257 bytes".into(),
+            ),
+            (
+                r#"{"type":"publish","event":"x","data":{},"subject":"order\n42"}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "subject: contains a control character at byte 5; only printable characters are allowed"
+                    .into(),
+            ),
+            (
+                r#"{"type":"publish","event":"x","data":{},"subject":42}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "subject: expected a string of 1 to 256 bytes, found a number".into(),
+            ),
+            (
+                r#"{"type":"publish","id":"p1","event":"x","data":{}}"#.into(),
+                code::INVALID_MESSAGE,
+                None,
+                "unknown member \"id\" in a publish message; accepted: type, event, data, subject"
+                    .into(),
+            ),
+        ];
+        // A long unknown member name is cut in the message.
+        cases.push((
+            format!(r#"{{"type":"auth","token":"k","{}é":1}}"#, "m".repeat(63)),
+            code::INVALID_MESSAGE,
+            None,
+            format!(
+                "unknown member \"{}\"… (65 bytes) in an auth message; accepted: type, token",
+                "m".repeat(63)
+            ),
+        ));
+        cases
+    }
+
+    #[test]
+    fn invalid_messages_get_precise_errors() {
+        for (text, code, id, message) in error_cases() {
+            let want = ProtocolError {
+                id: id.map(str::to_owned),
+                code,
+                message,
+            };
+            assert_eq!(parse(&text), Err(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_table_with_nothing_captured() {
+        assert_eq!(
+            parse_client(
+                r#"{"type":"subscribe","id":"s1","table":"public.orders"}"#,
+                MAX,
+                &[]
+            ),
+            Err(ProtocolError::new(
+                code::UNKNOWN_TABLE,
+                "table: unknown table \"public.orders\"; no tables are captured"
+            )
+            .with_id("s1"))
+        );
+    }
+
+    #[test]
+    fn before_auth_only_auth_and_ping_are_parsed() {
+        let not_auth = |id: Option<&str>, ty: &str| ProtocolError {
+            id: id.map(str::to_owned),
+            code: code::NOT_AUTHENTICATED,
+            message: format!(
+                "authenticate first: send {{\"type\":\"auth\",\"token\":\"…\"}} before \"{ty}\""
+            ),
+        };
+        let cases: Vec<(&str, Result<ClientMessage, ProtocolError>)> = vec![
+            (
+                r#"{"type":"auth","token":"k"}"#,
+                Ok(ClientMessage::Auth { token: "k".into() }),
+            ),
+            (r#"{"type":"ping"}"#, Ok(ClientMessage::Ping)),
+            // Nothing else is looked into: no captured tables are revealed.
+            (
+                r#"{"type":"subscribe","id":"s1","table":"public.nope"}"#,
+                Err(not_auth(Some("s1"), "subscribe")),
+            ),
+            (
+                r#"{"type":"subscribe","id":"","bogus":1}"#,
+                Err(not_auth(None, "subscribe")),
+            ),
+            (
+                r#"{"type":"unsubscribe","id":"s1"}"#,
+                Err(not_auth(Some("s1"), "unsubscribe")),
+            ),
+            (
+                r#"{"type":"publish","event":"x","data":{}}"#,
+                Err(not_auth(None, "publish")),
+            ),
+            // Frame-level errors and auth's own errors come first.
+            (
+                r#"{"type":"auth","token":""}"#,
+                Err(ProtocolError::new(
+                    code::INVALID_MESSAGE,
+                    "token: expected a non-empty string (an API key or a JWT), found an empty string",
+                )),
+            ),
+            (
+                r#"{"type":"ping","x":1}"#,
+                Err(ProtocolError::new(
+                    code::INVALID_MESSAGE,
+                    "unknown member \"x\" in a ping message; it has no member besides \"type\"",
+                )),
+            ),
+            (
+                r#"{"type":"hello"}"#,
+                Err(ProtocolError::new(
+                    code::UNKNOWN_TYPE,
+                    "unknown message type \"hello\"; expected one of auth, subscribe, unsubscribe, publish, ping",
+                )),
+            ),
+            (
+                "not json",
+                Err(ProtocolError::new(
+                    code::INVALID_JSON,
+                    "message is not valid JSON: expected ident at line 1 column 2",
+                )),
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_client_before_auth(text, MAX), want, "{text}");
+        }
+        assert_eq!(
+            parse_client_before_auth(r#"{"type":"ping"}"#, 10),
+            Err(ProtocolError::new(
+                code::MESSAGE_TOO_LARGE,
+                "message is 15 bytes; the limit is 10 bytes"
+            ))
+        );
+    }
+
+    /// (error, code, id, message): the errors the session builds.
+    fn session_errors() -> Vec<(
+        ProtocolError,
+        &'static str,
+        Option<&'static str>,
+        &'static str,
+    )> {
+        vec![
+            (
+                ProtocolError::already_authenticated(),
+                code::ALREADY_AUTHENTICATED,
+                None,
+                "this connection is already authenticated; open another connection to use another credential",
+            ),
+            (
+                ProtocolError::auth_failed("this API key has been revoked"),
+                code::AUTH_FAILED,
+                None,
+                "authentication failed: this API key has been revoked",
+            ),
+            (
+                ProtocolError::forbidden("publish", Role::Service, Role::Anon),
+                code::FORBIDDEN,
+                None,
+                "publish needs a service credential; this connection's credential is anon",
+            ),
+            (
+                ProtocolError::duplicate_id("s1"),
+                code::DUPLICATE_ID,
+                Some("s1"),
+                "a subscription with id \"s1\" is already active on this connection; unsubscribe it first or choose another id",
+            ),
+            (
+                ProtocolError::unknown_id("s\"2"),
+                code::UNKNOWN_ID,
+                Some("s\"2"),
+                "no active subscription has id \"s\\\"2\"",
+            ),
+            (
+                ProtocolError::too_many_subscriptions("s9", 8),
+                code::TOO_MANY_SUBSCRIPTIONS,
+                Some("s9"),
+                "this connection already has 8 subscriptions, the limit; unsubscribe one first",
+            ),
+            (
+                ProtocolError::gap("s1", 5, 1200),
+                code::GAP,
+                Some("s1"),
+                "seq 5 is older than the log's retention; the oldest available is 1200",
+            ),
+            (
+                ProtocolError::binary_not_supported(),
+                code::BINARY_NOT_SUPPORTED,
+                None,
+                "binary frames are not supported; send each message as a JSON text frame",
+            ),
+            (
+                ProtocolError::unavailable("the log"),
+                code::UNAVAILABLE,
+                None,
+                "the log is unavailable; retry shortly",
+            ),
+        ]
+    }
+
+    #[test]
+    fn session_error_constructors() {
+        for (err, code, id, message) in session_errors() {
+            assert_eq!(err.code, code, "{err}");
+            assert_eq!(err.id.as_deref(), id, "{err}");
+            assert_eq!(err.message, message, "{err}");
+            assert_eq!(err.to_string(), format!("{code}: {message}"));
+        }
+    }
+
+    #[test]
+    fn every_error_code_is_documented_and_produced() {
+        let documented: BTreeSet<&str> = ERROR_CODES.iter().map(|(c, _)| *c).collect();
+        assert_eq!(documented.len(), ERROR_CODES.len(), "codes are unique");
+        for (c, meaning) in ERROR_CODES {
+            assert!(
+                !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{c}"
+            );
+            assert!(!meaning.is_empty(), "{c}");
+        }
+        let mut produced: BTreeSet<&str> = error_cases().iter().map(|c| c.1).collect();
+        produced.insert(code::NOT_AUTHENTICATED);
+        produced.extend(session_errors().iter().map(|c| c.1));
+        assert_eq!(produced, documented);
+    }
+
+    #[test]
+    fn close_codes_are_documented() {
+        let want: &[(u16, &str)] = &[
+            (1000, "normal"),
+            (1001, "server_shutting_down"),
+            (1011, "internal_error"),
+            (4001, "auth_timeout"),
+            (4003, "credential_revoked"),
+        ];
+        let got: Vec<(u16, &str)> = CLOSE_CODES.iter().map(|(c, r, _)| (*c, *r)).collect();
+        assert_eq!(got, want);
+        for (c, reason, meaning) in CLOSE_CODES {
+            // A close frame's reason is at most 123 bytes.
+            assert!(reason.len() <= 123 && !meaning.is_empty(), "{c}");
+        }
+        assert_eq!(
+            [
+                CLOSE_NORMAL,
+                CLOSE_GOING_AWAY,
+                CLOSE_INTERNAL_ERROR,
+                CLOSE_AUTH_TIMEOUT,
+                CLOSE_CREDENTIAL_REVOKED
+            ],
+            [1000, 1001, 1011, 4001, 4003]
+        );
+    }
+
+    #[test]
+    fn server_frames() {
+        let acme = TenantId::new("acme \"corp\"").expect("valid tenant");
+        let cases: Vec<(String, &str)> = vec![
+            (
+                auth_ok_frame(&acme, Role::Service),
+                r#"{"type":"auth_ok","tenant":"acme \"corp\"","role":"service"}"#,
+            ),
+            (subscribed_frame("s1"), r#"{"type":"subscribed","id":"s1"}"#),
+            (
+                unsubscribed_frame("a\\b"),
+                r#"{"type":"unsubscribed","id":"a\\b"}"#,
+            ),
+            (published_frame(42), r#"{"type":"published","seq":42}"#),
+            (pong_frame().to_owned(), r#"{"type":"pong"}"#),
+            (
+                error_frame(&ProtocolError::unknown_id("s1")),
+                r#"{"type":"error","id":"s1","code":"unknown_id","message":"no active subscription has id \"s1\""}"#,
+            ),
+            (
+                error_frame(&ProtocolError::new(code::INVALID_JSON, "bad\nline")),
+                r#"{"type":"error","code":"invalid_json","message":"bad\nline"}"#,
+            ),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want);
+            let v: Value = serde_json::from_str(&got).expect("valid JSON");
+            assert!(v["type"].is_string(), "{got}");
+        }
+    }
+
+    #[test]
+    fn event_frame_escapes_the_sub_id() {
+        let cases: &[(&str, &str)] = &[
+            ("s1", r#""s1""#),
+            ("a\"b", r#""a\"b""#),
+            ("back\\slash", r#""back\\slash""#),
+            ("line\nfeed\r\t", r#""line\nfeed\r\t""#),
+            ("\u{8}\u{c}\u{0}\u{1f}", r#""\b\f\u0000\u001f""#),
+            ("</script>", r#""</script>""#),
+            ("é ☃ 😀", "\"é ☃ 😀\""),
+            ("\u{7f}\u{2028}", "\"\u{7f}\u{2028}\""),
+        ];
+        let envelope = br#"{"seq":1}"#;
+        for (sub, escaped) in cases {
+            let frame = event_frame(sub, envelope);
+            let want = format!(r#"{{"type":"event","sub":{escaped},"event":{{"seq":1}}}}"#);
+            assert_eq!(frame, want.as_bytes(), "{sub:?}");
+            let v: Value = serde_json::from_slice(&frame).expect("valid JSON");
+            assert_eq!(v["sub"], *sub);
+        }
+    }
+
+    #[test]
+    fn event_frame_embeds_the_envelope_verbatim() {
+        // Spacing, member order and number spellings that any
+        // re-serialization would change.
+        let envelopes: &[&str] = &[
+            r#"{"specversion":"1.0","id":"7","seq":7,"type":"row.updated","data":{"total":150.00,"n":1e2}}"#,
+            "{ \"seq\" : 8 ,\n \"data\" : { \"z\":1, \"a\":\"\\u00e9\" } }",
+            r#"{"seq":9,"data":{"s":"\"}{\""}}"#,
+        ];
+        for envelope in envelopes {
+            let frame = event_frame("sub-1", envelope.as_bytes());
+            let prefix = br#"{"type":"event","sub":"sub-1","event":"#;
+            assert!(frame.starts_with(prefix), "{envelope}");
+            assert_eq!(&frame[prefix.len()..frame.len() - 1], envelope.as_bytes());
+            assert_eq!(frame.last(), Some(&b'}'));
+            let v: Value = serde_json::from_slice(&frame).expect("valid JSON");
+            let inner: Value = serde_json::from_str(envelope).expect("valid JSON");
+            assert_eq!(v["event"], inner);
+        }
+    }
+
+    #[test]
+    fn cloudevents_frame_is_the_bare_envelope() {
+        let envelope = Bytes::from_static(br#"{"specversion":"1.0","id":"1","seq":1}"#);
+        let frame = cloudevents_event_frame(&envelope);
+        assert_eq!(frame, envelope);
+        assert_eq!(frame.as_ptr(), envelope.as_ptr(), "shared, not copied");
+        assert_eq!(CLOUDEVENTS_SUBPROTOCOL, "cloudevents.json");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn sub_ids_round_trip(sub in "\\PC{0,20}|[\\x00-\\x7f]{0,20}") {
+            let frame = event_frame(&sub, b"{}");
+            let v: Value = serde_json::from_slice(&frame).expect("valid JSON");
+            prop_assert_eq!(v["sub"].as_str(), Some(sub.as_str()));
+            let v: Value = serde_json::from_str(&subscribed_frame(&sub)).expect("valid JSON");
+            prop_assert_eq!(v["id"].as_str(), Some(sub.as_str()));
+        }
+
+        #[test]
+        fn parsing_never_panics(text in ".{0,200}") {
+            let _ = parse_client(&text, 100, &captured());
+            let _ = parse_client_before_auth(&text, 100);
+        }
+
+        #[test]
+        fn parsing_json_like_text_never_panics(
+            parts in prop::collection::vec(prop::sample::select(vec![
+                "{", "}", "[", "]", ",", ":", "\"type\"", "\"subscribe\"", "\"publish\"",
+                "\"id\"", "\"s\"", "\"topics\"", "\"table\"", "\"from\"", "\"filter\"",
+                "\"event\"", "\"data\"", "-1", "1.5", "null", "true", "\"public.orders\"",
+            ]), 0..30),
+        ) {
+            let text = parts.concat();
+            let _ = parse_client(&text, 4096, &captured());
+            let _ = parse_client_before_auth(&text, 4096);
+        }
+    }
+}
