@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::http::{get, request, stream, stream_second, Stream};
+use common::selection::{filter_ok, topic_ok, FILTERS, TOPICS};
 use common::{all_events, wait_for_events, TestDb, PATIENCE};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -121,46 +122,6 @@ async fn python_sse_client_resumes_with_last_event_id_exactly_once() {
             && types.contains("row.updated")
             && types.contains("row.deleted")
     );
-}
-
-/// The subscriptions the randomized test draws from, with an evaluation of
-/// each written independently of Sluice's glob and filter code.
-const TOPICS: &[&str] = &[
-    "",
-    "tables/public.items/*",
-    "tables/public.items/insert",
-    "**/insert",
-    "tables/**",
-];
-const FILTERS: &[&str] = &[
-    "",
-    r#"{"field":"new.color","op":"in","value":["red","blue"]}"#,
-    r#"{"field":"new.n","op":"gt","value":5}"#,
-    r#"{"or":[{"field":"new.color","op":"eq","value":"red"},{"field":"new.n","op":"lt","value":3}]}"#,
-    r#"{"not":{"field":"new.color","op":"eq","value":"green"}}"#,
-];
-
-fn topic_ok(t: usize, topic: &str) -> bool {
-    match t {
-        0 => true,
-        1 => topic.starts_with("tables/public.items/"),
-        2 => topic == "tables/public.items/insert",
-        3 => topic.ends_with("/insert"),
-        _ => topic.starts_with("tables/"),
-    }
-}
-
-fn filter_ok(f: usize, data: &Value) -> bool {
-    let new = &data["new"];
-    let color = new["color"].as_str();
-    let n = new["n"].as_i64();
-    match f {
-        0 => true,
-        1 => matches!(color, Some("red" | "blue")),
-        2 => n.is_some_and(|n| n > 5),
-        3 => color == Some("red") || n.is_some_and(|n| n < 3),
-        _ => color != Some("green"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,12 +7,19 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::TestDb;
+use std::collections::BTreeMap;
+
+use common::selection::{filter_ok, topic_ok, FILTERS, TOPICS};
+use common::{TestDb, PATIENCE};
+use futures_util::{SinkExt, StreamExt};
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
 use sluice::auth::keys::create_key;
 use sluice::auth::Role;
 use sluice::event::TenantId;
 use sluice::server::{self, Server};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 const ITEMS: &str =
@@ -20,10 +27,16 @@ const ITEMS: &str =
                      ALTER TABLE items REPLICA IDENTITY FULL;";
 
 async fn serve(db: &TestDb) -> (Server, CancellationToken) {
-    let config = db.config_with(
-        &[("public.items", "tenant")],
-        &[("SLUICE_HTTP_LISTEN", "127.0.0.1:0")],
-    );
+    serve_with(db, &[]).await
+}
+
+async fn serve_with(db: &TestDb, extra: &[(&str, &str)]) -> (Server, CancellationToken) {
+    let mut env = vec![
+        ("SLUICE_HTTP_LISTEN", "127.0.0.1:0"),
+        ("SLUICE_WS_AUTH_TIMEOUT_SECS", "1"),
+    ];
+    env.extend_from_slice(extra);
+    let config = db.config_with(&[("public.items", "tenant")], &env);
     let token = CancellationToken::new();
     let server = server::start(config, token.clone())
         .await
@@ -90,6 +103,356 @@ async fn python_websockets_client_subscribes_filters_unsubscribes_and_publishes(
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success());
+    token.cancel();
+    server.wait().await.expect("server stops");
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(server: &Server, query: &str) -> Ws {
+    let url = format!("ws://{}/v1/ws{query}", server.addr);
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket connects")
+        .0
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into()))
+        .await
+        .expect("send");
+}
+
+/// The next JSON message (pings are answered by the client library).
+async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        let m = tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("a message in time")
+            .expect("connection open")
+            .expect("frame");
+        match m {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("json"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+async fn expect_error(ws: &mut Ws, code: &str) -> Value {
+    let m = recv(ws).await;
+    assert_eq!(m["type"], "error", "{m}");
+    assert_eq!(m["code"], code, "{m}");
+    assert!(!m["message"].as_str().unwrap_or("").is_empty(), "{m}");
+    m
+}
+
+/// Events of one subscription until `n` arrived.
+async fn events(ws: &mut Ws, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m = recv(ws).await;
+        assert_eq!(m["type"], "event", "{m}");
+        out.push(m["event"].clone());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_get_precise_errors_and_the_connection_stays_usable() {
+    let db = TestDb::new("ws_bad");
+    db.client().await.batch_execute(ITEMS).await.expect("ddl");
+    let (server, token) = serve_with(&db, &[("SLUICE_WS_MAX_SUBSCRIPTIONS", "5")]).await;
+    let anon = key(&db, "acme", Role::Anon).await;
+    let mut ws = connect(&server, "").await;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "x", "topic": "tables/**"}),
+    )
+    .await;
+    let m = expect_error(&mut ws, "not_authenticated").await;
+    assert_eq!(m["id"], "x");
+    ws.send(Message::Text("not json".into()))
+        .await
+        .expect("send");
+    expect_error(&mut ws, "invalid_json").await;
+    send(&mut ws, json!({"type": "dance"})).await;
+    expect_error(&mut ws, "unknown_type").await;
+    ws.send(Message::Binary(vec![1u8, 2, 3].into()))
+        .await
+        .expect("send");
+    expect_error(&mut ws, "binary_not_supported").await;
+    let huge = json!({"type": "ping", "pad": "x".repeat(70_000)});
+    send(&mut ws, huge).await;
+    expect_error(&mut ws, "message_too_large").await;
+    send(&mut ws, json!({"type": "auth", "token": "sk_anon_nope"})).await;
+    expect_error(&mut ws, "auth_failed").await;
+    send(&mut ws, json!({"type": "ping"})).await;
+    assert_eq!(recv(&mut ws).await["type"], "pong");
+    send(&mut ws, json!({"type": "auth", "token": anon})).await;
+    let ok = recv(&mut ws).await;
+    assert_eq!(ok["type"], "auth_ok", "{ok}");
+    assert_eq!(ok["role"], "anon");
+    send(&mut ws, json!({"type": "auth", "token": anon})).await;
+    expect_error(&mut ws, "already_authenticated").await;
+    send(
+        &mut ws,
+        json!({"type": "publish", "event": "x", "data": {}}),
+    )
+    .await;
+    expect_error(&mut ws, "forbidden").await;
+    send(&mut ws, json!({"type": "subscribe", "id": "f", "filter": {"field": "new.n", "op": "like", "value": 1}})).await;
+    assert_eq!(expect_error(&mut ws, "invalid_filter").await["id"], "f");
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "t", "topic": "tables/pub*/x"}),
+    )
+    .await;
+    expect_error(&mut ws, "invalid_topic").await;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "u", "table": "public.nope"}),
+    )
+    .await;
+    expect_error(&mut ws, "unknown_table").await;
+    send(&mut ws, json!({"type": "unsubscribe", "id": "ghost"})).await;
+    expect_error(&mut ws, "unknown_id").await;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "a", "colour": "red"}),
+    )
+    .await;
+    expect_error(&mut ws, "invalid_message").await;
+    // 1,000 rapid subscribe/unsubscribe pairs, each answered.
+    for i in 0..1000 {
+        send(&mut ws, json!({"type": "subscribe", "id": format!("r{i}")})).await;
+        send(
+            &mut ws,
+            json!({"type": "unsubscribe", "id": format!("r{i}")}),
+        )
+        .await;
+    }
+    for i in 0..1000 {
+        let a = recv(&mut ws).await;
+        assert_eq!(
+            (a["type"].as_str(), a["id"].as_str()),
+            (Some("subscribed"), Some(format!("r{i}").as_str())),
+            "{a}"
+        );
+        let b = recv(&mut ws).await;
+        assert_eq!(
+            (b["type"].as_str(), b["id"].as_str()),
+            (Some("unsubscribed"), Some(format!("r{i}").as_str())),
+            "{b}"
+        );
+    }
+    for i in 0..5 {
+        send(&mut ws, json!({"type": "subscribe", "id": format!("k{i}")})).await;
+        assert_eq!(recv(&mut ws).await["type"], "subscribed");
+    }
+    send(&mut ws, json!({"type": "subscribe", "id": "k0"})).await;
+    expect_error(&mut ws, "duplicate_id").await;
+    send(&mut ws, json!({"type": "subscribe", "id": "k5"})).await;
+    expect_error(&mut ws, "too_many_subscriptions").await;
+    send(&mut ws, json!({"type": "ping"})).await;
+    assert_eq!(recv(&mut ws).await["type"], "pong");
+    // The server is healthy and the hub holds only the 5 open subscriptions.
+    assert_eq!(
+        server
+            .state
+            .hub
+            .stats
+            .subscribers
+            .load(std::sync::atomic::Ordering::Relaxed),
+        5
+    );
+    drop(ws);
+    // No auth within the timeout: closed with 4001.
+    let mut idle = connect(&server, "").await;
+    let closed = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match idle.next().await {
+                Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("closed in time");
+    assert_eq!(closed, 4001);
+    token.cancel();
+    server.wait().await.expect("server stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_resumes_from_a_seq_exactly_once_in_order() {
+    let db = TestDb::new("ws_resume");
+    let c = db.client().await;
+    c.batch_execute(ITEMS).await.expect("ddl");
+    let (server, token) = serve(&db).await;
+    let anon = key(&db, "acme", Role::Anon).await;
+    c.batch_execute("INSERT INTO items SELECT g, 'acme', 'red', g FROM generate_series(1, 30) g")
+        .await
+        .expect("write");
+    let mut ws = connect(&server, &format!("?apikey={anon}")).await;
+    assert_eq!(recv(&mut ws).await["type"], "auth_ok");
+    send(&mut ws, json!({"type": "subscribe", "id": "s", "from": 1})).await;
+    assert_eq!(recv(&mut ws).await["type"], "subscribed");
+    let first = events(&mut ws, 12).await;
+    drop(ws); // disconnected mid-stream
+    c.batch_execute("INSERT INTO items SELECT g, 'acme', 'red', g FROM generate_series(31, 45) g")
+        .await
+        .expect("write");
+    let last = first[11]["seq"].as_i64().expect("seq");
+    let mut ws = connect(&server, &format!("?apikey={anon}")).await;
+    assert_eq!(recv(&mut ws).await["type"], "auth_ok");
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "s", "from": last + 1}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["type"], "subscribed");
+    let rest = events(&mut ws, 45 - 12).await;
+    let ids: Vec<i64> = first
+        .iter()
+        .chain(rest.iter())
+        .map(|e| e["data"]["new"]["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(
+        ids,
+        (1..=45).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    token.cancel();
+    server.wait().await.expect("server stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_ws_subscriptions_get_exactly_their_tenants_matching_events() {
+    let seed: u64 = std::env::var("SLUICE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen());
+    println!("ws isolation test seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let db = TestDb::new("ws_iso");
+    let c = db.client().await;
+    c.batch_execute(ITEMS).await.expect("ddl");
+    let (server, token) = serve(&db).await;
+    let tenants = ["t0", "t1", "t2", "t3"];
+    let mut keys = BTreeMap::new();
+    for t in tenants {
+        keys.insert(t, key(&db, t, Role::Service).await);
+    }
+    // Connections with one or two subscriptions each, from seq 1.
+    struct Conn {
+        tenant: &'static str,
+        ws: Ws,
+        subs: Vec<(String, usize, usize)>,
+    }
+    let mut conns = Vec::new();
+    for i in 0..10 {
+        let tenant = tenants[rng.gen_range(0..tenants.len())];
+        let mut ws = connect(&server, "").await;
+        send(&mut ws, json!({"type": "auth", "token": keys[tenant]})).await;
+        assert_eq!(recv(&mut ws).await["tenant"], tenant);
+        let mut subs = Vec::new();
+        for j in 0..rng.gen_range(1..3) {
+            let (topic, filter) = (
+                rng.gen_range(0..TOPICS.len()),
+                rng.gen_range(0..FILTERS.len()),
+            );
+            let id = format!("c{i}s{j}");
+            let mut m = json!({"type": "subscribe", "id": id, "from": 1});
+            if !TOPICS[topic].is_empty() {
+                m["topic"] = json!(TOPICS[topic]);
+            }
+            if !FILTERS[filter].is_empty() {
+                m["filter"] = serde_json::from_str(FILTERS[filter]).expect("filter");
+            }
+            send(&mut ws, m).await;
+            assert_eq!(recv(&mut ws).await["type"], "subscribed");
+            subs.push((id, topic, filter));
+        }
+        conns.push(Conn { tenant, ws, subs });
+    }
+    // A random workload; some connections publish with a forged tenant.
+    let colors = ["red", "blue", "green"];
+    let mut next_id = 1;
+    for round in 0..40 {
+        let mut sql = String::from("BEGIN;");
+        for _ in 0..rng.gen_range(1..5) {
+            let t = tenants[rng.gen_range(0..tenants.len())];
+            sql.push_str(&format!(
+                "INSERT INTO items VALUES ({next_id}, '{t}', '{}', {});",
+                colors[rng.gen_range(0..3)],
+                rng.gen_range(0..10)
+            ));
+            next_id += 1;
+        }
+        sql.push_str("UPDATE items SET n = n + 1 WHERE id % 7 = 0; COMMIT;");
+        c.batch_execute(&sql).await.expect("workload");
+        if round % 8 == 0 {
+            let k = rng.gen_range(0..conns.len());
+            let forged = tenants[(tenants
+                .iter()
+                .position(|t| *t == conns[k].tenant)
+                .expect("t")
+                + 1)
+                % tenants.len()];
+            send(&mut conns[k].ws, json!({"type": "publish", "event": "note", "tenant": forged, "data": {"round": round}})).await;
+        }
+    }
+    let log = common::all_events(&c).await;
+    assert!(log.iter().any(|e| e["type"] == "custom.note"));
+    for conn in &mut conns {
+        let mut expected: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for (id, topic, filter) in &conn.subs {
+            expected.insert(
+                id.clone(),
+                log.iter()
+                    .filter(|e| e["tenant"] == conn.tenant)
+                    .filter(|e| topic_ok(*topic, e["topic"].as_str().unwrap_or("")))
+                    .filter(|e| filter_ok(*filter, &e["data"]))
+                    .filter_map(|e| e["seq"].as_i64())
+                    .collect(),
+            );
+        }
+        let want: usize = expected.values().map(Vec::len).sum();
+        let mut got: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        let mut n = 0;
+        while n < want {
+            let m = recv(&mut conn.ws).await;
+            match m["type"].as_str() {
+                Some("event") => {
+                    assert_eq!(
+                        m["event"]["tenant"], conn.tenant,
+                        "another tenant's event: {m}"
+                    );
+                    got.entry(m["sub"].as_str().expect("sub").to_owned())
+                        .or_default()
+                        .push(m["event"]["seq"].as_i64().expect("seq"));
+                    n += 1;
+                }
+                Some("published") => {}
+                _ => panic!("unexpected {m}"),
+            }
+        }
+        for (id, seqs) in &expected {
+            assert_eq!(
+                got.get(id).cloned().unwrap_or_default(),
+                *seqs,
+                "subscription {id} of {}",
+                conn.tenant
+            );
+        }
+    }
+    // Published events carry the publisher's tenant, never the forged one.
+    for e in log.iter().filter(|e| e["type"] == "custom.note") {
+        assert!(tenants.contains(&e["tenant"].as_str().unwrap_or("")));
+    }
     token.cancel();
     server.wait().await.expect("server stops");
 }

@@ -97,6 +97,10 @@ struct Session {
     cloudevents: bool,
     who: Option<(Identity, TenantId)>,
     subs: HashMap<String, JoinHandle<()>>,
+    /// A subscription acknowledged by the reply being written; its task
+    /// starts after that, so the ack precedes its events and answers stay
+    /// in request order.
+    pending: Option<(String, Follower)>,
     tx: mpsc::Sender<Out>,
 }
 
@@ -138,6 +142,7 @@ impl Session {
             cloudevents,
             who: None,
             subs: HashMap::new(),
+            pending: None,
             tx,
         };
         let (mut sink, mut stream) = socket.split();
@@ -212,6 +217,16 @@ impl Session {
                     return;
                 }
             }
+            if let Some((id, follower)) = s.pending.take() {
+                let task = tokio::spawn(Box::pin(forward(
+                    id.clone(),
+                    follower,
+                    s.tx.clone(),
+                    s.cloudevents,
+                    s.state.clone(),
+                )));
+                s.subs.insert(id, task);
+            }
         }
     }
 
@@ -231,12 +246,7 @@ impl Session {
             ClientMessage::Ping => Ok(proto::pong_frame().to_owned()),
             ClientMessage::Auth { token } => self.auth(&token).await,
             ClientMessage::Subscribe { id, selector, from } => {
-                // Answered through the queue, ahead of its events.
-                return self
-                    .subscribe(id, selector, from)
-                    .await
-                    .err()
-                    .map(|e| proto::error_frame(&e));
+                self.subscribe(id, selector, from).await
             }
             ClientMessage::Unsubscribe { id } => match self.subs.remove(&id) {
                 Some(task) => {
@@ -291,7 +301,7 @@ impl Session {
         id: String,
         selector: crate::subscription::Selector,
         from: Option<i64>,
-    ) -> Result<(), ProtocolError> {
+    ) -> Result<String, ProtocolError> {
         let Some((_, tenant)) = &self.who else {
             return Err(ProtocolError::new(
                 code::NOT_AUTHENTICATED,
@@ -346,20 +356,8 @@ impl Session {
             self.state.config.http.page_limit,
         );
         let ack = proto::subscribed_frame(&id);
-        // The ack goes out before any event: it is queued first.
-        self.tx
-            .send(Out::Text(Utf8Bytes::from(ack)))
-            .await
-            .map_err(|_| ProtocolError::new(code::UNAVAILABLE, "connection closing"))?;
-        let task = tokio::spawn(Box::pin(forward(
-            id.clone(),
-            follower,
-            self.tx.clone(),
-            self.cloudevents,
-            self.state.clone(),
-        )));
-        self.subs.insert(id, task);
-        Ok(())
+        self.pending = Some((id, follower));
+        Ok(ack)
     }
 
     async fn publish(

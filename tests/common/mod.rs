@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod receiver;
+pub mod selection;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
