@@ -19,6 +19,8 @@ pub const HUB_SUBSCRIBERS: &str = "sluice_hub_live_subscribers";
 pub const CATCHUPS: &str = "sluice_subscriber_catchups_total";
 pub const HUB_DELIVERED: &str = "sluice_hub_deliveries_total";
 pub const SSE_EVENTS: &str = "sluice_sse_events_sent_total";
+pub const WS_EVENTS: &str = "sluice_ws_events_sent_total";
+pub const WS_CONNECTIONS: &str = "sluice_ws_connections";
 pub const WEBHOOK_ATTEMPTS: &str = "sluice_webhook_attempts_total";
 pub const WEBHOOK_OUTCOMES: &str = "sluice_webhook_deliveries_total";
 pub const WEBHOOK_IN_FLIGHT: &str = "sluice_webhook_requests_in_flight";
@@ -31,6 +33,7 @@ pub struct HttpMetrics {
     pub sse_events: AtomicU64,
     pub catchups: AtomicU64,
     pub ws_connections: AtomicU64,
+    pub ws_subscriptions: AtomicU64,
     pub ws_events: AtomicU64,
 }
 

@@ -456,3 +456,111 @@ async fn randomized_ws_subscriptions_get_exactly_their_tenants_matching_events()
     token.cancel();
     server.wait().await.expect("server stops");
 }
+
+/// A connection that reads nothing for a while: its subscription falls back
+/// to the log (memory stays bounded), a fast connection is not held up, and
+/// the slow one still gets every event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_connection_catches_up_from_the_log_and_misses_nothing() {
+    let db = TestDb::new("ws_slow");
+    let c = db.client().await;
+    c.batch_execute(ITEMS).await.expect("ddl");
+    let (server, token) = serve_with(
+        &db,
+        &[
+            ("SLUICE_WS_QUEUE", "4"),
+            ("SLUICE_HUB_SUBSCRIBER_QUEUE", "8"),
+        ],
+    )
+    .await;
+    let anon = key(&db, "acme", Role::Anon).await;
+    let mut slow = connect(&server, &format!("?apikey={anon}")).await;
+    let mut fast = connect(&server, &format!("?apikey={anon}")).await;
+    for ws in [&mut slow, &mut fast] {
+        assert_eq!(recv(ws).await["type"], "auth_ok");
+        send(
+            ws,
+            json!({"type": "subscribe", "id": "s", "table": "public.items"}),
+        )
+        .await;
+        assert_eq!(recv(ws).await["type"], "subscribed");
+    }
+    const N: i64 = 3000;
+    let reader = tokio::spawn(async move {
+        let got = events(&mut fast, N as usize).await;
+        got.iter()
+            .map(|e| e["data"]["new"]["id"].as_i64().expect("id"))
+            .collect::<Vec<_>>()
+    });
+    for k in 0..30 {
+        c.batch_execute(&format!(
+            "INSERT INTO items SELECT g, 'acme', 'red', g FROM generate_series({}, {}) g",
+            k * 100 + 1,
+            k * 100 + 100
+        ))
+        .await
+        .expect("write");
+    }
+    let fast_ids = tokio::time::timeout(PATIENCE, reader)
+        .await
+        .expect("the fast connection is not held up")
+        .expect("reader");
+    assert_eq!(fast_ids, (1..=N).collect::<Vec<_>>());
+    let slow_ids: Vec<i64> = events(&mut slow, N as usize)
+        .await
+        .iter()
+        .map(|e| e["data"]["new"]["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(
+        slow_ids,
+        (1..=N).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    assert!(
+        server
+            .state
+            .hub
+            .stats
+            .lagged
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
+        "the slow subscription fell back to the log"
+    );
+    token.cancel();
+    server.wait().await.expect("server stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_key_closes_its_connections_with_4003() {
+    let db = TestDb::new("ws_revoke");
+    let c = db.client().await;
+    c.batch_execute(ITEMS).await.expect("ddl");
+    let (server, token) = serve_with(&db, &[("SLUICE_AUTH_REVOCATION_CHECK_SECS", "1")]).await;
+    let (info, anon) = create_key(
+        &c,
+        Some(&TenantId::new("acme").expect("valid")),
+        Role::Anon,
+        None,
+    )
+    .await
+    .expect("key");
+    let mut ws = connect(&server, &format!("?apikey={anon}")).await;
+    assert_eq!(recv(&mut ws).await["type"], "auth_ok");
+    assert!(sluice::auth::keys::revoke_key(&c, info.id)
+        .await
+        .expect("revoke"));
+    let code = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("closed in time");
+    assert_eq!(code, 4003);
+    token.cancel();
+    server.wait().await.expect("server stops");
+}

@@ -208,7 +208,7 @@ impl Session {
                     }
                 }
                 _ = shutdown.cancelled() => {
-                    let _ = sink.send(close(proto::CLOSE_GOING_AWAY, "server shutting down")).await;
+                    let _ = sink.send(close(proto::CLOSE_GOING_AWAY, "server_shutting_down")).await;
                     return;
                 }
             };
@@ -394,6 +394,21 @@ async fn forward(
     cloudevents: bool,
     state: AppState,
 ) {
+    /// Counts the subscription while its task lives (aborted or not).
+    struct Open(AppState);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            self.0
+                .metrics
+                .ws_subscriptions
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    state
+        .metrics
+        .ws_subscriptions
+        .fetch_add(1, Ordering::Relaxed);
+    let _open = Open(state.clone());
     loop {
         let frame = match follower.next().await {
             Ok(e) => {
@@ -438,6 +453,28 @@ async fn forward(
         };
         if tx.send(Out::Text(text)).await.is_err() {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proto;
+
+    #[test]
+    fn the_readme_documents_every_error_and_close_code() {
+        let readme = include_str!("../../README.md");
+        for (code, _) in proto::ERROR_CODES {
+            assert!(
+                readme.contains(&format!("| `{code}` |")),
+                "README lacks error code {code}"
+            );
+        }
+        for (code, reason, _) in proto::CLOSE_CODES {
+            assert!(
+                readme.contains(&format!("| {code} | `{reason}` |")),
+                "README lacks close code {code}"
+            );
         }
     }
 }

@@ -125,6 +125,17 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
         ),
         (metrics::SSE_EVENTS, None, load(&state.metrics.sse_events)),
         (
+            metrics::SUBSCRIBERS,
+            Some("transport=\"ws\""),
+            load(&state.metrics.ws_subscriptions),
+        ),
+        (
+            metrics::WS_CONNECTIONS,
+            None,
+            load(&state.metrics.ws_connections),
+        ),
+        (metrics::WS_EVENTS, None, load(&state.metrics.ws_events)),
+        (
             metrics::WEBHOOK_ATTEMPTS,
             None,
             load(&state.webhook_metrics.attempts),
@@ -228,6 +239,16 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             metrics::WEBHOOK_LATENCY_SUM,
             "counter",
             "total seconds webhook requests took (divide by attempts for the mean)",
+        ),
+        (
+            metrics::WS_CONNECTIONS,
+            "gauge",
+            "open WebSocket connections",
+        ),
+        (
+            metrics::WS_EVENTS,
+            "counter",
+            "events sent on WebSocket subscriptions",
         ),
     ];
     let text = metrics::render(&samples, &kinds);
