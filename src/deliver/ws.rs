@@ -168,7 +168,9 @@ impl Session {
                     let Some(Ok(msg)) = incoming else { return };
                     heard = tokio::time::Instant::now();
                     match msg {
-                        Message::Text(t) => s.handle(t.as_str()).await.map(text),
+                        // Boxed: handling (auth, subscribe, publish) needs large futures
+                        // for a moment; inline they would sit in every idle connection.
+                        Message::Text(t) => Box::pin(s.handle(t.as_str())).await.map(text),
                         Message::Binary(_) => Some(text(proto::error_frame(&ProtocolError::new(
                             code::BINARY_NOT_SUPPORTED,
                             "binary frames are not supported; send JSON text frames",
