@@ -564,3 +564,41 @@ async fn revoking_the_key_closes_its_connections_with_4003() {
     token.cancel();
     server.wait().await.expect("server stops");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cloudevents_subprotocol_carries_bare_envelopes() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let db = TestDb::new("ws_ce");
+    let c = db.client().await;
+    c.batch_execute(ITEMS).await.expect("ddl");
+    let (server, token) = serve(&db).await;
+    let anon = key(&db, "acme", Role::Anon).await;
+    let mut req = format!("ws://{}/v1/ws?apikey={anon}", server.addr)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "cloudevents.json".parse().expect("header"),
+    );
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("connects");
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some("cloudevents.json")
+    );
+    assert_eq!(recv(&mut ws).await["type"], "auth_ok");
+    send(&mut ws, json!({"type": "subscribe", "id": "s", "from": 1})).await;
+    assert_eq!(recv(&mut ws).await["type"], "subscribed");
+    c.batch_execute("INSERT INTO items VALUES (1, 'acme', 'red', 1)")
+        .await
+        .expect("write");
+    let e = recv(&mut ws).await;
+    assert_eq!(e["specversion"], "1.0", "a bare CloudEvents envelope: {e}");
+    assert_eq!(e["type"], "row.inserted");
+    assert_eq!(e["tenant"], "acme");
+    token.cancel();
+    server.wait().await.expect("server stops");
+}
