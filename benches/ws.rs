@@ -67,6 +67,11 @@ const TENANTS: usize = 100;
 const FD_SLACK: u64 = 200;
 /// Connections opened (and sent events) before the "before" figure.
 const WARM: usize = 10;
+/// Bare TCP connects (`--breakdown`) admitted at once: below the server's
+/// listen backlog (128, tokio/mio's default), which a burst of connects that
+/// send nothing overflows (the server then drops the handshake's last ACK
+/// and the client's socket is established on its side only).
+const BARE_BATCH: usize = 64;
 const TOPIC: &str = "tables/public.bench/*";
 const SUBSCRIBE: &str = r#"{"type":"subscribe","id":"s1","topic":"tables/public.bench/*"}"#;
 
@@ -593,7 +598,12 @@ fn latency(pg: &LocalPg, db: &str, a: &LatencyArgs) {
         let floor = stats(&floor_samples.lock().expect("samples"), from, to);
         let got_ws = count_in(&ws_samples.lock().expect("samples"), phase_start, to);
         let got_floor = count_in(&floor_samples.lock().expect("samples"), phase_start, to);
-        results.push((rate, achieved, total, got_ws, got_floor, ws_stats, floor));
+        // Times a live subscriber overflowed its hub queue and read from the
+        // log instead (cumulative; the subscriber here is the only one).
+        let catchups = metric(port, "sluice_subscriber_catchups_total");
+        results.push((
+            rate, achieved, total, got_ws, got_floor, ws_stats, floor, catchups,
+        ));
     }
     let cpu = cpu_secs(sluice.pid());
 
@@ -614,10 +624,14 @@ fn latency(pg: &LocalPg, db: &str, a: &LatencyArgs) {
         a.seconds,
         if a.separate_state { "separate database, same cluster" } else { "the source database" }
     );
-    for (rate, achieved, total, got_ws, got_floor, ws_stats, floor) in &results {
+    let mut catchups_before = 0.0;
+    for (rate, achieved, total, got_ws, got_floor, ws_stats, floor, catchups) in &results {
         println!(
-            "rate {rate}/s (achieved {achieved:.0}/s): {total} rows committed, sluice received {got_ws}, floor received {got_floor}"
+            "rate {rate}/s (achieved {achieved:.0}/s): {total} rows committed, sluice received {got_ws}, floor received {got_floor}; \
+             subscriber catch-ups from the log: {}",
+            catchups.map_or("?".to_owned(), |c| format!("{}", c - catchups_before))
         );
+        catchups_before = catchups.unwrap_or(catchups_before);
         show("sluice WebSocket", ws_stats);
         show("floor (pg_recvlogical, test_decoding)", floor);
         match (ws_stats, floor) {
@@ -811,19 +825,27 @@ impl Shared {
 /// allows it and reported on `shared.reports`; then reads and counts events
 /// until the connection ends or the task is aborted. A failure is reported
 /// as the outcome of the stage it happened in (or the next one, when it
-/// happened while idle between stages).
+/// happened while idle between stages). The bare TCP connect of
+/// `Plan::Staged` waits until `admit` exceeds `local` (the connection's
+/// place in its set): the driver admits `BARE_BATCH` at a time, each once
+/// the server has accepted the previous ones (nothing else paces connects
+/// that send nothing).
 async fn connection(
     shared: Arc<Shared>,
     index: usize,
     key: Arc<str>,
     plan: Plan,
     mut go: watch::Receiver<usize>,
+    (mut admit, local): (watch::Receiver<usize>, usize),
 ) {
     let sh = &*shared;
     let last = plan.stages().len();
     let mut stage = 1;
     let run = async {
         allowed(&mut go, 1).await;
+        if plan == Plan::Staged {
+            allowed(&mut admit, local + 1).await;
+        }
         let permit = sh.gate.acquire().await.map_err(|e| e.to_string())?;
         let mut ws = match plan {
             Plan::Query => {
@@ -887,6 +909,9 @@ async fn connection(
 struct ConnSet {
     plan: Plan,
     go: watch::Sender<usize>,
+    /// Connections of the set allowed to make their bare TCP connect
+    /// (`Plan::Staged`).
+    admit: watch::Sender<usize>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Connections still going after the last stage run.
     alive: usize,
@@ -974,6 +999,8 @@ struct MemRun {
     idle_cpu: f64,
     machine_busy: f64,
     rss_closed: u64,
+    /// (connections reopened, RSS with them open, RSS after closing them).
+    again: Option<(usize, u64, u64)>,
     bench_rss: u64,
     ended: BTreeMap<String, usize>,
     unexpected: BTreeMap<String, usize>,
@@ -1048,6 +1075,7 @@ fn memory(pg: &LocalPg, db: &str, a: &MemArgs, plan: Plan, env: &[(&str, &str)])
     let tenant_of = |i: usize| i % TENANTS;
     let spawn_set = |from: usize, to: usize, plan: Plan| -> ConnSet {
         let (go, go_rx) = watch::channel(0usize);
+        let (admit, admit_rx) = watch::channel(0usize);
         let tasks = (from..to)
             .map(|i| {
                 rt.spawn(connection(
@@ -1056,34 +1084,60 @@ fn memory(pg: &LocalPg, db: &str, a: &MemArgs, plan: Plan, env: &[(&str, &str)])
                     keys[tenant_of(i)].clone(),
                     plan,
                     go_rx.clone(),
+                    (admit_rx.clone(), i - from),
                 ))
             })
             .collect();
         ConnSet {
             plan,
             go,
+            admit,
             tasks,
             alive: to - from,
         }
     };
-    // Runs stage `stage` of a set; waits for its reports (and, for the
-    // subscribe stage, for the hub to hold `hub_base` + the subscribers).
-    let mut run_stage = |set: &mut ConnSet, stage: usize, hub_base: usize| {
+    let (rss_idle, _) = settle_rss(pid);
+    let fds_idle = open_fds(pid).unwrap_or(0);
+    // Runs stage `stage` of a set (`earlier` connections are open besides
+    // it): waits for its reports, for the server to hold a socket for each
+    // connection (a client's connect completes before the server accepts),
+    // and after the subscribe stage for the hub to hold every subscriber.
+    let fds_now = || open_fds(pid).unwrap_or(0);
+    let mut run_stage = |set: &mut ConnSet, stage: usize, earlier: usize| {
         let t = Instant::now();
         set.go.send_replace(stage);
+        if stage == 1 && set.plan == Plan::Staged {
+            // Admit the bare connects a batch at a time, each once the
+            // server holds the previous ones (or after 10 s).
+            let n = set.tasks.len();
+            let mut admitted = 0;
+            while admitted < n {
+                let base = fds_now();
+                let batch = BARE_BATCH.min(a.open_batch).min(n - admitted);
+                admitted += batch;
+                set.admit.send_replace(admitted);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while fds_now() < base + batch && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
         let (ok, failed) = reports.collect(&rt, stage, set.alive);
         set.alive = ok;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while open_fds(pid).is_some_and(|n| n < fds_idle + earlier + ok)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let last = stage == set.plan.stages().len();
         let hub = if last {
-            wait_hub_live(port, hub_base + ok, Duration::from_secs(120))
+            wait_hub_live(port, earlier + ok, Duration::from_secs(120))
         } else {
             hub_live(port)
         };
         (ok, failed, t.elapsed().as_secs_f64(), hub)
     };
-
-    let (rss_idle, _) = settle_rss(pid);
-    let fds_idle = open_fds(pid).unwrap_or(0);
 
     // Warm-up: WARM connections of tenants t0..t9, each sent one event.
     let mut warm = spawn_set(0, WARM, Plan::Query);
@@ -1107,6 +1161,7 @@ fn memory(pg: &LocalPg, db: &str, a: &MemArgs, plan: Plan, env: &[(&str, &str)])
         std::thread::sleep(Duration::from_millis(20));
     }
     let rss_before = settle_rss(pid);
+    let fds_before = open_fds(pid).unwrap_or(0);
 
     // The measured connections, stage by stage.
     let n = connections - WARM;
@@ -1187,18 +1242,37 @@ fn memory(pg: &LocalPg, db: &str, a: &MemArgs, plan: Plan, env: &[(&str, &str)])
         .count();
     let reach = Some((r, reached, targets.len(), strays, reach_secs));
 
-    // Close everything; what the server gives back.
-    for t in set.tasks.drain(..).chain(warm.tasks.drain(..)) {
-        t.abort();
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if open_fds(pid).is_some_and(|n| n <= fds_idle + 2) {
-            break;
+    // Close everything and see what the server gives back; then (main
+    // pass) open as many again and close them again: flat RSS means the
+    // memory is kept for reuse, not leaked.
+    let close_all = |tasks: Vec<tokio::task::JoinHandle<()>>| {
+        for t in tasks {
+            t.abort();
         }
-        std::thread::sleep(Duration::from_millis(200));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            // (The database pool may have grown meanwhile: up to 16 more.)
+            if open_fds(pid).is_some_and(|n| n + WARM <= fds_before + 16) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        settle_rss(pid).0
+    };
+    let tasks: Vec<_> = set.tasks.drain(..).chain(warm.tasks.drain(..)).collect();
+    let rss_closed = close_all(tasks);
+    let mut again = None;
+    if plan == Plan::Query {
+        eprintln!("closed them all; opening {connections} again…");
+        let mut set = spawn_set(0, connections, Plan::Query);
+        for stage in 1..=Plan::Query.stages().len() {
+            run_stage(&mut set, stage, 0);
+        }
+        let reopened = set.alive;
+        let rss_reopened = settle_rss(pid).0;
+        let rss_closed_again = close_all(std::mem::take(&mut set.tasks));
+        again = Some((reopened, rss_reopened, rss_closed_again));
     }
-    let (rss_closed, _) = settle_rss(pid);
     let ended = shared.ended.lock().expect("ended").clone();
     let unexpected = shared.unexpected.lock().expect("unexpected").clone();
 
@@ -1214,6 +1288,7 @@ fn memory(pg: &LocalPg, db: &str, a: &MemArgs, plan: Plan, env: &[(&str, &str)])
         idle_cpu,
         machine_busy,
         rss_closed,
+        again,
         bench_rss,
         ended,
         unexpected,
@@ -1240,21 +1315,23 @@ fn report_memory(title: &str, plan: Plan, m: &MemRun) {
     }
     println!("  sluice RSS:");
     println!(
-        "    {:<48} {:>7.1} MiB",
+        "    {:<52} {:>7.1} MiB",
         "idle, no connection:",
         mib(m.rss_idle)
     );
     println!(
-        "    {:<48} {:>7.1} MiB (anon {:.1} MiB)",
+        "    {:<52} {:>7.1} MiB (anon {:.1} MiB)",
         format!("before ({WARM} open, pipeline warmed):"),
         mib(m.rss_before.0),
         mib(m.rss_before.1)
     );
     let mut prev = m.rss_before.0;
     for (i, s) in m.stages.iter().enumerate() {
-        let per = |from: u64| s.rss.saturating_sub(from) as f64 / s.ok.max(1) as f64;
+        // Signed: memory a stage frees (and the allocator gives back during
+        // it) can outweigh what it adds.
+        let per = |from: u64| (s.rss as f64 - from as f64) / s.ok.max(1) as f64;
         println!(
-            "    {:<48} {:>7.1} MiB (anon {:.1} MiB), {} ok in {:.1} s, {} fds, hub {}: +{:.1} KiB/conn over the previous stage, {:.1} KiB/conn over before",
+            "    {:<52} {:>7.1} MiB (anon {:.1} MiB), {} ok in {:.1} s, {} fds, hub {}: {:+.1} KiB/conn over the previous stage, {:.1} KiB/conn over before",
             format!("stage {}: {}:", i + 1, s.name),
             mib(s.rss),
             mib(s.anon),
@@ -1268,10 +1345,22 @@ fn report_memory(title: &str, plan: Plan, m: &MemRun) {
         prev = s.rss;
     }
     println!(
-        "    {:<48} {:>7.1} MiB",
+        "    {:<52} {:>7.1} MiB",
         "after closing them all:",
         mib(m.rss_closed)
     );
+    if let Some((n, open, closed)) = m.again {
+        println!(
+            "    {:<52} {:>7.1} MiB",
+            format!("after opening {n} again:"),
+            mib(open)
+        );
+        println!(
+            "    {:<52} {:>7.1} MiB",
+            "after closing them again:",
+            mib(closed)
+        );
+    }
     if let Some(last) = m.stages.last() {
         let per = last.rss.saturating_sub(m.rss_before.0) as f64 / last.ok.max(1) as f64;
         let per_idle = last.rss.saturating_sub(m.rss_idle) as f64 / m.opened.max(1) as f64;

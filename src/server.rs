@@ -83,6 +83,24 @@ pub fn pool_with(
         .map_err(|e| ServerError::Pool(e.to_string()))
 }
 
+/// Pending connections the kernel queues before `accept` (the default,
+/// 128, drops connects in a reconnect storm of thousands of clients).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Starts everything; `shutdown` stops it.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Server, ServerError> {
     let config = Arc::new(config);
@@ -117,12 +135,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Server
     .map_err(ServerError::Pool)?;
     let dispatch_stop = CancellationToken::new();
     let dispatch_task = tokio::spawn(dispatcher.run(dispatch_stop.clone()));
-    let listener = tokio::net::TcpListener::bind(&config.http.listen)
-        .await
-        .map_err(|source| ServerError::Listen {
-            addr: config.http.listen.clone(),
-            source,
-        })?;
+    let listener = listen(&config.http.listen).map_err(|source| ServerError::Listen {
+        addr: config.http.listen.clone(),
+        source,
+    })?;
     let addr = listener
         .local_addr()
         .map_err(|source| ServerError::Listen {
