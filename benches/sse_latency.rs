@@ -30,8 +30,8 @@ use sluice::localpg::LocalPg;
 
 mod common;
 use common::{
-    arg, envelope_time, flag, free_port, now_micros, parse_timestamp, psql, Dechunker, Guard,
-    SseParser,
+    arg, count_in, envelope_time, flag, free_port, now_micros, parse_timestamp, psql, show, stats,
+    Dechunker, Guard, Sample, SseParser,
 };
 
 // ------------------------------------------------- HTTP/1.1 + SSE decoding
@@ -133,58 +133,6 @@ fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
         body.extend_from_slice(&all[end..]);
     }
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-// ---------------------------------------------------------------- figures
-
-/// (commit µs, receipt µs) of one event.
-type Sample = (i64, i64);
-
-struct Stats {
-    n: usize,
-    p50: f64,
-    p95: f64,
-    p99: f64,
-    max: f64,
-}
-
-/// Nearest-rank percentiles of the latencies (ms) of the samples committed
-/// in `[from, to)`.
-fn stats(samples: &[Sample], from: i64, to: i64) -> Option<Stats> {
-    let mut ms: Vec<f64> = samples
-        .iter()
-        .filter(|(c, _)| *c >= from && *c < to)
-        .map(|(c, r)| (r - c) as f64 / 1000.0)
-        .collect();
-    if ms.is_empty() {
-        return None;
-    }
-    ms.sort_by(f64::total_cmp);
-    let rank = |p: f64| ms[((p * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
-    Some(Stats {
-        n: ms.len(),
-        p50: rank(0.50),
-        p95: rank(0.95),
-        p99: rank(0.99),
-        max: ms[ms.len() - 1],
-    })
-}
-
-fn show(label: &str, s: &Option<Stats>) {
-    match s {
-        Some(s) => println!(
-            "  {label:<44} n={:<6} p50 {:>7.2} ms  p95 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms",
-            s.n, s.p50, s.p95, s.p99, s.max
-        ),
-        None => println!("  {label:<44} no events received"),
-    }
-}
-
-fn count_in(samples: &[Sample], from: i64, to: i64) -> usize {
-    samples
-        .iter()
-        .filter(|(c, _)| *c >= from && *c < to)
-        .count()
 }
 
 // ------------------------------------------------------------------- main

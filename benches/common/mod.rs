@@ -1,7 +1,7 @@
 #![allow(dead_code)]
 //! Helpers shared by the benchmark programs: argument parsing, psql, clocks
 //! and ports, /proc readers, RFC 3339 timestamp parsing, chunked-encoding
-//! and SSE decoding, and a child-process guard.
+//! and SSE decoding, a child-process guard, and latency percentiles.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -332,4 +332,56 @@ pub fn sluice_env(
     if let Some(url) = state_url {
         cmd.env("SLUICE_STATE_URL", url);
     }
+}
+
+// ------------------------------------------------------- latency figures
+
+/// (commit µs, receipt µs) of one event.
+pub type Sample = (i64, i64);
+
+pub struct Stats {
+    pub n: usize,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// Nearest-rank percentiles of the latencies (ms) of the samples committed
+/// in `[from, to)`.
+pub fn stats(samples: &[Sample], from: i64, to: i64) -> Option<Stats> {
+    let mut ms: Vec<f64> = samples
+        .iter()
+        .filter(|(c, _)| *c >= from && *c < to)
+        .map(|(c, r)| (r - c) as f64 / 1000.0)
+        .collect();
+    if ms.is_empty() {
+        return None;
+    }
+    ms.sort_by(f64::total_cmp);
+    let rank = |p: f64| ms[((p * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
+    Some(Stats {
+        n: ms.len(),
+        p50: rank(0.50),
+        p95: rank(0.95),
+        p99: rank(0.99),
+        max: ms[ms.len() - 1],
+    })
+}
+
+pub fn show(label: &str, s: &Option<Stats>) {
+    match s {
+        Some(s) => println!(
+            "  {label:<44} n={:<6} p50 {:>7.2} ms  p95 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms",
+            s.n, s.p50, s.p95, s.p99, s.max
+        ),
+        None => println!("  {label:<44} no events received"),
+    }
+}
+
+pub fn count_in(samples: &[Sample], from: i64, to: i64) -> usize {
+    samples
+        .iter()
+        .filter(|(c, _)| *c >= from && *c < to)
+        .count()
 }
