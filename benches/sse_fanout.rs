@@ -32,8 +32,8 @@ use sluice::localpg::LocalPg;
 
 mod common;
 use common::{
-    cpu_secs, envelope_time, free_port, now_micros, num_arg, psql, status_kib, Dechunker, Guard,
-    SseParser,
+    cpu_secs, envelope_time, free_port, machine_cpu, nofile, now_micros, num_arg, open_fds, psql,
+    show_limit, status_kib, Dechunker, Guard, SseParser,
 };
 
 const TENANTS: usize = 100;
@@ -41,49 +41,6 @@ const TENANTS: usize = 100;
 const FD_SLACK: u64 = 200;
 /// Routing rounds run before the measured ones.
 const WARMUP_ROUNDS: usize = 2;
-
-// ------------------------------------------------------------------ /proc
-
-/// (soft, hard) "Max open files" of a process (`self` or a pid).
-fn nofile(pid: &str) -> Option<(u64, u64)> {
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let mut f = line["Max open files".len()..].split_whitespace();
-    let parse = |s: Option<&str>| -> Option<u64> {
-        match s? {
-            "unlimited" => Some(u64::MAX),
-            v => v.parse().ok(),
-        }
-    };
-    Some((parse(f.next())?, parse(f.next())?))
-}
-
-fn show_limit(v: u64) -> String {
-    if v == u64::MAX {
-        "unlimited".to_owned()
-    } else {
-        v.to_string()
-    }
-}
-
-/// (busy, total) jiffies of the whole machine, from /proc/stat.
-fn machine_cpu() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let v: Vec<u64> = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3)? + v.get(4).unwrap_or(&0);
-    Some((total - idle, total))
-}
-
-fn open_fds(pid: u32) -> Option<usize> {
-    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
-}
 
 // ------------------------------------------------------------------ HTTP
 

@@ -385,3 +385,46 @@ pub fn count_in(samples: &[Sample], from: i64, to: i64) -> usize {
         .filter(|(c, _)| *c >= from && *c < to)
         .count()
 }
+
+// ------------------------------------------------------ /proc, per process
+
+/// (soft, hard) "Max open files" of a process (`self` or a pid).
+pub fn nofile(pid: &str) -> Option<(u64, u64)> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut f = line["Max open files".len()..].split_whitespace();
+    let parse = |s: Option<&str>| -> Option<u64> {
+        match s? {
+            "unlimited" => Some(u64::MAX),
+            v => v.parse().ok(),
+        }
+    };
+    Some((parse(f.next())?, parse(f.next())?))
+}
+
+pub fn show_limit(v: u64) -> String {
+    if v == u64::MAX {
+        "unlimited".to_owned()
+    } else {
+        v.to_string()
+    }
+}
+
+/// (busy, total) jiffies of the whole machine, from /proc/stat.
+pub fn machine_cpu() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).unwrap_or(&0);
+    Some((total - idle, total))
+}
+
+pub fn open_fds(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
