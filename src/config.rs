@@ -77,6 +77,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "bound on raw replication messages buffered from the server",
     ),
     (
+        "source.mongo",
+        "(none)",
+        "MongoDB sources, an array: `[{name=\"app\", uri=\"mongodb://…/?replicaSet=rs0\", database=\"app\", collections=[{collection=\"orders\", tenant_field=\"tenantId\", fields_only=false}], full_document=\"updateLookup\", enable_pre_images=true, reconnect_max_backoff_ms=10000}]`",
+    ),
+    (
         "state.url",
         "source.postgres.url",
         "database holding the log (schema `sluice`); defaults to the source database",
@@ -240,7 +245,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
 
 fn kind_of(path: &str) -> Kind {
     match path {
-        "source.postgres.tables" => Kind::TableList,
+        "source.postgres.tables" | "source.mongo" => Kind::TableList,
         "source.postgres.status_interval_ms"
         | "source.postgres.reconnect_max_backoff_ms"
         | "source.postgres.queue_messages"
@@ -415,6 +420,60 @@ section!(
 #[serde(deny_unknown_fields)]
 pub struct SourcesConfig {
     pub postgres: Option<PgSourceConfig>,
+    #[serde(default)]
+    pub mongo: Vec<MongoSourceConfig>,
+}
+
+/// A MongoDB change-stream source: one database-level stream, filtered to
+/// `collections`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoSourceConfig {
+    pub name: String,
+    /// `mongodb://…` or `mongodb+srv://…`; change streams need a replica
+    /// set or a sharded cluster.
+    pub uri: String,
+    pub database: String,
+    pub collections: Vec<CollectionConfig>,
+    /// `updateLookup`, `whenAvailable` or `required`.
+    #[serde(default = "default_full_document")]
+    pub full_document: String,
+    /// Try `collMod … changeStreamPreAndPostImages` on each collection at
+    /// start (MongoDB 6.0+), so deletes carry the tenant.
+    #[serde(default = "default_true")]
+    pub enable_pre_images: bool,
+    #[serde(default = "default_reconnect_max_backoff_ms")]
+    pub reconnect_max_backoff_ms: u64,
+}
+
+impl MongoSourceConfig {
+    /// The `source` attribute of this source's events.
+    pub fn event_source(&self) -> String {
+        format!("/sluice/mongo/{}", self.name)
+    }
+    /// The checkpoint key of this source in `sluice.checkpoints`.
+    pub fn checkpoint_key(&self) -> String {
+        format!("mongo/{}", self.name)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionConfig {
+    pub collection: String,
+    /// Dotted path of the field holding the tenant id (`tenantId`,
+    /// `owner.org`).
+    pub tenant_field: String,
+    #[serde(default)]
+    pub fields_only: bool,
+}
+
+fn default_full_document() -> String {
+    "updateLookup".to_owned()
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -643,6 +702,16 @@ impl Config {
             )?;
             positive("source.postgres.queue_messages", pg.queue_messages)?;
         }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, m) in self.source.mongo.iter().enumerate() {
+            validate_mongo(&format!("source.mongo[{i}]"), m)?;
+            if !names.insert(m.name.clone()) {
+                return Err(ConfigError::key(
+                    format!("source.mongo[{i}].name"),
+                    format!("{:?} is used by two Mongo sources", m.name),
+                ));
+            }
+        }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(ConfigError::key(
                 "http.listen",
@@ -692,6 +761,80 @@ impl Config {
             .map_err(|e| ConfigError::key("webhooks.retry_schedule", e))?;
         Ok(())
     }
+}
+
+fn validate_mongo(key: &str, m: &MongoSourceConfig) -> Result<(), ConfigError> {
+    check_identifier(&format!("{key}.name"), &m.name, 40)?;
+    if !(m.uri.starts_with("mongodb://") || m.uri.starts_with("mongodb+srv://")) {
+        return Err(ConfigError::key(
+            format!("{key}.uri"),
+            "expected a MongoDB connection string starting with mongodb:// or mongodb+srv://",
+        ));
+    }
+    // Database names: no empty name, none of /\. "$ and space, under 64 bytes.
+    if m.database.is_empty()
+        || m.database.len() >= 64
+        || m.database.contains(['/', '\\', '.', ' ', '"', '$', '\0'])
+    {
+        return Err(ConfigError::key(
+            format!("{key}.database"),
+            format!("{:?} is not a valid MongoDB database name", m.database),
+        ));
+    }
+    if m.collections.is_empty() {
+        return Err(ConfigError::key(
+            format!("{key}.collections"),
+            "expected at least one collection, e.g. [{collection=\"orders\", tenant_field=\"tenantId\"}]",
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (j, c) in m.collections.iter().enumerate() {
+        let ckey = format!("{key}.collections[{j}]");
+        if c.collection.is_empty()
+            || c.collection.contains(['$', '\0'])
+            || c.collection.starts_with("system.")
+        {
+            return Err(ConfigError::key(
+                format!("{ckey}.collection"),
+                format!("{:?} is not a capturable collection name", c.collection),
+            ));
+        }
+        let path_ok = !c.tenant_field.is_empty()
+            && c.tenant_field
+                .split('.')
+                .all(|part| !part.is_empty() && !part.starts_with('$') && !part.contains('\0'));
+        if !path_ok {
+            return Err(ConfigError::key(
+                format!("{ckey}.tenant_field"),
+                format!(
+                    "expected a dotted field path like tenantId or owner.org, got {:?}",
+                    c.tenant_field
+                ),
+            ));
+        }
+        if !seen.insert(c.collection.clone()) {
+            return Err(ConfigError::key(
+                format!("{ckey}.collection"),
+                format!("{} is listed twice", c.collection),
+            ));
+        }
+    }
+    if !matches!(
+        m.full_document.as_str(),
+        "updateLookup" | "whenAvailable" | "required"
+    ) {
+        return Err(ConfigError::key(
+            format!("{key}.full_document"),
+            format!(
+                "expected updateLookup, whenAvailable or required, got {:?}",
+                m.full_document
+            ),
+        ));
+    }
+    positive(
+        &format!("{key}.reconnect_max_backoff_ms"),
+        m.reconnect_max_backoff_ms as usize,
+    )
 }
 
 fn positive(key: &str, v: usize) -> Result<(), ConfigError> {
@@ -764,7 +907,7 @@ fn apply_env(doc: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<()
                 let wrapped = format!("v = {raw}");
                 let parsed: toml::Table = wrapped
                     .parse()
-                    .map_err(|_| err("a TOML array like [{table=\"public.orders\", tenant_column=\"tenant_id\"}]"))?;
+                    .map_err(|_| err("a TOML array like [{table=\"public.orders\", tenant_column=\"tenant_id\"}] (see the README)"))?;
                 parsed
                     .get("v")
                     .cloned()
@@ -813,6 +956,75 @@ mod tests {
 url = "postgres://u@localhost/app"
 tables = [{ table = "public.orders", tenant_column = "tenant_id" }]
 "#;
+
+    const MONGO: &str = r#"
+[[source.mongo]]
+name = "app"
+uri = "mongodb://localhost:27017/?replicaSet=rs0"
+database = "shop"
+collections = [
+  { collection = "orders", tenant_field = "tenantId" },
+  { collection = "notes", tenant_field = "owner.org", fields_only = true },
+]
+"#;
+
+    #[test]
+    fn mongo_sources_load_with_defaults() {
+        let c = load(&format!("{GOOD}{MONGO}"), &[]).expect("valid");
+        let m = &c.source.mongo[0];
+        assert_eq!(m.event_source(), "/sluice/mongo/app");
+        assert_eq!(m.checkpoint_key(), "mongo/app");
+        assert_eq!(m.full_document, "updateLookup");
+        assert!(m.enable_pre_images);
+        assert_eq!(m.collections[1].tenant_field, "owner.org");
+        assert!(m.collections[1].fields_only);
+    }
+
+    #[test]
+    fn broken_mongo_sources_name_the_key() {
+        let cases = [
+            (
+                "uri = \"mongodb://",
+                "uri = \"http://",
+                "source.mongo[0].uri",
+            ),
+            (
+                "database = \"shop\"",
+                "database = \"a.b\"",
+                "source.mongo[0].database",
+            ),
+            (
+                "owner.org",
+                "owner..org",
+                "source.mongo[0].collections[1].tenant_field",
+            ),
+            (
+                "\"notes\"",
+                "\"orders\"",
+                "source.mongo[0].collections[1].collection",
+            ),
+            ("name = \"app\"", "name = \"App!\"", "source.mongo[0].name"),
+            (
+                "database = \"shop\"",
+                "database = \"shop\"\nfull_document = \"always\"",
+                "source.mongo[0].full_document",
+            ),
+        ];
+        for (from, to, key) in cases {
+            let text = format!("{GOOD}{MONGO}").replacen(from, to, 1);
+            let err = load(&text, &[]).expect_err(key).to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        let empty = format!("{GOOD}{MONGO}").replace(
+            "collections = [\n  { collection = \"orders\", tenant_field = \"tenantId\" },\n  { collection = \"notes\", tenant_field = \"owner.org\", fields_only = true },\n]",
+            "collections = []",
+        );
+        let err = load(&empty, &[]).expect_err("empty").to_string();
+        assert!(err.contains("source.mongo[0].collections"), "{err}");
+        let twice = format!("{GOOD}{MONGO}{MONGO}");
+        let err = load(&twice, &[]).expect_err("twice").to_string();
+        assert!(err.contains("source.mongo[1].name"), "{err}");
+    }
 
     #[test]
     fn defaults_fill_every_optional_key() {
@@ -1038,6 +1250,9 @@ tables = [{ table = "public.orders", tenant_column = "tenant_id" }]
                 Kind::Int => "5",
                 Kind::Bool => "true",
                 Kind::Str if key.ends_with("schedule") => "0s,1s",
+                Kind::TableList if *key == "source.mongo" => {
+                    r#"[{name="m", uri="mongodb://h/?replicaSet=rs0", database="app", collections=[{collection="c", tenant_field="t"}]}]"#
+                }
                 Kind::TableList => r#"[{table="a.b", tenant_column="t"}]"#,
                 Kind::Str if key.ends_with("url") => "postgres://u@h/d",
                 Kind::Str if key.ends_with("listen") => "127.0.0.1:1",

@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError};
 use crate::hub::Hub;
 use crate::log::{self, Appender, Durable, LogError};
+use crate::source::mongo::stream::{MongoError, MongoSource};
+use crate::source::mongo::MongoStatus;
 use crate::source::postgres::setup::{self, Finding};
 use crate::source::postgres::stats::SourceStats;
 use crate::source::postgres::stream::{PgSource, SourceError};
@@ -44,6 +46,8 @@ pub enum PipelineError {
     Log(#[from] LogError),
     #[error("source stopped: {0}")]
     Source(#[from] SourceError),
+    #[error("mongo source stopped: {0}")]
+    Mongo(#[from] MongoError),
     #[error("a pipeline task failed: {0}")]
     Task(String),
 }
@@ -60,6 +64,8 @@ fn list(findings: &[Finding]) -> String {
 pub struct Pipeline {
     pub durable: watch::Receiver<Arc<Durable>>,
     pub stats: Arc<SourceStats>,
+    /// One per configured MongoDB source.
+    pub mongo: Vec<Arc<MongoStatus>>,
     /// The webhook outbox the appender writes (for the dispatcher).
     pub outbox: crate::webhooks::Outbox,
     task: JoinHandle<Result<(), PipelineError>>,
@@ -136,6 +142,18 @@ pub async fn start(
     let source = PgSource::new(pg, handle.clone(), stats.clone());
     let checkpoint = appender.checkpoint(&source.checkpoint_key()).await?;
     let durable = handle.durable();
+    // Mongo sources stop with the service, or when the Postgres source
+    // stops (the appender can only finish once every source let go).
+    let mongo_stop = shutdown.child_token();
+    let mut mongo = Vec::new();
+    let mut mongo_tasks = Vec::new();
+    for cfg in &config.source.mongo {
+        let status = Arc::new(MongoStatus::new(&cfg.name));
+        let source = MongoSource::new(cfg.clone(), handle.clone(), status.clone());
+        let checkpoint = appender.checkpoint(&source.checkpoint_key()).await?;
+        mongo.push(status);
+        mongo_tasks.push(tokio::spawn(source.run(checkpoint, mongo_stop.clone())));
+    }
     drop(handle);
     tracing::info!(
         commit_lsn = %crate::event::format_lsn(checkpoint.position.commit_lsn),
@@ -147,57 +165,88 @@ pub async fn start(
     let flush_deadline = CancellationToken::new();
     let appender_task = tokio::spawn(appender.run(flush_deadline.clone()));
     let source_task = tokio::spawn(source.run(checkpoint, shutdown.clone()));
-    let task = tokio::spawn(async move {
-        let mut appender_task = appender_task;
-        let mut source_task = source_task;
-        // Whichever ends first decides; a source ending means intake stopped.
-        let source_result = tokio::select! {
-            r = &mut source_task => r,
-            r = &mut appender_task => {
-                // The appender ends cleanly only once every source handle is
-                // gone, i.e. the source has stopped: then its result decides.
-                // It ends with an error on a fault: then stop the source.
-                let appended = match r {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(PipelineError::Log(e)),
-                    Err(e) => Some(PipelineError::Task(e.to_string())),
-                };
-                if appended.is_some() {
-                    shutdown.cancel();
-                }
-                let source = source_task.await;
-                return match (appended, source) {
-                    (Some(e), _) => Err(e),
-                    (None, Ok(Ok(()))) => Ok(()),
-                    (None, Ok(Err(e))) => Err(e.into()),
-                    (None, Err(e)) => Err(PipelineError::Task(e.to_string())),
-                };
-            }
-        };
-        // Intake has stopped (the source task dropped its appender handle),
-        // so the appender drains its queue and returns.
-        let deadline = flush_deadline.clone();
-        let timer = tokio::spawn(async move {
-            tokio::time::sleep(FLUSH_DEADLINE).await;
-            deadline.cancel();
-        });
-        let appended = appender_task.await;
-        timer.abort();
-        match appended {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e.into()),
-            Err(e) => return Err(PipelineError::Task(e.to_string())),
-        }
-        match source_result {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.into()),
-            Err(e) => Err(PipelineError::Task(e.to_string())),
-        }
-    });
+    let task = tokio::spawn(run_sources(
+        source_task,
+        appender_task,
+        flush_deadline,
+        shutdown,
+        mongo_stop,
+        mongo_tasks,
+    ));
     Ok(Pipeline {
         durable,
         stats,
+        mongo,
         outbox,
         task,
     })
+}
+
+type Task<E> = JoinHandle<Result<(), E>>;
+
+fn joined<E>(r: Result<Result<(), E>, tokio::task::JoinError>) -> Result<(), PipelineError>
+where
+    PipelineError: From<E>,
+{
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(PipelineError::Task(e.to_string())),
+    }
+}
+
+/// Stops the Mongo sources and waits for them; the first error wins.
+async fn stop_mongo(
+    stop: &CancellationToken,
+    tasks: Vec<Task<MongoError>>,
+) -> Result<(), PipelineError> {
+    stop.cancel();
+    let mut result = Ok(());
+    for t in tasks {
+        let r = joined(t.await);
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    result
+}
+
+/// Waits for the sources and the appender, in the order that flushes
+/// everything read: sources stop, then the appender drains its queue.
+async fn run_sources(
+    mut source_task: Task<SourceError>,
+    mut appender_task: Task<LogError>,
+    flush_deadline: CancellationToken,
+    shutdown: CancellationToken,
+    mongo_stop: CancellationToken,
+    mongo_tasks: Vec<Task<MongoError>>,
+) -> Result<(), PipelineError> {
+    // Whichever ends first decides; the Postgres source ending means intake
+    // stopped (on shutdown, or on a fatal error).
+    let source_result = tokio::select! {
+        r = &mut source_task => r,
+        r = &mut appender_task => {
+            // The appender ends cleanly only once every source handle is
+            // gone, i.e. the sources have stopped: then their results
+            // decide. It ends with an error on a fault: then stop them.
+            let appended = joined(r);
+            if appended.is_err() {
+                shutdown.cancel();
+            }
+            let source = joined(source_task.await);
+            let mongo = stop_mongo(&mongo_stop, mongo_tasks).await;
+            return appended.and(source).and(mongo);
+        }
+    };
+    // Intake has stopped: stop the other sources too, so every appender
+    // handle is dropped; then the appender drains its queue and returns.
+    let mongo = stop_mongo(&mongo_stop, mongo_tasks).await;
+    let deadline = flush_deadline.clone();
+    let timer = tokio::spawn(async move {
+        tokio::time::sleep(FLUSH_DEADLINE).await;
+        deadline.cancel();
+    });
+    let appended = joined(appender_task.await);
+    timer.abort();
+    appended.and(joined(source_result)).and(mongo)
 }

@@ -117,6 +117,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Server
         auth,
         durable: running.durable.clone(),
         source: running.stats.clone(),
+        mongo: running.mongo.clone(),
         metrics: Arc::default(),
         shutdown: streams.clone(),
         outbox: running.outbox.clone(),

@@ -221,6 +221,10 @@ pub mod types {
     pub const TRUNCATED: &str = "row.truncated";
     pub const SNAPSHOT: &str = "row.snapshot";
     pub const CUSTOM_PREFIX: &str = "custom.";
+    pub const DOC_INSERTED: &str = "doc.inserted";
+    pub const DOC_UPDATED: &str = "doc.updated";
+    pub const DOC_REPLACED: &str = "doc.replaced";
+    pub const DOC_DELETED: &str = "doc.deleted";
 }
 
 #[cfg(test)]

@@ -41,15 +41,40 @@ async fn readyz(State(state): State<AppState>) -> Response {
         problems
             .push("the Postgres source is not streaming (connecting or reconnecting)".to_owned());
     }
-    if problems.is_empty() {
-        (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "problems": problems})),
-        )
-            .into_response()
+    let mut sources = serde_json::Map::new();
+    for m in &state.mongo {
+        let streaming = m.streaming.load(Ordering::Relaxed);
+        let stuck = m.stuck();
+        if let Some(why) = &stuck {
+            problems.push(format!("mongo source {} is stopped: {why}", m.name));
+        } else if !streaming {
+            problems.push(format!(
+                "mongo source {} is not streaming (connecting or reconnecting){}",
+                m.name,
+                m.last_error().map(|e| format!(": {e}")).unwrap_or_default()
+            ));
+        }
+        sources.insert(
+            format!("mongo/{}", m.name),
+            json!({
+                "streaming": streaming,
+                "stuck": stuck,
+                "last_error": m.last_error(),
+                "conditions": m.conditions(),
+            }),
+        );
     }
+    let mut body = json!({"status": "ready"});
+    let status = if problems.is_empty() {
+        StatusCode::OK
+    } else {
+        body = json!({"status": "not ready", "problems": problems});
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    if !sources.is_empty() {
+        body["sources"] = serde_json::Value::Object(sources);
+    }
+    (status, Json(body)).into_response()
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
@@ -68,7 +93,20 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
         .load(Ordering::Relaxed)
         .saturating_sub(s.acked_lsn.load(Ordering::Relaxed)) as f64;
     let head = state.head() as f64;
-    let samples = vec![
+    let mongo_labels: Vec<[String; 4]> = state
+        .mongo
+        .iter()
+        .map(|m| {
+            let source = format!("source=\"mongo/{}\"", m.name);
+            [
+                format!("reason=\"no_tenant\",{source}"),
+                format!("reason=\"delete_without_pre_image\",{source}"),
+                format!("reason=\"other\",{source}"),
+                source,
+            ]
+        })
+        .collect();
+    let mut samples = vec![
         (metrics::EVENTS_APPENDED, None, head),
         (metrics::LOG_HEAD, None, head),
         (
@@ -166,7 +204,47 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             load(&state.webhook_metrics.latency_ms_sum) / 1000.0,
         ),
     ];
+    for (m, labels) in state.mongo.iter().zip(&mongo_labels) {
+        let [no_tenant, no_pre_image, other, source] = labels;
+        samples.extend([
+            (
+                metrics::SOURCE_EVENTS,
+                Some(source.as_str()),
+                load(&m.events),
+            ),
+            (
+                metrics::RECONNECTS,
+                Some(source.as_str()),
+                load(&m.reconnects),
+            ),
+            (
+                metrics::DROPPED,
+                Some(no_tenant.as_str()),
+                load(&m.dropped_no_tenant),
+            ),
+            (
+                metrics::DROPPED,
+                Some(no_pre_image.as_str()),
+                load(&m.dropped_delete_without_pre_image),
+            ),
+            (
+                metrics::DROPPED,
+                Some(other.as_str()),
+                load(&m.dropped_other),
+            ),
+            (
+                metrics::SOURCE_STREAMING,
+                Some(source.as_str()),
+                f64::from(u8::from(m.streaming.load(Ordering::Relaxed))),
+            ),
+        ]);
+    }
     let kinds = [
+        (
+            metrics::SOURCE_STREAMING,
+            "gauge",
+            "1 while a MongoDB source's change stream is open",
+        ),
         (
             metrics::EVENTS_APPENDED,
             "counter",

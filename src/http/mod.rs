@@ -35,6 +35,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub durable: watch::Receiver<Arc<Durable>>,
     pub source: Arc<SourceStats>,
+    /// One per configured MongoDB source.
+    pub mongo: Vec<Arc<crate::source::mongo::MongoStatus>>,
     pub metrics: Arc<crate::metrics::HttpMetrics>,
     /// Fires on shutdown: open streams end with their resume position.
     pub shutdown: CancellationToken,

@@ -35,6 +35,17 @@ pub enum AppendItem {
     Event {
         source: Arc<str>,
         event: PendingEvent,
+        /// For sources resumed by token (MongoDB): the token of this event,
+        /// stored as the checkpoint in the transaction that appends it.
+        token: Option<Bytes>,
+    },
+    /// A token-resumed source moved on without an event for the log (its
+    /// stream's post-batch token, a filtered-out change): store it, so a
+    /// restart does not rescan what was already looked at.
+    Progress {
+        source: Arc<str>,
+        position: SourcePosition,
+        token: Bytes,
     },
     /// The transaction committed at `commit_lsn` has been sent completely;
     /// after it the source may acknowledge `end_lsn`.
@@ -51,6 +62,7 @@ impl AppendItem {
         match self {
             AppendItem::Event { event, .. } => 2 * event.approx_bytes(),
             AppendItem::TxEnd { .. } => 64,
+            AppendItem::Progress { token, .. } => 64 + token.len(),
         }
     }
 }
@@ -193,7 +205,7 @@ impl Appender {
     pub async fn checkpoint(&mut self, source: &Arc<str>) -> Result<Checkpoint, LogError> {
         let client = self.client.as_ref().ok_or(LogError::Closed)?;
         let cp = checkpoint::load(client, source).await?;
-        self.checkpoints.insert(source.clone(), cp);
+        self.checkpoints.insert(source.clone(), cp.clone());
         self.publish();
         Ok(cp)
     }
@@ -447,7 +459,7 @@ impl Appender {
                 .iter()
                 .filter_map(|(seq, tenant, i)| match &batch.get(*i)?.item {
                     AppendItem::Event { event, .. } => Some((*seq, tenant, event)),
-                    AppendItem::TxEnd { .. } => None,
+                    AppendItem::TxEnd { .. } | AppendItem::Progress { .. } => None,
                 })
                 .collect();
             outboxed = outbox.write(&tx, &events).await?;
@@ -502,10 +514,29 @@ fn advance_checkpoints<'a>(
 ) {
     for item in batch {
         match item {
-            AppendItem::Event { source, event } => {
+            AppendItem::Event {
+                source,
+                event,
+                token,
+            } => {
                 let cp = cps.entry(source.clone()).or_default();
                 cp.position = event.position;
-                cp.complete = false;
+                // A token names a point between events: everything up to it
+                // is in the log.
+                cp.complete = token.is_some();
+                if token.is_some() {
+                    cp.token = token.clone();
+                }
+            }
+            AppendItem::Progress {
+                source,
+                position,
+                token,
+            } => {
+                let cp = cps.entry(source.clone()).or_default();
+                cp.position = *position;
+                cp.complete = true;
+                cp.token = Some(token.clone());
             }
             AppendItem::TxEnd {
                 source,
@@ -566,6 +597,7 @@ mod tests {
                 lsn: None,
                 data: crate::event::JsonText::parse("{}".into()).expect("json"),
             },
+            token: None,
         };
         let mut cps = BTreeMap::new();
         advance_checkpoints(&mut cps, &[ev(10, 1), ev(10, 2)]);
@@ -577,7 +609,8 @@ mod tests {
                     ordinal: 2
                 },
                 complete: false,
-                ack_lsn: 0
+                ack_lsn: 0,
+                token: None,
             }
         );
         advance_checkpoints(

@@ -8,7 +8,7 @@ use tokio_postgres::GenericClient;
 use crate::event::SourcePosition;
 
 /// Where a source stands in the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Checkpoint {
     /// Position of the last event appended (or of the last complete
     /// transaction, when it had no events).
@@ -19,6 +19,9 @@ pub struct Checkpoint {
     /// The end LSN of the last complete transaction: what may be
     /// acknowledged to Postgres as flushed.
     pub ack_lsn: u64,
+    /// Sources resumed by an opaque token (MongoDB): the token after the
+    /// last event in the log, or of the last progress the source reported.
+    pub token: Option<bytes::Bytes>,
 }
 
 impl Checkpoint {
@@ -52,7 +55,7 @@ pub async fn load(
 ) -> Result<Checkpoint, tokio_postgres::Error> {
     let row = client
         .query_opt(
-            "SELECT commit_lsn, ordinal, complete, ack_lsn FROM sluice.checkpoints WHERE source = $1",
+            "SELECT commit_lsn, ordinal, complete, ack_lsn, resume_token FROM sluice.checkpoints WHERE source = $1",
             &[&source],
         )
         .await?;
@@ -63,6 +66,7 @@ pub async fn load(
         },
         complete: r.get(2),
         ack_lsn: to_u64(r.get(3)),
+        token: r.get::<_, Option<Vec<u8>>>(4).map(bytes::Bytes::from),
     }))
 }
 
@@ -74,17 +78,19 @@ pub async fn store(
 ) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
-            "INSERT INTO sluice.checkpoints (source, commit_lsn, ordinal, complete, ack_lsn, updated_at)
-             VALUES ($1, $2, $3, $4, $5, now())
+            "INSERT INTO sluice.checkpoints (source, commit_lsn, ordinal, complete, ack_lsn, resume_token, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, now())
              ON CONFLICT (source) DO UPDATE SET commit_lsn = excluded.commit_lsn,
                ordinal = excluded.ordinal, complete = excluded.complete,
-               ack_lsn = excluded.ack_lsn, updated_at = now()",
+               ack_lsn = excluded.ack_lsn, resume_token = excluded.resume_token,
+               updated_at = now()",
             &[
                 &source,
                 &to_i64(cp.position.commit_lsn),
                 &to_i64(cp.position.ordinal),
                 &cp.complete,
                 &to_i64(cp.ack_lsn),
+                &cp.token.as_deref(),
             ],
         )
         .await?;
@@ -108,6 +114,7 @@ mod tests {
             position: pos(100, 3),
             complete: false,
             ack_lsn: 50,
+            token: None,
         };
         assert!(cp.covers(pos(99, 1_000)));
         assert!(cp.covers(pos(100, 3)));
@@ -123,6 +130,7 @@ mod tests {
             position: pos(100, 3),
             complete: true,
             ack_lsn: 120,
+            token: None,
         };
         assert!(cp.covers(pos(100, 9)));
         assert!(cp.covers_transaction(100));

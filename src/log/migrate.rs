@@ -12,6 +12,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "keys", include_str!("../../sql/002_keys.sql")),
     (3, "retention", include_str!("../../sql/003_retention.sql")),
     (4, "webhooks", include_str!("../../sql/004_webhooks.sql")),
+    (
+        5,
+        "resume_tokens",
+        include_str!("../../sql/005_resume_tokens.sql"),
+    ),
 ];
 
 const MIGRATE_LOCK_KEY: i64 = 0x51_75_1C_E0_00_02;

@@ -369,6 +369,7 @@ impl PgSource {
                     .send(AppendItem::Event {
                         source: self.key.clone(),
                         event,
+                        token: None,
                     })
                     .await?;
                 last_sent.position = pos;
