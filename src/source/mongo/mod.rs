@@ -5,6 +5,8 @@
 //! that appends the events it covers.
 
 pub mod change_stream;
+#[cfg(test)]
+mod fixtures;
 pub mod normalize;
 pub mod stream;
 pub mod value;

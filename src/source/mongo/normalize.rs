@@ -394,3 +394,352 @@ pub fn lookup<'a>(doc: &'a Document, path: &[String]) -> Option<&'a Bson> {
     }
     cur.get(last)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{self as fx, DB};
+    use super::*;
+    use bson::doc;
+    use serde_json::json;
+
+    fn rules() -> Vec<CollectionConfig> {
+        vec![
+            CollectionConfig {
+                collection: "users".into(),
+                tenant_field: "tenantId".into(),
+                fields_only: false,
+            },
+            CollectionConfig {
+                collection: "notes".into(),
+                tenant_field: "owner.org".into(),
+                fields_only: true,
+            },
+        ]
+    }
+
+    fn normalizer() -> Normalizer {
+        Normalizer::new("/sluice/mongo/app", DB, &rules())
+    }
+
+    fn event(doc: &Document) -> PendingEvent {
+        match normalizer().normalize(doc).expect("well formed").outcome {
+            Outcome::Event(e) => *e,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+
+    fn data(e: &PendingEvent) -> Value {
+        serde_json::from_str(e.data.get()).expect("json")
+    }
+
+    fn tenant(e: &PendingEvent) -> &str {
+        match &e.audience {
+            Audience::Tenant(t) => t.as_str(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn insert_becomes_doc_inserted_tagged_with_the_documents_tenant() {
+        let full =
+            doc! { "_id": fx::oid(), "tenantId": "acme", "name": "Giovanni Verga", "n": 5_i64 };
+        let e = event(&fx::insert("users", full));
+        assert_eq!(&*e.event_type, "doc.inserted");
+        assert_eq!(&*e.topic, "collections/engineering.users/insert");
+        assert_eq!(&*e.source, "/sluice/mongo/app");
+        assert_eq!(tenant(&e), "acme");
+        assert_eq!(
+            e.subject.as_deref(),
+            Some("engineering.users/635019a078be67426d7cf4d2")
+        );
+        assert_eq!(&*e.time, "2022-10-19T15:37:04.604000Z");
+        assert_eq!(e.txid, None);
+        assert_eq!(e.lsn, None);
+        assert_eq!(
+            data(&e),
+            json!({
+                "op": "insert", "db": "engineering", "collection": "users",
+                "key": {"_id": "635019a078be67426d7cf4d2"},
+                "new": {"_id": "635019a078be67426d7cf4d2", "tenantId": "acme", "name": "Giovanni Verga", "n": 5}
+            })
+        );
+    }
+
+    #[test]
+    fn update_lists_updated_and_removed_fields_as_changed() {
+        let full = doc! { "_id": fx::oid(), "tenantId": "acme", "email": "alice@10gen.com" };
+        let e = event(&fx::update("users", Some(full), None));
+        assert_eq!(&*e.event_type, "doc.updated");
+        assert_eq!(&*e.topic, "collections/engineering.users/update");
+        assert_eq!(tenant(&e), "acme");
+        let d = data(&e);
+        assert_eq!(
+            d["changed"],
+            json!(["email", "address.city", "phoneNumber"])
+        );
+        assert_eq!(
+            d["update"],
+            json!({
+                "updated_fields": {"email": "alice@10gen.com", "address.city": "Rome"},
+                "removed_fields": ["phoneNumber"],
+                "truncated_arrays": [{"field": "vacation_time", "new_size": 36}]
+            })
+        );
+        assert_eq!(d["new"]["email"], json!("alice@10gen.com"));
+        assert!(d.get("old").is_none());
+    }
+
+    #[test]
+    fn update_whose_lookup_found_nothing_takes_the_tenant_from_the_pre_image() {
+        let pre = doc! { "_id": fx::oid(), "tenantId": "globex", "email": "old@x" };
+        let e = event(&fx::update("users", None, Some(pre)));
+        assert_eq!(tenant(&e), "globex");
+        let d = data(&e);
+        assert!(
+            d.get("new").is_none(),
+            "a null post-image is not sent as new"
+        );
+        assert_eq!(d["old"]["email"], json!("old@x"));
+    }
+
+    #[test]
+    fn update_with_no_image_and_no_tenant_in_the_key_is_dropped() {
+        let out = normalizer()
+            .normalize(&fx::update("users", None, None))
+            .expect("well formed");
+        assert!(
+            matches!(&out.outcome, Outcome::Dropped(DropReason::NoTenant { op, .. }) if op == "update"),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn replace_carries_new_and_old_images() {
+        let full = doc! { "_id": fx::oid(), "tenantId": "acme", "v": 2_i32 };
+        let pre = doc! { "_id": fx::oid(), "tenantId": "acme", "v": 1_i32 };
+        let e = event(&fx::replace("users", full, Some(pre)));
+        assert_eq!(&*e.event_type, "doc.replaced");
+        assert_eq!(&*e.topic, "collections/engineering.users/replace");
+        let d = data(&e);
+        assert_eq!(d["new"]["v"], json!(2));
+        assert_eq!(d["old"]["v"], json!(1));
+        assert!(d.get("changed").is_none());
+    }
+
+    #[test]
+    fn delete_with_a_pre_image_is_delivered_to_that_tenant() {
+        let pre = doc! { "_id": fx::oid(), "tenantId": "acme", "name": "x" };
+        let e = event(&fx::delete("users", doc! { "_id": fx::oid() }, Some(pre)));
+        assert_eq!(&*e.event_type, "doc.deleted");
+        assert_eq!(&*e.topic, "collections/engineering.users/delete");
+        assert_eq!(tenant(&e), "acme");
+        let d = data(&e);
+        assert_eq!(d["key"], json!({"_id": "635019a078be67426d7cf4d2"}));
+        assert_eq!(d["old"]["name"], json!("x"));
+        assert!(d.get("new").is_none());
+    }
+
+    #[test]
+    fn delete_without_a_pre_image_is_never_delivered() {
+        let out = normalizer()
+            .normalize(&fx::delete("users", doc! { "_id": fx::oid() }, None))
+            .expect("well formed");
+        match out.outcome {
+            Outcome::Dropped(DropReason::DeleteWithoutPreImage { collection, key }) => {
+                assert_eq!(collection, "users");
+                assert_eq!(key, "635019a078be67426d7cf4d2");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn delete_of_a_sharded_collection_takes_the_tenant_from_the_shard_key() {
+        let key = doc! { "tenantId": "initech", "_id": fx::oid() };
+        let e = event(&fx::delete("users", key, None));
+        assert_eq!(tenant(&e), "initech");
+        assert_eq!(data(&e)["key"], json!({"_id": "635019a078be67426d7cf4d2"}));
+    }
+
+    #[test]
+    fn nested_tenant_paths_and_fields_only_collections() {
+        let full = doc! { "_id": "n1", "owner": { "org": "acme", "user": 7_i32 }, "secret": "s" };
+        let e = event(&fx::insert("notes", full));
+        assert_eq!(tenant(&e), "acme");
+        assert_eq!(e.subject.as_deref(), Some("engineering.notes/n1"));
+        // fields_only: only the key (and names of changed fields) leave.
+        assert_eq!(
+            data(&e),
+            json!({"op": "insert", "db": "engineering", "collection": "notes", "key": {"_id": "n1"}})
+        );
+        let pre = doc! { "_id": "n1", "owner": { "org": "acme" }, "secret": "s" };
+        let u = event(&fx::update("notes", None, Some(pre)));
+        let d = data(&u);
+        assert_eq!(
+            d["changed"],
+            json!(["email", "address.city", "phoneNumber"])
+        );
+        assert!(d.get("update").is_none() && d.get("old").is_none() && d.get("new").is_none());
+    }
+
+    #[test]
+    fn object_id_and_integer_tenants_are_read_as_text() {
+        let full = doc! { "_id": 1_i32, "tenantId": fx::oid() };
+        assert_eq!(
+            tenant(&event(&fx::insert("users", full))),
+            "635019a078be67426d7cf4d2"
+        );
+        let full = doc! { "_id": 2_i32, "tenantId": 42_i64 };
+        assert_eq!(tenant(&event(&fx::insert("users", full))), "42");
+    }
+
+    #[test]
+    fn unusable_tenants_are_dropped_with_the_reason() {
+        for (value, why) in [
+            (Bson::Null, "no tenantId value"),
+            (Bson::Boolean(true), "not a string"),
+            (Bson::String(String::new()), "not a valid tenant id"),
+            (Bson::Array(vec![Bson::String("a".into())]), "not a string"),
+        ] {
+            let full = doc! { "_id": 1_i32, "tenantId": value.clone() };
+            let out = normalizer()
+                .normalize(&fx::insert("users", full))
+                .expect("well formed");
+            match out.outcome {
+                Outcome::Dropped(DropReason::NoTenant { why: got, .. }) => {
+                    assert!(got.contains(why), "{value:?}: {got}")
+                }
+                other => panic!("{value:?}: {other:?}"),
+            }
+        }
+        let out = normalizer()
+            .normalize(&fx::insert(
+                "users",
+                doc! { "_id": 1_i32, "name": "no tenant" },
+            ))
+            .expect("well formed");
+        assert!(matches!(
+            out.outcome,
+            Outcome::Dropped(DropReason::NoTenant { .. })
+        ));
+    }
+
+    #[test]
+    fn other_collections_and_databases_are_ignored() {
+        let full = doc! { "_id": 1_i32, "tenantId": "acme" };
+        let out = normalizer()
+            .normalize(&fx::insert("audit", full.clone()))
+            .expect("ok");
+        assert!(matches!(out.outcome, Outcome::Ignored));
+        let mut other_db = fx::insert("users", full);
+        other_db.insert("ns", doc! { "db": "other", "coll": "users" });
+        let out = normalizer().normalize(&other_db).expect("ok");
+        assert!(matches!(out.outcome, Outcome::Ignored));
+    }
+
+    #[test]
+    fn stream_events_become_controls() {
+        let mut n = normalizer();
+        let cases = [
+            (
+                fx::drop("users"),
+                Control::Drop {
+                    collection: "users".into(),
+                },
+            ),
+            (
+                fx::rename("users", "users_old"),
+                Control::Rename {
+                    collection: "users".into(),
+                    to: "engineering.users_old".into(),
+                },
+            ),
+            (fx::drop_database(), Control::DropDatabase),
+            (fx::invalidate(), Control::Invalidate),
+        ];
+        for (doc, want) in cases {
+            match n.normalize(&doc).expect("well formed").outcome {
+                Outcome::Control(c) => assert_eq!(c, want),
+                other => panic!("{other:?}"),
+            }
+        }
+        // A drop of a collection that is not captured is not a condition.
+        assert!(matches!(
+            n.normalize(&fx::drop("audit")).expect("ok").outcome,
+            Outcome::Ignored
+        ));
+    }
+
+    #[test]
+    fn every_outcome_carries_the_events_resume_token() {
+        let mut n = normalizer();
+        for doc in [
+            fx::insert("users", doc! { "_id": 1_i32, "tenantId": "a" }),
+            fx::delete("users", doc! { "_id": 1_i32 }, None),
+            fx::insert("audit", doc! { "_id": 1_i32 }),
+            fx::invalidate(),
+        ] {
+            let out = n.normalize(&doc).expect("well formed");
+            let token: Document = bson::from_slice(&out.token).expect("bson");
+            assert_eq!(&token, doc.get_document("_id").expect("_id"));
+        }
+    }
+
+    #[test]
+    fn changes_sharing_a_cluster_time_get_increasing_ordinals() {
+        // The changes of one transaction share its clusterTime.
+        let mut n = normalizer();
+        let a = n
+            .normalize(&fx::insert("users", doc! { "_id": 1_i32, "tenantId": "a" }))
+            .expect("ok");
+        let b = n
+            .normalize(&fx::insert("users", doc! { "_id": 2_i32, "tenantId": "a" }))
+            .expect("ok");
+        let c = n.normalize(&fx::update("users", None, None)).expect("ok");
+        let ct = (1_666_193_824_u64 << 32) | 1;
+        assert_eq!((a.position.commit_lsn, a.position.ordinal), (ct, 1));
+        assert_eq!((b.position.commit_lsn, b.position.ordinal), (ct, 2));
+        assert_eq!(c.position.ordinal, 1);
+        assert!(c.position > b.position);
+    }
+
+    #[test]
+    fn malformed_events_are_errors_not_guesses() {
+        let mut n = normalizer();
+        let mut no_token = fx::insert("users", doc! { "_id": 1_i32, "tenantId": "a" });
+        no_token.remove("_id");
+        assert!(n.normalize(&no_token).is_err());
+        let mut no_key = fx::insert("users", doc! { "_id": 1_i32, "tenantId": "a" });
+        no_key.remove("documentKey");
+        assert!(n.normalize(&no_key).is_err());
+        let mut no_desc = fx::update("users", Some(doc! { "_id": 1_i32, "tenantId": "a" }), None);
+        no_desc.remove("updateDescription");
+        assert!(n.normalize(&no_desc).is_err());
+        let mut no_op = fx::invalidate();
+        no_op.remove("operationType");
+        assert!(n.normalize(&no_op).is_err());
+    }
+
+    #[test]
+    fn time_falls_back_to_the_cluster_time_before_wall_time_existed() {
+        let mut d = fx::insert("users", doc! { "_id": 1_i32, "tenantId": "a" });
+        d.remove("wallTime");
+        let e = event(&d);
+        assert_eq!(&*e.time, "2022-10-19T15:37:04.000000Z");
+    }
+
+    #[test]
+    fn the_envelope_is_the_same_shape_as_for_postgres() {
+        let e = event(&fx::insert(
+            "users",
+            doc! { "_id": 1_i32, "tenantId": "acme" },
+        ));
+        let tenant = TenantId::new("acme").expect("valid");
+        let env: Value = serde_json::from_str(&e.envelope_json(7, &tenant)).expect("json");
+        assert_eq!(env["seq"], json!(7));
+        assert_eq!(env["type"], json!("doc.inserted"));
+        assert_eq!(env["tenant"], json!("acme"));
+        assert_eq!(env["subject"], json!("engineering.users/1"));
+        assert!(env.get("lsn").is_none() && env.get("txid").is_none());
+    }
+}

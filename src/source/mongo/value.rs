@@ -240,7 +240,10 @@ mod tests {
             to_json(&ts),
             json!({"$timestamp": {"t": 1_700_000_000u32, "i": 3}})
         );
-        let re = Bson::RegularExpression(Regex::new("^a.*", "i"));
+        let re = Bson::RegularExpression(Regex {
+            pattern: "^a.*".into(),
+            options: "i".into(),
+        });
         assert_eq!(
             to_json(&re),
             json!({"$regularExpression": {"pattern": "^a.*", "options": "i"}})
