@@ -10,4 +10,7 @@ echo "using PostgreSQL binaries in $SLUICE_PG_BIN" >&2
 # The independent SSE client the tests drive Sluice with (PyPI).
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
   -r tests/clients/requirements.txt >&2
+if [ -z "${MONGODB_URI:-}" ]; then
+  echo "MONGODB_URI is not set: the live MongoDB tests will print SKIPPED (docker/mongo-replica-set.yml starts a replica set for them)" >&2
+fi
 cargo test --locked

@@ -54,6 +54,18 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Forget a MongoDB source's resume point, after its history was lost
+    /// (ChangeStreamHistoryLost). The next start reads from the current
+    /// time: changes in between are NOT in the log. Stop `sluice serve`
+    /// first.
+    MongoReset {
+        /// The source's `name` in `source.mongo`.
+        source: String,
+        /// Required: confirms that the changes since the checkpoint are
+        /// given up.
+        #[arg(long)]
+        accept_gap: bool,
+    },
     /// Run a throwaway Postgres with a demo table and print events as changes happen.
     Demo {
         /// Keep running after the scripted changes (Ctrl-C to stop).
@@ -109,6 +121,9 @@ fn main() -> ExitCode {
                 from,
                 follow,
             } => sluice::cli::tail(config, tenant, from, follow).await,
+            Command::MongoReset { source, accept_gap } => {
+                sluice::cli::mongo_reset(config, &source, accept_gap).await
+            }
             Command::Keys { action } => match action {
                 KeysAction::Create { tenant, role, name } => {
                     sluice::cli::keys::create(config, tenant, role, name).await

@@ -34,6 +34,8 @@ pub enum CliError {
     CheckFailed(usize),
     #[error("{0}")]
     Demo(String),
+    #[error("{0}")]
+    Usage(String),
     #[error("cannot write to stdout: {0}")]
     Stdout(std::io::Error),
     #[error(transparent)]
@@ -45,6 +47,7 @@ impl CliError {
         match self {
             CliError::Config(_)
             | CliError::Tenant(_)
+            | CliError::Usage(_)
             | CliError::Pipeline(PipelineError::Config(_))
             | CliError::Server(crate::server::ServerError::Pipeline(PipelineError::Config(_)))
             | CliError::Auth(crate::auth::AuthError::InvalidKeyRequest(_)) => 2,
@@ -100,6 +103,58 @@ pub async fn serve(config: Option<&Path>) -> Result<(), CliError> {
     let server = crate::server::start(config, shutdown).await?;
     server.wait().await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// `sluice mongo-reset <source> --accept-gap`: removes the source's
+/// checkpoint so that its next start begins at the current time.
+pub async fn mongo_reset(
+    config: Option<&Path>,
+    source: &str,
+    accept_gap: bool,
+) -> Result<(), CliError> {
+    let config = Config::from_process(config)?;
+    let Some(m) = config.source.mongo.iter().find(|m| m.name == source) else {
+        let known: Vec<&str> = config
+            .source
+            .mongo
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect();
+        return Err(CliError::Usage(format!(
+            "no MongoDB source named {source:?} in source.mongo (configured: {known:?})"
+        )));
+    };
+    if !accept_gap {
+        return Err(CliError::Usage(
+            "this gives up every change between the checkpoint and now; pass --accept-gap to confirm"
+                .into(),
+        ));
+    }
+    let (client, _) = pipeline::migrated_state(&config).await?;
+    let key = m.checkpoint_key();
+    let row = client
+        .query_opt(
+            "DELETE FROM sluice.checkpoints WHERE source = $1 RETURNING resume_token, updated_at",
+            &[&key],
+        )
+        .await?;
+    match row {
+        Some(r) => {
+            let token: Option<Vec<u8>> = r.get(0);
+            let at: chrono::DateTime<chrono::Utc> = r.get(1);
+            let token = token.map_or_else(
+                || "none".to_owned(),
+                |t| crate::source::mongo::change_stream::describe_token(&t),
+            );
+            tracing::warn!(source = %key, %token, checkpointed_at = %at, "mongo checkpoint removed; the next start reads from the current time");
+            println!(
+                "removed the checkpoint of {key} (resume token {token}, written {at}); \
+                 the next start reads from the current time, and changes since {at} are not in the log"
+            );
+        }
+        None => println!("{key} has no checkpoint; the next start reads from the current time"),
+    }
     Ok(())
 }
 

@@ -215,6 +215,17 @@ impl MongoSource {
         client: &Client,
         shutdown: &CancellationToken,
     ) -> Result<Ended, Failure> {
+        // A checkpoint that cannot be used is the operator's to resolve,
+        // whether or not the server is reachable.
+        let start_after = match &self.token {
+            Some(t) => Some(change_stream::decode_token(t).map_err(|e| {
+                Failure::Stuck(format!(
+                    "the checkpoint of {} holds an unusable resume token ({e}); see the README's \"MongoDB: resume point lost\"",
+                    self.key
+                ))
+            })?),
+            None => None,
+        };
         let db = client.database(&self.cfg.database);
         if !self.prepared {
             tokio::select! {
@@ -233,13 +244,7 @@ impl MongoSource {
         if self.pre_images {
             watch = watch.full_document_before_change(FullDocumentBeforeChangeType::WhenAvailable);
         }
-        if let Some(t) = &self.token {
-            let token = change_stream::decode_token(t).map_err(|e| {
-                Failure::Stuck(format!(
-                    "the checkpoint of {} holds an unusable resume token ({e}); see the README's \"MongoDB: resume point lost\"",
-                    self.key
-                ))
-            })?;
+        if let Some(token) = start_after {
             watch = watch.start_after(token);
         }
         let stream = tokio::select! {
