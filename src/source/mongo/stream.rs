@@ -112,18 +112,33 @@ impl MongoSource {
                 tracing::info!(source = %name, "mongo: no checkpoint yet; starting at the current time")
             }
         }
-        let client = match Client::with_uri_str(&self.cfg.uri).await {
-            Ok(c) => c,
-            Err(e) => {
-                let why = format!("invalid MongoDB connection string: {e}");
-                tracing::error!(source = %name, error = %why, "mongo source cannot start");
-                MongoStatus::set(&self.status.stuck, Some(why.clone()));
-                shutdown.cancelled().await;
-                return Ok(());
-            }
-        };
         let max_backoff = Duration::from_millis(self.cfg.reconnect_max_backoff_ms);
         let mut backoff = Duration::from_millis(100);
+        // Parsing a mongodb+srv:// string resolves DNS records: a failure
+        // there is retried; a string that cannot be valid is not.
+        let client = loop {
+            match Client::with_uri_str(&self.cfg.uri).await {
+                Ok(c) => break c,
+                Err(e) if matches!(*e.kind, ErrorKind::InvalidArgument { .. }) => {
+                    let why = format!("invalid MongoDB connection string: {e}");
+                    tracing::error!(source = %name, error = %why, "mongo source cannot start");
+                    MongoStatus::set(&self.status.stuck, Some(why));
+                    shutdown.cancelled().await;
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.status.reconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(source = %name, error = %e, retry_in_ms = backoff.as_millis() as u64,
+                        "mongo: cannot resolve the connection string");
+                    MongoStatus::set(&self.status.last_error, Some(e.to_string()));
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(max_backoff);
+                }
+            }
+        };
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
