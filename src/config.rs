@@ -72,6 +72,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "longest wait between reconnection attempts",
     ),
     (
+        "source.postgres.heartbeat_secs",
+        "10",
+        "interval of the heartbeat message that keeps the slot moving while captured tables are quiet (0: off)",
+    ),
+    (
         "source.postgres.queue_messages",
         "1024",
         "bound on raw replication messages buffered from the server",
@@ -249,6 +254,7 @@ fn kind_of(path: &str) -> Kind {
         "source.postgres.status_interval_ms"
         | "source.postgres.reconnect_max_backoff_ms"
         | "source.postgres.queue_messages"
+        | "source.postgres.heartbeat_secs"
         | "appender.max_batch_events"
         | "appender.max_batch_bytes"
         | "appender.queue_events"
@@ -493,6 +499,12 @@ pub struct PgSourceConfig {
     pub reconnect_max_backoff_ms: u64,
     #[serde(default = "default_queue_messages")]
     pub queue_messages: usize,
+    #[serde(default = "default_heartbeat_secs")]
+    pub heartbeat_secs: u64,
+}
+
+fn default_heartbeat_secs() -> u64 {
+    10
 }
 
 impl PgSourceConfig {
@@ -1191,6 +1203,7 @@ collections = [
                 pg.reconnect_max_backoff_ms as usize,
             ),
             ("source.postgres.queue_messages", pg.queue_messages),
+            ("source.postgres.heartbeat_secs", pg.heartbeat_secs as usize),
             ("appender.max_batch_events", c.appender.max_batch_events),
             ("appender.max_batch_bytes", c.appender.max_batch_bytes),
             ("appender.queue_events", c.appender.queue_events),

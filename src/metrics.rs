@@ -12,6 +12,7 @@ pub const DROPPED: &str = "sluice_source_changes_dropped_total";
 pub const TRANSACTIONS: &str = "sluice_source_transactions_total";
 pub const RECONNECTS: &str = "sluice_source_reconnects_total";
 pub const SOURCE_STREAMING: &str = "sluice_source_streaming";
+pub const HEARTBEATS: &str = "sluice_source_heartbeats_total";
 pub const LAG_BYTES: &str = "sluice_replication_lag_bytes";
 pub const LAG_SECONDS: &str = "sluice_replication_lag_seconds";
 pub const LOG_HEAD: &str = "sluice_log_head_seq";

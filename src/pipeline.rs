@@ -139,6 +139,7 @@ pub async fn start(
     let outbox = crate::webhooks::Outbox::new();
     appender.set_outbox(outbox.clone());
     let stats = Arc::new(SourceStats::default());
+    let pg_for_monitor = pg.clone();
     let source = PgSource::new(pg, handle.clone(), stats.clone());
     let checkpoint = appender.checkpoint(&source.checkpoint_key()).await?;
     let durable = handle.durable();
@@ -164,6 +165,12 @@ pub async fn start(
 
     let flush_deadline = CancellationToken::new();
     let appender_task = tokio::spawn(appender.run(flush_deadline.clone()));
+    // The monitor stops with the other auxiliary sources.
+    tokio::spawn(crate::source::postgres::monitor::run(
+        pg_for_monitor,
+        stats.clone(),
+        mongo_stop.clone(),
+    ));
     let source_task = tokio::spawn(source.run(checkpoint, shutdown.clone()));
     let task = tokio::spawn(run_sources(
         source_task,

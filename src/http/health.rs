@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::AppState;
 use crate::metrics::{self, load};
+use crate::source::postgres::stats::{SLOT_LOST, SLOT_MISSING};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -40,6 +41,26 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if !state.source.connected.load(Ordering::Relaxed) {
         problems
             .push("the Postgres source is not streaming (connecting or reconnecting)".to_owned());
+    }
+    let slot_name = state
+        .config
+        .source
+        .postgres
+        .as_ref()
+        .map(|p| p.slot())
+        .unwrap_or_default();
+    let monitor = &state.source.monitor;
+    if let Some(e) = monitor.error() {
+        problems.push(format!("the source database is unreachable: {e}"));
+    }
+    match monitor.slot.load(Ordering::Relaxed) {
+        SLOT_MISSING => problems.push(format!(
+            "replication slot {slot_name} does not exist (dropped?); `sluice setup` creates it, and changes made while it was missing are not in the log"
+        )),
+        SLOT_LOST => problems.push(format!(
+            "replication slot {slot_name} is invalidated (wal_status = lost): the server removed WAL it still needed (max_slot_wal_keep_size); drop and recreate it with `sluice setup`, and backfill what was missed"
+        )),
+        _ => {}
     }
     let mut sources = serde_json::Map::new();
     for m in &state.mongo {
@@ -88,10 +109,19 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
     } else {
         0.0
     };
-    let lag_bytes = s
-        .server_wal_end
-        .load(Ordering::Relaxed)
-        .saturating_sub(s.acked_lsn.load(Ordering::Relaxed)) as f64;
+    // The server's WAL position minus the slot's confirmed position, as the
+    // monitor last read them; before its first reading, what the stream saw.
+    let (wal, confirmed) = (
+        s.monitor.wal_lsn.load(Ordering::Relaxed),
+        s.monitor.confirmed_flush.load(Ordering::Relaxed),
+    );
+    let lag_bytes = if wal > 0 && confirmed > 0 {
+        wal.saturating_sub(confirmed) as f64
+    } else {
+        s.server_wal_end
+            .load(Ordering::Relaxed)
+            .saturating_sub(s.acked_lsn.load(Ordering::Relaxed)) as f64
+    };
     let head = state.head() as f64;
     let mongo_labels: Vec<[String; 4]> = state
         .mongo
@@ -140,6 +170,11 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             load(&s.dropped_other),
         ),
         (metrics::LAG_BYTES, None, lag_bytes),
+        (
+            metrics::HEARTBEATS,
+            Some("source=\"postgres\""),
+            load(&s.heartbeats),
+        ),
         (metrics::LAG_SECONDS, None, lag_seconds),
         (
             metrics::SUBSCRIBERS,
@@ -240,6 +275,11 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
         ]);
     }
     let kinds = [
+        (
+            metrics::HEARTBEATS,
+            "counter",
+            "heartbeat messages read back from the replication slot",
+        ),
         (
             metrics::SOURCE_STREAMING,
             "gauge",

@@ -5,6 +5,7 @@
 //! `setup` and `stream` are the I/O edges.
 
 pub mod catalog;
+pub mod monitor;
 pub mod normalize;
 pub mod pgoutput;
 pub mod setup;

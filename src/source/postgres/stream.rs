@@ -33,6 +33,10 @@ pub const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalS
 /// The prefix of logical messages that are custom events.
 pub const CUSTOM_PREFIX: &str = "sluice";
 
+/// The prefix of the heartbeat messages `monitor` emits: each is an empty
+/// unit of progress that moves the checkpoint and the slot.
+pub const HEARTBEAT_PREFIX: &str = "sluice-heartbeat";
+
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("replication connection: {0}")]
@@ -311,6 +315,17 @@ impl PgSource {
                     prefix,
                     content,
                 } => {
+                    if prefix == HEARTBEAT_PREFIX && !transactional && tx.is_none() {
+                        // Everything before it has been sent: acknowledging it
+                        // once durable moves the slot past WAL that holds no
+                        // captured change (other tables, other databases).
+                        let at = lsn.as_u64();
+                        if !last_sent.covers_transaction(at) {
+                            self.end_tx(at, at, last_sent).await?;
+                            self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+                        }
+                        continue;
+                    }
                     if prefix != CUSTOM_PREFIX {
                         continue;
                     }

@@ -1,0 +1,109 @@
+//! Watches the source database from a normal connection: the server's WAL
+//! position and the slot's confirmed position (replication lag in bytes),
+//! whether the slot exists and still has its WAL, and emits the heartbeat
+//! message that keeps the slot moving while the captured tables are quiet.
+//!
+//! Why a heartbeat: pgoutput sends nothing for transactions that touch no
+//! published table, so with only other tables (or other databases of the
+//! cluster) writing, the slot's confirmed position would never move and the
+//! server would keep all that WAL. A non-transactional logical message in
+//! the captured database is decoded and sent; the source acknowledges it
+//! like an empty transaction once everything before it is durable.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::stats::{SourceStats, SLOT_LOST, SLOT_MISSING, SLOT_OK};
+use super::stream::HEARTBEAT_PREFIX;
+use crate::config::PgSourceConfig;
+
+/// How often the slot is checked when heartbeats are rarer (or off).
+const CHECK_EVERY: Duration = Duration::from_secs(5);
+
+pub async fn run(cfg: PgSourceConfig, stats: Arc<SourceStats>, shutdown: CancellationToken) {
+    let heartbeat = (cfg.heartbeat_secs > 0).then(|| Duration::from_secs(cfg.heartbeat_secs));
+    let every = heartbeat.map_or(CHECK_EVERY, |h| h.min(CHECK_EVERY));
+    let slot = cfg.slot();
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut last_beat = Instant::now();
+    loop {
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = match crate::log::connect_as(&cfg.url, "sluice-monitor").await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    stats
+                        .monitor
+                        .set_error(Some(format!("cannot connect: {e}")));
+                    None
+                }
+            };
+        }
+        if let Some(c) = &client {
+            match check(c, &slot).await {
+                Ok((wal, confirmed, state)) => {
+                    let m = &stats.monitor;
+                    m.wal_lsn.store(wal, Ordering::Relaxed);
+                    m.confirmed_flush.store(confirmed, Ordering::Relaxed);
+                    m.slot.store(state, Ordering::Relaxed);
+                    m.checked_micros
+                        .store(chrono::Utc::now().timestamp_micros(), Ordering::Relaxed);
+                    m.set_error(None);
+                }
+                Err(e) => {
+                    stats.monitor.set_error(Some(e.to_string()));
+                    client = None;
+                }
+            }
+        }
+        if let (Some(h), Some(c)) = (heartbeat, &client) {
+            if last_beat.elapsed() >= h && stats.connected.load(Ordering::Relaxed) {
+                last_beat = Instant::now();
+                if let Err(e) = c
+                    .execute(
+                        "SELECT pg_logical_emit_message(false, $1::text, ''::text)",
+                        &[&HEARTBEAT_PREFIX],
+                    )
+                    .await
+                {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// (current WAL LSN, the slot's confirmed flush LSN, its state).
+async fn check(
+    c: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<(u64, u64, u8), tokio_postgres::Error> {
+    let row = c
+        .query_one(
+            "SELECT (pg_current_wal_lsn() - '0/0')::int8,
+                    (s.confirmed_flush_lsn - '0/0')::int8,
+                    s.wal_status,
+                    s.slot_name IS NOT NULL
+             FROM (SELECT 1) one
+             LEFT JOIN pg_replication_slots s ON s.slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    let wal: i64 = row.get(0);
+    let confirmed: Option<i64> = row.get(1);
+    let status: Option<String> = row.get(2);
+    let exists: bool = row.get(3);
+    let state = match (exists, status.as_deref()) {
+        (false, _) => SLOT_MISSING,
+        (true, Some("lost")) => SLOT_LOST,
+        (true, _) => SLOT_OK,
+    };
+    let to_u64 = |v: i64| u64::try_from(v).unwrap_or(0);
+    Ok((to_u64(wal), confirmed.map_or(0, to_u64), state))
+}

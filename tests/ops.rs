@@ -1,0 +1,164 @@
+//! Operating Sluice: slot health and heartbeats, readiness, metrics.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::http::get;
+use common::{all_events, TestDb, PATIENCE};
+use serde_json::Value;
+use sluice::server::{self, Server};
+use tokio_util::sync::CancellationToken;
+
+const TABLES: &str = "CREATE TABLE items (id int PRIMARY KEY, tenant text NOT NULL, n int);
+                      ALTER TABLE items REPLICA IDENTITY FULL;
+                      CREATE TABLE noise (id bigserial PRIMARY KEY, payload text);";
+
+async fn serve(db: &TestDb, extra: &[(&str, &str)]) -> (Server, CancellationToken) {
+    let mut env = vec![("SLUICE_HTTP_LISTEN", "127.0.0.1:0")];
+    env.extend_from_slice(extra);
+    let config = db.config_with(&[("public.items", "tenant")], &env);
+    let token = CancellationToken::new();
+    let server = server::start(config, token.clone())
+        .await
+        .expect("server starts");
+    (server, token)
+}
+
+async fn stop(server: Server, token: CancellationToken) {
+    token.cancel();
+    server.wait().await.expect("server stops cleanly");
+}
+
+async fn readyz_until(addr: SocketAddr, what: &str, done: impl Fn(u16, &Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let r = get(addr, "/readyz", &[]).await;
+        let body = r.json();
+        if done(r.status, &body) {
+            return body;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "readyz never showed {what}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn lsn(c: &tokio_postgres::Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.expect("lsn query").get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_move_the_slot_while_only_uncaptured_tables_change() {
+    let db = TestDb::new("heartbeat");
+    let c = db.client().await;
+    c.batch_execute(TABLES).await.expect("ddl");
+    let (server, token) = serve(&db, &[("SLUICE_SOURCE_POSTGRES_HEARTBEAT_SECS", "1")]).await;
+    readyz_until(server.addr, "ready", |s, _| s == 200).await;
+    let slot = format!("slot_{}", db.name);
+    let confirmed = format!(
+        "SELECT (confirmed_flush_lsn - '0/0')::int8 FROM pg_replication_slots WHERE slot_name = '{slot}'"
+    );
+    let before = lsn(&c, &confirmed).await;
+    // Lots of WAL, none of it for a captured table: an uncaptured table of
+    // this database, and another database of the cluster (whose records
+    // the slot's decoder skips without a word to the client).
+    let other = TestDb::new("heartbeat_other");
+    let o = other.client().await;
+    o.batch_execute("CREATE TABLE noise (id bigserial PRIMARY KEY, payload text)")
+        .await
+        .expect("ddl");
+    for (i, client) in [&c, &o, &o, &o].into_iter().enumerate() {
+        client
+            .execute(
+                "INSERT INTO noise (payload) SELECT repeat('x', 200) FROM generate_series(1, 5000)",
+                &[],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("noise {i}: {e}"));
+    }
+    let target = lsn(&c, "SELECT (pg_current_wal_lsn() - '0/0')::int8").await;
+    assert!(target - before > 1_000_000, "the writes made WAL");
+    let start = Instant::now();
+    loop {
+        let now = lsn(&c, &confirmed).await;
+        if now >= target {
+            break;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the slot stayed at {now}, {} bytes behind the writes",
+            target - now
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Nothing was captured, and the heartbeats are counted.
+    assert!(all_events(&c).await.is_empty());
+    let start = Instant::now();
+    loop {
+        let m = String::from_utf8_lossy(&get(server.addr, "/metrics", &[]).await.body).to_string();
+        let beats = m
+            .lines()
+            .find_map(|l| l.strip_prefix("sluice_source_heartbeats_total{source=\"postgres\"} "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if beats >= 2.0 {
+            break;
+        }
+        assert!(start.elapsed() < PATIENCE, "no heartbeats read back:\n{m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Captured changes still flow after heartbeats.
+    c.execute("INSERT INTO items VALUES (1, 'acme', 1)", &[])
+        .await
+        .expect("insert");
+    common::wait_for_events(&c, 1).await;
+    stop(server, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_slot_makes_readyz_fail_and_say_why() {
+    let db = TestDb::new("slotgone");
+    let c = db.client().await;
+    c.batch_execute(TABLES).await.expect("ddl");
+    let (server, token) = serve(
+        &db,
+        &[
+            ("SLUICE_SOURCE_POSTGRES_HEARTBEAT_SECS", "1"),
+            ("SLUICE_SOURCE_POSTGRES_RECONNECT_MAX_BACKOFF_MS", "2000"),
+        ],
+    )
+    .await;
+    let ready = readyz_until(server.addr, "ready", |s, _| s == 200).await;
+    assert_eq!(ready["status"], "ready");
+    let slot = format!("slot_{}", db.name);
+    // The source reconnects at once, so terminate and drop until the drop wins.
+    let start = Instant::now();
+    loop {
+        let _ = c
+            .execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&slot],
+            )
+            .await;
+        if c.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(start.elapsed() < PATIENCE, "could not drop the slot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = readyz_until(server.addr, "the missing slot", |s, b| {
+        s == 503 && b["problems"].to_string().contains("does not exist")
+    })
+    .await;
+    assert!(body["problems"].to_string().contains(&slot), "{body}");
+    // Liveness is not readiness.
+    assert_eq!(get(server.addr, "/livez", &[]).await.status, 200);
+    stop(server, token).await;
+}
