@@ -12,6 +12,7 @@ pub mod deliver;
 pub mod event;
 pub mod http;
 pub mod hub;
+pub mod leader;
 pub mod localpg;
 pub mod log;
 pub mod metrics;

@@ -13,6 +13,7 @@ pub const TRANSACTIONS: &str = "sluice_source_transactions_total";
 pub const RECONNECTS: &str = "sluice_source_reconnects_total";
 pub const SOURCE_STREAMING: &str = "sluice_source_streaming";
 pub const HEARTBEATS: &str = "sluice_source_heartbeats_total";
+pub const LEADER: &str = "sluice_leader";
 pub const LAG_BYTES: &str = "sluice_replication_lag_bytes";
 pub const LAG_SECONDS: &str = "sluice_replication_lag_seconds";
 pub const LOG_HEAD: &str = "sluice_log_head_seq";

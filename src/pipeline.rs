@@ -68,6 +68,8 @@ pub struct Pipeline {
     pub mongo: Vec<Arc<MongoStatus>>,
     /// The webhook outbox the appender writes (for the dispatcher).
     pub outbox: crate::webhooks::Outbox,
+    /// Cancelling it stops intake; the pipeline then flushes and ends.
+    pub intake: CancellationToken,
     task: JoinHandle<Result<(), PipelineError>>,
 }
 
@@ -101,12 +103,50 @@ pub async fn migrate(config: &Config) -> Result<Vec<i32>, PipelineError> {
     Ok(migrated_state(config).await?.1)
 }
 
+/// What outlives one pipeline run in a process that may lead several times
+/// (the HTTP API reads these whether or not this process leads).
+#[derive(Clone)]
+pub struct Shared {
+    pub stats: Arc<SourceStats>,
+    /// One per `source.mongo` entry, in order.
+    pub mongo: Vec<Arc<MongoStatus>>,
+    pub outbox: crate::webhooks::Outbox,
+    /// Where the appender publishes the durable state.
+    pub durable: watch::Sender<Arc<Durable>>,
+}
+
+impl Shared {
+    pub fn new(config: &Config) -> Shared {
+        Shared {
+            stats: Arc::new(SourceStats::default()),
+            mongo: config
+                .source
+                .mongo
+                .iter()
+                .map(|m| Arc::new(MongoStatus::new(&m.name)))
+                .collect(),
+            outbox: crate::webhooks::Outbox::new(),
+            durable: watch::channel(Arc::new(Durable::default())).0,
+        }
+    }
+}
+
 /// Prepares everything and starts streaming; committed events also go live
 /// to `hub` when one is given.
 pub async fn start(
     config: &Config,
     shutdown: CancellationToken,
     hub: Option<Arc<Hub>>,
+) -> Result<Pipeline, PipelineError> {
+    start_with(config, shutdown, hub, Shared::new(config)).await
+}
+
+/// [`start`] with state shared with the rest of the process.
+pub async fn start_with(
+    config: &Config,
+    shutdown: CancellationToken,
+    hub: Option<Arc<Hub>>,
+    shared: Shared,
 ) -> Result<Pipeline, PipelineError> {
     let pg = config.postgres()?.clone();
     migrate(config).await?;
@@ -134,11 +174,15 @@ pub async fn start(
     }
     drop(source_client);
 
+    let Shared {
+        stats,
+        mongo,
+        outbox,
+        durable,
+    } = shared;
     let (mut appender, handle) =
-        Appender::start(config.state_url()?, &config.appender, hub).await?;
-    let outbox = crate::webhooks::Outbox::new();
+        Appender::start_publishing(config.state_url()?, &config.appender, hub, durable).await?;
     appender.set_outbox(outbox.clone());
-    let stats = Arc::new(SourceStats::default());
     let pg_for_monitor = pg.clone();
     let source = PgSource::new(pg, handle.clone(), stats.clone());
     let checkpoint = appender.checkpoint(&source.checkpoint_key()).await?;
@@ -146,13 +190,10 @@ pub async fn start(
     // Mongo sources stop with the service, or when the Postgres source
     // stops (the appender can only finish once every source let go).
     let mongo_stop = shutdown.child_token();
-    let mut mongo = Vec::new();
     let mut mongo_tasks = Vec::new();
-    for cfg in &config.source.mongo {
-        let status = Arc::new(MongoStatus::new(&cfg.name));
+    for (cfg, status) in config.source.mongo.iter().zip(&mongo) {
         let source = MongoSource::new(cfg.clone(), handle.clone(), status.clone());
         let checkpoint = appender.checkpoint(&source.checkpoint_key()).await?;
-        mongo.push(status);
         mongo_tasks.push(tokio::spawn(source.run(checkpoint, mongo_stop.clone())));
     }
     drop(handle);
@@ -172,6 +213,7 @@ pub async fn start(
         mongo_stop.clone(),
     ));
     let source_task = tokio::spawn(source.run(checkpoint, shutdown.clone()));
+    let intake = shutdown.clone();
     let task = tokio::spawn(run_sources(
         source_task,
         appender_task,
@@ -185,6 +227,7 @@ pub async fn start(
         stats,
         mongo,
         outbox,
+        intake,
         task,
     })
 }

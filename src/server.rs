@@ -16,6 +16,7 @@ use crate::auth::{AuthError, Authenticator};
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::hub::Hub;
+use crate::leader::{self, Leadership, Role};
 use crate::pipeline::{self, PipelineError};
 
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +107,33 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Server
     let config = Arc::new(config);
     let hub = Hub::new(config.hub.subscriber_queue);
     let intake = CancellationToken::new();
-    let running = pipeline::start(&config, intake.clone(), Some(hub.clone())).await?;
     let state_url = config.state_url().map_err(PipelineError::from)?.to_owned();
+    // Standbys serve the log too: its schema must exist before anything.
+    pipeline::migrate(&config).await?;
+    let shared = pipeline::Shared::new(&config);
+    let role = Arc::new(Role::default());
+    let durable = shared.durable.subscribe();
+    // The first process to take the leader lock runs the sources now, so
+    // start-up errors (preflight, connection) stop `serve` at once; one
+    // that finds the lock taken stands by.
+    let lock = leader::try_lock(&state_url)
+        .await
+        .map_err(|source| PipelineError::Connect {
+            what: "state",
+            source,
+        })?;
+    let running = match &lock {
+        Some(_) => Some(
+            pipeline::start_with(
+                &config,
+                intake.child_token(),
+                Some(hub.clone()),
+                shared.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let auth = Arc::new(Authenticator::new(&state_url, &config.auth).await?);
     let streams = CancellationToken::new();
     let state = AppState {
@@ -115,12 +141,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Server
         pool: pool(&state_url, config.http.db_pool_size)?,
         hub,
         auth,
-        durable: running.durable.clone(),
-        source: running.stats.clone(),
-        mongo: running.mongo.clone(),
+        durable,
+        source: shared.stats.clone(),
+        mongo: shared.mongo.clone(),
+        role: role.clone(),
         metrics: Arc::default(),
         shutdown: streams.clone(),
-        outbox: running.outbox.clone(),
+        outbox: shared.outbox.clone(),
         webhook_metrics: Arc::default(),
         publish_pool: pool(&config.postgres().map_err(PipelineError::from)?.url, 4)?,
     };
@@ -129,7 +156,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Server
         // only means a delivery is sent again (at least once holds), and
         // it spares every claim and record a WAL flush.
         pool_with(&state_url, 4, Some("-c synchronous_commit=off"))?,
-        &running.outbox,
+        &shared.outbox,
         &config.webhooks,
         state.webhook_metrics.clone(),
     )
@@ -156,8 +183,19 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Server
         Duration::from_secs(config.log.prune_interval_secs),
         retention_stop.clone(),
     ));
+    let leadership = Leadership {
+        config: config.clone(),
+        hub: state.hub.clone(),
+        shared,
+        role,
+    };
+    let leading = tokio::spawn(leadership.run(lock, running, intake.clone()));
     let task = tokio::spawn(async move {
-        let mut flushed = Box::pin(running.wait());
+        let mut flushed = Box::pin(async move {
+            leading
+                .await
+                .map_err(|e| PipelineError::Task(e.to_string()))?
+        });
         let pipeline_result = tokio::select! {
             _ = shutdown.cancelled() => {
                 intake.cancel();

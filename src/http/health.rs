@@ -38,7 +38,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
         Ok(Err(e)) => problems.push(format!("state database unreachable: {e}")),
         Err(_) => problems.push("state database did not answer within 2 s".to_owned()),
     }
-    if !state.source.connected.load(Ordering::Relaxed) {
+    // A standby serves from the log; the sources are the leader's to run.
+    let leading = state.role.get() == crate::leader::ROLE_LEADER;
+    if state.role.get() == crate::leader::ROLE_STARTING {
+        problems.push("starting: not yet leading or standing by".to_owned());
+    }
+    if leading && !state.source.connected.load(Ordering::Relaxed) {
         problems
             .push("the Postgres source is not streaming (connecting or reconnecting)".to_owned());
     }
@@ -50,10 +55,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
         .map(|p| p.slot())
         .unwrap_or_default();
     let monitor = &state.source.monitor;
-    if let Some(e) = monitor.error() {
+    if let Some(e) = monitor.error().filter(|_| leading) {
         problems.push(format!("the source database is unreachable: {e}"));
     }
-    match monitor.slot.load(Ordering::Relaxed) {
+    match monitor.slot.load(Ordering::Relaxed) * u8::from(leading) {
         SLOT_MISSING => problems.push(format!(
             "replication slot {slot_name} does not exist (dropped?); `sluice setup` creates it, and changes made while it was missing are not in the log"
         )),
@@ -63,7 +68,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         _ => {}
     }
     let mut sources = serde_json::Map::new();
-    for m in &state.mongo {
+    for m in state.mongo.iter().filter(|_| leading) {
         let streaming = m.streaming.load(Ordering::Relaxed);
         let stuck = m.stuck();
         if let Some(why) = &stuck {
@@ -85,11 +90,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
             }),
         );
     }
-    let mut body = json!({"status": "ready"});
+    let mut body = json!({"status": "ready", "role": state.role.name()});
     let status = if problems.is_empty() {
         StatusCode::OK
     } else {
-        body = json!({"status": "not ready", "problems": problems});
+        body = json!({"status": "not ready", "role": state.role.name(), "problems": problems});
         StatusCode::SERVICE_UNAVAILABLE
     };
     if !sources.is_empty() {
@@ -170,6 +175,11 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             load(&s.dropped_other),
         ),
         (metrics::LAG_BYTES, None, lag_bytes),
+        (
+            metrics::LEADER,
+            None,
+            f64::from(u8::from(state.role.get() == crate::leader::ROLE_LEADER)),
+        ),
         (
             metrics::HEARTBEATS,
             Some("source=\"postgres\""),
@@ -275,6 +285,11 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
         ]);
     }
     let kinds = [
+        (
+            metrics::LEADER,
+            "gauge",
+            "1 while this process leads (runs the sources and the appender), 0 on a standby",
+        ),
         (
             metrics::HEARTBEATS,
             "counter",

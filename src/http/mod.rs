@@ -37,6 +37,8 @@ pub struct AppState {
     pub source: Arc<SourceStats>,
     /// One per configured MongoDB source.
     pub mongo: Vec<Arc<crate::source::mongo::MongoStatus>>,
+    /// Whether this process leads (runs the sources) or stands by.
+    pub role: Arc<crate::leader::Role>,
     pub metrics: Arc<crate::metrics::HttpMetrics>,
     /// Fires on shutdown: open streams end with their resume position.
     pub shutdown: CancellationToken,

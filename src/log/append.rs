@@ -169,9 +169,23 @@ impl Appender {
         config: &AppenderConfig,
         hub: Option<Arc<Hub>>,
     ) -> Result<(Appender, AppenderHandle), LogError> {
+        let (durable_tx, _) = watch::channel(Arc::new(Durable::default()));
+        Appender::start_publishing(url, config, hub, durable_tx).await
+    }
+
+    /// [`Appender::start`], publishing the durable state to `durable_tx`
+    /// (the process's own, read by the HTTP API): published by the one
+    /// writer itself, so the head a reader sees is never behind what the
+    /// hub was asked about.
+    pub async fn start_publishing(
+        url: &str,
+        config: &AppenderConfig,
+        hub: Option<Arc<Hub>>,
+        durable_tx: watch::Sender<Arc<Durable>>,
+    ) -> Result<(Appender, AppenderHandle), LogError> {
         let (tx, rx) = mpsc::channel(config.queue_events);
         let budget = Arc::new(Semaphore::new(QUEUE_BYTES));
-        let (durable_tx, durable_rx) = watch::channel(Arc::new(Durable::default()));
+        let durable_rx = durable_tx.subscribe();
         let mut appender = Appender {
             url: url.to_owned(),
             config: config.clone(),
@@ -463,6 +477,15 @@ impl Appender {
                 })
                 .collect();
             outboxed = outbox.write(&tx, &events).await?;
+        }
+        if seq > self.next_seq {
+            // Wakes the other processes serving this log (standbys feed
+            // their live subscribers from it); delivered at commit.
+            tx.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&super::NOTIFY_CHANNEL, &(seq - 1).to_string()],
+            )
+            .await?;
         }
         tx.commit().await?;
         if outboxed > 0 {

@@ -95,3 +95,11 @@ pub async fn connect_as(
 
 /// The advisory lock key held by the appender for its whole session.
 pub const APPENDER_LOCK_KEY: i64 = 0x51_75_1C_E0_00_01;
+
+/// The advisory lock key held by the leader (the process that runs the
+/// sources and the appender) for as long as it leads.
+pub const LEADER_LOCK_KEY: i64 = 0x51_75_1C_E0_00_03;
+
+/// The channel the appender notifies (payload: the new head seq) in each
+/// append transaction.
+pub const NOTIFY_CHANNEL: &str = "sluice_log";
