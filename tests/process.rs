@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::receiver::{Answer, Receiver};
 use common::{all_events, wait_for_events, TestDb};
 use rand::{Rng, SeedableRng};
+use serde_json::Value;
 
 fn sluice() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
@@ -485,5 +486,229 @@ async fn killed_mid_delivery_every_matching_event_is_still_delivered() {
     println!(
         "{} events delivered, {dups} duplicate deliveries after kills (at least once)",
         expected.len()
+    );
+}
+
+/// A port nothing listens on right now, for a process's `http.listen`.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// `sluice serve` on `port`, its logs at `warn` on the test's stderr.
+fn serve_on(config: &Path, port: u16) -> Running {
+    Running(
+        sluice()
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
+            .env("SLUICE_HTTP_LISTEN", format!("127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sluice serve"),
+    )
+}
+
+/// Waits until `/readyz` answers 200 with `role`; returns the address.
+async fn ready_as(port: u16, role: &str) -> std::net::SocketAddr {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let start = std::time::Instant::now();
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            let r = common::http::get(addr, "/readyz", &[]).await;
+            if r.status == 200 && r.json()["role"] == role {
+                return addr;
+            }
+        }
+        assert!(
+            start.elapsed() < common::PATIENCE,
+            "port {port} never became a ready {role}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Commits numbered rows of tenant `acme` until stopped; returns what
+/// committed.
+fn numbers_writer(
+    client: tokio_postgres::Client,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<Vec<i32>> {
+    tokio::spawn(async move {
+        let mut committed = Vec::new();
+        let mut next = 1;
+        while !stop.is_cancelled() {
+            let size = 1 + next % 7;
+            let sql = format!(
+                "INSERT INTO numbers SELECT g, 'acme' FROM generate_series({next}, {}) g",
+                next + size - 1
+            );
+            client.batch_execute(&sql).await.expect("writer insert");
+            committed.extend(next..next + size);
+            next += size;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        committed
+    })
+}
+
+/// The log holds exactly `expected`, in commit order.
+async fn log_holds_exactly(c: &tokio_postgres::Client, expected: &[i32]) -> Vec<Value> {
+    let events = wait_for_events(c, expected.len()).await;
+    let got: Vec<i32> = events
+        .iter()
+        .map(|e| e["data"]["new"]["n"].as_i64().expect("n") as i32)
+        .collect();
+    assert_eq!(got.len(), expected.len(), "duplicates or losses");
+    assert!(got == expected, "log order differs from commit order");
+    events
+}
+
+/// Reads SSE events until `n` row events arrived (or a `shutdown` frame);
+/// returns their seqs and the shutdown frame's data, if one came.
+async fn read_sse(s: &mut common::http::Stream, n: usize, seqs: &mut Vec<i64>) -> Option<Value> {
+    while seqs.len() < n {
+        let e = s.expect_event(common::PATIENCE).await;
+        match e.event.as_deref() {
+            Some("shutdown") => {
+                return Some(serde_json::from_str(&e.data).expect("shutdown data"));
+            }
+            Some("row.inserted") => {
+                seqs.push(e.id.expect("id").parse().expect("seq"));
+            }
+            other => panic!("unexpected frame {other:?}: {}", e.data),
+        }
+    }
+    None
+}
+
+const NUMBERS: &str = "CREATE TABLE numbers (n int PRIMARY KEY, tenant text NOT NULL);
+                       ALTER TABLE numbers REPLICA IDENTITY FULL";
+
+async fn anon_key(db: &TestDb) -> String {
+    let c = db.client().await;
+    sluice::auth::keys::create_key(
+        &c,
+        Some(&sluice::event::TenantId::new("acme").expect("valid")),
+        sluice::auth::Role::Anon,
+        None,
+    )
+    .await
+    .expect("create key")
+    .1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_flushes_tells_subscribers_where_to_resume_and_exits_0() {
+    let db = TestDb::new("sigterm");
+    let c = db.client().await;
+    c.batch_execute(NUMBERS).await.expect("ddl");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &db, "public.numbers", "tenant", "");
+    let port = free_port();
+    let mut child = serve_on(&config, port);
+    let addr = ready_as(port, "leader").await;
+    let key = anon_key(&db).await;
+    let path = format!("/v1/events/subscribe?apikey={key}");
+    let mut sse = common::http::stream(addr, &path, &[]).await;
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = numbers_writer(db.client().await, stop.clone());
+    let mut seqs = Vec::new();
+    // Under load: at least 200 events delivered before the signal.
+    assert!(read_sse(&mut sse, 200, &mut seqs).await.is_none());
+    let pid = child.0.id().to_string();
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    // The stream ends with its resume position, after everything it sent.
+    let shutdown = read_sse(&mut sse, usize::MAX, &mut seqs)
+        .await
+        .expect("a shutdown frame");
+    let resume_from = shutdown["resume_from"].as_i64().expect("resume_from");
+    assert_eq!(Some(resume_from - 1), seqs.last().copied(), "{shutdown}");
+    // The process exits 0, well within its flush deadline.
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "still running 60 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+    stop.cancel();
+    let committed = writer.await.expect("writer");
+
+    // A new process appends the rest, once; the subscriber resumes where
+    // it was told and gets every event exactly once.
+    let port = free_port();
+    let _child = serve_on(&config, port);
+    let addr = ready_as(port, "leader").await;
+    let events = log_holds_exactly(&c, &committed).await;
+    let mut resumed = common::http::stream(addr, &format!("{path}&from={resume_from}"), &[]).await;
+    assert!(read_sse(&mut resumed, events.len(), &mut seqs)
+        .await
+        .is_none());
+    let all: Vec<i64> = events.iter().filter_map(|e| e["seq"].as_i64()).collect();
+    assert_eq!(seqs, all, "the subscriber saw every event once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_under_load_the_standby_takes_over_and_its_subscribers_miss_nothing() {
+    let db = TestDb::new("failover");
+    let c = db.client().await;
+    c.batch_execute(NUMBERS).await.expect("ddl");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &db, "public.numbers", "tenant", "");
+    let (pa, pb) = (free_port(), free_port());
+    let leader = serve_on(&config, pa);
+    let a = ready_as(pa, "leader").await;
+    let _standby = serve_on(&config, pb);
+    let b = ready_as(pb, "standby").await;
+    let key = anon_key(&db).await;
+    let path = format!("/v1/events/subscribe?apikey={key}");
+    // One subscriber on each; the standby's is fed from the log.
+    let mut on_standby = common::http::stream(b, &path, &[]).await;
+    let mut on_leader = common::http::stream(a, &path, &[]).await;
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = numbers_writer(db.client().await, stop.clone());
+    let mut seen_b = Vec::new();
+    assert!(read_sse(&mut on_standby, 200, &mut seen_b).await.is_none());
+    let mut seen_a = Vec::new();
+    assert!(read_sse(&mut on_leader, 1, &mut seen_a).await.is_none());
+    drop(leader); // SIGKILL, under load
+    ready_as(pb, "leader").await;
+    // Keep writing through the new leader for a while.
+    let head = all_events(&c).await.len();
+    let start = std::time::Instant::now();
+    while all_events(&c).await.len() < head + 300 {
+        assert!(
+            start.elapsed() < common::PATIENCE,
+            "the new leader appends nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    let committed = writer.await.expect("writer");
+    let events = log_holds_exactly(&c, &committed).await;
+    // The standby's subscriber never reconnected and missed nothing.
+    assert!(read_sse(&mut on_standby, events.len(), &mut seen_b)
+        .await
+        .is_none());
+    let all: Vec<i64> = events.iter().filter_map(|e| e["seq"].as_i64()).collect();
+    assert_eq!(
+        seen_b, all,
+        "every event once, in order, across the failover"
     );
 }
