@@ -177,7 +177,7 @@ impl Follower {
                         // Boxed: the read's state (pool checkout, query) is
                         // large and only exists while it runs; inline it
                         // would sit in every open stream's future.
-                        Box::pin(self.read_page()).await?
+                        Box::pin(self.read_page_retrying()).await?
                     };
                     if exhausted {
                         if let Mode::CatchUp { registered } = &mut self.mode {
@@ -187,6 +187,29 @@ impl Follower {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// [`Self::read_page`], waiting out a state database that cannot be
+    /// reached (restart, network cut): the subscriber stays connected (its
+    /// transport keeps sending heartbeats) and goes on where it was when
+    /// the database answers again. Cancel-safe: a page changes the
+    /// follower only once it was read.
+    async fn read_page_retrying(&mut self) -> Result<bool, FollowError> {
+        let mut backoff = std::time::Duration::from_millis(100);
+        let mut warned = false;
+        loop {
+            match self.read_page().await {
+                Err(FollowError::Db(e)) => {
+                    if !warned {
+                        tracing::warn!(error = %e, "a subscriber cannot read the log; retrying until the state database answers");
+                        warned = true;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                }
+                other => return other,
             }
         }
     }
