@@ -306,6 +306,7 @@ async fn feed_session(
                                 topic: r.topic.into(),
                                 event_type: r.event_type.into(),
                                 body: r.body.into(),
+                                commit_micros: r.commit_micros,
                             })
                         })
                     })

@@ -28,8 +28,60 @@ pub const WEBHOOK_ATTEMPTS: &str = "sluice_webhook_attempts_total";
 pub const WEBHOOK_OUTCOMES: &str = "sluice_webhook_deliveries_total";
 pub const WEBHOOK_IN_FLIGHT: &str = "sluice_webhook_requests_in_flight";
 pub const WEBHOOK_LATENCY_SUM: &str = "sluice_webhook_request_seconds_total";
+pub const DELIVERY_LATENCY: &str = "sluice_delivery_latency_seconds";
+pub const OUTBOX_DEPTH: &str = "sluice_webhook_outbox_depth";
 
 /// Counters kept by the HTTP layer.
+/// Upper bounds (seconds) of the latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+];
+
+/// A fixed-bucket histogram of durations, lock-free.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per bucket (not cumulative); the last slot is `+Inf`.
+    counts: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records a duration given in microseconds (negative: clock skew
+    /// between hosts, counted as zero).
+    pub fn observe_micros(&self, micros: i64) {
+        let micros = u64::try_from(micros).unwrap_or(0);
+        let secs = micros as f64 / 1e6;
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Records the time from `commit_micros` (µs since the Unix epoch) to now.
+    pub fn observe_since(&self, commit_micros: i64) {
+        if commit_micros > 0 {
+            self.observe_micros(chrono::Utc::now().timestamp_micros() - commit_micros);
+        }
+    }
+
+    /// Appends `name_bucket{labels,le=…}`, `name_sum` and `name_count`.
+    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, count) in self.counts.iter().enumerate() {
+            cumulative += count.load(Ordering::Relaxed);
+            let le = LATENCY_BUCKETS
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+        }
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
     pub sse_subscribers: AtomicU64,
@@ -38,6 +90,12 @@ pub struct HttpMetrics {
     pub ws_connections: AtomicU64,
     pub ws_subscriptions: AtomicU64,
     pub ws_events: AtomicU64,
+    /// Open NDJSON tails (`follow=true`).
+    pub ndjson_subscribers: AtomicU64,
+    /// Source commit → written to an SSE stream.
+    pub sse_latency: Histogram,
+    /// Source commit → written to a WebSocket.
+    pub ws_latency: Histogram,
 }
 
 /// One sample: name, optional `label="value"` text, value.
@@ -87,5 +145,27 @@ mod tests {
             "# TYPE sluice_subscribers gauge\nsluice_subscribers{transport=\"sse\"} 3\n"
         ));
         assert!(text.contains("sluice_replication_lag_bytes 0\n"));
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_with_sum_and_count() {
+        let h = Histogram::default();
+        h.observe_micros(500); // 0.5 ms
+        h.observe_micros(3_000); // 3 ms
+        h.observe_micros(-7); // skew: zero
+        h.observe_micros(120_000_000); // 2 min: only +Inf
+        let mut out = String::new();
+        h.render(&mut out, DELIVERY_LATENCY, "transport=\"sse\"");
+        for line in [
+            "sluice_delivery_latency_seconds_bucket{transport=\"sse\",le=\"0.001\"} 2\n",
+            "sluice_delivery_latency_seconds_bucket{transport=\"sse\",le=\"0.0025\"} 2\n",
+            "sluice_delivery_latency_seconds_bucket{transport=\"sse\",le=\"0.005\"} 3\n",
+            "sluice_delivery_latency_seconds_bucket{transport=\"sse\",le=\"60\"} 3\n",
+            "sluice_delivery_latency_seconds_bucket{transport=\"sse\",le=\"+Inf\"} 4\n",
+            "sluice_delivery_latency_seconds_sum{transport=\"sse\"} 120.0035\n",
+            "sluice_delivery_latency_seconds_count{transport=\"sse\"} 4\n",
+        ] {
+            assert!(out.contains(line), "{line} in\n{out}");
+        }
     }
 }

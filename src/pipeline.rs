@@ -113,6 +113,8 @@ pub struct Shared {
     pub outbox: crate::webhooks::Outbox,
     /// Where the appender publishes the durable state.
     pub durable: watch::Sender<Arc<Durable>>,
+    /// Events appended by this process.
+    pub appended: Arc<log::AppendCounts>,
 }
 
 impl Shared {
@@ -127,6 +129,7 @@ impl Shared {
                 .collect(),
             outbox: crate::webhooks::Outbox::new(),
             durable: watch::channel(Arc::new(Durable::default())).0,
+            appended: Arc::default(),
         }
     }
 }
@@ -179,10 +182,12 @@ pub async fn start_with(
         mongo,
         outbox,
         durable,
+        appended,
     } = shared;
     let (mut appender, handle) =
         Appender::start_publishing(config.state_url()?, &config.appender, hub, durable).await?;
     appender.set_outbox(outbox.clone());
+    appender.set_counts(appended);
     let pg_for_monitor = pg.clone();
     let source = PgSource::new(pg, handle.clone(), stats.clone());
     let checkpoint = appender.checkpoint(&source.checkpoint_key()).await?;

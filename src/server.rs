@@ -145,6 +145,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Server
         source: shared.stats.clone(),
         mongo: shared.mongo.clone(),
         role: role.clone(),
+        appended: shared.appended.clone(),
         metrics: Arc::default(),
         shutdown: streams.clone(),
         outbox: shared.outbox.clone(),

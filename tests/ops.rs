@@ -290,3 +290,141 @@ async fn postgres_restarting_under_load_loses_nothing_and_subscribers_stay_conne
     assert_eq!(seqs, all);
     stop(server, token).await;
 }
+
+/// `/metrics` parsed by the official Python client's parser.
+fn parse_metrics(text: &str) -> Value {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("python3")
+        .arg("tests/clients/parse_metrics.py")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("parser");
+    assert!(
+        out.status.success(),
+        "prometheus-client rejected the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+fn sample(families: &Value, family: &str, sample: &str, labels: Value) -> Option<f64> {
+    families[family]["samples"]
+        .as_array()?
+        .iter()
+        .find(|s| s[0] == sample && s[1] == labels)
+        .and_then(|s| s[2].as_f64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_valid_prometheus_and_count_what_happened() {
+    let db = TestDb::new("metrics");
+    let c = db.client().await;
+    c.batch_execute(TABLES).await.expect("ddl");
+    let (server, token) = serve(&db, &[]).await;
+    readyz_until(server.addr, "ready", |s, _| s == 200).await;
+    let anon = sluice::auth::keys::create_key(
+        &c,
+        Some(&sluice::event::TenantId::new("acme").expect("valid")),
+        sluice::auth::Role::Anon,
+        None,
+    )
+    .await
+    .expect("key")
+    .1;
+    let mut sse = common::http::stream(
+        server.addr,
+        &format!("/v1/events/subscribe?apikey={anon}"),
+        &[],
+    )
+    .await;
+    c.batch_execute(
+        "INSERT INTO items SELECT g, 'acme', g FROM generate_series(1, 25) g;
+         UPDATE items SET n = n + 1 WHERE id <= 5;
+         SELECT pg_logical_emit_message(true, 'sluice', '{\"tenant\":\"acme\",\"type\":\"order.shipped\",\"data\":{}}');",
+    )
+    .await
+    .expect("writes");
+    for _ in 0..31 {
+        sse.expect_event(PATIENCE).await;
+    }
+    let text = String::from_utf8_lossy(&get(server.addr, "/metrics", &[]).await.body).to_string();
+    let m = parse_metrics(&text);
+
+    // Conventions: the prefix, `_total` on counters, no tenant label.
+    for (name, family) in m.as_object().expect("families") {
+        assert!(name.starts_with("sluice_"), "{name}");
+        if family["type"] == "counter" {
+            // The parser strips `_total` from counter family names; the
+            // samples carry it.
+            for s in family["samples"].as_array().expect("samples") {
+                assert!(s[0].as_str().is_some_and(|n| n.ends_with("_total")), "{s}");
+            }
+        }
+        for s in family["samples"].as_array().expect("samples") {
+            assert!(s[1].get("tenant").is_none(), "tenant label on {s}");
+        }
+    }
+    let appended = |t: &str| {
+        sample(
+            &m,
+            "sluice_events_appended",
+            "sluice_events_appended_total",
+            serde_json::json!({"source": "pg/main", "type": t}),
+        )
+    };
+    assert_eq!(appended("row.inserted"), Some(25.0));
+    assert_eq!(appended("row.updated"), Some(5.0));
+    assert_eq!(
+        appended("custom"),
+        Some(1.0),
+        "custom types share one label"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "sluice_subscribers",
+            "sluice_subscribers",
+            serde_json::json!({"transport": "sse"})
+        ),
+        Some(1.0)
+    );
+    assert_eq!(m["sluice_delivery_latency_seconds"]["type"], "histogram");
+    let delivered = sample(
+        &m,
+        "sluice_delivery_latency_seconds",
+        "sluice_delivery_latency_seconds_count",
+        serde_json::json!({"transport": "sse"}),
+    );
+    assert_eq!(delivered, Some(31.0));
+    assert_eq!(
+        sample(
+            &m,
+            "sluice_webhook_outbox_depth",
+            "sluice_webhook_outbox_depth",
+            serde_json::json!({})
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&m, "sluice_leader", "sluice_leader", serde_json::json!({})),
+        Some(1.0)
+    );
+    for family in [
+        "sluice_replication_lag_bytes",
+        "sluice_replication_lag_seconds",
+        "sluice_subscriber_catchups",
+        "sluice_webhook_deliveries",
+    ] {
+        assert!(m.get(family).is_some(), "{family} missing:\n{text}");
+    }
+    stop(server, token).await;
+}

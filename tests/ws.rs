@@ -611,3 +611,61 @@ async fn the_cloudevents_subprotocol_carries_bare_envelopes() {
     token.cancel();
     server.wait().await.expect("server stops");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_tells_each_subscription_where_to_resume_then_closes_with_1001() {
+    let db = TestDb::new("ws_shutdown");
+    let c = db.client().await;
+    c.batch_execute(ITEMS).await.expect("ddl");
+    let (server, token) = serve(&db).await;
+    let anon = key(&db, "acme", Role::Anon).await;
+    c.batch_execute("INSERT INTO items SELECT g, 'acme', 'red', g FROM generate_series(1, 10) g")
+        .await
+        .expect("write");
+    let mut ws = connect(&server, &format!("?apikey={anon}")).await;
+    assert_eq!(recv(&mut ws).await["type"], "auth_ok");
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "all", "from": 1}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["type"], "subscribed");
+    let seen = events(&mut ws, 10).await;
+    // Nothing matches this one yet: its position is where it started.
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "blue", "filter": {"field": "color", "op": "eq", "value": "blue"}}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["type"], "subscribed");
+    token.cancel();
+    let mut resume = std::collections::BTreeMap::new();
+    let code = loop {
+        match tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("in time")
+        {
+            Some(Ok(Message::Text(t))) => {
+                let m: Value = serde_json::from_str(t.as_str()).expect("json");
+                assert_eq!(m["type"], "shutdown", "{m}");
+                resume.insert(
+                    m["id"].as_str().expect("id").to_owned(),
+                    m["resume_from"].as_i64().expect("resume_from"),
+                );
+            }
+            Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+            Some(Ok(_)) => continue,
+            other => panic!("expected shutdown frames then a close, got {other:?}"),
+        }
+    };
+    assert_eq!(code, 1001);
+    let last = seen[9]["seq"].as_i64().expect("seq");
+    assert_eq!(resume.get("all"), Some(&(last + 1)), "{resume:?}");
+    assert!(
+        resume
+            .get("blue")
+            .is_some_and(|r| *r >= 1 && *r <= last + 1),
+        "{resume:?}"
+    );
+    server.wait().await.expect("server stops");
+}

@@ -24,6 +24,8 @@ pub struct Followed {
     pub seq: i64,
     pub event_type: Arc<str>,
     pub body: Bytes,
+    /// Source commit time, µs since the Unix epoch.
+    pub commit_micros: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +128,7 @@ impl Follower {
                     seq: e.seq,
                     event_type: e.event_type.clone(),
                     body: e.body.clone(),
+                    commit_micros: e.commit_micros,
                 });
             }
         }
@@ -150,6 +153,7 @@ impl Follower {
                             seq: e.seq,
                             event_type: e.event_type.clone(),
                             body: e.body.clone(),
+                            commit_micros: e.commit_micros,
                         });
                     }
                     None => {
@@ -251,6 +255,7 @@ impl Follower {
                     seq: row.seq,
                     event_type: row.event_type.into(),
                     body: Bytes::from(row.body),
+                    commit_micros: row.commit_micros,
                 });
             }
         }

@@ -283,9 +283,10 @@ fn tail(
         state.config.http.page_limit,
     );
     let heartbeat = Duration::from_secs(state.config.http.heartbeat_secs.max(1));
+    let open = Tailing::new(state.metrics.clone());
     stream::unfold(
-        (state, follower, types, false),
-        move |(state, mut f, types, done)| async move {
+        (state, follower, types, false, open),
+        move |(state, mut f, types, done, open)| async move {
             if done {
                 return None;
             }
@@ -317,9 +318,28 @@ fn tail(
                     true,
                 ),
             };
-            Some((Ok(line), (state, f, types, done)))
+            Some((Ok(line), (state, f, types, done, open)))
         },
     )
+}
+
+/// Counts an open NDJSON tail in `sluice_subscribers{transport="ndjson"}`.
+struct Tailing(Arc<crate::metrics::HttpMetrics>);
+
+impl Tailing {
+    fn new(m: Arc<crate::metrics::HttpMetrics>) -> Tailing {
+        m.ndjson_subscribers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Tailing(m)
+    }
+}
+
+impl Drop for Tailing {
+    fn drop(&mut self) {
+        self.0
+            .ndjson_subscribers
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 async fn one(

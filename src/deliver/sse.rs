@@ -169,6 +169,10 @@ impl SseSession {
             .metrics
             .sse_events
             .fetch_add(1, Ordering::Relaxed);
+        self.state
+            .metrics
+            .sse_latency
+            .observe_since(e.commit_micros);
         Some(event_frame(e.seq, &e.event_type, &e.body))
     }
 
@@ -183,6 +187,7 @@ impl SseSession {
             next = self.follower.next() => match next {
                 Ok(e) => {
                     self.state.metrics.sse_events.fetch_add(1, Ordering::Relaxed);
+                    self.state.metrics.sse_latency.observe_since(e.commit_micros);
                     event_frame(e.seq, &e.event_type, &e.body)
                 }
                 Err(FollowError::Gap { requested, oldest }) => {

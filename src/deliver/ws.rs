@@ -12,6 +12,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long a closing connection waits for its subscriptions' resume
+/// positions.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
+
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
@@ -210,6 +214,26 @@ impl Session {
                     }
                 }
                 _ = shutdown.cancelled() => {
+                    // Each subscription reports where to resume, then ends;
+                    // its frames are written until all have, or 2 s passed.
+                    let deadline = tokio::time::sleep(SHUTDOWN_DRAIN);
+                    tokio::pin!(deadline);
+                    while !s.subs.is_empty() {
+                        tokio::select! {
+                            out = rx.recv() => match out {
+                                Some(Out::Text(t)) => {
+                                    if sink.send(Message::Text(t)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Some(Out::Ended(id)) => {
+                                    s.subs.remove(&id);
+                                }
+                                None => break,
+                            },
+                            _ = &mut deadline => break,
+                        }
+                    }
                     let _ = sink.send(close(proto::CLOSE_GOING_AWAY, "server_shutting_down")).await;
                     return;
                 }
@@ -411,10 +435,21 @@ async fn forward(
         .ws_subscriptions
         .fetch_add(1, Ordering::Relaxed);
     let _open = Open(state.clone());
+    let shutdown = state.shutdown.clone();
     loop {
-        let frame = match follower.next().await {
+        let next = tokio::select! {
+            next = follower.next() => next,
+            _ = shutdown.cancelled() => {
+                let frame = proto::shutdown_frame(&id, follower.position());
+                let _ = tx.send(Out::Text(Utf8Bytes::from(frame))).await;
+                let _ = tx.send(Out::Ended(id)).await;
+                return;
+            }
+        };
+        let frame = match next {
             Ok(e) => {
                 state.metrics.ws_events.fetch_add(1, Ordering::Relaxed);
+                state.metrics.ws_latency.observe_since(e.commit_micros);
                 if cloudevents {
                     proto::cloudevents_event_frame(&e.body)
                 } else {

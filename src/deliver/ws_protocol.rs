@@ -423,6 +423,17 @@ pub fn parse_client_before_auth(
 }
 
 /// Serializes `auth_ok`: `{"type":"auth_ok","tenant":…,"role":…}`.
+/// Sent once per subscription when the server shuts down, before the close
+/// frame: where to resume (`from`) on another connection.
+pub fn shutdown_frame(sub: &str, resume_from: i64) -> String {
+    let mut out = String::from("{\"type\":\"shutdown\",\"id\":");
+    push_json_str(&mut out, sub);
+    out.push_str(",\"resume_from\":");
+    out.push_str(&resume_from.to_string());
+    out.push('}');
+    out
+}
+
 pub fn auth_ok_frame(tenant: &TenantId, role: Role) -> String {
     let mut out = String::from("{\"type\":\"auth_ok\",\"tenant\":");
     push_json_str(&mut out, tenant.as_str());

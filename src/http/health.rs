@@ -1,6 +1,7 @@
 //! `/livez` (the process answers), `/readyz` (the state database answers
 //! and the source is streaming, with the reasons when not) and `/metrics`.
 
+use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -103,6 +104,26 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Deliveries waiting, read when scraped (`None` when the database does
+/// not answer within 2 s: the gauge is left out rather than wrong).
+async fn outbox_depth(state: &AppState) -> Option<f64> {
+    let read = async {
+        let client = state.pool.get().await.ok()?;
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM sluice.webhook_deliveries WHERE status IN ('pending', 'failed')",
+                &[],
+            )
+            .await
+            .ok()?;
+        Some(row.get::<_, i64>(0) as f64)
+    };
+    tokio::time::timeout(Duration::from_secs(2), read)
+        .await
+        .ok()
+        .flatten()
+}
+
 async fn metrics_text(State(state): State<AppState>) -> Response {
     let s = &state.source;
     let now_micros = chrono::Utc::now().timestamp_micros();
@@ -142,7 +163,6 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
         })
         .collect();
     let mut samples = vec![
-        (metrics::EVENTS_APPENDED, None, head),
         (metrics::LOG_HEAD, None, head),
         (
             metrics::SOURCE_EVENTS,
@@ -207,6 +227,11 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             load(&state.hub.stats.delivered),
         ),
         (metrics::SSE_EVENTS, None, load(&state.metrics.sse_events)),
+        (
+            metrics::SUBSCRIBERS,
+            Some("transport=\"ndjson\""),
+            load(&state.metrics.ndjson_subscribers),
+        ),
         (
             metrics::SUBSCRIBERS,
             Some("transport=\"ws\""),
@@ -284,7 +309,16 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             ),
         ]);
     }
+    let outbox_depth = outbox_depth(&state).await;
+    if let Some(depth) = outbox_depth {
+        samples.push((metrics::OUTBOX_DEPTH, None, depth));
+    }
     let kinds = [
+        (
+            metrics::OUTBOX_DEPTH,
+            "gauge",
+            "webhook deliveries waiting (pending or failed with a retry due), all endpoints",
+        ),
         (
             metrics::LEADER,
             "gauge",
@@ -303,7 +337,7 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
         (
             metrics::EVENTS_APPENDED,
             "counter",
-            "events appended to the log (the log's head seq)",
+            "events appended by this process, by source and type (custom types counted as `custom`)",
         ),
         (metrics::LOG_HEAD, "gauge", "the last seq in the log"),
         (
@@ -384,6 +418,36 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             "events sent on WebSocket subscriptions",
         ),
     ];
-    let text = metrics::render(&samples, &kinds);
+    let appended: Vec<(String, f64)> = state
+        .appended
+        .snapshot()
+        .into_iter()
+        .map(|(source, event_type, n)| {
+            (
+                format!("source=\"{source}\",type=\"{event_type}\""),
+                n as f64,
+            )
+        })
+        .collect();
+    for (labels, n) in &appended {
+        samples.push((metrics::EVENTS_APPENDED, Some(labels.as_str()), *n));
+    }
+    let mut text = metrics::render(&samples, &kinds);
+    let _ = writeln!(
+        text,
+        "# HELP {0} source commit to delivery: written to an SSE stream or WebSocket, or a webhook's 2xx\n# TYPE {0} histogram",
+        metrics::DELIVERY_LATENCY
+    );
+    for (transport, h) in [
+        ("sse", &state.metrics.sse_latency),
+        ("ws", &state.metrics.ws_latency),
+        ("webhook", &state.webhook_metrics.delivery_latency),
+    ] {
+        h.render(
+            &mut text,
+            metrics::DELIVERY_LATENCY,
+            &format!("transport=\"{transport}\""),
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -39,6 +39,8 @@ pub struct AppState {
     pub mongo: Vec<Arc<crate::source::mongo::MongoStatus>>,
     /// Whether this process leads (runs the sources) or stands by.
     pub role: Arc<crate::leader::Role>,
+    /// Events this process appended, per source and type.
+    pub appended: Arc<crate::log::AppendCounts>,
     pub metrics: Arc<crate::metrics::HttpMetrics>,
     /// Fires on shutdown: open streams end with their resume position.
     pub shutdown: CancellationToken,

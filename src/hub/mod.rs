@@ -33,6 +33,8 @@ pub struct LiveEvent {
     pub event_type: Arc<str>,
     /// The envelope JSON, byte for byte what the log returns for this seq.
     pub body: Bytes,
+    /// Source commit time, µs since the Unix epoch (for latency metrics).
+    pub commit_micros: i64,
 }
 
 impl LiveEvent {
@@ -232,6 +234,7 @@ mod tests {
             topic: topic.into(),
             event_type: "row.inserted".into(),
             body: Bytes::from(format!(r#"{{"seq":{seq},"data":{{"new":{{"n":{seq}}}}}}}"#)),
+            commit_micros: 0,
         })
     }
 

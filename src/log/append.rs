@@ -157,6 +157,41 @@ pub struct Appender {
     hub: Option<Arc<Hub>>,
     /// Webhook endpoints to write outbox rows for, in the append transaction.
     outbox: Option<crate::webhooks::Outbox>,
+    counts: Arc<AppendCounts>,
+}
+
+/// Events appended by this process, per source and type (custom types
+/// counted as one, `custom`, so the label set stays bounded).
+#[derive(Debug, Default)]
+pub struct AppendCounts(std::sync::Mutex<BTreeMap<SourceType, u64>>);
+
+/// (event source, event type).
+type SourceType = (Arc<str>, Arc<str>);
+
+impl AppendCounts {
+    /// `(source, type, count)`, sorted; the source without `/sluice/`.
+    pub fn snapshot(&self) -> Vec<(Arc<str>, Arc<str>, u64)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|((s, t), n)| (s.clone(), t.clone(), *n))
+            .collect()
+    }
+
+    fn add(&self, batch: &[(SourceType, u64)]) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for ((source, event_type), n) in batch {
+            let source: Arc<str> = source.strip_prefix("/sluice/").unwrap_or(source).into();
+            let event_type: Arc<str> = if event_type.starts_with(crate::event::types::CUSTOM_PREFIX)
+            {
+                "custom".into()
+            } else {
+                event_type.clone()
+            };
+            *m.entry((source, event_type)).or_default() += n;
+        }
+    }
 }
 
 /// Budget, in bytes, of items waiting for the appender.
@@ -198,6 +233,7 @@ impl Appender {
             tenants_of: HashMap::new(),
             hub,
             outbox: None,
+            counts: Arc::default(),
         };
         appender.reconnect().await?;
         let handle = AppenderHandle {
@@ -207,6 +243,11 @@ impl Appender {
             durable: durable_rx,
         };
         Ok((appender, handle))
+    }
+
+    /// Counts appended events into `counts` (read by `/metrics`).
+    pub fn set_counts(&mut self, counts: Arc<AppendCounts>) {
+        self.counts = counts;
     }
 
     /// Writes outbox rows for matching webhook endpoints from now on.
@@ -428,10 +469,17 @@ impl Appender {
                 live.push((seq, tenant.clone(), i));
             }
         };
+        // Runs of one (source, type): consecutive events mostly share it,
+        // so counting costs a comparison per event.
+        let mut counted: Vec<(SourceType, u64)> = Vec::new();
         for (i, q) in batch.iter_mut().enumerate() {
             let AppendItem::Event { event, .. } = &q.item else {
                 continue;
             };
+            match counted.last_mut() {
+                Some(((s, t), n)) if *s == event.source && *t == event.event_type => *n += 1,
+                _ => counted.push(((event.source.clone(), event.event_type.clone()), 1)),
+            }
             match (&event.audience, q.row.as_mut()) {
                 (Audience::Tenant(t), Some(row)) => {
                     copy::patch_seq(row, seq);
@@ -496,6 +544,7 @@ impl Appender {
 
         self.next_seq = seq;
         self.checkpoints = checkpoints;
+        self.counts.add(&counted);
         for (rel, t) in pairs {
             self.tenants_of.entry(rel).or_default().insert(t);
         }
@@ -519,6 +568,7 @@ impl Appender {
                         tenant,
                         topic: event.topic.clone(),
                         event_type: event.event_type.clone(),
+                        commit_micros: event.time_micros,
                     }))
                 })
                 .collect();

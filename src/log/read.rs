@@ -24,6 +24,8 @@ pub struct StoredEvent {
     pub topic: String,
     /// The envelope JSON, byte for byte what the live path sends.
     pub body: String,
+    /// Source commit time, µs since the Unix epoch.
+    pub commit_micros: i64,
 }
 
 impl StoredEvent {
@@ -61,7 +63,8 @@ fn stored(r: &Row) -> StoredEvent {
     let event_type: String = r.get(2);
     let topic: String = r.get(3);
     let time: chrono::DateTime<chrono::Utc> = r.get(8);
-    let time = format_time_micros(time.timestamp_micros());
+    let commit_micros = time.timestamp_micros();
+    let time = format_time_micros(commit_micros);
     let body = Envelope {
         seq,
         tenant: &tenant,
@@ -81,6 +84,7 @@ fn stored(r: &Row) -> StoredEvent {
         event_type,
         topic,
         body,
+        commit_micros,
     }
 }
 

@@ -45,6 +45,8 @@ pub struct WebhookMetrics {
     pub in_flight: AtomicU64,
     /// Sum of attempt latencies, in milliseconds.
     pub latency_ms_sum: AtomicU64,
+    /// Source commit → the endpoint's 2xx.
+    pub delivery_latency: crate::metrics::Histogram,
 }
 
 /// One claimed delivery.
@@ -312,6 +314,8 @@ impl Dispatcher {
         let events = crate::log::events_by_seq(&**client, &seqs)
             .await
             .map_err(|e| e.to_string())?;
+        let committed: HashMap<i64, i64> =
+            events.iter().map(|e| (e.seq, e.commit_micros)).collect();
         let bodies: HashMap<i64, Bytes> = events
             .into_iter()
             .map(|e| (e.seq, Bytes::from(e.body)))
@@ -324,8 +328,12 @@ impl Dispatcher {
             let tx = tx.clone();
             let body = bodies.get(&c.seq).cloned();
             let target = targets.get(&*c.endpoint).cloned();
+            let commit_micros = committed.get(&c.seq).copied().unwrap_or(0);
             tokio::spawn(async move {
                 let outcome = this.attempt(c, target, body).await;
+                if outcome.status == "delivered" {
+                    this.metrics.delivery_latency.observe_since(commit_micros);
+                }
                 let _ = tx.send(outcome);
             });
         }
