@@ -695,3 +695,46 @@ async fn two_dispatchers_share_the_outbox_without_double_sends() {
     other_task.await.expect("second dispatcher stops");
     stop(server, token).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_in_flight_at_shutdown_finishes_and_is_recorded() {
+    let db = TestDb::new("wh_stop");
+    write(&db, ITEMS).await;
+    let slow_ok = [("SLUICE_WEBHOOKS_TIMEOUT_MS", "10000")];
+    let (server, token) = serve(&db, &slow_ok).await;
+    let api = api(&db, &server, "acme").await;
+    // The endpoint takes a second and a half to answer 200.
+    let rx = Receiver::start(Arc::new(|_, _| {
+        Answer::Slow(Duration::from_millis(1500), 200)
+    }))
+    .await;
+    let ep = api.create(json!({"url": rx.url("/slow")})).await;
+    let id = ep["id"].as_str().expect("id").to_owned();
+    insert(&db, "acme", [1]).await;
+    rx.wait_until(PATIENCE, "the attempt started", |r| r.len() == 1)
+        .await;
+    // Stop while the request is in flight: the dispatcher waits for it.
+    stop(server, token).await;
+    let c = db.client().await;
+    let row = c
+        .query_one(
+            "SELECT status, attempts FROM sluice.webhook_deliveries WHERE webhook_id = $1",
+            &[&id],
+        )
+        .await
+        .expect("delivery");
+    let (status, attempts): (String, i32) = (row.get(0), row.get(1));
+    assert_eq!((status.as_str(), attempts), ("delivered", 1));
+    // A restart does not send it again.
+    let (server, token) = serve(&db, &slow_ok).await;
+    insert(&db, "acme", [2]).await;
+    rx.wait_until(PATIENCE, "the next event arrived", |r| r.len() == 2)
+        .await;
+    stop(server, token).await;
+    assert_eq!(
+        distinct_seqs(&rx.received()).len(),
+        2,
+        "{:?}",
+        rx.received().len()
+    );
+}
