@@ -6,6 +6,7 @@
 //! `pipeline` wires them together for `sluice serve`.
 
 pub mod auth;
+pub mod backfill;
 pub mod cli;
 pub mod config;
 pub mod deliver;

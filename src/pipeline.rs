@@ -115,6 +115,9 @@ pub struct Shared {
     pub durable: watch::Sender<Arc<Durable>>,
     /// Events appended by this process.
     pub appended: Arc<log::AppendCounts>,
+    /// Backfill chunks between the runner and the stream, and their counts.
+    pub chunks: Arc<crate::backfill::Chunks>,
+    pub backfill_metrics: Arc<crate::backfill::runner::BackfillMetrics>,
 }
 
 impl Shared {
@@ -130,6 +133,8 @@ impl Shared {
             outbox: crate::webhooks::Outbox::new(),
             durable: watch::channel(Arc::new(Durable::default())).0,
             appended: Arc::default(),
+            chunks: Arc::default(),
+            backfill_metrics: Arc::default(),
         }
     }
 }
@@ -183,13 +188,15 @@ pub async fn start_with(
         outbox,
         durable,
         appended,
+        chunks,
+        backfill_metrics,
     } = shared;
     let (mut appender, handle) =
         Appender::start_publishing(config.state_url()?, &config.appender, hub, durable).await?;
     appender.set_outbox(outbox.clone());
     appender.set_counts(appended);
     let pg_for_monitor = pg.clone();
-    let source = PgSource::new(pg, handle.clone(), stats.clone());
+    let source = PgSource::new(pg, handle.clone(), stats.clone()).with_backfills(chunks.clone());
     let checkpoint = appender.checkpoint(&source.checkpoint_key()).await?;
     let durable = handle.durable();
     // Mongo sources stop with the service, or when the Postgres source
@@ -211,7 +218,17 @@ pub async fn start_with(
 
     let flush_deadline = CancellationToken::new();
     let appender_task = tokio::spawn(appender.run(flush_deadline.clone()));
-    // The monitor stops with the other auxiliary sources.
+    // The backfill runner and the monitor stop with the auxiliary sources.
+    tokio::spawn(
+        crate::backfill::runner::Runner {
+            pg: pg_for_monitor.clone(),
+            state_url: config.state_url()?.to_owned(),
+            chunks,
+            durable: durable.clone(),
+            metrics: backfill_metrics,
+        }
+        .run(mongo_stop.clone()),
+    );
     tokio::spawn(crate::source::postgres::monitor::run(
         pg_for_monitor,
         stats.clone(),

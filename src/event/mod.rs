@@ -209,6 +209,14 @@ pub fn pg_micros_to_unix(pg: i64) -> i64 {
 }
 
 /// An LSN the way Postgres prints it: `16/B374D848`.
+/// `X/Y` (hex halves, as Postgres prints an LSN) → the LSN.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.trim().split_once('/')?;
+    let hi = u64::from_str_radix(hi, 16).ok()?;
+    let lo = u64::from_str_radix(lo, 16).ok()?;
+    (hi <= u64::from(u32::MAX) && lo <= u64::from(u32::MAX)).then_some((hi << 32) | lo)
+}
+
 pub fn format_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }

@@ -39,6 +39,14 @@ pub enum AppendItem {
         /// stored as the checkpoint in the transaction that appends it.
         token: Option<Bytes>,
     },
+    /// A backfill chunk's events were sent (just before this item): record
+    /// its progress in the same transaction.
+    BackfillChunk {
+        backfill: i64,
+        last_key: Vec<Option<String>>,
+        rows_read: u64,
+        rows_emitted: u64,
+    },
     /// A token-resumed source moved on without an event for the log (its
     /// stream's post-batch token, a filtered-out change): store it, so a
     /// restart does not rescan what was already looked at.
@@ -63,6 +71,9 @@ impl AppendItem {
             AppendItem::Event { event, .. } => 2 * event.approx_bytes(),
             AppendItem::TxEnd { .. } => 64,
             AppendItem::Progress { token, .. } => 64 + token.len(),
+            AppendItem::BackfillChunk { last_key, .. } => {
+                64 + last_key.iter().flatten().map(String::len).sum::<usize>()
+            }
         }
     }
 }
@@ -472,7 +483,13 @@ impl Appender {
         // Runs of one (source, type): consecutive events mostly share it,
         // so counting costs a comparison per event.
         let mut counted: Vec<(SourceType, u64)> = Vec::new();
+        // (item index, the seq after the chunk's events) of backfill chunks.
+        let mut chunk_ends: Vec<(usize, i64)> = Vec::new();
         for (i, q) in batch.iter_mut().enumerate() {
+            if let AppendItem::BackfillChunk { .. } = &q.item {
+                chunk_ends.push((i, seq));
+                continue;
+            }
             let AppendItem::Event { event, .. } = &q.item else {
                 continue;
             };
@@ -515,13 +532,43 @@ impl Appender {
                 checkpoint::store(&tx, source, cp).await?;
             }
         }
+        for (i, end) in chunk_ends {
+            if let Some(AppendItem::BackfillChunk {
+                backfill,
+                last_key,
+                rows_read,
+                rows_emitted,
+            }) = batch.get(i).map(|q| &q.item)
+            {
+                // The chunk's events are the `rows_emitted` seqs before `end`:
+                // the stream sends them together, just before this item.
+                let emitted = i64::try_from(*rows_emitted).unwrap_or(i64::MAX);
+                let first = (emitted > 0).then(|| end - emitted);
+                tx.execute(
+                    "UPDATE sluice.backfills SET last_key = $2, rows_read = rows_read + $3,
+                       rows_emitted = rows_emitted + $4, chunks = chunks + 1,
+                       first_seq = coalesce(first_seq, $5), updated_at = now()
+                     WHERE id = $1",
+                    &[
+                        backfill,
+                        last_key,
+                        &i64::try_from(*rows_read).unwrap_or(i64::MAX),
+                        &emitted,
+                        &first,
+                    ],
+                )
+                .await?;
+            }
+        }
         let mut outboxed = 0;
         if let Some(outbox) = &self.outbox {
             let events: Vec<(i64, &TenantId, &PendingEvent)> = live
                 .iter()
                 .filter_map(|(seq, tenant, i)| match &batch.get(*i)?.item {
                     AppendItem::Event { event, .. } => Some((*seq, tenant, event)),
-                    AppendItem::TxEnd { .. } | AppendItem::Progress { .. } => None,
+                    AppendItem::TxEnd { .. }
+                    | AppendItem::Progress { .. }
+                    | AppendItem::BackfillChunk { .. } => None,
                 })
                 .collect();
             outboxed = outbox.write(&tx, &events).await?;
@@ -611,6 +658,7 @@ fn advance_checkpoints<'a>(
                 cp.complete = true;
                 cp.token = Some(token.clone());
             }
+            AppendItem::BackfillChunk { .. } => {}
             AppendItem::TxEnd {
                 source,
                 commit_lsn,

@@ -17,6 +17,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "resume_tokens",
         include_str!("../../sql/005_resume_tokens.sql"),
     ),
+    (6, "backfills", include_str!("../../sql/006_backfills.sql")),
 ];
 
 const MIGRATE_LOCK_KEY: i64 = 0x51_75_1C_E0_00_02;

@@ -47,7 +47,8 @@ struct CachedRelation {
     resolved: ResolvedRelation,
     qualified: Arc<str>,
     tenant_index: Option<usize>,
-    topics: [Arc<str>; 4],
+    /// insert, update, delete, truncate, snapshot.
+    topics: [Arc<str>; 5],
     /// `"column":` per column, escaped.
     keys: Vec<Vec<u8>>,
     /// `{"op":"…","schema":"…","table":"…"` minus the op, which varies.
@@ -161,6 +162,7 @@ impl Normalizer {
             topic("update"),
             topic("delete"),
             topic("truncate"),
+            topic("snapshot"),
         ];
         let keys = rel
             .columns
@@ -219,36 +221,65 @@ impl Normalizer {
     }
 
     fn insert(&mut self, tx: &TxContext, pos: u64, m: &Insert) -> Outcome {
-        let Some(rel) = self.relations.get(&m.relation_id) else {
-            return Outcome::Dropped(DropReason::UnknownRelation(m.relation_id));
+        self.insert_like(tx, pos, m.relation_id, &m.new, false)
+    }
+
+    /// A row read by a snapshot or backfill (text values in the relation's
+    /// column order): a `row.snapshot` event, tagged and shaped like an
+    /// insert of the row.
+    pub fn snapshot(&mut self, tx: &TxContext, pos: u64, relation_id: u32, row: &Tuple) -> Outcome {
+        self.insert_like(tx, pos, relation_id, row, true)
+    }
+
+    /// The subject (`schema.table/key`) a row of `relation_id` has.
+    pub fn subject_of(&self, relation_id: u32, row: &Tuple) -> Option<String> {
+        self.relations
+            .get(&relation_id)
+            .map(|rel| subject(rel, row))
+    }
+
+    fn insert_like(
+        &mut self,
+        tx: &TxContext,
+        pos: u64,
+        relation_id: u32,
+        new: &Tuple,
+        snapshot: bool,
+    ) -> Outcome {
+        let Some(rel) = self.relations.get(&relation_id) else {
+            return Outcome::Dropped(DropReason::UnknownRelation(relation_id));
         };
         let Some(rule) = &rel.resolved.rule else {
             return Outcome::Ignored;
         };
-        if let Err(r) = check_shape(rel, &m.new) {
+        if let Err(r) = check_shape(rel, new) {
             return Outcome::Dropped(r);
         }
-        let tenant = match tenant_of(rel, Some(&m.new), None) {
+        let tenant = match tenant_of(rel, Some(new), None) {
             Ok(t) => t,
             Err(r) => return Outcome::Dropped(r),
         };
         let mut w = Writer::new(self.buffer(), &mut self.stats);
-        w.head("insert", rel);
-        w.key(rel, &m.new);
+        w.head(if snapshot { "snapshot" } else { "insert" }, rel);
+        w.key(rel, new);
         let mut unchanged = Vec::new();
         if !rule.fields_only {
             w.raw(b",\"new\":");
-            w.row(rel, &m.new, Image::Full, None, &mut unchanged);
+            w.row(rel, new, Image::Full, None, &mut unchanged);
         }
         w.names(rel, b"unchanged", &unchanged);
         let data = w.finish();
-        let subject = subject(rel, &m.new);
-        let topic = rel.topics[0].clone();
+        let subject = subject(rel, new);
+        let topic = rel.topics[if snapshot { 4 } else { 0 }].clone();
         self.event(
             tx,
             pos,
             Audience::Tenant(tenant),
-            types::INSERTED,
+            if snapshot {
+                types::SNAPSHOT
+            } else {
+                types::INSERTED
+            },
             topic,
             Some(subject),
             data,

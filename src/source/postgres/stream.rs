@@ -107,6 +107,17 @@ pub struct PgSource {
     appender: AppenderHandle,
     key: Arc<str>,
     pub stats: Arc<SourceStats>,
+    /// Backfill chunks waiting for their high watermark.
+    chunks: Arc<crate::backfill::Chunks>,
+}
+
+/// The changes seen between a backfill chunk's watermarks.
+#[derive(Default)]
+struct Window {
+    /// Subjects (`schema.table/key`) of changed rows.
+    changed: std::collections::HashSet<String>,
+    /// A TRUNCATE happened: the chunk may hold rows that no longer exist.
+    truncated: bool,
 }
 
 struct OpenTx {
@@ -138,7 +149,14 @@ impl PgSource {
             appender,
             key,
             stats,
+            chunks: Arc::default(),
         }
+    }
+
+    /// Takes backfill chunks from `chunks` (shared with the runner).
+    pub fn with_backfills(mut self, chunks: Arc<crate::backfill::Chunks>) -> PgSource {
+        self.chunks = chunks;
+        self
     }
 
     pub fn checkpoint_key(&self) -> Arc<str> {
@@ -203,6 +221,9 @@ impl PgSource {
         let mut normalizer = Normalizer::new(&self.cfg.event_source());
         let mut tx: Option<OpenTx> = None;
         let mut outcomes = Vec::new();
+        // Open backfill windows by chunk nonce; only windows whose low
+        // watermark was read in this session count.
+        let mut windows: HashMap<u64, Window> = HashMap::new();
         let mut first = true;
         loop {
             let ev = tokio::select! {
@@ -296,6 +317,9 @@ impl PgSource {
                             }
                             outcomes.clear();
                             normalizer.change(&open.ctx, open.changes, &msg, &mut outcomes);
+                            if !windows.is_empty() {
+                                note_changes(&mut windows, &outcomes);
+                            }
                             for o in outcomes.drain(..) {
                                 self.deliver(o, last_sent).await?;
                             }
@@ -324,6 +348,62 @@ impl PgSource {
                             self.end_tx(at, at, last_sent).await?;
                             self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
                         }
+                        continue;
+                    }
+                    if prefix == crate::backfill::MARK_PREFIX {
+                        let (Some(open), Some(mark)) =
+                            (tx.as_mut(), crate::backfill::Mark::decode(&content))
+                        else {
+                            continue;
+                        };
+                        if open.skip_all {
+                            continue;
+                        }
+                        if !mark.h {
+                            windows.insert(mark.n, Window::default());
+                            continue;
+                        }
+                        let window = windows.remove(&mark.n);
+                        let Some(chunk) = self.chunks.take(mark.n) else {
+                            continue;
+                        };
+                        let Some(window) = window.filter(|w| !w.truncated) else {
+                            // The low watermark was read in an earlier session
+                            // (or a TRUNCATE intervened): the runner reads the
+                            // chunk again.
+                            continue;
+                        };
+                        if normalizer.relation(chunk.relation.id).is_none() {
+                            let resolved = catalog
+                                .resolve(chunk.relation.clone(), Some(chunk.rule.clone()))
+                                .await?;
+                            normalizer.set_relation(resolved);
+                        }
+                        let mut emitted = 0u64;
+                        for row in &chunk.rows {
+                            let Some(subject) = normalizer.subject_of(chunk.relation.id, row)
+                            else {
+                                continue;
+                            };
+                            if window.changed.contains(&subject) {
+                                continue;
+                            }
+                            open.changes += 1;
+                            let pos = open.changes.saturating_mul(SUBS_PER_CHANGE);
+                            let o = normalizer.snapshot(&open.ctx, pos, chunk.relation.id, row);
+                            if matches!(o, Outcome::Event(_)) {
+                                emitted += 1;
+                            }
+                            self.deliver(o, last_sent).await?;
+                        }
+                        self.appender
+                            .send(AppendItem::BackfillChunk {
+                                backfill: chunk.backfill,
+                                last_key: chunk.last_key,
+                                rows_read: chunk.rows.len() as u64,
+                                rows_emitted: emitted,
+                            })
+                            .await?;
                         continue;
                     }
                     if prefix != CUSTOM_PREFIX {
@@ -441,5 +521,28 @@ impl PgSource {
         last_sent.complete = true;
         last_sent.ack_lsn = last_sent.ack_lsn.max(end_lsn);
         Ok(())
+    }
+}
+
+/// Records the rows `outcomes` changed in every open backfill window.
+fn note_changes(windows: &mut HashMap<u64, Window>, outcomes: &[Outcome]) {
+    for o in outcomes {
+        match o {
+            Outcome::Event(e) => match (&e.audience, &e.subject) {
+                (crate::event::Audience::TenantsOfRelation(_), _) => {
+                    windows.values_mut().for_each(|w| w.truncated = true);
+                }
+                (_, Some(subject)) => {
+                    for w in windows.values_mut() {
+                        w.changed.insert(subject.clone());
+                    }
+                }
+                _ => {}
+            },
+            // A change with no deliverable event (no tenant) still changed
+            // the row; its key is unknown here, so the chunk is read again.
+            Outcome::Dropped(_) => windows.values_mut().for_each(|w| w.truncated = true),
+            Outcome::Ignored => {}
+        }
     }
 }

@@ -1,0 +1,618 @@
+//! Snapshots and backfills: a captured table's existing rows as
+//! `row.snapshot` events, consistent with the change stream.
+//!
+//! The technique is DBLog's watermarks (Netflix, 2019), which Debezium's
+//! incremental snapshots also follow. For each chunk the leader's runner
+//!
+//! 1. commits a low watermark, `pg_logical_emit_message(true,
+//!    'sluice-backfill', {b, n, h: false})`;
+//! 2. reads the next chunk in primary-key order (its own snapshot, taken
+//!    after the low watermark committed);
+//! 3. hands the rows to the replication stream (`Chunks`, by nonce `n`);
+//! 4. commits a high watermark (`h: true`).
+//!
+//! The stream remembers the keys that change between the two watermarks;
+//! at the high watermark it emits the chunk's rows except those keys (their
+//! change events, already in the log, are at least as new), so no
+//! snapshot row ever follows a newer change of its key. The chunk's
+//! progress is written in the append transaction that holds its events.
+
+pub mod api;
+pub mod runner;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+
+use crate::config::PgSourceConfig;
+use crate::source::postgres::normalize::TableRule;
+use crate::source::postgres::pgoutput::{Column, Relation, ReplicaIdentity, Tuple};
+
+/// Prefix of the watermark messages.
+pub const MARK_PREFIX: &str = "sluice-backfill";
+/// Rows per chunk unless a request says otherwise.
+pub const DEFAULT_CHUNK: i32 = 2000;
+pub const MAX_CHUNK: i32 = 100_000;
+
+/// A watermark: backfill `b`, chunk nonce `n`, high (`h`) or low.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    pub b: i64,
+    pub n: u64,
+    pub h: bool,
+}
+
+impl Mark {
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("a mark serializes")
+    }
+    pub fn decode(content: &[u8]) -> Option<Mark> {
+        serde_json::from_slice(content).ok()
+    }
+}
+
+/// One chunk read by the runner, waiting for its high watermark.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub backfill: i64,
+    pub relation: Relation,
+    pub rule: TableRule,
+    /// Text values in the relation's column order (as pgoutput sends them).
+    pub rows: Vec<Tuple>,
+    /// The last row's primary-key values.
+    pub last_key: Vec<Option<String>>,
+}
+
+/// Chunks handed from the runner to the stream, by nonce.
+#[derive(Debug, Default)]
+pub struct Chunks(Mutex<HashMap<u64, Chunk>>);
+
+impl Chunks {
+    pub fn put(&self, nonce: u64, chunk: Chunk) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(nonce, chunk);
+    }
+    pub fn take(&self, nonce: u64) -> Option<Chunk> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&nonce)
+    }
+    /// Forgets the chunks of a backfill (it ended).
+    pub fn forget(&self, backfill: i64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, c| c.backfill != backfill);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error("table {0} does not exist")]
+    UnknownTable(String),
+    #[error("table {0} is not captured (it is not in source.postgres.tables)")]
+    NotCaptured(String),
+    #[error("table {0} has no primary key: a backfill reads in primary-key order")]
+    NoPrimaryKey(String),
+    #[error("invalid predicate: {0}")]
+    InvalidPredicate(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("no backfill {0}")]
+    NotFound(i64),
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+}
+
+/// `"name"` with inner quotes doubled.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `'text'` with inner quotes doubled (standard_conforming_strings is on
+/// for Sluice's sessions, so backslashes are literal).
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Checks that a `--where` predicate is one expression that cannot reach
+/// outside the parentheses it is placed in: no `;`, balanced parentheses
+/// outside strings, identifiers and comments, and no unterminated string
+/// or comment. (The server then parses it, read-only, before anything runs.)
+pub fn check_predicate(p: &str) -> Result<(), String> {
+    if p.trim().is_empty() {
+        return Err("the predicate is empty".into());
+    }
+    if p.len() > 4096 {
+        return Err("the predicate is longer than 4096 bytes".into());
+    }
+    let b = p.as_bytes();
+    let mut depth: i64 = 0;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\'' | b'"' => {
+                let q = b[i];
+                i += 1;
+                loop {
+                    match b.get(i) {
+                        None => return Err("an unterminated quoted string or identifier".into()),
+                        Some(&c) if c == q => {
+                            if b.get(i + 1) == Some(&q) {
+                                i += 2;
+                                continue;
+                            }
+                            break;
+                        }
+                        Some(_) => i += 1,
+                    }
+                }
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let mut nest = 1;
+                i += 2;
+                while nest > 0 {
+                    match (b.get(i), b.get(i + 1)) {
+                        (None, _) => return Err("an unterminated /* comment".into()),
+                        (Some(b'/'), Some(b'*')) => {
+                            nest += 1;
+                            i += 2;
+                        }
+                        (Some(b'*'), Some(b'/')) => {
+                            nest -= 1;
+                            i += 2;
+                        }
+                        _ => i += 1,
+                    }
+                }
+                continue;
+            }
+            b'$' => {
+                // A dollar-quoted string: $tag$ … $tag$ (tag: letters,
+                // digits, underscores; not a positional parameter $1).
+                let start = i;
+                let mut j = i + 1;
+                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
+                    j += 1;
+                }
+                if j < b.len()
+                    && b[j] == b'$'
+                    && !b[start + 1..j].first().is_some_and(u8::is_ascii_digit)
+                {
+                    let tag = &p[start..=j];
+                    match p[j + 1..].find(tag) {
+                        Some(end) => {
+                            i = j + 1 + end + tag.len();
+                            continue;
+                        }
+                        None => return Err("an unterminated dollar-quoted string".into()),
+                    }
+                }
+                if j > start + 1 && b[start + 1].is_ascii_digit() {
+                    return Err("parameters ($1) are not allowed".into());
+                }
+            }
+            b'(' => depth += 1,
+            b')' => {
+                depth -= 1;
+                if depth < 0 {
+                    return Err("a ')' without its '('".into());
+                }
+            }
+            b';' => return Err("';' is not allowed: one expression only".into()),
+            _ => {}
+        }
+        i += 1;
+    }
+    if depth != 0 {
+        return Err("unbalanced parentheses".into());
+    }
+    Ok(())
+}
+
+/// What a backfill needs to know of a table.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    pub relation: Relation,
+    /// `format_type` of each column, for casting key literals.
+    pub type_names: Vec<String>,
+    /// Indexes (into the columns) of the primary key, in key order.
+    pub primary_key: Vec<usize>,
+}
+
+impl TableInfo {
+    pub fn qualified(&self) -> String {
+        format!(
+            "{}.{}",
+            quote_ident(&self.relation.namespace),
+            quote_ident(&self.relation.name)
+        )
+    }
+}
+
+/// The table's columns as pgoutput describes them (generated and dropped
+/// columns left out), its types and primary key; `None` if it does not exist.
+pub async fn table_info(
+    source: &Client,
+    schema: &str,
+    table: &str,
+) -> Result<Option<TableInfo>, tokio_postgres::Error> {
+    let Some(rel) = source
+        .query_opt(
+            "SELECT c.oid, c.relreplident::text FROM pg_catalog.pg_class c
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&schema, &table],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let oid: u32 = rel.get(0);
+    let identity = match rel.get::<_, &str>(1) {
+        "f" => ReplicaIdentity::Full,
+        "n" => ReplicaIdentity::Nothing,
+        "i" => ReplicaIdentity::Index,
+        _ => ReplicaIdentity::Default,
+    };
+    let cols = source
+        .query(
+            "SELECT a.attname::text, a.atttypid, a.atttypmod,
+                    format_type(a.atttypid, a.atttypmod),
+                    coalesce(a.attnum = ANY(i.indkey::int2[]), false),
+                    array_position(i.indkey::int2[], a.attnum)
+             FROM pg_catalog.pg_attribute a
+             LEFT JOIN pg_catalog.pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+             ORDER BY a.attnum",
+            &[&oid],
+        )
+        .await?;
+    let mut columns = Vec::new();
+    let mut type_names = Vec::new();
+    let mut pk: Vec<(i32, usize)> = Vec::new();
+    for (idx, r) in cols.iter().enumerate() {
+        let in_pk: bool = r.get(4);
+        if let Some(pos) = r.get::<_, Option<i32>>(5) {
+            pk.push((pos, idx));
+        }
+        columns.push(Column {
+            is_key: in_pk || identity == ReplicaIdentity::Full,
+            name: r.get(0),
+            type_oid: r.get(1),
+            type_modifier: r.get(2),
+        });
+        type_names.push(r.get(3));
+    }
+    pk.sort();
+    Ok(Some(TableInfo {
+        relation: Relation {
+            id: oid,
+            namespace: schema.to_owned(),
+            name: table.to_owned(),
+            replica_identity: identity,
+            columns,
+        },
+        type_names,
+        primary_key: pk.into_iter().map(|(_, i)| i).collect(),
+    }))
+}
+
+/// The chunk query: rows after `after` (primary-key values), matching the
+/// predicate, in key order. The predicate sits on lines of its own inside
+/// parentheses, so a `--` comment in it ends at its line.
+pub fn chunk_sql(
+    info: &TableInfo,
+    predicate: Option<&str>,
+    after: Option<&[Option<String>]>,
+    limit: i32,
+) -> String {
+    let cols: Vec<String> = info
+        .relation
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect();
+    let key: Vec<String> = info
+        .primary_key
+        .iter()
+        .map(|&i| quote_ident(&info.relation.columns[i].name))
+        .collect();
+    let mut sql = format!(
+        "SELECT {} FROM {}\nWHERE true",
+        cols.join(", "),
+        info.qualified()
+    );
+    if let Some(after) = after {
+        let lits: Vec<String> = info
+            .primary_key
+            .iter()
+            .zip(after)
+            .map(|(&i, v)| match v {
+                Some(v) => format!("{}::{}", quote_literal(v), info.type_names[i]),
+                None => "NULL".to_owned(),
+            })
+            .collect();
+        sql.push_str(&format!(
+            " AND ({}) > ({})",
+            key.join(", "),
+            lits.join(", ")
+        ));
+    }
+    if let Some(p) = predicate {
+        sql.push_str(&format!(" AND (\n{p}\n)"));
+    }
+    sql.push_str(&format!("\nORDER BY {} LIMIT {limit}", key.join(", ")));
+    sql
+}
+
+/// A backfill as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Backfill {
+    pub id: i64,
+    pub table: String,
+    pub predicate: Option<String>,
+    pub kind: String,
+    pub status: String,
+    pub chunk_size: i32,
+    pub throttle_ms: i32,
+    pub rows_read: i64,
+    pub rows_emitted: i64,
+    pub rows_estimated: Option<i64>,
+    pub chunks: i64,
+    /// Resume a subscription from here to get the table from its beginning.
+    pub first_seq: Option<i64>,
+    pub error: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub finished_at: Option<String>,
+}
+
+const COLUMNS: &str = "id, table_name, predicate, kind, status, chunk_size, throttle_ms, rows_read,
+    rows_emitted, rows_estimated, chunks, first_seq, error, created_at, updated_at, finished_at";
+
+fn from_row(r: &tokio_postgres::Row) -> Backfill {
+    let ts =
+        |v: chrono::DateTime<chrono::Utc>| v.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    Backfill {
+        id: r.get(0),
+        table: r.get(1),
+        predicate: r.get(2),
+        kind: r.get(3),
+        status: r.get(4),
+        chunk_size: r.get(5),
+        throttle_ms: r.get(6),
+        rows_read: r.get(7),
+        rows_emitted: r.get(8),
+        rows_estimated: r.get(9),
+        chunks: r.get(10),
+        first_seq: r.get(11),
+        error: r.get(12),
+        created_at: ts(r.get(13)),
+        updated_at: ts(r.get(14)),
+        finished_at: r
+            .get::<_, Option<chrono::DateTime<chrono::Utc>>>(15)
+            .map(ts),
+    }
+}
+
+/// What a client asks for.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub table: String,
+    #[serde(default, rename = "where")]
+    pub predicate: Option<String>,
+    #[serde(default)]
+    pub chunk_size: Option<i32>,
+    #[serde(default)]
+    pub throttle_ms: Option<i32>,
+}
+
+/// Validates `req` against the captured tables and the source database
+/// (nothing runs before every check passed) and records it; the leader's
+/// runner picks it up.
+pub async fn create(
+    state: &Client,
+    source: &Client,
+    pg: &PgSourceConfig,
+    req: &Request,
+    kind: &str,
+) -> Result<Backfill, BackfillError> {
+    let (schema, table) = req
+        .table
+        .split_once('.')
+        .filter(|(s, t)| !s.is_empty() && !t.is_empty() && !t.contains('.'))
+        .ok_or_else(|| {
+            BackfillError::InvalidRequest(format!(
+                "table: expected schema.table, got {:?}",
+                req.table
+            ))
+        })?;
+    let chunk = req.chunk_size.unwrap_or(DEFAULT_CHUNK);
+    if !(1..=MAX_CHUNK).contains(&chunk) {
+        return Err(BackfillError::InvalidRequest(format!(
+            "chunk_size: expected 1 to {MAX_CHUNK}, got {chunk}"
+        )));
+    }
+    let throttle = req.throttle_ms.unwrap_or(0);
+    if !(0..=60_000).contains(&throttle) {
+        return Err(BackfillError::InvalidRequest(format!(
+            "throttle_ms: expected 0 to 60000, got {throttle}"
+        )));
+    }
+    let info = table_info(source, schema, table)
+        .await?
+        .ok_or_else(|| BackfillError::UnknownTable(req.table.clone()))?;
+    if !pg.tables.iter().any(|t| t.table == req.table) {
+        return Err(BackfillError::NotCaptured(req.table.clone()));
+    }
+    if info.primary_key.is_empty() {
+        return Err(BackfillError::NoPrimaryKey(req.table.clone()));
+    }
+    let predicate = req
+        .predicate
+        .as_deref()
+        .map(str::trim)
+        .filter(|p| !p.is_empty());
+    if let Some(p) = predicate {
+        check_predicate(p).map_err(BackfillError::InvalidPredicate)?;
+        // The server parses and resolves it (extended protocol: one
+        // statement only) without running it.
+        let sql = chunk_sql(&info, Some(p), None, 1);
+        source
+            .prepare(&sql)
+            .await
+            .map_err(|e| BackfillError::InvalidPredicate(db_message(&e)))?;
+    }
+    let estimated: Option<i64> = source
+        .query_one(
+            "SELECT CASE WHEN reltuples < 0 THEN NULL ELSE reltuples::int8 END FROM pg_catalog.pg_class WHERE oid = $1",
+            &[&info.relation.id],
+        )
+        .await?
+        .get(0);
+    let row = state
+        .query_one(
+            &format!(
+                "INSERT INTO sluice.backfills (table_name, predicate, kind, chunk_size, throttle_ms, rows_estimated, start_seq)
+                 VALUES ($1, $2, $3, $4, $5, $6,
+                   greatest((SELECT coalesce(max(seq), 0) FROM sluice.events),
+                            (SELECT coalesce(max(pruned_through), 0) FROM sluice.retention)))
+                 RETURNING {COLUMNS}"
+            ),
+            &[&req.table, &predicate, &kind, &chunk, &throttle, &estimated],
+        )
+        .await?;
+    Ok(from_row(&row))
+}
+
+/// The server's message of a database error (never the whole debug text).
+pub fn db_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_else(|| e.to_string())
+}
+
+pub async fn get(state: &Client, id: i64) -> Result<Backfill, BackfillError> {
+    state
+        .query_opt(
+            &format!("SELECT {COLUMNS} FROM sluice.backfills WHERE id = $1"),
+            &[&id],
+        )
+        .await?
+        .map(|r| from_row(&r))
+        .ok_or(BackfillError::NotFound(id))
+}
+
+pub async fn list(state: &Client) -> Result<Vec<Backfill>, BackfillError> {
+    Ok(state
+        .query(
+            &format!("SELECT {COLUMNS} FROM sluice.backfills ORDER BY id DESC LIMIT 100"),
+            &[],
+        )
+        .await?
+        .iter()
+        .map(from_row)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predicates_must_stay_one_expression() {
+        for ok in [
+            "status = 'paid'",
+            "total > 100 AND (region = 'eu' OR region = 'uk')",
+            "note = 'it''s ; fine (really'",
+            "\"Odd Col\" = 1",
+            "x = 1 -- a comment ) ;",
+            "x = 1 /* nested /* ) */ ; */",
+            "body = $q$ ; ) $q$",
+            "created_at > now() - interval '1 day'",
+        ] {
+            assert_eq!(check_predicate(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("", "empty"),
+            ("true; DROP TABLE orders", "';'"),
+            ("true) OR (true", "without its"),
+            ("(true", "unbalanced"),
+            ("x = 'open", "unterminated quoted"),
+            ("x = 1 /* open", "unterminated /*"),
+            ("x = $q$ open", "dollar-quoted"),
+            ("x = $1", "parameters"),
+        ] {
+            let err = check_predicate(bad).expect_err(bad);
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn literals_and_identifiers_are_quoted() {
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn marks_round_trip() {
+        let m = Mark {
+            b: 7,
+            n: u64::MAX,
+            h: true,
+        };
+        assert_eq!(Mark::decode(m.encode().as_bytes()), Some(m));
+        assert_eq!(Mark::decode(b"{}"), None);
+    }
+
+    #[test]
+    fn chunk_queries_page_by_key_with_the_predicate_on_its_own_lines() {
+        let info = TableInfo {
+            relation: Relation {
+                id: 1,
+                namespace: "public".into(),
+                name: "orders".into(),
+                replica_identity: ReplicaIdentity::Full,
+                columns: ["tenant", "id", "note"]
+                    .iter()
+                    .map(|n| Column {
+                        is_key: true,
+                        name: (*n).into(),
+                        type_oid: 25,
+                        type_modifier: -1,
+                    })
+                    .collect(),
+            },
+            type_names: vec!["text".into(), "integer".into(), "text".into()],
+            primary_key: vec![0, 1],
+        };
+        let first = chunk_sql(&info, None, None, 10);
+        assert_eq!(
+            first,
+            "SELECT \"tenant\", \"id\", \"note\" FROM \"public\".\"orders\"\nWHERE true\nORDER BY \"tenant\", \"id\" LIMIT 10"
+        );
+        let next = chunk_sql(
+            &info,
+            Some("note <> 'x' -- done"),
+            Some(&[Some("o'brien".into()), Some("42".into())]),
+            10,
+        );
+        assert_eq!(
+            next,
+            "SELECT \"tenant\", \"id\", \"note\" FROM \"public\".\"orders\"\nWHERE true AND (\"tenant\", \"id\") > ('o''brien'::text, '42'::integer) AND (\nnote <> 'x' -- done\n)\nORDER BY \"tenant\", \"id\" LIMIT 10"
+        );
+    }
+}
