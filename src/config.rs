@@ -59,7 +59,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     (
         "source.postgres.tables",
         "(required)",
-        "captured tables: `[{table=\"schema.table\", tenant_column=\"col\", fields_only=false}]`",
+        "captured tables: `[{table=\"schema.table\", tenant_column=\"col\", fields_only=false, snapshot=\"never\"}]` (`snapshot=\"initial\"`: existing rows as events when the slot is created)",
     ),
     (
         "source.postgres.status_interval_ms",
@@ -536,6 +536,11 @@ pub struct TableConfig {
     pub tenant_column: String,
     #[serde(default)]
     pub fields_only: bool,
+    /// `"initial"`: when the slot is created, the table's existing rows
+    /// become `row.snapshot` events before any change (`"never"`: the
+    /// default).
+    #[serde(default)]
+    pub snapshot: Option<String>,
 }
 
 impl TableConfig {
@@ -699,6 +704,18 @@ impl Config {
                     return Err(ConfigError::key(
                         format!("{key}.tenant_column"),
                         "expected the name of the column holding the tenant id",
+                    ));
+                }
+                if !matches!(
+                    t.snapshot.as_deref(),
+                    None | Some("initial") | Some("never")
+                ) {
+                    return Err(ConfigError::key(
+                        format!("{key}.snapshot"),
+                        format!(
+                            "expected \"initial\" or \"never\", got {:?}",
+                            t.snapshot.as_deref().unwrap_or("")
+                        ),
                     ));
                 }
                 if !seen.insert(t.table.clone()) {
@@ -1072,7 +1089,8 @@ collections = [
             vec![TableConfig {
                 table: "s.t".into(),
                 tenant_column: "org".into(),
-                fields_only: true
+                fields_only: true,
+                snapshot: None,
             }]
         );
     }

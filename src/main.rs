@@ -54,6 +54,28 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Backfill a captured table: its existing rows become row.snapshot
+    /// events, consistent with the change stream. The running `sluice
+    /// serve` (the leader) reads it; this command records it and shows its
+    /// progress.
+    Backfill {
+        /// The captured table, `schema.table`.
+        #[arg(long)]
+        table: String,
+        /// Only rows matching this SQL predicate (checked before anything
+        /// runs; read-only).
+        #[arg(long = "where")]
+        predicate: Option<String>,
+        /// Rows per chunk.
+        #[arg(long)]
+        chunk_size: Option<i32>,
+        /// Pause between chunks, in milliseconds.
+        #[arg(long)]
+        throttle_ms: Option<i32>,
+        /// Print the backfill's id and return at once.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Forget a MongoDB source's resume point, after its history was lost
     /// (ChangeStreamHistoryLost). The next start reads from the current
     /// time: changes in between are NOT in the log. Stop `sluice serve`
@@ -121,6 +143,21 @@ fn main() -> ExitCode {
                 from,
                 follow,
             } => sluice::cli::tail(config, tenant, from, follow).await,
+            Command::Backfill {
+                table,
+                predicate,
+                chunk_size,
+                throttle_ms,
+                no_wait,
+            } => {
+                let req = sluice::backfill::Request {
+                    table,
+                    predicate,
+                    chunk_size,
+                    throttle_ms,
+                };
+                sluice::cli::backfill(config, req, no_wait).await
+            }
             Command::MongoReset { source, accept_gap } => {
                 sluice::cli::mongo_reset(config, &source, accept_gap).await
             }

@@ -30,6 +30,10 @@ pub const WEBHOOK_IN_FLIGHT: &str = "sluice_webhook_requests_in_flight";
 pub const WEBHOOK_LATENCY_SUM: &str = "sluice_webhook_request_seconds_total";
 pub const DELIVERY_LATENCY: &str = "sluice_delivery_latency_seconds";
 pub const OUTBOX_DEPTH: &str = "sluice_webhook_outbox_depth";
+pub const BACKFILL_ROWS: &str = "sluice_backfill_rows_read_total";
+pub const BACKFILL_CHUNKS: &str = "sluice_backfill_chunks_total";
+pub const BACKFILL_RUNNING: &str = "sluice_backfill_running";
+pub const BACKFILL_PROGRESS: &str = "sluice_backfill_current_rows";
 
 /// Counters kept by the HTTP layer.
 /// Upper bounds (seconds) of the latency histogram's buckets.

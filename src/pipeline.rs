@@ -48,6 +48,8 @@ pub enum PipelineError {
     Source(#[from] SourceError),
     #[error("mongo source stopped: {0}")]
     Mongo(#[from] MongoError),
+    #[error(transparent)]
+    Initial(#[from] crate::backfill::initial::InitialError),
     #[error("a pipeline task failed: {0}")]
     Task(String),
 }
@@ -164,6 +166,34 @@ pub async fn start_with(
             what: "source",
             source,
         })?;
+    // Tables configured `snapshot = "initial"` on a slot that does not
+    // exist yet: the slot is created with an exported snapshot and their
+    // rows appended (by an appender of their own) before anything else.
+    if pg
+        .tables
+        .iter()
+        .any(|t| t.snapshot.as_deref() == Some("initial"))
+    {
+        let (mut first, handle) = Appender::start_publishing(
+            config.state_url()?,
+            &config.appender,
+            hub.clone(),
+            shared.durable.clone(),
+        )
+        .await?;
+        first.set_outbox(shared.outbox.clone());
+        first.set_counts(shared.appended.clone());
+        let flushing = tokio::spawn(first.run(CancellationToken::new()));
+        let result =
+            crate::backfill::initial::run_if_new_slot(&pg, config.state_url()?, &handle).await;
+        drop(handle);
+        flushing
+            .await
+            .map_err(|e| PipelineError::Task(e.to_string()))??;
+        for line in result? {
+            tracing::info!(action = %line, "initial snapshot");
+        }
+    }
     for line in setup::setup(&source_client, &pg)
         .await
         .map_err(PipelineError::Setup)?

@@ -146,6 +146,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Server
         mongo: shared.mongo.clone(),
         role: role.clone(),
         appended: shared.appended.clone(),
+        backfill_metrics: shared.backfill_metrics.clone(),
         metrics: Arc::default(),
         shutdown: streams.clone(),
         outbox: shared.outbox.clone(),

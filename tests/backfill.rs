@@ -214,3 +214,74 @@ async fn a_backfill_under_concurrent_writes_replays_to_the_tables_content() {
     token.cancel();
     running.wait().await.expect("stops");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initial_snapshot_precedes_every_change_and_replays_to_the_tables_content() {
+    let db = TestDb::new("initial");
+    let c = db.client().await;
+    c.batch_execute(ITEMS).await.expect("ddl");
+    c.batch_execute(
+        "INSERT INTO items SELECT g, 't' || (g % 3), 0, 'seed' FROM generate_series(1, 100000) g",
+    )
+    .await
+    .expect("seed");
+    // The writer is busy before the slot exists and while it is read.
+    let stop = CancellationToken::new();
+    let seed: u64 = rand::random();
+    println!("writer seed {seed}");
+    let w = writer(db.client().await, 100_001, stop.clone(), seed);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let config = db.config_with(
+        &[("public.items", "tenant")],
+        &[(
+            "SLUICE_SOURCE_POSTGRES_TABLES",
+            r#"[{table="public.items", tenant_column="tenant", snapshot="initial"}]"#,
+        )],
+    );
+    let token = CancellationToken::new();
+    let running = pipeline::start(&config, token.clone(), None)
+        .await
+        .expect("pipeline starts");
+    let initial = backfill::list(&c)
+        .await
+        .expect("list")
+        .into_iter()
+        .find(|b| b.kind == "initial")
+        .expect("the initial snapshot is recorded");
+    assert_eq!(initial.status, "done", "{initial:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    w.await.expect("writer");
+    drained(&c).await;
+    let snapshots = replay_matches_table(&c).await;
+    assert!(snapshots >= 99_000, "{snapshots}");
+    // Every snapshot row comes before the first change of the table.
+    let events = all_events(&c).await;
+    let last_snapshot = events
+        .iter()
+        .filter(|e| e["type"] == "row.snapshot")
+        .filter_map(|e| e["seq"].as_i64())
+        .max()
+        .expect("snapshot events");
+    let first_change = events
+        .iter()
+        .filter(|e| {
+            e["topic"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("tables/public.items/"))
+        })
+        .filter(|e| e["type"] != "row.snapshot")
+        .filter_map(|e| e["seq"].as_i64())
+        .min()
+        .expect("changes");
+    assert!(
+        last_snapshot < first_change,
+        "{last_snapshot} vs {first_change}"
+    );
+    assert_eq!(
+        last_snapshot, snapshots as i64,
+        "the snapshot is the log's beginning"
+    );
+    token.cancel();
+    running.wait().await.expect("stops");
+}

@@ -18,6 +18,7 @@
 //! progress is written in the append transaction that holds its events.
 
 pub mod api;
+pub mod initial;
 pub mod runner;
 
 use std::collections::HashMap;
@@ -371,7 +372,10 @@ pub struct Backfill {
     pub rows_emitted: i64,
     pub rows_estimated: Option<i64>,
     pub chunks: i64,
-    /// Resume a subscription from here to get the table from its beginning.
+    /// Subscribe from this seq to get the table from its beginning: every
+    /// snapshot row of this backfill and every change after it starts.
+    pub from_seq: i64,
+    /// The first snapshot event appended.
     pub first_seq: Option<i64>,
     pub error: Option<String>,
     pub created_at: String,
@@ -380,7 +384,7 @@ pub struct Backfill {
 }
 
 const COLUMNS: &str = "id, table_name, predicate, kind, status, chunk_size, throttle_ms, rows_read,
-    rows_emitted, rows_estimated, chunks, first_seq, error, created_at, updated_at, finished_at";
+    rows_emitted, rows_estimated, chunks, first_seq, error, created_at, updated_at, finished_at, start_seq";
 
 fn from_row(r: &tokio_postgres::Row) -> Backfill {
     let ts =
@@ -397,6 +401,7 @@ fn from_row(r: &tokio_postgres::Row) -> Backfill {
         rows_emitted: r.get(8),
         rows_estimated: r.get(9),
         chunks: r.get(10),
+        from_seq: r.get::<_, i64>(16) + 1,
         first_seq: r.get(11),
         error: r.get(12),
         created_at: ts(r.get(13)),

@@ -23,6 +23,10 @@ pub struct BackfillMetrics {
     pub rows_read: AtomicU64,
     pub chunks: AtomicU64,
     pub running: AtomicU64,
+    /// The running backfill's rows read so far (across restarts) and its
+    /// estimated total.
+    pub current_read: AtomicU64,
+    pub current_estimated: AtomicU64,
 }
 
 /// Why a backfill could not go on.
@@ -150,7 +154,9 @@ impl Runner {
             .url
             .parse()
             .map_err(|e: tokio_postgres::Error| Failure::Fatal(e.to_string()))?;
-        config.options(format!("{SESSION_OPTIONS} -c standard_conforming_strings=on"));
+        config.options(format!(
+            "{SESSION_OPTIONS} -c standard_conforming_strings=on"
+        ));
         config.application_name("sluice-backfill");
         let (source, conn) = config.connect(NoTls).await?;
         tokio::spawn(async move {
@@ -271,13 +277,22 @@ impl Runner {
             // The recorded key is the truth: a chunk the stream could not
             // emit (its low watermark came in an earlier session) is read
             // again.
-            let recorded: Option<Vec<Option<String>>> = state
+            let progress = state
                 .query_one(
-                    "SELECT last_key FROM sluice.backfills WHERE id = $1",
+                    "SELECT last_key, rows_read, coalesce(rows_estimated, 0), status FROM sluice.backfills WHERE id = $1",
                     &[&id],
                 )
-                .await?
-                .get(0);
+                .await?;
+            let recorded: Option<Vec<Option<String>>> = progress.get(0);
+            self.metrics.current_read.store(
+                u64::try_from(progress.get::<_, i64>(1)).unwrap_or(0),
+                Ordering::Relaxed,
+            );
+            self.metrics.current_estimated.store(
+                u64::try_from(progress.get::<_, i64>(2)).unwrap_or(0),
+                Ordering::Relaxed,
+            );
+            let status: String = progress.get(3);
             if recorded == last_key {
                 continue;
             }
@@ -286,10 +301,6 @@ impl Runner {
                 .rows_read
                 .fetch_add(read_count, Ordering::Relaxed);
             self.metrics.chunks.fetch_add(1, Ordering::Relaxed);
-            let status: String = state
-                .query_one("SELECT status FROM sluice.backfills WHERE id = $1", &[&id])
-                .await?
-                .get(0);
             if status != "running" {
                 return Ok(());
             }

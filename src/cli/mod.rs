@@ -106,6 +106,99 @@ pub async fn serve(config: Option<&Path>) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `sluice backfill --table …`: validates and records the backfill, then
+/// follows its progress (a bar on a terminal, a line every few seconds
+/// otherwise) until it ends.
+pub async fn backfill(
+    config: Option<&Path>,
+    req: crate::backfill::Request,
+    no_wait: bool,
+) -> Result<(), CliError> {
+    use crate::backfill::BackfillError;
+    use std::io::IsTerminal;
+    let config = Config::from_process(config)?;
+    let pg = config.postgres()?;
+    let (state, _) = pipeline::migrated_state(&config).await?;
+    let source = log::connect(&pg.url).await?;
+    let b = crate::backfill::create(&state, &source, pg, &req, "backfill")
+        .await
+        .map_err(|e| match e {
+            BackfillError::Db(e) => CliError::Db(e),
+            other => CliError::Usage(other.to_string()),
+        })?;
+    let estimate = b.rows_estimated.map_or_else(
+        || "an unknown number of".to_owned(),
+        |n| format!("about {n}"),
+    );
+    println!(
+        "backfill {} of {} created ({estimate} rows); subscribe from seq {} to get the table from its beginning",
+        b.id, b.table, b.from_seq
+    );
+    if no_wait {
+        return Ok(());
+    }
+    let terminal = std::io::stderr().is_terminal();
+    let mut last_line = std::time::Instant::now();
+    let mut warned = false;
+    loop {
+        let now = crate::backfill::get(&state, b.id)
+            .await
+            .map_err(|e| match e {
+                BackfillError::Db(e) => CliError::Db(e),
+                other => CliError::Usage(other.to_string()),
+            })?;
+        let total = now.rows_estimated.unwrap_or(0).max(now.rows_read).max(1);
+        let pct = (now.rows_read as f64 / total as f64 * 100.0).min(100.0);
+        if terminal {
+            let filled = (pct / 5.0) as usize;
+            eprint!(
+                "
+[{}{}] {:5.1}%  {}/{} rows, {} chunks ",
+                "#".repeat(filled),
+                " ".repeat(20 - filled.min(20)),
+                pct,
+                now.rows_read,
+                now.rows_estimated.map_or("?".to_owned(), |n| n.to_string()),
+                now.chunks
+            );
+        } else if last_line.elapsed() >= Duration::from_secs(5) || now.status != "running" {
+            last_line = std::time::Instant::now();
+            eprintln!(
+                "backfill {}: {} rows read, {} chunks, {}",
+                now.id, now.rows_read, now.chunks, now.status
+            );
+        }
+        match now.status.as_str() {
+            "done" => {
+                if terminal {
+                    eprintln!();
+                }
+                println!(
+                    "backfill {} done: {} rows read, {} snapshot events",
+                    now.id, now.rows_read, now.rows_emitted
+                );
+                return Ok(());
+            }
+            "running" => {}
+            other => {
+                if terminal {
+                    eprintln!();
+                }
+                return Err(CliError::Demo(format!(
+                    "backfill {} {other}: {}",
+                    now.id,
+                    now.error.unwrap_or_default()
+                )));
+            }
+        }
+        if now.chunks == 0 && !warned && last_line.elapsed() >= Duration::from_secs(10) {
+            warned = true;
+            eprintln!("(no chunk yet: is `sluice serve` running? The leader runs backfills.)");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// `sluice mongo-reset <source> --accept-gap`: removes the source's
 /// checkpoint so that its next start begins at the current time.
 pub async fn mongo_reset(

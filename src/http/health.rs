@@ -313,7 +313,39 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
     if let Some(depth) = outbox_depth {
         samples.push((metrics::OUTBOX_DEPTH, None, depth));
     }
+    let b = &state.backfill_metrics;
+    samples.extend([
+        (metrics::BACKFILL_ROWS, None, load(&b.rows_read)),
+        (metrics::BACKFILL_CHUNKS, None, load(&b.chunks)),
+        (metrics::BACKFILL_RUNNING, None, load(&b.running)),
+        (
+            metrics::BACKFILL_PROGRESS,
+            Some("of=\"read\""),
+            load(&b.current_read),
+        ),
+        (
+            metrics::BACKFILL_PROGRESS,
+            Some("of=\"estimated\""),
+            load(&b.current_estimated),
+        ),
+    ]);
     let kinds = [
+        (
+            metrics::BACKFILL_ROWS,
+            "counter",
+            "rows read by backfills in this process",
+        ),
+        (metrics::BACKFILL_CHUNKS, "counter", "backfill chunks appended"),
+        (
+            metrics::BACKFILL_RUNNING,
+            "gauge",
+            "1 while this process runs a backfill",
+        ),
+        (
+            metrics::BACKFILL_PROGRESS,
+            "gauge",
+            "the running backfill: rows read so far and the estimated total",
+        ),
         (
             metrics::OUTBOX_DEPTH,
             "gauge",

@@ -41,6 +41,7 @@ pub struct AppState {
     pub role: Arc<crate::leader::Role>,
     /// Events this process appended, per source and type.
     pub appended: Arc<crate::log::AppendCounts>,
+    pub backfill_metrics: Arc<crate::backfill::runner::BackfillMetrics>,
     pub metrics: Arc<crate::metrics::HttpMetrics>,
     /// Fires on shutdown: open streams end with their resume position.
     pub shutdown: CancellationToken,
@@ -223,6 +224,20 @@ pub async fn request(
     Ok((p, identity, tenant))
 }
 
+/// Parses a JSON body, naming the member at fault.
+pub fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let param = if path == "." || path.is_empty() {
+            "body".to_owned()
+        } else {
+            path
+        };
+        ApiError::bad_param(&param, e.inner().to_string())
+    })
+}
+
 /// Every route of the API.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -230,6 +245,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::deliver::ndjson::router())
         .merge(health::router())
         .merge(crate::webhooks::api::router())
+        .merge(crate::backfill::api::router())
         .merge(crate::deliver::ws::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -326,6 +326,13 @@ impl Appender {
                 }
             };
             if n == 0 {
+                // Let the next writer in at once rather than when this
+                // session's backend has gone.
+                if let Some(c) = &self.client {
+                    let _ = c
+                        .execute("SELECT pg_advisory_unlock($1)", &[&APPENDER_LOCK_KEY])
+                        .await;
+                }
                 return Ok(());
             }
             self.fill(&mut items);

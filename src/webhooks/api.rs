@@ -10,7 +10,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -18,7 +17,7 @@ use super::store::{Endpoint, COLUMNS};
 use super::{new_id, sign, ssrf};
 use crate::auth::Role;
 use crate::event::TenantId;
-use crate::http::{request, ApiError, AppState};
+use crate::http::{json_body, request, ApiError, AppState};
 use crate::log::{LogQuery, ReadScope};
 use crate::subscription::{Filter, TopicGlob};
 
@@ -99,20 +98,6 @@ struct ReplayBody {
     from_seq: Option<i64>,
     event_ids: Option<Vec<Value>>,
     status: Option<String>,
-}
-
-/// Parses a JSON body, naming the member at fault.
-fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let param = if path == "." || path.is_empty() {
-            "body".to_owned()
-        } else {
-            path
-        };
-        ApiError::bad_param(&param, e.inner().to_string())
-    })
 }
 
 async fn db(state: &AppState) -> Result<deadpool_postgres::Object, ApiError> {
@@ -231,7 +216,7 @@ async fn create(
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let (_, tenant) = tenant_of(&state, &headers, raw.as_deref(), &[]).await?;
-    let b: CreateBody = body(&bytes)?;
+    let b: CreateBody = json_body(&bytes)?;
     let url = check_url(&state, &b.url).await?;
     check_topics(&b.topics)?;
     check_filter(&b.filter)?;
@@ -318,7 +303,7 @@ async fn update(
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let (_, tenant) = tenant_of(&state, &headers, raw.as_deref(), &[]).await?;
-    let b: PatchBody = body(&bytes)?;
+    let b: PatchBody = json_body(&bytes)?;
     let client = db(&state).await?;
     let mut e = fetch(&client, &tenant, &id).await?;
     if let Some(url) = &b.url {
@@ -549,7 +534,7 @@ async fn replay(
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let (_, tenant) = tenant_of(&state, &headers, raw.as_deref(), &[]).await?;
-    let b: ReplayBody = body(&bytes)?;
+    let b: ReplayBody = json_body(&bytes)?;
     let chosen = [
         b.from_seq.is_some(),
         b.event_ids.is_some(),

@@ -69,6 +69,33 @@ pub async fn setup(
     client: &Client,
     cfg: &PgSourceConfig,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
+    let mut done = publication(client, cfg).await?;
+    let slot = cfg.slot();
+    let slot_exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?
+        .is_some();
+    if !slot_exists {
+        client
+            .query_one(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&slot],
+            )
+            .await?;
+        done.push(format!("created replication slot {slot} (pgoutput)"));
+    }
+    Ok(done)
+}
+
+/// Creates the publication (or sets its table list to the configured one).
+/// It must exist before the slot: pgoutput looks it up as of each change.
+pub async fn publication(
+    client: &Client,
+    cfg: &PgSourceConfig,
+) -> Result<Vec<String>, tokio_postgres::Error> {
     let mut done = Vec::new();
     let publication = cfg.publication();
     let tables: Vec<String> = cfg.tables.iter().map(qualified).collect();
@@ -108,23 +135,6 @@ pub async fn setup(
                 tables.join(", ")
             ));
         }
-    }
-    let slot = cfg.slot();
-    let slot_exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await?
-        .is_some();
-    if !slot_exists {
-        client
-            .query_one(
-                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                &[&slot],
-            )
-            .await?;
-        done.push(format!("created replication slot {slot} (pgoutput)"));
     }
     Ok(done)
 }

@@ -1,0 +1,257 @@
+//! The initial snapshot: when a table is configured `snapshot = "initial"`
+//! and the slot does not exist yet, the slot is created with an exported
+//! snapshot (`CREATE_REPLICATION_SLOT … EXPORT_SNAPSHOT` on a replication
+//! session) and the tables are read inside that snapshot (`SET TRANSACTION
+//! SNAPSHOT`) before the source starts. Their `row.snapshot` events thus
+//! precede every change from the slot, and together they are exactly the
+//! state at the slot's consistent point followed by every change after it.
+//!
+//! Progress is recorded per chunk like a backfill's (kind `initial`). If
+//! the process dies part-way, the exported snapshot is gone with it; the
+//! leader's runner then finishes the rest as a watermark backfill from the
+//! last recorded key, which keeps the log consistent with the stream.
+
+use std::sync::Arc;
+
+use tokio_postgres::{NoTls, SimpleQueryMessage};
+
+use super::{chunk_sql, table_info, BackfillError, Request};
+use crate::config::PgSourceConfig;
+use crate::event::{parse_lsn, SourcePosition};
+use crate::log::{AppendItem, AppenderHandle, LogError};
+use crate::source::postgres::catalog::Catalog;
+use crate::source::postgres::normalize::{Normalizer, Outcome, TableRule, TxContext};
+use crate::source::postgres::pgoutput::{Datum, Tuple};
+use crate::source::postgres::stream::{replication_config, SESSION_OPTIONS};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitialError {
+    #[error("initial snapshot of {table}: {source}")]
+    Table {
+        table: String,
+        source: BackfillError,
+    },
+    #[error("initial snapshot: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("initial snapshot: creating the slot with an exported snapshot failed: {0}")]
+    Slot(String),
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+/// Rows read per query inside the exported snapshot.
+const PAGE: i32 = 10_000;
+
+/// Creates the slot with an exported snapshot and appends the initial
+/// tables' rows, if there are such tables and the slot is new. Returns what
+/// it did (for the start-up log).
+pub async fn run_if_new_slot(
+    pg: &PgSourceConfig,
+    state_url: &str,
+    handle: &AppenderHandle,
+) -> Result<Vec<String>, InitialError> {
+    let tables: Vec<_> = pg
+        .tables
+        .iter()
+        .filter(|t| t.snapshot.as_deref() == Some("initial"))
+        .collect();
+    if tables.is_empty() {
+        return Ok(Vec::new());
+    }
+    let source = crate::log::connect_as(&pg.url, "sluice-snapshot").await?;
+    let slot = pg.slot();
+    if source
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?
+        .is_some()
+    {
+        return Ok(Vec::new());
+    }
+    for line in crate::source::postgres::setup::publication(&source, pg).await? {
+        tracing::info!(action = %line, "setup");
+    }
+    let state = crate::log::connect_as(state_url, "sluice-snapshot").await?;
+    // Record the snapshots first (cancelling any earlier attempt: without a
+    // slot it appended nothing the stream would continue from).
+    let mut jobs = Vec::new();
+    for t in &tables {
+        state
+            .execute(
+                "UPDATE sluice.backfills SET status = 'cancelled', finished_at = now()
+                 WHERE table_name = $1 AND kind = 'initial' AND status = 'running'",
+                &[&t.table],
+            )
+            .await?;
+        let req = Request {
+            table: t.table.clone(),
+            chunk_size: Some(PAGE),
+            ..Request::default()
+        };
+        let b = super::create(&state, &source, pg, &req, "initial")
+            .await
+            .map_err(|source| InitialError::Table {
+                table: t.table.clone(),
+                source,
+            })?;
+        jobs.push((b.id, (*t).clone()));
+    }
+
+    // The slot, and the snapshot of its consistent point.
+    let rc = replication_config(
+        pg,
+        pgwire_replication::Lsn::from_u64(0),
+        pgwire_replication::Lsn::from_u64(0),
+    )
+    .map_err(|e| InitialError::Slot(e.to_string()))?;
+    let mut repl = pgwire_replication::ReplicationClient::connect_gated(rc)
+        .await
+        .map_err(|e| InitialError::Slot(e.to_string()))?;
+    let rows = repl
+        .simple_query(&format!(
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
+            super::quote_ident(&slot)
+        ))
+        .await
+        .map_err(|e| InitialError::Slot(e.to_string()))?;
+    let text = |row: &[Option<bytes::Bytes>], i: usize| {
+        row.get(i)
+            .and_then(|v| v.as_ref())
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    };
+    let row = rows
+        .first()
+        .ok_or_else(|| InitialError::Slot("no answer".into()))?;
+    let consistent = text(row, 1)
+        .as_deref()
+        .and_then(parse_lsn)
+        .ok_or_else(|| InitialError::Slot("no consistent point".into()))?;
+    let snapshot = text(row, 2).ok_or_else(|| InitialError::Slot("no snapshot name".into()))?;
+    let mut done = vec![format!(
+        "created replication slot {slot} with exported snapshot {snapshot} at {}",
+        crate::event::format_lsn(consistent)
+    )];
+
+    let mut config: tokio_postgres::Config = pg.url.parse()?;
+    config.options(format!(
+        "{SESSION_OPTIONS} -c standard_conforming_strings=on"
+    ));
+    config.application_name("sluice-snapshot");
+    let (reader, conn) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    reader
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            super::quote_literal(&snapshot)
+        ))
+        .await?;
+    let mut catalog = Catalog::new(crate::log::connect_as(&pg.url, "sluice-snapshot").await?);
+    let mut normalizer = Normalizer::new(&pg.event_source());
+    let key: Arc<str> = format!("initial/{}", pg.checkpoint_key()).into();
+    let ctx = TxContext::new(0, consistent, chrono::Utc::now().timestamp_micros());
+    let mut ordinal = 0u64;
+    for (id, t) in jobs {
+        let (schema, name) = t.schema_and_name();
+        let info = table_info(&reader, schema, name)
+            .await?
+            .ok_or_else(|| InitialError::Table {
+                table: t.table.clone(),
+                source: BackfillError::UnknownTable(t.table.clone()),
+            })?;
+        let rule = TableRule {
+            tenant_column: t.tenant_column.clone(),
+            fields_only: t.fields_only,
+        };
+        normalizer.set_relation(catalog.resolve(info.relation.clone(), Some(rule)).await?);
+        let mut last_key: Option<Vec<Option<String>>> = None;
+        let mut total = 0u64;
+        loop {
+            let sql = chunk_sql(&info, None, last_key.as_deref(), PAGE);
+            let rows: Vec<Tuple> = reader
+                .simple_query(&sql)
+                .await?
+                .into_iter()
+                .filter_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => Some(Tuple(
+                        (0..r.len())
+                            .map(|i| match r.get(i) {
+                                Some(v) => Datum::Text(bytes::Bytes::copy_from_slice(v.as_bytes())),
+                                None => Datum::Null,
+                            })
+                            .collect(),
+                    )),
+                    _ => None,
+                })
+                .collect();
+            let Some(last) = rows.last() else { break };
+            let next: Vec<Option<String>> = info
+                .primary_key
+                .iter()
+                .map(|&i| match last.0.get(i) {
+                    Some(Datum::Text(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+                    _ => None,
+                })
+                .collect();
+            let mut emitted = 0u64;
+            for row in &rows {
+                ordinal += 1;
+                if let Outcome::Event(mut e) =
+                    normalizer.snapshot(&ctx, ordinal, info.relation.id, row)
+                {
+                    e.txid = None;
+                    e.position = SourcePosition {
+                        commit_lsn: consistent,
+                        ordinal,
+                    };
+                    handle
+                        .send(AppendItem::Event {
+                            source: key.clone(),
+                            event: e,
+                            token: None,
+                        })
+                        .await?;
+                    emitted += 1;
+                }
+            }
+            total += rows.len() as u64;
+            handle
+                .send(AppendItem::BackfillChunk {
+                    backfill: id,
+                    last_key: next.clone(),
+                    rows_read: rows.len() as u64,
+                    rows_emitted: emitted,
+                })
+                .await?;
+            last_key = Some(next);
+        }
+        // Done once everything sent is durable.
+        let mut durable = handle.durable();
+        loop {
+            let reached = durable
+                .borrow_and_update()
+                .checkpoints
+                .get(&key)
+                .is_some_and(|c| c.position.ordinal >= ordinal);
+            if reached || ordinal == 0 {
+                break;
+            }
+            if durable.changed().await.is_err() {
+                return Err(LogError::Closed.into());
+            }
+        }
+        state
+            .execute(
+                "UPDATE sluice.backfills SET status = 'done', updated_at = now(), finished_at = now() WHERE id = $1",
+                &[&id],
+            )
+            .await?;
+        done.push(format!("initial snapshot of {}: {total} rows", t.table));
+    }
+    reader.batch_execute("COMMIT").await?;
+    drop(repl);
+    Ok(done)
+}
