@@ -285,3 +285,264 @@ async fn an_initial_snapshot_precedes_every_change_and_replays_to_the_tables_con
     token.cancel();
     running.wait().await.expect("stops");
 }
+
+fn run_cli(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = common::proc::sluice()
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run sluice");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn slot_active(c: &tokio_postgres::Client, db: &TestDb) {
+    let slot = format!("slot_{}", db.name);
+    let start = Instant::now();
+    loop {
+        let active = c
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .expect("slot")
+            .is_some_and(|r| r.get::<_, bool>(0));
+        if active {
+            return;
+        }
+        assert!(start.elapsed() < PATIENCE, "the source never streamed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_a_backfill_it_resumes_and_completes() {
+    let db = TestDb::new("backfill_kill");
+    let c = db.client().await;
+    c.batch_execute(ITEMS).await.expect("ddl");
+    c.batch_execute(
+        "INSERT INTO items SELECT g, 't' || (g % 3), 0, 'seed' FROM generate_series(1, 60000) g",
+    )
+    .await
+    .expect("seed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = common::proc::write_config(dir.path(), &db, "public.items", "tenant", "");
+    let child = common::proc::serve(&config);
+    slot_active(&c, &db).await;
+    let stop = CancellationToken::new();
+    let seed: u64 = rand::random();
+    println!("writer seed {seed}");
+    let w = writer(db.client().await, 60_001, stop.clone(), seed);
+    let (code, out, err) = run_cli(
+        &config,
+        &[
+            "backfill",
+            "--table",
+            "public.items",
+            "--chunk-size",
+            "1000",
+            "--no-wait",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let id: i64 = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no id in {out:?}"));
+    // Kill it part-way.
+    let start = Instant::now();
+    loop {
+        let b = backfill::get(&c, id).await.expect("get");
+        if b.chunks >= 8 {
+            break;
+        }
+        assert!(start.elapsed() < PATIENCE, "no progress: {b:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(child); // SIGKILL
+    let part = backfill::get(&c, id).await.expect("get");
+    assert_eq!(part.status, "running");
+    assert!(part.rows_read < 60_000, "killed part-way: {part:?}");
+    let _child = common::proc::serve(&config);
+    let done = wait_done(&c, id).await;
+    assert_eq!(done.status, "done", "{done:?}");
+    stop.cancel();
+    w.await.expect("writer");
+    drained(&c).await;
+    let snapshots = replay_matches_table(&c).await;
+    assert!(snapshots >= 50_000, "{snapshots}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_backfill_requests_get_clear_errors_and_nothing_runs() {
+    let db = TestDb::new("backfill_bad");
+    let c = db.client().await;
+    c.batch_execute(ITEMS).await.expect("ddl");
+    c.batch_execute(
+        "CREATE TABLE other (id int PRIMARY KEY, tenant text);
+         CREATE TABLE nokey (id int, tenant text);
+         INSERT INTO items VALUES (1, 'a', 0, 'x');",
+    )
+    .await
+    .expect("ddl");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = common::proc::write_config(dir.path(), &db, "public.items", "tenant", "");
+    for (args, want) in [
+        (
+            vec!["--table", "public.nope"],
+            "table public.nope does not exist",
+        ),
+        (
+            vec!["--table", "public.other"],
+            "table public.other is not captured",
+        ),
+        (vec!["--table", "items"], "expected schema.table"),
+        (
+            vec![
+                "--table",
+                "public.items",
+                "--where",
+                "id > 1; DROP TABLE items",
+            ],
+            "';' is not allowed",
+        ),
+        (
+            vec!["--table", "public.items", "--where", "true) OR (true"],
+            "a ')' without its '('",
+        ),
+        (
+            vec!["--table", "public.items", "--where", "no_such_column = 1"],
+            "no_such_column",
+        ),
+        (
+            vec!["--table", "public.items", "--where", "id >"],
+            "invalid predicate",
+        ),
+        (
+            vec!["--table", "public.items", "--chunk-size", "0"],
+            "chunk_size: expected 1 to",
+        ),
+    ] {
+        let mut all = vec!["backfill"];
+        all.extend(args.iter());
+        all.push("--no-wait");
+        let (code, out, err) = run_cli(&config, &all);
+        assert_eq!(code, Some(2), "{args:?}: {out}{err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    // Nothing was recorded, and the table is intact.
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM sluice.backfills", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 0);
+    let rows: i64 = c
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .expect("items still exists")
+        .get(0);
+    assert_eq!(rows, 1);
+
+    // The HTTP API: admin only; the same checks, naming the parameter.
+    let server_config = db.config_with(
+        &[("public.items", "tenant")],
+        &[("SLUICE_HTTP_LISTEN", "127.0.0.1:0")],
+    );
+    let token = CancellationToken::new();
+    let server = sluice::server::start(server_config, token.clone())
+        .await
+        .expect("server");
+    let admin = sluice::auth::keys::create_key(&c, None, sluice::auth::Role::Admin, None)
+        .await
+        .expect("admin key")
+        .1;
+    let service = sluice::auth::keys::create_key(
+        &c,
+        Some(&sluice::event::TenantId::new("a").expect("valid")),
+        sluice::auth::Role::Service,
+        None,
+    )
+    .await
+    .expect("service key")
+    .1;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/v1/backfills", server.addr);
+    let post = |key: String, body: Value| {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            let r = http
+                .post(&url)
+                .bearer_auth(key)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .expect("request");
+            let status = r.status().as_u16();
+            let bytes = r.bytes().await.expect("body");
+            (
+                status,
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, _) = post(
+        service.clone(),
+        serde_json::json!({"table": "public.items"}),
+    )
+    .await;
+    assert_eq!(status, 403, "a service key may not backfill");
+    for (body, param) in [
+        (serde_json::json!({"table": "public.other"}), "table"),
+        (
+            serde_json::json!({"table": "public.items", "where": "1=1; select 1"}),
+            "where",
+        ),
+        (
+            serde_json::json!({"table": "public.items", "chunk_size": -1}),
+            "chunk_size",
+        ),
+        (
+            serde_json::json!({"table": "public.items", "bogus": 1}),
+            "bogus",
+        ),
+    ] {
+        let (status, v) = post(admin.clone(), body.clone()).await;
+        assert_eq!(status, 400, "{body}: {v}");
+        assert_eq!(v["error"]["param"], param, "{body}: {v}");
+    }
+    let (status, v) = post(
+        admin.clone(),
+        serde_json::json!({"table": "public.items", "where": "id >= 1"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_i64().expect("id");
+    let start = Instant::now();
+    loop {
+        let r = http
+            .get(format!("{url}/{id}"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .expect("get");
+        let v: Value = serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
+        if v["status"] == "done" {
+            assert_eq!(v["rows_read"], 1, "{v}");
+            break;
+        }
+        assert!(start.elapsed() < PATIENCE, "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    token.cancel();
+    server.wait().await.expect("stops");
+}

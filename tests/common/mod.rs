@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod proc;
 pub mod receiver;
 pub mod selection;
 

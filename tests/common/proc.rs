@@ -1,0 +1,98 @@
+//! Running the `sluice` binary from tests: spawned processes killed when
+//! dropped, config files, free ports, readiness by role.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::TestDb;
+
+pub fn sluice() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    // The test process's own SLUICE_ variables must not leak into the child.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SLUICE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("SLUICE_LOG", "warn");
+    cmd
+}
+
+/// A spawned `sluice`, killed when the test ends, also when it panics.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `sluice --config <config> serve`, killed when dropped.
+pub fn serve(config: &Path) -> Running {
+    Running(
+        sluice()
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sluice serve"),
+    )
+}
+
+pub fn write_config(dir: &Path, db: &TestDb, table: &str, tenant: &str, extra: &str) -> PathBuf {
+    let path = dir.join("sluice.toml");
+    let text = format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n\n[source.postgres]\nurl = \"{}\"\nslot = \"slot_{}\"\ntables = [{{ table = \"{table}\", tenant_column = \"{tenant}\" }}]\n{extra}",
+        db.url, db.name
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// A port nothing listens on right now, for a process's `http.listen`.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// `sluice serve` on `port`, its logs at `warn` on the test's stderr.
+pub fn serve_on(config: &Path, port: u16) -> Running {
+    Running(
+        sluice()
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
+            .env("SLUICE_HTTP_LISTEN", format!("127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sluice serve"),
+    )
+}
+
+/// Waits until `/readyz` answers 200 with `role`; returns the address.
+pub async fn ready_as(port: u16, role: &str) -> std::net::SocketAddr {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let start = std::time::Instant::now();
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            let r = super::http::get(addr, "/readyz", &[]).await;
+            if r.status == 200 && r.json()["role"] == role {
+                return addr;
+            }
+        }
+        assert!(
+            start.elapsed() < super::PATIENCE,
+            "port {port} never became a ready {role}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
