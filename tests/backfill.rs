@@ -40,8 +40,16 @@ fn writer(
         let mut next_id = first_new_id;
         while !stop.is_cancelled() {
             let id = rng.gen_range(1..next_id);
-            let sql = match rng.gen_range(0..10) {
+            let sql = match rng.gen_range(0..12) {
                 0 => format!("DELETE FROM items WHERE id = {id}"),
+                // The row moves to a new primary key.
+                11 => {
+                    next_id += 1;
+                    format!(
+                        "UPDATE items SET id = {}, n = n + 1 WHERE id = {id}",
+                        next_id - 1
+                    )
+                }
                 1 => {
                     next_id += 1;
                     format!(
@@ -120,6 +128,11 @@ async fn replay_matches_table(c: &tokio_postgres::Client) -> usize {
             op => {
                 if op == "snapshot" {
                     snapshots += 1;
+                }
+                // An update that moved the row: its old key is gone.
+                if let Some(old) = data["old"]["id"].as_i64().filter(|old| *old != id) {
+                    state.remove(&old);
+                    deleted.insert(old, e["seq"].as_i64().unwrap_or(0));
                 }
                 let n = data["new"]["n"].as_i64().expect("n");
                 if let Some(prev) = last_n.get(&id) {

@@ -221,6 +221,7 @@ pub async fn run_if_new_slot(
             handle
                 .send(AppendItem::BackfillChunk {
                     backfill: id,
+                    after: last_key.clone(),
                     last_key: next.clone(),
                     rows_read: rows.len() as u64,
                     rows_emitted: emitted,

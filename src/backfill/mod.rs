@@ -62,6 +62,8 @@ pub struct Chunk {
     pub rule: TableRule,
     /// Text values in the relation's column order (as pgoutput sends them).
     pub rows: Vec<Tuple>,
+    /// The key the chunk starts after (`None`: the table's start).
+    pub after: Option<Vec<Option<String>>>,
     /// The last row's primary-key values.
     pub last_key: Vec<Option<String>>,
 }

@@ -2,6 +2,7 @@
 //! chunk, with its watermarks (see the module above). Resumes after a
 //! restart from the last chunk recorded in the log's transaction.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -179,7 +180,7 @@ impl Runner {
                 fields_only: t.fields_only,
             })
             .ok_or_else(|| Failure::Fatal(format!("table {table} is no longer captured")))?;
-        let key = self.pg.checkpoint_key();
+        let mut inflight: VecDeque<InFlight> = VecDeque::new();
         loop {
             if stop.is_cancelled() {
                 return Ok(());
@@ -215,6 +216,14 @@ impl Runner {
                 })
                 .collect();
             let Some(last) = rows.last() else {
+                // The end, if every chunk in flight was recorded.
+                let Some(recorded) = self.settle(state, id, &mut inflight, stop).await? else {
+                    return Ok(());
+                };
+                if recorded != last_key {
+                    last_key = recorded;
+                    continue;
+                }
                 state
                     .execute(
                         "UPDATE sluice.backfills SET status = 'done', updated_at = now(), finished_at = now() WHERE id = $1 AND status = 'running'",
@@ -232,7 +241,7 @@ impl Runner {
                     _ => None,
                 })
                 .collect();
-            let read_count = rows.len() as u64;
+            let count = rows.len() as u64;
             self.chunks.put(
                 nonce,
                 Chunk {
@@ -240,7 +249,8 @@ impl Runner {
                     relation: info.relation.clone(),
                     rule: rule.clone(),
                     rows,
-                    last_key: next_key,
+                    after: last_key.clone(),
+                    last_key: next_key.clone(),
                 },
             );
             let high: String = source
@@ -252,64 +262,127 @@ impl Runner {
                 .get(0);
             let high = crate::event::parse_lsn(&high)
                 .ok_or_else(|| Failure::Fatal(format!("unexpected LSN {high}")))?;
-            // Wait until the stream has appended the chunk (its high
-            // watermark's transaction is acknowledged, so durable).
-            let mut durable = self.durable.clone();
-            loop {
-                let acked = durable
-                    .borrow_and_update()
-                    .checkpoints
-                    .get(key.as_str())
-                    .is_some_and(|c| c.ack_lsn > high);
-                if acked {
+            inflight.push_back(InFlight {
+                nonce,
+                high,
+                next_key: next_key.clone(),
+                count,
+            });
+            last_key = Some(next_key);
+            // Reading runs ahead of appending by up to IN_FLIGHT chunks.
+            while inflight.len() >= IN_FLIGHT {
+                let Some(oldest) = inflight.pop_front() else {
+                    break;
+                };
+                if !self.durable_past(oldest.high, stop).await? {
+                    return Ok(());
+                }
+                self.chunks.take(oldest.nonce);
+                let (recorded, status) = self.progress(state, id).await?;
+                if status != "running" {
+                    return Ok(());
+                }
+                let expected =
+                    std::iter::once(&oldest.next_key).chain(inflight.iter().map(|c| &c.next_key));
+                if !expected.into_iter().any(|k| recorded.as_ref() == Some(k)) {
+                    // The stream could not emit a chunk (its low watermark
+                    // came in an earlier session): read on from the record.
+                    let Some(recorded) = self.settle(state, id, &mut inflight, stop).await? else {
+                        return Ok(());
+                    };
+                    last_key = recorded;
                     break;
                 }
-                tokio::select! {
-                    changed = durable.changed() => {
-                        if changed.is_err() {
-                            return Err(Failure::Transient("the appender stopped".into()));
-                        }
+                self.metrics
+                    .rows_read
+                    .fetch_add(oldest.count, Ordering::Relaxed);
+                self.metrics.chunks.fetch_add(1, Ordering::Relaxed);
+                if !throttle.is_zero() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(throttle) => {}
+                        _ = stop.cancelled() => return Ok(()),
                     }
-                    _ = stop.cancelled() => return Ok(()),
-                }
-            }
-            self.chunks.take(nonce);
-            // The recorded key is the truth: a chunk the stream could not
-            // emit (its low watermark came in an earlier session) is read
-            // again.
-            let progress = state
-                .query_one(
-                    "SELECT last_key, rows_read, coalesce(rows_estimated, 0), status FROM sluice.backfills WHERE id = $1",
-                    &[&id],
-                )
-                .await?;
-            let recorded: Option<Vec<Option<String>>> = progress.get(0);
-            self.metrics.current_read.store(
-                u64::try_from(progress.get::<_, i64>(1)).unwrap_or(0),
-                Ordering::Relaxed,
-            );
-            self.metrics.current_estimated.store(
-                u64::try_from(progress.get::<_, i64>(2)).unwrap_or(0),
-                Ordering::Relaxed,
-            );
-            let status: String = progress.get(3);
-            if recorded == last_key {
-                continue;
-            }
-            last_key = recorded;
-            self.metrics
-                .rows_read
-                .fetch_add(read_count, Ordering::Relaxed);
-            self.metrics.chunks.fetch_add(1, Ordering::Relaxed);
-            if status != "running" {
-                return Ok(());
-            }
-            if !throttle.is_zero() {
-                tokio::select! {
-                    _ = tokio::time::sleep(throttle) => {}
-                    _ = stop.cancelled() => return Ok(()),
                 }
             }
         }
     }
+
+    /// Waits until the source's acknowledged position passes `high` (the
+    /// chunk's high watermark transaction is in the log); false on `stop`.
+    async fn durable_past(&self, high: u64, stop: &CancellationToken) -> Result<bool, Failure> {
+        let key = self.pg.checkpoint_key();
+        let mut durable = self.durable.clone();
+        loop {
+            let acked = durable
+                .borrow_and_update()
+                .checkpoints
+                .get(key.as_str())
+                .is_some_and(|c| c.ack_lsn > high);
+            if acked {
+                return Ok(true);
+            }
+            tokio::select! {
+                changed = durable.changed() => {
+                    if changed.is_err() {
+                        return Err(Failure::Transient("the appender stopped".into()));
+                    }
+                }
+                _ = stop.cancelled() => return Ok(false),
+            }
+        }
+    }
+
+    /// The recorded key and status (and the progress metrics updated).
+    async fn progress(
+        &self,
+        state: &Client,
+        id: i64,
+    ) -> Result<(Option<Vec<Option<String>>>, String), Failure> {
+        let row = state
+            .query_one(
+                "SELECT last_key, rows_read, coalesce(rows_estimated, 0), status FROM sluice.backfills WHERE id = $1",
+                &[&id],
+            )
+            .await?;
+        self.metrics.current_read.store(
+            u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+            Ordering::Relaxed,
+        );
+        self.metrics.current_estimated.store(
+            u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
+            Ordering::Relaxed,
+        );
+        Ok((row.get(0), row.get(3)))
+    }
+
+    /// Waits until every chunk in flight is in the log; returns the
+    /// recorded key (`None` on `stop`).
+    async fn settle(
+        &self,
+        state: &Client,
+        id: i64,
+        inflight: &mut VecDeque<InFlight>,
+        stop: &CancellationToken,
+    ) -> Result<Option<Option<Vec<Option<String>>>>, Failure> {
+        while let Some(c) = inflight.pop_front() {
+            if !self.durable_past(c.high, stop).await? {
+                return Ok(None);
+            }
+            self.chunks.take(c.nonce);
+            self.metrics.rows_read.fetch_add(c.count, Ordering::Relaxed);
+            self.metrics.chunks.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Some(self.progress(state, id).await?.0))
+    }
 }
+
+/// A chunk handed to the stream, not yet known to be in the log.
+struct InFlight {
+    nonce: u64,
+    high: u64,
+    next_key: Vec<Option<String>>,
+    count: u64,
+}
+
+/// Chunks read ahead of the log.
+const IN_FLIGHT: usize = 3;

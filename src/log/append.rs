@@ -43,6 +43,10 @@ pub enum AppendItem {
     /// its progress in the same transaction.
     BackfillChunk {
         backfill: i64,
+        /// The key the chunk starts after (`None`: the table's start):
+        /// progress is recorded only if it is where the backfill stood, so
+        /// a chunk emitted after a dropped one never skips it.
+        after: Option<Vec<Option<String>>>,
         last_key: Vec<Option<String>>,
         rows_read: u64,
         rows_emitted: u64,
@@ -542,6 +546,7 @@ impl Appender {
         for (i, end) in chunk_ends {
             if let Some(AppendItem::BackfillChunk {
                 backfill,
+                after,
                 last_key,
                 rows_read,
                 rows_emitted,
@@ -555,13 +560,14 @@ impl Appender {
                     "UPDATE sluice.backfills SET last_key = $2, rows_read = rows_read + $3,
                        rows_emitted = rows_emitted + $4, chunks = chunks + 1,
                        first_seq = coalesce(first_seq, $5), updated_at = now()
-                     WHERE id = $1",
+                     WHERE id = $1 AND last_key IS NOT DISTINCT FROM $6",
                     &[
                         backfill,
                         last_key,
                         &i64::try_from(*rows_read).unwrap_or(i64::MAX),
                         &emitted,
                         &first,
+                        after,
                     ],
                 )
                 .await?;

@@ -319,6 +319,23 @@ impl PgSource {
                             normalizer.change(&open.ctx, open.changes, &msg, &mut outcomes);
                             if !windows.is_empty() {
                                 note_changes(&mut windows, &outcomes);
+                                // An update that moved the row to another
+                                // key changed the old key's row too.
+                                if let Message::Update(u) = &msg {
+                                    if let Some(
+                                        pgoutput::OldTuple::Key(old)
+                                        | pgoutput::OldTuple::Full(old),
+                                    ) = &u.old
+                                    {
+                                        if let Some(subject) =
+                                            normalizer.subject_of(u.relation_id, old)
+                                        {
+                                            for w in windows.values_mut() {
+                                                w.changed.insert(subject.clone());
+                                            }
+                                        }
+                                    }
+                                }
                             }
                             for o in outcomes.drain(..) {
                                 self.deliver(o, last_sent).await?;
@@ -399,6 +416,7 @@ impl PgSource {
                         self.appender
                             .send(AppendItem::BackfillChunk {
                                 backfill: chunk.backfill,
+                                after: chunk.after,
                                 last_key: chunk.last_key,
                                 rows_read: chunk.rows.len() as u64,
                                 rows_emitted: emitted,

@@ -1,0 +1,218 @@
+//! Backfill benchmark: how fast a running `sluice serve` turns an existing
+//! table into `row.snapshot` events, against `COPY (SELECT … ORDER BY id)
+//! TO STDOUT` reading the same table raw into /dev/null (R), and how a
+//! running backfill affects the latency of live changes (source commit →
+//! appended to the log) compared with no backfill, in one run.
+//!
+//! `cargo bench --bench backfill -- [--rows N] [--chunk N] [--rate R]`
+//! (scripts/bench-backfill.sh installs Postgres if needed and runs this).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice::localpg::LocalPg;
+
+mod common;
+use common::{free_port, num_arg, psql, Guard};
+
+/// Commits one row per transaction into `live` at `rate` rows/s until
+/// `stop`; returns how many.
+fn live_writer(
+    url: String,
+    rate: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let c = sluice::log::connect(&url).await.expect("writer connects");
+            let every = Duration::from_micros(1_000_000 / rate.max(1));
+            let mut tick = tokio::time::interval(every);
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                c.execute("INSERT INTO live (tenant) VALUES ('acme')", &[])
+                    .await
+                    .expect("live insert");
+                n += 1;
+            }
+            n
+        })
+    })
+}
+
+/// p50, p99 and max (ms) of commit → appended for `live` rows appended
+/// after `from_seq` (and up to `to_seq`).
+fn latency(pg: &LocalPg, db: &str, from_seq: i64, to_seq: i64) -> String {
+    psql(
+        pg,
+        db,
+        &format!(
+            "SELECT count(*) || ' rows: p50 ' || round((percentile_cont(0.5) WITHIN GROUP (ORDER BY d))::numeric, 2)
+                 || ' ms, p99 ' || round((percentile_cont(0.99) WITHIN GROUP (ORDER BY d))::numeric, 2)
+                 || ' ms, max ' || round(max(d)::numeric, 2) || ' ms'
+             FROM (SELECT extract(epoch FROM appended_at - commit_time) * 1000 AS d
+                   FROM sluice.events WHERE seq > {from_seq} AND seq <= {to_seq}
+                   AND topic = 'tables/public.live/insert') x"
+        ),
+    )
+    .trim()
+    .to_owned()
+}
+
+fn head(pg: &LocalPg, db: &str) -> i64 {
+    psql(pg, db, "SELECT coalesce(max(seq), 0) FROM sluice.events")
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+fn main() {
+    let rows = num_arg("--rows", 1_000_000);
+    let chunk = num_arg("--chunk", 10_000);
+    let rate = num_arg("--rate", 200);
+    eprintln!("starting a throwaway cluster…");
+    let pg = LocalPg::start().expect("start Postgres");
+    let db = pg.create_database("bench").expect("db");
+    psql(
+        &pg,
+        &db,
+        "CREATE TABLE bench (id bigint PRIMARY KEY, tenant text NOT NULL, note text, amount numeric(12,2),
+                             at timestamptz, meta jsonb);
+         ALTER TABLE bench REPLICA IDENTITY FULL;
+         CREATE TABLE live (id bigserial PRIMARY KEY, tenant text NOT NULL);
+         ALTER TABLE live REPLICA IDENTITY FULL;",
+    );
+    eprintln!("filling {rows} rows…");
+    psql(
+        &pg,
+        &db,
+        &format!(
+            "INSERT INTO bench SELECT g, 't' || (g % 50), repeat('n', 40) || g, g * 1.25,
+                    now() - g * interval '1 second', jsonb_build_object('k', g, 'tags', jsonb_build_array('a', 'b'))
+             FROM generate_series(1, {rows}) g;
+             VACUUM ANALYZE bench;"
+        ),
+    );
+
+    // R: the same rows in key order, read raw by psql into /dev/null (warm).
+    let raw = || {
+        let t = Instant::now();
+        let status = Command::new(pg.bin_dir().join("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-d",
+                &pg.url(&db),
+                "-c",
+                "COPY (SELECT * FROM bench ORDER BY id) TO STDOUT",
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .expect("psql");
+        assert!(status.success());
+        t.elapsed().as_secs_f64()
+    };
+    raw();
+    let raw_secs = raw();
+    eprintln!(
+        "raw COPY read: {raw_secs:.2} s ({:.0} rows/s)",
+        rows as f64 / raw_secs
+    );
+
+    let port = free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command
+        .arg("serve")
+        .env("SLUICE_SOURCE_POSTGRES_URL", pg.url(&db))
+        .env(
+            "SLUICE_SOURCE_POSTGRES_TABLES",
+            r#"[{table="public.bench", tenant_column="tenant"}, {table="public.live", tenant_column="tenant"}]"#,
+        )
+        .env("SLUICE_HTTP_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SLUICE_LOG", "warn");
+    let _sluice = Guard {
+        child: command.stdin(Stdio::null()).spawn().expect("spawn sluice"),
+        name: "sluice",
+        grace: Duration::from_secs(30),
+    };
+    // Streaming once the slot is active.
+    let start = Instant::now();
+    while psql(
+        &pg,
+        &db,
+        "SELECT count(*) FROM pg_replication_slots WHERE active",
+    )
+    .trim()
+        != "1"
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "sluice never streamed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Live changes alone.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let before = head(&pg, &db);
+    let w = live_writer(pg.url(&db), rate, stop.clone());
+    std::thread::sleep(Duration::from_secs(10));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let n = w.join().expect("writer");
+    std::thread::sleep(Duration::from_secs(1));
+    let quiet_to = head(&pg, &db);
+    let quiet = latency(&pg, &db, before, quiet_to);
+    eprintln!("{n} live rows at {rate}/s without a backfill: {quiet}");
+
+    // The backfill, with the same live writes going on.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let w = live_writer(pg.url(&db), rate, stop.clone());
+    let t = Instant::now();
+    let id = psql(
+        &pg,
+        &db,
+        &format!(
+            "INSERT INTO sluice.backfills (table_name, chunk_size, start_seq) VALUES ('public.bench', {chunk}, {quiet_to}) RETURNING id"
+        ),
+    );
+    let id = id.trim().lines().next().unwrap_or("").trim().to_owned();
+    loop {
+        let status = psql(
+            &pg,
+            &db,
+            &format!("SELECT status FROM sluice.backfills WHERE id = {id}"),
+        );
+        match status.trim() {
+            "done" => break,
+            "running" => {}
+            other => panic!("backfill {other}"),
+        }
+        assert!(t.elapsed() < Duration::from_secs(3600), "backfill too slow");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let secs = t.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let n = w.join().expect("writer");
+    std::thread::sleep(Duration::from_secs(1));
+    let busy = latency(&pg, &db, quiet_to, head(&pg, &db));
+    let emitted = psql(
+        &pg,
+        &db,
+        &format!("SELECT rows_emitted FROM sluice.backfills WHERE id = {id}"),
+    );
+    let rate_s = rows as f64 / secs;
+    let rate_r = rows as f64 / raw_secs;
+    println!("rows: {rows}, chunk: {chunk}");
+    println!("raw COPY read (R): {raw_secs:.2} s, {rate_r:.0} rows/s");
+    println!(
+        "sluice backfill: {secs:.2} s, {rate_s:.0} rows/s ({} snapshot events appended), ratio {:.2} (target >= 0.5)",
+        emitted.trim(),
+        rate_s / rate_r
+    );
+    println!("live changes, commit to appended, {rate}/s: without a backfill {quiet}");
+    println!("live changes, commit to appended, {rate}/s: during the backfill ({n} rows) {busy}");
+}
