@@ -239,6 +239,16 @@ pub mod types {
 mod tests {
     use super::*;
 
+    #[test]
+    fn lsns_parse_as_postgres_prints_them() {
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(parse_lsn(&format_lsn(0x1_0000_0002)), Some(0x1_0000_0002));
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        for bad in ["", "16", "x/1", "1/100000000"] {
+            assert_eq!(parse_lsn(bad), None, "{bad}");
+        }
+    }
+
     fn pending(data: &str) -> PendingEvent {
         PendingEvent {
             audience: Audience::Tenant(TenantId::new("acme").expect("valid")),

@@ -808,6 +808,41 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_rows_are_tagged_and_shaped_like_inserts() {
+        let mut n = Normalizer::new("/sluice/pg/main");
+        n.set_relation(rel(ReplicaIdentity::Default, false));
+        let row = t(&[Some("42"), Some("acme"), Some("new"), None]);
+        let o = n.snapshot(&tx(), 5, 7, &row);
+        let (e, d) = data(&o);
+        assert_eq!(
+            e.audience,
+            Audience::Tenant(TenantId::new("acme").expect("valid"))
+        );
+        assert_eq!(&*e.topic, "tables/public.orders/snapshot");
+        assert_eq!(&*e.event_type, "row.snapshot");
+        assert_eq!(e.subject.as_deref(), Some("public.orders/42"));
+        assert_eq!(n.subject_of(7, &row).as_deref(), Some("public.orders/42"));
+        assert_eq!(
+            d,
+            serde_json::json!({"op":"snapshot","schema":"public","table":"orders","key":{"id":42},
+                "new":{"id":42,"tenant_id":"acme","status":"new","blob":null}})
+        );
+        // fields_only: the key only; no tenant: no event.
+        let mut n = Normalizer::new("/sluice/pg/main");
+        n.set_relation(rel(ReplicaIdentity::Default, true));
+        let (_, d) = data(&n.snapshot(&tx(), 5, 7, &row));
+        assert_eq!(
+            d,
+            serde_json::json!({"op":"snapshot","schema":"public","table":"orders","key":{"id":42}})
+        );
+        let orphan = t(&[Some("43"), None, Some("x"), None]);
+        assert!(matches!(
+            n.snapshot(&tx(), 6, 7, &orphan),
+            Outcome::Dropped(_)
+        ));
+    }
+
+    #[test]
     fn insert_is_tagged_with_the_rows_tenant() {
         let mut n = Normalizer::new("/sluice/pg/main");
         n.set_relation(rel(ReplicaIdentity::Default, false));
