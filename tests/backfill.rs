@@ -556,6 +556,55 @@ async fn bad_backfill_requests_get_clear_errors_and_nothing_runs() {
         assert!(start.elapsed() < PATIENCE, "{v}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let cancel = |id: i64| {
+        let http = http.clone();
+        let url = format!("{url}/{id}/cancel");
+        let admin = admin.clone();
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(admin)
+                .send()
+                .await
+                .expect("cancel");
+            let status = r.status().as_u16();
+            let v: Value =
+                serde_json::from_slice(&r.bytes().await.expect("body")).unwrap_or(Value::Null);
+            (status, v)
+        }
+    };
+    let (status, v) = cancel(id).await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (409, &Value::from("not_running")),
+        "{v}"
+    );
+    assert_eq!(cancel(987_654).await.0, 404);
+    // A throttled backfill, cancelled while it runs, ends as cancelled.
+    c.batch_execute("INSERT INTO items SELECT g, 'a', 0, 'x' FROM generate_series(2, 50) g")
+        .await
+        .expect("rows");
+    let (status, v) = post(
+        admin.clone(),
+        serde_json::json!({"table": "public.items", "chunk_size": 1, "throttle_ms": 60000}),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let slow = v["id"].as_i64().expect("id");
+    let start = Instant::now();
+    while backfill::get(&c, slow).await.expect("get").chunks < 1 {
+        assert!(start.elapsed() < PATIENCE, "no chunk");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, v) = cancel(slow).await;
+    assert_eq!(
+        (status, v["status"].as_str()),
+        (200, Some("cancelled")),
+        "{v}"
+    );
+    let after = backfill::get(&c, slow).await.expect("get");
+    assert_eq!(after.status, "cancelled");
+    assert!(after.rows_read < 50, "{after:?}");
     token.cancel();
     server.wait().await.expect("stops");
 }

@@ -16,6 +16,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/backfills", post(create).get(list))
         .route("/v1/backfills/{id}", get(read))
+        .route("/v1/backfills/{id}/cancel", post(cancel))
 }
 
 /// Only an admin credential passes; no other query parameter is accepted.
@@ -84,6 +85,33 @@ async fn list(
         .map_err(|e| ApiError::unavailable("the state database", e))?;
     let all = super::list(&db).await.map_err(api_error)?;
     Ok(Json(serde_json::json!({ "backfills": all })))
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<super::Backfill>, ApiError> {
+    admin(&state, &headers, raw.as_deref()).await?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("no backfill {id:?}")))?;
+    let db = state
+        .pool
+        .get()
+        .await
+        .map_err(|e| ApiError::unavailable("the state database", e))?;
+    match super::cancel(&db, id).await.map_err(api_error)? {
+        Some(b) => Ok(Json(b)),
+        None => Err(ApiError {
+            status: StatusCode::CONFLICT,
+            code: "not_running",
+            param: None,
+            message: format!("backfill {id} is not running"),
+            extra: None,
+        }),
+    }
 }
 
 async fn read(

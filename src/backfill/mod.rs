@@ -523,6 +523,24 @@ pub async fn get(state: &Client, id: i64) -> Result<Backfill, BackfillError> {
         .ok_or(BackfillError::NotFound(id))
 }
 
+/// Cancels a running backfill (the runner stops after its current chunk);
+/// `Ok(None)` when it is not running.
+pub async fn cancel(state: &Client, id: i64) -> Result<Option<Backfill>, BackfillError> {
+    let row = state
+        .query_opt(
+            &format!(
+                "UPDATE sluice.backfills SET status = 'cancelled', updated_at = now(), finished_at = now()
+                 WHERE id = $1 AND status = 'running' RETURNING {COLUMNS}"
+            ),
+            &[&id],
+        )
+        .await?;
+    match row {
+        Some(r) => Ok(Some(from_row(&r))),
+        None => get(state, id).await.map(|_| None),
+    }
+}
+
 pub async fn list(state: &Client) -> Result<Vec<Backfill>, BackfillError> {
     Ok(state
         .query(

@@ -181,6 +181,9 @@ impl Runner {
             })
             .ok_or_else(|| Failure::Fatal(format!("table {table} is no longer captured")))?;
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
+        // Throttled backfills read one chunk at a time, so the pause is
+        // between every two chunks.
+        let depth = if throttle.is_zero() { IN_FLIGHT } else { 1 };
         loop {
             if stop.is_cancelled() {
                 return Ok(());
@@ -270,7 +273,7 @@ impl Runner {
             });
             last_key = Some(next_key);
             // Reading runs ahead of appending by up to IN_FLIGHT chunks.
-            while inflight.len() >= IN_FLIGHT {
+            while inflight.len() >= depth {
                 let Some(oldest) = inflight.pop_front() else {
                     break;
                 };
