@@ -17,6 +17,16 @@ pub const ITEMS: &str =
     "CREATE TABLE items (id int PRIMARY KEY, tenant text NOT NULL, n int NOT NULL, note text);
                          ALTER TABLE items REPLICA IDENTITY FULL;";
 
+/// The writer's seed: `SLUICE_TEST_SEED` to replay a failure, else random.
+fn seed() -> u64 {
+    let seed = std::env::var("SLUICE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("writer seed {seed} (rerun with SLUICE_TEST_SEED={seed})");
+    seed
+}
+
 async fn start(db: &TestDb) -> (Pipeline, CancellationToken) {
     let config = db.config(&[("public.items", "tenant")]);
     let token = CancellationToken::new();
@@ -197,8 +207,7 @@ async fn a_backfill_under_concurrent_writes_replays_to_the_tables_content() {
     .expect("seed");
     let (running, token) = start(&db).await;
     let stop = CancellationToken::new();
-    let seed: u64 = rand::random();
-    println!("writer seed {seed}");
+    let seed = seed();
     let w = writer(db.client().await, 100_001, stop.clone(), seed);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let config = db.config(&[("public.items", "tenant")]);
@@ -240,8 +249,7 @@ async fn an_initial_snapshot_precedes_every_change_and_replays_to_the_tables_con
     .expect("seed");
     // The writer is busy before the slot exists and while it is read.
     let stop = CancellationToken::new();
-    let seed: u64 = rand::random();
-    println!("writer seed {seed}");
+    let seed = seed();
     let w = writer(db.client().await, 100_001, stop.clone(), seed);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let config = db.config_with(
@@ -349,8 +357,7 @@ async fn killed_during_a_backfill_it_resumes_and_completes() {
     let child = common::proc::serve(&config);
     slot_active(&c, &db).await;
     let stop = CancellationToken::new();
-    let seed: u64 = rand::random();
-    println!("writer seed {seed}");
+    let seed = seed();
     let w = writer(db.client().await, 60_001, stop.clone(), seed);
     let (code, out, err) = run_cli(
         &config,

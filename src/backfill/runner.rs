@@ -196,8 +196,32 @@ impl Runner {
                     &[&MARK_PREFIX, &mark(false)],
                 )
                 .await?;
-            // The chunk's own snapshot starts after the low watermark
-            // committed; read-only, whatever the predicate calls.
+            // A transaction whose commit record precedes the low watermark
+            // in the WAL can still be invisible for a moment after it (its
+            // commit is not yet in the process array): its change is before
+            // the window but not in the chunk. So wait until every
+            // transaction in progress after the low watermark has ended;
+            // then the chunk's snapshot sees all that precede it.
+            let after_low: String = source
+                .query_one("SELECT pg_current_snapshot()::text", &[])
+                .await?
+                .get(0);
+            loop {
+                let busy: i64 = source
+                    .query_one(
+                        "SELECT count(*) FROM pg_snapshot_xip($1::text::pg_snapshot) x
+                         WHERE pg_xact_status(x) = 'in progress'",
+                        &[&after_low],
+                    )
+                    .await?
+                    .get(0);
+                if busy == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            // The chunk's own snapshot, read-only whatever the predicate
+            // calls.
             let sql = chunk_sql(&info, predicate, last_key.as_deref(), chunk_size);
             source
                 .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
