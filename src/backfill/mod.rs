@@ -6,8 +6,10 @@
 //!
 //! 1. commits a low watermark, `pg_logical_emit_message(true,
 //!    'sluice-backfill', {b, n, h: false})`;
-//! 2. reads the next chunk in primary-key order (its own snapshot, taken
-//!    after the low watermark committed);
+//! 2. waits until the transactions in progress just after the low
+//!    watermark have ended (one whose commit record precedes it can be
+//!    invisible for a moment), then reads the next chunk in primary-key
+//!    order in a snapshot of its own;
 //! 3. hands the rows to the replication stream (`Chunks`, by nonce `n`);
 //! 4. commits a high watermark (`h: true`).
 //!
