@@ -116,8 +116,23 @@ pub struct PgSource {
 struct Window {
     /// Subjects (`schema.table/key`) of changed rows.
     changed: std::collections::HashSet<String>,
-    /// A TRUNCATE happened: the chunk may hold rows that no longer exist.
+    /// A TRUNCATE or an unattributable change happened, or too many rows
+    /// changed to remember: the chunk is read again rather than emitted.
     truncated: bool,
+}
+
+impl Window {
+    fn note(&mut self, subject: &str) {
+        if self.truncated {
+            return;
+        }
+        if self.changed.len() >= MAX_WINDOW_KEYS {
+            self.changed = std::collections::HashSet::new();
+            self.truncated = true;
+            return;
+        }
+        self.changed.insert(subject.to_owned());
+    }
 }
 
 struct OpenTx {
@@ -331,7 +346,7 @@ impl PgSource {
                                             normalizer.subject_of(u.relation_id, old)
                                         {
                                             for w in windows.values_mut() {
-                                                w.changed.insert(subject.clone());
+                                                w.note(&subject);
                                             }
                                         }
                                     }
@@ -377,6 +392,11 @@ impl PgSource {
                             continue;
                         }
                         if !mark.h {
+                            // Windows whose high watermark never comes (the
+                            // runner failed between the two) must not pile up.
+                            if windows.len() >= MAX_WINDOWS {
+                                windows.clear();
+                            }
                             windows.insert(mark.n, Window::default());
                             continue;
                         }
@@ -542,6 +562,13 @@ impl PgSource {
     }
 }
 
+/// Open backfill windows kept at most (the runner has at most a few chunks
+/// in flight; more means some high watermarks will never come).
+const MAX_WINDOWS: usize = 16;
+/// Changed rows remembered per window; a window that saw more is given up
+/// and its chunk read again (memory stays bounded under any write load).
+const MAX_WINDOW_KEYS: usize = 1_000_000;
+
 /// Records the rows `outcomes` changed in every open backfill window.
 fn note_changes(windows: &mut HashMap<u64, Window>, outcomes: &[Outcome]) {
     for o in outcomes {
@@ -552,7 +579,7 @@ fn note_changes(windows: &mut HashMap<u64, Window>, outcomes: &[Outcome]) {
                 }
                 (_, Some(subject)) => {
                     for w in windows.values_mut() {
-                        w.changed.insert(subject.clone());
+                        w.note(subject);
                     }
                 }
                 _ => {}
