@@ -17,6 +17,17 @@ pub const ITEMS: &str =
     "CREATE TABLE items (id int PRIMARY KEY, tenant text NOT NULL, n int NOT NULL, note text);
                          ALTER TABLE items REPLICA IDENTITY FULL;";
 
+/// Creates `items` with rows 1..=n (tenants t0..t2, `n` = 0).
+async fn seed_items(c: &tokio_postgres::Client, n: i32) {
+    c.batch_execute(ITEMS).await.expect("ddl");
+    c.execute(
+        "INSERT INTO items SELECT g, 't' || (g % 3), 0, 'seed' FROM generate_series(1, $1) g",
+        &[&n],
+    )
+    .await
+    .expect("seed");
+}
+
 /// The writer's seed: `SLUICE_TEST_SEED` to replay a failure, else random.
 fn seed() -> u64 {
     let seed = std::env::var("SLUICE_TEST_SEED")
@@ -199,12 +210,7 @@ async fn wait_done(state: &tokio_postgres::Client, id: i64) -> backfill::Backfil
 async fn a_backfill_under_concurrent_writes_replays_to_the_tables_content() {
     let db = TestDb::new("backfill");
     let c = db.client().await;
-    c.batch_execute(ITEMS).await.expect("ddl");
-    c.batch_execute(
-        "INSERT INTO items SELECT g, 't' || (g % 3), 0, 'seed' FROM generate_series(1, 100000) g",
-    )
-    .await
-    .expect("seed");
+    seed_items(&c, 100000).await;
     let (running, token) = start(&db).await;
     let stop = CancellationToken::new();
     let seed = seed();
@@ -241,12 +247,7 @@ async fn a_backfill_under_concurrent_writes_replays_to_the_tables_content() {
 async fn an_initial_snapshot_precedes_every_change_and_replays_to_the_tables_content() {
     let db = TestDb::new("initial");
     let c = db.client().await;
-    c.batch_execute(ITEMS).await.expect("ddl");
-    c.batch_execute(
-        "INSERT INTO items SELECT g, 't' || (g % 3), 0, 'seed' FROM generate_series(1, 100000) g",
-    )
-    .await
-    .expect("seed");
+    seed_items(&c, 100000).await;
     // The writer is busy before the slot exists and while it is read.
     let stop = CancellationToken::new();
     let seed = seed();
@@ -346,12 +347,7 @@ async fn slot_active(c: &tokio_postgres::Client, db: &TestDb) {
 async fn killed_during_a_backfill_it_resumes_and_completes() {
     let db = TestDb::new("backfill_kill");
     let c = db.client().await;
-    c.batch_execute(ITEMS).await.expect("ddl");
-    c.batch_execute(
-        "INSERT INTO items SELECT g, 't' || (g % 3), 0, 'seed' FROM generate_series(1, 60000) g",
-    )
-    .await
-    .expect("seed");
+    seed_items(&c, 60000).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = common::proc::write_config(dir.path(), &db, "public.items", "tenant", "");
     let child = common::proc::serve(&config);

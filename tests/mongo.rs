@@ -18,12 +18,13 @@ use std::time::{Duration, Instant};
 
 use bson::{doc, Document};
 use common::http::get;
+use common::stop_server as stop;
 use common::{all_events, wait_for_events, TestDb, PATIENCE};
 use serde_json::{json, Value};
 use sluice::config::{AppenderConfig, CollectionConfig};
 use sluice::event::TenantId;
 use sluice::log::{self, checkpoint, AppendItem, Appender, ReadScope};
-use sluice::server::{self, Server};
+use sluice::server::Server;
 use sluice::source::mongo::change_stream::decode_token;
 use sluice::source::mongo::normalize::{Normalizer, Outcome};
 use tokio_util::sync::CancellationToken;
@@ -197,37 +198,12 @@ const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, tenant text NOT NUL
                      ALTER TABLE items REPLICA IDENTITY FULL;";
 
 async fn serve(db: &TestDb, mongo: &str) -> (Server, CancellationToken) {
-    let config = db.config_with(
-        &[("public.items", "tenant")],
-        &[
-            ("SLUICE_HTTP_LISTEN", "127.0.0.1:0"),
-            ("SLUICE_SOURCE_MONGO", mongo),
-        ],
-    );
-    let token = CancellationToken::new();
-    let server = server::start(config, token.clone())
-        .await
-        .expect("server starts");
-    (server, token)
-}
-
-async fn stop(server: Server, token: CancellationToken) {
-    token.cancel();
-    server.wait().await.expect("server stops cleanly");
+    common::serve_items(db, &[("SLUICE_SOURCE_MONGO", mongo)]).await
 }
 
 /// Polls `/readyz` until `done` holds for its body.
 async fn readyz_until(addr: SocketAddr, done: impl Fn(u16, &Value) -> bool) -> Value {
-    let start = Instant::now();
-    loop {
-        let r = get(addr, "/readyz", &[]).await;
-        let body = r.json();
-        if done(r.status, &body) {
-            return body;
-        }
-        assert!(start.elapsed() < PATIENCE, "readyz never got there: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::http::readyz_until(addr, "the expected state", done).await
 }
 
 /// A Mongo source pointing at a port where nothing listens.

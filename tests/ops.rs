@@ -2,13 +2,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::http::get;
+use common::http::readyz_until;
+use common::stop_server as stop;
 use common::{all_events, TestDb, PATIENCE};
 use serde_json::Value;
-use sluice::server::{self, Server};
+use sluice::server::Server;
 use tokio_util::sync::CancellationToken;
 
 const TABLES: &str = "CREATE TABLE items (id int PRIMARY KEY, tenant text NOT NULL, n int);
@@ -16,35 +17,7 @@ const TABLES: &str = "CREATE TABLE items (id int PRIMARY KEY, tenant text NOT NU
                       CREATE TABLE noise (id bigserial PRIMARY KEY, payload text);";
 
 async fn serve(db: &TestDb, extra: &[(&str, &str)]) -> (Server, CancellationToken) {
-    let mut env = vec![("SLUICE_HTTP_LISTEN", "127.0.0.1:0")];
-    env.extend_from_slice(extra);
-    let config = db.config_with(&[("public.items", "tenant")], &env);
-    let token = CancellationToken::new();
-    let server = server::start(config, token.clone())
-        .await
-        .expect("server starts");
-    (server, token)
-}
-
-async fn stop(server: Server, token: CancellationToken) {
-    token.cancel();
-    server.wait().await.expect("server stops cleanly");
-}
-
-async fn readyz_until(addr: SocketAddr, what: &str, done: impl Fn(u16, &Value) -> bool) -> Value {
-    let start = Instant::now();
-    loop {
-        let r = get(addr, "/readyz", &[]).await;
-        let body = r.json();
-        if done(r.status, &body) {
-            return body;
-        }
-        assert!(
-            start.elapsed() < PATIENCE,
-            "readyz never showed {what}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::serve_items(db, extra).await
 }
 
 async fn lsn(c: &tokio_postgres::Client, sql: &str) -> i64 {

@@ -264,3 +264,24 @@ impl Stream {
         Some(String::from_utf8(l).expect("NDJSON is UTF-8"))
     }
 }
+
+/// Polls `/readyz` until `done` holds for its status and body.
+pub async fn readyz_until(
+    addr: SocketAddr,
+    what: &str,
+    done: impl Fn(u16, &serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = std::time::Instant::now();
+    loop {
+        let r = get(addr, "/readyz", &[]).await;
+        let body = r.json();
+        if done(r.status, &body) {
+            return body;
+        }
+        assert!(
+            start.elapsed() < super::PATIENCE,
+            "readyz never showed {what}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

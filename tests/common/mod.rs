@@ -157,3 +157,28 @@ pub fn same_json(a: &Value, b: &Value) -> bool {
 pub fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["type"] == t).collect()
 }
+
+/// `sluice serve` in this process, capturing `public.items` (tenant column
+/// `tenant`), on a free port, with `extra` settings.
+pub async fn serve_items(
+    db: &TestDb,
+    extra: &[(&str, &str)],
+) -> (sluice::server::Server, tokio_util::sync::CancellationToken) {
+    let mut env = vec![("SLUICE_HTTP_LISTEN", "127.0.0.1:0")];
+    env.extend_from_slice(extra);
+    let config = db.config_with(&[("public.items", "tenant")], &env);
+    let token = tokio_util::sync::CancellationToken::new();
+    let server = sluice::server::start(config, token.clone())
+        .await
+        .expect("server starts");
+    (server, token)
+}
+
+/// Stops a server started by [`serve_items`]; it must stop cleanly.
+pub async fn stop_server(
+    server: sluice::server::Server,
+    token: tokio_util::sync::CancellationToken,
+) {
+    token.cancel();
+    server.wait().await.expect("server stops cleanly");
+}
