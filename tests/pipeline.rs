@@ -627,3 +627,251 @@ async fn a_separate_state_database_holds_the_log() {
         .get(0);
     assert_eq!(in_source, None, "the source database gets no log");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_batch_rows_read_back_as_their_events() {
+    use sluice::event::{format_time_micros, Envelope};
+    use sluice::log::{self, LogQuery, StoredEvent};
+
+    let db = TestDb::new("recbatch");
+    let mut c = db.client().await;
+    log::migrate::migrate(&mut c).await.expect("migrate");
+    // (seq, first_seq, tenant, subject, data): ordinary rows and record
+    // batches of two tenants, interleaved.
+    type S = &'static str;
+    type LogRow = (i64, Option<i64>, S, Option<S>, S);
+    let rows: &[LogRow] = &[
+        (1, None, "acme", Some("s1"), r#"{"a": 1}"#),
+        (2, None, "globex", Some("s2"), r#"{"b":2}"#),
+        (
+            6,
+            Some(3),
+            "acme",
+            None,
+            r#"[["b3", {"x": 1.50, "big": 12345678901234567890}], [null, [1, 2]], ["b\"5 \u00e9 ü", "str"], ["b6",{"y":  true}]]"#,
+        ),
+        (7, None, "acme", None, "null"),
+        (
+            9,
+            Some(8),
+            "globex",
+            None,
+            r#"[["g8", {"g": 8}], ["g9", 9]]"#,
+        ),
+        (10, None, "acme", Some("s10"), r#"{"z": [] }"#),
+    ];
+    // Every event: (seq, tenant, subject, data text).
+    let expected: Vec<(i64, &str, Option<&str>, &str)> = vec![
+        (1, "acme", Some("s1"), r#"{"a": 1}"#),
+        (2, "globex", Some("s2"), r#"{"b":2}"#),
+        (
+            3,
+            "acme",
+            Some("b3"),
+            r#"{"x": 1.50, "big": 12345678901234567890}"#,
+        ),
+        (4, "acme", None, "[1, 2]"),
+        (5, "acme", Some("b\"5 é ü"), r#""str""#),
+        (6, "acme", Some("b6"), r#"{"y":  true}"#),
+        (7, "acme", None, "null"),
+        (8, "globex", Some("g8"), r#"{"g": 8}"#),
+        (9, "globex", Some("g9"), "9"),
+        (10, "acme", Some("s10"), r#"{"z": [] }"#),
+    ];
+    let commit_micros = 1_704_164_645_123_456_i64;
+    let commit_time = chrono::DateTime::from_timestamp_micros(commit_micros).expect("time");
+    for (seq, first_seq, tenant, subject, data) in rows {
+        let hash = TenantId::new(tenant).expect("valid").hash32();
+        c.execute(
+            "INSERT INTO sluice.events (seq, first_seq, tenant, tenant_hash, type, topic, source,
+                                        subject, txid, lsn, commit_time, data)
+             VALUES ($1, $2, $3, $4, 'row.insert', 'public.items', 'pg', $5, 77, 4096, $6, $7)",
+            &[seq, first_seq, tenant, &hash, subject, &commit_time, data],
+        )
+        .await
+        .expect("insert");
+    }
+    let time = format_time_micros(commit_micros);
+    let body = |seq: i64| -> String {
+        let (_, tenant, subject, data) = expected.iter().find(|e| e.0 == seq).expect("known");
+        Envelope {
+            seq,
+            source: "pg",
+            event_type: "row.insert",
+            subject: *subject,
+            time: &time,
+            tenant,
+            topic: "public.items",
+            txid: Some(77),
+            lsn: Some(4096),
+            data,
+        }
+        .to_json()
+    };
+    let check = |events: Vec<StoredEvent>, want: &[i64], what: &str| {
+        let got: Vec<i64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(got, want, "{what}");
+        for e in &events {
+            assert_eq!(e.body, body(e.seq), "{what}: body of {}", e.seq);
+            let tenant = expected[(e.seq - 1) as usize].1;
+            assert_eq!(e.tenant, tenant, "{what}");
+            assert_eq!(e.commit_micros, commit_micros, "{what}");
+            let parsed: Value = serde_json::from_str(&e.body).expect("envelope is JSON");
+            assert_eq!(parsed["seq"], e.seq, "{what}");
+        }
+    };
+    let acme = ReadScope::Tenant(TenantId::new("acme").expect("valid"));
+    let globex = ReadScope::Tenant(TenantId::new("globex").expect("valid"));
+    let op = ReadScope::Operator;
+    let q = |from: i64, to: Option<i64>, limit: i64| LogQuery {
+        from,
+        to,
+        limit,
+        ..LogQuery::default()
+    };
+    let read = |scope: &ReadScope, from, limit| {
+        let (c, scope) = (&c, scope.clone());
+        async move { read_events(c, &scope, from, limit).await.expect("read") }
+    };
+    let query = |scope: &ReadScope, q: LogQuery| {
+        let (c, scope) = (&c, scope.clone());
+        async move { log::query_events(c, &scope, &q).await.expect("query") }
+    };
+
+    check(
+        read(&op, 1, 100).await,
+        &(1..=10).collect::<Vec<_>>(),
+        "operator, all",
+    );
+    check(
+        read(&acme, 1, 100).await,
+        &[1, 3, 4, 5, 6, 7, 10],
+        "acme, all",
+    );
+    check(read(&globex, 1, 100).await, &[2, 8, 9], "globex, all");
+    // `from` inside a batch.
+    check(read(&acme, 5, 100).await, &[5, 6, 7, 10], "acme from 5");
+    check(
+        read(&op, 4, 100).await,
+        &[4, 5, 6, 7, 8, 9, 10],
+        "operator from 4",
+    );
+    check(read(&globex, 9, 100).await, &[9], "globex from 9");
+    check(read(&acme, 11, 100).await, &[], "acme past the head");
+    // A limit smaller than a batch.
+    check(read(&op, 3, 2).await, &[3, 4], "operator from 3, limit 2");
+    check(read(&acme, 4, 1).await, &[4], "acme from 4, limit 1");
+    check(read(&acme, 1, 3).await, &[1, 3, 4], "acme limit 3");
+    check(
+        read(&op, 5, 3).await,
+        &[5, 6, 7],
+        "operator from 5, limit 3",
+    );
+    // `to` inside a batch.
+    check(
+        query(&acme, q(1, Some(4), 100)).await,
+        &[1, 3, 4],
+        "acme to 4",
+    );
+    check(
+        query(&op, q(4, Some(5), 100)).await,
+        &[4, 5],
+        "operator 4..=5",
+    );
+    check(
+        query(&op, q(5, Some(8), 100)).await,
+        &[5, 6, 7, 8],
+        "operator 5..=8",
+    );
+    check(query(&acme, q(5, Some(5), 1)).await, &[5], "acme 5..=5");
+    check(
+        query(&globex, q(1, Some(8), 100)).await,
+        &[2, 8],
+        "globex to 8",
+    );
+    check(
+        query(&globex, q(3, Some(7), 100)).await,
+        &[],
+        "globex 3..=7",
+    );
+    check(query(&acme, q(2, Some(2), 100)).await, &[], "acme 2..=2");
+    check(
+        query(&op, q(4, Some(9), 3)).await,
+        &[4, 5, 6],
+        "operator 4..=9 limit 3",
+    );
+    check(
+        query(&op, q(1, Some(100), 100)).await,
+        &(1..=10).collect::<Vec<_>>(),
+        "to past the head",
+    );
+    // Filters on the shared header columns.
+    let typed = LogQuery {
+        types: Some(vec!["row.insert".into()]),
+        ..q(4, None, 100)
+    };
+    check(query(&acme, typed).await, &[4, 5, 6, 7, 10], "acme, typed");
+    let untyped = LogQuery {
+        types: Some(vec!["row.delete".into()]),
+        ..q(1, None, 100)
+    };
+    check(query(&op, untyped).await, &[], "no such type");
+
+    // Seqs inside batches, in seq order, once each; missing ones left out.
+    let found = log::events_by_seq(&c, &[9, 4, 1, 5, 4, 99, 6, 0])
+        .await
+        .expect("by seq");
+    check(found, &[1, 4, 5, 6, 9], "events_by_seq");
+
+    // The view: one row per event, data byte for byte.
+    let view: Vec<(i64, Option<String>, String, String)> = c
+        .query(
+            "SELECT seq, subject, data, tenant FROM sluice.event_log ORDER BY seq",
+            &[],
+        )
+        .await
+        .expect("view")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let want: Vec<(i64, Option<String>, String, String)> = expected
+        .iter()
+        .map(|(seq, tenant, subject, data)| {
+            (
+                *seq,
+                subject.map(str::to_owned),
+                (*data).to_owned(),
+                (*tenant).to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(view, want);
+    let cols: Vec<String> = c
+        .query(
+            "SELECT column_name::text FROM information_schema.columns
+             WHERE table_schema = 'sluice' AND table_name = 'event_log' ORDER BY ordinal_position",
+            &[],
+        )
+        .await
+        .expect("columns")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        cols,
+        [
+            "seq",
+            "tenant",
+            "tenant_hash",
+            "type",
+            "topic",
+            "source",
+            "subject",
+            "txid",
+            "lsn",
+            "commit_time",
+            "appended_at",
+            "data"
+        ]
+    );
+}

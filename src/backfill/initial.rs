@@ -13,15 +13,14 @@
 
 use std::sync::Arc;
 
-use tokio_postgres::{NoTls, SimpleQueryMessage};
+use tokio_postgres::NoTls;
 
 use super::{chunk_sql, table_info, BackfillError, Request};
 use crate::config::PgSourceConfig;
 use crate::event::{parse_lsn, SourcePosition};
 use crate::log::{AppendItem, AppenderHandle, LogError};
 use crate::source::postgres::catalog::Catalog;
-use crate::source::postgres::normalize::{Normalizer, Outcome, TableRule, TxContext};
-use crate::source::postgres::pgoutput::{Datum, Tuple};
+use crate::source::postgres::normalize::{Normalizer, TableRule, TxContext};
 use crate::source::postgres::stream::{replication_config, SESSION_OPTIONS};
 
 #[derive(Debug, thiserror::Error)]
@@ -171,60 +170,35 @@ pub async fn run_if_new_slot(
         let mut total = 0u64;
         loop {
             let sql = chunk_sql(&info, None, last_key.as_deref(), PAGE);
-            let rows: Vec<Tuple> = reader
-                .simple_query(&sql)
-                .await?
-                .into_iter()
-                .filter_map(|m| match m {
-                    SimpleQueryMessage::Row(r) => Some(Tuple(
-                        (0..r.len())
-                            .map(|i| match r.get(i) {
-                                Some(v) => Datum::Text(bytes::Bytes::copy_from_slice(v.as_bytes())),
-                                None => Datum::Null,
-                            })
-                            .collect(),
-                    )),
-                    _ => None,
-                })
-                .collect();
-            let Some(last) = rows.last() else { break };
-            let next: Vec<Option<String>> = info
-                .primary_key
-                .iter()
-                .map(|&i| match last.0.get(i) {
-                    Some(Datum::Text(b)) => Some(String::from_utf8_lossy(b).into_owned()),
-                    _ => None,
-                })
-                .collect();
-            let mut emitted = 0u64;
-            for row in &rows {
-                ordinal += 1;
-                if let Outcome::Event(mut e) =
-                    normalizer.snapshot(&ctx, ordinal, info.relation.id, row)
-                {
-                    e.txid = None;
-                    e.position = SourcePosition {
-                        commit_lsn: consistent,
-                        ordinal,
-                    };
-                    handle
-                        .send(AppendItem::Event {
-                            source: key.clone(),
-                            event: e,
-                            token: None,
-                        })
-                        .await?;
-                    emitted += 1;
-                }
+            let raw = super::read::raw(&reader, &sql).await?;
+            let Some(next) = raw.last_key(&info.primary_key) else {
+                break;
+            };
+            let (mut events, dropped) =
+                super::read::normalize(&mut normalizer, info.relation.id, &raw);
+            for reason in dropped {
+                tracing::warn!(table = %t.table, ?reason, "snapshot row not delivered");
             }
-            total += rows.len() as u64;
+            for e in &mut events {
+                ordinal += 1;
+                e.txid = None;
+                e.lsn = Some(consistent);
+                e.time_micros = ctx.commit_time_micros;
+                e.time = ctx.time.clone();
+                e.position = SourcePosition {
+                    commit_lsn: consistent,
+                    ordinal,
+                };
+            }
+            total += raw.rows;
             handle
                 .send(AppendItem::BackfillChunk {
+                    source: key.clone(),
+                    events,
                     backfill: id,
                     after: last_key.clone(),
                     last_key: next.clone(),
-                    rows_read: rows.len() as u64,
-                    rows_emitted: emitted,
+                    rows_read: raw.rows,
                 })
                 .await?;
             last_key = Some(next);

@@ -10,7 +10,8 @@
 //!    watermark have ended (one whose commit record precedes it can be
 //!    invisible for a moment), then reads the next chunk in primary-key
 //!    order in a snapshot of its own;
-//! 3. hands the rows to the replication stream (`Chunks`, by nonce `n`);
+//! 3. hands the rows to the replication stream (`Chunks`, by nonce `n`),
+//!    normalized into events on a thread of their own while it goes on;
 //! 4. commits a high watermark (`h: true`).
 //!
 //! The stream remembers the keys that change between the two watermarks;
@@ -21,17 +22,20 @@
 
 pub mod api;
 pub mod initial;
+pub mod read;
 pub mod runner;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 use tokio_postgres::Client;
 
 use crate::config::PgSourceConfig;
-use crate::source::postgres::normalize::TableRule;
-use crate::source::postgres::pgoutput::{Column, Relation, ReplicaIdentity, Tuple};
+use crate::event::PendingEvent;
+use crate::source::postgres::normalize::DropReason;
+use crate::source::postgres::pgoutput::{Column, Relation, ReplicaIdentity};
 
 /// Prefix of the watermark messages.
 pub const MARK_PREFIX: &str = "sluice-backfill";
@@ -60,39 +64,45 @@ impl Mark {
 #[derive(Debug, Clone)]
 pub struct Chunk {
     pub backfill: i64,
-    pub relation: Relation,
-    pub rule: TableRule,
-    /// Text values in the relation's column order (as pgoutput sends them).
-    pub rows: Vec<Tuple>,
+    /// Its rows' snapshot events, in key order, normalized beside the
+    /// stream; the stream stamps the high watermark's transaction on them.
+    pub events: Vec<PendingEvent>,
+    /// Rows that gave no event, and why (counted by the stream).
+    pub dropped: Vec<DropReason>,
+    pub rows_read: u64,
     /// The key the chunk starts after (`None`: the table's start).
     pub after: Option<Vec<Option<String>>>,
     /// The last row's primary-key values.
     pub last_key: Vec<Option<String>>,
 }
 
-/// Chunks handed from the runner to the stream, by nonce.
+/// Chunks handed from the runner to the stream, by nonce. A chunk is
+/// registered once read, before its high watermark, and arrives when its
+/// rows are normalized (on another thread, while the runner reads the next
+/// one); the stream waits for it at the high watermark.
 #[derive(Debug, Default)]
-pub struct Chunks(Mutex<HashMap<u64, Chunk>>);
+pub struct Chunks(Mutex<HashMap<u64, (i64, oneshot::Receiver<Chunk>)>>);
 
 impl Chunks {
-    pub fn put(&self, nonce: u64, chunk: Chunk) {
+    pub fn put(&self, nonce: u64, backfill: i64, chunk: oneshot::Receiver<Chunk>) {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(nonce, chunk);
+            .insert(nonce, (backfill, chunk));
     }
-    pub fn take(&self, nonce: u64) -> Option<Chunk> {
+    pub fn take(&self, nonce: u64) -> Option<oneshot::Receiver<Chunk>> {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&nonce)
+            .map(|(_, c)| c)
     }
     /// Forgets the chunks of a backfill (it ended).
     pub fn forget(&self, backfill: i64) {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, c| c.backfill != backfill);
+            .retain(|_, (b, _)| *b != backfill);
     }
 }
 

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::{chunk_sql, db_message, table_info, Chunk, Chunks, Mark, MARK_PREFIX};
 use crate::config::PgSourceConfig;
 use crate::log::Durable;
-use crate::source::postgres::normalize::TableRule;
-use crate::source::postgres::pgoutput::{Datum, Tuple};
+use crate::source::postgres::catalog::Catalog;
+use crate::source::postgres::normalize::{Normalizer, TableRule};
 use crate::source::postgres::stream::SESSION_OPTIONS;
 
 /// Counters for `/metrics`.
@@ -58,9 +58,16 @@ pub struct Runner {
 
 impl Runner {
     pub async fn run(self, stop: CancellationToken) {
+        let created = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(listen(
+            self.state_url.clone(),
+            created.clone(),
+            stop.clone(),
+        ));
         let mut backoff = Duration::from_millis(200);
         loop {
             let result = self.next(&stop).await;
+            let idle = matches!(result, Ok(false));
             let wait = match result {
                 Ok(true) => Duration::ZERO,
                 Ok(false) => Duration::from_secs(1),
@@ -73,6 +80,8 @@ impl Runner {
             if !wait.is_zero() {
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
+                    // A new backfill (sql/008_backfill_notify.sql).
+                    _ = created.notified(), if idle => {}
                     _ = stop.cancelled() => return,
                 }
             }
@@ -180,69 +189,145 @@ impl Runner {
                 fields_only: t.fields_only,
             })
             .ok_or_else(|| Failure::Fatal(format!("table {table} is no longer captured")))?;
+        // Rows are normalized here, beside the stream, not on its task.
+        let mut catalog = Catalog::new(
+            crate::log::connect_as(&self.pg.url, "sluice-backfill")
+                .await
+                .map_err(|e| Failure::Transient(e.to_string()))?,
+        );
+        let mut normalizer = Normalizer::new(&self.pg.event_source());
+        normalizer.set_relation(catalog.resolve(info.relation.clone(), Some(rule)).await?);
+        drop(catalog);
+        // Chunks are normalized on a thread of their own, in order, while
+        // this task reads the next one; it ends when `jobs` is dropped.
+        let (jobs, mut queue) = tokio::sync::mpsc::channel::<Job>(IN_FLIGHT);
+        let relation_id = info.relation.id;
+        tokio::task::spawn_blocking(move || {
+            while let Some(job) = queue.blocking_recv() {
+                let (events, dropped) =
+                    super::read::normalize(&mut normalizer, relation_id, &job.raw);
+                let _ = job.reply.send(Chunk {
+                    backfill: job.backfill,
+                    events,
+                    dropped,
+                    rows_read: job.raw.rows,
+                    after: job.after,
+                    last_key: job.last_key,
+                });
+            }
+        });
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
         // Throttled backfills read one chunk at a time, so the pause is
         // between every two chunks.
         let depth = if throttle.is_zero() { IN_FLIGHT } else { 1 };
+        // The next chunk's low watermark, once committed (with the previous
+        // chunk's high one: one commit per chunk, not two).
+        let mut low: Option<u64> = None;
         loop {
             if stop.is_cancelled() {
                 return Ok(());
             }
-            let nonce: u64 = rand::random();
-            let mark = |h| Mark { b: id, n: nonce, h }.encode();
-            source
-                .execute(
-                    "SELECT pg_logical_emit_message(true, $1::text, $2::text)",
-                    &[&MARK_PREFIX, &mark(false)],
-                )
-                .await?;
-            // A transaction whose commit record precedes the low watermark
-            // in the WAL can still be invisible for a moment after it (its
-            // commit is not yet in the process array): its change is before
-            // the window but not in the chunk. So wait until every
-            // transaction in progress after the low watermark has ended;
-            // then the chunk's snapshot sees all that precede it.
-            let after_low: String = source
-                .query_one("SELECT pg_current_snapshot()::text", &[])
-                .await?
-                .get(0);
-            loop {
-                let busy: i64 = source
-                    .query_one(
-                        "SELECT count(*) FROM pg_snapshot_xip($1::text::pg_snapshot) x
-                         WHERE pg_xact_status(x) = 'in progress'",
-                        &[&after_low],
-                    )
-                    .await?
-                    .get(0);
-                if busy == 0 {
-                    break;
+            let nonce = match low.take() {
+                Some(nonce) => nonce,
+                None => {
+                    let nonce: u64 = rand::random();
+                    source
+                        .execute(
+                            "SELECT pg_logical_emit_message(true, $1::text, $2::text)",
+                            &[
+                                &MARK_PREFIX,
+                                &Mark {
+                                    b: id,
+                                    n: nonce,
+                                    h: false,
+                                }
+                                .encode(),
+                            ],
+                        )
+                        .await?;
+                    nonce
                 }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            };
+            wait_for_writers(&source).await?;
             // The chunk's own snapshot, read-only whatever the predicate
-            // calls.
+            // calls. BEGIN and the COPY go out together (one round trip);
+            // a failed BEGIN fails the chunk, whatever the COPY did.
             let sql = chunk_sql(&info, predicate, last_key.as_deref(), chunk_size);
-            source
-                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                .await?;
-            let read = source.simple_query(&sql).await;
-            source.batch_execute("COMMIT").await?;
-            let rows: Vec<Tuple> = read?
-                .into_iter()
-                .filter_map(|m| match m {
-                    SimpleQueryMessage::Row(r) => Some(Tuple(
-                        (0..r.len())
-                            .map(|i| match r.get(i) {
-                                Some(v) => Datum::Text(bytes::Bytes::copy_from_slice(v.as_bytes())),
-                                None => Datum::Null,
-                            })
-                            .collect(),
-                    )),
-                    _ => None,
+            // `biased`: polled in order, so BEGIN is sent first.
+            let (begun, read) = tokio::join!(
+                biased;
+                source.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+                super::read::raw(&source, &sql)
+            );
+            begun?;
+            let read = match read {
+                Ok(read) => read,
+                Err(e) => {
+                    source.batch_execute("ROLLBACK").await?;
+                    return Err(e.into());
+                }
+            };
+            let next_key = read.last_key(&info.primary_key);
+            let count = read.rows;
+            if let Some(next_key) = &next_key {
+                let (reply, chunk) = tokio::sync::oneshot::channel();
+                self.chunks.put(nonce, id, chunk);
+                jobs.send(Job {
+                    backfill: id,
+                    raw: read,
+                    after: last_key.clone(),
+                    last_key: next_key.clone(),
+                    reply,
                 })
-                .collect();
-            let Some(last) = rows.last() else {
+                .await
+                .map_err(|_| Failure::Transient("the chunk normalizer stopped".into()))?;
+            }
+            // Ends the read, and commits this chunk's high watermark with
+            // the next one's low watermark (an empty chunk's high one just
+            // closes its window).
+            let next_nonce: u64 = rand::random();
+            let marks = source
+                .simple_query(&format!(
+                    "COMMIT; SELECT pg_logical_emit_message(true, {p}, {h})::text,
+                                    pg_logical_emit_message(true, {p}, {l})::text",
+                    p = super::quote_literal(MARK_PREFIX),
+                    h = super::quote_literal(
+                        &Mark {
+                            b: id,
+                            n: nonce,
+                            h: true
+                        }
+                        .encode()
+                    ),
+                    l = super::quote_literal(
+                        &Mark {
+                            b: id,
+                            n: next_nonce,
+                            h: false
+                        }
+                        .encode()
+                    ),
+                ))
+                .await?;
+            low = Some(next_nonce);
+            let Some(next_key) = next_key else {
+                // Closes the low watermark just committed: no chunk follows
+                // it yet.
+                source
+                    .execute(
+                        "SELECT pg_logical_emit_message(true, $1::text, $2::text)",
+                        &[
+                            &MARK_PREFIX,
+                            &Mark {
+                                b: id,
+                                n: next_nonce,
+                                h: true,
+                            }
+                            .encode(),
+                        ],
+                    )
+                    .await?;
+                low = None;
                 // The end, if every chunk in flight was recorded.
                 let Some(recorded) = self.settle(state, id, &mut inflight, stop).await? else {
                     return Ok(());
@@ -260,35 +345,15 @@ impl Runner {
                 tracing::info!(backfill = id, %table, "backfill done");
                 return Ok(());
             };
-            let next_key: Vec<Option<String>> = info
-                .primary_key
+            let high = marks
                 .iter()
-                .map(|&i| match last.0.get(i) {
-                    Some(Datum::Text(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+                .find_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
                     _ => None,
                 })
-                .collect();
-            let count = rows.len() as u64;
-            self.chunks.put(
-                nonce,
-                Chunk {
-                    backfill: id,
-                    relation: info.relation.clone(),
-                    rule: rule.clone(),
-                    rows,
-                    after: last_key.clone(),
-                    last_key: next_key.clone(),
-                },
-            );
-            let high: String = source
-                .query_one(
-                    "SELECT pg_logical_emit_message(true, $1::text, $2::text)::text",
-                    &[&MARK_PREFIX, &mark(true)],
-                )
-                .await?
-                .get(0);
+                .unwrap_or_default();
             let high = crate::event::parse_lsn(&high)
-                .ok_or_else(|| Failure::Fatal(format!("unexpected LSN {high}")))?;
+                .ok_or_else(|| Failure::Fatal(format!("unexpected LSN {high:?}")))?;
             inflight.push_back(InFlight {
                 nonce,
                 high,
@@ -409,6 +474,93 @@ struct InFlight {
     high: u64,
     next_key: Vec<Option<String>>,
     count: u64,
+}
+
+/// Wakes `created` on each new backfill (the state database's
+/// `sluice_backfills` notifications), reconnecting while `stop` is not
+/// cancelled. The runner also looks once a second, so a lost notification
+/// costs at most that.
+async fn listen(url: String, created: Arc<tokio::sync::Notify>, stop: CancellationToken) {
+    use futures_util::StreamExt;
+    while !stop.is_cancelled() {
+        let session = async {
+            let mut config: tokio_postgres::Config = url.parse()?;
+            config.application_name("sluice-backfill-listen");
+            let (client, mut conn) = config.connect(NoTls).await?;
+            let wake = created.clone();
+            let driver = tokio::spawn(async move {
+                let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+                while let Some(Ok(m)) = messages.next().await {
+                    if let tokio_postgres::AsyncMessage::Notification(_) = m {
+                        wake.notify_one();
+                    }
+                }
+            });
+            client.batch_execute("LISTEN sluice_backfills").await?;
+            // Held until the connection ends.
+            let _ = driver.await;
+            drop(client);
+            Ok::<(), tokio_postgres::Error>(())
+        };
+        tokio::select! {
+            result = session => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "backfill listener");
+                }
+            }
+            _ = stop.cancelled() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Waits until the transactions in progress now have ended.
+///
+/// A transaction whose commit record precedes a low watermark in the WAL
+/// can still be invisible for a moment after it (its commit is not yet in
+/// the process array): its change is before the window but would not be in
+/// the chunk. So, after the low watermark, wait until every transaction in
+/// progress has ended; then the chunk's snapshot sees all that precede it.
+/// The appender's own transactions write only the log, never a captured
+/// table: they are not waited for.
+async fn wait_for_writers(source: &Client) -> Result<(), tokio_postgres::Error> {
+    let busy: Vec<String> = source
+        .query_one(
+            "SELECT coalesce(array_agg(x::text), '{}') FROM pg_snapshot_xip(pg_current_snapshot()) x
+             WHERE x::xid NOT IN (SELECT backend_xid FROM pg_stat_activity
+                                  WHERE application_name = $1 AND backend_xid IS NOT NULL)",
+            &[&crate::log::APPENDER_APPLICATION],
+        )
+        .await?
+        .get(0);
+    if busy.is_empty() {
+        return Ok(());
+    }
+    loop {
+        let still: i64 = source
+            .query_one(
+                "SELECT count(*) FROM unnest($1::text[]) x WHERE pg_xact_status(x::xid8) = 'in progress'",
+                &[&busy],
+            )
+            .await?
+            .get(0);
+        if still == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A chunk for the normalizer thread.
+struct Job {
+    backfill: i64,
+    raw: super::read::Raw,
+    after: Option<Vec<Option<String>>>,
+    last_key: Vec<Option<String>>,
+    reply: tokio::sync::oneshot::Sender<Chunk>,
 }
 
 /// Chunks read ahead of the log.

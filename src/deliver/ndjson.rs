@@ -424,7 +424,8 @@ async fn stats(
         .map_err(|e| ApiError::unavailable("the log", e))?;
     let rows = client
         .query(
-            "SELECT type, topic, count(*) FROM sluice.events
+            // A record batch row holds seq - first_seq + 1 events.
+            "SELECT type, topic, sum(seq - coalesce(first_seq, seq) + 1)::bigint FROM sluice.events
              WHERE tenant_hash = $1 AND tenant = $2 AND commit_time >= now() - make_interval(secs => $3)
              GROUP BY type, topic ORDER BY type, topic",
             &[&tenant.hash32(), &tenant.as_str(), &(secs as f64)],

@@ -60,19 +60,20 @@ pub struct PendingEvent {
 
 /// Serialized JSON, valid by construction: built from a `Value`, parsed,
 /// or written by the normalizer's JSON writer (checked in debug builds).
-/// Holding text rather than a `RawValue` spares re-parsing every event.
+/// Holding text rather than a `RawValue` spares re-parsing every event; a
+/// `String` rather than a `Box<str>` spares shrinking (a copy) each one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JsonText(Box<str>);
+pub struct JsonText(String);
 
 impl JsonText {
     pub fn from_value(v: &serde_json::Value) -> JsonText {
-        JsonText(v.to_string().into())
+        JsonText(v.to_string())
     }
 
     /// Checks that `s` is one JSON value.
     pub fn parse(s: String) -> Result<JsonText, serde_json::Error> {
         serde_json::from_str::<serde::de::IgnoredAny>(&s)?;
-        Ok(JsonText(s.into()))
+        Ok(JsonText(s))
     }
 
     /// For writers that only ever produce valid JSON.
@@ -81,7 +82,7 @@ impl JsonText {
             serde_json::from_str::<serde::de::IgnoredAny>(&s).is_ok(),
             "invalid JSON from a trusted writer: {s}"
         );
-        JsonText(s.into())
+        JsonText(s)
     }
 
     pub fn get(&self) -> &str {

@@ -39,9 +39,14 @@ pub enum AppendItem {
         /// stored as the checkpoint in the transaction that appends it.
         token: Option<Bytes>,
     },
-    /// A backfill chunk's events were sent (just before this item): record
-    /// its progress in the same transaction.
+    /// A backfill chunk: its snapshot events, appended as record batches
+    /// (one row per tenant and up to [`BATCH_EVENTS`] events), and its
+    /// progress, recorded in the same transaction.
     BackfillChunk {
+        source: Arc<str>,
+        /// Every event shares its header (relation, type, the high
+        /// watermark's transaction) by construction.
+        events: Vec<PendingEvent>,
         backfill: i64,
         /// The key the chunk starts after (`None`: the table's start):
         /// progress is recorded only if it is where the backfill stood, so
@@ -49,7 +54,6 @@ pub enum AppendItem {
         after: Option<Vec<Option<String>>>,
         last_key: Vec<Option<String>>,
         rows_read: u64,
-        rows_emitted: u64,
     },
     /// A token-resumed source moved on without an event for the log (its
     /// stream's post-batch token, a filtered-out change): store it, so a
@@ -75,8 +79,11 @@ impl AppendItem {
             AppendItem::Event { event, .. } => 2 * event.approx_bytes(),
             AppendItem::TxEnd { .. } => 64,
             AppendItem::Progress { token, .. } => 64 + token.len(),
-            AppendItem::BackfillChunk { last_key, .. } => {
+            AppendItem::BackfillChunk {
+                last_key, events, ..
+            } => {
                 64 + last_key.iter().flatten().map(String::len).sum::<usize>()
+                    + events.iter().map(PendingEvent::approx_bytes).sum::<usize>()
             }
         }
     }
@@ -90,8 +97,17 @@ struct Queued {
     permits: u32,
 }
 
+/// The appender's `application_name` (backfills tell its transactions by
+/// it).
+pub const APPENDER_APPLICATION: &str = "sluice-appender";
+
 /// Bytes of COPY data sent to the server at a time.
 const COPY_CHUNK: usize = 1 << 20;
+
+/// Events in one record batch at most, and its `data` bytes at most (a
+/// reader re-reads a batch it stopped inside; keep that small).
+pub const BATCH_EVENTS: usize = 256;
+const BATCH_BYTES: usize = 256 << 10;
 
 /// What is durably in the log.
 #[derive(Debug, Clone, Default)]
@@ -282,7 +298,7 @@ impl Appender {
 
     async fn reconnect(&mut self) -> Result<(), LogError> {
         self.client = None;
-        let client = connect_as(&self.url, "sluice-appender").await?;
+        let client = connect_as(&self.url, APPENDER_APPLICATION).await?;
         let locked: bool = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&APPENDER_LOCK_KEY])
             .await?
@@ -433,7 +449,12 @@ impl Appender {
         let mut pairs: BTreeSet<(Arc<str>, TenantId)> = BTreeSet::new();
         let mut truncated: BTreeSet<Arc<str>> = BTreeSet::new();
         for q in batch.iter() {
-            if let AppendItem::Event { event, .. } = &q.item {
+            let events: &[PendingEvent] = match &q.item {
+                AppendItem::Event { event, .. } => std::slice::from_ref(event),
+                AppendItem::BackfillChunk { events, .. } => events,
+                _ => &[],
+            };
+            for event in events {
                 match &event.audience {
                     Audience::Tenant(t) => {
                         if let Some(rel) = relation_of(&event.topic) {
@@ -481,24 +502,49 @@ impl Appender {
         let mut buf = BytesMut::with_capacity(COPY_CHUNK + COPY_CHUNK / 4);
         buf.extend_from_slice(copy::HEADER);
         let mut scratch = Vec::new();
-        // (seq, tenant, index in batch) of every event, for the hub. Whether
-        // anyone wants a tenant's events is asked only after the commit and
-        // after the durable head moved (see `publish_live`).
-        let mut live: Vec<(i64, TenantId, usize)> = Vec::new();
+        // (seq, tenant, index in batch, index in the item) of every event,
+        // for the hub. Whether anyone wants a tenant's events is asked only
+        // after the commit and after the durable head moved (see below).
+        let mut live: Vec<(i64, TenantId, usize, usize)> = Vec::new();
         let has_hub = self.hub.is_some() || self.outbox.is_some();
-        let mut wanted = |seq: i64, tenant: &TenantId, i: usize| {
+        let mut wanted = |seq: i64, tenant: &TenantId, i: usize, j: usize| {
             if has_hub {
-                live.push((seq, tenant.clone(), i));
+                live.push((seq, tenant.clone(), i, j));
             }
         };
         // Runs of one (source, type): consecutive events mostly share it,
         // so counting costs a comparison per event.
         let mut counted: Vec<(SourceType, u64)> = Vec::new();
-        // (item index, the seq after the chunk's events) of backfill chunks.
-        let mut chunk_ends: Vec<(usize, i64)> = Vec::new();
+        // (item index, first seq, events) of backfill chunks.
+        let mut chunks: Vec<(usize, i64, i64)> = Vec::new();
         for (i, q) in batch.iter_mut().enumerate() {
-            if let AppendItem::BackfillChunk { .. } = &q.item {
-                chunk_ends.push((i, seq));
+            if let AppendItem::BackfillChunk { events, .. } = &q.item {
+                let first = seq;
+                if let Some(e) = events.first() {
+                    counted.push((
+                        (e.source.clone(), e.event_type.clone()),
+                        events.len() as u64,
+                    ));
+                }
+                for (tenant, members) in by_tenant(events) {
+                    for run in record_batches(events, &members) {
+                        if let [only] = run {
+                            copy::encode_row(&mut buf, seq, tenant, &events[*only]);
+                        } else {
+                            let refs: Vec<&PendingEvent> =
+                                run.iter().map(|&j| &events[j]).collect();
+                            copy::encode_batch(&mut buf, seq, tenant, &refs);
+                        }
+                        for &j in run {
+                            wanted(seq, tenant, i, j);
+                            seq += 1;
+                        }
+                        if buf.len() >= COPY_CHUNK {
+                            sink.as_mut().send(buf.split().freeze()).await?;
+                        }
+                    }
+                }
+                chunks.push((i, first, seq - first));
                 continue;
             }
             let AppendItem::Event { event, .. } = &q.item else {
@@ -512,7 +558,7 @@ impl Appender {
                 (Audience::Tenant(t), Some(row)) => {
                     copy::patch_seq(row, seq);
                     buf.extend_from_slice(row);
-                    wanted(seq, t, i);
+                    wanted(seq, t, i, 0);
                     seq += 1;
                 }
                 (audience, _) => {
@@ -526,7 +572,7 @@ impl Appender {
                         scratch.clear();
                         copy::encode_row(&mut scratch, seq, tenant, event);
                         buf.extend_from_slice(&scratch);
-                        wanted(seq, tenant, i);
+                        wanted(seq, tenant, i, 0);
                         seq += 1;
                     }
                 }
@@ -543,19 +589,16 @@ impl Appender {
                 checkpoint::store(&tx, source, cp).await?;
             }
         }
-        for (i, end) in chunk_ends {
+        for (i, first, emitted) in chunks {
             if let Some(AppendItem::BackfillChunk {
                 backfill,
                 after,
                 last_key,
                 rows_read,
-                rows_emitted,
+                ..
             }) = batch.get(i).map(|q| &q.item)
             {
-                // The chunk's events are the `rows_emitted` seqs before `end`:
-                // the stream sends them together, just before this item.
-                let emitted = i64::try_from(*rows_emitted).unwrap_or(i64::MAX);
-                let first = (emitted > 0).then(|| end - emitted);
+                let first = (emitted > 0).then_some(first);
                 tx.execute(
                     "UPDATE sluice.backfills SET last_key = $2, rows_read = rows_read + $3,
                        rows_emitted = rows_emitted + $4, chunks = chunks + 1,
@@ -577,12 +620,7 @@ impl Appender {
         if let Some(outbox) = &self.outbox {
             let events: Vec<(i64, &TenantId, &PendingEvent)> = live
                 .iter()
-                .filter_map(|(seq, tenant, i)| match &batch.get(*i)?.item {
-                    AppendItem::Event { event, .. } => Some((*seq, tenant, event)),
-                    AppendItem::TxEnd { .. }
-                    | AppendItem::Progress { .. }
-                    | AppendItem::BackfillChunk { .. } => None,
-                })
+                .filter_map(|(seq, tenant, i, j)| Some((*seq, tenant, event_at(batch, *i, *j)?)))
                 .collect();
             outboxed = outbox.write(&tx, &events).await?;
         }
@@ -617,11 +655,9 @@ impl Appender {
             // events of a follower registering in between.
             let events: Vec<Arc<LiveEvent>> = live
                 .into_iter()
-                .filter(|(_, tenant, _)| hub.wants(tenant))
-                .filter_map(|(seq, tenant, i)| {
-                    let AppendItem::Event { event, .. } = &batch.get(i)?.item else {
-                        return None;
-                    };
+                .filter(|(_, tenant, _, _)| hub.wants(tenant))
+                .filter_map(|(seq, tenant, i, j)| {
+                    let event = event_at(batch, i, j)?;
                     Some(Arc::new(LiveEvent {
                         seq,
                         body: Bytes::from(event.envelope_json(seq, &tenant)),
@@ -671,7 +707,13 @@ fn advance_checkpoints<'a>(
                 cp.complete = true;
                 cp.token = Some(token.clone());
             }
-            AppendItem::BackfillChunk { .. } => {}
+            AppendItem::BackfillChunk { source, events, .. } => {
+                if let Some(last) = events.last() {
+                    let cp = cps.entry(source.clone()).or_default();
+                    cp.position = last.position;
+                    cp.complete = false;
+                }
+            }
             AppendItem::TxEnd {
                 source,
                 commit_lsn,
@@ -689,6 +731,57 @@ fn advance_checkpoints<'a>(
             }
         }
     }
+}
+
+/// The `j`th event of the `i`th item.
+fn event_at(batch: &[Queued], i: usize, j: usize) -> Option<&PendingEvent> {
+    match &batch.get(i)?.item {
+        AppendItem::Event { event, .. } => Some(event),
+        AppendItem::BackfillChunk { events, .. } => events.get(j),
+        AppendItem::TxEnd { .. } | AppendItem::Progress { .. } => None,
+    }
+}
+
+/// The indices of `events` by tenant, tenants in order of first appearance
+/// and each tenant's events in their order. Events of other audiences
+/// (never in a chunk) are left out.
+fn by_tenant(events: &[PendingEvent]) -> Vec<(&TenantId, Vec<usize>)> {
+    let mut at: HashMap<&TenantId, usize> = HashMap::new();
+    let mut groups: Vec<(&TenantId, Vec<usize>)> = Vec::new();
+    for (j, e) in events.iter().enumerate() {
+        let Audience::Tenant(t) = &e.audience else {
+            continue;
+        };
+        let g = *at.entry(t).or_insert_with(|| {
+            groups.push((t, Vec::new()));
+            groups.len() - 1
+        });
+        if let Some((_, members)) = groups.get_mut(g) {
+            members.push(j);
+        }
+    }
+    groups
+}
+
+/// `members` cut into record batches of at most [`BATCH_EVENTS`] events
+/// and about [`BATCH_BYTES`] of data.
+fn record_batches<'a>(events: &[PendingEvent], members: &'a [usize]) -> Vec<&'a [usize]> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (k, &j) in members.iter().enumerate() {
+        let size = events.get(j).map_or(0, |e| e.data.get().len() + 32);
+        if k > start && (k - start >= BATCH_EVENTS || bytes + size > BATCH_BYTES) {
+            runs.push(&members[start..k]);
+            start = k;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < members.len() {
+        runs.push(&members[start..]);
+    }
+    runs
 }
 
 /// `tables/<schema>.<table>/<op>` → `<schema>.<table>`.
@@ -769,5 +862,72 @@ mod tests {
         );
         assert_eq!(cps[&src].position.commit_lsn, 30);
         assert_eq!(cps[&src].ack_lsn, 38);
+    }
+
+    fn snapshot(tenant: &str, n: usize, data_len: usize) -> PendingEvent {
+        PendingEvent {
+            audience: Audience::Tenant(TenantId::new(tenant).expect("valid")),
+            position: SourcePosition::default(),
+            source: "s".into(),
+            event_type: "row.snapshot".into(),
+            topic: "tables/public.t/snapshot".into(),
+            subject: Some(format!("public.t/{n}")),
+            time_micros: 0,
+            time: "x".into(),
+            txid: None,
+            lsn: None,
+            data: crate::event::JsonText::parse(format!("\"{}\"", "x".repeat(data_len)))
+                .expect("json"),
+        }
+    }
+
+    #[test]
+    fn chunk_events_group_by_tenant_in_order() {
+        let events: Vec<PendingEvent> = ["a", "b", "a", "c", "b", "a"]
+            .iter()
+            .enumerate()
+            .map(|(n, t)| snapshot(t, n, 1))
+            .collect();
+        let groups: Vec<(String, Vec<usize>)> = by_tenant(&events)
+            .into_iter()
+            .map(|(t, m)| (t.as_str().to_owned(), m))
+            .collect();
+        assert_eq!(
+            groups,
+            vec![
+                ("a".to_owned(), vec![0, 2, 5]),
+                ("b".to_owned(), vec![1, 4]),
+                ("c".to_owned(), vec![3]),
+            ]
+        );
+    }
+
+    #[test]
+    fn record_batches_are_bounded_by_count_and_bytes() {
+        let events: Vec<PendingEvent> = (0..600).map(|n| snapshot("a", n, 1)).collect();
+        let members: Vec<usize> = (0..600).collect();
+        let runs = record_batches(&events, &members);
+        let sizes: Vec<usize> = runs.iter().map(|r| r.len()).collect();
+        assert_eq!(
+            sizes,
+            vec![BATCH_EVENTS, BATCH_EVENTS, 600 - 2 * BATCH_EVENTS]
+        );
+        assert_eq!(runs.concat(), members, "every event once, in order");
+
+        // Big events: cut by bytes, and one event bigger than the bound is
+        // a batch of its own.
+        let events: Vec<PendingEvent> = vec![
+            snapshot("a", 0, 100 << 10),
+            snapshot("a", 1, 100 << 10),
+            snapshot("a", 2, 100 << 10),
+            snapshot("a", 3, 300 << 10),
+            snapshot("a", 4, 10),
+        ];
+        let members: Vec<usize> = (0..5).collect();
+        let sizes: Vec<usize> = record_batches(&events, &members)
+            .iter()
+            .map(|r| r.len())
+            .collect();
+        assert_eq!(sizes, vec![2, 1, 1, 1]);
     }
 }

@@ -12,43 +12,126 @@ pub const TRAILER: &[u8] = &[0xff, 0xff];
 /// The column list the rows are encoded for, in order.
 pub const COPY_STATEMENT: &str =
     "COPY sluice.events (seq, tenant, tenant_hash, type, topic, source, subject, \
-     txid, lsn, commit_time, data) FROM STDIN BINARY";
+     txid, lsn, commit_time, data, first_seq) FROM STDIN BINARY";
 
-const FIELDS: i16 = 11;
+const FIELDS: i16 = 12;
 /// Where the `seq` value sits in an encoded row: after the field count (2)
 /// and the field length (4).
 const SEQ_AT: usize = 6;
 
-fn text(out: &mut Vec<u8>, s: &str) {
-    let len = i32::try_from(s.len()).unwrap_or(i32::MAX);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
+/// Where rows are written: a `Vec<u8>` (a pre-encoded row) or the
+/// appender's `BytesMut` (record batches, written in place).
+pub trait Out: std::ops::DerefMut<Target = [u8]> {
+    fn put(&mut self, bytes: &[u8]);
+    fn reserve_more(&mut self, n: usize);
 }
 
-fn int8(out: &mut Vec<u8>, v: Option<i64>) {
+impl Out for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+    fn reserve_more(&mut self, n: usize) {
+        self.reserve(n);
+    }
+}
+
+impl Out for bytes::BytesMut {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+    fn reserve_more(&mut self, n: usize) {
+        self.reserve(n);
+    }
+}
+
+fn text(out: &mut impl Out, s: &str) {
+    let len = i32::try_from(s.len()).unwrap_or(i32::MAX);
+    out.put(&len.to_be_bytes());
+    out.put(s.as_bytes());
+}
+
+fn int8(out: &mut impl Out, v: Option<i64>) {
     match v {
         Some(v) => {
-            out.extend_from_slice(&8i32.to_be_bytes());
-            out.extend_from_slice(&v.to_be_bytes());
+            out.put(&8i32.to_be_bytes());
+            out.put(&v.to_be_bytes());
         }
-        None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+        None => out.put(&(-1i32).to_be_bytes()),
     }
 }
 
 /// Encodes one row of `event` for `tenant`, at `seq`.
-pub fn encode_row(out: &mut Vec<u8>, seq: i64, tenant: &TenantId, event: &PendingEvent) {
-    out.reserve(event.approx_bytes() + 64);
-    out.extend_from_slice(&FIELDS.to_be_bytes());
+pub fn encode_row(out: &mut impl Out, seq: i64, tenant: &TenantId, event: &PendingEvent) {
+    out.reserve_more(event.approx_bytes() + 64);
+    header(out, seq, tenant, event, event.subject.as_deref());
+    text(out, event.data.get());
+    int8(out, None);
+}
+
+/// Encodes one record batch: `events` (at least one), all of `tenant` and
+/// sharing the first one's header (type, topic, source, txid, lsn, time),
+/// at the seqs `first_seq..first_seq + events.len()`. The row's `seq` is
+/// the last event's, `subject` is null and `data` is
+/// `[[subject, data], …]` in seq order (sql/007_record_batches.sql).
+pub fn encode_batch(
+    out: &mut impl Out,
+    first_seq: i64,
+    tenant: &TenantId,
+    events: &[&PendingEvent],
+) {
+    let Some(head) = events.first() else {
+        return;
+    };
+    let last_seq = first_seq + i64::try_from(events.len()).unwrap_or(i64::MAX) - 1;
+    let size: usize = events.iter().map(|e| e.approx_bytes()).sum();
+    out.reserve_more(size + 64);
+    header(out, last_seq, tenant, head, None);
+    let len_at = out.len();
+    out.put(&0i32.to_be_bytes());
+    out.put(b"[");
+    let mut subject = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        out.put(if i > 0 { b",[" } else { b"[" });
+        match &e.subject {
+            Some(s) => {
+                subject.clear();
+                // Writing JSON into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut subject, s);
+                out.put(&subject);
+            }
+            None => out.put(b"null"),
+        }
+        out.put(b",");
+        out.put(e.data.get().as_bytes());
+        out.put(b"]");
+    }
+    out.put(b"]");
+    let len = i32::try_from(out.len() - len_at - 4).unwrap_or(i32::MAX);
+    if let Some(slot) = out.get_mut(len_at..len_at + 4) {
+        slot.copy_from_slice(&len.to_be_bytes());
+    }
+    int8(out, Some(first_seq));
+}
+
+/// The fields before `data`.
+fn header(
+    out: &mut impl Out,
+    seq: i64,
+    tenant: &TenantId,
+    event: &PendingEvent,
+    subject: Option<&str>,
+) {
+    out.put(&FIELDS.to_be_bytes());
     int8(out, Some(seq));
     text(out, tenant.as_str());
-    out.extend_from_slice(&4i32.to_be_bytes());
-    out.extend_from_slice(&tenant.hash32().to_be_bytes());
+    out.put(&4i32.to_be_bytes());
+    out.put(&tenant.hash32().to_be_bytes());
     text(out, &event.event_type);
     text(out, &event.topic);
     text(out, &event.source);
-    match &event.subject {
+    match subject {
         Some(s) => text(out, s),
-        None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+        None => out.put(&(-1i32).to_be_bytes()),
     }
     int8(out, event.txid.and_then(|t| i64::try_from(t).ok()));
     int8(out, event.lsn.and_then(|l| i64::try_from(l).ok()));
@@ -57,7 +140,6 @@ pub fn encode_row(out: &mut Vec<u8>, seq: i64, tenant: &TenantId, event: &Pendin
         out,
         Some(event.time_micros.saturating_sub(PG_EPOCH_OFFSET_MICROS)),
     );
-    text(out, event.data.get());
 }
 
 /// Sets the `seq` of a row made by [`encode_row`].
@@ -91,7 +173,7 @@ mod tests {
         let t = TenantId::new("t").expect("valid");
         encode_row(&mut row, 0, &t, &e);
         patch_seq(&mut row, 0x0102);
-        let mut expected = vec![0, 11, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 1, 2];
+        let mut expected = vec![0, 12, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 1, 2];
         expected.extend_from_slice(&1i32.to_be_bytes());
         expected.push(b't');
         expected.extend_from_slice(&4i32.to_be_bytes());
@@ -108,7 +190,88 @@ mod tests {
         expected.extend_from_slice(&5i64.to_be_bytes()); // commit_time
         expected.extend_from_slice(&2i32.to_be_bytes());
         expected.extend_from_slice(b"{}");
+        expected.extend_from_slice(&(-1i32).to_be_bytes()); // first_seq
         assert_eq!(row, expected);
         assert_eq!(HEADER.len(), 19);
+    }
+
+    fn event(tenant: &str, subject: Option<&str>, data: &str) -> PendingEvent {
+        PendingEvent {
+            audience: Audience::Tenant(TenantId::new(tenant).expect("valid")),
+            position: SourcePosition::default(),
+            source: "s".into(),
+            event_type: "row.snapshot".into(),
+            topic: "tables/public.t/snapshot".into(),
+            subject: subject.map(str::to_owned),
+            time_micros: PG_EPOCH_OFFSET_MICROS,
+            time: "x".into(),
+            txid: Some(7),
+            lsn: Some(9),
+            data: crate::event::JsonText::parse(data.into()).expect("json"),
+        }
+    }
+
+    /// The fields of one encoded row: (length or -1, bytes).
+    fn fields(row: &[u8]) -> Vec<Option<Vec<u8>>> {
+        let n = i16::from_be_bytes([row[0], row[1]]) as usize;
+        let mut at = 2;
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let len = i32::from_be_bytes(row[at..at + 4].try_into().expect("4 bytes"));
+            at += 4;
+            if len < 0 {
+                out.push(None);
+            } else {
+                out.push(Some(row[at..at + len as usize].to_vec()));
+                at += len as usize;
+            }
+        }
+        assert_eq!(at, row.len(), "no trailing bytes");
+        out
+    }
+
+    #[test]
+    fn a_record_batch_holds_its_events_as_subject_data_pairs() {
+        let t = TenantId::new("acme").expect("valid");
+        let a = event(
+            "acme",
+            Some("public.t/1"),
+            r#"{"op":"snapshot","new":{"id":1}}"#,
+        );
+        let b = event(
+            "acme",
+            Some("public.t/\"2\"\n"),
+            r#"{"op":"snapshot","new":{"id":"2"}}"#,
+        );
+        let c = event("acme", None, "[]");
+        let mut row = Vec::new();
+        encode_batch(&mut row, 10, &t, &[&a, &b, &c]);
+        let f = fields(&row);
+        assert_eq!(f.len(), 12);
+        // seq is the last event's, first_seq the first's.
+        assert_eq!(f[0], Some(12i64.to_be_bytes().to_vec()));
+        assert_eq!(f[11], Some(10i64.to_be_bytes().to_vec()));
+        assert_eq!(f[1], Some(b"acme".to_vec()));
+        assert_eq!(f[6], None, "a batch row has no subject of its own");
+        let data = String::from_utf8(f[10].clone().expect("data")).expect("utf-8");
+        assert_eq!(
+            data,
+            r#"[["public.t/1",{"op":"snapshot","new":{"id":1}}],["public.t/\"2\"\n",{"op":"snapshot","new":{"id":"2"}}],[null,[]]]"#
+        );
+        let parsed: Vec<(Option<String>, serde_json::Value)> =
+            serde_json::from_str(&data).expect("a JSON array of pairs");
+        assert_eq!(parsed[1].0.as_deref(), Some("public.t/\"2\"\n"));
+    }
+
+    #[test]
+    fn a_single_row_has_a_null_first_seq() {
+        let t = TenantId::new("acme").expect("valid");
+        let a = event("acme", Some("public.t/1"), "{}");
+        let mut row = Vec::new();
+        encode_row(&mut row, 5, &t, &a);
+        let f = fields(&row);
+        assert_eq!(f[0], Some(5i64.to_be_bytes().to_vec()));
+        assert_eq!(f[6], Some(b"public.t/1".to_vec()));
+        assert_eq!(f[11], None);
     }
 }

@@ -18,6 +18,16 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../sql/005_resume_tokens.sql"),
     ),
     (6, "backfills", include_str!("../../sql/006_backfills.sql")),
+    (
+        7,
+        "record_batches",
+        include_str!("../../sql/007_record_batches.sql"),
+    ),
+    (
+        8,
+        "backfill_notify",
+        include_str!("../../sql/008_backfill_notify.sql"),
+    ),
 ];
 
 const MIGRATE_LOCK_KEY: i64 = 0x51_75_1C_E0_00_02;

@@ -14,7 +14,9 @@ pub mod retention;
 
 use tokio_postgres::{Client, NoTls};
 
-pub use append::{AppendCounts, AppendItem, Appender, AppenderHandle, Durable};
+pub use append::{
+    AppendCounts, AppendItem, Appender, AppenderHandle, Durable, APPENDER_APPLICATION,
+};
 pub use checkpoint::Checkpoint;
 pub use read::{
     events_by_seq, pruned_through, query_events, read_events, LogQuery, ReadScope, StoredEvent,

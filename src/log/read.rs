@@ -1,6 +1,9 @@
 //! Reads of the log. Every read names its scope: one tenant, or the
 //! operator's cross-tenant view, which is spelled out as such.
 
+use std::borrow::Cow;
+
+use serde_json::value::RawValue;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
 
@@ -51,40 +54,116 @@ pub struct LogQuery {
     pub until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-const COLUMNS: &str = "seq, tenant, type, topic, source, subject, txid, lsn, commit_time, data";
+const COLUMNS: &str =
+    "seq, first_seq, tenant, type, topic, source, subject, txid, lsn, commit_time, data";
 
 fn to_u64(v: Option<i64>) -> Option<u64> {
     v.and_then(|v| u64::try_from(v).ok())
 }
 
-fn stored(r: &Row) -> StoredEvent {
-    let seq: i64 = r.get(0);
-    let tenant: String = r.get(1);
-    let event_type: String = r.get(2);
-    let topic: String = r.get(3);
-    let time: chrono::DateTime<chrono::Utc> = r.get(8);
-    let commit_micros = time.timestamp_micros();
-    let time = format_time_micros(commit_micros);
-    let body = Envelope {
-        seq,
-        tenant: &tenant,
-        event_type: &event_type,
-        topic: &topic,
-        source: r.get(4),
-        subject: r.get(5),
-        txid: to_u64(r.get(6)),
-        lsn: to_u64(r.get(7)),
-        time: &time,
-        data: r.get(9),
+/// The column values of one `sluice.events` row: one event, or a record
+/// batch of several (`first_seq` set; see sql/007_record_batches.sql).
+#[derive(Debug, Clone, Copy)]
+struct RowParts<'a> {
+    seq: i64,
+    first_seq: Option<i64>,
+    tenant: &'a str,
+    event_type: &'a str,
+    topic: &'a str,
+    source: &'a str,
+    subject: Option<&'a str>,
+    txid: Option<i64>,
+    lsn: Option<i64>,
+    /// Source commit time, µs since the Unix epoch.
+    commit_micros: i64,
+    data: &'a str,
+}
+
+impl<'a> RowParts<'a> {
+    fn of(r: &'a Row) -> RowParts<'a> {
+        let time: chrono::DateTime<chrono::Utc> = r.get(9);
+        RowParts {
+            seq: r.get(0),
+            first_seq: r.get(1),
+            tenant: r.get(2),
+            event_type: r.get(3),
+            topic: r.get(4),
+            source: r.get(5),
+            subject: r.get(6),
+            txid: r.get(7),
+            lsn: r.get(8),
+            commit_micros: time.timestamp_micros(),
+            data: r.get(10),
+        }
     }
-    .to_json();
-    StoredEvent {
+}
+
+/// One element of a batch row's `data`: `[subject, data]`.
+type BatchItem<'a> = (Option<Cow<'a, str>>, &'a RawValue);
+
+/// A batch row's events, checked against its seq range.
+fn batch_items<'a>(first_seq: i64, seq: i64, data: &'a str) -> Result<Vec<BatchItem<'a>>, String> {
+    if first_seq > seq {
+        return Err(format!("first_seq {first_seq} is after seq"));
+    }
+    let items: Vec<BatchItem<'a>> = serde_json::from_str(data)
+        .map_err(|e| format!("data is not an array of [subject, data] pairs: {e}"))?;
+    let want = seq - first_seq + 1;
+    if i64::try_from(items.len()).ok() != Some(want) {
+        return Err(format!(
+            "data holds {} events, first_seq..=seq spans {want}",
+            items.len()
+        ));
+    }
+    Ok(items)
+}
+
+/// Pushes the events of `row` whose seq `keep` accepts, in seq order, each
+/// with its envelope rebuilt. A malformed batch row is logged and skipped.
+fn expand_row(row: &RowParts<'_>, mut keep: impl FnMut(i64) -> bool, out: &mut Vec<StoredEvent>) {
+    let time = format_time_micros(row.commit_micros);
+    let event = |seq: i64, subject: Option<&str>, data: &str| StoredEvent {
         seq,
-        tenant,
-        event_type,
-        topic,
-        body,
-        commit_micros,
+        tenant: row.tenant.to_owned(),
+        event_type: row.event_type.to_owned(),
+        topic: row.topic.to_owned(),
+        body: Envelope {
+            seq,
+            tenant: row.tenant,
+            event_type: row.event_type,
+            topic: row.topic,
+            source: row.source,
+            subject,
+            txid: to_u64(row.txid),
+            lsn: to_u64(row.lsn),
+            time: &time,
+            data,
+        }
+        .to_json(),
+        commit_micros: row.commit_micros,
+    };
+    let Some(first_seq) = row.first_seq else {
+        if keep(row.seq) {
+            out.push(event(row.seq, row.subject, row.data));
+        }
+        return;
+    };
+    let items = match batch_items(first_seq, row.seq, row.data) {
+        Ok(items) => items,
+        Err(reason) => {
+            tracing::error!(
+                seq = row.seq,
+                first_seq,
+                %reason,
+                "malformed record batch in sluice.events; its events are skipped"
+            );
+            return;
+        }
+    };
+    for (seq, (subject, data)) in (first_seq..).zip(&items) {
+        if keep(seq) {
+            out.push(event(seq, subject.as_deref(), data.get()));
+        }
     }
 }
 
@@ -94,6 +173,8 @@ pub async fn query_events(
     scope: &ReadScope,
     q: &LogQuery,
 ) -> Result<Vec<StoredEvent>, tokio_postgres::Error> {
+    // `seq` is a row's last event, so `seq >= from` finds every row that
+    // holds an event at or after `from`.
     let mut sql = format!("SELECT {COLUMNS} FROM sluice.events WHERE seq >= $1");
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&q.from];
     let hash;
@@ -111,7 +192,14 @@ pub async fn query_events(
     }
     if let Some(to) = &q.to {
         params.push(to);
-        sql.push_str(&format!(" AND seq <= ${}", params.len()));
+        let n = params.len();
+        // Rows whose first event is at or before `to`. Rows never overlap,
+        // so none of them lies past the row holding `to` (or the next one):
+        // that bound on `seq` keeps the index scan from running to the head.
+        sql.push_str(&format!(
+            " AND coalesce(first_seq, seq) <= ${n} AND seq <= coalesce(\
+             (SELECT seq FROM sluice.events WHERE seq >= ${n} ORDER BY seq LIMIT 1), ${n})"
+        ));
     }
     if let Some(types) = &q.types {
         params.push(types);
@@ -125,10 +213,22 @@ pub async fn query_events(
         params.push(until);
         sql.push_str(&format!(" AND commit_time < ${}", params.len()));
     }
+    // A row holds one event or more (at least one within from..=to), so
+    // `limit` rows hold at least `limit` wanted events.
     params.push(&q.limit);
     sql.push_str(&format!(" ORDER BY seq LIMIT ${}", params.len()));
     let rows = client.query(&sql, &params).await?;
-    Ok(rows.iter().map(stored).collect())
+    let to = q.to.unwrap_or(i64::MAX);
+    let limit = usize::try_from(q.limit).unwrap_or(0);
+    let mut out = Vec::with_capacity(rows.len().min(limit));
+    for r in &rows {
+        if out.len() >= limit {
+            break;
+        }
+        expand_row(&RowParts::of(r), |s| s >= q.from && s <= to, &mut out);
+    }
+    out.truncate(limit);
+    Ok(out)
 }
 
 /// Events with `seq >= from`, in seq order, at most `limit`.
@@ -156,9 +256,31 @@ pub async fn events_by_seq(
     client: &impl GenericClient,
     seqs: &[i64],
 ) -> Result<Vec<StoredEvent>, tokio_postgres::Error> {
-    let sql = format!("SELECT {COLUMNS} FROM sluice.events WHERE seq = ANY($1) ORDER BY seq");
-    let rows = client.query(&sql, &[&seqs]).await?;
-    Ok(rows.iter().map(stored).collect())
+    let mut wanted = seqs.to_vec();
+    wanted.sort_unstable();
+    wanted.dedup();
+    // Per wanted seq, the one row that can hold it: the first whose last
+    // event is at or after it, if its first event is at or before it.
+    let sql = format!(
+        "SELECT e.* FROM unnest($1::bigint[]) AS w(s)
+         CROSS JOIN LATERAL (SELECT {COLUMNS} FROM sluice.events
+                             WHERE seq >= w.s ORDER BY seq LIMIT 1) e
+         WHERE coalesce(e.first_seq, e.seq) <= w.s
+         ORDER BY e.seq"
+    );
+    let rows = client.query(&sql, &[&wanted]).await?;
+    let mut out = Vec::with_capacity(wanted.len());
+    let mut last_row = None;
+    for r in &rows {
+        let row = RowParts::of(r);
+        // A batch holding several wanted seqs comes once per seq.
+        if last_row == Some(row.seq) {
+            continue;
+        }
+        last_row = Some(row.seq);
+        expand_row(&row, |s| wanted.binary_search(&s).is_ok(), &mut out);
+    }
+    Ok(out)
 }
 
 /// The highest seq pruned by retention (0 when nothing was): positions at or
@@ -168,4 +290,153 @@ pub async fn pruned_through(client: &impl GenericClient) -> Result<i64, tokio_po
         .query_opt("SELECT pruned_through FROM sluice.retention", &[])
         .await?
         .map_or(0, |r| r.get(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row<'a>(
+        seq: i64,
+        first_seq: Option<i64>,
+        subject: Option<&'a str>,
+        data: &'a str,
+    ) -> RowParts<'a> {
+        RowParts {
+            seq,
+            first_seq,
+            tenant: "acme",
+            event_type: "row.insert",
+            topic: "public.orders",
+            source: "pg/main",
+            subject,
+            txid: Some(731),
+            lsn: Some(0x1_6B37_4D48),
+            commit_micros: 1_700_000_000_123_456,
+            data,
+        }
+    }
+
+    fn expand(r: &RowParts<'_>, from: i64, to: i64) -> Vec<StoredEvent> {
+        let mut out = Vec::new();
+        expand_row(r, |s| s >= from && s <= to, &mut out);
+        out
+    }
+
+    fn all(r: &RowParts<'_>) -> Vec<StoredEvent> {
+        expand(r, i64::MIN, i64::MAX)
+    }
+
+    fn seqs(events: &[StoredEvent]) -> Vec<i64> {
+        events.iter().map(|e| e.seq).collect()
+    }
+
+    /// The same event, stored as an ordinary one-event row.
+    fn single(seq: i64, subject: Option<&str>, data: &str) -> StoredEvent {
+        let mut v = all(&row(seq, None, subject, data));
+        assert_eq!(v.len(), 1);
+        v.remove(0)
+    }
+
+    #[test]
+    fn a_single_row_is_one_event_with_the_envelope_as_before() {
+        let data = r#"{"new": {"id": 7, "price": 1.50}}"#;
+        let events = all(&row(42, None, Some("7"), data));
+        assert_eq!(seqs(&events), [42]);
+        let e = &events[0];
+        let time = format_time_micros(1_700_000_000_123_456);
+        let expected = Envelope {
+            seq: 42,
+            source: "pg/main",
+            event_type: "row.insert",
+            subject: Some("7"),
+            time: &time,
+            tenant: "acme",
+            topic: "public.orders",
+            txid: Some(731),
+            lsn: Some(0x1_6B37_4D48),
+            data,
+        }
+        .to_json();
+        assert_eq!(e.body, expected);
+        assert_eq!(
+            (e.tenant.as_str(), e.event_type.as_str(), e.topic.as_str()),
+            ("acme", "row.insert", "public.orders")
+        );
+        assert_eq!(e.commit_micros, 1_700_000_000_123_456);
+        assert_eq!(e.data(), serde_json::from_str(data).ok());
+        // Bounds apply to single rows too.
+        assert!(expand(&row(42, None, None, "1"), 43, 50).is_empty());
+        assert!(expand(&row(42, None, None, "1"), 1, 41).is_empty());
+    }
+
+    #[test]
+    fn a_batch_row_is_its_events_byte_for_byte_as_single_rows() {
+        let data = r#"[["1", {"id": 1, "n": 1.50e3}], ["2",{"id":2}] , [null, null], ["4", "x"]]"#;
+        let events = all(&row(13, Some(10), None, data));
+        assert_eq!(seqs(&events), [10, 11, 12, 13]);
+        assert_eq!(
+            events[0],
+            single(10, Some("1"), r#"{"id": 1, "n": 1.50e3}"#)
+        );
+        assert_eq!(events[1], single(11, Some("2"), r#"{"id":2}"#));
+        assert_eq!(events[2], single(12, None, "null"));
+        assert_eq!(events[3], single(13, Some("4"), r#""x""#));
+        assert!(!events[2].body.contains("\"subject\""));
+    }
+
+    #[test]
+    fn from_and_to_cut_a_batch_per_event() {
+        let data = r#"[["a",1],["b",2],["c",3],["d",4],["e",5]]"#;
+        let r = row(104, Some(100), None, data);
+        assert_eq!(seqs(&expand(&r, 102, i64::MAX)), [102, 103, 104]);
+        assert_eq!(seqs(&expand(&r, 0, 101)), [100, 101]);
+        assert_eq!(seqs(&expand(&r, 101, 103)), [101, 102, 103]);
+        assert_eq!(seqs(&expand(&r, 103, 103)), [103]);
+        assert!(expand(&r, 105, 200).is_empty());
+        assert!(expand(&r, 0, 99).is_empty());
+        assert_eq!(expand(&r, 103, 103)[0], single(103, Some("d"), "4"));
+    }
+
+    #[test]
+    fn subjects_with_escapes_and_unicode_come_back_decoded() {
+        let subject = "a\"b\\c/d\u{0001}\n é ü 😀 \u{2028}";
+        let data = r#"[["a\"b\\c\/d\u0001\n \u00e9 ü \ud83d\ude00 \u2028", {"k": "v"}]]"#;
+        let events = all(&row(5, Some(5), None, data));
+        assert_eq!(events, [single(5, Some(subject), r#"{"k": "v"}"#)]);
+        let v: serde_json::Value = serde_json::from_str(&events[0].body).expect("json");
+        assert_eq!(v["subject"], subject);
+    }
+
+    #[test]
+    fn malformed_batches_are_skipped_without_panicking() {
+        for (seq, first, data) in [
+            (3, 1, r#"{"not": "an array"}"#),
+            (3, 1, "not json"),
+            (3, 1, ""),
+            // Too short, too long.
+            (3, 1, r#"[["a",1],["b",2]]"#),
+            (3, 1, r#"[["a",1],["b",2],["c",3],["d",4]]"#),
+            // A pair missing its data, a triple, a subject that is no string.
+            (3, 1, r#"[["a",1],["b"],["c",3]]"#),
+            (3, 1, r#"[["a",1],["b",2,9],["c",3]]"#),
+            (3, 1, r#"[["a",1],[7,2],["c",3]]"#),
+            // Trailing garbage.
+            (3, 1, r#"[["a",1],["b",2],["c",3]] x"#),
+            // first_seq after seq.
+            (1, 3, r#"[["a",1]]"#),
+        ] {
+            assert!(all(&row(seq, Some(first), None, data)).is_empty(), "{data}");
+        }
+        // Other rows are still read.
+        let mut out = Vec::new();
+        expand_row(&row(1, None, None, "1"), |_| true, &mut out);
+        expand_row(&row(3, Some(2), None, "[1]"), |_| true, &mut out);
+        expand_row(
+            &row(5, Some(4), None, r#"[["x",4],["y",5]]"#),
+            |_| true,
+            &mut out,
+        );
+        assert_eq!(seqs(&out), [1, 4, 5]);
+    }
 }

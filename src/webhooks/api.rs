@@ -572,8 +572,14 @@ async fn replay(
         let seqs = event_seqs(ids)?;
         let found: Vec<i64> = client
             .query(
-                "SELECT seq FROM sluice.events
-                 WHERE seq = ANY($1) AND tenant_hash = $2 AND tenant = $3",
+                // A seq may lie inside a record batch: the one row that can
+                // hold it is the tenant's first whose last seq is >= it.
+                "SELECT DISTINCT w.s FROM unnest($1::bigint[]) AS w(s)
+                 CROSS JOIN LATERAL (
+                     SELECT seq, first_seq FROM sluice.events
+                     WHERE seq >= w.s AND tenant_hash = $2 AND tenant = $3
+                     ORDER BY seq LIMIT 1) e
+                 WHERE coalesce(e.first_seq, e.seq) <= w.s",
                 &[&seqs, &tenant.hash32(), &tenant.as_str()],
             )
             .await

@@ -121,6 +121,8 @@ pub struct Normalizer {
     pub stats: NormalizeStats,
     /// Size of the last `data` written, to size the next buffer.
     last_len: usize,
+    /// The event types used so far, shared by their events.
+    types: Vec<Arc<str>>,
 }
 
 /// Which columns of a tuple to write.
@@ -140,6 +142,7 @@ impl Normalizer {
             relations: HashMap::new(),
             stats: NormalizeStats::default(),
             last_len: 256,
+            types: Vec::new(),
         }
     }
 
@@ -433,6 +436,14 @@ impl Normalizer {
         data: JsonText,
     ) -> Outcome {
         self.last_len = data.get().len();
+        let event_type = match self.types.iter().find(|t| &***t == event_type) {
+            Some(t) => t.clone(),
+            None => {
+                let t: Arc<str> = event_type.into();
+                self.types.push(t.clone());
+                t
+            }
+        };
         Outcome::Event(PendingEvent {
             audience,
             position: SourcePosition {
@@ -440,7 +451,7 @@ impl Normalizer {
                 ordinal: pos,
             },
             source: self.source.clone(),
-            event_type: event_type.into(),
+            event_type,
             topic,
             subject,
             time_micros: tx.commit_time_micros,

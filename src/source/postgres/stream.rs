@@ -410,36 +410,50 @@ impl PgSource {
                             // chunk again.
                             continue;
                         };
-                        if normalizer.relation(chunk.relation.id).is_none() {
-                            let resolved = catalog
-                                .resolve(chunk.relation.clone(), Some(chunk.rule.clone()))
-                                .await?;
-                            normalizer.set_relation(resolved);
+                        // Normalized beside us, usually done by now; a
+                        // normalizer that is gone means the runner is gone.
+                        let Ok(chunk) = chunk.await else {
+                            continue;
+                        };
+                        for reason in chunk.dropped {
+                            self.deliver(Outcome::Dropped(reason), last_sent).await?;
                         }
-                        let mut emitted = 0u64;
-                        for row in &chunk.rows {
-                            let Some(subject) = normalizer.subject_of(chunk.relation.id, row)
-                            else {
-                                continue;
-                            };
-                            if window.changed.contains(&subject) {
-                                continue;
-                            }
+                        // The rows whose key changed inside the window are
+                        // left out: their change events are at least as new.
+                        let mut events = chunk.events;
+                        if !window.changed.is_empty() {
+                            events.retain(|e| {
+                                e.subject
+                                    .as_ref()
+                                    .is_some_and(|s| !window.changed.contains(s))
+                            });
+                        }
+                        for e in &mut events {
                             open.changes += 1;
-                            let pos = open.changes.saturating_mul(SUBS_PER_CHANGE);
-                            let o = normalizer.snapshot(&open.ctx, pos, chunk.relation.id, row);
-                            if matches!(o, Outcome::Event(_)) {
-                                emitted += 1;
-                            }
-                            self.deliver(o, last_sent).await?;
+                            e.position = SourcePosition {
+                                commit_lsn: open.ctx.commit_lsn,
+                                ordinal: open.changes.saturating_mul(SUBS_PER_CHANGE),
+                            };
+                            e.time_micros = open.ctx.commit_time_micros;
+                            e.time = open.ctx.time.clone();
+                            e.txid = Some(u64::from(open.ctx.xid));
+                            e.lsn = Some(open.ctx.commit_lsn);
+                        }
+                        if let Some(last) = events.last() {
+                            last_sent.position = last.position;
+                            last_sent.complete = false;
+                            self.stats
+                                .events
+                                .fetch_add(events.len() as u64, Ordering::Relaxed);
                         }
                         self.appender
                             .send(AppendItem::BackfillChunk {
+                                source: self.key.clone(),
+                                events,
                                 backfill: chunk.backfill,
                                 after: chunk.after,
                                 last_key: chunk.last_key,
-                                rows_read: chunk.rows.len() as u64,
-                                rows_emitted: emitted,
+                                rows_read: chunk.rows_read,
                             })
                             .await?;
                         continue;
