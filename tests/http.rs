@@ -839,3 +839,174 @@ async fn streams_opened_during_an_append_miss_nothing() {
     }
     stop(server, token).await;
 }
+
+/// Snapshot events are stored as record batches (one row per tenant and up
+/// to 256 events); every reader of a tenant must still see them one by one,
+/// cut exactly at `from`, `to` and `limit`, and never another tenant's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_events_in_record_batches_reach_every_reader_one_by_one() {
+    let db = TestDb::new("batches");
+    let c = db.client().await;
+    c.batch_execute(ITEMS).await.expect("ddl");
+    // acme: 600 rows (batches of 256, 256 and 88 per chunk of 1000);
+    // globex: 100, interleaved.
+    c.batch_execute(
+        "INSERT INTO items SELECT g, CASE WHEN g % 7 = 0 AND g <= 700 THEN 'globex' ELSE 'acme' END,
+                'c\"' || g, g FROM generate_series(1, 700) g",
+    )
+    .await
+    .expect("rows");
+    let acme_ids: Vec<i64> = c
+        .query(
+            "SELECT id::bigint FROM items WHERE tenant = 'acme' ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("ids")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let (server, token) = serve(&db, &[]).await;
+    let admin = create_key(&c, None, Role::Admin, None)
+        .await
+        .expect("admin key")
+        .1;
+    let service = key(&db, "acme", Role::Service).await;
+    let anon = key(&db, "acme", Role::Anon).await;
+    let hdr_auth = format!("Bearer {service}");
+    let hdr = [("Authorization", hdr_auth.as_str())];
+
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(format!("http://{}/v1/backfills", server.addr))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body(json!({"table": "public.items", "chunk_size": 1000}).to_string())
+        .send()
+        .await
+        .expect("create")
+        .bytes()
+        .await
+        .map(|b| serde_json::from_slice(&b).expect("json"))
+        .expect("body");
+    let id = created["id"].as_i64().expect("id");
+    let start = std::time::Instant::now();
+    let done = loop {
+        let b: Value = http
+            .get(format!("http://{}/v1/backfills/{id}", server.addr))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .map(|b| serde_json::from_slice(&b).expect("json"))
+            .expect("body");
+        if b["status"] == "done" {
+            break b;
+        }
+        assert!(start.elapsed() < PATIENCE, "backfill never finished: {b}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let first = done["from_seq"].as_i64().expect("from_seq");
+    let head: i64 = c
+        .query_one("SELECT max(seq) FROM sluice.events", &[])
+        .await
+        .expect("head")
+        .get(0);
+    assert_eq!(head - first + 1, 700, "one seq per snapshot event");
+    let rows: i64 = c
+        .query_one(
+            "SELECT count(*) FROM sluice.events WHERE first_seq IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("batch rows")
+        .get(0);
+    assert!(rows > 0 && rows < 10, "{rows} record batches");
+
+    // NDJSON export of acme from the backfill's first seq: its 600 rows,
+    // once each, in seq order, with their values.
+    let r = get(
+        server.addr,
+        &format!("/v1/events?format=ndjson&from={first}"),
+        &hdr,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let lines: Vec<Value> = String::from_utf8_lossy(&r.body)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one envelope per line"))
+        .collect();
+    let seqs: Vec<i64> = lines.iter().filter_map(|l| l["seq"].as_i64()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq order");
+    assert!(lines
+        .iter()
+        .all(|l| l["tenant"] == "acme" && l["type"] == "row.snapshot"));
+    let mut ids: Vec<i64> = lines
+        .iter()
+        .map(|l| l["data"]["new"]["id"].as_i64().expect("id"))
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, acme_ids);
+    for l in &lines {
+        let id = l["data"]["new"]["id"].as_i64().expect("id");
+        assert_eq!(l["subject"], format!("public.items/{id}"));
+        assert_eq!(l["data"]["new"]["color"], format!("c\"{id}"));
+    }
+
+    // A range cut inside batches, a page shorter than a batch, one event.
+    let (a, b) = (seqs[100], seqs[130]);
+    let r = get(
+        server.addr,
+        &format!("/v1/events?format=ndjson&from={a}&to={b}"),
+        &hdr,
+    )
+    .await;
+    let cut: Vec<i64> = String::from_utf8_lossy(&r.body)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok()?["seq"].as_i64())
+        .collect();
+    assert_eq!(cut, seqs[100..=130].to_vec());
+    let page = get(server.addr, &format!("/v1/events?from={a}&limit=7"), &hdr)
+        .await
+        .json();
+    let paged: Vec<i64> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["seq"].as_i64())
+        .collect();
+    assert_eq!(paged, seqs[100..107].to_vec());
+    assert_eq!(page["next_from"], seqs[106] + 1);
+    let one = get(server.addr, &format!("/v1/events/{}", seqs[300]), &hdr).await;
+    assert_eq!(one.json(), lines[300]);
+    let globex_seq = (first..=head)
+        .find(|s| !seqs.contains(s))
+        .expect("a globex seq");
+    let other = get(server.addr, &format!("/v1/events/{globex_seq}"), &hdr).await;
+    assert_eq!(other.status, 404, "another tenant's event is not found");
+    let stats = get(server.addr, "/v1/stats?window=1h", &hdr).await.json();
+    assert_eq!(stats["by_type"]["row.snapshot"], 600);
+
+    // SSE from the backfill's first seq, with the browser's anon key: the
+    // same events, byte for byte the same envelopes.
+    let mut sse = stream(
+        server.addr,
+        &format!("/v1/events/subscribe?apikey={anon}&from={first}"),
+        &[],
+    )
+    .await;
+    assert_eq!(sse.status, 200);
+    for line in &lines {
+        let e = sse.expect_event(PATIENCE).await;
+        assert_eq!(
+            e.id.as_deref(),
+            line["seq"].as_i64().map(|s| s.to_string()).as_deref()
+        );
+        let data: Value = serde_json::from_str(&e.data).expect("json");
+        assert_eq!(&data, line);
+    }
+    drop(sse);
+    stop(server, token).await;
+}
