@@ -231,20 +231,15 @@ impl Runner {
                 Some(nonce) => nonce,
                 None => {
                     let nonce: u64 = rand::random();
-                    source
-                        .execute(
-                            "SELECT pg_logical_emit_message(true, $1::text, $2::text)",
-                            &[
-                                &MARK_PREFIX,
-                                &Mark {
-                                    b: id,
-                                    n: nonce,
-                                    h: false,
-                                }
-                                .encode(),
-                            ],
-                        )
-                        .await?;
+                    emit_mark(
+                        &source,
+                        Mark {
+                            b: id,
+                            n: nonce,
+                            h: false,
+                        },
+                    )
+                    .await?;
                     nonce
                 }
             };
@@ -313,20 +308,15 @@ impl Runner {
             let Some(next_key) = next_key else {
                 // Closes the low watermark just committed: no chunk follows
                 // it yet.
-                source
-                    .execute(
-                        "SELECT pg_logical_emit_message(true, $1::text, $2::text)",
-                        &[
-                            &MARK_PREFIX,
-                            &Mark {
-                                b: id,
-                                n: next_nonce,
-                                h: true,
-                            }
-                            .encode(),
-                        ],
-                    )
-                    .await?;
+                emit_mark(
+                    &source,
+                    Mark {
+                        b: id,
+                        n: next_nonce,
+                        h: true,
+                    },
+                )
+                .await?;
                 low = None;
                 // The end, if every chunk in flight was recorded.
                 let Some(recorded) = self.settle(state, id, &mut inflight, stop).await? else {
@@ -515,6 +505,17 @@ async fn listen(url: String, created: Arc<tokio::sync::Notify>, stop: Cancellati
             _ = stop.cancelled() => return,
         }
     }
+}
+
+/// Commits one watermark on its own.
+async fn emit_mark(source: &Client, mark: Mark) -> Result<(), tokio_postgres::Error> {
+    source
+        .execute(
+            "SELECT pg_logical_emit_message(true, $1::text, $2::text)",
+            &[&MARK_PREFIX, &mark.encode()],
+        )
+        .await
+        .map(drop)
 }
 
 /// Waits until the transactions in progress now have ended.

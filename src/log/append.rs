@@ -865,20 +865,11 @@ mod tests {
     }
 
     fn snapshot(tenant: &str, n: usize, data_len: usize) -> PendingEvent {
-        PendingEvent {
-            audience: Audience::Tenant(TenantId::new(tenant).expect("valid")),
-            position: SourcePosition::default(),
-            source: "s".into(),
-            event_type: "row.snapshot".into(),
-            topic: "tables/public.t/snapshot".into(),
-            subject: Some(format!("public.t/{n}")),
-            time_micros: 0,
-            time: "x".into(),
-            txid: None,
-            lsn: None,
-            data: crate::event::JsonText::parse(format!("\"{}\"", "x".repeat(data_len)))
-                .expect("json"),
-        }
+        copy::test_event(
+            tenant,
+            Some(&format!("public.t/{n}")),
+            &format!("\"{}\"", "x".repeat(data_len)),
+        )
     }
 
     #[test]

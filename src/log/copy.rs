@@ -149,6 +149,25 @@ pub fn patch_seq(row: &mut [u8], seq: i64) {
     }
 }
 
+/// A snapshot event of `tenant` for tests (here and in `append`).
+#[cfg(test)]
+pub(super) fn test_event(tenant: &str, subject: Option<&str>, data: &str) -> PendingEvent {
+    use crate::event::{Audience, SourcePosition};
+    PendingEvent {
+        audience: Audience::Tenant(TenantId::new(tenant).expect("valid")),
+        position: SourcePosition::default(),
+        source: "s".into(),
+        event_type: "row.snapshot".into(),
+        topic: "tables/public.t/snapshot".into(),
+        subject: subject.map(str::to_owned),
+        time_micros: PG_EPOCH_OFFSET_MICROS,
+        time: "x".into(),
+        txid: Some(7),
+        lsn: Some(9),
+        data: crate::event::JsonText::parse(data.into()).expect("json"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,22 +214,6 @@ mod tests {
         assert_eq!(HEADER.len(), 19);
     }
 
-    fn event(tenant: &str, subject: Option<&str>, data: &str) -> PendingEvent {
-        PendingEvent {
-            audience: Audience::Tenant(TenantId::new(tenant).expect("valid")),
-            position: SourcePosition::default(),
-            source: "s".into(),
-            event_type: "row.snapshot".into(),
-            topic: "tables/public.t/snapshot".into(),
-            subject: subject.map(str::to_owned),
-            time_micros: PG_EPOCH_OFFSET_MICROS,
-            time: "x".into(),
-            txid: Some(7),
-            lsn: Some(9),
-            data: crate::event::JsonText::parse(data.into()).expect("json"),
-        }
-    }
-
     /// The fields of one encoded row: (length or -1, bytes).
     fn fields(row: &[u8]) -> Vec<Option<Vec<u8>>> {
         let n = i16::from_be_bytes([row[0], row[1]]) as usize;
@@ -233,17 +236,17 @@ mod tests {
     #[test]
     fn a_record_batch_holds_its_events_as_subject_data_pairs() {
         let t = TenantId::new("acme").expect("valid");
-        let a = event(
+        let a = test_event(
             "acme",
             Some("public.t/1"),
             r#"{"op":"snapshot","new":{"id":1}}"#,
         );
-        let b = event(
+        let b = test_event(
             "acme",
             Some("public.t/\"2\"\n"),
             r#"{"op":"snapshot","new":{"id":"2"}}"#,
         );
-        let c = event("acme", None, "[]");
+        let c = test_event("acme", None, "[]");
         let mut row = Vec::new();
         encode_batch(&mut row, 10, &t, &[&a, &b, &c]);
         let f = fields(&row);
@@ -266,7 +269,7 @@ mod tests {
     #[test]
     fn a_single_row_has_a_null_first_seq() {
         let t = TenantId::new("acme").expect("valid");
-        let a = event("acme", Some("public.t/1"), "{}");
+        let a = test_event("acme", Some("public.t/1"), "{}");
         let mut row = Vec::new();
         encode_row(&mut row, 5, &t, &a);
         let f = fields(&row);
