@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use sluice::localpg::LocalPg;
 
 mod common;
-use common::{free_port, num_arg, psql, Guard};
+use common::{cpu_secs, free_port, num_arg, psql, Guard};
 
 /// Commits one row per transaction into `live` at `rate` rows/s until
 /// `stop`; returns how many.
@@ -201,12 +201,15 @@ fn main() {
 
     // Throughput: R and a backfill in turns, no other load.
     let mut ratios = Vec::new();
+    let pid = _sluice.child.id();
     for round in 1..=rounds {
         let raw_secs = raw();
+        let cpu_before = cpu_secs(pid).unwrap_or(0.0);
         let secs = backfill(&pg, &state_db, chunk);
+        let cpu = cpu_secs(pid).unwrap_or(0.0) - cpu_before;
         let (rate_r, rate_s) = (rows as f64 / raw_secs, rows as f64 / secs);
         println!(
-            "round {round}: raw COPY read (R) {raw_secs:.2} s = {rate_r:.0} rows/s; sluice backfill {secs:.2} s = {rate_s:.0} rows/s; ratio {:.2}",
+            "round {round}: raw COPY read (R) {raw_secs:.2} s = {rate_r:.0} rows/s; sluice backfill {secs:.2} s = {rate_s:.0} rows/s, sluice CPU {cpu:.2} s; ratio {:.2}",
             rate_s / rate_r
         );
         ratios.push(rate_s / rate_r);

@@ -876,6 +876,16 @@ async fn snapshot_events_in_record_batches_reach_every_reader_one_by_one() {
     let hdr_auth = format!("Bearer {service}");
     let hdr = [("Authorization", hdr_auth.as_str())];
 
+    // A browser subscribed before the backfill: its snapshot events come
+    // live (from the appender's record batches), or from the log if it
+    // falls behind; either way the same envelopes as every other reader.
+    let mut sse = stream(
+        server.addr,
+        &format!("/v1/events/subscribe?apikey={anon}"),
+        &[],
+    )
+    .await;
+    assert_eq!(sse.status, 200);
     let http = reqwest::Client::new();
     let created: Value = http
         .post(format!("http://{}/v1/backfills", server.addr))
@@ -989,15 +999,25 @@ async fn snapshot_events_in_record_batches_reach_every_reader_one_by_one() {
     let stats = get(server.addr, "/v1/stats?window=1h", &hdr).await.json();
     assert_eq!(stats["by_type"]["row.snapshot"], 600);
 
-    // SSE from the backfill's first seq, with the browser's anon key: the
-    // same events, byte for byte the same envelopes.
-    let mut sse = stream(
+    // SSE, live and from the backfill's first seq, with the browser's anon
+    // key: the same events, byte for byte the same envelopes.
+    let mut from_first = stream(
         server.addr,
         &format!("/v1/events/subscribe?apikey={anon}&from={first}"),
         &[],
     )
     .await;
-    assert_eq!(sse.status, 200);
+    assert_eq!(from_first.status, 200);
+    for line in &lines {
+        let e = from_first.expect_event(PATIENCE).await;
+        assert_eq!(
+            e.id.as_deref(),
+            line["seq"].as_i64().map(|s| s.to_string()).as_deref()
+        );
+        let data: Value = serde_json::from_str(&e.data).expect("json");
+        assert_eq!(&data, line);
+    }
+    drop(from_first);
     for line in &lines {
         let e = sse.expect_event(PATIENCE).await;
         assert_eq!(

@@ -92,41 +92,47 @@ pub fn normalize(
     let ctx = TxContext::new(0, 0, 0);
     let mut events = Vec::with_capacity(usize::try_from(raw.rows).unwrap_or(0));
     let mut dropped = Vec::new();
-    let mut rows = Vec::new();
+    let mut row = Tuple(Vec::new());
     let mut n = 0;
     for part in &raw.parts {
-        parse_rows(part, &mut rows);
-        for row in rows.drain(..) {
+        each_row(part, &mut row, |row| {
             n += 1;
-            match normalizer.snapshot(&ctx, n, relation_id, &row) {
+            match normalizer.snapshot(&ctx, n, relation_id, row) {
                 Outcome::Event(e) => events.push(e),
                 Outcome::Dropped(r) => dropped.push(r),
                 Outcome::Ignored => {}
             }
-        }
+        });
     }
     (events, dropped)
 }
 
-/// Appends the rows of COPY text data (each ending in a newline; a raw
-/// newline never occurs inside a value, it is escaped as `\n`).
-pub fn parse_rows(data: &Bytes, out: &mut Vec<Tuple>) {
+/// Calls `f` with each row of COPY text `data` (each ending in a newline;
+/// a raw newline never occurs inside a value, it is escaped as `\n`), in
+/// one reused tuple.
+pub fn each_row(data: &Bytes, row: &mut Tuple, mut f: impl FnMut(&Tuple)) {
     let mut start = 0;
     while start < data.len() {
         let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |p| start + p);
-        let mut values = Vec::with_capacity(out.last().map_or(8, |t: &Tuple| t.0.len()));
+        row.0.clear();
         let mut field = start;
         loop {
             let stop = memchr::memchr(b'\t', &data[field..end]).map_or(end, |p| field + p);
-            values.push(value(data, field, stop));
+            row.0.push(value(data, field, stop));
             if stop >= end {
                 break;
             }
             field = stop + 1;
         }
-        out.push(Tuple(values));
+        f(row);
         start = end + 1;
     }
+}
+
+/// Appends the rows of COPY text data.
+pub fn parse_rows(data: &Bytes, out: &mut Vec<Tuple>) {
+    let mut row = Tuple(Vec::new());
+    each_row(data, &mut row, |r| out.push(r.clone()));
 }
 
 /// One field: `\N` is null; a value without backslashes is a slice.
