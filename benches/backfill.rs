@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use sluice::localpg::LocalPg;
 
 mod common;
-use common::{cpu_secs, free_port, num_arg, psql, Guard};
+use common::{cpu_secs, free_port, num_arg, psql, Guard, BENCH_TABLE};
 
 /// Commits one row per transaction into `live` at `rate` rows/s until
 /// `stop`; returns how many.
@@ -125,11 +125,11 @@ fn main() {
     psql(
         &pg,
         &db,
-        "CREATE TABLE bench (id bigint PRIMARY KEY, tenant text NOT NULL, note text, amount numeric(12,2),
-                             at timestamptz, meta jsonb);
-         ALTER TABLE bench REPLICA IDENTITY FULL;
-         CREATE TABLE live (id bigserial PRIMARY KEY, tenant text NOT NULL);
-         ALTER TABLE live REPLICA IDENTITY FULL;",
+        &format!(
+            "{BENCH_TABLE}
+             CREATE TABLE live (id bigserial PRIMARY KEY, tenant text NOT NULL);
+             ALTER TABLE live REPLICA IDENTITY FULL;"
+        ),
     );
     eprintln!("filling {rows} rows…");
     psql(

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use sluice::localpg::LocalPg;
 
 mod common;
-use common::{arg, cpu_secs, flag, peak_rss_kib, psql};
+use common::{arg, cpu_secs, flag, peak_rss_kib, psql, BENCH_TABLE};
 
 /// One complete run on a fresh cluster.
 fn run_once(rows: u64, separate_state: bool) -> Figures {
@@ -36,12 +36,12 @@ fn run_once(rows: u64, separate_state: bool) -> Figures {
     psql(
         &pg,
         &db,
-        "CREATE TABLE bench (id bigint PRIMARY KEY, tenant text NOT NULL, note text, amount numeric(12,2),
-                             at timestamptz, meta jsonb);
-         ALTER TABLE bench REPLICA IDENTITY FULL;
-         CREATE PUBLICATION bench_pub FOR TABLE bench;
-         SELECT pg_create_logical_replication_slot('raw_slot', 'pgoutput');
-         SELECT pg_create_logical_replication_slot('sluice_slot', 'pgoutput');",
+        &format!(
+            "{BENCH_TABLE}
+             CREATE PUBLICATION bench_pub FOR TABLE bench;
+             SELECT pg_create_logical_replication_slot('raw_slot', 'pgoutput');
+             SELECT pg_create_logical_replication_slot('sluice_slot', 'pgoutput');"
+        ),
     );
     let state_db = if separate_state {
         pg.create_database("state").expect("state db")

@@ -1008,25 +1008,17 @@ async fn snapshot_events_in_record_batches_reach_every_reader_one_by_one() {
     )
     .await;
     assert_eq!(from_first.status, 200);
-    for line in &lines {
-        let e = from_first.expect_event(PATIENCE).await;
-        assert_eq!(
-            e.id.as_deref(),
-            line["seq"].as_i64().map(|s| s.to_string()).as_deref()
-        );
-        let data: Value = serde_json::from_str(&e.data).expect("json");
-        assert_eq!(&data, line);
+    for stream in [&mut from_first, &mut sse] {
+        for line in &lines {
+            let e = stream.expect_event(PATIENCE).await;
+            assert_eq!(
+                e.id.as_deref(),
+                line["seq"].as_i64().map(|s| s.to_string()).as_deref()
+            );
+            let data: Value = serde_json::from_str(&e.data).expect("json");
+            assert_eq!(&data, line);
+        }
     }
-    drop(from_first);
-    for line in &lines {
-        let e = sse.expect_event(PATIENCE).await;
-        assert_eq!(
-            e.id.as_deref(),
-            line["seq"].as_i64().map(|s| s.to_string()).as_deref()
-        );
-        let data: Value = serde_json::from_str(&e.data).expect("json");
-        assert_eq!(&data, line);
-    }
-    drop(sse);
+    drop((from_first, sse));
     stop(server, token).await;
 }

@@ -30,6 +30,13 @@ pub fn num_arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The benchmarks' source table: text, numeric, timestamptz and jsonb
+/// columns, a tenant, full replica identity.
+pub const BENCH_TABLE: &str =
+    "CREATE TABLE bench (id bigint PRIMARY KEY, tenant text NOT NULL, note text, amount numeric(12,2),
+                         at timestamptz, meta jsonb);
+     ALTER TABLE bench REPLICA IDENTITY FULL;";
+
 pub fn psql(pg: &LocalPg, db: &str, sql: &str) -> String {
     pg.psql(db, sql)
         .unwrap_or_else(|e| panic!("psql failed: {e}\n{sql}"))
