@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use sluice::localpg::LocalPg;
 
 mod common;
-use common::{cpu_secs, free_port, num_arg, psql, Guard, BENCH_TABLE};
+use common::{cluster_cpu_secs, cpu_secs, free_port, num_arg, psql, Guard, BENCH_TABLE};
 
 /// Commits one row per transaction into `live` at `rate` rows/s until
 /// `stop`; returns how many.
@@ -72,33 +72,45 @@ fn head(pg: &LocalPg, db: &str) -> i64 {
         .unwrap_or(0)
 }
 
-/// Runs one backfill of `public.bench` to its end; its duration.
-fn backfill(pg: &LocalPg, state_db: &str, chunk: u64) -> f64 {
-    let t = Instant::now();
-    let id = psql(
-        pg,
-        state_db,
-        &format!(
-            "INSERT INTO sluice.backfills (table_name, chunk_size, start_seq)
-             VALUES ('public.bench', {chunk}, (SELECT coalesce(max(seq), 0) FROM sluice.events)) RETURNING id"
-        ),
-    );
-    let id = id.trim().lines().next().unwrap_or("").trim().to_owned();
-    loop {
-        let status = psql(
-            pg,
-            state_db,
-            &format!("SELECT status FROM sluice.backfills WHERE id = {id}"),
-        );
-        match status.trim() {
-            "done" => break,
-            "running" => {}
-            other => panic!("backfill {other}"),
+/// Runs one backfill of `public.bench` to its end; its duration. Created
+/// and polled over one connection: a new psql process and backend every
+/// poll would take CPU from the backfill being measured.
+fn backfill(state_url: &str, chunk: u64) -> f64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let c = sluice::log::connect(state_url)
+            .await
+            .expect("bench connects to the state database");
+        let t = Instant::now();
+        let id: i64 = c
+            .query_one(
+                "INSERT INTO sluice.backfills (table_name, chunk_size, start_seq)
+                 VALUES ('public.bench', $1, (SELECT coalesce(max(seq), 0) FROM sluice.events))
+                 RETURNING id",
+                &[&(chunk as i32)],
+            )
+            .await
+            .expect("create backfill")
+            .get(0);
+        loop {
+            let status: String = c
+                .query_one("SELECT status FROM sluice.backfills WHERE id = $1", &[&id])
+                .await
+                .expect("backfill status")
+                .get(0);
+            match status.as_str() {
+                "done" => break,
+                "running" => {}
+                other => panic!("backfill {other}"),
+            }
+            assert!(t.elapsed() < Duration::from_secs(3600), "backfill too slow");
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(t.elapsed() < Duration::from_secs(3600), "backfill too slow");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64()
+    })
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -203,13 +215,19 @@ fn main() {
     let mut ratios = Vec::new();
     let pid = _sluice.child.id();
     for round in 1..=rounds {
+        let pg_cpu = || cluster_cpu_secs(pg.data_dir()).unwrap_or(0.0);
+        let pg_before = pg_cpu();
         let raw_secs = raw();
+        let raw_pg = pg_cpu() - pg_before;
         let cpu_before = cpu_secs(pid).unwrap_or(0.0);
-        let secs = backfill(&pg, &state_db, chunk);
+        let pg_before = pg_cpu();
+        let secs = backfill(&pg.url(&state_db), chunk);
         let cpu = cpu_secs(pid).unwrap_or(0.0) - cpu_before;
+        let backfill_pg = pg_cpu() - pg_before;
         let (rate_r, rate_s) = (rows as f64 / raw_secs, rows as f64 / secs);
         println!(
-            "round {round}: raw COPY read (R) {raw_secs:.2} s = {rate_r:.0} rows/s; sluice backfill {secs:.2} s = {rate_s:.0} rows/s, sluice CPU {cpu:.2} s; ratio {:.2}",
+            "round {round}: raw COPY read (R) {raw_secs:.2} s = {rate_r:.0} rows/s (Postgres CPU {raw_pg:.2} s); \
+             sluice backfill {secs:.2} s = {rate_s:.0} rows/s (sluice CPU {cpu:.2} s, Postgres CPU {backfill_pg:.2} s); ratio {:.2}",
             rate_s / rate_r
         );
         ratios.push(rate_s / rate_r);
@@ -236,7 +254,7 @@ fn main() {
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let w = live_writer(pg.url(&db), rate, stop.clone());
-    let secs = backfill(&pg, &state_db, chunk);
+    let secs = backfill(&pg.url(&state_db), chunk);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let n = w.join().expect("writer");
     std::thread::sleep(Duration::from_secs(1));

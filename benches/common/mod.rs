@@ -82,6 +82,43 @@ pub fn cpu_secs(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// CPU seconds (user + system) used so far by a Postgres cluster: the
+/// postmaster, its live processes, and those already gone (the
+/// postmaster's reaped children). Differences between two calls are the
+/// cluster's CPU in between.
+pub fn cluster_cpu_secs(data_dir: &std::path::Path) -> Option<f64> {
+    let pidfile = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let postmaster: u32 = pidfile.lines().next()?.trim().parse().ok()?;
+    let stat = |pid: &str| -> Option<Vec<f64>> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        Some(
+            text.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .map(|f| f.parse().unwrap_or(0.0))
+                .collect(),
+        )
+    };
+    let own = stat(&postmaster.to_string())?;
+    // utime, stime, cutime, cstime (after the state field: 11..=14).
+    let mut ticks: f64 = own.get(11..15)?.iter().sum();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if let Some(f) = stat(pid) {
+            if f.get(1).copied() == Some(f64::from(postmaster)) {
+                ticks += f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0);
+            }
+        }
+    }
+    Some(ticks / 100.0)
+}
+
 // ------------------------------------------------------------ time parsing
 
 /// µs since the epoch of a civil UTC date and time.

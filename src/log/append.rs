@@ -101,8 +101,13 @@ struct Queued {
 /// it).
 pub const APPENDER_APPLICATION: &str = "sluice-appender";
 
-/// Bytes of COPY data sent to the server at a time.
-const COPY_CHUNK: usize = 1 << 20;
+/// Bytes of COPY data in one CopyData message. The server reads each
+/// message whole into a buffer it grows to fit, once per COPY: large
+/// messages cost it fresh pages and copies on every append.
+const COPY_CHUNK: usize = 64 << 10;
+
+/// Bytes buffered before they are sent.
+const COPY_BUFFER: usize = 1 << 20;
 
 /// Events in one record batch at most, and its `data` bytes at most (a
 /// reader re-reads a batch it stopped inside; keep that small).
@@ -499,7 +504,7 @@ impl Appender {
         pin_mut!(sink);
         let mut seq = self.next_seq;
         let checkpoints = expected.clone();
-        let mut buf = BytesMut::with_capacity(COPY_CHUNK + COPY_CHUNK / 4);
+        let mut buf = BytesMut::with_capacity(COPY_BUFFER + COPY_BUFFER / 4);
         buf.extend_from_slice(copy::HEADER);
         let mut scratch = Vec::new();
         // (seq, tenant, index in batch, index in the item) of every event,
@@ -539,8 +544,8 @@ impl Appender {
                             wanted(seq, tenant, i, j);
                             seq += 1;
                         }
-                        if buf.len() >= COPY_CHUNK {
-                            sink.as_mut().send(buf.split().freeze()).await?;
+                        if buf.len() >= COPY_BUFFER {
+                            send_copy(sink.as_mut(), &mut buf).await?;
                         }
                     }
                 }
@@ -577,12 +582,12 @@ impl Appender {
                     }
                 }
             }
-            if buf.len() >= COPY_CHUNK {
-                sink.as_mut().send(buf.split().freeze()).await?;
+            if buf.len() >= COPY_BUFFER {
+                send_copy(sink.as_mut(), &mut buf).await?;
             }
         }
         buf.extend_from_slice(copy::TRAILER);
-        sink.as_mut().send(buf.freeze()).await?;
+        send_copy(sink.as_mut(), &mut buf).await?;
         sink.finish().await?;
         for (source, cp) in &checkpoints {
             if self.checkpoints.get(source) != Some(cp) {
@@ -674,6 +679,20 @@ impl Appender {
         }
         Ok(())
     }
+}
+
+/// Sends all of `buf` in CopyData messages of at most [`COPY_CHUNK`] bytes
+/// (slices of the one buffer, not copies).
+async fn send_copy(
+    mut sink: std::pin::Pin<&mut tokio_postgres::CopyInSink<Bytes>>,
+    buf: &mut BytesMut,
+) -> Result<(), tokio_postgres::Error> {
+    let mut all = buf.split().freeze();
+    while !all.is_empty() {
+        let piece = all.split_to(all.len().min(COPY_CHUNK));
+        sink.as_mut().feed(piece).await?;
+    }
+    sink.flush().await
 }
 
 /// The checkpoints after `batch`, starting from `cps`.

@@ -123,6 +123,32 @@ pub struct Normalizer {
     last_len: usize,
     /// The event types used so far, shared by their events.
     types: Vec<Arc<str>>,
+    /// Tenant ids seen lately, by their bytes: events of one tenant share
+    /// one id rather than allocating and checking it per event.
+    tenants: TenantCache,
+}
+
+/// Tenant values → their checked ids, emptied when it reaches
+/// [`TenantCache::MAX`] entries.
+#[derive(Default)]
+struct TenantCache(HashMap<Box<[u8]>, TenantId>);
+
+impl TenantCache {
+    const MAX: usize = 4096;
+
+    fn get(&mut self, bytes: &[u8]) -> Result<TenantId, String> {
+        if let Some(t) = self.0.get(bytes) {
+            return Ok(t.clone());
+        }
+        let s =
+            std::str::from_utf8(bytes).map_err(|_| "the tenant value is not UTF-8".to_owned())?;
+        let t = TenantId::new(s).map_err(|e| e.to_string())?;
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        self.0.insert(bytes.into(), t.clone());
+        Ok(t)
+    }
 }
 
 /// Which columns of a tuple to write.
@@ -143,6 +169,7 @@ impl Normalizer {
             stats: NormalizeStats::default(),
             last_len: 256,
             types: Vec::new(),
+            tenants: TenantCache::default(),
         }
     }
 
@@ -258,7 +285,7 @@ impl Normalizer {
         if let Err(r) = check_shape(rel, new) {
             return Outcome::Dropped(r);
         }
-        let tenant = match tenant_of(rel, Some(new), None) {
+        let tenant = match tenant_of(&mut self.tenants, rel, Some(new), None) {
             Ok(t) => t,
             Err(r) => return Outcome::Dropped(r),
         };
@@ -306,7 +333,7 @@ impl Normalizer {
         {
             return Outcome::Dropped(r);
         }
-        let tenant = match tenant_of(rel, Some(&m.new), old) {
+        let tenant = match tenant_of(&mut self.tenants, rel, Some(&m.new), old) {
             Ok(t) => t,
             Err(r) => return Outcome::Dropped(r),
         };
@@ -368,7 +395,7 @@ impl Normalizer {
         if let Err(r) = check_shape(rel, tuple) {
             return Outcome::Dropped(r);
         }
-        let tenant = match tenant_of(rel, None, Some(tuple)) {
+        let tenant = match tenant_of(&mut self.tenants, rel, None, Some(tuple)) {
             Ok(t) => t,
             Err(r) => return Outcome::Dropped(r),
         };
@@ -729,6 +756,7 @@ fn key_text(rel: &CachedRelation, t: &Tuple) -> String {
 
 /// The tenant of a change: from the new row, else from the old image.
 fn tenant_of(
+    cache: &mut TenantCache,
     rel: &CachedRelation,
     new: Option<&Tuple>,
     old: Option<&Tuple>,
@@ -741,15 +769,16 @@ fn tenant_of(
     let Some(idx) = rel.tenant_index else {
         return Err(drop("the tenant column is not in the table"));
     };
-    let pick = |t: Option<&Tuple>| match t.and_then(|t| t.0.get(idx)) {
-        Some(Datum::Text(b)) | Some(Datum::Binary(b)) => Some(b.clone()),
-        _ => None,
-    };
-    let Some(bytes) = pick(new).or_else(|| pick(old)) else {
+    fn pick(t: Option<&Tuple>, idx: usize) -> Option<&[u8]> {
+        match t.and_then(|t| t.0.get(idx)) {
+            Some(Datum::Text(b)) | Some(Datum::Binary(b)) => Some(b),
+            _ => None,
+        }
+    }
+    let Some(bytes) = pick(new, idx).or_else(|| pick(old, idx)) else {
         return Err(drop("the tenant value is NULL or not in the row image"));
     };
-    let s = std::str::from_utf8(&bytes).map_err(|_| drop("the tenant value is not UTF-8"))?;
-    TenantId::new(s).map_err(|e| drop(&e.to_string()))
+    cache.get(bytes).map_err(|why| drop(&why))
 }
 
 #[cfg(test)]

@@ -317,9 +317,13 @@ pub fn to_json(ty: &PgType, text: &[u8]) -> Result<Value, ValueError> {
             reason: e.to_string(),
         }),
         PgType::Bytea => bytea_value(text).map_err(|reason| invalid(ty, text, reason)),
-        PgType::Date => date_value(text).map_err(|reason| invalid(ty, text, reason)),
-        PgType::Timestamp => timestamp_value(text).map_err(|reason| invalid(ty, text, reason)),
-        PgType::Timestamptz => timestamptz_value(text).map_err(|reason| invalid(ty, text, reason)),
+        PgType::Date => time_value(date_text, text).map_err(|reason| invalid(ty, text, reason)),
+        PgType::Timestamp => {
+            time_value(timestamp_text, text).map_err(|reason| invalid(ty, text, reason))
+        }
+        PgType::Timestamptz => {
+            time_value(timestamptz_text, text).map_err(|reason| invalid(ty, text, reason))
+        }
         PgType::Array { elem, delim } => ArrayParser::new(elem, *delim, text).parse(),
     }
 }
@@ -372,6 +376,20 @@ pub fn write_json(ty: &PgType, text: &[u8], out: &mut Vec<u8>) -> Result<(), Val
             })?;
             out.extend_from_slice(text);
         }
+        PgType::Date | PgType::Timestamp | PgType::Timestamptz => {
+            let write = match ty {
+                PgType::Date => date_text,
+                PgType::Timestamp => timestamp_text,
+                _ => timestamptz_text,
+            };
+            let at = out.len();
+            out.push(b'"');
+            if let Err(reason) = write(text, out) {
+                out.truncate(at);
+                return Err(invalid(ty, text, reason));
+            }
+            out.push(b'"');
+        }
         _ => {
             let v = to_json(ty, text)?;
             serde_json::to_writer(&mut *out, &v).expect("writing a Value to a Vec cannot fail");
@@ -380,9 +398,60 @@ pub fn write_json(ty: &PgType, text: &[u8], out: &mut Vec<u8>) -> Result<(), Val
     Ok(())
 }
 
-/// Writes `s` as a JSON string literal.
+/// Writes `s` as a JSON string literal, escaped as serde_json does (`\"`,
+/// `\\`, `\b \f \n \r \t`, other controls as `\u00xx`; nothing else).
+/// Runs of bytes that need no escape, the usual case, are copied whole;
+/// they are found eight bytes at a time.
 pub fn write_json_string(s: &str, out: &mut Vec<u8>) {
-    serde_json::to_writer(&mut *out, s).expect("writing a str to a Vec cannot fail");
+    let b = s.as_bytes();
+    out.reserve(b.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    let mut i = 0;
+    while i < b.len() {
+        if let Some(word) = b.get(i..i + 8) {
+            let w = u64::from_le_bytes(word.try_into().unwrap_or([0; 8]));
+            if !needs_escape(w) {
+                i += 8;
+                continue;
+            }
+        }
+        let end = (i + 8).min(b.len());
+        while i < end {
+            let c = b[i];
+            if c < 0x20 || c == b'"' || c == b'\\' {
+                out.extend_from_slice(&b[start..i]);
+                match c {
+                    b'"' => out.extend_from_slice(b"\\\""),
+                    b'\\' => out.extend_from_slice(b"\\\\"),
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    b'\r' => out.extend_from_slice(b"\\r"),
+                    b'\t' => out.extend_from_slice(b"\\t"),
+                    0x08 => out.extend_from_slice(b"\\b"),
+                    0x0c => out.extend_from_slice(b"\\f"),
+                    _ => {
+                        const HEX: &[u8; 16] = b"0123456789abcdef";
+                        out.extend_from_slice(b"\\u00");
+                        out.push(HEX[usize::from(c >> 4)]);
+                        out.push(HEX[usize::from(c & 0xf)]);
+                    }
+                }
+                start = i + 1;
+            }
+            i += 1;
+        }
+    }
+    out.extend_from_slice(&b[start..]);
+    out.push(b'"');
+}
+
+/// Whether any byte of `w` is a control character, `"` or `\`.
+fn needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte below `n` (n ≤ 0x80), and a zero byte, flagged in its high bit.
+    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH;
+    below(w, 0x20) != 0 || below(w ^ (ONES * 0x22), 1) != 0 || below(w ^ (ONES * 0x5c), 1) != 0
 }
 
 /// `-?(0|[1-9][0-9]*)` and not `-0`.
@@ -729,21 +798,36 @@ fn era(rest: &[u8]) -> Option<bool> {
     }
 }
 
-fn date_value(text: &[u8]) -> Result<Value, &'static str> {
-    if matches!(text, b"infinity" | b"-infinity") {
-        return Ok(Value::String(ascii_string(text)));
-    }
-    let d = parse_date(text).ok_or(DATE_SHAPE)?;
-    let bc = era(&text[d.end..]).ok_or(DATE_SHAPE)?;
-    if !valid_day(&d, bc) {
-        return Err("day out of range for month");
-    }
-    Ok(Value::String(ascii_string(text)))
+/// The text of a date, timestamp or timestamptz as a JSON string value:
+/// what `write` puts inside the quotes (ASCII with nothing to escape).
+fn time_value(
+    write: fn(&[u8], &mut Vec<u8>) -> Result<(), &'static str>,
+    text: &[u8],
+) -> Result<Value, &'static str> {
+    let mut out = Vec::with_capacity(text.len() + 2);
+    write(text, &mut out)?;
+    Ok(Value::String(String::from_utf8_lossy(&out).into_owned()))
 }
 
-fn timestamp_value(text: &[u8]) -> Result<Value, &'static str> {
+/// Writes a date's JSON string contents: as printed, once checked.
+fn date_text(text: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
+    if !matches!(text, b"infinity" | b"-infinity") {
+        let d = parse_date(text).ok_or(DATE_SHAPE)?;
+        let bc = era(&text[d.end..]).ok_or(DATE_SHAPE)?;
+        if !valid_day(&d, bc) {
+            return Err("day out of range for month");
+        }
+    }
+    out.extend_from_slice(text);
+    Ok(())
+}
+
+/// Writes a timestamp's JSON string contents: `YYYY-MM-DDTHH:MM:SS[.f]`;
+/// infinities and BC as printed.
+fn timestamp_text(text: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
     if matches!(text, b"infinity" | b"-infinity") {
-        return Ok(Value::String(ascii_string(text)));
+        out.extend_from_slice(text);
+        return Ok(());
     }
     let d = parse_date(text).ok_or(TS_SHAPE)?;
     let t = parse_time(text, d.end).ok_or(TS_SHAPE)?;
@@ -752,18 +836,21 @@ fn timestamp_value(text: &[u8]) -> Result<Value, &'static str> {
         return Err("day out of range for month");
     }
     if bc {
-        return Ok(Value::String(ascii_string(text)));
+        out.extend_from_slice(text);
+        return Ok(());
     }
-    let mut out = String::with_capacity(text.len());
-    out.push_str(&String::from_utf8_lossy(&text[..d.end]));
-    out.push('T');
-    out.push_str(&String::from_utf8_lossy(&text[d.end + 1..t.end]));
-    Ok(Value::String(out))
+    out.extend_from_slice(&text[..d.end]);
+    out.push(b'T');
+    out.extend_from_slice(&text[d.end + 1..t.end]);
+    Ok(())
 }
 
-fn timestamptz_value(text: &[u8]) -> Result<Value, &'static str> {
+/// Writes a timestamptz's JSON string contents: RFC 3339 in UTC
+/// (`YYYY-MM-DDTHH:MM:SS[.f]Z`); infinities and BC as printed.
+fn timestamptz_text(text: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
     if matches!(text, b"infinity" | b"-infinity") {
-        return Ok(Value::String(ascii_string(text)));
+        out.extend_from_slice(text);
+        return Ok(());
     }
     let d = parse_date(text).ok_or(TSTZ_SHAPE)?;
     let t = parse_time(text, d.end).ok_or(TSTZ_SHAPE)?;
@@ -773,15 +860,13 @@ fn timestamptz_value(text: &[u8]) -> Result<Value, &'static str> {
         return Err("day out of range for month");
     }
     if bc {
-        return Ok(Value::String(ascii_string(text)));
+        out.extend_from_slice(text);
+        return Ok(());
     }
-    // Both slices are validated ASCII, so the lossy conversions borrow.
-    let frac = String::from_utf8_lossy(&text[t.frac..t.end]);
-    let mut out = String::with_capacity(t.end + 1);
     if offset == 0 {
-        out.push_str(&String::from_utf8_lossy(&text[..d.end]));
-        out.push('T');
-        out.push_str(&String::from_utf8_lossy(&text[d.end + 1..t.frac]));
+        out.extend_from_slice(&text[..d.end]);
+        out.push(b'T');
+        out.extend_from_slice(&text[d.end + 1..t.frac]);
     } else {
         let local = t.secs - offset;
         let days = days_from_civil(d.year, d.month, d.day) + local.div_euclid(86_400);
@@ -789,19 +874,22 @@ fn timestamptz_value(text: &[u8]) -> Result<Value, &'static str> {
         let (y, m, day) = civil_from_days(days);
         if y < 1 {
             // The UTC instant is BC: keep the Postgres text, as for BC input.
-            return Ok(Value::String(ascii_string(text)));
+            out.extend_from_slice(text);
+            return Ok(());
         }
+        let mut utc = String::with_capacity(20);
         let _ = write!(
-            out,
+            utc,
             "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}",
             secs / 3600,
             secs / 60 % 60,
             secs % 60
         );
+        out.extend_from_slice(utc.as_bytes());
     }
-    out.push_str(&frac);
-    out.push('Z');
-    Ok(Value::String(out))
+    out.extend_from_slice(&text[t.frac..t.end]);
+    out.push(b'Z');
+    Ok(())
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (astronomical year).
@@ -1151,6 +1239,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn json_strings_are_escaped_as_serde_json_escapes_them() {
+        let mut cases: Vec<String> = vec![
+            String::new(),
+            "plain ascii, longer than one word".into(),
+            "\"quoted\" and \\ back\\slash".into(),
+            "tab\tnew\nline\rcr\u{8}\u{c}\u{1}\u{1f}\u{7f} end".into(),
+            "ünïcödé — 日本語 \u{10ffff}\"".into(),
+        ];
+        // Every byte position within and across 8-byte words.
+        for pos in 0..20 {
+            for special in ['"', '\\', '\n', '\u{0}', '\u{1f}', ' ', '~', 'é'] {
+                let mut s: String = "abcdefghijklmnopqrstu".chars().take(pos).collect();
+                s.push(special);
+                s.push_str("xyz0123456789");
+                cases.push(s);
+            }
+        }
+        for s in cases {
+            let mut out = Vec::new();
+            write_json_string(&s, &mut out);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(&s).unwrap(),
+                "{s:?}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_string_is_escaped_as_serde_json_escapes_it(s in "\\PC*|[\\x00-\\x7f]*") {
+            let mut out = Vec::new();
+            write_json_string(&s, &mut out);
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&s).unwrap());
+        }
+    }
+
+    #[test]
     fn write_json_agrees_with_to_json() {
         let cases: &[(PgType, &[u8])] = &[
             (PgType::Bool, b"t"),
@@ -1167,6 +1293,13 @@ mod tests {
             ),
             (PgType::Json, b"{\n  \"multi\": \"line\"\n}"),
             (PgType::Timestamptz, b"2026-11-22 10:15:30.5+05:30"),
+            (PgType::Timestamptz, b"2026-11-22 10:15:30.123456+00"),
+            (PgType::Timestamptz, b"0044-03-15 12:00:00+00 BC"),
+            (PgType::Timestamptz, b"-infinity"),
+            (PgType::Timestamp, b"2026-11-22 10:15:30.123456"),
+            (PgType::Timestamp, b"infinity"),
+            (PgType::Date, b"2026-11-22"),
+            (PgType::Date, b"0001-02-29 BC"),
             (PgType::Bytea, b"\\x00ff"),
             (PgType::Money, b"-$1,234.56"),
         ];
@@ -1190,6 +1323,9 @@ mod tests {
         let mut out = b"keep".to_vec();
         assert!(write_json(&PgType::Int, b"1x", &mut out).is_err());
         assert!(write_json(&PgType::Json, b"{nope", &mut out).is_err());
+        assert!(write_json(&PgType::Timestamptz, b"2026-02-30 00:00:00+00", &mut out).is_err());
+        assert!(write_json(&PgType::Timestamp, b"2026-01-01 24:00:00", &mut out).is_err());
+        assert!(write_json(&PgType::Date, b"2026-1-01", &mut out).is_err());
         assert_eq!(out, b"keep");
     }
     use proptest::prelude::*;
