@@ -172,6 +172,11 @@ impl Runner {
         tokio::spawn(async move {
             let _ = conn.await;
         });
+        // Per-chunk queries, parsed and planned once.
+        let queries = Queries {
+            writers: source.prepare(BUSY_SQL).await?,
+            progress: state.prepare(PROGRESS_SQL).await?,
+        };
         let (schema, name) = table.split_once('.').unwrap_or(("public", table));
         let info = table_info(&source, schema, name)
             .await?
@@ -243,7 +248,7 @@ impl Runner {
                     nonce
                 }
             };
-            wait_for_writers(&source).await?;
+            wait_for_writers(&source, &queries.writers).await?;
             // The chunk's own snapshot, read-only whatever the predicate
             // calls. BEGIN and the COPY go out together (one round trip);
             // a failed BEGIN fails the chunk, whatever the COPY did.
@@ -319,7 +324,10 @@ impl Runner {
                 .await?;
                 low = None;
                 // The end, if every chunk in flight was recorded.
-                let Some(recorded) = self.settle(state, id, &mut inflight, stop).await? else {
+                let Some(recorded) = self
+                    .settle(state, &queries, id, &mut inflight, stop)
+                    .await?
+                else {
                     return Ok(());
                 };
                 if recorded != last_key {
@@ -360,7 +368,7 @@ impl Runner {
                     return Ok(());
                 }
                 self.chunks.take(oldest.nonce);
-                let (recorded, status) = self.progress(state, id).await?;
+                let (recorded, status) = self.progress(state, &queries, id).await?;
                 if status != "running" {
                     return Ok(());
                 }
@@ -369,7 +377,10 @@ impl Runner {
                 if !expected.into_iter().any(|k| recorded.as_ref() == Some(k)) {
                     // The stream could not emit a chunk (its low watermark
                     // came in an earlier session): read on from the record.
-                    let Some(recorded) = self.settle(state, id, &mut inflight, stop).await? else {
+                    let Some(recorded) = self
+                        .settle(state, &queries, id, &mut inflight, stop)
+                        .await?
+                    else {
                         return Ok(());
                     };
                     last_key = recorded;
@@ -418,14 +429,10 @@ impl Runner {
     async fn progress(
         &self,
         state: &Client,
+        queries: &Queries,
         id: i64,
     ) -> Result<(Option<Vec<Option<String>>>, String), Failure> {
-        let row = state
-            .query_one(
-                "SELECT last_key, rows_read, coalesce(rows_estimated, 0), status FROM sluice.backfills WHERE id = $1",
-                &[&id],
-            )
-            .await?;
+        let row = state.query_one(&queries.progress, &[&id]).await?;
         self.metrics.current_read.store(
             u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
             Ordering::Relaxed,
@@ -442,6 +449,7 @@ impl Runner {
     async fn settle(
         &self,
         state: &Client,
+        queries: &Queries,
         id: i64,
         inflight: &mut VecDeque<InFlight>,
         stop: &CancellationToken,
@@ -454,7 +462,7 @@ impl Runner {
             self.metrics.rows_read.fetch_add(c.count, Ordering::Relaxed);
             self.metrics.chunks.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(Some(self.progress(state, id).await?.0))
+        Ok(Some(self.progress(state, queries, id).await?.0))
     }
 }
 
@@ -527,14 +535,12 @@ async fn emit_mark(source: &Client, mark: Mark) -> Result<(), tokio_postgres::Er
 /// progress has ended; then the chunk's snapshot sees all that precede it.
 /// The appender's own transactions write only the log, never a captured
 /// table: they are not waited for.
-async fn wait_for_writers(source: &Client) -> Result<(), tokio_postgres::Error> {
+async fn wait_for_writers(
+    source: &Client,
+    busy_sql: &tokio_postgres::Statement,
+) -> Result<(), tokio_postgres::Error> {
     let busy: Vec<String> = source
-        .query_one(
-            "SELECT coalesce(array_agg(x::text), '{}') FROM pg_snapshot_xip(pg_current_snapshot()) x
-             WHERE x::xid NOT IN (SELECT backend_xid FROM pg_stat_activity
-                                  WHERE application_name = $1 AND backend_xid IS NOT NULL)",
-            &[&crate::log::APPENDER_APPLICATION],
-        )
+        .query_one(busy_sql, &[&crate::log::APPENDER_APPLICATION])
         .await?
         .get(0);
     if busy.is_empty() {
@@ -553,6 +559,22 @@ async fn wait_for_writers(source: &Client) -> Result<(), tokio_postgres::Error> 
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// The transactions in progress but the appender's ([`wait_for_writers`]).
+const BUSY_SQL: &str =
+    "SELECT coalesce(array_agg(x::text), '{}') FROM pg_snapshot_xip(pg_current_snapshot()) x
+     WHERE x::xid NOT IN (SELECT backend_xid FROM pg_stat_activity
+                          WHERE application_name = $1 AND backend_xid IS NOT NULL)";
+
+/// A backfill's recorded key, progress and status.
+const PROGRESS_SQL: &str = "SELECT last_key, rows_read, coalesce(rows_estimated, 0), status \
+                            FROM sluice.backfills WHERE id = $1";
+
+/// The runner's per-chunk queries, prepared on its connections.
+struct Queries {
+    writers: tokio_postgres::Statement,
+    progress: tokio_postgres::Statement,
 }
 
 /// A chunk for the normalizer thread.

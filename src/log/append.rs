@@ -185,6 +185,8 @@ pub struct Appender {
     budget: Arc<Semaphore>,
     durable_tx: watch::Sender<Arc<Durable>>,
     client: Option<Client>,
+    /// The append transaction's statements, prepared on `client`.
+    statements: Option<Statements>,
     next_seq: i64,
     checkpoints: BTreeMap<Arc<str>, Checkpoint>,
     /// Relation → tenants known to have rows there (to expand TRUNCATE).
@@ -264,6 +266,7 @@ impl Appender {
             budget: budget.clone(),
             durable_tx,
             client: None,
+            statements: None,
             next_seq: 1,
             checkpoints: BTreeMap::new(),
             tenants_of: HashMap::new(),
@@ -303,6 +306,7 @@ impl Appender {
 
     async fn reconnect(&mut self) -> Result<(), LogError> {
         self.client = None;
+        self.statements = None;
         let client = connect_as(&self.url, APPENDER_APPLICATION).await?;
         let locked: bool = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&APPENDER_LOCK_KEY])
@@ -325,6 +329,7 @@ impl Appender {
         for (source, cp) in self.checkpoints.iter_mut() {
             *cp = checkpoint::load(&client, source).await?;
         }
+        self.statements = Some(Statements::prepare(&client).await?);
         self.client = Some(client);
         self.publish();
         Ok(())
@@ -447,6 +452,7 @@ impl Appender {
         expected: &BTreeMap<Arc<str>, Checkpoint>,
     ) -> Result<(), LogError> {
         let client = self.client.as_mut().ok_or(LogError::Closed)?;
+        let statements = self.statements.as_ref().ok_or(LogError::Closed)?;
         let tx = client.transaction().await?;
 
         // Index the batch's (relation, tenant) pairs first, so a TRUNCATE in
@@ -478,12 +484,8 @@ impl Appender {
         if !pairs.is_empty() {
             let rels: Vec<&str> = pairs.iter().map(|(r, _)| &**r).collect();
             let tenants: Vec<&str> = pairs.iter().map(|(_, t)| t.as_str()).collect();
-            tx.execute(
-                "INSERT INTO sluice.relation_tenants (relation, tenant)
-                 SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
-                &[&rels, &tenants],
-            )
-            .await?;
+            tx.execute(&statements.relation_tenants, &[&rels, &tenants])
+                .await?;
         }
         let mut truncate_audience: HashMap<Arc<str>, Vec<TenantId>> = HashMap::new();
         for rel in truncated {
@@ -510,8 +512,19 @@ impl Appender {
         // (seq, tenant, index in batch, index in the item) of every event,
         // for the hub. Whether anyone wants a tenant's events is asked only
         // after the commit and after the durable head moved (see below).
-        let mut live: Vec<(i64, TenantId, usize, usize)> = Vec::new();
         let has_hub = self.hub.is_some() || self.outbox.is_some();
+        let events_in_batch: usize = if has_hub {
+            batch
+                .iter()
+                .map(|q| match &q.item {
+                    AppendItem::BackfillChunk { events, .. } => events.len(),
+                    _ => 1,
+                })
+                .sum()
+        } else {
+            0
+        };
+        let mut live: Vec<(i64, TenantId, usize, usize)> = Vec::with_capacity(events_in_batch);
         let mut wanted = |seq: i64, tenant: &TenantId, i: usize, j: usize| {
             if has_hub {
                 live.push((seq, tenant.clone(), i, j));
@@ -545,7 +558,7 @@ impl Appender {
                             seq += 1;
                         }
                         if buf.len() >= COPY_BUFFER {
-                            send_copy(sink.as_mut(), &mut buf).await?;
+                            send_copy(sink.as_mut(), &mut buf, true).await?;
                         }
                     }
                 }
@@ -583,15 +596,15 @@ impl Appender {
                 }
             }
             if buf.len() >= COPY_BUFFER {
-                send_copy(sink.as_mut(), &mut buf).await?;
+                send_copy(sink.as_mut(), &mut buf, true).await?;
             }
         }
         buf.extend_from_slice(copy::TRAILER);
-        send_copy(sink.as_mut(), &mut buf).await?;
+        send_copy(sink.as_mut(), &mut buf, false).await?;
         sink.finish().await?;
         for (source, cp) in &checkpoints {
             if self.checkpoints.get(source) != Some(cp) {
-                checkpoint::store(&tx, source, cp).await?;
+                checkpoint::store(&tx, &statements.checkpoint, source, cp).await?;
             }
         }
         for (i, first, emitted) in chunks {
@@ -605,10 +618,7 @@ impl Appender {
             {
                 let first = (emitted > 0).then_some(first);
                 tx.execute(
-                    "UPDATE sluice.backfills SET last_key = $2, rows_read = rows_read + $3,
-                       rows_emitted = rows_emitted + $4, chunks = chunks + 1,
-                       first_seq = coalesce(first_seq, $5), updated_at = now()
-                     WHERE id = $1 AND last_key IS NOT DISTINCT FROM $6",
+                    &statements.backfill_progress,
                     &[
                         backfill,
                         last_key,
@@ -633,7 +643,7 @@ impl Appender {
             // Wakes the other processes serving this log (standbys feed
             // their live subscribers from it); delivered at commit.
             tx.execute(
-                "SELECT pg_notify($1, $2)",
+                &statements.notify,
                 &[&super::NOTIFY_CHANNEL, &(seq - 1).to_string()],
             )
             .await?;
@@ -682,17 +692,59 @@ impl Appender {
 }
 
 /// Sends all of `buf` in CopyData messages of at most [`COPY_CHUNK`] bytes
-/// (slices of the one buffer, not copies).
+/// (slices of the one buffer, not copies). With `more` to come, `buf` is
+/// replaced by a fresh buffer rather than left with the rest of this one:
+/// growing a buffer still shared with the bytes in flight copies them.
 async fn send_copy(
     mut sink: std::pin::Pin<&mut tokio_postgres::CopyInSink<Bytes>>,
     buf: &mut BytesMut,
+    more: bool,
 ) -> Result<(), tokio_postgres::Error> {
-    let mut all = buf.split().freeze();
+    let mut all = if more {
+        std::mem::replace(buf, BytesMut::with_capacity(COPY_BUFFER + COPY_BUFFER / 4))
+    } else {
+        buf.split()
+    }
+    .freeze();
     while !all.is_empty() {
         let piece = all.split_to(all.len().min(COPY_CHUNK));
         sink.as_mut().feed(piece).await?;
     }
     sink.flush().await
+}
+
+/// The statements of every append transaction, prepared once per
+/// connection rather than parsed and planned in each.
+struct Statements {
+    relation_tenants: tokio_postgres::Statement,
+    checkpoint: tokio_postgres::Statement,
+    backfill_progress: tokio_postgres::Statement,
+    notify: tokio_postgres::Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
+        Ok(Statements {
+            relation_tenants: client
+                .prepare(
+                    "INSERT INTO sluice.relation_tenants (relation, tenant)
+                     SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+                )
+                .await?,
+            checkpoint: client.prepare(checkpoint::STORE).await?,
+            // A chunk's progress, recorded only if the backfill stood where
+            // the chunk starts.
+            backfill_progress: client
+                .prepare(
+                    "UPDATE sluice.backfills SET last_key = $2, rows_read = rows_read + $3,
+                       rows_emitted = rows_emitted + $4, chunks = chunks + 1,
+                       first_seq = coalesce(first_seq, $5), updated_at = now()
+                     WHERE id = $1 AND last_key IS NOT DISTINCT FROM $6",
+                )
+                .await?,
+            notify: client.prepare("SELECT pg_notify($1, $2)").await?,
+        })
+    }
 }
 
 /// The checkpoints after `batch`, starting from `cps`.

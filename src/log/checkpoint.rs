@@ -70,20 +70,30 @@ pub async fn load(
     }))
 }
 
-/// Writes the checkpoint of `source` (inside the caller's transaction).
-pub async fn store(
+/// Writes a checkpoint: `$1` source, then commit_lsn, ordinal, complete,
+/// ack_lsn, resume_token (see [`store`]).
+pub const STORE: &str =
+    "INSERT INTO sluice.checkpoints (source, commit_lsn, ordinal, complete, ack_lsn, resume_token, updated_at)
+     VALUES ($1, $2, $3, $4, $5, $6, now())
+     ON CONFLICT (source) DO UPDATE SET commit_lsn = excluded.commit_lsn,
+       ordinal = excluded.ordinal, complete = excluded.complete,
+       ack_lsn = excluded.ack_lsn, resume_token = excluded.resume_token,
+       updated_at = now()";
+
+/// Writes the checkpoint of `source` (inside the caller's transaction),
+/// with `statement`: [`STORE`] or that statement prepared.
+pub async fn store<T>(
     client: &impl GenericClient,
+    statement: &T,
     source: &str,
     cp: &Checkpoint,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<(), tokio_postgres::Error>
+where
+    T: tokio_postgres::ToStatement + ?Sized + Sync + Send,
+{
     client
         .execute(
-            "INSERT INTO sluice.checkpoints (source, commit_lsn, ordinal, complete, ack_lsn, resume_token, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, now())
-             ON CONFLICT (source) DO UPDATE SET commit_lsn = excluded.commit_lsn,
-               ordinal = excluded.ordinal, complete = excluded.complete,
-               ack_lsn = excluded.ack_lsn, resume_token = excluded.resume_token,
-               updated_at = now()",
+            statement,
             &[
                 &source,
                 &to_i64(cp.position.commit_lsn),

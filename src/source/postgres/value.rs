@@ -36,8 +36,11 @@ pub enum PgType {
     /// String-like types (text, varchar, bpchar, char, name, citext, uuid,
     /// inet, cidr, macaddr, macaddr8, enums, xml, …): JSON string.
     Text,
-    /// `json`, `jsonb`: the JSON value itself.
+    /// `json`: the JSON value itself.
     Json,
+    /// `jsonb`: the JSON value itself (as Postgres prints it: one line,
+    /// valid JSON by construction).
+    Jsonb,
     /// `bytea`: base64 (standard alphabet, padded).
     Bytea,
     /// `date`: `YYYY-MM-DD`; infinities and BC dates as printed.
@@ -65,6 +68,7 @@ impl PgType {
             PgType::Money => "money",
             PgType::Text => "text",
             PgType::Json => "json",
+            PgType::Jsonb => "jsonb",
             PgType::Bytea => "bytea",
             PgType::Date => "date",
             PgType::Timestamp => "timestamp",
@@ -107,7 +111,8 @@ fn builtin_scalar(oid: u32) -> Option<PgType> {
         18 | 19 | 25 | 142 | 705 | 869 | 650 | 829 | 774 | 1042 | 1043 | 1560 | 1562 | 1790
         | 2950 | 3220 | 3614 | 3615 | 4072 | 2275 | 24 | 2202 | 2203 | 2204 | 2205 | 2206
         | 4191 | 4096 | 4089 | 3734 | 3769 => PgType::Text,
-        114 | 3802 => PgType::Json,
+        114 => PgType::Json,
+        3802 => PgType::Jsonb,
         1082 => PgType::Date,
         1114 => PgType::Timestamp,
         1184 => PgType::Timestamptz,
@@ -311,11 +316,13 @@ pub fn to_json(ty: &PgType, text: &[u8]) -> Result<Value, ValueError> {
         }
         PgType::Money => money_value(text).map_err(|reason| invalid(ty, text, reason)),
         PgType::Text | PgType::Other => utf8_string(ty, text),
-        PgType::Json => serde_json::from_slice(text).map_err(|e| ValueError::Json {
-            ty: ty.name(),
-            text: snippet(text),
-            reason: e.to_string(),
-        }),
+        PgType::Json | PgType::Jsonb => {
+            serde_json::from_slice(text).map_err(|e| ValueError::Json {
+                ty: ty.name(),
+                text: snippet(text),
+                reason: e.to_string(),
+            })
+        }
         PgType::Bytea => bytea_value(text).map_err(|reason| invalid(ty, text, reason)),
         PgType::Date => time_value(date_text, text).map_err(|reason| invalid(ty, text, reason)),
         PgType::Timestamp => {
@@ -363,10 +370,18 @@ pub fn write_json(ty: &PgType, text: &[u8], out: &mut Vec<u8>) -> Result<(), Val
                 })
             }
         },
-        // jsonb prints on one line; json keeps the input's text, which may
-        // span lines (an NDJSON line must not), so only single-line text is
-        // copied as it is, once checked to be JSON.
-        PgType::Json if !text.iter().any(|&b| b == b'\n' || b == b'\r') => {
+        // jsonb prints valid JSON on one line: copied as it is.
+        PgType::Jsonb if std::str::from_utf8(text).is_ok() => {
+            out.extend_from_slice(text);
+        }
+        // json keeps the input's text, which may span lines (an NDJSON line
+        // must not), so only single-line text is copied as it is, once
+        // checked to be JSON and UTF-8 (a SQL_ASCII database passes any
+        // bytes through; serde_json does not check skipped strings).
+        PgType::Json
+            if !text.iter().any(|&b| b == b'\n' || b == b'\r')
+                && std::str::from_utf8(text).is_ok() =>
+        {
             serde_json::from_slice::<serde::de::IgnoredAny>(text).map_err(|e| {
                 ValueError::Json {
                     ty: ty.name(),
@@ -1566,6 +1581,21 @@ mod tests {
     }
 
     #[test]
+    fn jsonb_is_copied_as_printed() {
+        let text = br#"{"k": 1, "tags": ["a", "b"], "n": 123456789012345678901234567890.50}"#;
+        let mut out = Vec::new();
+        write_json(&PgType::Jsonb, text, &mut out).expect("jsonb");
+        assert_eq!(out, text);
+        // Not UTF-8 (a SQL_ASCII database passes bytes through): refused,
+        // `out` untouched, for json and jsonb.
+        for ty in [PgType::Jsonb, PgType::Json] {
+            assert!(write_json(&ty, b"\"\xff\"", &mut out).is_err());
+            assert!(write_json(&ty, b"{\"a\": \"\xc3\"}", &mut out).is_err());
+            assert_eq!(out, text);
+        }
+    }
+
+    #[test]
     fn json_nesting_beyond_recursion_limit_is_an_error() {
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(matches!(bad(&PgType::Json, &deep), ValueError::Json { .. }));
@@ -2002,7 +2032,7 @@ mod tests {
             (774, Text),
             (142, Text),
             (114, Json),
-            (3802, Json),
+            (3802, Jsonb),
             (1082, Date),
             (1114, Timestamp),
             (1184, Timestamptz),
@@ -2030,7 +2060,7 @@ mod tests {
             (2951, Text),
             (1041, Text),
             (199, Json),
-            (3807, Json),
+            (3807, Jsonb),
             (1021, Float),
             (1022, Float),
             (1231, Numeric),
@@ -2080,6 +2110,7 @@ mod tests {
             Just(PgType::Money),
             Just(PgType::Text),
             Just(PgType::Json),
+            Just(PgType::Jsonb),
             Just(PgType::Bytea),
             Just(PgType::Date),
             Just(PgType::Timestamp),
