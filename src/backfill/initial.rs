@@ -174,8 +174,11 @@ pub async fn run_if_new_slot(
             let Some(next) = raw.last_key(&info.primary_key) else {
                 break;
             };
-            let (mut events, dropped) =
-                super::read::normalize(&mut normalizer, info.relation.id, &raw);
+            let super::read::Normalized {
+                mut events,
+                dropped,
+                batches,
+            } = super::read::normalize(&mut normalizer, info.relation.id, &raw);
             for reason in dropped {
                 tracing::warn!(table = %t.table, ?reason, "snapshot row not delivered");
             }
@@ -195,6 +198,7 @@ pub async fn run_if_new_slot(
                 .send(AppendItem::BackfillChunk {
                     source: key.clone(),
                     events,
+                    batches: Some(batches),
                     backfill: id,
                     after: last_key.clone(),
                     last_key: next.clone(),

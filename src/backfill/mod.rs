@@ -67,6 +67,9 @@ pub struct Chunk {
     /// Its rows' snapshot events, in key order, normalized beside the
     /// stream; the stream stamps the high watermark's transaction on them.
     pub events: Vec<PendingEvent>,
+    /// The events' record batches (rebuilt by the appender when the stream
+    /// leaves events out).
+    pub batches: Vec<crate::log::batch::PreBatch>,
     /// Rows that gave no event, and why (counted by the stream).
     pub dropped: Vec<DropReason>,
     pub rows_read: u64,

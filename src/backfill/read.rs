@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use tokio_postgres::Client;
 
 use crate::event::PendingEvent;
+use crate::log::batch::{Batcher, PreBatch};
 use crate::source::postgres::normalize::{DropReason, Normalizer, Outcome, TxContext};
 use crate::source::postgres::pgoutput::{Datum, Tuple};
 
@@ -81,30 +82,44 @@ pub async fn raw(client: &Client, query: &str) -> Result<Raw, tokio_postgres::Er
     Ok(raw)
 }
 
-/// The snapshot events of a chunk's rows (in their order), and the rows
-/// that gave none with the reason. The stream stamps the high watermark's
-/// transaction on the events.
-pub fn normalize(
-    normalizer: &mut Normalizer,
-    relation_id: u32,
-    raw: &Raw,
-) -> (Vec<PendingEvent>, Vec<DropReason>) {
+/// A chunk's rows as events.
+#[derive(Debug, Default)]
+pub struct Normalized {
+    /// The snapshot events of the rows, in their order. The stream stamps
+    /// the high watermark's transaction on them.
+    pub events: Vec<PendingEvent>,
+    /// The rows that gave none, with the reason.
+    pub dropped: Vec<DropReason>,
+    /// The events' record batches, built as each event is written.
+    pub batches: Vec<PreBatch>,
+}
+
+/// The snapshot events of a chunk's rows and their record batches.
+pub fn normalize(normalizer: &mut Normalizer, relation_id: u32, raw: &Raw) -> Normalized {
     let ctx = TxContext::new(0, 0, 0);
     let mut events = Vec::with_capacity(usize::try_from(raw.rows).unwrap_or(0));
     let mut dropped = Vec::new();
+    let mut batcher = Batcher::new();
     let mut row = Tuple(Vec::new());
     let mut n = 0;
     for part in &raw.parts {
         each_row(part, &mut row, |row| {
             n += 1;
             match normalizer.snapshot(&ctx, n, relation_id, row) {
-                Outcome::Event(e) => events.push(e),
+                Outcome::Event(e) => {
+                    batcher.push(events.len(), &e);
+                    events.push(e);
+                }
                 Outcome::Dropped(r) => dropped.push(r),
                 Outcome::Ignored => {}
             }
         });
     }
-    (events, dropped)
+    Normalized {
+        events,
+        dropped,
+        batches: batcher.finish(),
+    }
 }
 
 /// Calls `f` with each row of COPY text `data` (each ending in a newline;

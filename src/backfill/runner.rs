@@ -209,12 +209,12 @@ impl Runner {
         let relation_id = info.relation.id;
         tokio::task::spawn_blocking(move || {
             while let Some(job) = queue.blocking_recv() {
-                let (events, dropped) =
-                    super::read::normalize(&mut normalizer, relation_id, &job.raw);
+                let normalized = super::read::normalize(&mut normalizer, relation_id, &job.raw);
                 let _ = job.reply.send(Chunk {
                     backfill: job.backfill,
-                    events,
-                    dropped,
+                    events: normalized.events,
+                    batches: normalized.batches,
+                    dropped: normalized.dropped,
                     rows_read: job.raw.rows,
                     after: job.after,
                     last_key: job.last_key,

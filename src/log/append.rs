@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use super::batch::{Batcher, PreBatch};
 use super::checkpoint::{self, Checkpoint};
 use super::copy;
 use super::{connect_as, LogError, APPENDER_LOCK_KEY};
@@ -47,6 +48,9 @@ pub enum AppendItem {
         /// Every event shares its header (relation, type, the high
         /// watermark's transaction) by construction.
         events: Vec<PendingEvent>,
+        /// The events' record batches when built beside the stream
+        /// ([`Batcher`]); `None`: the appender builds them.
+        batches: Option<Vec<PreBatch>>,
         backfill: i64,
         /// The key the chunk starts after (`None`: the table's start):
         /// progress is recorded only if it is where the backfill stood, so
@@ -80,10 +84,14 @@ impl AppendItem {
             AppendItem::TxEnd { .. } => 64,
             AppendItem::Progress { token, .. } => 64 + token.len(),
             AppendItem::BackfillChunk {
-                last_key, events, ..
+                last_key,
+                events,
+                batches,
+                ..
             } => {
                 64 + last_key.iter().flatten().map(String::len).sum::<usize>()
                     + events.iter().map(PendingEvent::approx_bytes).sum::<usize>()
+                    + batches.iter().flatten().map(PreBatch::bytes).sum::<usize>()
             }
         }
     }
@@ -108,11 +116,6 @@ const COPY_CHUNK: usize = 64 << 10;
 
 /// Bytes buffered before they are sent.
 const COPY_BUFFER: usize = 1 << 20;
-
-/// Events in one record batch at most, and its `data` bytes at most (a
-/// reader re-reads a batch it stopped inside; keep that small).
-pub const BATCH_EVENTS: usize = 256;
-const BATCH_BYTES: usize = 256 << 10;
 
 /// What is durably in the log.
 #[derive(Debug, Clone, Default)]
@@ -536,7 +539,10 @@ impl Appender {
         // (item index, first seq, events) of backfill chunks.
         let mut chunks: Vec<(usize, i64, i64)> = Vec::new();
         for (i, q) in batch.iter_mut().enumerate() {
-            if let AppendItem::BackfillChunk { events, .. } = &q.item {
+            if let AppendItem::BackfillChunk {
+                events, batches, ..
+            } = &q.item
+            {
                 let first = seq;
                 if let Some(e) = events.first() {
                     counted.push((
@@ -544,22 +550,32 @@ impl Appender {
                         events.len() as u64,
                     ));
                 }
-                for (tenant, members) in by_tenant(events) {
-                    for run in record_batches(events, &members) {
-                        if let [only] = run {
-                            copy::encode_row(&mut buf, seq, tenant, &events[*only]);
-                        } else {
-                            let refs: Vec<&PendingEvent> =
-                                run.iter().map(|&j| &events[j]).collect();
-                            copy::encode_batch(&mut buf, seq, tenant, &refs);
-                        }
-                        for &j in run {
-                            wanted(seq, tenant, i, j);
-                            seq += 1;
-                        }
-                        if buf.len() >= COPY_BUFFER {
-                            send_copy(sink.as_mut(), &mut buf, true).await?;
-                        }
+                let built;
+                let batches = match batches {
+                    Some(b) => b,
+                    None => {
+                        built = Batcher::of(events);
+                        &built
+                    }
+                };
+                for b in batches {
+                    let Some(head) = b.members.first().and_then(|&j| events.get(j)) else {
+                        continue;
+                    };
+                    let Audience::Tenant(tenant) = &head.audience else {
+                        continue;
+                    };
+                    if b.members.len() == 1 {
+                        copy::encode_row(&mut buf, seq, tenant, head);
+                    } else {
+                        copy::encode_batch(&mut buf, seq, tenant, head, b.members.len(), &b.data);
+                    }
+                    for &j in &b.members {
+                        wanted(seq, tenant, i, j);
+                        seq += 1;
+                    }
+                    if buf.len() >= COPY_BUFFER {
+                        send_copy(sink.as_mut(), &mut buf, true).await?;
                     }
                 }
                 chunks.push((i, first, seq - first));
@@ -813,48 +829,6 @@ fn event_at(batch: &[Queued], i: usize, j: usize) -> Option<&PendingEvent> {
     }
 }
 
-/// The indices of `events` by tenant, tenants in order of first appearance
-/// and each tenant's events in their order. Events of other audiences
-/// (never in a chunk) are left out.
-fn by_tenant(events: &[PendingEvent]) -> Vec<(&TenantId, Vec<usize>)> {
-    let mut at: HashMap<&TenantId, usize> = HashMap::new();
-    let mut groups: Vec<(&TenantId, Vec<usize>)> = Vec::new();
-    for (j, e) in events.iter().enumerate() {
-        let Audience::Tenant(t) = &e.audience else {
-            continue;
-        };
-        let g = *at.entry(t).or_insert_with(|| {
-            groups.push((t, Vec::new()));
-            groups.len() - 1
-        });
-        if let Some((_, members)) = groups.get_mut(g) {
-            members.push(j);
-        }
-    }
-    groups
-}
-
-/// `members` cut into record batches of at most [`BATCH_EVENTS`] events
-/// and about [`BATCH_BYTES`] of data.
-fn record_batches<'a>(events: &[PendingEvent], members: &'a [usize]) -> Vec<&'a [usize]> {
-    let mut runs = Vec::new();
-    let mut start = 0;
-    let mut bytes = 0;
-    for (k, &j) in members.iter().enumerate() {
-        let size = events.get(j).map_or(0, |e| e.data.get().len() + 32);
-        if k > start && (k - start >= BATCH_EVENTS || bytes + size > BATCH_BYTES) {
-            runs.push(&members[start..k]);
-            start = k;
-            bytes = 0;
-        }
-        bytes += size;
-    }
-    if start < members.len() {
-        runs.push(&members[start..]);
-    }
-    runs
-}
-
 /// `tables/<schema>.<table>/<op>` → `<schema>.<table>`.
 fn relation_of(topic: &str) -> Option<&str> {
     let rest = topic.strip_prefix("tables/")?;
@@ -933,63 +907,5 @@ mod tests {
         );
         assert_eq!(cps[&src].position.commit_lsn, 30);
         assert_eq!(cps[&src].ack_lsn, 38);
-    }
-
-    fn snapshot(tenant: &str, n: usize, data_len: usize) -> PendingEvent {
-        copy::test_event(
-            tenant,
-            Some(&format!("public.t/{n}")),
-            &format!("\"{}\"", "x".repeat(data_len)),
-        )
-    }
-
-    #[test]
-    fn chunk_events_group_by_tenant_in_order() {
-        let events: Vec<PendingEvent> = ["a", "b", "a", "c", "b", "a"]
-            .iter()
-            .enumerate()
-            .map(|(n, t)| snapshot(t, n, 1))
-            .collect();
-        let groups: Vec<(String, Vec<usize>)> = by_tenant(&events)
-            .into_iter()
-            .map(|(t, m)| (t.as_str().to_owned(), m))
-            .collect();
-        assert_eq!(
-            groups,
-            vec![
-                ("a".to_owned(), vec![0, 2, 5]),
-                ("b".to_owned(), vec![1, 4]),
-                ("c".to_owned(), vec![3]),
-            ]
-        );
-    }
-
-    #[test]
-    fn record_batches_are_bounded_by_count_and_bytes() {
-        let events: Vec<PendingEvent> = (0..600).map(|n| snapshot("a", n, 1)).collect();
-        let members: Vec<usize> = (0..600).collect();
-        let runs = record_batches(&events, &members);
-        let sizes: Vec<usize> = runs.iter().map(|r| r.len()).collect();
-        assert_eq!(
-            sizes,
-            vec![BATCH_EVENTS, BATCH_EVENTS, 600 - 2 * BATCH_EVENTS]
-        );
-        assert_eq!(runs.concat(), members, "every event once, in order");
-
-        // Big events: cut by bytes, and one event bigger than the bound is
-        // a batch of its own.
-        let events: Vec<PendingEvent> = vec![
-            snapshot("a", 0, 100 << 10),
-            snapshot("a", 1, 100 << 10),
-            snapshot("a", 2, 100 << 10),
-            snapshot("a", 3, 300 << 10),
-            snapshot("a", 4, 10),
-        ];
-        let members: Vec<usize> = (0..5).collect();
-        let sizes: Vec<usize> = record_batches(&events, &members)
-            .iter()
-            .map(|r| r.len())
-            .collect();
-        assert_eq!(sizes, vec![2, 1, 1, 1]);
     }
 }

@@ -68,49 +68,39 @@ pub fn encode_row(out: &mut impl Out, seq: i64, tenant: &TenantId, event: &Pendi
     int8(out, None);
 }
 
-/// Encodes one record batch: `events` (at least one), all of `tenant` and
-/// sharing the first one's header (type, topic, source, txid, lsn, time),
-/// at the seqs `first_seq..first_seq + events.len()`. The row's `seq` is
-/// the last event's, `subject` is null and `data` is
-/// `[[subject, data], …]` in seq order (sql/007_record_batches.sql).
+/// Encodes one record batch of `count` events of `tenant`, all sharing
+/// `head`'s header (type, topic, source, txid, lsn, time), at the seqs
+/// `first_seq..first_seq + count`, with `data` the batch's
+/// `[[subject, data], …]` array in seq order ([`batch_element`]). The
+/// row's `seq` is the last event's and `subject` is null
+/// (sql/007_record_batches.sql).
 pub fn encode_batch(
     out: &mut impl Out,
     first_seq: i64,
     tenant: &TenantId,
-    events: &[&PendingEvent],
+    head: &PendingEvent,
+    count: usize,
+    data: &[u8],
 ) {
-    let Some(head) = events.first() else {
-        return;
-    };
-    let last_seq = first_seq + i64::try_from(events.len()).unwrap_or(i64::MAX) - 1;
-    let size: usize = events.iter().map(|e| e.approx_bytes()).sum();
-    out.reserve_more(size + 64);
+    let last_seq = first_seq + i64::try_from(count).unwrap_or(i64::MAX) - 1;
+    out.reserve_more(data.len() + 256);
     header(out, last_seq, tenant, head, None);
-    let len_at = out.len();
-    out.put(&0i32.to_be_bytes());
-    out.put(b"[");
-    let mut subject = Vec::new();
-    for (i, e) in events.iter().enumerate() {
-        out.put(if i > 0 { b",[" } else { b"[" });
-        match &e.subject {
-            Some(s) => {
-                subject.clear();
-                // Writing JSON into a Vec cannot fail.
-                let _ = serde_json::to_writer(&mut subject, s);
-                out.put(&subject);
-            }
-            None => out.put(b"null"),
-        }
-        out.put(b",");
-        out.put(e.data.get().as_bytes());
-        out.put(b"]");
-    }
-    out.put(b"]");
-    let len = i32::try_from(out.len() - len_at - 4).unwrap_or(i32::MAX);
-    if let Some(slot) = out.get_mut(len_at..len_at + 4) {
-        slot.copy_from_slice(&len.to_be_bytes());
-    }
+    let len = i32::try_from(data.len()).unwrap_or(i32::MAX);
+    out.put(&len.to_be_bytes());
+    out.put(data);
     int8(out, Some(first_seq));
+}
+
+/// Writes `[subject, data]`, one event's element of a batch's `data`.
+pub fn batch_element(out: &mut Vec<u8>, event: &PendingEvent) {
+    out.push(b'[');
+    match &event.subject {
+        Some(s) => crate::source::postgres::value::write_json_string(s, out),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b',');
+    out.extend_from_slice(event.data.get().as_bytes());
+    out.push(b']');
 }
 
 /// The fields before `data`.
@@ -247,8 +237,14 @@ mod tests {
             r#"{"op":"snapshot","new":{"id":"2"}}"#,
         );
         let c = test_event("acme", None, "[]");
+        let mut data = Vec::new();
+        for (i, e) in [&a, &b, &c].into_iter().enumerate() {
+            data.push(if i == 0 { b'[' } else { b',' });
+            batch_element(&mut data, e);
+        }
+        data.push(b']');
         let mut row = Vec::new();
-        encode_batch(&mut row, 10, &t, &[&a, &b, &c]);
+        encode_batch(&mut row, 10, &t, &a, 3, &data);
         let f = fields(&row);
         assert_eq!(f.len(), 12);
         // seq is the last event's, first_seq the first's.

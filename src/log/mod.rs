@@ -6,6 +6,7 @@
 //! written in the same transaction as the events it covers).
 
 pub mod append;
+pub mod batch;
 pub mod checkpoint;
 pub mod copy;
 pub mod migrate;

@@ -421,12 +421,18 @@ impl PgSource {
                         // The rows whose key changed inside the window are
                         // left out: their change events are at least as new.
                         let mut events = chunk.events;
+                        let mut batches = Some(chunk.batches);
                         if !window.changed.is_empty() {
+                            let read = events.len();
                             events.retain(|e| {
                                 e.subject
                                     .as_ref()
                                     .is_some_and(|s| !window.changed.contains(s))
                             });
+                            if events.len() != read {
+                                // Built for the events as read.
+                                batches = None;
+                            }
                         }
                         for e in &mut events {
                             open.changes += 1;
@@ -450,6 +456,7 @@ impl PgSource {
                             .send(AppendItem::BackfillChunk {
                                 source: self.key.clone(),
                                 events,
+                                batches,
                                 backfill: chunk.backfill,
                                 after: chunk.after,
                                 last_key: chunk.last_key,
