@@ -66,7 +66,7 @@ enum Command {
         /// runs; read-only).
         #[arg(long = "where")]
         predicate: Option<String>,
-        /// Rows per chunk.
+        /// Rows per chunk (default 10000).
         #[arg(long)]
         chunk_size: Option<i32>,
         /// Pause between chunks, in milliseconds.
