@@ -280,6 +280,7 @@ async fn feed_session(
             durable.send_replace(Arc::new(Durable {
                 last_seq: last,
                 checkpoints: Default::default(),
+                writer_pid: None,
             }));
         }
         loop {
@@ -294,6 +295,7 @@ async fn feed_session(
                 durable.send_replace(Arc::new(Durable {
                     last_seq: last,
                     checkpoints: Default::default(),
+                    writer_pid: None,
                 }));
                 let live: Vec<Arc<LiveEvent>> = rows
                     .into_iter()

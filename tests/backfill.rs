@@ -243,6 +243,56 @@ async fn a_backfill_under_concurrent_writes_replays_to_the_tables_content() {
     running.wait().await.expect("stops");
 }
 
+/// A chunk's snapshot waits for every writer in flight, Sluice's own
+/// appender excepted; a client that merely calls itself like the appender
+/// is waited for (its change must precede the row's snapshot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_waits_for_a_writer_that_names_itself_like_the_appender() {
+    let db = TestDb::new("backfill");
+    let c = db.client().await;
+    seed_items(&c, 100).await;
+    let (running, token) = start(&db).await;
+    let spoof = sluice::log::connect_as(&db.url, sluice::log::APPENDER_APPLICATION)
+        .await
+        .expect("connect");
+    spoof
+        .batch_execute("BEGIN; UPDATE items SET n = 5 WHERE id = 7")
+        .await
+        .expect("open a writing transaction");
+    let config = db.config(&[("public.items", "tenant")]);
+    let b = backfill::create(
+        &c,
+        &c,
+        config.postgres().expect("pg"),
+        &Request {
+            table: "public.items".into(),
+            chunk_size: Some(10),
+            ..Request::default()
+        },
+        "backfill",
+    )
+    .await
+    .expect("create");
+    // Not a speed check: no chunk may be read while the writer is open,
+    // however long it stays open.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = backfill::get(&c, b.id).await.expect("backfill");
+    assert_eq!(
+        held.rows_read, 0,
+        "a chunk was read past an open writer: {held:?}"
+    );
+    spoof.batch_execute("COMMIT").await.expect("commit");
+    let done = wait_done(&c, b.id).await;
+    assert_eq!(done.status, "done", "{done:?}");
+    assert_eq!(done.rows_read, 100, "{done:?}");
+    drained(&c).await;
+    // Row 7's update committed inside its chunk's window, so its change
+    // event stands for it and the chunk leaves its snapshot out.
+    assert_eq!(replay_matches_table(&c).await, 99);
+    token.cancel();
+    running.wait().await.expect("stops");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_initial_snapshot_precedes_every_change_and_replays_to_the_tables_content() {
     let db = TestDb::new("initial");

@@ -248,7 +248,8 @@ impl Runner {
                     nonce
                 }
             };
-            wait_for_writers(&source, &queries.writers).await?;
+            let writer = self.durable.borrow().writer_pid.unwrap_or(-1);
+            wait_for_writers(&source, &queries.writers, writer).await?;
             // The chunk's own snapshot, read-only whatever the predicate
             // calls. BEGIN and the COPY go out together (one round trip);
             // a failed BEGIN fails the chunk, whatever the COPY did.
@@ -538,9 +539,10 @@ async fn emit_mark(source: &Client, mark: Mark) -> Result<(), tokio_postgres::Er
 async fn wait_for_writers(
     source: &Client,
     busy_sql: &tokio_postgres::Statement,
+    writer_pid: i32,
 ) -> Result<(), tokio_postgres::Error> {
     let busy: Vec<String> = source
-        .query_one(busy_sql, &[&crate::log::APPENDER_APPLICATION])
+        .query_one(busy_sql, &[&crate::log::APPENDER_APPLICATION, &writer_pid])
         .await?
         .get(0);
     if busy.is_empty() {
@@ -561,10 +563,13 @@ async fn wait_for_writers(
     }
 }
 
-/// The transactions in progress but the appender's ([`wait_for_writers`]).
+/// The transactions in progress but the appender's ([`wait_for_writers`]):
+/// its backend is the one with its pid (`$2`, which it publishes) *and*
+/// its application name (`$1`), so neither a client naming itself so nor
+/// a backend of another cluster with that pid is ever skipped.
 const BUSY_SQL: &str =
     "SELECT coalesce(array_agg(x::text), '{}') FROM pg_snapshot_xip(pg_current_snapshot()) x
-     WHERE x::xid NOT IN (SELECT backend_xid FROM pg_stat_activity
+     WHERE x::xid NOT IN (SELECT backend_xid FROM pg_stat_get_activity($2)
                           WHERE application_name = $1 AND backend_xid IS NOT NULL)";
 
 /// A backfill's recorded key, progress and status.

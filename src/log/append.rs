@@ -124,6 +124,9 @@ pub struct Durable {
     pub last_seq: i64,
     /// Each source's checkpoint as committed.
     pub checkpoints: BTreeMap<Arc<str>, Checkpoint>,
+    /// The appender's backend on the state database (`pg_backend_pid()`),
+    /// while connected: backfills tell its transactions by it.
+    pub writer_pid: Option<i32>,
 }
 
 /// The sending side, cloned by every source.
@@ -188,6 +191,8 @@ pub struct Appender {
     budget: Arc<Semaphore>,
     durable_tx: watch::Sender<Arc<Durable>>,
     client: Option<Client>,
+    /// `client`'s backend pid.
+    writer_pid: Option<i32>,
     /// The append transaction's statements, prepared on `client`.
     statements: Option<Statements>,
     next_seq: i64,
@@ -269,6 +274,7 @@ impl Appender {
             budget: budget.clone(),
             durable_tx,
             client: None,
+            writer_pid: None,
             statements: None,
             next_seq: 1,
             checkpoints: BTreeMap::new(),
@@ -309,12 +315,16 @@ impl Appender {
 
     async fn reconnect(&mut self) -> Result<(), LogError> {
         self.client = None;
+        self.writer_pid = None;
         self.statements = None;
         let client = connect_as(&self.url, APPENDER_APPLICATION).await?;
-        let locked: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&APPENDER_LOCK_KEY])
-            .await?
-            .get(0);
+        let row = client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1), pg_backend_pid()",
+                &[&APPENDER_LOCK_KEY],
+            )
+            .await?;
+        let locked: bool = row.get(0);
         if !locked {
             return Err(LogError::AnotherWriter(APPENDER_LOCK_KEY));
         }
@@ -334,6 +344,7 @@ impl Appender {
         }
         self.statements = Some(Statements::prepare(&client).await?);
         self.client = Some(client);
+        self.writer_pid = Some(row.get(1));
         self.publish();
         Ok(())
     }
@@ -342,6 +353,7 @@ impl Appender {
         self.durable_tx.send_replace(Arc::new(Durable {
             last_seq: self.next_seq - 1,
             checkpoints: self.checkpoints.clone(),
+            writer_pid: self.writer_pid,
         }));
     }
 
