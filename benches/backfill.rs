@@ -226,8 +226,8 @@ fn main() {
         let backfill_pg = pg_cpu() - pg_before;
         let (rate_r, rate_s) = (rows as f64 / raw_secs, rows as f64 / secs);
         println!(
-            "round {round}: raw COPY read (R) {raw_secs:.2} s = {rate_r:.0} rows/s (Postgres CPU {raw_pg:.2} s); \
-             sluice backfill {secs:.2} s = {rate_s:.0} rows/s (sluice CPU {cpu:.2} s, Postgres CPU {backfill_pg:.2} s); ratio {:.2}",
+            "round {round}: raw COPY read (R) {raw_secs:.2} s = {rate_r:.0} rows/s (Postgres CPU ~{raw_pg:.2} s); \
+             sluice backfill {secs:.2} s = {rate_s:.0} rows/s (sluice CPU {cpu:.2} s, Postgres CPU ~{backfill_pg:.2} s); ratio {:.2}",
             rate_s / rate_r
         );
         ratios.push(rate_s / rate_r);

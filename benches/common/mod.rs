@@ -85,7 +85,9 @@ pub fn cpu_secs(pid: u32) -> Option<f64> {
 /// CPU seconds (user + system) used so far by a Postgres cluster: the
 /// postmaster, its live processes, and those already gone (the
 /// postmaster's reaped children). Differences between two calls are the
-/// cluster's CPU in between.
+/// cluster's CPU in between, approximately: they include autovacuum and
+/// the checkpointer, and a backend that exits between the two samples
+/// before it is reaped can be missed.
 pub fn cluster_cpu_secs(data_dir: &std::path::Path) -> Option<f64> {
     let pidfile = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
     let postmaster: u32 = pidfile.lines().next()?.trim().parse().ok()?;
