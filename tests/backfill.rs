@@ -191,6 +191,24 @@ async fn replay_matches_table(c: &tokio_postgres::Client) -> usize {
     snapshots
 }
 
+/// Creates an on-demand backfill of `items` in `chunk`-row chunks.
+async fn backfill_items(db: &TestDb, c: &tokio_postgres::Client, chunk: i32) -> backfill::Backfill {
+    let config = db.config(&[("public.items", "tenant")]);
+    backfill::create(
+        c,
+        c,
+        config.postgres().expect("pg"),
+        &Request {
+            table: "public.items".into(),
+            chunk_size: Some(chunk),
+            ..Request::default()
+        },
+        "backfill",
+    )
+    .await
+    .expect("create")
+}
+
 async fn wait_done(state: &tokio_postgres::Client, id: i64) -> backfill::Backfill {
     let start = Instant::now();
     loop {
@@ -216,20 +234,7 @@ async fn a_backfill_under_concurrent_writes_replays_to_the_tables_content() {
     let seed = seed();
     let w = writer(db.client().await, 100_001, stop.clone(), seed);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let config = db.config(&[("public.items", "tenant")]);
-    let b = backfill::create(
-        &c,
-        &c,
-        config.postgres().expect("pg"),
-        &Request {
-            table: "public.items".into(),
-            chunk_size: Some(5000),
-            ..Request::default()
-        },
-        "backfill",
-    )
-    .await
-    .expect("create");
+    let b = backfill_items(&db, &c, 5000).await;
     let done = wait_done(&c, b.id).await;
     assert_eq!(done.status, "done", "{done:?}");
     stop.cancel();
@@ -259,20 +264,7 @@ async fn a_chunk_waits_for_a_writer_that_names_itself_like_the_appender() {
         .batch_execute("BEGIN; UPDATE items SET n = 5 WHERE id = 7")
         .await
         .expect("open a writing transaction");
-    let config = db.config(&[("public.items", "tenant")]);
-    let b = backfill::create(
-        &c,
-        &c,
-        config.postgres().expect("pg"),
-        &Request {
-            table: "public.items".into(),
-            chunk_size: Some(10),
-            ..Request::default()
-        },
-        "backfill",
-    )
-    .await
-    .expect("create");
+    let b = backfill_items(&db, &c, 10).await;
     // Not a speed check: no chunk may be read while the writer is open,
     // however long it stays open.
     tokio::time::sleep(Duration::from_secs(2)).await;
