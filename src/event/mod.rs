@@ -1,5 +1,6 @@
 //! The event envelope: one JSON shape for every transport (CloudEvents 1.0
-//! structured mode plus Sluice's `seq`, `tenant`, `topic`, `txid`, `lsn`).
+//! structured mode plus Sluice's `seq`, `tenant`, `topic`, `txid`, `lsn`),
+//! as `docs/events.md` specifies it for users.
 //!
 //! A source builds a [`PendingEvent`] whose `data` is already serialized
 //! (the expensive part, done once, off the appender's path). The appender

@@ -1,5 +1,6 @@
-//! MongoDB value → JSON, as the design card fixes it: plain JSON wherever
-//! plain JSON loses nothing, relaxed-mode Extended JSON otherwise.
+//! MongoDB value → JSON, as `docs/events.md` ("MongoDB value → JSON") fixes
+//! it: plain JSON wherever plain JSON loses nothing, relaxed-mode Extended
+//! JSON otherwise.
 //!
 //! | BSON | JSON |
 //! |---|---|

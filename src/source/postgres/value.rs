@@ -2,7 +2,7 @@
 //!
 //! pgoutput protocol 1 sends every column in its Postgres TEXT output form.
 //! This module owns the mapping from that text to the project's JSON
-//! contract: [`PgType`] (the JSON mapping of a column type),
+//! contract (`docs/events.md`, "Postgres value → JSON"): [`PgType`] (the JSON mapping of a column type),
 //! [`builtin_type`] (that mapping for built-in type OIDs; the catalog
 //! resolves the rest) and [`to_json`] (the conversion itself, including
 //! array literals of any dimension).
