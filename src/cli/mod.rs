@@ -57,12 +57,17 @@ impl CliError {
 }
 
 /// Logs go to stderr (stdout carries NDJSON for `tail`). `SLUICE_LOG` sets
-/// the filter (default `info`), `SLUICE_LOG_FORMAT=json` the format.
+/// the filter (default `info`), `SLUICE_LOG_FORMAT=json` the format. Colour
+/// only on a terminal (a file, a pipe or a log collector gets plain text),
+/// and never with `NO_COLOR` set.
 pub fn init_logging() {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     if std::env::var("SLUICE_LOG_FORMAT").as_deref() == Ok("json") {
         let _ = builder.json().try_init();
