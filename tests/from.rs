@@ -192,12 +192,20 @@ async fn from_zero_is_the_start_on_every_transport_and_a_gap_only_once_pruned() 
         "NDJSON export"
     );
     assert_eq!(
-        tail_seqs(addr, &format!("/v1/events{}", q("&format=ndjson&follow=true")), 3).await,
+        tail_seqs(
+            addr,
+            &format!("/v1/events{}", q("&format=ndjson&follow=true")),
+            3
+        )
+        .await,
         all,
         "NDJSON tail"
     );
     let mut sock = ws(addr, &anon).await;
-    assert_eq!(ws_subscribe(&mut sock, "zero", 0).await["type"], "subscribed");
+    assert_eq!(
+        ws_subscribe(&mut sock, "zero", 0).await["type"],
+        "subscribed"
+    );
     let mut got = Vec::new();
     while got.len() < 3 {
         let m = recv(&mut sock).await;
@@ -206,7 +214,9 @@ async fn from_zero_is_the_start_on_every_transport_and_a_gap_only_once_pruned() 
     }
     assert_eq!(got, all, "WebSocket");
     sock.send(Message::Text(
-        json!({"type": "unsubscribe", "id": "zero"}).to_string().into(),
+        json!({"type": "unsubscribe", "id": "zero"})
+            .to_string()
+            .into(),
     ))
     .await
     .expect("send");
@@ -225,7 +235,11 @@ async fn from_zero_is_the_start_on_every_transport_and_a_gap_only_once_pruned() 
         serde_json::from_str(&endpoint.text().await.expect("body")).expect("endpoint");
     let hook = endpoint["id"].as_str().expect("id").to_owned();
     let (code, v) = replay(addr, &service, &hook, json!({"from_seq": 0})).await;
-    assert_eq!((code, &v["enqueued"]), (202, &json!(3)), "webhook replay: {v}");
+    assert_eq!(
+        (code, &v["enqueued"]),
+        (202, &json!(3)),
+        "webhook replay: {v}"
+    );
     rx.wait_until(PATIENCE, "the three replayed events", |r| {
         let mut seqs: Vec<i64> = r.iter().map(|x| x.seq()).collect();
         seqs.sort_unstable();
@@ -288,13 +302,20 @@ async fn from_zero_is_the_start_on_every_transport_and_a_gap_only_once_pruned() 
         "{m}"
     );
     assert!(
-        m["message"].as_str().unwrap_or("").contains("oldest available is 4"),
+        m["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("oldest available is 4"),
         "{m}"
     );
     let (code, v) = replay(addr, &service, &hook, json!({"from_seq": 0})).await;
     assert_eq!(code, 410, "{v}");
     assert_eq!(
-        (&v["error"]["code"], &v["error"]["oldest"], &v["error"]["param"]),
+        (
+            &v["error"]["code"],
+            &v["error"]["oldest"],
+            &v["error"]["param"]
+        ),
         (&json!("gap"), &json!(4), &json!("from_seq")),
         "{v}"
     );
@@ -308,13 +329,21 @@ async fn from_zero_is_the_start_on_every_transport_and_a_gap_only_once_pruned() 
         .expect("write");
     wait_for_events(&c, 4).await;
     assert_eq!(
-        sse_seqs(addr, &format!("/v1/events/subscribe?apikey={anon}&from=4"), 1).await,
+        sse_seqs(
+            addr,
+            &format!("/v1/events/subscribe?apikey={anon}&from=4"),
+            1
+        )
+        .await,
         vec![4]
     );
     let r = get(addr, &format!("/v1/events?apikey={anon}&from=4"), &[]).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["events"][0]["seq"], 4);
-    assert_eq!(ws_subscribe(&mut sock, "four", 4).await["type"], "subscribed");
+    assert_eq!(
+        ws_subscribe(&mut sock, "four", 4).await["type"],
+        "subscribed"
+    );
     assert_eq!(recv(&mut sock).await["event"]["seq"], 4);
     let (code, v) = replay(addr, &service, &hook, json!({"from_seq": 4})).await;
     assert_eq!((code, &v["enqueued"]), (202, &json!(1)), "{v}");

@@ -861,9 +861,15 @@ async fn errors_carry_the_id_of_the_message_they_answer() {
     }
     // No id to carry: not an object, or no string id.
     ws.send(Message::Text("[1]".into())).await.expect("send");
-    assert!(expect_error(&mut ws, "invalid_message").await.get("id").is_none());
+    assert!(expect_error(&mut ws, "invalid_message")
+        .await
+        .get("id")
+        .is_none());
     send(&mut ws, json!({"type": "nope", "id": 7})).await;
-    assert!(expect_error(&mut ws, "unknown_type").await.get("id").is_none());
+    assert!(expect_error(&mut ws, "unknown_type")
+        .await
+        .get("id")
+        .is_none());
     token.cancel();
     server.wait().await.expect("server stops");
 }

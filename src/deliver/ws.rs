@@ -343,7 +343,9 @@ impl Session {
         from: Option<i64>,
     ) -> Result<String, ProtocolError> {
         let Some((_, tenant)) = &self.who else {
-            return Err(ProtocolError::new(code::NOT_AUTHENTICATED, "authenticate first").with_id(id));
+            return Err(
+                ProtocolError::new(code::NOT_AUTHENTICATED, "authenticate first").with_id(id),
+            );
         };
         if self.subs.contains_key(&id) {
             return Err(ProtocolError::new(

@@ -17,7 +17,8 @@
 //!   must be captured); all of them together at most [`MAX_TOPICS`] globs,
 //!   none = every topic; `filter` a filter object (see
 //!   [`crate::subscription::filter`]); `from` the first seq to deliver
-//!   (inclusive, a whole number ≥ 0), none = live only.
+//!   (inclusive, a whole number ≥ 0; 0 and 1 both the start of the log, as
+//!   on every transport: [`crate::log::position`]), none = live only.
 //! - `{"type":"unsubscribe","id":"s1"}`
 //! - `{"type":"publish","event":"order.shipped","data":{…},"subject":"order/42"}`
 //!   — a custom event of the credential's tenant (a `tenant` member is
@@ -32,7 +33,8 @@
 //!
 //! `auth_ok {tenant, role}`, `subscribed {id}`, `unsubscribed {id}`,
 //! `event {sub, event}` (the envelope embedded verbatim), `published {seq}`,
-//! `pong`, `error {id?, code, message}`; see the `*_frame` functions. With
+//! `pong`, `error {id?, code, message}` (`id` whenever the message was an
+//! object with a string `id`); see the `*_frame` functions. With
 //! the [`CLOUDEVENTS_SUBPROTOCOL`] an event frame is the bare envelope.
 
 use std::collections::HashSet;
@@ -399,7 +401,7 @@ pub fn parse_client(
     max_bytes: usize,
     captured_tables: &[String],
 ) -> Result<ClientMessage, ProtocolError> {
-    let (kind, obj, id) = read_frame(text, max_bytes)?;
+    let Frame { kind, obj, id } = read_frame(text, max_bytes)?;
     parse_typed(kind, &obj, id, captured_tables)
 }
 
@@ -412,7 +414,7 @@ pub fn parse_client_before_auth(
     text: &str,
     max_bytes: usize,
 ) -> Result<ClientMessage, ProtocolError> {
-    let (kind, obj, id) = read_frame(text, max_bytes)?;
+    let Frame { kind, obj, id } = read_frame(text, max_bytes)?;
     match kind {
         MessageType::Auth | MessageType::Ping => parse_typed(kind, &obj, id, &[]),
         _ => Err(ProtocolError {
@@ -570,13 +572,17 @@ impl MessageType {
     }
 }
 
-/// Size, JSON, object, no repeated member, known `type`; with the
-/// message's id for its errors (see [`message_id`]). Every error once the
-/// frame is known to be an object carries that id.
-fn read_frame(
-    text: &str,
-    max_bytes: usize,
-) -> Result<(MessageType, Map<String, Value>, Option<String>), ProtocolError> {
+/// A text frame read as a message object of a known type.
+struct Frame {
+    kind: MessageType,
+    obj: Map<String, Value>,
+    /// The id its errors carry (see [`message_id`]).
+    id: Option<String>,
+}
+
+/// Size, JSON, object, no repeated member, known `type`. Every error once
+/// the frame is known to be an object carries the message's id.
+fn read_frame(text: &str, max_bytes: usize) -> Result<Frame, ProtocolError> {
     if text.len() > max_bytes {
         return Err(ProtocolError::new(
             code::MESSAGE_TOO_LARGE,
@@ -603,7 +609,10 @@ fn read_frame(
     };
     let repeated = repeated_members(text);
     let id = message_id(&obj, &repeated);
-    let with_id = |e: ProtocolError| ProtocolError { id: id.clone(), ..e };
+    let with_id = |e: ProtocolError| ProtocolError {
+        id: id.clone(),
+        ..e
+    };
     if let Some(name) = repeated.first() {
         return Err(with_id(ProtocolError::new(
             code::INVALID_MESSAGE,
@@ -641,7 +650,7 @@ fn read_frame(
             )))
         }
     };
-    Ok((kind, obj, id))
+    Ok(Frame { kind, obj, id })
 }
 
 fn parse_typed(
@@ -683,17 +692,15 @@ fn parse_typed(
             // The one `from` rule of every transport (`log::position`).
             let from = match m.optional("from") {
                 None => None,
-                Some(Value::Number(n)) => {
-                    match n.as_i64().map(crate::log::position::from_number) {
-                        Some(Ok(seq)) => Some(seq),
-                        _ => {
-                            return Err(m.invalid(format!(
-                                "from: expected a seq (a whole number >= 0), found {}",
-                                echo_number(&n.to_string())
-                            )))
-                        }
+                Some(Value::Number(n)) => match n.as_i64().map(crate::log::position::from_number) {
+                    Some(Ok(seq)) => Some(seq),
+                    _ => {
+                        return Err(m.invalid(format!(
+                            "from: expected a seq (a whole number >= 0), found {}",
+                            echo_number(&n.to_string())
+                        )))
                     }
-                }
+                },
                 Some(other) => {
                     return Err(m.invalid(format!(
                         "from: expected a seq (a whole number >= 0), found {}",
@@ -1312,8 +1319,7 @@ mod tests {
     /// (message, code, id, error message): every error code parsing can
     /// return.
     fn error_cases() -> Vec<(String, &'static str, Option<&'static str>, String)> {
-        const LONG_ID: &str =
-            "iiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiii";
+        const LONG_ID: &str = "iiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiii";
         assert_eq!(LONG_ID.len(), 65);
         let long = "x".repeat(70);
         let many: Vec<String> = (0..=MAX_TOPICS).map(|i| format!("t/{i}")).collect();
