@@ -500,10 +500,11 @@ async fn forward(
 }
 
 /// Whether a read failed because the frame (or a fragmented message) is
-/// larger than the library's limit (16 × `ws.max_message_bytes`). axum
-/// wraps tungstenite's error without exposing its type, so it is told by
-/// its text, `Space limit exceeded: Message too long: <size> > <max>`;
-/// a unit test pins that text to the tungstenite in Cargo.lock.
+/// larger than the library's limit (16 × `ws.max_message_bytes`):
+/// tungstenite's capacity error. axum wraps it without exposing its type,
+/// so it is told by its text (`Space limit exceeded: Message too long:
+/// <size> > <max>`); a unit test pins that text to the tungstenite in
+/// Cargo.lock.
 fn is_over_library_limit(e: &axum::Error) -> bool {
     e.to_string().starts_with("Space limit exceeded")
 }
