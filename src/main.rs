@@ -42,8 +42,8 @@ enum Command {
         /// Only this tenant's events.
         #[arg(long)]
         tenant: Option<String>,
-        /// First seq to print (inclusive).
-        #[arg(long, default_value_t = 1)]
+        /// First seq to print (inclusive; 0 and 1 both start at the beginning).
+        #[arg(long, default_value_t = 1, value_parser = sluice::log::parse_from)]
         from: i64,
         /// Keep waiting for new events.
         #[arg(long)]

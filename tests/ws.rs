@@ -669,3 +669,207 @@ async fn shutdown_tells_each_subscription_where_to_resume_then_closes_with_1001(
     );
     server.wait().await.expect("server stops");
 }
+
+/// A text frame of exactly `bytes` bytes: a ping padded with `x`.
+fn padded_ping(bytes: usize) -> Message {
+    let head = r#"{"type":"ping","pad":""#;
+    let text = format!("{head}{}\"}}", "x".repeat(bytes - head.len() - 2));
+    assert_eq!(text.len(), bytes);
+    Message::Text(text.into())
+}
+
+/// Sends `frame` while reading, and returns the code of the close frame the
+/// server answers with. The frame may still be in flight when the close
+/// arrives (the server stops reading it), so sending and reading are apart.
+/// A connection dropped without a close frame (what a browser reports as
+/// 1006) fails the test.
+async fn close_code_after(ws: Ws, frame: Message) -> u16 {
+    let (mut tx, mut rx) = ws.split();
+    let sender = tokio::spawn(async move {
+        let _ = tx.send(frame).await;
+        tx
+    });
+    let code = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match rx.next().await {
+                Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("closed in time");
+    sender.abort();
+    code
+}
+
+/// With the default 64 KiB limit: a frame of exactly 16 × the limit (1 MiB)
+/// is answered `message_too_large` and the connection stays; one byte more
+/// (and a frame of several MiB) is not read: close 1009, before and after
+/// auth. The server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_beyond_16_times_the_limit_close_with_1009_before_and_after_auth() {
+    const MIB: usize = 1 << 20;
+    let db = TestDb::new("ws_big");
+    db.client().await.batch_execute(ITEMS).await.expect("ddl");
+    let (server, token) = serve(&db).await;
+    assert_eq!(server.state.config.ws.max_message_bytes * 16, MIB);
+    let anon = key(&db, "acme", Role::Anon).await;
+
+    // Before auth.
+    let mut ws = connect(&server, "").await;
+    ws.send(padded_ping(MIB)).await.expect("send");
+    expect_error(&mut ws, "message_too_large").await;
+    send(&mut ws, json!({"type": "ping"})).await;
+    assert_eq!(recv(&mut ws).await["type"], "pong", "the connection stays");
+    assert_eq!(close_code_after(ws, padded_ping(MIB + 1)).await, 1009);
+    let ws = connect(&server, "").await;
+    assert_eq!(close_code_after(ws, padded_ping(4 * MIB)).await, 1009);
+
+    // After auth (in the URL, and by message).
+    let mut ws = connect(&server, &format!("?apikey={anon}")).await;
+    assert_eq!(recv(&mut ws).await["type"], "auth_ok");
+    ws.send(padded_ping(MIB)).await.expect("send");
+    expect_error(&mut ws, "message_too_large").await;
+    send(&mut ws, json!({"type": "ping"})).await;
+    assert_eq!(recv(&mut ws).await["type"], "pong", "the connection stays");
+    assert_eq!(close_code_after(ws, padded_ping(MIB + 1)).await, 1009);
+    let mut ws = connect(&server, "").await;
+    send(&mut ws, json!({"type": "auth", "token": anon})).await;
+    assert_eq!(recv(&mut ws).await["type"], "auth_ok");
+    assert_eq!(close_code_after(ws, padded_ping(4 * MIB)).await, 1009);
+    // A binary frame beyond the limit is closed the same way.
+    let mut ws = connect(&server, &format!("?apikey={anon}")).await;
+    assert_eq!(recv(&mut ws).await["type"], "auth_ok");
+    assert_eq!(
+        close_code_after(ws, Message::Binary(vec![0u8; MIB + 1].into())).await,
+        1009
+    );
+
+    // Still serving.
+    let mut ws = connect(&server, "").await;
+    send(&mut ws, json!({"type": "ping"})).await;
+    assert_eq!(recv(&mut ws).await["type"], "pong");
+    token.cancel();
+    server.wait().await.expect("server stops");
+}
+
+/// The independent client: PyPI `websockets` reads the close frame 1009
+/// `message_too_big` for a 1 MiB + 1 frame, before and after auth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_websockets_client_sees_close_1009_for_a_frame_beyond_16_times_the_limit() {
+    let db = TestDb::new("ws_big_py");
+    db.client().await.batch_execute(ITEMS).await.expect("ddl");
+    let (server, token) = serve(&db).await;
+    let anon = key(&db, "acme", Role::Anon).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/ws_too_big.py");
+    let url = format!("ws://{}/v1/ws", server.addr);
+    let size = (1usize << 20) + 1;
+    for args in [
+        vec![url.clone(), size.to_string()],
+        vec![url.clone(), anon.clone(), size.to_string()],
+    ] {
+        let out = tokio::time::timeout(
+            PATIENCE,
+            tokio::process::Command::new("python3")
+                .arg(script)
+                .args(&args)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("python client ends in time")
+        .expect("python3 runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(stdout.trim(), "CLOSED 1009 message_too_big", "{args:?}");
+    }
+    token.cancel();
+    server.wait().await.expect("server stops");
+}
+
+/// Every error answering a JSON object with a string `id` carries it,
+/// whatever is wrong with the object, before and after auth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_carry_the_id_of_the_message_they_answer() {
+    let db = TestDb::new("ws_ids");
+    db.client().await.batch_execute(ITEMS).await.expect("ddl");
+    let (server, token) = serve(&db).await;
+    let service = key(&db, "acme", Role::Service).await;
+    let mut ws = connect(&server, "").await;
+    let cases = [
+        (json!({"id": "m1"}), "invalid_message", "m1"),
+        (json!({"type": "nope", "id": "u1"}), "unknown_type", "u1"),
+        (json!({"type": 3, "id": "t1"}), "invalid_message", "t1"),
+        (json!({"type": "ping", "id": "p1"}), "invalid_message", "p1"),
+        (
+            json!({"type": "auth", "token": "k", "id": "a1"}),
+            "invalid_message",
+            "a1",
+        ),
+        (
+            json!({"type": "publish", "id": "n1", "event": "x", "data": {}}),
+            "not_authenticated",
+            "n1",
+        ),
+        (
+            json!({"type": "subscribe", "id": "n2"}),
+            "not_authenticated",
+            "n2",
+        ),
+    ];
+    for (m, code, id) in &cases {
+        send(&mut ws, m.clone()).await;
+        let e = expect_error(&mut ws, code).await;
+        assert_eq!(e["id"], *id, "before auth, {m}: {e}");
+    }
+    send(&mut ws, json!({"type": "auth", "token": service})).await;
+    assert_eq!(recv(&mut ws).await["type"], "auth_ok");
+    let cases = [
+        (json!({"id": "m1"}), "invalid_message", "m1"),
+        (json!({"type": "nope", "id": "u1"}), "unknown_type", "u1"),
+        (
+            json!({"type": "publish", "id": "p2", "event": "x", "data": {}}),
+            "invalid_message",
+            "p2",
+        ),
+        (
+            json!({"type": "subscribe", "id": "", "topic": "a"}),
+            "invalid_message",
+            "",
+        ),
+        (
+            json!({"type": "subscribe", "id": "s1", "from": -1}),
+            "invalid_message",
+            "s1",
+        ),
+        (
+            json!({"type": "unsubscribe", "id": "ghost"}),
+            "unknown_id",
+            "ghost",
+        ),
+    ];
+    for (m, code, id) in &cases {
+        send(&mut ws, m.clone()).await;
+        let e = expect_error(&mut ws, code).await;
+        assert_eq!(e["id"], *id, "after auth, {m}: {e}");
+    }
+    // No id to carry: not an object, or no string id.
+    ws.send(Message::Text("[1]".into())).await.expect("send");
+    assert!(expect_error(&mut ws, "invalid_message")
+        .await
+        .get("id")
+        .is_none());
+    send(&mut ws, json!({"type": "nope", "id": 7})).await;
+    assert!(expect_error(&mut ws, "unknown_type")
+        .await
+        .get("id")
+        .is_none());
+    token.cancel();
+    server.wait().await.expect("server stops");
+}

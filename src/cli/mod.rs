@@ -40,6 +40,8 @@ pub enum CliError {
     Stdout(std::io::Error),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    #[error("seq {} is older than the log's retention; the oldest available is {}: pass --from {}", .0.requested, .0.oldest, .0.oldest)]
+    Gap(log::Gap),
 }
 
 impl CliError {
@@ -324,8 +326,13 @@ pub async fn tail(
             source,
         })?;
     let stdout = std::io::stdout();
-    let mut next = from.max(1);
+    let mut next = from;
     loop {
+        // Checked before every read, as a follower does: pruning while
+        // `--follow` waits is a gap too, never a silent skip.
+        if let Some(gap) = log::gap_at(&client, next).await? {
+            return Err(CliError::Gap(gap));
+        }
         let events = log::read_events(&client, &scope, next, 1000).await?;
         let mut out = stdout.lock();
         for e in &events {

@@ -229,10 +229,10 @@ impl Follower {
         let pruned = log::pruned_through(&**client)
             .await
             .map_err(|e| FollowError::Db(e.to_string()))?;
-        if self.next <= pruned {
+        if let Some(g) = log::gap(self.next, pruned) {
             return Err(FollowError::Gap {
-                requested: self.next,
-                oldest: pruned + 1,
+                requested: g.requested,
+                oldest: g.oldest,
             });
         }
         let scope = ReadScope::Tenant(self.tenant.clone());

@@ -115,7 +115,7 @@ async fn list(
     }
     let req = ListRequest {
         tenant,
-        from: p.seq("from")?.unwrap_or(1),
+        from: p.from("from")?.unwrap_or(1),
         to: p.seq("to")?,
         limit,
         types: (!types.is_empty()).then_some(types),
@@ -134,11 +134,11 @@ async fn list(
         .get()
         .await
         .map_err(|e| ApiError::unavailable("the log", e))?;
-    let pruned = log::pruned_through(&**client)
+    let gap = log::gap_at(&**client, req.from)
         .await
         .map_err(|e| ApiError::unavailable("the log", e))?;
-    if req.from <= pruned {
-        return Err(ApiError::gap(req.from, pruned + 1));
+    if let Some(g) = gap {
+        return Err(ApiError::gap(g.requested, g.oldest));
     }
     drop(client);
     if !ndjson {

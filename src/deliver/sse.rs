@@ -46,7 +46,7 @@ fn start(headers: &HeaderMap, params: &Params) -> Result<Start, ApiError> {
             )),
         };
     }
-    Ok(params.seq("from")?.map_or(Start::Live, Start::At))
+    Ok(params.from("from")?.map_or(Start::Live, Start::At))
 }
 
 async fn subscribe(
@@ -120,11 +120,11 @@ impl SseSession {
                 .get()
                 .await
                 .map_err(|e| ApiError::unavailable("the log", e))?;
-            let pruned = crate::log::pruned_through(&**client)
+            let gap = crate::log::gap_at(&**client, from)
                 .await
                 .map_err(|e| ApiError::unavailable("the log", e))?;
-            if from <= pruned {
-                return Err(ApiError::gap(from, pruned + 1));
+            if let Some(g) = gap {
+                return Err(ApiError::gap(g.requested, g.oldest));
             }
         }
         let follower = Follower::new(

@@ -84,7 +84,9 @@ async fn upgrade(
         ws
     };
     // Frames up to 16 × the limit are read and answered `message_too_large`
-    // (the connection stays); beyond that the socket itself is closed (1009).
+    // (the connection stays). A larger one is refused by the library at its
+    // header, before its payload is buffered, and the session closes with
+    // 1009 (see `Session::run`).
     let limit = state.config.ws.max_message_bytes;
     let ws = ws
         .max_message_size(limit.saturating_mul(16))
@@ -169,7 +171,19 @@ impl Session {
         loop {
             let reply: Option<Message> = tokio::select! {
                 incoming = stream.next() => {
-                    let Some(Ok(msg)) = incoming else { return };
+                    let msg = match incoming {
+                        Some(Ok(msg)) => msg,
+                        Some(Err(e)) if is_over_library_limit(&e) => {
+                            // Its payload is not read: the only answer is
+                            // a close that says why.
+                            tracing::debug!(error = %e, "ws frame beyond 16 × ws.max_message_bytes; closing with 1009");
+                            let _ = sink
+                                .send(close(proto::CLOSE_MESSAGE_TOO_BIG, "message_too_big"))
+                                .await;
+                            return;
+                        }
+                        _ => return,
+                    };
                     heard = tokio::time::Instant::now();
                     match msg {
                         // Boxed: handling (auth, subscribe, publish) needs large futures
@@ -329,10 +343,9 @@ impl Session {
         from: Option<i64>,
     ) -> Result<String, ProtocolError> {
         let Some((_, tenant)) = &self.who else {
-            return Err(ProtocolError::new(
-                code::NOT_AUTHENTICATED,
-                "authenticate first",
-            ));
+            return Err(
+                ProtocolError::new(code::NOT_AUTHENTICATED, "authenticate first").with_id(id),
+            );
         };
         if self.subs.contains_key(&id) {
             return Err(ProtocolError::new(
@@ -350,26 +363,18 @@ impl Session {
             .with_id(id));
         }
         if let Some(from) = from {
-            let pruned = match self.state.pool.get().await {
-                Ok(c) => crate::log::pruned_through(&**c)
+            let gap = match self.state.pool.get().await {
+                Ok(c) => crate::log::gap_at(&**c, from)
                     .await
                     .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             }
             .map_err(|e| {
                 tracing::warn!(error = %e, "ws subscribe cannot read the log");
-                ProtocolError::new(code::UNAVAILABLE, "the log is unavailable; retry shortly")
-                    .with_id(id.clone())
+                ProtocolError::unavailable("the log").with_id(id.clone())
             })?;
-            if from <= pruned {
-                return Err(ProtocolError::new(
-                    code::GAP,
-                    format!(
-                        "seq {from} is older than the log's retention; the oldest available is {}",
-                        pruned + 1
-                    ),
-                )
-                .with_id(id));
+            if let Some(g) = gap {
+                return Err(ProtocolError::gap(&id, g.requested, g.oldest));
             }
         }
         let follower = Follower::new(
@@ -494,9 +499,37 @@ async fn forward(
     }
 }
 
+/// Whether a read failed because the frame (or a fragmented message) is
+/// larger than the library's limit (16 × `ws.max_message_bytes`):
+/// tungstenite's capacity error. axum wraps it without exposing its type,
+/// so it is told by its text (`Space limit exceeded: Message too long:
+/// <size> > <max>`); a unit test pins that text to the tungstenite in
+/// Cargo.lock.
+fn is_over_library_limit(e: &axum::Error) -> bool {
+    e.to_string().starts_with("Space limit exceeded")
+}
+
 #[cfg(test)]
 mod tests {
     use super::proto;
+
+    #[test]
+    fn a_frame_over_the_library_limit_is_told_apart_from_other_read_errors() {
+        use tokio_tungstenite::tungstenite::error::{CapacityError, Error, ProtocolError};
+        let too_long = axum::Error::new(Error::Capacity(CapacityError::MessageTooLong {
+            size: 1_048_603,
+            max_size: 1_048_576,
+        }));
+        assert!(super::is_over_library_limit(&too_long), "{too_long}");
+        for other in [
+            Error::Protocol(ProtocolError::ResetWithoutClosingHandshake),
+            Error::ConnectionClosed,
+            Error::Io(std::io::Error::other("broken pipe")),
+        ] {
+            let e = axum::Error::new(other);
+            assert!(!super::is_over_library_limit(&e), "{e}");
+        }
+    }
 
     #[test]
     fn the_readme_documents_every_error_and_close_code() {

@@ -17,7 +17,8 @@
 //!   must be captured); all of them together at most [`MAX_TOPICS`] globs,
 //!   none = every topic; `filter` a filter object (see
 //!   [`crate::subscription::filter`]); `from` the first seq to deliver
-//!   (inclusive, a whole number ≥ 0), none = live only.
+//!   (inclusive, a whole number ≥ 0; 0 and 1 both the start of the log, as
+//!   on every transport: [`crate::log::position`]), none = live only.
 //! - `{"type":"unsubscribe","id":"s1"}`
 //! - `{"type":"publish","event":"order.shipped","data":{…},"subject":"order/42"}`
 //!   — a custom event of the credential's tenant (a `tenant` member is
@@ -32,7 +33,8 @@
 //!
 //! `auth_ok {tenant, role}`, `subscribed {id}`, `unsubscribed {id}`,
 //! `event {sub, event}` (the envelope embedded verbatim), `published {seq}`,
-//! `pong`, `error {id?, code, message}`; see the `*_frame` functions. With
+//! `pong`, `error {id?, code, message}` (`id` whenever the message was an
+//! object with a string `id`); see the `*_frame` functions. With
 //! the [`CLOUDEVENTS_SUBPROTOCOL`] an event frame is the bare envelope.
 
 use std::collections::HashSet;
@@ -91,7 +93,7 @@ pub mod code {
     pub const INVALID_FILTER: &str = "invalid_filter";
     /// The `table` of `subscribe` is not a captured table.
     pub const UNKNOWN_TABLE: &str = "unknown_table";
-    /// The `from` of `subscribe` is older than the log's retention.
+    /// Retention removed events at or after the `from` of `subscribe`.
     pub const GAP: &str = "gap";
     /// The text frame is larger than the configured limit.
     pub const MESSAGE_TOO_LARGE: &str = "message_too_large";
@@ -142,11 +144,11 @@ pub const ERROR_CODES: &[(&str, &str)] = &[
     (code::UNKNOWN_TABLE, "the table is not one Sluice captures"),
     (
         code::GAP,
-        "from is older than the log's retention; the message names the oldest seq available",
+        "retention removed events at or after from; the message names the oldest seq available",
     ),
     (
         code::MESSAGE_TOO_LARGE,
-        "the text frame is larger than the limit; the connection stays open",
+        "the text frame is larger than the limit (up to 16 × the limit); the connection stays open",
     ),
     (
         code::BINARY_NOT_SUPPORTED,
@@ -164,6 +166,9 @@ pub const CLOSE_NORMAL: u16 = 1000;
 /// Close code: the server is shutting down; reconnect (to another
 /// instance) and resume with `from`.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code: a frame (or fragmented message) larger than 16 × the
+/// message limit; the server does not read it.
+pub const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
 /// Close code: an unexpected failure of the server.
 pub const CLOSE_INTERNAL_ERROR: u16 = 1011;
 /// Close code: no successful `auth` within the configured time after the
@@ -174,15 +179,20 @@ pub const CLOSE_CREDENTIAL_REVOKED: u16 = 4003;
 
 /// Every close code the server sends: (code, reason sent in the close
 /// frame, meaning). A slow connection is never closed (it catches up from
-/// the log) and an oversized message is answered with a
-/// `message_too_large` error, the connection staying open (1009 is not
-/// used).
+/// the log); a message over the limit is answered with a
+/// `message_too_large` error, the connection staying open, unless its
+/// frame is beyond 16 × the limit (1009).
 pub const CLOSE_CODES: &[(u16, &str, &str)] = &[
     (CLOSE_NORMAL, "normal", "the connection ends normally"),
     (
         CLOSE_GOING_AWAY,
         "server_shutting_down",
         "the server is shutting down; reconnect and resume with from",
+    ),
+    (
+        CLOSE_MESSAGE_TOO_BIG,
+        "message_too_big",
+        "a frame larger than 16 × ws.max_message_bytes; the server does not read it",
     ),
     (
         CLOSE_INTERNAL_ERROR,
@@ -262,8 +272,8 @@ impl ClientMessage {
 /// [`error_frame`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtocolError {
-    /// The id of the subscribe or unsubscribe it answers, when it could be
-    /// read.
+    /// The `id` member of the message it answers, when that is a string
+    /// (whatever the message's type, valid or not).
     pub id: Option<String>,
     /// One of [`ERROR_CODES`].
     pub code: &'static str,
@@ -351,7 +361,8 @@ impl ProtocolError {
         .with_id(id)
     }
 
-    /// `gap`: `from` is at or before the last seq retention pruned.
+    /// `gap`: retention removed events at or after `from`
+    /// ([`crate::log::position::gap`]).
     pub fn gap(id: &str, requested: i64, oldest: i64) -> ProtocolError {
         ProtocolError::new(
             code::GAP,
@@ -390,8 +401,8 @@ pub fn parse_client(
     max_bytes: usize,
     captured_tables: &[String],
 ) -> Result<ClientMessage, ProtocolError> {
-    let (kind, obj) = read_frame(text, max_bytes)?;
-    parse_typed(kind, &obj, captured_tables)
+    let Frame { kind, obj, id } = read_frame(text, max_bytes)?;
+    parse_typed(kind, &obj, id, captured_tables)
 }
 
 /// Parses one client text frame before the connection is authenticated:
@@ -403,22 +414,17 @@ pub fn parse_client_before_auth(
     text: &str,
     max_bytes: usize,
 ) -> Result<ClientMessage, ProtocolError> {
-    let (kind, obj) = read_frame(text, max_bytes)?;
+    let Frame { kind, obj, id } = read_frame(text, max_bytes)?;
     match kind {
-        MessageType::Auth | MessageType::Ping => parse_typed(kind, &obj, &[]),
-        _ => {
-            let err = ProtocolError::new(
-                code::NOT_AUTHENTICATED,
-                format!(
-                    "authenticate first: send {{\"type\":\"auth\",\"token\":\"…\"}} before {:?}",
-                    kind.name()
-                ),
-            );
-            Err(match readable_id(&obj) {
-                Some(id) => err.with_id(id),
-                None => err,
-            })
-        }
+        MessageType::Auth | MessageType::Ping => parse_typed(kind, &obj, id, &[]),
+        _ => Err(ProtocolError {
+            id,
+            code: code::NOT_AUTHENTICATED,
+            message: format!(
+                "authenticate first: send {{\"type\":\"auth\",\"token\":\"…\"}} before {:?}",
+                kind.name()
+            ),
+        }),
     }
 }
 
@@ -566,11 +572,17 @@ impl MessageType {
     }
 }
 
-/// Size, JSON, object, no repeated member, known `type`.
-fn read_frame(
-    text: &str,
-    max_bytes: usize,
-) -> Result<(MessageType, Map<String, Value>), ProtocolError> {
+/// A text frame read as a message object of a known type.
+struct Frame {
+    kind: MessageType,
+    obj: Map<String, Value>,
+    /// The id its errors carry (see [`message_id`]).
+    id: Option<String>,
+}
+
+/// Size, JSON, object, no repeated member, known `type`. Every error once
+/// the frame is known to be an object carries the message's id.
+fn read_frame(text: &str, max_bytes: usize) -> Result<Frame, ProtocolError> {
     if text.len() > max_bytes {
         return Err(ProtocolError::new(
             code::MESSAGE_TOO_LARGE,
@@ -595,59 +607,59 @@ fn read_frame(
             ),
         ));
     };
-    if let Some(name) = repeated_member(text) {
-        return Err(ProtocolError::new(
+    let repeated = repeated_members(text);
+    let id = message_id(&obj, &repeated);
+    let with_id = |e: ProtocolError| ProtocolError {
+        id: id.clone(),
+        ..e
+    };
+    if let Some(name) = repeated.first() {
+        return Err(with_id(ProtocolError::new(
             code::INVALID_MESSAGE,
-            format!("member {} is given more than once", echo(&name)),
-        ));
+            format!("member {} is given more than once", echo(name)),
+        )));
     }
     let kind = match obj.get("type") {
         None => {
-            return Err(ProtocolError::new(
+            return Err(with_id(ProtocolError::new(
                 code::INVALID_MESSAGE,
                 format!(
                     "missing member \"type\"; expected one of {}",
                     CLIENT_TYPES.join(", ")
                 ),
-            ))
+            )))
         }
         Some(Value::String(s)) => MessageType::parse(s).ok_or_else(|| {
-            ProtocolError::new(
+            with_id(ProtocolError::new(
                 code::UNKNOWN_TYPE,
                 format!(
                     "unknown message type {}; expected one of {}",
                     echo(s),
                     CLIENT_TYPES.join(", ")
                 ),
-            )
+            ))
         })?,
         Some(other) => {
-            return Err(ProtocolError::new(
+            return Err(with_id(ProtocolError::new(
                 code::INVALID_MESSAGE,
                 format!(
                     "type: expected a string (one of {}), found {}",
                     CLIENT_TYPES.join(", "),
                     kind_of(other)
                 ),
-            ))
+            )))
         }
     };
-    Ok((kind, obj))
+    Ok(Frame { kind, obj, id })
 }
 
 fn parse_typed(
     kind: MessageType,
     obj: &Map<String, Value>,
+    id: Option<String>,
     captured_tables: &[String],
 ) -> Result<ClientMessage, ProtocolError> {
-    let m = Members {
-        kind,
-        obj,
-        id: match kind {
-            MessageType::Subscribe | MessageType::Unsubscribe => readable_id(obj),
-            _ => None,
-        },
-    };
+    let m = Members { kind, obj, id };
     m.check_known()?;
     match kind {
         MessageType::Auth => {
@@ -677,10 +689,11 @@ fn parse_typed(
                     ),
                 },
             };
+            // The one `from` rule of every transport (`log::position`).
             let from = match m.optional("from") {
                 None => None,
-                Some(Value::Number(n)) => match n.as_i64() {
-                    Some(seq) if seq >= 0 => Some(seq),
+                Some(Value::Number(n)) => match n.as_i64().map(crate::log::position::from_number) {
+                    Some(Ok(seq)) => Some(seq),
                     _ => {
                         return Err(m.invalid(format!(
                             "from: expected a seq (a whole number >= 0), found {}",
@@ -760,7 +773,7 @@ fn parse_typed(
     }
 }
 
-/// The members of one message, and its id (when valid) for errors.
+/// The members of one message, and its id for errors.
 struct Members<'a> {
     kind: MessageType,
     obj: &'a Map<String, Value>,
@@ -957,18 +970,22 @@ impl Members<'_> {
     }
 }
 
-/// The `id` member when it is a valid subscription id, for errors.
-fn readable_id(obj: &Map<String, Value>) -> Option<String> {
+/// The id an error answering this message carries: its `id` member when
+/// that is a string, whatever the type and whether the message is valid
+/// (a client matches the answer to its request by it). Not when `id` is
+/// given more than once: then no one value is the message's id.
+fn message_id(obj: &Map<String, Value>, repeated: &[String]) -> Option<String> {
     match obj.get("id") {
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID_BYTES => Some(s.clone()),
+        Some(Value::String(s)) if !repeated.iter().any(|r| r == "id") => Some(s.clone()),
         _ => None,
     }
 }
 
-/// The first member name repeated in the top-level object of `text`
-/// (already known to be a valid JSON object).
-fn repeated_member(text: &str) -> Option<String> {
-    struct Repeated(Option<String>);
+/// The member names repeated in the top-level object of `text` (already
+/// known to be a valid JSON object), in the order of their second
+/// occurrence.
+fn repeated_members(text: &str) -> Vec<String> {
+    struct Repeated(Vec<String>);
 
     impl<'de> Deserialize<'de> for Repeated {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Repeated, D::Error> {
@@ -987,11 +1004,12 @@ fn repeated_member(text: &str) -> Option<String> {
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Repeated, A::Error> {
             let mut seen = HashSet::new();
-            let mut repeated = None;
+            let mut reported = HashSet::new();
+            let mut repeated = Vec::new();
             while let Some(key) = map.next_key::<String>()? {
                 map.next_value::<IgnoredAny>()?;
-                if repeated.is_none() && !seen.insert(key.clone()) {
-                    repeated = Some(key);
+                if !seen.insert(key.clone()) && reported.insert(key.clone()) {
+                    repeated.push(key);
                 }
             }
             Ok(Repeated(repeated))
@@ -999,8 +1017,8 @@ fn repeated_member(text: &str) -> Option<String> {
     }
 
     serde_json::from_str::<Repeated>(text)
-        .ok()
-        .and_then(|r| r.0)
+        .map(|r| r.0)
+        .unwrap_or_default()
 }
 
 fn kind_of(v: &Value) -> &'static str {
@@ -1301,6 +1319,8 @@ mod tests {
     /// (message, code, id, error message): every error code parsing can
     /// return.
     fn error_cases() -> Vec<(String, &'static str, Option<&'static str>, String)> {
+        const LONG_ID: &str = "iiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiii";
+        assert_eq!(LONG_ID.len(), 65);
         let long = "x".repeat(70);
         let many: Vec<String> = (0..=MAX_TOPICS).map(|i| format!("t/{i}")).collect();
         let bad_filter = json!({"and": [{"field": "a", "op": "like", "value": 1}]});
@@ -1376,16 +1396,52 @@ mod tests {
                 None,
                 "member \"type\" is given more than once".into(),
             ),
+            // Two ids: neither is the message's, so the error has none.
             (
                 r#"{"type":"subscribe","id":"a","id":"b"}"#.into(),
                 code::INVALID_MESSAGE,
                 None,
                 "member \"id\" is given more than once".into(),
             ),
+            // An error answering an object with a string id carries it,
+            // whatever is wrong with the object.
+            (
+                r#"{"id":"m1"}"#.into(),
+                code::INVALID_MESSAGE,
+                Some("m1"),
+                "missing member \"type\"; expected one of auth, subscribe, unsubscribe, publish, ping"
+                    .into(),
+            ),
+            (
+                r#"{"type":"nope","id":"u1"}"#.into(),
+                code::UNKNOWN_TYPE,
+                Some("u1"),
+                "unknown message type \"nope\"; expected one of auth, subscribe, unsubscribe, publish, ping"
+                    .into(),
+            ),
+            (
+                r#"{"type":7,"id":"t1"}"#.into(),
+                code::INVALID_MESSAGE,
+                Some("t1"),
+                "type: expected a string (one of auth, subscribe, unsubscribe, publish, ping), found a number"
+                    .into(),
+            ),
+            (
+                r#"{"type":"ping","type":"publish","id":"r1"}"#.into(),
+                code::INVALID_MESSAGE,
+                Some("r1"),
+                "member \"type\" is given more than once".into(),
+            ),
+            (
+                r#"{"type":"auth","token":"k","id":"a1"}"#.into(),
+                code::INVALID_MESSAGE,
+                Some("a1"),
+                "unknown member \"id\" in an auth message; accepted: type, token".into(),
+            ),
             (
                 r#"{"type":"ping","id":"p1"}"#.into(),
                 code::INVALID_MESSAGE,
-                None,
+                Some("p1"),
                 "unknown member \"id\" in a ping message; it has no member besides \"type\"".into(),
             ),
             // unknown_type
@@ -1455,13 +1511,13 @@ mod tests {
             (
                 r#"{"type":"subscribe","id":""}"#.into(),
                 code::INVALID_MESSAGE,
-                None,
+                Some(""),
                 "id: expected a string of 1 to 64 bytes, found an empty string".into(),
             ),
             (
-                format!(r#"{{"type":"subscribe","id":"{}"}}"#, "i".repeat(65)),
+                format!(r#"{{"type":"subscribe","id":"{LONG_ID}"}}"#),
                 code::INVALID_MESSAGE,
-                None,
+                Some(LONG_ID),
                 "id: expected a string of 1 to 64 bytes, found 65 bytes".into(),
             ),
             // subscribe: members (the id, once valid, is in the error)
@@ -1751,7 +1807,7 @@ mod tests {
             (
                 r#"{"type":"publish","id":"p1","event":"x","data":{}}"#.into(),
                 code::INVALID_MESSAGE,
-                None,
+                Some("p1"),
                 "unknown member \"id\" in a publish message; accepted: type, event, data, subject"
                     .into(),
             ),
@@ -1819,7 +1875,36 @@ mod tests {
             ),
             (
                 r#"{"type":"subscribe","id":"","bogus":1}"#,
-                Err(not_auth(None, "subscribe")),
+                Err(not_auth(Some(""), "subscribe")),
+            ),
+            (
+                r#"{"type":"publish","id":"p1","event":"x","data":{}}"#,
+                Err(not_auth(Some("p1"), "publish")),
+            ),
+            // Errors before the type is known carry the id too.
+            (
+                r#"{"id":"m1"}"#,
+                Err(ProtocolError::new(
+                    code::INVALID_MESSAGE,
+                    "missing member \"type\"; expected one of auth, subscribe, unsubscribe, publish, ping",
+                )
+                .with_id("m1")),
+            ),
+            (
+                r#"{"type":"nope","id":"u1"}"#,
+                Err(ProtocolError::new(
+                    code::UNKNOWN_TYPE,
+                    "unknown message type \"nope\"; expected one of auth, subscribe, unsubscribe, publish, ping",
+                )
+                .with_id("u1")),
+            ),
+            (
+                r#"{"type":"ping","id":"p2"}"#,
+                Err(ProtocolError::new(
+                    code::INVALID_MESSAGE,
+                    "unknown member \"id\" in a ping message; it has no member besides \"type\"",
+                )
+                .with_id("p2")),
             ),
             (
                 r#"{"type":"unsubscribe","id":"s1"}"#,
@@ -1968,6 +2053,7 @@ mod tests {
         let want: &[(u16, &str)] = &[
             (1000, "normal"),
             (1001, "server_shutting_down"),
+            (1009, "message_too_big"),
             (1011, "internal_error"),
             (4001, "auth_timeout"),
             (4003, "credential_revoked"),
@@ -1982,11 +2068,12 @@ mod tests {
             [
                 CLOSE_NORMAL,
                 CLOSE_GOING_AWAY,
+                CLOSE_MESSAGE_TOO_BIG,
                 CLOSE_INTERNAL_ERROR,
                 CLOSE_AUTH_TIMEOUT,
                 CLOSE_CREDENTIAL_REVOKED
             ],
-            [1000, 1001, 1011, 4001, 4003]
+            [1000, 1001, 1009, 1011, 4001, 4003]
         );
     }
 

@@ -73,6 +73,16 @@ impl Params {
         }
     }
 
+    /// A start position (`from`): a whole number >= 0, 0 and 1 both the
+    /// start of the log (the rule of [`crate::log::position`]).
+    pub fn from(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        self.one(name)?
+            .map(|v| {
+                crate::log::parse_from(v).map_err(|e| ApiError::bad_param(name, e.to_string()))
+            })
+            .transpose()
+    }
+
     pub fn bool(&self, name: &str) -> Result<bool, ApiError> {
         match self.one(name)? {
             None => Ok(false),
@@ -177,9 +187,11 @@ mod tests {
         )
         .expect("parses");
         assert_eq!(
-            p.seq("from").expect_err("negative").param.as_deref(),
+            p.from("from").expect_err("negative").param.as_deref(),
             Some("from")
         );
+        let zero = Params::parse(Some("from=0"), &["from"], 1000).expect("parses");
+        assert_eq!(zero.from("from").expect("0 is the start"), Some(0));
         assert_eq!(p.seq("to").expect_err("nan").param.as_deref(), Some("to"));
         assert_eq!(p.list("topic"), vec!["a", "b", "c"]);
         assert!(p.bool("follow").is_err());

@@ -10,6 +10,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod copy;
 pub mod migrate;
+pub mod position;
 pub mod read;
 pub mod retention;
 
@@ -19,6 +20,7 @@ pub use append::{
     AppendCounts, AppendItem, Appender, AppenderHandle, Durable, APPENDER_APPLICATION,
 };
 pub use checkpoint::Checkpoint;
+pub use position::{gap, gap_at, parse_from, Gap, InvalidFrom};
 pub use read::{
     events_by_seq, pruned_through, query_events, read_events, LogQuery, ReadScope, StoredEvent,
 };

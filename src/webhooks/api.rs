@@ -600,16 +600,12 @@ async fn replay(
         }
         enqueue(&client, &id, &found).await?
     } else {
-        let from = b.from_seq.unwrap_or(1);
-        if from < 1 {
-            return Err(ApiError::bad_param(
-                "from_seq",
-                "expected a seq of 1 or more",
-            ));
-        }
-        let pruned = crate::log::pruned_through(&**client).await.map_err(dberr)?;
-        if from <= pruned {
-            return Err(ApiError::gap(from, pruned + 1));
+        let from = crate::log::position::from_number(b.from_seq.unwrap_or(1))
+            .map_err(|e| ApiError::bad_param("from_seq", e.to_string()))?;
+        if let Some(g) = crate::log::gap_at(&**client, from).await.map_err(dberr)? {
+            let mut e = ApiError::gap(g.requested, g.oldest);
+            e.param = Some("from_seq".to_owned());
+            return Err(e);
         }
         let selector = endpoint.selector().ok_or_else(|| {
             ApiError::bad_param("filter", "the endpoint's filter no longer parses")
