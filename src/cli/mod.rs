@@ -40,6 +40,8 @@ pub enum CliError {
     Stdout(std::io::Error),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    #[error(transparent)]
+    Setup(#[from] setup::SetupError),
 }
 
 impl CliError {
@@ -289,7 +291,15 @@ pub async fn setup(config: Option<&Path>) -> Result<(), CliError> {
 pub async fn check(config: Option<&Path>) -> Result<(), CliError> {
     let config = Config::from_process(config)?;
     let client = source_client(&config).await?;
-    let findings = setup::check(&client, config.postgres()?).await?;
+    let mut findings = setup::check(&client, config.postgres()?).await?;
+    let state =
+        log::connect(config.state_url()?)
+            .await
+            .map_err(|source| PipelineError::Connect {
+                what: "state",
+                source,
+            })?;
+    findings.extend(setup::check_state(&state).await?);
     for f in &findings {
         println!("{f}");
     }
