@@ -22,6 +22,7 @@
 
 pub mod api;
 pub mod initial;
+pub mod predicate;
 pub mod read;
 pub mod runner;
 
@@ -142,107 +143,6 @@ pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// Checks that a `--where` predicate is one expression that cannot reach
-/// outside the parentheses it is placed in: no `;`, balanced parentheses
-/// outside strings, identifiers and comments, and no unterminated string
-/// or comment. (The server then parses it, read-only, before anything runs.)
-pub fn check_predicate(p: &str) -> Result<(), String> {
-    if p.trim().is_empty() {
-        return Err("the predicate is empty".into());
-    }
-    if p.len() > 4096 {
-        return Err("the predicate is longer than 4096 bytes".into());
-    }
-    let b = p.as_bytes();
-    let mut depth: i64 = 0;
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'\'' | b'"' => {
-                let q = b[i];
-                i += 1;
-                loop {
-                    match b.get(i) {
-                        None => return Err("an unterminated quoted string or identifier".into()),
-                        Some(&c) if c == q => {
-                            if b.get(i + 1) == Some(&q) {
-                                i += 2;
-                                continue;
-                            }
-                            break;
-                        }
-                        Some(_) => i += 1,
-                    }
-                }
-            }
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-                continue;
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                let mut nest = 1;
-                i += 2;
-                while nest > 0 {
-                    match (b.get(i), b.get(i + 1)) {
-                        (None, _) => return Err("an unterminated /* comment".into()),
-                        (Some(b'/'), Some(b'*')) => {
-                            nest += 1;
-                            i += 2;
-                        }
-                        (Some(b'*'), Some(b'/')) => {
-                            nest -= 1;
-                            i += 2;
-                        }
-                        _ => i += 1,
-                    }
-                }
-                continue;
-            }
-            b'$' => {
-                // A dollar-quoted string: $tag$ … $tag$ (tag: letters,
-                // digits, underscores; not a positional parameter $1).
-                let start = i;
-                let mut j = i + 1;
-                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
-                    j += 1;
-                }
-                if j < b.len()
-                    && b[j] == b'$'
-                    && !b[start + 1..j].first().is_some_and(u8::is_ascii_digit)
-                {
-                    let tag = &p[start..=j];
-                    match p[j + 1..].find(tag) {
-                        Some(end) => {
-                            i = j + 1 + end + tag.len();
-                            continue;
-                        }
-                        None => return Err("an unterminated dollar-quoted string".into()),
-                    }
-                }
-                if j > start + 1 && b[start + 1].is_ascii_digit() {
-                    return Err("parameters ($1) are not allowed".into());
-                }
-            }
-            b'(' => depth += 1,
-            b')' => {
-                depth -= 1;
-                if depth < 0 {
-                    return Err("a ')' without its '('".into());
-                }
-            }
-            b';' => return Err("';' is not allowed: one expression only".into()),
-            _ => {}
-        }
-        i += 1;
-    }
-    if depth != 0 {
-        return Err("unbalanced parentheses".into());
-    }
-    Ok(())
-}
-
 /// What a backfill needs to know of a table.
 #[derive(Debug, Clone)]
 pub struct TableInfo {
@@ -331,12 +231,13 @@ pub async fn table_info(
     }))
 }
 
-/// The chunk query: rows after `after` (primary-key values), matching the
-/// predicate, in key order. The predicate sits on lines of its own inside
-/// parentheses, so a `--` comment in it ends at its line.
+/// The chunk query: rows after `after` (primary-key values) that pass
+/// `filter`, in key order. `filter` is the call of the predicate's function
+/// ([`predicate::call_sql`]), never the predicate's text: the key bound
+/// applies to every row whatever the predicate says.
 pub fn chunk_sql(
     info: &TableInfo,
-    predicate: Option<&str>,
+    filter: Option<&str>,
     after: Option<&[Option<String>]>,
     limit: i32,
 ) -> String {
@@ -372,8 +273,8 @@ pub fn chunk_sql(
             lits.join(", ")
         ));
     }
-    if let Some(p) = predicate {
-        sql.push_str(&format!(" AND (\n{p}\n)"));
+    if let Some(f) = filter {
+        sql.push_str(&format!(" AND {f}"));
     }
     sql.push_str(&format!("\nORDER BY {} LIMIT {limit}", key.join(", ")));
     sql
@@ -487,28 +388,19 @@ pub async fn create(
     if info.primary_key.is_empty() {
         return Err(BackfillError::NoPrimaryKey(req.table.clone()));
     }
-    let predicate = req
-        .predicate
-        .as_deref()
-        .map(str::trim)
-        .filter(|p| !p.is_empty());
+    // An empty or blank `where` is a mistake, not "every row".
+    let predicate = match req.predicate.as_deref() {
+        None => None,
+        Some(p) => Some(predicate::text(p).map_err(predicate_error)?),
+    };
     if let Some(p) = predicate {
-        check_predicate(p).map_err(BackfillError::InvalidPredicate)?;
-        // The server parses and resolves it (extended protocol: one
-        // statement only) without running it.
-        let sql = chunk_sql(&info, Some(p), None, 1);
-        source
-            .prepare(&sql)
+        // The server parses it alone, as a function body, and it is
+        // inspected (module `predicate`); nothing of it runs.
+        predicate::validate(source, &info, p)
             .await
-            .map_err(|e| BackfillError::InvalidPredicate(db_message(&e)))?;
+            .map_err(predicate_error)?;
     }
-    let estimated: Option<i64> = source
-        .query_one(
-            "SELECT CASE WHEN reltuples < 0 THEN NULL ELSE reltuples::int8 END FROM pg_catalog.pg_class WHERE oid = $1",
-            &[&info.relation.id],
-        )
-        .await?
-        .get(0);
+    let estimated = estimate_rows(source, &info).await?;
     let row = state
         .query_one(
             &format!(
@@ -522,6 +414,87 @@ pub async fn create(
         )
         .await?;
     Ok(from_row(&row))
+}
+
+fn predicate_error(e: predicate::PredicateError) -> BackfillError {
+    match e {
+        predicate::PredicateError::Invalid(m) => BackfillError::InvalidPredicate(m),
+        predicate::PredicateError::Db(e) => BackfillError::Db(e),
+    }
+}
+
+/// Tables at most this large (bytes on disk) that were never analysed are
+/// counted exactly for `rows_estimated`; larger ones get the planner's
+/// estimate from their size.
+const COUNT_BELOW_BYTES: i64 = 64 << 20;
+
+/// The table's row count as `pg_class.reltuples` has it; for a table never
+/// analysed (`reltuples` = -1 since PostgreSQL 14) a count when it is
+/// small, else the planner's estimate from its pages and row width.
+pub async fn estimate_rows(
+    source: &Client,
+    info: &TableInfo,
+) -> Result<Option<i64>, tokio_postgres::Error> {
+    let row = source
+        .query_one(
+            "SELECT reltuples::float8, pg_catalog.pg_total_relation_size(oid) FROM pg_catalog.pg_class WHERE oid = $1",
+            &[&info.relation.id],
+        )
+        .await?;
+    let (tuples, bytes): (f64, i64) = (row.get(0), row.get(1));
+    if tuples >= 0.0 {
+        return Ok(Some(tuples as i64));
+    }
+    if bytes <= COUNT_BELOW_BYTES {
+        let n: i64 = source
+            .query_one(&format!("SELECT count(*) FROM {}", info.qualified()), &[])
+            .await?
+            .get(0);
+        return Ok(Some(n));
+    }
+    let plan: String = source
+        .query_one(
+            &format!("EXPLAIN (FORMAT JSON) SELECT 1 FROM {}", info.qualified()),
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok(serde_json::from_str::<serde_json::Value>(&plan)
+        .ok()
+        .and_then(|v| v[0]["Plan"]["Plan Rows"].as_f64())
+        .map(|n| n as i64))
+}
+
+/// A query that is true when a chunk's rows are all past `after` and in
+/// ascending key order (`first` ≤ `last`, `first` > `after`): a chunk that
+/// returns rows already read stops its backfill instead of looping.
+pub fn order_check_sql(
+    info: &TableInfo,
+    after: Option<&[Option<String>]>,
+    first: &[Option<String>],
+    last: &[Option<String>],
+) -> String {
+    let row = |key: &[Option<String>]| -> String {
+        let lits: Vec<String> = info
+            .primary_key
+            .iter()
+            .zip(key)
+            .map(|(&i, v)| match v {
+                Some(v) => format!("{}::{}", quote_literal(v), info.type_names[i]),
+                None => "NULL".to_owned(),
+            })
+            .collect();
+        format!("ROW({})", lits.join(", "))
+    };
+    let mut sql = format!("SELECT coalesce({} <= {}, false)", row(first), row(last));
+    if let Some(after) = after {
+        sql.push_str(&format!(
+            " AND coalesce({} > {}, false)",
+            row(first),
+            row(after)
+        ));
+    }
+    sql
 }
 
 /// The server's message of a database error (never the whole debug text).
@@ -577,35 +550,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn predicates_must_stay_one_expression() {
-        for ok in [
-            "status = 'paid'",
-            "total > 100 AND (region = 'eu' OR region = 'uk')",
-            "note = 'it''s ; fine (really'",
-            "\"Odd Col\" = 1",
-            "x = 1 -- a comment ) ;",
-            "x = 1 /* nested /* ) */ ; */",
-            "body = $q$ ; ) $q$",
-            "created_at > now() - interval '1 day'",
-        ] {
-            assert_eq!(check_predicate(ok), Ok(()), "{ok}");
-        }
-        for (bad, why) in [
-            ("", "empty"),
-            ("true; DROP TABLE orders", "';'"),
-            ("true) OR (true", "without its"),
-            ("(true", "unbalanced"),
-            ("x = 'open", "unterminated quoted"),
-            ("x = 1 /* open", "unterminated /*"),
-            ("x = $q$ open", "dollar-quoted"),
-            ("x = $1", "parameters"),
-        ] {
-            let err = check_predicate(bad).expect_err(bad);
-            assert!(err.contains(why), "{bad}: {err}");
-        }
-    }
-
-    #[test]
     fn literals_and_identifiers_are_quoted() {
         assert_eq!(quote_literal("it's"), "'it''s'");
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
@@ -623,7 +567,7 @@ mod tests {
     }
 
     #[test]
-    fn chunk_queries_page_by_key_with_the_predicate_on_its_own_lines() {
+    fn chunk_queries_page_by_key_and_call_the_predicate_function_beside_the_bound() {
         let info = TableInfo {
             relation: Relation {
                 id: 1,
@@ -650,13 +594,37 @@ mod tests {
         );
         let next = chunk_sql(
             &info,
-            Some("note <> 'x' -- done"),
+            Some("pg_temp.sluice_where_1(\"tenant\", \"id\", \"note\")"),
             Some(&[Some("o'brien".into()), Some("42".into())]),
             10,
         );
         assert_eq!(
             next,
-            "SELECT \"tenant\", \"id\", \"note\" FROM \"public\".\"orders\"\nWHERE true AND (\"tenant\", \"id\") > ('o''brien'::text, '42'::integer) AND (\nnote <> 'x' -- done\n)\nORDER BY \"tenant\", \"id\" LIMIT 10"
+            "SELECT \"tenant\", \"id\", \"note\" FROM \"public\".\"orders\"\nWHERE true AND (\"tenant\", \"id\") > ('o''brien'::text, '42'::integer) AND pg_temp.sluice_where_1(\"tenant\", \"id\", \"note\")\nORDER BY \"tenant\", \"id\" LIMIT 10"
+        );
+    }
+
+    #[test]
+    fn order_checks_compare_typed_keys() {
+        let info = TableInfo {
+            relation: Relation {
+                id: 1,
+                namespace: "public".into(),
+                name: "t".into(),
+                replica_identity: ReplicaIdentity::Default,
+                columns: vec![Column {
+                    is_key: true,
+                    name: "id".into(),
+                    type_oid: 23,
+                    type_modifier: -1,
+                }],
+            },
+            type_names: vec!["integer".into()],
+            primary_key: vec![0],
+        };
+        assert_eq!(
+            order_check_sql(&info, Some(&[Some("9".into())]), &[Some("10".into())], &[Some("12".into())]),
+            "SELECT coalesce(ROW('10'::integer) <= ROW('12'::integer), false) AND coalesce(ROW('10'::integer) > ROW('9'::integer), false)"
         );
     }
 }
