@@ -1105,3 +1105,41 @@ async fn check_setup_serve_takes_the_initial_snapshot_once() {
         .count();
     assert_eq!(initials, 1);
 }
+
+/// A text key whose collation is not the database's: chunks follow the
+/// column's order, and the check that a chunk's rows are past the last key
+/// compares as the column does (it would call `B` after `a` already read
+/// under the database's "C" order and stop the backfill).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_key_with_its_own_collation_is_read_once_in_its_order() {
+    let db = TestDb::new("backfill_collate");
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE words (id text COLLATE \"und-x-icu\" PRIMARY KEY, tenant text NOT NULL);
+         ALTER TABLE words REPLICA IDENTITY FULL;
+         INSERT INTO words SELECT w, 't' FROM unnest(ARRAY['a', 'B', 'c', 'D', 'e', 'F', 'g', 'H']) w;",
+    )
+    .await
+    .expect("ddl");
+    let config = db.config(&[("public.words", "tenant")]);
+    let token = CancellationToken::new();
+    let running = pipeline::start(&config, token.clone(), None)
+        .await
+        .expect("pipeline starts");
+    let b = backfill_where(&db, &c, "public.words", "tenant", "id <> 'zzz'", 3)
+        .await
+        .expect("create");
+    let done = wait_done(&c, b.id).await;
+    assert_eq!(done.status, "done", "{done:?}");
+    assert_eq!(done.rows_read, 8, "{done:?}");
+    drained(&c).await;
+    let order: Vec<String> = all_events(&c)
+        .await
+        .iter()
+        .filter(|e| e["type"] == "row.snapshot")
+        .filter_map(|e| e["data"]["key"]["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(order, ["a", "B", "c", "D", "e", "F", "g", "H"]);
+    token.cancel();
+    running.wait().await.expect("stops");
+}

@@ -149,6 +149,9 @@ pub struct TableInfo {
     pub relation: Relation,
     /// `format_type` of each column, for casting key literals.
     pub type_names: Vec<String>,
+    /// Each column's collation (`None`: not collatable), so that a key
+    /// literal compares as the column does.
+    pub collations: Vec<Option<String>>,
     /// Indexes (into the columns) of the primary key, in key order.
     pub primary_key: Vec<usize>,
 }
@@ -193,7 +196,8 @@ pub async fn table_info(
             "SELECT a.attname::text, a.atttypid, a.atttypmod,
                     format_type(a.atttypid, a.atttypmod),
                     coalesce(a.attnum = ANY(i.indkey::int2[]), false),
-                    array_position(i.indkey::int2[], a.attnum)
+                    array_position(i.indkey::int2[], a.attnum),
+                    CASE WHEN a.attcollation <> 0 THEN a.attcollation::regcollation::text END
              FROM pg_catalog.pg_attribute a
              LEFT JOIN pg_catalog.pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
@@ -203,6 +207,7 @@ pub async fn table_info(
         .await?;
     let mut columns = Vec::new();
     let mut type_names = Vec::new();
+    let mut collations = Vec::new();
     let mut pk: Vec<(i32, usize)> = Vec::new();
     for (idx, r) in cols.iter().enumerate() {
         let in_pk: bool = r.get(4);
@@ -216,6 +221,7 @@ pub async fn table_info(
             type_modifier: r.get(2),
         });
         type_names.push(r.get(3));
+        collations.push(r.get(6));
     }
     pk.sort();
     Ok(Some(TableInfo {
@@ -227,6 +233,7 @@ pub async fn table_info(
             columns,
         },
         type_names,
+        collations,
         primary_key: pk.into_iter().map(|(_, i)| i).collect(),
     }))
 }
@@ -479,10 +486,15 @@ pub fn order_check_sql(
             .primary_key
             .iter()
             .zip(key)
-            .map(|(&i, v)| match v {
-                Some(v) => format!("{}::{}", quote_literal(v), info.type_names[i]),
-                None => "NULL".to_owned(),
-            })
+            .map(
+                |(&i, v)| match (v, info.collations.get(i).cloned().flatten()) {
+                    (Some(v), Some(c)) => {
+                        format!("{}::{} COLLATE {c}", quote_literal(v), info.type_names[i])
+                    }
+                    (Some(v), None) => format!("{}::{}", quote_literal(v), info.type_names[i]),
+                    (None, _) => "NULL".to_owned(),
+                },
+            )
             .collect();
         format!("ROW({})", lits.join(", "))
     };
@@ -585,6 +597,7 @@ mod tests {
                     .collect(),
             },
             type_names: vec!["text".into(), "integer".into(), "text".into()],
+            collations: vec![Some("\"default\"".into()), None, Some("\"default\"".into())],
             primary_key: vec![0, 1],
         };
         let first = chunk_sql(&info, None, None, 10);
@@ -605,7 +618,7 @@ mod tests {
     }
 
     #[test]
-    fn order_checks_compare_typed_keys() {
+    fn order_checks_compare_keys_typed_and_collated_like_the_columns() {
         let info = TableInfo {
             relation: Relation {
                 id: 1,
@@ -619,12 +632,13 @@ mod tests {
                     type_modifier: -1,
                 }],
             },
-            type_names: vec!["integer".into()],
+            type_names: vec!["text".into()],
+            collations: vec![Some("\"C\"".into())],
             primary_key: vec![0],
         };
         assert_eq!(
             order_check_sql(&info, Some(&[Some("9".into())]), &[Some("10".into())], &[Some("12".into())]),
-            "SELECT coalesce(ROW('10'::integer) <= ROW('12'::integer), false) AND coalesce(ROW('10'::integer) > ROW('9'::integer), false)"
+            "SELECT coalesce(ROW('10'::text COLLATE \"C\") <= ROW('12'::text COLLATE \"C\"), false) AND coalesce(ROW('10'::text COLLATE \"C\") > ROW('9'::text COLLATE \"C\"), false)"
         );
     }
 }

@@ -209,9 +209,6 @@ pub async fn install(
             "a predicate needs PostgreSQL 14 or later (SQL-standard function bodies)".into(),
         ));
     }
-    client
-        .batch_execute(&format!("DROP FUNCTION IF EXISTS {name}"))
-        .await?;
     // One statement through the extended protocol (Parse/Bind/Execute):
     // a second statement is refused by the server.
     if let Err(e) = client.execute(sql.as_str(), &[]).await {

@@ -343,7 +343,10 @@ impl Runner {
                 if !ordered {
                     source.batch_execute("ROLLBACK").await?;
                     return Err(Failure::Fatal(format!(
-                        "a chunk returned rows it had already read (keys from {first:?} to {last:?} after {last_key:?}); stopped"
+                        "a chunk returned rows it had already read or out of key order (keys {} to {} after {}); stopped",
+                        show_key(&first),
+                        show_key(last),
+                        last_key.as_deref().map_or_else(|| "the start".to_owned(), show_key)
                     )));
                 }
             }
@@ -592,6 +595,12 @@ async fn listen(url: String, created: Arc<tokio::sync::Notify>, stop: Cancellati
             _ = stop.cancelled() => return,
         }
     }
+}
+
+/// A key as `(v1, v2)` for messages.
+fn show_key(key: &[Option<String>]) -> String {
+    let parts: Vec<&str> = key.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
+    format!("({})", parts.join(", "))
 }
 
 /// A chunk query's error, saying which bound stopped it.
