@@ -828,6 +828,21 @@ async fn predicates_that_try_to_escape_are_refused_or_harmless_and_never_escape_
             other => panic!("{predicate:?} was not refused: {other:?}"),
         }
     }
+    // A function takes at most 100 arguments: a wider table is told so.
+    let columns: Vec<String> = (1..=100).map(|i| format!("c{i} int")).collect();
+    c.batch_execute(&format!(
+        "CREATE TABLE wide (id int PRIMARY KEY, tenant text, {})",
+        columns.join(", ")
+    ))
+    .await
+    .expect("wide");
+    match backfill_where(&db, &c, "public.wide", "tenant", "id > 0", 50).await {
+        Err(backfill::BackfillError::InvalidPredicate(m)) => assert!(
+            m.contains("has 102 columns; a predicate can be used on tables of at most 100"),
+            "{m}"
+        ),
+        other => panic!("a predicate on 102 columns: {other:?}"),
+    }
     assert_eq!(backfill::list(&c).await.expect("list").len(), before);
     let rows: i64 = c
         .query_one("SELECT count(*) FROM orders", &[])
@@ -1142,4 +1157,60 @@ async fn a_text_key_with_its_own_collation_is_read_once_in_its_order() {
     assert_eq!(order, ["a", "B", "c", "D", "e", "F", "g", "H"]);
     token.cancel();
     running.wait().await.expect("stops");
+}
+
+/// A table added to the config later with `snapshot = "initial"` (the slot
+/// exists already) is read once as a backfill of kind `initial`; the table
+/// captured before is not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_configured_initial_later_is_snapshotted_once() {
+    let db = TestDb::new("initial_later");
+    let c = db.client().await;
+    seed_items(&c, 50).await;
+    c.batch_execute(
+        "CREATE TABLE more (id int PRIMARY KEY, tenant text NOT NULL);
+         ALTER TABLE more REPLICA IDENTITY FULL;
+         INSERT INTO more SELECT g, 't' FROM generate_series(1, 200) g;",
+    )
+    .await
+    .expect("ddl");
+    let (running, token) = start(&db).await;
+    token.cancel();
+    running.wait().await.expect("stops");
+    let config = db.config_with(
+        &[("public.items", "tenant")],
+        &[(
+            "SLUICE_SOURCE_POSTGRES_TABLES",
+            r#"[{table="public.items", tenant_column="tenant"},
+                {table="public.more", tenant_column="tenant", snapshot="initial"}]"#,
+        )],
+    );
+    for _ in 0..2 {
+        let token = CancellationToken::new();
+        let running = pipeline::start(&config, token.clone(), None)
+            .await
+            .expect("pipeline starts");
+        let start = Instant::now();
+        loop {
+            let initial: Vec<_> = backfill::list(&c)
+                .await
+                .expect("list")
+                .into_iter()
+                .filter(|b| b.kind == "initial")
+                .collect();
+            assert!(initial.len() <= 1, "{initial:?}");
+            if initial.first().is_some_and(|b| b.status == "done") {
+                assert_eq!(initial[0].table, "public.more");
+                break;
+            }
+            assert!(start.elapsed() < PATIENCE, "{initial:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drained(&c).await;
+        let once: BTreeMap<i64, usize> = (1..=200).map(|id| (id, 1)).collect();
+        assert_eq!(snapshots_per_id(&c, "public.more").await, once);
+        assert!(snapshots_per_id(&c, "public.items").await.is_empty());
+        token.cancel();
+        running.wait().await.expect("stops");
+    }
 }
