@@ -292,14 +292,15 @@ pub async fn check(config: Option<&Path>) -> Result<(), CliError> {
     let config = Config::from_process(config)?;
     let client = source_client(&config).await?;
     let mut findings = setup::check(&client, config.postgres()?).await?;
-    let state =
-        log::connect(config.state_url()?)
-            .await
-            .map_err(|source| PipelineError::Connect {
-                what: "state",
-                source,
-            })?;
-    findings.extend(setup::check_state(&state).await?);
+    match log::connect(config.state_url()?).await {
+        Ok(state) => findings.extend(setup::check_state(&state).await?),
+        Err(e) => findings.push(setup::Finding {
+            status: Status::Fail,
+            subject: "state database".into(),
+            detail: format!("cannot connect: {e}"),
+            fix: Some("check state.url (by default source.postgres.url)".into()),
+        }),
+    }
     for f in &findings {
         println!("{f}");
     }

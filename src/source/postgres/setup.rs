@@ -266,6 +266,8 @@ pub async fn check(
         )
     });
 
+    out.extend(source_privileges(client, cfg, &user, sup).await?);
+
     let publication = cfg.publication();
     let pubrow = client
         .query_opt(
@@ -327,8 +329,6 @@ pub async fn check(
             }
         }
     }
-
-    out.extend(source_privileges(client, cfg, &user, sup).await?);
 
     let slot = cfg.slot();
     let slotrow = client
