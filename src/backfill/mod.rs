@@ -527,7 +527,8 @@ pub async fn get(state: &Client, id: i64) -> Result<Backfill, BackfillError> {
         .ok_or(BackfillError::NotFound(id))
 }
 
-/// Cancels a running backfill (the runner stops after its current chunk);
+/// Cancels a running backfill: the runner's guard sees the status within
+/// half a second, cancels its query on the source and stops it;
 /// `Ok(None)` when it is not running.
 pub async fn cancel(state: &Client, id: i64) -> Result<Option<Backfill>, BackfillError> {
     let row = state
