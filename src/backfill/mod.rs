@@ -442,6 +442,15 @@ pub async fn estimate_rows(
     source: &Client,
     info: &TableInfo,
 ) -> Result<Option<i64>, tokio_postgres::Error> {
+    estimate_rows_counting_below(source, info, COUNT_BELOW_BYTES).await
+}
+
+/// [`estimate_rows`], counting tables of at most `count_below` bytes.
+pub async fn estimate_rows_counting_below(
+    source: &Client,
+    info: &TableInfo,
+    count_below: i64,
+) -> Result<Option<i64>, tokio_postgres::Error> {
     let row = source
         .query_one(
             "SELECT reltuples::float8, pg_catalog.pg_total_relation_size(oid) FROM pg_catalog.pg_class WHERE oid = $1",
@@ -452,22 +461,23 @@ pub async fn estimate_rows(
     if tuples >= 0.0 {
         return Ok(Some(tuples as i64));
     }
-    if bytes <= COUNT_BELOW_BYTES {
+    if bytes <= count_below {
         let n: i64 = source
             .query_one(&format!("SELECT count(*) FROM {}", info.qualified()), &[])
             .await?
             .get(0);
         return Ok(Some(n));
     }
-    let plan: String = source
+    // The plan comes as `json`.
+    let plan: Option<serde_json::Value> = source
         .query_one(
             &format!("EXPLAIN (FORMAT JSON) SELECT 1 FROM {}", info.qualified()),
             &[],
         )
         .await?
-        .get(0);
-    Ok(serde_json::from_str::<serde_json::Value>(&plan)
-        .ok()
+        .try_get(0)
+        .ok();
+    Ok(plan
         .and_then(|v| v[0]["Plan"]["Plan Rows"].as_f64())
         .map(|n| n as i64))
 }
