@@ -453,7 +453,11 @@ pub async fn estimate_rows_counting_below(
 ) -> Result<Option<i64>, tokio_postgres::Error> {
     let row = source
         .query_one(
-            "SELECT reltuples::float8, pg_catalog.pg_total_relation_size(oid) FROM pg_catalog.pg_class WHERE oid = $1",
+            // A partitioned table's size is its partitions'.
+            "SELECT c.reltuples::float8,
+                    (SELECT coalesce(sum(pg_catalog.pg_total_relation_size(p.relid)), 0)::int8
+                     FROM pg_catalog.pg_partition_tree(c.oid) p)
+             FROM pg_catalog.pg_class c WHERE c.oid = $1",
             &[&info.relation.id],
         )
         .await?;
