@@ -82,6 +82,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "bound on raw replication messages buffered from the server",
     ),
     (
+        "source.postgres.backfill_statement_timeout_ms",
+        "300000",
+        "longest a backfill's chunk query may run on the source before the backfill fails (0: no limit)",
+    ),
+    (
         "source.mongo",
         "(none)",
         "MongoDB sources, an array: `[{name=\"app\", uri=\"mongodb://…/?replicaSet=rs0\", database=\"app\", collections=[{collection=\"orders\", tenant_field=\"tenantId\", fields_only=false}], full_document=\"updateLookup\", enable_pre_images=true, reconnect_max_backoff_ms=10000}]`",
@@ -255,6 +260,7 @@ fn kind_of(path: &str) -> Kind {
         | "source.postgres.reconnect_max_backoff_ms"
         | "source.postgres.queue_messages"
         | "source.postgres.heartbeat_secs"
+        | "source.postgres.backfill_statement_timeout_ms"
         | "appender.max_batch_events"
         | "appender.max_batch_bytes"
         | "appender.queue_events"
@@ -501,6 +507,13 @@ pub struct PgSourceConfig {
     pub queue_messages: usize,
     #[serde(default = "default_heartbeat_secs")]
     pub heartbeat_secs: u64,
+    /// `statement_timeout` of a backfill's chunk queries (0: none).
+    #[serde(default = "default_backfill_statement_timeout_ms")]
+    pub backfill_statement_timeout_ms: u64,
+}
+
+fn default_backfill_statement_timeout_ms() -> u64 {
+    300_000
 }
 
 fn default_heartbeat_secs() -> u64 {
@@ -1222,6 +1235,10 @@ collections = [
             ),
             ("source.postgres.queue_messages", pg.queue_messages),
             ("source.postgres.heartbeat_secs", pg.heartbeat_secs as usize),
+            (
+                "source.postgres.backfill_statement_timeout_ms",
+                pg.backfill_statement_timeout_ms as usize,
+            ),
             ("appender.max_batch_events", c.appender.max_batch_events),
             ("appender.max_batch_bytes", c.appender.max_batch_bytes),
             ("appender.queue_events", c.appender.queue_events),

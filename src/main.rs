@@ -67,10 +67,12 @@ enum Command {
         #[arg(long = "where")]
         predicate: Option<String>,
         /// Rows per chunk (default 10000).
-        #[arg(long)]
+        // Negative numbers reach the range check (and its message), not
+        // clap's "unexpected argument".
+        #[arg(long, allow_negative_numbers = true)]
         chunk_size: Option<i32>,
         /// Pause between chunks, in milliseconds.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         throttle_ms: Option<i32>,
         /// Print the backfill's id and return at once.
         #[arg(long)]

@@ -39,7 +39,7 @@ pub enum PipelineError {
         source: tokio_postgres::Error,
     },
     #[error("setting up the publication and slot failed: {0}")]
-    Setup(tokio_postgres::Error),
+    Setup(setup::SetupError),
     #[error("preflight failed; refusing to start:\n{}", list(.0))]
     Preflight(Vec<Finding>),
     #[error(transparent)]
@@ -202,7 +202,7 @@ pub async fn start_with(
     }
     let findings = setup::check(&source_client, &pg)
         .await
-        .map_err(PipelineError::Setup)?;
+        .map_err(|e| PipelineError::Setup(e.into()))?;
     let blocking: Vec<Finding> = setup::blocking(&findings).into_iter().cloned().collect();
     if !blocking.is_empty() {
         return Err(PipelineError::Preflight(blocking));

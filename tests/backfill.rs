@@ -469,11 +469,15 @@ async fn bad_backfill_requests_get_clear_errors_and_nothing_runs() {
                 "--where",
                 "id > 1; DROP TABLE items",
             ],
-            "';' is not allowed",
+            "invalid predicate: syntax error at or near \";\"",
         ),
         (
-            vec!["--table", "public.items", "--where", "true) OR (true"],
-            "a ')' without its '('",
+            vec!["--table", "public.items", "--where", "pg_sleep(1) is null"],
+            "may call no volatile or side-effecting function (it calls pg_sleep(double precision))",
+        ),
+        (
+            vec!["--table", "public.items", "--where", "  "],
+            "invalid predicate: the predicate is empty",
         ),
         (
             vec!["--table", "public.items", "--where", "no_such_column = 1"],
@@ -486,6 +490,14 @@ async fn bad_backfill_requests_get_clear_errors_and_nothing_runs() {
         (
             vec!["--table", "public.items", "--chunk-size", "0"],
             "chunk_size: expected 1 to",
+        ),
+        (
+            vec!["--table", "public.items", "--chunk-size", "-1"],
+            "chunk_size: expected 1 to 100000, got -1",
+        ),
+        (
+            vec!["--table", "public.items", "--throttle-ms", "-5"],
+            "throttle_ms: expected 0 to 60000, got -5",
         ),
     ] {
         let mut all = vec!["backfill"];
@@ -563,6 +575,14 @@ async fn bad_backfill_requests_get_clear_errors_and_nothing_runs() {
         (serde_json::json!({"table": "public.other"}), "table"),
         (
             serde_json::json!({"table": "public.items", "where": "1=1; select 1"}),
+            "where",
+        ),
+        (
+            serde_json::json!({"table": "public.items", "where": ""}),
+            "where",
+        ),
+        (
+            serde_json::json!({"table": "public.items", "where": "(select count(*) from other) > 0"}),
             "where",
         ),
         (
@@ -652,4 +672,556 @@ async fn bad_backfill_requests_get_clear_errors_and_nothing_runs() {
     assert!(after.rows_read < 50, "{after:?}");
     token.cancel();
     server.wait().await.expect("stops");
+}
+
+/// Creates a backfill of `table` with `predicate`, as the API and the CLI do.
+async fn backfill_where(
+    db: &TestDb,
+    c: &tokio_postgres::Client,
+    table: &str,
+    tenant: &str,
+    predicate: &str,
+    chunk: i32,
+) -> Result<backfill::Backfill, backfill::BackfillError> {
+    let config = db.config(&[(table, tenant)]);
+    backfill::create(
+        c,
+        c,
+        config.postgres().expect("pg"),
+        &Request {
+            table: table.into(),
+            predicate: Some(predicate.into()),
+            chunk_size: Some(chunk),
+            ..Request::default()
+        },
+        "backfill",
+    )
+    .await
+}
+
+/// How many `row.snapshot` events of `table` the log holds per key `id`.
+async fn snapshots_per_id(c: &tokio_postgres::Client, table: &str) -> BTreeMap<i64, usize> {
+    let mut per_id = BTreeMap::new();
+    for e in all_events(c).await {
+        if e["type"] == "row.snapshot" && e["topic"] == format!("tables/{table}/snapshot") {
+            let id = e["data"]["key"]["id"].as_i64().expect("key id");
+            *per_id.entry(id).or_insert(0) += 1;
+        }
+    }
+    per_id
+}
+
+pub const ORDERS: &str = "CREATE TABLE orders (id int PRIMARY KEY, tenant text NOT NULL, status text NOT NULL,
+                                               created_at timestamptz NOT NULL DEFAULT now());
+                          ALTER TABLE orders REPLICA IDENTITY FULL;
+                          INSERT INTO orders SELECT g, 't' || (g % 3), CASE WHEN g % 4 = 0 THEN 'archived' ELSE 'open' END,
+                                                    CASE WHEN g % 5 = 0 THEN now() - interval '3 days' ELSE now() END
+                          FROM generate_series(1, 300) g;
+                          CREATE TABLE other (id int PRIMARY KEY);
+                          CREATE SEQUENCE s;";
+
+/// A predicate is the body of a function the chunk query calls beside its
+/// key bound: text that tries to close the parentheses it was once pasted
+/// in (the `E''` string that hid a `)` and made the first chunk come back
+/// without end, `true) or (true`, comments, dollar quotes) is either
+/// refused or just an expression, and every backfill reads each row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predicates_that_try_to_escape_are_refused_or_harmless_and_never_escape_the_key_bound() {
+    let db = TestDb::new("backfill_where");
+    let c = db.client().await;
+    c.batch_execute(ORDERS).await.expect("ddl");
+    let config = db.config(&[("public.orders", "tenant")]);
+    let token = CancellationToken::new();
+    let running = pipeline::start(&config, token.clone(), None)
+        .await
+        .expect("pipeline starts");
+
+    // Harmless: whatever they say, they are one boolean expression.
+    let mut expected_snapshots: BTreeMap<i64, usize> = BTreeMap::new();
+    for (predicate, rows) in [
+        (r"E'\'' = '' ) or (true --'", 300),
+        ("true) or (true", 300),
+        ("1=1 --", 300),
+        ("$q$ ) or (true $q$ <> ''", 300),
+        ("id > 0 /* ) or (true */", 300),
+        ("status <> 'archived'", 225),
+        ("created_at > now() - interval '1 day'", 240),
+    ] {
+        let b = backfill_where(&db, &c, "public.orders", "tenant", predicate, 50)
+            .await
+            .unwrap_or_else(|e| panic!("{predicate}: {e}"));
+        let done = wait_done(&c, b.id).await;
+        assert_eq!(done.status, "done", "{predicate}: {done:?}");
+        assert_eq!(
+            done.rows_read, rows,
+            "{predicate}: every matching row once: {done:?}"
+        );
+        let matching = c
+            .query(
+                &format!(
+                    "SELECT id FROM orders WHERE {}",
+                    match predicate {
+                        "status <> 'archived'" | "created_at > now() - interval '1 day'" =>
+                            predicate,
+                        _ => "true",
+                    }
+                ),
+                &[],
+            )
+            .await
+            .expect("rows");
+        for r in matching {
+            *expected_snapshots
+                .entry(i64::from(r.get::<_, i32>(0)))
+                .or_insert(0) += 1;
+        }
+    }
+    drained(&c).await;
+    assert_eq!(
+        snapshots_per_id(&c, "public.orders").await,
+        expected_snapshots,
+        "each backfill gave each matching row exactly one snapshot event"
+    );
+
+    // Refused, naming the problem; nothing is recorded.
+    let before = backfill::list(&c).await.expect("list").len();
+    for (predicate, why) in [
+        ("/*", "unterminated /* comment"),
+        ("; delete from orders", "syntax error at or near \";\""),
+        ("true; delete from orders", "syntax error at or near \";\""),
+        (
+            "true) ; delete from orders; select (true",
+            "cannot insert multiple commands into a prepared statement",
+        ),
+        ("$q$ open", "unterminated dollar-quoted string"),
+        (
+            "(select count(*) from other) >= 0",
+            "subqueries are not allowed",
+        ),
+        (
+            "exists (select 1 from pg_class)",
+            "subqueries are not allowed",
+        ),
+        (
+            "'other'::regclass is not null",
+            "may not refer to another relation (it refers to other)",
+        ),
+        ("pg_sleep(1) is null", "it calls pg_sleep(double precision)"),
+        ("nextval('s') > 0", "nextval(regclass)"),
+        ("random() < 2", "it calls random()"),
+        (
+            "pg_terminate_backend(1)",
+            "pg_terminate_backend(integer,bigint)",
+        ),
+        ("id", "return type mismatch"),
+        (
+            "no_such_column = 1",
+            "column \"no_such_column\" does not exist",
+        ),
+        ("", "the predicate is empty"),
+        (" \n ", "the predicate is empty"),
+    ] {
+        match backfill_where(&db, &c, "public.orders", "tenant", predicate, 50).await {
+            Err(backfill::BackfillError::InvalidPredicate(m)) => {
+                assert!(m.contains(why), "{predicate:?}: {m}")
+            }
+            other => panic!("{predicate:?} was not refused: {other:?}"),
+        }
+    }
+    // A function takes at most 100 arguments: a wider table is told so.
+    let columns: Vec<String> = (1..=100).map(|i| format!("c{i} int")).collect();
+    c.batch_execute(&format!(
+        "CREATE TABLE wide (id int PRIMARY KEY, tenant text, {})",
+        columns.join(", ")
+    ))
+    .await
+    .expect("wide");
+    match backfill_where(&db, &c, "public.wide", "tenant", "id > 0", 50).await {
+        Err(backfill::BackfillError::InvalidPredicate(m)) => assert!(
+            m.contains("has 102 columns; a predicate can be used on tables of at most 100"),
+            "{m}"
+        ),
+        other => panic!("a predicate on 102 columns: {other:?}"),
+    }
+    assert_eq!(backfill::list(&c).await.expect("list").len(), before);
+    let rows: i64 = c
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 300, "the table is intact");
+    let next: i64 = c
+        .query_one("SELECT nextval('s')", &[])
+        .await
+        .expect("nextval")
+        .get(0);
+    assert_eq!(next, 1, "no predicate ran");
+    token.cancel();
+    running.wait().await.expect("stops");
+}
+
+/// The runner applies the same rules to a backfill recorded without
+/// `create` (SQL into sluice.backfills): a volatile predicate fails the
+/// backfill with the reason, and an escaping one still reads each row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_recorded_by_sql_is_checked_by_the_runner_too() {
+    let db = TestDb::new("backfill_sql");
+    let c = db.client().await;
+    c.batch_execute(ORDERS).await.expect("ddl");
+    let config = db.config(&[("public.orders", "tenant")]);
+    let token = CancellationToken::new();
+    let running = pipeline::start(&config, token.clone(), None)
+        .await
+        .expect("pipeline starts");
+    let insert = |predicate: &'static str| {
+        let c = &c;
+        async move {
+            c.query_one(
+                "INSERT INTO sluice.backfills (table_name, predicate, chunk_size, start_seq)
+                 VALUES ('public.orders', $1, 40, 0) RETURNING id",
+                &[&predicate],
+            )
+            .await
+            .expect("insert")
+            .get::<_, i64>(0)
+        }
+    };
+    let volatile = insert("pg_sleep(0.01) is not null").await;
+    let failed = wait_done(&c, volatile).await;
+    assert_eq!(failed.status, "failed", "{failed:?}");
+    let error = failed.error.unwrap_or_default();
+    assert!(
+        error.contains("invalid predicate") && error.contains("pg_sleep"),
+        "{error}"
+    );
+    assert_eq!(failed.rows_read, 0);
+    let escaping = insert(r"E'\'' = '' ) or (true --'").await;
+    let done = wait_done(&c, escaping).await;
+    assert_eq!(done.status, "done", "{done:?}");
+    assert_eq!(done.rows_read, 300, "{done:?}");
+    token.cancel();
+    running.wait().await.expect("stops");
+}
+
+/// A STABLE function that sleeps: a predicate calling it makes a chunk
+/// query that runs until something stops it.
+const SLOW: &str = "CREATE FUNCTION slow(int) RETURNS boolean LANGUAGE plpgsql STABLE AS
+                    $$ BEGIN PERFORM pg_sleep(600); RETURN true; END $$;";
+
+/// Waits until `sluice-backfill`'s chunk query on the source is running
+/// (`true`) or gone (`false`).
+async fn chunk_query_running(c: &tokio_postgres::Client, db: &TestDb, running: bool) {
+    let start = Instant::now();
+    loop {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1
+                 AND application_name = 'sluice-backfill' AND state = 'active' AND query LIKE 'COPY (%'",
+                &[&db.name],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        if (n > 0) == running {
+            return;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the chunk query is {} after {PATIENCE:?}",
+            if running {
+                "not running"
+            } else {
+                "still running"
+            }
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_backfill_cancels_its_slow_chunk_query_and_the_next_backfill_completes() {
+    let db = TestDb::new("backfill_cancel");
+    let c = db.client().await;
+    seed_items(&c, 100).await;
+    c.batch_execute(SLOW).await.expect("slow");
+    let (running, token) = start(&db).await;
+    let slow = backfill_where(&db, &c, "public.items", "tenant", "slow(id)", 10)
+        .await
+        .expect("create");
+    chunk_query_running(&c, &db, true).await;
+    let cancelled = backfill::cancel(&c, slow.id)
+        .await
+        .expect("cancel")
+        .expect("it was running");
+    assert_eq!(cancelled.status, "cancelled");
+    chunk_query_running(&c, &db, false).await;
+    let next = backfill_items(&db, &c, 30).await;
+    let done = wait_done(&c, next.id).await;
+    assert_eq!(done.status, "done", "{done:?}");
+    assert_eq!(done.rows_read, 100, "{done:?}");
+    assert_eq!(
+        backfill::get(&c, slow.id).await.expect("get").status,
+        "cancelled",
+        "the cancelled backfill stays cancelled"
+    );
+    token.cancel();
+    running.wait().await.expect("stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_cancels_a_slow_chunk_query_on_the_source() {
+    let db = TestDb::new("backfill_term");
+    let c = db.client().await;
+    seed_items(&c, 100).await;
+    c.batch_execute(SLOW).await.expect("slow");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = common::proc::write_config(dir.path(), &db, "public.items", "tenant", "");
+    let mut child = common::proc::serve(&config);
+    slot_active(&c, &db).await;
+    let slow = backfill_where(&db, &c, "public.items", "tenant", "slow(id)", 10)
+        .await
+        .expect("create");
+    chunk_query_running(&c, &db, true).await;
+    let pid = child.0.id().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let start = Instant::now();
+    while child.0.try_wait().expect("wait").is_none() {
+        assert!(start.elapsed() < PATIENCE, "still running after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    chunk_query_running(&c, &db, false).await;
+    // Shutdown is not a cancel: the backfill resumes at the next start.
+    let after = backfill::get(&c, slow.id).await.expect("get");
+    assert_eq!(after.status, "running", "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_query_past_the_statement_timeout_fails_its_backfill_saying_so() {
+    let db = TestDb::new("backfill_timeout");
+    let c = db.client().await;
+    seed_items(&c, 100).await;
+    c.batch_execute(SLOW).await.expect("slow");
+    let config = db.config_with(
+        &[("public.items", "tenant")],
+        &[(
+            "SLUICE_SOURCE_POSTGRES_BACKFILL_STATEMENT_TIMEOUT_MS",
+            "300",
+        )],
+    );
+    let token = CancellationToken::new();
+    let running = pipeline::start(&config, token.clone(), None)
+        .await
+        .expect("pipeline starts");
+    let slow = backfill_where(&db, &c, "public.items", "tenant", "slow(id)", 10)
+        .await
+        .expect("create");
+    let failed = wait_done(&c, slow.id).await;
+    assert_eq!(failed.status, "failed", "{failed:?}");
+    let error = failed.error.unwrap_or_default();
+    assert!(
+        error.contains("source.postgres.backfill_statement_timeout_ms (300 ms)"),
+        "{error}"
+    );
+    chunk_query_running(&c, &db, false).await;
+    token.cancel();
+    running.wait().await.expect("stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_estimated_is_filled_for_a_table_never_analysed() {
+    let db = TestDb::new("backfill_estimate");
+    let c = db.client().await;
+    seed_items(&c, 500).await;
+    let reltuples: f32 = c
+        .query_one(
+            "SELECT reltuples FROM pg_class WHERE relname = 'items'",
+            &[],
+        )
+        .await
+        .expect("reltuples")
+        .get(0);
+    if reltuples >= 0.0 {
+        // Autovacuum analysed it first; the estimate is then the catalog's.
+        println!("items was analysed already (reltuples {reltuples})");
+    }
+    pipeline::migrate(&db.config(&[("public.items", "tenant")]))
+        .await
+        .expect("migrate");
+    let b = backfill_items(&db, &c, 100).await;
+    assert_eq!(b.rows_estimated, Some(500), "{b:?}");
+    // A table too large to count gets the planner's estimate from its size.
+    let info = backfill::table_info(&c, "public", "items")
+        .await
+        .expect("table_info")
+        .expect("items exists");
+    if reltuples < 0.0 {
+        let planned = backfill::estimate_rows_counting_below(&c, &info, 0)
+            .await
+            .expect("estimate");
+        assert!(planned.is_some_and(|n| n > 0), "{planned:?}");
+    }
+}
+
+/// The README's order, `check` → `setup` → `serve`, with a table
+/// configured `snapshot = "initial"`: `setup` made the slot without a
+/// snapshot, so `serve` reads the table as a backfill of kind `initial`;
+/// every row arrives as `row.snapshot` once, and a restart reads nothing
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_setup_serve_takes_the_initial_snapshot_once() {
+    let db = TestDb::new("initial_setup");
+    let c = db.client().await;
+    seed_items(&c, 1000).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n\n[source.postgres]\nurl = \"{}\"\nslot = \"slot_{}\"\n\
+             tables = [{{ table = \"public.items\", tenant_column = \"tenant\", snapshot = \"initial\" }}]\n",
+            db.url, db.name
+        ),
+    )
+    .expect("config");
+    let (code, out, err) = run_cli(&config, &["check"]);
+    assert_eq!(code, Some(0), "check before setup: {out}{err}");
+    assert!(
+        out.contains("`sluice setup` or `sluice serve` creates it"),
+        "{out}"
+    );
+    let (code, out, err) = run_cli(&config, &["setup"]);
+    assert_eq!(code, Some(0), "setup: {out}{err}");
+    let child = common::proc::serve(&config);
+    slot_active(&c, &db).await;
+    let start = Instant::now();
+    let initial = loop {
+        let found = backfill::list(&c)
+            .await
+            .expect("list")
+            .into_iter()
+            .find(|b| b.kind == "initial");
+        if let Some(b) = found.filter(|b| b.status != "running") {
+            break b;
+        }
+        assert!(start.elapsed() < PATIENCE, "no initial snapshot ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(initial.status, "done", "{initial:?}");
+    drained(&c).await;
+    let once: BTreeMap<i64, usize> = (1..=1000).map(|id| (id, 1)).collect();
+    assert_eq!(snapshots_per_id(&c, "public.items").await, once);
+    drop(child);
+    let _child = common::proc::serve(&config);
+    slot_active(&c, &db).await;
+    drained(&c).await;
+    assert_eq!(
+        snapshots_per_id(&c, "public.items").await,
+        once,
+        "a restart snapshots nothing again"
+    );
+    let initials = backfill::list(&c)
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|b| b.kind == "initial")
+        .count();
+    assert_eq!(initials, 1);
+}
+
+/// A text key whose collation is not the database's: chunks follow the
+/// column's order, and the check that a chunk's rows are past the last key
+/// compares as the column does (it would call `B` after `a` already read
+/// under the database's "C" order and stop the backfill).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_key_with_its_own_collation_is_read_once_in_its_order() {
+    let db = TestDb::new("backfill_collate");
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE words (id text COLLATE \"und-x-icu\" PRIMARY KEY, tenant text NOT NULL);
+         ALTER TABLE words REPLICA IDENTITY FULL;
+         INSERT INTO words SELECT w, 't' FROM unnest(ARRAY['a', 'B', 'c', 'D', 'e', 'F', 'g', 'H']) w;",
+    )
+    .await
+    .expect("ddl");
+    let config = db.config(&[("public.words", "tenant")]);
+    let token = CancellationToken::new();
+    let running = pipeline::start(&config, token.clone(), None)
+        .await
+        .expect("pipeline starts");
+    let b = backfill_where(&db, &c, "public.words", "tenant", "id <> 'zzz'", 3)
+        .await
+        .expect("create");
+    let done = wait_done(&c, b.id).await;
+    assert_eq!(done.status, "done", "{done:?}");
+    assert_eq!(done.rows_read, 8, "{done:?}");
+    drained(&c).await;
+    let order: Vec<String> = all_events(&c)
+        .await
+        .iter()
+        .filter(|e| e["type"] == "row.snapshot")
+        .filter_map(|e| e["data"]["key"]["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(order, ["a", "B", "c", "D", "e", "F", "g", "H"]);
+    token.cancel();
+    running.wait().await.expect("stops");
+}
+
+/// A table added to the config later with `snapshot = "initial"` (the slot
+/// exists already) is read once as a backfill of kind `initial`; the table
+/// captured before is not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_configured_initial_later_is_snapshotted_once() {
+    let db = TestDb::new("initial_later");
+    let c = db.client().await;
+    seed_items(&c, 50).await;
+    c.batch_execute(
+        "CREATE TABLE more (id int PRIMARY KEY, tenant text NOT NULL);
+         ALTER TABLE more REPLICA IDENTITY FULL;
+         INSERT INTO more SELECT g, 't' FROM generate_series(1, 200) g;",
+    )
+    .await
+    .expect("ddl");
+    let (running, token) = start(&db).await;
+    token.cancel();
+    running.wait().await.expect("stops");
+    let config = db.config_with(
+        &[("public.items", "tenant")],
+        &[(
+            "SLUICE_SOURCE_POSTGRES_TABLES",
+            r#"[{table="public.items", tenant_column="tenant"},
+                {table="public.more", tenant_column="tenant", snapshot="initial"}]"#,
+        )],
+    );
+    for _ in 0..2 {
+        let token = CancellationToken::new();
+        let running = pipeline::start(&config, token.clone(), None)
+            .await
+            .expect("pipeline starts");
+        let start = Instant::now();
+        loop {
+            let initial: Vec<_> = backfill::list(&c)
+                .await
+                .expect("list")
+                .into_iter()
+                .filter(|b| b.kind == "initial")
+                .collect();
+            assert!(initial.len() <= 1, "{initial:?}");
+            if initial.first().is_some_and(|b| b.status == "done") {
+                assert_eq!(initial[0].table, "public.more");
+                break;
+            }
+            assert!(start.elapsed() < PATIENCE, "{initial:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drained(&c).await;
+        let once: BTreeMap<i64, usize> = (1..=200).map(|id| (id, 1)).collect();
+        assert_eq!(snapshots_per_id(&c, "public.more").await, once);
+        assert!(snapshots_per_id(&c, "public.items").await.is_empty());
+        token.cancel();
+        running.wait().await.expect("stops");
+    }
 }

@@ -10,6 +10,14 @@
 //! the process dies part-way, the exported snapshot is gone with it; the
 //! leader's runner then finishes the rest as a watermark backfill from the
 //! last recorded key, which keeps the log consistent with the stream.
+//!
+//! When the slot exists already (`sluice setup` made it, or the table was
+//! configured later), a table with no initial snapshot recorded gets one
+//! as a watermark backfill of kind `initial` instead.
+//!
+//! **Invariant:** each `snapshot = "initial"` table gets at most one
+//! initial snapshot per state database (the `sluice.backfills` row of kind
+//! `initial` is the record).
 
 use std::sync::Arc;
 
@@ -36,6 +44,61 @@ pub enum InitialError {
     Slot(String),
     #[error(transparent)]
     Log(#[from] LogError),
+    #[error(transparent)]
+    Setup(#[from] crate::source::postgres::setup::SetupError),
+}
+
+/// With the slot already there (made by `sluice setup`, or before the
+/// table was configured `snapshot = "initial"`), a table that never had an
+/// initial snapshot gets one as a watermark backfill (kind `initial`),
+/// which the leader's runner reads while the stream flows. A table has had
+/// one once any backfill of kind `initial` is recorded for it, whatever
+/// became of it: a cancelled or failed one is not started again (a
+/// `sluice backfill` reads the table on demand).
+async fn schedule_unsnapshotted(
+    pg: &PgSourceConfig,
+    state_url: &str,
+    source: &tokio_postgres::Client,
+    tables: &[&crate::config::TableConfig],
+) -> Result<Vec<String>, InitialError> {
+    let state = crate::log::connect_as(state_url, "sluice-snapshot").await?;
+    let mut done = Vec::new();
+    for t in tables {
+        let recorded: Option<(i64, String)> = state
+            .query_opt(
+                "SELECT id, status FROM sluice.backfills WHERE table_name = $1 AND kind = 'initial'
+                 ORDER BY id DESC LIMIT 1",
+                &[&t.table],
+            )
+            .await?
+            .map(|r| (r.get(0), r.get(1)));
+        match recorded {
+            Some((id, status)) if status == "failed" || status == "cancelled" => {
+                tracing::warn!(table = %t.table, backfill = id, %status, "the initial snapshot did not complete; `sluice backfill --table` reads the table on demand");
+            }
+            Some(_) => {}
+            None => {
+                let req = Request {
+                    table: t.table.clone(),
+                    chunk_size: Some(PAGE),
+                    ..Request::default()
+                };
+                let b = super::create(&state, source, pg, &req, "initial")
+                    .await
+                    .map_err(|source| InitialError::Table {
+                        table: t.table.clone(),
+                        source,
+                    })?;
+                done.push(format!(
+                    "table {} is configured snapshot=\"initial\" and was never snapshotted (the slot {} already existed): backfill {} reads it while streaming",
+                    t.table,
+                    pg.slot(),
+                    b.id
+                ));
+            }
+        }
+    }
+    Ok(done)
 }
 
 /// Rows read per query inside the exported snapshot.
@@ -67,7 +130,7 @@ pub async fn run_if_new_slot(
         .await?
         .is_some()
     {
-        return Ok(Vec::new());
+        return schedule_unsnapshotted(pg, state_url, &source, &tables).await;
     }
     for line in crate::source::postgres::setup::publication(&source, pg).await? {
         tracing::info!(action = %line, "setup");

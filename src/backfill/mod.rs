@@ -22,6 +22,7 @@
 
 pub mod api;
 pub mod initial;
+pub mod predicate;
 pub mod read;
 pub mod runner;
 
@@ -142,113 +143,15 @@ pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// Checks that a `--where` predicate is one expression that cannot reach
-/// outside the parentheses it is placed in: no `;`, balanced parentheses
-/// outside strings, identifiers and comments, and no unterminated string
-/// or comment. (The server then parses it, read-only, before anything runs.)
-pub fn check_predicate(p: &str) -> Result<(), String> {
-    if p.trim().is_empty() {
-        return Err("the predicate is empty".into());
-    }
-    if p.len() > 4096 {
-        return Err("the predicate is longer than 4096 bytes".into());
-    }
-    let b = p.as_bytes();
-    let mut depth: i64 = 0;
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'\'' | b'"' => {
-                let q = b[i];
-                i += 1;
-                loop {
-                    match b.get(i) {
-                        None => return Err("an unterminated quoted string or identifier".into()),
-                        Some(&c) if c == q => {
-                            if b.get(i + 1) == Some(&q) {
-                                i += 2;
-                                continue;
-                            }
-                            break;
-                        }
-                        Some(_) => i += 1,
-                    }
-                }
-            }
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-                continue;
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                let mut nest = 1;
-                i += 2;
-                while nest > 0 {
-                    match (b.get(i), b.get(i + 1)) {
-                        (None, _) => return Err("an unterminated /* comment".into()),
-                        (Some(b'/'), Some(b'*')) => {
-                            nest += 1;
-                            i += 2;
-                        }
-                        (Some(b'*'), Some(b'/')) => {
-                            nest -= 1;
-                            i += 2;
-                        }
-                        _ => i += 1,
-                    }
-                }
-                continue;
-            }
-            b'$' => {
-                // A dollar-quoted string: $tag$ … $tag$ (tag: letters,
-                // digits, underscores; not a positional parameter $1).
-                let start = i;
-                let mut j = i + 1;
-                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
-                    j += 1;
-                }
-                if j < b.len()
-                    && b[j] == b'$'
-                    && !b[start + 1..j].first().is_some_and(u8::is_ascii_digit)
-                {
-                    let tag = &p[start..=j];
-                    match p[j + 1..].find(tag) {
-                        Some(end) => {
-                            i = j + 1 + end + tag.len();
-                            continue;
-                        }
-                        None => return Err("an unterminated dollar-quoted string".into()),
-                    }
-                }
-                if j > start + 1 && b[start + 1].is_ascii_digit() {
-                    return Err("parameters ($1) are not allowed".into());
-                }
-            }
-            b'(' => depth += 1,
-            b')' => {
-                depth -= 1;
-                if depth < 0 {
-                    return Err("a ')' without its '('".into());
-                }
-            }
-            b';' => return Err("';' is not allowed: one expression only".into()),
-            _ => {}
-        }
-        i += 1;
-    }
-    if depth != 0 {
-        return Err("unbalanced parentheses".into());
-    }
-    Ok(())
-}
-
 /// What a backfill needs to know of a table.
 #[derive(Debug, Clone)]
 pub struct TableInfo {
     pub relation: Relation,
     /// `format_type` of each column, for casting key literals.
     pub type_names: Vec<String>,
+    /// Each column's collation (`None`: not collatable), so that a key
+    /// literal compares as the column does.
+    pub collations: Vec<Option<String>>,
     /// Indexes (into the columns) of the primary key, in key order.
     pub primary_key: Vec<usize>,
 }
@@ -293,7 +196,8 @@ pub async fn table_info(
             "SELECT a.attname::text, a.atttypid, a.atttypmod,
                     format_type(a.atttypid, a.atttypmod),
                     coalesce(a.attnum = ANY(i.indkey::int2[]), false),
-                    array_position(i.indkey::int2[], a.attnum)
+                    array_position(i.indkey::int2[], a.attnum),
+                    CASE WHEN a.attcollation <> 0 THEN a.attcollation::regcollation::text END
              FROM pg_catalog.pg_attribute a
              LEFT JOIN pg_catalog.pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
@@ -303,6 +207,7 @@ pub async fn table_info(
         .await?;
     let mut columns = Vec::new();
     let mut type_names = Vec::new();
+    let mut collations = Vec::new();
     let mut pk: Vec<(i32, usize)> = Vec::new();
     for (idx, r) in cols.iter().enumerate() {
         let in_pk: bool = r.get(4);
@@ -316,6 +221,7 @@ pub async fn table_info(
             type_modifier: r.get(2),
         });
         type_names.push(r.get(3));
+        collations.push(r.get(6));
     }
     pk.sort();
     Ok(Some(TableInfo {
@@ -327,16 +233,18 @@ pub async fn table_info(
             columns,
         },
         type_names,
+        collations,
         primary_key: pk.into_iter().map(|(_, i)| i).collect(),
     }))
 }
 
-/// The chunk query: rows after `after` (primary-key values), matching the
-/// predicate, in key order. The predicate sits on lines of its own inside
-/// parentheses, so a `--` comment in it ends at its line.
+/// The chunk query: rows after `after` (primary-key values) that pass
+/// `filter`, in key order. `filter` is the call of the predicate's function
+/// ([`predicate::call_sql`]), never the predicate's text: the key bound
+/// applies to every row whatever the predicate says.
 pub fn chunk_sql(
     info: &TableInfo,
-    predicate: Option<&str>,
+    filter: Option<&str>,
     after: Option<&[Option<String>]>,
     limit: i32,
 ) -> String {
@@ -372,8 +280,8 @@ pub fn chunk_sql(
             lits.join(", ")
         ));
     }
-    if let Some(p) = predicate {
-        sql.push_str(&format!(" AND (\n{p}\n)"));
+    if let Some(f) = filter {
+        sql.push_str(&format!(" AND {f}"));
     }
     sql.push_str(&format!("\nORDER BY {} LIMIT {limit}", key.join(", ")));
     sql
@@ -487,28 +395,19 @@ pub async fn create(
     if info.primary_key.is_empty() {
         return Err(BackfillError::NoPrimaryKey(req.table.clone()));
     }
-    let predicate = req
-        .predicate
-        .as_deref()
-        .map(str::trim)
-        .filter(|p| !p.is_empty());
+    // An empty or blank `where` is a mistake, not "every row".
+    let predicate = match req.predicate.as_deref() {
+        None => None,
+        Some(p) => Some(predicate::text(p).map_err(predicate_error)?),
+    };
     if let Some(p) = predicate {
-        check_predicate(p).map_err(BackfillError::InvalidPredicate)?;
-        // The server parses and resolves it (extended protocol: one
-        // statement only) without running it.
-        let sql = chunk_sql(&info, Some(p), None, 1);
-        source
-            .prepare(&sql)
+        // The server parses it alone, as a function body, and it is
+        // inspected (module `predicate`); nothing of it runs.
+        predicate::validate(source, &info, p)
             .await
-            .map_err(|e| BackfillError::InvalidPredicate(db_message(&e)))?;
+            .map_err(predicate_error)?;
     }
-    let estimated: Option<i64> = source
-        .query_one(
-            "SELECT CASE WHEN reltuples < 0 THEN NULL ELSE reltuples::int8 END FROM pg_catalog.pg_class WHERE oid = $1",
-            &[&info.relation.id],
-        )
-        .await?
-        .get(0);
+    let estimated = estimate_rows(source, &info).await?;
     let row = state
         .query_one(
             &format!(
@@ -522,6 +421,106 @@ pub async fn create(
         )
         .await?;
     Ok(from_row(&row))
+}
+
+fn predicate_error(e: predicate::PredicateError) -> BackfillError {
+    match e {
+        predicate::PredicateError::Invalid(m) => BackfillError::InvalidPredicate(m),
+        predicate::PredicateError::Db(e) => BackfillError::Db(e),
+    }
+}
+
+/// Tables at most this large (bytes on disk) that were never analysed are
+/// counted exactly for `rows_estimated`; larger ones get the planner's
+/// estimate from their size.
+const COUNT_BELOW_BYTES: i64 = 64 << 20;
+
+/// The table's row count as `pg_class.reltuples` has it; for a table never
+/// analysed (`reltuples` = -1 since PostgreSQL 14) a count when it is
+/// small, else the planner's estimate from its pages and row width.
+pub async fn estimate_rows(
+    source: &Client,
+    info: &TableInfo,
+) -> Result<Option<i64>, tokio_postgres::Error> {
+    estimate_rows_counting_below(source, info, COUNT_BELOW_BYTES).await
+}
+
+/// [`estimate_rows`], counting tables of at most `count_below` bytes.
+pub async fn estimate_rows_counting_below(
+    source: &Client,
+    info: &TableInfo,
+    count_below: i64,
+) -> Result<Option<i64>, tokio_postgres::Error> {
+    let row = source
+        .query_one(
+            // A partitioned table's size is its partitions'.
+            "SELECT c.reltuples::float8,
+                    (SELECT coalesce(sum(pg_catalog.pg_total_relation_size(p.relid)), 0)::int8
+                     FROM pg_catalog.pg_partition_tree(c.oid) p)
+             FROM pg_catalog.pg_class c WHERE c.oid = $1",
+            &[&info.relation.id],
+        )
+        .await?;
+    let (tuples, bytes): (f64, i64) = (row.get(0), row.get(1));
+    if tuples >= 0.0 {
+        return Ok(Some(tuples as i64));
+    }
+    if bytes <= count_below {
+        let n: i64 = source
+            .query_one(&format!("SELECT count(*) FROM {}", info.qualified()), &[])
+            .await?
+            .get(0);
+        return Ok(Some(n));
+    }
+    // The plan comes as `json`.
+    let plan: Option<serde_json::Value> = source
+        .query_one(
+            &format!("EXPLAIN (FORMAT JSON) SELECT 1 FROM {}", info.qualified()),
+            &[],
+        )
+        .await?
+        .try_get(0)
+        .ok();
+    Ok(plan
+        .and_then(|v| v[0]["Plan"]["Plan Rows"].as_f64())
+        .map(|n| n as i64))
+}
+
+/// A query that is true when a chunk's rows are all past `after` and in
+/// ascending key order (`first` ≤ `last`, `first` > `after`): a chunk that
+/// returns rows already read stops its backfill instead of looping.
+pub fn order_check_sql(
+    info: &TableInfo,
+    after: Option<&[Option<String>]>,
+    first: &[Option<String>],
+    last: &[Option<String>],
+) -> String {
+    let row = |key: &[Option<String>]| -> String {
+        let lits: Vec<String> = info
+            .primary_key
+            .iter()
+            .zip(key)
+            .map(
+                |(&i, v)| match (v, info.collations.get(i).cloned().flatten()) {
+                    (Some(v), Some(c)) => {
+                        format!("{}::{} COLLATE {c}", quote_literal(v), info.type_names[i])
+                    }
+                    (Some(v), None) => format!("{}::{}", quote_literal(v), info.type_names[i]),
+                    (None, _) => "NULL".to_owned(),
+                },
+            )
+            .collect();
+        format!("ROW({})", lits.join(", "))
+    };
+    let mut sql = format!("SELECT coalesce({} <= {}, false)", row(first), row(last));
+    if let Some(after) = after {
+        sql.push_str(&format!(
+            " AND coalesce({} > {}, false)",
+            row(first),
+            row(after)
+        ));
+    }
+    sql
 }
 
 /// The server's message of a database error (never the whole debug text).
@@ -542,7 +541,8 @@ pub async fn get(state: &Client, id: i64) -> Result<Backfill, BackfillError> {
         .ok_or(BackfillError::NotFound(id))
 }
 
-/// Cancels a running backfill (the runner stops after its current chunk);
+/// Cancels a running backfill: the runner's guard sees the status within
+/// half a second, cancels its query on the source and stops it;
 /// `Ok(None)` when it is not running.
 pub async fn cancel(state: &Client, id: i64) -> Result<Option<Backfill>, BackfillError> {
     let row = state
@@ -577,35 +577,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn predicates_must_stay_one_expression() {
-        for ok in [
-            "status = 'paid'",
-            "total > 100 AND (region = 'eu' OR region = 'uk')",
-            "note = 'it''s ; fine (really'",
-            "\"Odd Col\" = 1",
-            "x = 1 -- a comment ) ;",
-            "x = 1 /* nested /* ) */ ; */",
-            "body = $q$ ; ) $q$",
-            "created_at > now() - interval '1 day'",
-        ] {
-            assert_eq!(check_predicate(ok), Ok(()), "{ok}");
-        }
-        for (bad, why) in [
-            ("", "empty"),
-            ("true; DROP TABLE orders", "';'"),
-            ("true) OR (true", "without its"),
-            ("(true", "unbalanced"),
-            ("x = 'open", "unterminated quoted"),
-            ("x = 1 /* open", "unterminated /*"),
-            ("x = $q$ open", "dollar-quoted"),
-            ("x = $1", "parameters"),
-        ] {
-            let err = check_predicate(bad).expect_err(bad);
-            assert!(err.contains(why), "{bad}: {err}");
-        }
-    }
-
-    #[test]
     fn literals_and_identifiers_are_quoted() {
         assert_eq!(quote_literal("it's"), "'it''s'");
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
@@ -623,7 +594,7 @@ mod tests {
     }
 
     #[test]
-    fn chunk_queries_page_by_key_with_the_predicate_on_its_own_lines() {
+    fn chunk_queries_page_by_key_and_call_the_predicate_function_beside_the_bound() {
         let info = TableInfo {
             relation: Relation {
                 id: 1,
@@ -641,6 +612,7 @@ mod tests {
                     .collect(),
             },
             type_names: vec!["text".into(), "integer".into(), "text".into()],
+            collations: vec![Some("\"default\"".into()), None, Some("\"default\"".into())],
             primary_key: vec![0, 1],
         };
         let first = chunk_sql(&info, None, None, 10);
@@ -650,13 +622,38 @@ mod tests {
         );
         let next = chunk_sql(
             &info,
-            Some("note <> 'x' -- done"),
+            Some("pg_temp.sluice_where_1(\"tenant\", \"id\", \"note\")"),
             Some(&[Some("o'brien".into()), Some("42".into())]),
             10,
         );
         assert_eq!(
             next,
-            "SELECT \"tenant\", \"id\", \"note\" FROM \"public\".\"orders\"\nWHERE true AND (\"tenant\", \"id\") > ('o''brien'::text, '42'::integer) AND (\nnote <> 'x' -- done\n)\nORDER BY \"tenant\", \"id\" LIMIT 10"
+            "SELECT \"tenant\", \"id\", \"note\" FROM \"public\".\"orders\"\nWHERE true AND (\"tenant\", \"id\") > ('o''brien'::text, '42'::integer) AND pg_temp.sluice_where_1(\"tenant\", \"id\", \"note\")\nORDER BY \"tenant\", \"id\" LIMIT 10"
+        );
+    }
+
+    #[test]
+    fn order_checks_compare_keys_typed_and_collated_like_the_columns() {
+        let info = TableInfo {
+            relation: Relation {
+                id: 1,
+                namespace: "public".into(),
+                name: "t".into(),
+                replica_identity: ReplicaIdentity::Default,
+                columns: vec![Column {
+                    is_key: true,
+                    name: "id".into(),
+                    type_oid: 23,
+                    type_modifier: -1,
+                }],
+            },
+            type_names: vec!["text".into()],
+            collations: vec![Some("\"C\"".into())],
+            primary_key: vec![0],
+        };
+        assert_eq!(
+            order_check_sql(&info, Some(&[Some("9".into())]), &[Some("10".into())], &[Some("12".into())]),
+            "SELECT coalesce(ROW('10'::text COLLATE \"C\") <= ROW('12'::text COLLATE \"C\"), false) AND coalesce(ROW('10'::text COLLATE \"C\") > ROW('9'::text COLLATE \"C\"), false)"
         );
     }
 }

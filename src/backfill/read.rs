@@ -21,6 +21,8 @@ use crate::source::postgres::pgoutput::{Datum, Tuple};
 pub struct Raw {
     pub parts: Vec<Bytes>,
     pub rows: u64,
+    /// The first row (its key must be past the previous chunk's last).
+    pub first: Option<Tuple>,
     /// The last row (its key is where the next chunk starts).
     pub last: Option<Tuple>,
 }
@@ -29,17 +31,23 @@ impl Raw {
     /// The last row's values at `columns` (its primary key: where the next
     /// chunk starts); `None` when the chunk is empty.
     pub fn last_key(&self, columns: &[usize]) -> Option<Vec<Option<String>>> {
-        let last = self.last.as_ref()?;
-        Some(
-            columns
-                .iter()
-                .map(|&i| match last.0.get(i) {
-                    Some(Datum::Text(b)) => Some(String::from_utf8_lossy(b).into_owned()),
-                    _ => None,
-                })
-                .collect(),
-        )
+        Some(key_of(self.last.as_ref()?, columns))
     }
+
+    /// The first row's values at `columns`; `None` when the chunk is empty.
+    pub fn first_key(&self, columns: &[usize]) -> Option<Vec<Option<String>>> {
+        Some(key_of(self.first.as_ref()?, columns))
+    }
+}
+
+fn key_of(row: &Tuple, columns: &[usize]) -> Vec<Option<String>> {
+    columns
+        .iter()
+        .map(|&i| match row.0.get(i) {
+            Some(Datum::Text(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Reads the rows of `query` (a SELECT) without parsing them, so the
@@ -74,6 +82,12 @@ pub async fn raw(client: &Client, query: &str) -> Result<Raw, tokio_postgres::Er
         .iter()
         .map(|p| memchr::memchr_iter(b'\n', p).count() as u64)
         .sum();
+    if let Some(part) = raw.parts.first() {
+        let end = memchr::memchr(b'\n', part).map_or(part.len(), |p| p + 1);
+        let mut rows = Vec::new();
+        parse_rows(&part.slice(..end), &mut rows);
+        raw.first = rows.into_iter().next();
+    }
     if let Some(part) = raw.parts.last() {
         let mut rows = Vec::new();
         parse_rows(part, &mut rows);

@@ -3,7 +3,7 @@
 //! restart from the last chunk recorded in the log's transaction.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +11,9 @@ use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
 
-use super::{chunk_sql, db_message, table_info, Chunk, Chunks, Mark, MARK_PREFIX};
+use super::{
+    chunk_sql, db_message, order_check_sql, predicate, table_info, Chunk, Chunks, Mark, MARK_PREFIX,
+};
 use crate::config::PgSourceConfig;
 use crate::log::Durable;
 use crate::source::postgres::catalog::Catalog;
@@ -116,8 +118,25 @@ impl Runner {
         let last_key: Option<Vec<Option<String>>> = row.get(5);
         tracing::info!(backfill = id, %table, resumed = last_key.is_some(), "backfill running");
         self.metrics.running.store(1, Ordering::Relaxed);
-        let result = self
-            .run_one(
+        // The guard cancels the source's query and halts this backfill when
+        // it is cancelled (its status leaves `running`) or on shutdown: a
+        // slow chunk query must not hold its snapshot on the source.
+        let source_pid = Arc::new(AtomicI32::new(0));
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let halt = CancellationToken::new();
+        let ended = CancellationToken::new();
+        let guard = tokio::spawn(guard(Guard {
+            state_url: self.state_url.clone(),
+            source_url: self.pg.url.clone(),
+            backfill: id,
+            source_pid: source_pid.clone(),
+            cancelled: cancelled.clone(),
+            halt: halt.clone(),
+            ended: ended.clone(),
+            stop: stop.clone(),
+        }));
+        let result = tokio::select! {
+            r = self.run_one(
                 &state,
                 id,
                 &table,
@@ -125,18 +144,32 @@ impl Runner {
                 chunk_size,
                 throttle,
                 last_key,
+                &source_pid,
                 stop,
-            )
-            .await;
+            ) => r,
+            _ = halt.cancelled() => Ok(()),
+        };
+        ended.cancel();
+        let _ = guard.await;
         self.metrics.running.store(0, Ordering::Relaxed);
         self.chunks.forget(id);
+        // What a cancelled query or a halted run reports is not a failure.
+        let result = if stop.is_cancelled() || cancelled.load(Ordering::Relaxed) {
+            if cancelled.load(Ordering::Relaxed) {
+                tracing::info!(backfill = id, %table, "backfill cancelled");
+            }
+            Ok(())
+        } else {
+            result
+        };
         match result {
             Ok(()) => Ok(true),
             Err(Failure::Fatal(why)) => {
                 tracing::error!(backfill = id, %table, error = %why, "backfill failed");
                 state
                     .execute(
-                        "UPDATE sluice.backfills SET status = 'failed', error = $2, updated_at = now(), finished_at = now() WHERE id = $1",
+                        "UPDATE sluice.backfills SET status = 'failed', error = $2, updated_at = now(), finished_at = now()
+                         WHERE id = $1 AND status = 'running'",
                         &[&id, &why],
                     )
                     .await
@@ -157,6 +190,7 @@ impl Runner {
         chunk_size: i32,
         throttle: Duration,
         mut last_key: Option<Vec<Option<String>>>,
+        source_pid: &AtomicI32,
         stop: &CancellationToken,
     ) -> Result<(), Failure> {
         let mut config: tokio_postgres::Config = self
@@ -172,6 +206,19 @@ impl Runner {
         tokio::spawn(async move {
             let _ = conn.await;
         });
+        source_pid.store(
+            source
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await?
+                .get(0),
+            Ordering::Relaxed,
+        );
+        // Should this process die, the server ends a chunk query on its own
+        // once it notices the connection is gone (PostgreSQL 14+, where the
+        // platform supports it; elsewhere the setting is refused: ignored).
+        let _ = source
+            .batch_execute("SET client_connection_check_interval = 1000")
+            .await;
         // Per-chunk queries, parsed and planned once.
         let queries = Queries {
             writers: source.prepare(BUSY_SQL).await?,
@@ -184,6 +231,27 @@ impl Runner {
         if info.primary_key.is_empty() {
             return Err(Failure::Fatal(format!("table {table} has no primary key")));
         }
+        // The predicate as a function of the row (module `predicate`); the
+        // chunk query calls it beside the key bound.
+        let filter = match predicate {
+            None => None,
+            Some(p) => {
+                let name = predicate::function_name(&id.to_string());
+                predicate::install(&source, &info, &name, p)
+                    .await
+                    .map_err(|e| match e {
+                        predicate::PredicateError::Invalid(m) => {
+                            Failure::Fatal(format!("invalid predicate: {m}"))
+                        }
+                        predicate::PredicateError::Db(e) => e.into(),
+                    })?;
+                Some(predicate::call_sql(&info, &name))
+            }
+        };
+        let timeout_ms = self.pg.backfill_statement_timeout_ms;
+        let begin = format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL statement_timeout = {timeout_ms}"
+        );
         let rule = self
             .pg
             .tables
@@ -253,11 +321,11 @@ impl Runner {
             // The chunk's own snapshot, read-only whatever the predicate
             // calls. BEGIN and the COPY go out together (one round trip);
             // a failed BEGIN fails the chunk, whatever the COPY did.
-            let sql = chunk_sql(&info, predicate, last_key.as_deref(), chunk_size);
+            let sql = chunk_sql(&info, filter.as_deref(), last_key.as_deref(), chunk_size);
             // `biased`: polled in order, so BEGIN is sent first.
             let (begun, read) = tokio::join!(
                 biased;
-                source.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+                source.batch_execute(&begin),
                 super::read::raw(&source, &sql)
             );
             begun?;
@@ -265,10 +333,23 @@ impl Runner {
                 Ok(read) => read,
                 Err(e) => {
                     source.batch_execute("ROLLBACK").await?;
-                    return Err(e.into());
+                    return Err(chunk_failure(e, timeout_ms));
                 }
             };
             let next_key = read.last_key(&info.primary_key);
+            if let (Some(first), Some(last)) = (read.first_key(&info.primary_key), &next_key) {
+                let check = order_check_sql(&info, last_key.as_deref(), &first, last);
+                let ordered: bool = source.query_one(check.as_str(), &[]).await?.get(0);
+                if !ordered {
+                    source.batch_execute("ROLLBACK").await?;
+                    return Err(Failure::Fatal(format!(
+                        "a chunk returned rows it had already read or out of key order (keys {} to {} after {}); stopped",
+                        show_key(&first),
+                        show_key(last),
+                        last_key.as_deref().map_or_else(|| "the start".to_owned(), show_key)
+                    )));
+                }
+            }
             let count = read.rows;
             if let Some(next_key) = &next_key {
                 let (reply, chunk) = tokio::sync::oneshot::channel();
@@ -512,6 +593,105 @@ async fn listen(url: String, created: Arc<tokio::sync::Notify>, stop: Cancellati
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// A key as `(v1, v2)` for messages.
+fn show_key(key: &[Option<String>]) -> String {
+    let parts: Vec<&str> = key.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
+    format!("({})", parts.join(", "))
+}
+
+/// A chunk query's error, saying which bound stopped it.
+fn chunk_failure(e: tokio_postgres::Error, timeout_ms: u64) -> Failure {
+    let timed_out = e.as_db_error().is_some_and(|d| {
+        *d.code() == tokio_postgres::error::SqlState::QUERY_CANCELED
+            && d.message().contains("statement timeout")
+    });
+    if timed_out {
+        return Failure::Fatal(format!(
+            "a chunk query ran longer than source.postgres.backfill_statement_timeout_ms ({timeout_ms} ms); \
+             a smaller chunk_size, or a predicate an index can serve, reads less per chunk"
+        ));
+    }
+    e.into()
+}
+
+/// How often a running backfill's status is looked at, so that a cancel
+/// reaches a chunk query still running.
+const CANCEL_POLL: Duration = Duration::from_millis(500);
+
+/// What [`guard`] watches and whom it stops.
+struct Guard {
+    state_url: String,
+    source_url: String,
+    backfill: i64,
+    /// The backend reading the chunks (0 until it connected).
+    source_pid: Arc<AtomicI32>,
+    /// Set when the backfill was cancelled (its status left `running`).
+    cancelled: Arc<AtomicBool>,
+    /// Halts the run (its future is dropped, its connection closed).
+    halt: CancellationToken,
+    /// The run ended by itself.
+    ended: CancellationToken,
+    stop: CancellationToken,
+}
+
+/// Until the run ends: on shutdown, or once the backfill's status leaves
+/// `running` (a cancel), cancels the query on the source backend and halts
+/// the run.
+async fn guard(g: Guard) {
+    let state = crate::log::connect_as(&g.state_url, "sluice-backfill-guard")
+        .await
+        .map_err(|e| tracing::warn!(backfill = g.backfill, error = %e, "backfill guard: no state connection; only shutdown cancels"))
+        .ok();
+    loop {
+        tokio::select! {
+            _ = g.ended.cancelled() => return,
+            _ = g.stop.cancelled() => break,
+            _ = tokio::time::sleep(CANCEL_POLL) => {
+                let Some(state) = &state else { continue };
+                let status = state
+                    .query_opt("SELECT status FROM sluice.backfills WHERE id = $1", &[&g.backfill])
+                    .await;
+                match status {
+                    // `done` and `failed` are the run's own doing.
+                    Ok(Some(r)) if r.get::<_, &str>(0) != "cancelled" => {}
+                    Ok(_) => {
+                        g.cancelled.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(e) => tracing::debug!(backfill = g.backfill, error = %e, "backfill guard"),
+                }
+            }
+        }
+    }
+    g.halt.cancel();
+    let pid = g.source_pid.load(Ordering::Relaxed);
+    if pid == 0 {
+        return;
+    }
+    let cancelled = async {
+        let client = crate::log::connect_as(&g.source_url, "sluice-backfill-cancel").await?;
+        client
+            .query_one("SELECT pg_cancel_backend($1)", &[&pid])
+            .await
+            .map(|r| r.get::<_, bool>(0))
+    };
+    match cancelled.await {
+        Ok(true) => tracing::info!(
+            backfill = g.backfill,
+            pid,
+            "cancelled the backfill's query on the source"
+        ),
+        Ok(false) => tracing::warn!(
+            backfill = g.backfill,
+            pid,
+            "the backfill's source backend could not be signalled"
+        ),
+        Err(e) => {
+            tracing::warn!(backfill = g.backfill, pid, error = %e, "cancelling the backfill's query on the source failed")
         }
     }
 }

@@ -42,6 +42,8 @@ pub enum CliError {
     Auth(#[from] crate::auth::AuthError),
     #[error("seq {} is older than the log's retention; the oldest available is {}: pass --from {}", .0.requested, .0.oldest, .0.oldest)]
     Gap(log::Gap),
+    #[error(transparent)]
+    Setup(#[from] setup::SetupError),
 }
 
 impl CliError {
@@ -296,7 +298,16 @@ pub async fn setup(config: Option<&Path>) -> Result<(), CliError> {
 pub async fn check(config: Option<&Path>) -> Result<(), CliError> {
     let config = Config::from_process(config)?;
     let client = source_client(&config).await?;
-    let findings = setup::check(&client, config.postgres()?).await?;
+    let mut findings = setup::check(&client, config.postgres()?).await?;
+    match log::connect(config.state_url()?).await {
+        Ok(state) => findings.extend(setup::check_state(&state).await?),
+        Err(e) => findings.push(setup::Finding {
+            status: Status::Fail,
+            subject: "state database".into(),
+            detail: format!("cannot connect: {e}"),
+            fix: Some("check state.url (by default source.postgres.url)".into()),
+        }),
+    }
     for f in &findings {
         println!("{f}");
     }

@@ -53,6 +53,25 @@ fn finding(
     }
 }
 
+/// Why `setup` (or `serve`) did not set up the publication and slot.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("{0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// Publishing these tables would break the application's own writes;
+    /// nothing was changed.
+    #[error("refusing to add tables to the publication (nothing was changed):\n{}", list(.0))]
+    Refused(Vec<Finding>),
+}
+
+fn list(findings: &[Finding]) -> String {
+    findings
+        .iter()
+        .map(|f| f.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Quotes an identifier for SQL.
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
@@ -65,10 +84,7 @@ fn qualified(t: &TableConfig) -> String {
 
 /// Creates the publication (or sets its table list to the configured one)
 /// and the slot, if missing. Returns what it did, one line each.
-pub async fn setup(
-    client: &Client,
-    cfg: &PgSourceConfig,
-) -> Result<Vec<String>, tokio_postgres::Error> {
+pub async fn setup(client: &Client, cfg: &PgSourceConfig) -> Result<Vec<String>, SetupError> {
     let mut done = publication(client, cfg).await?;
     let slot = cfg.slot();
     let slot_exists = client
@@ -92,10 +108,13 @@ pub async fn setup(
 
 /// Creates the publication (or sets its table list to the configured one).
 /// It must exist before the slot: pgoutput looks it up as of each change.
-pub async fn publication(
-    client: &Client,
-    cfg: &PgSourceConfig,
-) -> Result<Vec<String>, tokio_postgres::Error> {
+/// Refuses, changing nothing, when a table would make the application's
+/// UPDATE and DELETE fail once published ([`breaking_tables`]).
+pub async fn publication(client: &Client, cfg: &PgSourceConfig) -> Result<Vec<String>, SetupError> {
+    let breaking = breaking_tables(client, cfg).await?;
+    if !breaking.is_empty() {
+        return Err(SetupError::Refused(breaking));
+    }
     let mut done = Vec::new();
     let publication = cfg.publication();
     let tables: Vec<String> = cfg.tables.iter().map(qualified).collect();
@@ -137,6 +156,54 @@ pub async fn publication(
         }
     }
     Ok(done)
+}
+
+/// The captured tables whose UPDATE and DELETE the server refuses once
+/// they are in a publication that publishes them (`cannot update table …
+/// because it does not have a replica identity and publishes updates`):
+/// no primary key with `REPLICA IDENTITY DEFAULT`, `REPLICA IDENTITY
+/// NOTHING`, or `USING INDEX` of an index that is gone.
+pub async fn breaking_tables(
+    client: &Client,
+    cfg: &PgSourceConfig,
+) -> Result<Vec<Finding>, tokio_postgres::Error> {
+    let mut out = Vec::new();
+    for t in &cfg.tables {
+        let (schema, name) = t.schema_and_name();
+        let row = client
+            .query_opt(
+                "SELECT c.relreplident::text,
+                        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
+                        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                &[&schema, &name],
+            )
+            .await?;
+        let Some(row) = row else { continue };
+        let (ident, has_pk, has_index): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
+        let why = match ident.as_str() {
+            "d" if !has_pk => "has no primary key and REPLICA IDENTITY DEFAULT",
+            "n" => "has REPLICA IDENTITY NOTHING",
+            "i" if !has_index => {
+                "has REPLICA IDENTITY USING INDEX of an index that no longer exists"
+            }
+            _ => continue,
+        };
+        out.push(finding(
+            Status::Fail,
+            format!("table {}", t.table),
+            format!(
+                "{why}: once published, the application's own UPDATE and DELETE of it would fail \
+                 (\"cannot update table … because it does not have a replica identity and publishes updates\")"
+            ),
+            Some(format!(
+                "ALTER TABLE {} REPLICA IDENTITY FULL (or add a primary key); then run `sluice setup` again",
+                qualified(t)
+            )),
+        ));
+    }
+    Ok(out)
 }
 
 async fn publication_tables(
@@ -181,7 +248,10 @@ pub async fn check(
         finding(
             Status::Ok,
             "privileges",
-            format!("role {user} may replicate"),
+            format!(
+                "role {user} may replicate ({})",
+                if sup { "superuser" } else { "REPLICATION" }
+            ),
             None,
         )
     } else {
@@ -196,6 +266,8 @@ pub async fn check(
         )
     });
 
+    out.extend(source_privileges(client, cfg, &user, sup).await?);
+
     let publication = cfg.publication();
     let pubrow = client
         .query_opt(
@@ -205,10 +277,10 @@ pub async fn check(
         .await?;
     match pubrow {
         None => out.push(finding(
-            Status::Fail,
+            Status::Warn,
             format!("publication {publication}"),
-            "does not exist",
-            Some("run `sluice setup`".into()),
+            "does not exist yet; `sluice setup` or `sluice serve` creates it",
+            None,
         )),
         Some(r) => {
             let (i, u, d, t, all): (bool, bool, bool, bool, bool) =
@@ -229,10 +301,13 @@ pub async fn check(
                 ));
             } else if !missing.is_empty() {
                 out.push(finding(
-                    Status::Fail,
+                    Status::Warn,
                     format!("publication {publication}"),
-                    format!("does not cover {}", missing.join(", ")),
-                    Some("run `sluice setup`".into()),
+                    format!(
+                        "does not cover {} yet; `sluice setup` or `sluice serve` adds them",
+                        missing.join(", ")
+                    ),
+                    None,
                 ));
             } else if !(i && u && d && t) {
                 out.push(finding(
@@ -267,7 +342,12 @@ pub async fn check(
         .await?
         .get(0);
     out.push(match slotrow {
-        None => finding(Status::Fail, format!("slot {slot}"), "does not exist", Some("run `sluice setup`".into())),
+        None => finding(
+            Status::Warn,
+            format!("slot {slot}"),
+            "does not exist yet; `sluice setup` or `sluice serve` creates it",
+            None,
+        ),
         Some(r) => {
             let (plugin, sdb, wal_status): (Option<String>, Option<String>, Option<String>) = (r.get(0), r.get(1), r.get(2));
             if plugin.as_deref() != Some("pgoutput") || sdb.as_deref() != Some(db.as_str()) {
@@ -296,6 +376,246 @@ pub async fn check(
         out.extend(check_table(client, t).await?);
     }
     Ok(out)
+}
+
+/// What `setup` and `serve` need beyond replicating: to create or change
+/// the publication (CREATE on the database and ownership of every table,
+/// unless a publication already covers them all), SELECT on each table
+/// (backfills, the initial snapshot) and TEMPORARY (backfill predicates).
+async fn source_privileges(
+    client: &Client,
+    cfg: &PgSourceConfig,
+    user: &str,
+    superuser: bool,
+) -> Result<Vec<Finding>, tokio_postgres::Error> {
+    let mut out = Vec::new();
+    if superuser {
+        out.push(finding(
+            Status::Ok,
+            "privileges",
+            format!(
+                "role {user} is a superuser: it may create the publication and read every table"
+            ),
+            None,
+        ));
+        return Ok(out);
+    }
+    let publication = cfg.publication();
+    let pubrow = client
+        .query_opt(
+            "SELECT pg_has_role(pubowner, 'USAGE') FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await?;
+    let covered = match &pubrow {
+        Some(_) => publication_tables(client, &publication).await?,
+        None => Default::default(),
+    };
+    let all_covered = pubrow.is_some() && cfg.tables.iter().all(|t| covered.contains(&t.table));
+    let db = client
+        .query_one(
+            "SELECT current_database()::text,
+                    has_database_privilege(current_database(), 'CREATE'),
+                    has_database_privilege(current_database(), 'TEMPORARY')",
+            &[],
+        )
+        .await?;
+    let (dbname, create, temp): (String, bool, bool) = (db.get(0), db.get(1), db.get(2));
+    let mut not_owned = Vec::new();
+    let mut unreadable = Vec::new();
+    for t in &cfg.tables {
+        let (schema, name) = t.schema_and_name();
+        let row = client
+            .query_opt(
+                "SELECT pg_has_role(c.relowner, 'USAGE'), has_table_privilege(c.oid, 'SELECT')
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                &[&schema, &name],
+            )
+            .await?;
+        // A missing table has a finding of its own.
+        let Some(row) = row else { continue };
+        if !row.get::<_, bool>(0) {
+            not_owned.push(t);
+        }
+        if !row.get::<_, bool>(1) {
+            unreadable.push(t);
+        }
+    }
+    let names = |ts: &[&TableConfig]| {
+        ts.iter()
+            .map(|t| t.table.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let tables: Vec<String> = cfg.tables.iter().map(qualified).collect();
+    if all_covered {
+        out.push(finding(
+            Status::Ok,
+            "privileges",
+            format!("publication {publication} already covers every captured table: no table ownership needed"),
+            None,
+        ));
+    } else {
+        let mut missing = Vec::new();
+        match pubrow {
+            None if !create => missing.push(format!(
+                "CREATE on database {dbname} (to create publication {publication})"
+            )),
+            Some(r) if !r.get::<_, bool>(0) => missing.push(format!(
+                "ownership of publication {publication} (to add tables to it)"
+            )),
+            _ => {}
+        }
+        if !not_owned.is_empty() {
+            missing.push(format!(
+                "ownership of {} (a publication FOR TABLE needs the table's owner)",
+                names(&not_owned)
+            ));
+        }
+        out.push(if missing.is_empty() {
+            finding(
+                Status::Ok,
+                "privileges",
+                format!("role {user} may create the publication for every captured table"),
+                None,
+            )
+        } else {
+            finding(
+                Status::Fail,
+                "privileges",
+                format!(
+                    "role {user} cannot set up the publication: it lacks {}",
+                    missing.join("; ")
+                ),
+                Some(format!(
+                    "as the tables' owner (or a superuser): CREATE PUBLICATION {} FOR TABLE {}; \
+                     or GRANT CREATE ON DATABASE {} TO {} and make it the tables' owner",
+                    quote_ident(&publication),
+                    tables.join(", "),
+                    quote_ident(&dbname),
+                    quote_ident(user)
+                )),
+            )
+        });
+    }
+    if !unreadable.is_empty() {
+        let initial = unreadable
+            .iter()
+            .any(|t| t.snapshot.as_deref() == Some("initial"));
+        out.push(finding(
+            if initial { Status::Fail } else { Status::Warn },
+            "privileges",
+            format!(
+                "role {user} may not SELECT from {}: backfills{} of it fail",
+                names(&unreadable),
+                if initial {
+                    " and the initial snapshot"
+                } else {
+                    ""
+                }
+            ),
+            Some(format!(
+                "GRANT SELECT ON {} TO {}",
+                unreadable
+                    .iter()
+                    .map(|t| qualified(t))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                quote_ident(user)
+            )),
+        ));
+    }
+    if !temp {
+        out.push(finding(
+            Status::Warn,
+            "privileges",
+            format!("role {user} may not create temporary objects: backfills with a `where` predicate fail"),
+            Some(format!(
+                "GRANT TEMPORARY ON DATABASE {} TO {}",
+                quote_ident(&dbname),
+                quote_ident(user)
+            )),
+        ));
+    }
+    Ok(out)
+}
+
+/// The state database: the log's schema `sluice` is created by migrations
+/// (CREATE on the database), or an existing one is used (CREATE and USAGE
+/// on it).
+pub async fn check_state(client: &Client) -> Result<Vec<Finding>, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT current_user::text, current_database()::text,
+                    (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
+                    EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'sluice'),
+                    has_database_privilege(current_database(), 'CREATE'),
+                    CASE WHEN EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'sluice')
+                         THEN has_schema_privilege('sluice', 'CREATE') AND has_schema_privilege('sluice', 'USAGE')
+                    END",
+            &[],
+        )
+        .await?;
+    let (user, db, sup, exists, create_db, schema_ok): (
+        String,
+        String,
+        bool,
+        bool,
+        bool,
+        Option<bool>,
+    ) = (
+        row.get(0),
+        row.get(1),
+        row.get(2),
+        row.get(3),
+        row.get(4),
+        row.get(5),
+    );
+    let subject = format!("state database {db}");
+    Ok(vec![if sup {
+        finding(
+            Status::Ok,
+            subject,
+            format!("role {user} is a superuser"),
+            None,
+        )
+    } else if exists && schema_ok == Some(true) {
+        finding(
+            Status::Ok,
+            subject,
+            format!("role {user} may use the existing schema sluice"),
+            None,
+        )
+    } else if exists {
+        finding(
+            Status::Fail,
+            subject,
+            format!("schema sluice exists but role {user} lacks CREATE or USAGE on it"),
+            Some(format!(
+                "GRANT USAGE, CREATE ON SCHEMA sluice TO {}",
+                quote_ident(&user)
+            )),
+        )
+    } else if create_db {
+        finding(
+            Status::Ok,
+            subject,
+            format!("role {user} may create the schema sluice"),
+            None,
+        )
+    } else {
+        finding(
+            Status::Fail,
+            subject,
+            format!("role {user} may not create the schema sluice (no CREATE on the database)"),
+            Some(format!(
+                "GRANT CREATE ON DATABASE {} TO {}",
+                quote_ident(&db),
+                quote_ident(&user)
+            )),
+        )
+    }])
 }
 
 async fn check_table(
