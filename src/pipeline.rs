@@ -36,10 +36,10 @@ pub enum PipelineError {
     #[error("cannot connect to the {what} database: {source}")]
     Connect {
         what: &'static str,
-        source: tokio_postgres::Error,
+        source: crate::pgconn::PgError,
     },
     #[error("setting up the publication and slot failed: {0}")]
-    Setup(tokio_postgres::Error),
+    Setup(crate::pgconn::PgError),
     #[error("preflight failed; refusing to start:\n{}", list(.0))]
     Preflight(Vec<Finding>),
     #[error(transparent)]
@@ -196,13 +196,13 @@ pub async fn start_with(
     }
     for line in setup::setup(&source_client, &pg)
         .await
-        .map_err(PipelineError::Setup)?
+        .map_err(|e| PipelineError::Setup(e.into()))?
     {
         tracing::info!(action = %line, "setup");
     }
     let findings = setup::check(&source_client, &pg)
         .await
-        .map_err(PipelineError::Setup)?;
+        .map_err(|e| PipelineError::Setup(e.into()))?;
     let blocking: Vec<Finding> = setup::blocking(&findings).into_iter().cloned().collect();
     if !blocking.is_empty() {
         return Err(PipelineError::Preflight(blocking));

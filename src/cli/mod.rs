@@ -27,7 +27,12 @@ pub enum CliError {
     #[error(transparent)]
     Server(#[from] crate::server::ServerError),
     #[error("database: {0}")]
-    Db(#[from] tokio_postgres::Error),
+    Db(#[from] crate::pgconn::PgError),
+    #[error("{doing}: {source}")]
+    Doing {
+        doing: &'static str,
+        source: crate::pgconn::PgError,
+    },
     #[error("--tenant: {0}")]
     Tenant(#[from] TenantError),
     #[error("preflight found {0} problem(s) that stop `sluice serve`")]
@@ -40,6 +45,12 @@ pub enum CliError {
     Stdout(std::io::Error),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+}
+
+impl From<tokio_postgres::Error> for CliError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        CliError::Db(e.into())
+    }
 }
 
 impl CliError {
@@ -276,7 +287,9 @@ async fn source_client(config: &Config) -> Result<tokio_postgres::Client, CliErr
 pub async fn setup(config: Option<&Path>) -> Result<(), CliError> {
     let config = Config::from_process(config)?;
     let client = source_client(&config).await?;
-    let done = setup::setup(&client, config.postgres()?).await?;
+    let done = setup::setup(&client, config.postgres()?)
+        .await
+        .map_err(|e| PipelineError::Setup(e.into()))?;
     if done.is_empty() {
         println!("publication and slot already set up");
     }
@@ -289,7 +302,12 @@ pub async fn setup(config: Option<&Path>) -> Result<(), CliError> {
 pub async fn check(config: Option<&Path>) -> Result<(), CliError> {
     let config = Config::from_process(config)?;
     let client = source_client(&config).await?;
-    let findings = setup::check(&client, config.postgres()?).await?;
+    let findings = setup::check(&client, config.postgres()?)
+        .await
+        .map_err(|e| CliError::Doing {
+            doing: "running the preflight checks",
+            source: e.into(),
+        })?;
     for f in &findings {
         println!("{f}");
     }
