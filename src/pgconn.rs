@@ -917,11 +917,10 @@ impl MakeTlsConnect<Socket> for RustlsConnect {
     type TlsConnect = RustlsHandshake;
     type Error = TlsError;
 
+    /// Called for every connection, also under `sslmode=disable` (when
+    /// the handshake is then never started).
     fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsHandshake, TlsError> {
-        let config = self
-            .config
-            .clone()
-            .ok_or_else(|| TlsError("TLS is disabled (sslmode=disable)".into()))?;
+        let config = self.config.clone();
         let name = ServerName::try_from(domain.to_owned())
             .map_err(|_| TlsError(format!("{domain:?} is not a valid TLS server name")))?;
         Ok(RustlsHandshake {
@@ -933,7 +932,8 @@ impl MakeTlsConnect<Socket> for RustlsConnect {
 }
 
 pub struct RustlsHandshake {
-    config: Arc<rustls::ClientConfig>,
+    /// None under `sslmode=disable`.
+    config: Option<Arc<rustls::ClientConfig>>,
     name: ServerName<'static>,
     described: Arc<str>,
 }
@@ -946,7 +946,10 @@ impl TlsConnect<Socket> for RustlsHandshake {
     fn connect(self, stream: Socket) -> Self::Future {
         Box::pin(async move {
             let name = self.name.to_str().into_owned();
-            tokio_rustls::TlsConnector::from(self.config)
+            let config = self
+                .config
+                .ok_or_else(|| TlsError("TLS is disabled (sslmode=disable)".into()))?;
+            tokio_rustls::TlsConnector::from(config)
                 .connect(self.name, stream)
                 .await
                 .map(|s| RustlsStream(Box::new(s)))

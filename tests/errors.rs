@@ -145,7 +145,7 @@ fn a_role_without_connect_privilege_gets_the_servers_message_and_detail() {
     let url = format!("postgres://no_connect@127.0.0.1:{}/{}", pg.port(), db.name);
     let err = fails(&url, &["keys", "list"]);
     assert!(
-        err.contains(&format!("permission denied for database {}", db.name))
+        err.contains(&format!("permission denied for database \"{}\"", db.name))
             && err.contains("DETAIL: User does not have CONNECT privilege"),
         "{err}"
     );
@@ -177,7 +177,7 @@ fn setup_twice_and_keys_create_print_no_server_notices() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = config_for(dir.path(), &db.url);
     // The default log level, as an operator runs the commands.
-    let mut cmd = |args: &[&str]| {
+    let cmd = |args: &[&str]| {
         let out = run(sluice()
             .env("SLUICE_LOG", "info")
             .arg("--config")
