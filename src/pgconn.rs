@@ -205,19 +205,23 @@ impl Target {
         let n = hosts.len().max(addrs.len());
         let list: Vec<String> = (0..n)
             .map(|i| {
-                let host = match (addrs.get(i), hosts.get(i)) {
-                    (Some(a), Some(tokio_postgres::config::Host::Tcp(h))) => format!("{a} ({h})"),
-                    (Some(a), _) => a.to_string(),
-                    (None, Some(tokio_postgres::config::Host::Tcp(h))) => h.clone(),
-                    (None, Some(tokio_postgres::config::Host::Unix(p))) => {
-                        return format!("{}/.s.PGSQL.{}", p.display(), port(i))
+                let with_port = |h: &str| {
+                    if h.contains(':') {
+                        format!("[{h}]:{}", port(i))
+                    } else {
+                        format!("{h}:{}", port(i))
                     }
-                    (None, None) => "localhost".to_owned(),
                 };
-                if host.contains(':') && !host.contains(' ') {
-                    format!("[{host}]:{}", port(i))
-                } else {
-                    format!("{host}:{}", port(i))
+                match (addrs.get(i), hosts.get(i)) {
+                    (Some(a), Some(tokio_postgres::config::Host::Tcp(h))) => {
+                        format!("{} ({h})", with_port(&a.to_string()))
+                    }
+                    (Some(a), _) => with_port(&a.to_string()),
+                    (None, Some(tokio_postgres::config::Host::Tcp(h))) => with_port(h),
+                    (None, Some(tokio_postgres::config::Host::Unix(p))) => {
+                        format!("{}/.s.PGSQL.{}", p.display(), port(i))
+                    }
+                    (None, None) => with_port("localhost"),
                 }
             })
             .collect();
@@ -1051,6 +1055,8 @@ mod tests {
         );
         assert_eq!(t.config.get_dbname(), Some("my db"));
         assert_eq!(t.addresses(), "127.0.0.1:5433");
+        let t = Target::parse("host=db.example,::1 hostaddr=10.0.0.1,::1 port=1,2").unwrap();
+        assert_eq!(t.addresses(), "10.0.0.1:1 (db.example), [::1]:2 (::1)");
     }
 
     #[test]

@@ -19,6 +19,10 @@ struct Tls {
     ca: PathBuf,
     /// A CA that did not.
     other_ca: PathBuf,
+    /// A client certificate (CN `cert_user`, signed by `ca`) and its key;
+    /// the server accepts `cert_user` only with it (`cert` lines).
+    client_cert: PathBuf,
+    client_key: PathBuf,
 }
 
 fn ca_params(name: &str) -> rcgen::CertificateParams {
@@ -68,10 +72,46 @@ fn tls() -> &'static Tls {
         let other_path = dir.join("other-ca.pem");
         std::fs::write(&ca_path, ca.pem()).expect("write ca");
         std::fs::write(&other_path, other.pem()).expect("write other ca");
+
+        let mut client = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        client
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "cert_user");
+        let client_key = rcgen::KeyPair::generate().expect("client key");
+        let client = client
+            .signed_by(&client_key, &ca, &ca_key)
+            .expect("client cert");
+        let (cert_path, key_path) = (dir.join("client.pem"), dir.join("client.key"));
+        std::fs::write(&cert_path, client.pem()).expect("write client cert");
+        std::fs::write(&key_path, client_key.serialize_pem()).expect("write client key");
+        // The server checks client certificates against the same CA, and
+        // lets cert_user in only with one.
+        let hba = pg.data_dir().join("pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+        std::fs::write(
+            &hba,
+            format!(
+                "hostssl all cert_user 127.0.0.1/32 cert\n\
+                 hostssl replication cert_user 127.0.0.1/32 cert\n{old}"
+            ),
+        )
+        .expect("write pg_hba.conf");
+        pg.psql(
+            "postgres",
+            &format!(
+                "CREATE ROLE cert_user LOGIN SUPERUSER;
+                 ALTER SYSTEM SET ssl_ca_file = '{}';
+                 SELECT pg_reload_conf();",
+                ca_path.display()
+            ),
+        )
+        .expect("client certificates");
         Tls {
             pg,
             ca: ca_path,
             other_ca: other_path,
+            client_cert: cert_path,
+            client_key: key_path,
         }
     })
 }
@@ -237,6 +277,7 @@ fn verify_full_against_the_wrong_ca_fails_saying_certificate_verification() {
     );
     let out = check_with(&url, &db);
     let err = stderr(&out);
+    println!("{err}");
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("certificate failed verification") && err.contains("UnknownIssuer"),
@@ -256,6 +297,7 @@ fn verify_full_with_a_host_name_the_certificate_does_not_name_fails_saying_so() 
     );
     let out = check_with(&url, &db);
     let err = stderr(&out);
+    println!("{err}");
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("certificate failed verification")
@@ -317,4 +359,48 @@ fn prefer_and_the_default_use_tls_when_the_server_offers_it() {
             stderr(&out)
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_logs_in_where_the_server_demands_one_replication_included() {
+    let t = tls();
+    let db = items_db("tls_client_cert");
+    let base = format!(
+        "postgres://cert_user@localhost:{}/{db}?sslmode=verify-full&sslrootcert={}",
+        t.pg.port(),
+        t.ca.display()
+    );
+    // Without it the server refuses, in its own words.
+    let out = check_with(&base, &db);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("connection requires a valid client certificate"),
+        "{err}"
+    );
+
+    let url = format!(
+        "{base}&sslcert={}&sslkey={}",
+        t.client_cert.display(),
+        t.client_key.display()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &db, &url);
+    let out = run(sluice().arg("--config").arg(&config).arg("setup"));
+    assert!(out.status.success(), "setup: {}", stderr(&out));
+    // A ready leader streams: its replication session logged in with the
+    // certificate too.
+    let port = free_port();
+    let _server = serve_on(&config, port);
+    ready_as(port, "leader").await;
+    let walsenders = t
+        .pg
+        .psql(
+            &db,
+            "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+             WHERE a.backend_type = 'walsender' AND a.usename = 'cert_user'
+               AND s.client_dn = '/CN=cert_user' AND a.datname = current_database()",
+        )
+        .expect("pg_stat_ssl");
+    assert_eq!(walsenders, "1");
 }

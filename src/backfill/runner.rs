@@ -116,7 +116,7 @@ impl Runner {
                 &[],
             )
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| crate::pgconn::describe(&e))?
         else {
             return Ok(false);
         };
@@ -152,7 +152,7 @@ impl Runner {
                         &[&id, &why],
                     )
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| crate::pgconn::describe(&e))?;
                 Ok(true)
             }
             Err(Failure::Transient(why)) => Err(why),
