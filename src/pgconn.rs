@@ -287,9 +287,9 @@ pub fn is_retryable(e: &tokio_postgres::Error) -> bool {
         return true;
     }
     match e.code() {
-        // No SQLSTATE: an I/O failure, unless it is a TLS verification
-        // failure or a bad configuration, which another try repeats.
-        None => !is_tls_failure(e),
+        // No SQLSTATE: the connection broke (or a handshake failed, which
+        // may be a reset as well as a certificate: retried, and logged).
+        None => true,
         Some(code) => {
             let c = code.code();
             // 08 connection exception, 40 transaction rollback, 53 insufficient
@@ -300,17 +300,6 @@ pub fn is_retryable(e: &tokio_postgres::Error) -> bool {
                 || c.starts_with("57P")
         }
     }
-}
-
-fn is_tls_failure(e: &tokio_postgres::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if s.downcast_ref::<TlsError>().is_some() {
-            return true;
-        }
-        source = s.source();
-    }
-    false
 }
 
 /// A tokio-postgres error in the server's own words: for an error the
@@ -743,8 +732,8 @@ fn client_config(tls: &TlsSettings) -> Result<rustls::ClientConfig, PgError> {
     let builder = builder
         .dangerous()
         .with_custom_certificate_verifier(verifier);
-    match &tls.client_cert {
-        None => Ok(builder.with_no_client_auth()),
+    let mut config = match &tls.client_cert {
+        None => builder.with_no_client_auth(),
         Some((cert, key)) => {
             let chain = read_certs("sslcert", cert)?;
             let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
@@ -755,9 +744,13 @@ fn client_config(tls: &TlsSettings) -> Result<rustls::ClientConfig, PgError> {
             })?;
             builder
                 .with_client_auth_cert(chain, key)
-                .map_err(|e| PgError::TlsSetup(format!("sslcert/sslkey: {e}")))
+                .map_err(|e| PgError::TlsSetup(format!("sslcert/sslkey: {e}")))?
         }
-    }
+    };
+    // Postgres 17 requires this ALPN name for `sslnegotiation=direct`;
+    // older servers ignore it.
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(config)
 }
 
 fn read_certs(param: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, PgError> {
@@ -921,15 +914,13 @@ impl MakeTlsConnect<Socket> for RustlsConnect {
     type TlsConnect = RustlsHandshake;
     type Error = TlsError;
 
-    /// Called for every connection, also under `sslmode=disable` (when
-    /// the handshake is then never started).
+    /// Called for every connection, also under `sslmode=disable` and for
+    /// unix sockets (domain ""), where no handshake follows; so nothing
+    /// fails here.
     fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsHandshake, TlsError> {
-        let config = self.config.clone();
-        let name = ServerName::try_from(domain.to_owned())
-            .map_err(|_| TlsError(format!("{domain:?} is not a valid TLS server name")))?;
         Ok(RustlsHandshake {
-            config,
-            name,
+            config: self.config.clone(),
+            domain: domain.to_owned(),
             described: self.described.clone(),
         })
     }
@@ -938,7 +929,7 @@ impl MakeTlsConnect<Socket> for RustlsConnect {
 pub struct RustlsHandshake {
     /// None under `sslmode=disable`.
     config: Option<Arc<rustls::ClientConfig>>,
-    name: ServerName<'static>,
+    domain: String,
     described: Arc<str>,
 }
 
@@ -949,12 +940,14 @@ impl TlsConnect<Socket> for RustlsHandshake {
 
     fn connect(self, stream: Socket) -> Self::Future {
         Box::pin(async move {
-            let name = self.name.to_str().into_owned();
+            let name = self.domain;
             let config = self
                 .config
                 .ok_or_else(|| TlsError("TLS is disabled (sslmode=disable)".into()))?;
+            let server_name = ServerName::try_from(name.clone())
+                .map_err(|_| TlsError(format!("{name:?} is not a valid TLS server name")))?;
             tokio_rustls::TlsConnector::from(config)
-                .connect(self.name, stream)
+                .connect(server_name, stream)
                 .await
                 .map(|s| RustlsStream(Box::new(s)))
                 .map_err(|e| {

@@ -404,3 +404,26 @@ async fn a_client_certificate_logs_in_where_the_server_demands_one_replication_i
         .expect("pg_stat_ssl");
     assert_eq!(walsenders, "1");
 }
+
+#[tokio::test]
+async fn a_unix_socket_string_connects_without_tls_under_the_default_prefer() {
+    let pg = &tls().pg;
+    let socket_dir = pg.data_dir().parent().expect("cluster root");
+    let conninfo = format!(
+        "host={} port={} user=postgres dbname=postgres",
+        socket_dir.display(),
+        pg.port()
+    );
+    let client = sluice::log::connect(&conninfo)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ssl: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("query")
+        .get(0);
+    assert!(!ssl);
+}
