@@ -123,7 +123,10 @@ impl TlsSettings {
         };
         match mode {
             SslMode::VerifyCa | SslMode::VerifyFull if mode != self.mode => {
-                format!("sslmode={} with sslrootcert verifies like verify-ca, against {roots}", self.mode.as_str())
+                format!(
+                    "sslmode={} with sslrootcert verifies like verify-ca, against {roots}",
+                    self.mode.as_str()
+                )
             }
             SslMode::VerifyCa | SslMode::VerifyFull => {
                 format!("sslmode={}, against {roots}", mode.as_str())
@@ -456,7 +459,11 @@ async fn drive(mut conn: PgConnection, mut on_notification: impl FnMut(Notificat
             Poll::Ready(None) => return Poll::Ready(Ok(())),
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
             Poll::Ready(Some(Ok(AsyncMessage::Notice(n)))) => {
-                tracing::debug!(severity = n.severity(), message = n.message(), "postgres notice");
+                tracing::debug!(
+                    severity = n.severity(),
+                    message = n.message(),
+                    "postgres notice"
+                );
             }
             Poll::Ready(Some(Ok(AsyncMessage::Notification(n)))) => on_notification(n),
             Poll::Ready(Some(Ok(_))) => {}
@@ -711,24 +718,23 @@ fn client_config(tls: &TlsSettings) -> Result<rustls::ClientConfig, PgError> {
         .with_safe_default_protocol_versions()
         .map_err(|e| PgError::TlsSetup(format!("TLS: {e}")))?;
     let roots = Arc::new(root_store(&tls.roots())?);
-    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> =
-        match tls.effective_mode() {
-            SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(NoVerification {
-                schemes: provider
-                    .signature_verification_algorithms
-                    .supported_schemes(),
-            }),
-            mode => {
-                let webpki =
-                    rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
-                        .build()
-                        .map_err(|e| PgError::TlsSetup(format!("TLS verifier: {e}")))?;
-                Arc::new(Verification {
-                    webpki,
-                    check_name: mode == SslMode::VerifyFull,
-                })
-            }
-        };
+    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = match tls.effective_mode() {
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(NoVerification {
+            schemes: provider
+                .signature_verification_algorithms
+                .supported_schemes(),
+        }),
+        mode => {
+            let webpki =
+                rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+                    .build()
+                    .map_err(|e| PgError::TlsSetup(format!("TLS verifier: {e}")))?;
+            Arc::new(Verification {
+                webpki,
+                check_name: mode == SslMode::VerifyFull,
+            })
+        }
+    };
     let builder = builder
         .dangerous()
         .with_custom_certificate_verifier(verifier);
@@ -1042,10 +1048,7 @@ mod tests {
         .unwrap();
         assert_eq!(t.tls.mode, SslMode::VerifyCa);
         assert_eq!(t.tls.root_cert, Some(Roots::File("/a b/ca's.pem".into())));
-        assert_eq!(
-            t.tls.client_cert,
-            Some(("/c.pem".into(), "/k.pem".into()))
-        );
+        assert_eq!(t.tls.client_cert, Some(("/c.pem".into(), "/k.pem".into())));
         assert_eq!(t.config.get_dbname(), Some("my db"));
         assert_eq!(t.addresses(), "127.0.0.1:5433");
         let t = Target::parse("host=db.example,::1 hostaddr=10.0.0.1,::1 port=1,2").unwrap();
@@ -1073,9 +1076,17 @@ mod tests {
     #[test]
     fn bad_mode_and_half_a_client_certificate_are_refused_precisely() {
         let e = Target::parse("postgres://h/db?sslmode=allow").unwrap_err();
-        assert!(e.to_string().contains("sslmode=\"allow\": expected disable, prefer, require, verify-ca or verify-full"), "{e}");
+        assert!(
+            e.to_string().contains(
+                "sslmode=\"allow\": expected disable, prefer, require, verify-ca or verify-full"
+            ),
+            "{e}"
+        );
         let e = Target::parse("host=h sslcert=/c.pem").unwrap_err();
-        assert!(e.to_string().contains("sslcert is given without sslkey"), "{e}");
+        assert!(
+            e.to_string().contains("sslcert is given without sslkey"),
+            "{e}"
+        );
         let e = Target::parse("host=h sslmode='verify-full").unwrap_err();
         assert!(e.to_string().contains("unterminated"), "{e}");
     }
@@ -1088,14 +1099,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (r.host.as_str(), r.port, r.user.as_str(), r.password.as_str(), r.database.as_str()),
+            (
+                r.host.as_str(),
+                r.port,
+                r.user.as_str(),
+                r.password.as_str(),
+                r.database.as_str()
+            ),
             ("127.0.0.1", 5433, "u", "pw", "app")
         );
         assert_eq!(r.tls.mode, P::VerifyFull);
         assert_eq!(r.tls.ca_pem_path, Some("/ca.pem".into()));
         assert_eq!(r.tls.sni_hostname.as_deref(), Some("127.0.0.1"));
         assert!(r.tls.is_mtls());
-        let r = replication_target("host=db.example hostaddr=127.0.0.1 user=u sslmode=verify-full").unwrap();
+        let r = replication_target("host=db.example hostaddr=127.0.0.1 user=u sslmode=verify-full")
+            .unwrap();
         assert_eq!(r.host, "127.0.0.1");
         assert_eq!(r.tls.sni_hostname.as_deref(), Some("db.example"));
         assert_eq!(r.tls.ca_pem_path, None);
@@ -1103,7 +1121,10 @@ mod tests {
         assert_eq!(mode("postgres://h/db?sslmode=disable"), P::Disable);
         assert_eq!(mode("postgres://h/db"), P::Prefer);
         assert_eq!(mode("postgres://h/db?sslmode=require"), P::Require);
-        assert_eq!(mode("postgres://h/db?sslmode=require&sslrootcert=/ca.pem"), P::VerifyCa);
+        assert_eq!(
+            mode("postgres://h/db?sslmode=require&sslrootcert=/ca.pem"),
+            P::VerifyCa
+        );
         assert_eq!(mode("postgres://h/db?sslmode=verify-ca"), P::VerifyCa);
     }
 }

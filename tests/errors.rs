@@ -86,7 +86,8 @@ fn a_wrong_password_is_reported_in_the_servers_words_by_check_setup_keys_and_ser
     ] {
         let err = fails(&url, args);
         assert!(
-            err.contains("password authentication failed for user \"pw_user\"") && err.contains(doing),
+            err.contains("password authentication failed for user \"pw_user\"")
+                && err.contains(doing),
             "sluice {args:?}: {err}"
         );
     }

@@ -49,11 +49,9 @@ fn tls() -> &'static Tls {
         let other = ca_params("some other CA")
             .self_signed(&other_key)
             .expect("other ca cert");
-        let mut server = rcgen::CertificateParams::new(vec![
-            "localhost".to_owned(),
-            "127.0.0.1".to_owned(),
-        ])
-        .expect("server params");
+        let mut server =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("server params");
         server
             .distinguished_name
             .push(rcgen::DnType::CommonName, "localhost");
@@ -175,9 +173,10 @@ async fn everything_works_over(db: &str, url: &str) {
         "{}",
         stdout(&out)
     );
-    let out = run(sluice().arg("--config").arg(&config).args([
-        "keys", "create", "--tenant", "acme", "--role", "anon",
-    ]));
+    let out = run(sluice()
+        .arg("--config")
+        .arg(&config)
+        .args(["keys", "create", "--tenant", "acme", "--role", "anon"]));
     assert!(out.status.success(), "keys: {}", stderr(&out));
     let key = stdout(&out)
         .lines()
@@ -188,8 +187,8 @@ async fn everything_works_over(db: &str, url: &str) {
     let port = free_port();
     let _server = serve_on(&config, port);
     let addr = ready_as(port, "leader").await;
-    let mut sse = common::http::stream(addr, &format!("/v1/events/subscribe?apikey={key}"), &[])
-        .await;
+    let mut sse =
+        common::http::stream(addr, &format!("/v1/events/subscribe?apikey={key}"), &[]).await;
     assert_eq!(sse.status, 200);
     pg.psql(db, "INSERT INTO items VALUES (100, 'acme', 'live')")
         .expect("insert");
@@ -198,11 +197,11 @@ async fn everything_works_over(db: &str, url: &str) {
     let body: serde_json::Value = serde_json::from_str(&e.data).expect("envelope");
     assert_eq!(body["data"]["new"]["id"], 100);
 
-    let out = run(sluice().arg("--config").arg(&config).args([
-        "backfill",
-        "--table",
-        "public.items",
-    ]));
+    let out =
+        run(sluice()
+            .arg("--config")
+            .arg(&config)
+            .args(["backfill", "--table", "public.items"]));
     assert!(
         out.status.success(),
         "backfill: {}{}",
@@ -393,9 +392,8 @@ async fn a_client_certificate_logs_in_where_the_server_demands_one_replication_i
     let port = free_port();
     let _server = serve_on(&config, port);
     ready_as(port, "leader").await;
-    let walsenders = t
-        .pg
-        .psql(
+    let walsenders =
+        t.pg.psql(
             &db,
             "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
              WHERE a.backend_type = 'walsender' AND a.usename = 'cert_user'

@@ -13,7 +13,6 @@
 
 use std::sync::Arc;
 
-
 use super::{chunk_sql, table_info, BackfillError, Request};
 use crate::config::PgSourceConfig;
 use crate::event::{parse_lsn, SourcePosition};

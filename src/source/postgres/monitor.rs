@@ -36,7 +36,9 @@ pub async fn run(cfg: PgSourceConfig, stats: Arc<SourceStats>, shutdown: Cancell
                 Err(e) => {
                     // /readyz gets the short form; the server's words go to the log.
                     tracing::debug!(error = %e, "monitor cannot connect to the source database");
-                    let short = e.postgres().map_or_else(|| e.to_string(), |p| p.to_string());
+                    let short = e
+                        .postgres()
+                        .map_or_else(|| e.to_string(), |p| p.to_string());
                     stats
                         .monitor
                         .set_error(Some(format!("cannot connect: {short}")));

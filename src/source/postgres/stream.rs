@@ -72,8 +72,8 @@ pub fn replication_config(
 ) -> Result<ReplicationConfig, SourceError> {
     // The same connection string, and the same TLS meaning, as every other
     // connection to the source (src/pgconn.rs).
-    let target = crate::pgconn::replication_target(&cfg.url)
-        .map_err(|e| SourceError::Url(e.to_string()))?;
+    let target =
+        crate::pgconn::replication_target(&cfg.url).map_err(|e| SourceError::Url(e.to_string()))?;
     let mut rc = ReplicationConfig::new(
         target.host,
         target.user,
@@ -84,13 +84,13 @@ pub fn replication_config(
     )
     .with_port(target.port)
     .with_tls(target.tls)
-        .with_start_lsn(start)
-        .with_ack_lsn(ack)
-        .with_status_interval(Duration::from_millis(cfg.status_interval_ms))
-        .with_wakeup_interval(Duration::from_secs(5))
-        .with_buffer_size(cfg.queue_messages)
-        .with_options(SESSION_OPTIONS)
-        .with_application_name(format!("sluice/{}", cfg.name));
+    .with_start_lsn(start)
+    .with_ack_lsn(ack)
+    .with_status_interval(Duration::from_millis(cfg.status_interval_ms))
+    .with_wakeup_interval(Duration::from_secs(5))
+    .with_buffer_size(cfg.queue_messages)
+    .with_options(SESSION_OPTIONS)
+    .with_application_name(format!("sluice/{}", cfg.name));
     rc.stop_at_lsn = None;
     Ok(rc)
 }
