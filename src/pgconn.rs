@@ -13,9 +13,10 @@
 //! back to plain when the server refuses it; `require` encrypts without
 //! verifying, unless `sslrootcert` is given, when it verifies the chain like
 //! `verify-ca` (libpq's rule); `verify-ca` checks the chain against
-//! `sslrootcert` (or the built-in Mozilla roots, also for
-//! `sslrootcert=system`); `verify-full` also checks that the certificate
-//! names the host (a DNS name, or an IP address in its SAN).
+//! `sslrootcert` (without it, or with `sslrootcert=system`, against the
+//! system's CA bundle, see [`system_bundle`]); `verify-full` also checks
+//! that the certificate names the host (a DNS name, or an IP address in its
+//! SAN).
 //!
 //! Invariant: a Postgres error is shown with the server's own words
 //! ([`describe`]: severity, message, SQLSTATE, DETAIL, HINT; the whole cause
@@ -83,7 +84,8 @@ impl SslMode {
 /// Where verified certificates must chain to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Roots {
-    /// The built-in Mozilla root set (`webpki-roots`).
+    /// The system's CA bundle ([`system_bundle`]), else the Mozilla root
+    /// set built in (`webpki-roots`).
     System,
     /// The PEM file named by `sslrootcert`.
     File(PathBuf),
@@ -118,7 +120,10 @@ impl TlsSettings {
     fn describe(&self) -> String {
         let mode = self.effective_mode();
         let roots = match self.roots() {
-            Roots::System => "the built-in Mozilla roots".to_owned(),
+            Roots::System => match system_bundle() {
+                Some(p) => format!("the system's CA bundle {}", p.display()),
+                None => "the built-in Mozilla roots".to_owned(),
+            },
             Roots::File(p) => format!("sslrootcert={}", p.display()),
         };
         match mode {
@@ -544,8 +549,9 @@ pub fn replication_target(conninfo: &str) -> Result<ReplicationTarget, PgError> 
         .map(|p| String::from_utf8_lossy(p).into_owned())
         .unwrap_or_default();
     let database = pc.get_dbname().unwrap_or(&user).to_owned();
+    // None: pgwire-replication's built-in Mozilla roots, as ours.
     let ca = match target.tls.roots() {
-        Roots::System => None,
+        Roots::System => system_bundle(),
         Roots::File(p) => Some(p),
     };
     let mut tls = match target.tls.effective_mode() {
@@ -777,15 +783,41 @@ fn read_certs(param: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, 
     Ok(certs)
 }
 
+/// Where the usual distributions keep the system's CA bundle (Debian and
+/// Ubuntu, RHEL and Fedora, Alpine, SUSE), the same places OpenSSL (and so
+/// libpq's `sslrootcert=system`) looks.
+const SYSTEM_BUNDLES: [&str; 4] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+    "/etc/ssl/ca-bundle.pem",
+];
+
+/// The system's CA bundle: `$SSL_CERT_FILE`, else the first of
+/// [`SYSTEM_BUNDLES`] that exists; None when there is none (a minimal
+/// image), and the built-in Mozilla roots are used. A file, so that the
+/// replication connection (which takes a path) uses the same roots.
+pub fn system_bundle() -> Option<PathBuf> {
+    std::env::var_os("SSL_CERT_FILE")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(SYSTEM_BUNDLES.iter().map(PathBuf::from))
+        .find(|p| p.is_file())
+}
+
 fn root_store(roots: &Roots) -> Result<rustls::RootCertStore, PgError> {
     let mut store = rustls::RootCertStore::empty();
-    match roots {
-        Roots::System => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        Roots::File(path) => {
-            let (added, _) = store.add_parsable_certificates(read_certs("sslrootcert", path)?);
+    let file = match roots {
+        Roots::System => system_bundle().map(|p| ("system CA bundle", p)),
+        Roots::File(p) => Some(("sslrootcert", p.clone())),
+    };
+    match file {
+        None => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Some((param, path)) => {
+            let (added, _) = store.add_parsable_certificates(read_certs(param, &path)?);
             if added == 0 {
                 return Err(PgError::TlsSetup(format!(
-                    "sslrootcert {}: no usable CA certificate in the file",
+                    "{param} {}: no usable CA certificate in the file",
                     path.display()
                 )));
             }
@@ -1116,7 +1148,7 @@ mod tests {
             .unwrap();
         assert_eq!(r.host, "127.0.0.1");
         assert_eq!(r.tls.sni_hostname.as_deref(), Some("db.example"));
-        assert_eq!(r.tls.ca_pem_path, None);
+        assert_eq!(r.tls.ca_pem_path, system_bundle());
         let mode = |s: &str| replication_target(s).unwrap().tls.mode;
         assert_eq!(mode("postgres://h/db?sslmode=disable"), P::Disable);
         assert_eq!(mode("postgres://h/db"), P::Prefer);

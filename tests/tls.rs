@@ -425,3 +425,34 @@ async fn a_unix_socket_string_connects_without_tls_under_the_default_prefer() {
         .get(0);
     assert!(!ssl);
 }
+
+#[test]
+fn verify_full_without_sslrootcert_checks_against_the_systems_ca_bundle() {
+    let t = tls();
+    let db = items_db("tls_system_roots");
+    let url = format!(
+        "postgres://postgres@localhost:{}/{db}?sslmode=verify-full",
+        t.pg.port()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &db, &url);
+    // The test CA is in no system bundle: refused, naming the bundle.
+    let out = run(sluice()
+        .env("SSL_CERT_FILE", &t.other_ca)
+        .arg("--config")
+        .arg(&config)
+        .arg("check"));
+    let err = stderr(&out);
+    assert!(
+        err.contains("UnknownIssuer")
+            && err.contains(&format!("system's CA bundle {}", t.other_ca.display())),
+        "{err}"
+    );
+    // A system bundle holding it (SSL_CERT_FILE, as OpenSSL reads it).
+    let out = run(sluice()
+        .env("SSL_CERT_FILE", &t.ca)
+        .arg("--config")
+        .arg(&config)
+        .arg("setup"));
+    assert!(out.status.success(), "setup: {}", stderr(&out));
+}
