@@ -456,3 +456,31 @@ fn verify_full_without_sslrootcert_checks_against_the_systems_ca_bundle() {
         .arg("setup"));
     assert!(out.status.success(), "setup: {}", stderr(&out));
 }
+
+#[test]
+fn an_unknown_sslmode_is_a_config_error_naming_the_key_and_the_modes() {
+    let out = check_with("postgres://postgres@127.0.0.1:1/app?sslmode=verify", "app");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("source.postgres.url")
+            && err.contains("expected disable, prefer, require, verify-ca or verify-full"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_sslrootcert_file_is_named() {
+    let db = items_db("tls_missing_root");
+    let url = format!(
+        "postgres://postgres@localhost:{}/{db}?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+        tls().pg.port()
+    );
+    let out = check_with(&url, &db);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("sslrootcert /nonexistent/ca.pem: cannot read PEM certificates"),
+        "{err}"
+    );
+}
