@@ -156,9 +156,8 @@ impl Target {
     /// the connector is built).
     pub fn parse(conninfo: &str) -> Result<Target, PgError> {
         let (rest, params) = split_tls_params(conninfo)?;
-        let mut config: tokio_postgres::Config = rest
-            .parse()
-            .map_err(|e: tokio_postgres::Error| {
+        let mut config: tokio_postgres::Config =
+            rest.parse().map_err(|e: tokio_postgres::Error| {
                 // Its Display is "invalid connection string"; the cause says what.
                 PgError::Url(
                     std::error::Error::source(&e).map_or_else(|| e.to_string(), |c| c.to_string()),
@@ -1127,7 +1126,10 @@ mod tests {
         let e = Target::parse("host=h sslmode='verify-full").unwrap_err();
         assert!(e.to_string().contains("unterminated"), "{e}");
         let e = Target::parse("postgres://h/db?sslcrl=/crl.pem").unwrap_err();
-        assert_eq!(e.to_string(), "invalid connection string: unknown option `sslcrl`");
+        assert_eq!(
+            e.to_string(),
+            "invalid connection string: unknown option `sslcrl`"
+        );
     }
 
     #[test]
