@@ -484,3 +484,37 @@ fn a_missing_sslrootcert_file_is_named() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initial_snapshot_over_verify_full_reads_the_rows_through_the_exported_snapshot() {
+    let t = tls();
+    let db = items_db("tls_initial");
+    let url = format!(
+        "postgres://postgres@localhost:{}/{db}?sslmode=verify-full&sslrootcert={}",
+        t.pg.port(),
+        t.ca.display()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source.postgres]\nurl = {url:?}\nslot = \"slot_{db}\"\n\
+             tables = [{{ table = \"public.items\", tenant_column = \"tenant\", snapshot = \"initial\" }}]\n"
+        ),
+    )
+    .expect("write config");
+    // No setup: serve creates the slot on a replication session, with an
+    // exported snapshot, and reads the rows inside it.
+    let port = free_port();
+    let _server = serve_on(&config, port);
+    ready_as(port, "leader").await;
+    let c = sluice::log::connect(&url).await.expect("connect");
+    let events = common::wait_for_events(&c, 3).await;
+    let ids: Vec<i64> = events
+        .iter()
+        .filter(|e| e["type"] == "row.snapshot")
+        .map(|e| e["data"]["new"]["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(ids, [1, 2, 3]);
+}
