@@ -10,7 +10,8 @@
 //! is built once per process and reused by every session and pool on it.
 //!
 //! Invariant: libpq's meaning of each mode. `prefer` tries TLS and falls
-//! back to plain when the server refuses it; `require` encrypts without
+//! back to plain when the server refuses it (or its `pg_hba.conf` turns
+//! the TLS session away); `require` encrypts without
 //! verifying, unless `sslrootcert` is given, when it verifies the chain like
 //! `verify-ca` (libpq's rule); `verify-ca` checks the chain against
 //! `sslrootcert` (without it, or with `sslrootcert=system`, against the
@@ -31,6 +32,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 
@@ -430,13 +432,41 @@ pub async fn connect_raw(
 ) -> Result<(Client, PgConnection), PgError> {
     let p = prepared(conninfo)?;
     let config = session_config(&p.target, session);
-    config
-        .connect(p.tls.clone())
+    connect_config(&p.tls, p.target.tls.mode, &config)
         .await
         .map_err(|error| PgError::Connect {
             addr: p.target.addresses(),
             error,
         })
+}
+
+/// Connects with `config`. Under `sslmode=prefer`, a failure after a TLS
+/// handshake began is followed by one plain attempt, as libpq does (a
+/// server whose `pg_hba.conf` has `hostnossl` lines rejects the TLS
+/// session). When both fail, the error reported is the first, unless the
+/// first was `pg_hba.conf` turning TLS away (SQLSTATE 28000): then the
+/// plain attempt's says more.
+async fn connect_config(
+    tls: &RustlsConnect,
+    mode: SslMode,
+    config: &tokio_postgres::Config,
+) -> Result<(Client, PgConnection), tokio_postgres::Error> {
+    let attempt = tls.attempt();
+    match config.connect(attempt.clone()).await {
+        Err(first) if mode == SslMode::Prefer && attempt.handshake_began() => {
+            let mut plain = config.clone();
+            plain.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            plain.connect(tls.clone()).await.map_err(|second| {
+                let hba = tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION;
+                if first.code() == Some(&hba) {
+                    second
+                } else {
+                    first
+                }
+            })
+        }
+        other => other,
+    }
 }
 
 /// Connects; the connection runs in the background (server notices to
@@ -495,12 +525,12 @@ pub fn pool_manager(
     let config = session_config(&p.target, session);
     Ok(deadpool_postgres::Manager::from_connect(
         config,
-        PoolConnect(p.tls.clone()),
+        PoolConnect(p.tls.clone(), p.target.tls.mode),
         recycling,
     ))
 }
 
-struct PoolConnect(RustlsConnect);
+struct PoolConnect(RustlsConnect, SslMode);
 
 impl deadpool_postgres::Connect for PoolConnect {
     fn connect(
@@ -510,10 +540,10 @@ impl deadpool_postgres::Connect for PoolConnect {
         '_,
         Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
     > {
-        let tls = self.0.clone();
+        let (tls, mode) = (self.0.clone(), self.1);
         let config = pg_config.clone();
         Box::pin(async move {
-            let (client, conn) = config.connect(tls).await?;
+            let (client, conn) = connect_config(&tls, mode, &config).await?;
             Ok((client, tokio::spawn(drive(conn, |_| {}))))
         })
     }
@@ -931,6 +961,9 @@ pub struct RustlsConnect {
     config: Option<Arc<rustls::ClientConfig>>,
     /// How verification was configured, for error messages.
     described: Arc<str>,
+    /// Set when a handshake of this attempt began (the server accepted
+    /// TLS); see [`RustlsConnect::attempt`].
+    began: Arc<AtomicBool>,
 }
 
 impl RustlsConnect {
@@ -942,7 +975,20 @@ impl RustlsConnect {
         Ok(RustlsConnect {
             config,
             described: tls.describe().into(),
+            began: Arc::default(),
         })
+    }
+
+    /// The same connector, tracking one connection attempt.
+    fn attempt(&self) -> RustlsConnect {
+        RustlsConnect {
+            began: Arc::default(),
+            ..self.clone()
+        }
+    }
+
+    fn handshake_began(&self) -> bool {
+        self.began.load(Ordering::Relaxed)
     }
 }
 
@@ -964,6 +1010,7 @@ impl MakeTlsConnect<Socket> for RustlsConnect {
             config: self.config.clone(),
             domain: domain.to_owned(),
             described: self.described.clone(),
+            began: self.began.clone(),
         })
     }
 }
@@ -973,6 +1020,7 @@ pub struct RustlsHandshake {
     config: Option<Arc<rustls::ClientConfig>>,
     domain: String,
     described: Arc<str>,
+    began: Arc<AtomicBool>,
 }
 
 impl TlsConnect<Socket> for RustlsHandshake {
@@ -982,6 +1030,7 @@ impl TlsConnect<Socket> for RustlsHandshake {
 
     fn connect(self, stream: Socket) -> Self::Future {
         Box::pin(async move {
+            self.began.store(true, Ordering::Relaxed);
             let name = self.domain;
             let config = self
                 .config

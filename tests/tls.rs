@@ -90,7 +90,9 @@ fn tls() -> &'static Tls {
             &hba,
             format!(
                 "hostssl all cert_user 127.0.0.1/32 cert\n\
-                 hostssl replication cert_user 127.0.0.1/32 cert\n{old}"
+                 hostssl replication cert_user 127.0.0.1/32 cert\n\
+                 hostssl all plain_user 127.0.0.1/32 reject\n\
+                 hostnossl all plain_user 127.0.0.1/32 trust\n{old}"
             ),
         )
         .expect("write pg_hba.conf");
@@ -98,6 +100,7 @@ fn tls() -> &'static Tls {
             "postgres",
             &format!(
                 "CREATE ROLE cert_user LOGIN SUPERUSER;
+                 CREATE ROLE plain_user LOGIN;
                  ALTER SYSTEM SET ssl_ca_file = '{}';
                  SELECT pg_reload_conf();",
                 ca_path.display()
@@ -517,4 +520,31 @@ async fn an_initial_snapshot_over_verify_full_reads_the_rows_through_the_exporte
         .map(|e| e["data"]["new"]["id"].as_i64().expect("id"))
         .collect();
     assert_eq!(ids, [1, 2, 3]);
+}
+
+#[test]
+fn prefer_connects_in_plain_where_pg_hba_turns_tls_away_and_require_does_not() {
+    // plain_user: `hostssl … reject`, `hostnossl … trust`.
+    let db = items_db("tls_hostnossl");
+    let port = tls().pg.port();
+    let out = check_with(
+        &format!("postgres://plain_user@127.0.0.1:{port}/{db}?sslmode=prefer"),
+        &db,
+    );
+    assert!(
+        stdout(&out).contains("wal_level: logical"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let out = check_with(
+        &format!("postgres://plain_user@127.0.0.1:{port}/{db}?sslmode=require"),
+        &db,
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("pg_hba.conf rejects connection") && err.contains("SSL encryption"),
+        "{err}"
+    );
 }
