@@ -903,14 +903,12 @@ fn check_identifier(key: &str, v: &str, max: usize) -> Result<(), ConfigError> {
 }
 
 fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
-    url.parse::<tokio_postgres::Config>()
-        .map(|_| ())
-        .map_err(|e| {
-            ConfigError::key(
-                key,
-                format!("expected a Postgres URL like postgres://user:password@host:5432/db ({e})"),
-            )
-        })
+    crate::pgconn::Target::parse(url).map(|_| ()).map_err(|e| {
+        ConfigError::key(
+            key,
+            format!("expected a Postgres URL like postgres://user:password@host:5432/db?sslmode=verify-full ({e})"),
+        )
+    })
 }
 
 fn apply_env(doc: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {

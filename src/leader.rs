@@ -14,9 +14,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -55,7 +54,7 @@ const LOCK_EVERY: Duration = Duration::from_secs(1);
 const FEED_PAGE: i64 = 1000;
 
 /// Tries once for the leader lock; the returned session holds it.
-pub async fn try_lock(url: &str) -> Result<Option<Client>, tokio_postgres::Error> {
+pub async fn try_lock(url: &str) -> Result<Option<Client>, crate::pgconn::PgError> {
     let client = log::connect_as(url, "sluice-leader").await?;
     let got: bool = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK_KEY])
@@ -244,25 +243,16 @@ async fn feed_session(
     outbox: &tokio::sync::Notify,
     stop: &CancellationToken,
 ) -> Result<(), LogError> {
-    let mut config: tokio_postgres::Config = url.parse()?;
-    config.application_name("sluice-standby-feed");
-    let (client, mut conn) = config.connect(NoTls).await?;
     let (wake_tx, mut wake) = mpsc::unbounded_channel::<()>();
-    let driver = tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(m) = messages.next().await {
-            match m {
-                Ok(AsyncMessage::Notification(_)) => {
-                    let _ = wake_tx.send(());
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "standby feed connection ended");
-                    return;
-                }
-            }
-        }
-    });
+    // The channel closes when the connection ends (the callback is dropped).
+    let (client, driver) = crate::pgconn::connect_listening(
+        url,
+        crate::pgconn::Session::named("sluice-standby-feed"),
+        move |_| {
+            let _ = wake_tx.send(());
+        },
+    )
+    .await?;
     let result = async {
         client
             .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))

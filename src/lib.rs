@@ -17,6 +17,7 @@ pub mod leader;
 pub mod localpg;
 pub mod log;
 pub mod metrics;
+pub mod pgconn;
 pub mod pipeline;
 pub mod server;
 pub mod source;

@@ -198,7 +198,24 @@ pub struct LocalPg {
     watchdog: Mutex<Option<Child>>,
     /// Set once teardown ran (Drop, or exit cleanup for [`shared`]).
     torn_down: AtomicBool,
+    /// Whether the cluster was started with [`LocalPg::start_tls`].
+    tls: bool,
 }
+
+/// A server certificate and its key, PEM, for [`LocalPg::start_tls`].
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// What `pg_hba.conf` holds in a cluster started with
+/// [`LocalPg::start_tls`]: TCP clients must use TLS (as on RDS with
+/// `rds.force_ssl`, or Supabase); trust inside it.
+const TLS_ONLY_HBA: &str = "# written by sluice::localpg: TCP only over TLS\n\
+     local all all trust\n\
+     hostssl all all 127.0.0.1/32 trust\n\
+     hostssl replication all 127.0.0.1/32 trust\n";
 
 impl LocalPg {
     /// Finds the binaries (env `SLUICE_PG_BIN`, `/usr/lib/postgresql/*/bin`
@@ -212,6 +229,18 @@ impl LocalPg {
     /// As root, the server-side commands run as the `postgres` OS user and the
     /// temp dir (under `/tmp`, mode 0700) belongs to that user.
     pub fn start() -> Result<LocalPg, LocalPgError> {
+        LocalPg::start_with(None)
+    }
+
+    /// [`LocalPg::start`], with `ssl = on` and `tls`'s certificate and key,
+    /// and a `pg_hba.conf` that accepts TCP connections only over TLS
+    /// (`hostssl` lines; a plain connection is refused with "no pg_hba.conf
+    /// entry … no encryption").
+    pub fn start_tls(tls: ServerTls) -> Result<LocalPg, LocalPgError> {
+        LocalPg::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<ServerTls>) -> Result<LocalPg, LocalPgError> {
         let bin_dir = find_bin_dir()?;
         let (run_as, owner) = if running_as_root() {
             (find_user_switch()?, Some(postgres_ids()?))
@@ -228,6 +257,7 @@ impl LocalPg {
             run_as,
             watchdog: Mutex::new(None),
             torn_down: AtomicBool::new(false),
+            tls: tls.is_some(),
         };
         let watchdog = pg.spawn_watchdog()?;
         *pg.watchdog
@@ -254,6 +284,11 @@ impl LocalPg {
             ],
         )?;
         pg.include_settings()?;
+        if let Some(tls) = &tls {
+            pg.write_server_file("server.crt", &tls.cert_pem, owner)?;
+            pg.write_server_file("server.key", &tls.key_pem, owner)?;
+            pg.write_server_file("pg_hba.conf", TLS_ONLY_HBA, owner)?;
+        }
 
         let mut ports = Vec::new();
         loop {
@@ -479,8 +514,32 @@ impl LocalPg {
         Ok(())
     }
 
+    /// Writes a file into the data directory, mode 0600, owned by the
+    /// server's user (the server refuses a key file anyone else can read).
+    fn write_server_file(
+        &self,
+        name: &str,
+        text: &str,
+        owner: Option<(u32, u32)>,
+    ) -> Result<(), LocalPgError> {
+        let path = self.data_dir.join(name);
+        fs::write(&path, text).map_err(|e| LocalPgError::io("write", &path, e))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .map_err(|e| LocalPgError::io("chmod", &path, e))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .map_err(|e| LocalPgError::io("chown", &path, e))?;
+        }
+        Ok(())
+    }
+
     fn write_settings(&self, owner: Option<(u32, u32)>) -> Result<(), LocalPgError> {
         let path = self.data_dir.join(SETTINGS_FILE);
+        let tls = if self.tls {
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n"
+        } else {
+            ""
+        };
         let text = format!(
             "# written by sluice::localpg (throwaway cluster)\n\
              listen_addresses = '127.0.0.1'\n\
@@ -495,7 +554,8 @@ impl LocalPg {
              shared_buffers = 128MB\n\
              logging_collector = off\n\
              log_destination = 'stderr'\n\
-             wal_sender_timeout = 60s\n",
+             wal_sender_timeout = 60s\n\
+             {tls}",
             port = self.port,
             socket_dir = conf_quote(&self.root.to_string_lossy()),
         );

@@ -36,7 +36,7 @@ pub enum PipelineError {
     #[error("cannot connect to the {what} database: {source}")]
     Connect {
         what: &'static str,
-        source: tokio_postgres::Error,
+        source: crate::pgconn::PgError,
     },
     #[error("setting up the publication and slot failed: {0}")]
     Setup(setup::SetupError),
@@ -196,7 +196,7 @@ pub async fn start_with(
     }
     for line in setup::setup(&source_client, &pg)
         .await
-        .map_err(PipelineError::Setup)?
+        .map_err(|e| PipelineError::Setup(e.into()))?
     {
         tracing::info!(action = %line, "setup");
     }

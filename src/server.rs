@@ -63,18 +63,18 @@ pub fn pool_with(
     size: usize,
     options: Option<&str>,
 ) -> Result<deadpool_postgres::Pool, ServerError> {
-    let mut pg: tokio_postgres::Config =
-        url.parse().map_err(|e| ServerError::Pool(format!("{e}")))?;
+    let mut session = crate::pgconn::Session::named("sluice-http");
     if let Some(o) = options {
-        pg.options(o);
+        session = session.with_options(o);
     }
-    let mgr = deadpool_postgres::Manager::from_config(
-        pg,
-        tokio_postgres::NoTls,
+    let mgr = crate::pgconn::pool_manager(
+        url,
+        session,
         deadpool_postgres::ManagerConfig {
             recycling_method: deadpool_postgres::RecyclingMethod::Fast,
         },
-    );
+    )
+    .map_err(|e| ServerError::Pool(e.to_string()))?;
     deadpool_postgres::Pool::builder(mgr)
         .max_size(size)
         .wait_timeout(Some(Duration::from_secs(5)))

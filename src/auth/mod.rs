@@ -177,16 +177,16 @@ impl From<tokio_postgres::Error> for AuthError {
     }
 }
 
+impl From<crate::pgconn::PgError> for AuthError {
+    fn from(e: crate::pgconn::PgError) -> Self {
+        AuthError::Unavailable(e.to_string())
+    }
+}
+
 /// tokio-postgres's `Display` says only "db error"; operators need the
 /// server's message.
 pub(crate) fn describe_db_error(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return format!("{} ({})", db.message(), db.code().code());
-    }
-    match std::error::Error::source(e) {
-        Some(source) => format!("{e}: {source}"),
-        None => e.to_string(),
-    }
+    crate::pgconn::describe(e)
 }
 
 /// Picks the credential: `apikey` header, else `apikey` query parameter,

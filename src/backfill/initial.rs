@@ -21,8 +21,6 @@
 
 use std::sync::Arc;
 
-use tokio_postgres::NoTls;
-
 use super::{chunk_sql, table_info, BackfillError, Request};
 use crate::config::PgSourceConfig;
 use crate::event::{parse_lsn, SourcePosition};
@@ -39,7 +37,7 @@ pub enum InitialError {
         source: BackfillError,
     },
     #[error("initial snapshot: {0}")]
-    Db(#[from] tokio_postgres::Error),
+    Db(#[from] crate::pgconn::PgError),
     #[error("initial snapshot: creating the slot with an exported snapshot failed: {0}")]
     Slot(String),
     #[error(transparent)]
@@ -99,6 +97,12 @@ async fn schedule_unsnapshotted(
         }
     }
     Ok(done)
+}
+
+impl From<tokio_postgres::Error> for InitialError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        InitialError::Db(e.into())
+    }
 }
 
 /// Rows read per query inside the exported snapshot.
@@ -196,15 +200,12 @@ pub async fn run_if_new_slot(
         crate::event::format_lsn(consistent)
     )];
 
-    let mut config: tokio_postgres::Config = pg.url.parse()?;
-    config.options(format!(
-        "{SESSION_OPTIONS} -c standard_conforming_strings=on"
-    ));
-    config.application_name("sluice-snapshot");
-    let (reader, conn) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let options = format!("{SESSION_OPTIONS} -c standard_conforming_strings=on");
+    let reader = crate::pgconn::connect(
+        &pg.url,
+        crate::pgconn::Session::named("sluice-snapshot").with_options(&options),
+    )
+    .await?;
     reader
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",

@@ -129,7 +129,13 @@ pub enum BackfillError {
     #[error("no backfill {0}")]
     NotFound(i64),
     #[error("database: {0}")]
-    Db(#[from] tokio_postgres::Error),
+    Db(#[from] crate::pgconn::PgError),
+}
+
+impl From<tokio_postgres::Error> for BackfillError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        BackfillError::Db(e.into())
+    }
 }
 
 /// `"name"` with inner quotes doubled.
@@ -426,7 +432,7 @@ pub async fn create(
 fn predicate_error(e: predicate::PredicateError) -> BackfillError {
     match e {
         predicate::PredicateError::Invalid(m) => BackfillError::InvalidPredicate(m),
-        predicate::PredicateError::Db(e) => BackfillError::Db(e),
+        predicate::PredicateError::Db(e) => BackfillError::Db(e.into()),
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -40,12 +40,24 @@ enum Failure {
     Fatal(String),
 }
 
+impl From<crate::pgconn::PgError> for Failure {
+    fn from(e: crate::pgconn::PgError) -> Self {
+        match e {
+            crate::pgconn::PgError::Connect { ref error, .. } if error.as_db_error().is_none() => {
+                Failure::Transient(e.to_string())
+            }
+            crate::pgconn::PgError::Postgres(e) => e.into(),
+            other => Failure::Fatal(other.to_string()),
+        }
+    }
+}
+
 impl From<tokio_postgres::Error> for Failure {
     fn from(e: tokio_postgres::Error) -> Self {
         if e.as_db_error().is_some() {
             Failure::Fatal(db_message(&e))
         } else {
-            Failure::Transient(e.to_string())
+            Failure::Transient(crate::pgconn::describe(&e))
         }
     }
 }
@@ -106,7 +118,7 @@ impl Runner {
                 &[],
             )
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| crate::pgconn::describe(&e))?
         else {
             return Ok(false);
         };
@@ -173,7 +185,7 @@ impl Runner {
                         &[&id, &why],
                     )
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| crate::pgconn::describe(&e))?;
                 Ok(true)
             }
             Err(Failure::Transient(why)) => Err(why),
@@ -193,19 +205,12 @@ impl Runner {
         source_pid: &AtomicI32,
         stop: &CancellationToken,
     ) -> Result<(), Failure> {
-        let mut config: tokio_postgres::Config = self
-            .pg
-            .url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| Failure::Fatal(e.to_string()))?;
-        config.options(format!(
-            "{SESSION_OPTIONS} -c standard_conforming_strings=on"
-        ));
-        config.application_name("sluice-backfill");
-        let (source, conn) = config.connect(NoTls).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let options = format!("{SESSION_OPTIONS} -c standard_conforming_strings=on");
+        let source = crate::pgconn::connect(
+            &self.pg.url,
+            crate::pgconn::Session::named("sluice-backfill").with_options(&options),
+        )
+        .await?;
         source_pid.store(
             source
                 .query_one("SELECT pg_backend_pid()", &[])
@@ -561,26 +566,20 @@ struct InFlight {
 /// cancelled. The runner also looks once a second, so a lost notification
 /// costs at most that.
 async fn listen(url: String, created: Arc<tokio::sync::Notify>, stop: CancellationToken) {
-    use futures_util::StreamExt;
     while !stop.is_cancelled() {
         let session = async {
-            let mut config: tokio_postgres::Config = url.parse()?;
-            config.application_name("sluice-backfill-listen");
-            let (client, mut conn) = config.connect(NoTls).await?;
             let wake = created.clone();
-            let driver = tokio::spawn(async move {
-                let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-                while let Some(Ok(m)) = messages.next().await {
-                    if let tokio_postgres::AsyncMessage::Notification(_) = m {
-                        wake.notify_one();
-                    }
-                }
-            });
+            let (client, driver) = crate::pgconn::connect_listening(
+                &url,
+                crate::pgconn::Session::named("sluice-backfill-listen"),
+                move |_| wake.notify_one(),
+            )
+            .await?;
             client.batch_execute("LISTEN sluice_backfills").await?;
             // Held until the connection ends.
             let _ = driver.await;
             drop(client);
-            Ok::<(), tokio_postgres::Error>(())
+            Ok::<(), crate::pgconn::PgError>(())
         };
         tokio::select! {
             result = session => {
@@ -678,6 +677,7 @@ async fn guard(g: Guard) {
             .query_one("SELECT pg_cancel_backend($1)", &[&pid])
             .await
             .map(|r| r.get::<_, bool>(0))
+            .map_err(crate::pgconn::PgError::from)
     };
     match cancelled.await {
         Ok(true) => tracing::info!(

@@ -27,7 +27,12 @@ pub enum CliError {
     #[error(transparent)]
     Server(#[from] crate::server::ServerError),
     #[error("database: {0}")]
-    Db(#[from] tokio_postgres::Error),
+    Db(#[from] crate::pgconn::PgError),
+    #[error("{doing}: {source}")]
+    Doing {
+        doing: &'static str,
+        source: crate::pgconn::PgError,
+    },
     #[error("--tenant: {0}")]
     Tenant(#[from] TenantError),
     #[error("preflight found {0} problem(s) that stop `sluice serve`")]
@@ -44,6 +49,12 @@ pub enum CliError {
     Gap(log::Gap),
     #[error(transparent)]
     Setup(#[from] setup::SetupError),
+}
+
+impl From<tokio_postgres::Error> for CliError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        CliError::Db(e.into())
+    }
 }
 
 impl CliError {
@@ -285,7 +296,9 @@ async fn source_client(config: &Config) -> Result<tokio_postgres::Client, CliErr
 pub async fn setup(config: Option<&Path>) -> Result<(), CliError> {
     let config = Config::from_process(config)?;
     let client = source_client(&config).await?;
-    let done = setup::setup(&client, config.postgres()?).await?;
+    let done = setup::setup(&client, config.postgres()?)
+        .await
+        .map_err(|e| PipelineError::Setup(e.into()))?;
     if done.is_empty() {
         println!("publication and slot already set up");
     }
@@ -298,9 +311,19 @@ pub async fn setup(config: Option<&Path>) -> Result<(), CliError> {
 pub async fn check(config: Option<&Path>) -> Result<(), CliError> {
     let config = Config::from_process(config)?;
     let client = source_client(&config).await?;
-    let mut findings = setup::check(&client, config.postgres()?).await?;
+    let mut findings = setup::check(&client, config.postgres()?)
+        .await
+        .map_err(|e| CliError::Doing {
+            doing: "running the preflight checks",
+            source: e.into(),
+        })?;
     match log::connect(config.state_url()?).await {
-        Ok(state) => findings.extend(setup::check_state(&state).await?),
+        Ok(state) => findings.extend(setup::check_state(&state).await.map_err(|e| {
+            CliError::Doing {
+                doing: "checking the state database",
+                source: e.into(),
+            }
+        })?),
         Err(e) => findings.push(setup::Finding {
             status: Status::Fail,
             subject: "state database".into(),

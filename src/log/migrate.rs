@@ -73,7 +73,7 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, LogError> {
                 .map_err(|source| LogError::Migration {
                     version: *version,
                     name,
-                    source,
+                    source: source.into(),
                 })?;
             tx.execute(
                 "INSERT INTO sluice.schema_migrations (version, name) VALUES ($1, $2)",

@@ -14,7 +14,9 @@ pub mod position;
 pub mod read;
 pub mod retention;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+
+use crate::pgconn::{self, PgError, Session};
 
 pub use append::{
     AppendCounts, AppendItem, Appender, AppenderHandle, Durable, APPENDER_APPLICATION,
@@ -28,14 +30,14 @@ pub use read::{
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("state database: {0}")]
-    Db(#[from] tokio_postgres::Error),
+    Db(#[from] PgError),
     #[error("another sluice process is appending to this state database (advisory lock {0} is held); stop it or point state.url elsewhere")]
     AnotherWriter(i64),
     #[error("migration {version} ({name}) failed: {source}")]
     Migration {
         version: i32,
         name: &'static str,
-        source: tokio_postgres::Error,
+        source: PgError,
     },
     #[error("the state database has migration {found}, newer than this binary knows ({known}); upgrade sluice")]
     TooNew { found: i32, known: i32 },
@@ -49,53 +51,33 @@ impl LogError {
     /// fault that needs an operator.
     pub fn is_retryable(&self) -> bool {
         match self {
-            LogError::Db(e) => db_error_is_retryable(e),
+            LogError::Db(e) => e.is_retryable(),
             _ => false,
         }
     }
 }
 
-pub(crate) fn db_error_is_retryable(e: &tokio_postgres::Error) -> bool {
-    if e.is_closed() {
-        return true;
-    }
-    match e.code() {
-        None => true, // I/O error, no SQLSTATE: the connection broke
-        Some(code) => {
-            let c = code.code();
-            // 08 connection exception, 40 transaction rollback, 53 insufficient
-            // resources, 57P01..57P03 admin shutdown / crash / cannot connect now
-            c.starts_with("08")
-                || c.starts_with("40")
-                || c.starts_with("53")
-                || c.starts_with("57P")
-        }
+impl From<tokio_postgres::Error> for LogError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        LogError::Db(e.into())
     }
 }
 
-/// Connects to the state database; the connection task runs in the background
-/// and ends when the client is dropped.
-pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
+pub(crate) fn db_error_is_retryable(e: &tokio_postgres::Error) -> bool {
+    pgconn::is_retryable(e)
+}
+
+/// Connects to a database (through [`pgconn`], with the string's TLS
+/// settings); the connection task runs in the background and ends when the
+/// client is dropped.
+pub async fn connect(url: &str) -> Result<Client, PgError> {
     connect_as(url, "sluice").await
 }
 
 /// Connects with `application_name` set (unless the URL sets one), so an
 /// operator can tell Sluice's sessions apart in `pg_stat_activity`.
-pub async fn connect_as(
-    url: &str,
-    application_name: &str,
-) -> Result<Client, tokio_postgres::Error> {
-    let mut config: tokio_postgres::Config = url.parse()?;
-    if config.get_application_name().is_none() {
-        config.application_name(application_name);
-    }
-    let (client, conn) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "state connection ended");
-        }
-    });
-    Ok(client)
+pub async fn connect_as(url: &str, application_name: &str) -> Result<Client, PgError> {
+    pgconn::connect(url, Session::named(application_name)).await
 }
 
 /// The advisory lock key held by the appender for its whole session.

@@ -113,7 +113,7 @@ pub async fn run(
             Ok(client) => match prune_once(&client, retention).await {
                 Ok(w) => tracing::debug!(pruned_through = w, "retention pass"),
                 Err(e) => {
-                    tracing::warn!(error = %e, "retention pass failed; retrying next interval")
+                    tracing::warn!(error = %crate::pgconn::describe(&e), "retention pass failed; retrying next interval")
                 }
             },
             Err(e) => tracing::warn!(error = %e, "retention cannot reach the state database"),

@@ -109,7 +109,7 @@ async fn db(state: &AppState) -> Result<deadpool_postgres::Object, ApiError> {
 }
 
 fn dberr(e: tokio_postgres::Error) -> ApiError {
-    ApiError::unavailable("the state database", e)
+    ApiError::unavailable("the state database", crate::pgconn::describe(&e))
 }
 
 fn not_found(id: &str) -> ApiError {

@@ -34,9 +34,14 @@ pub async fn run(cfg: PgSourceConfig, stats: Arc<SourceStats>, shutdown: Cancell
             client = match crate::log::connect_as(&cfg.url, "sluice-monitor").await {
                 Ok(c) => Some(c),
                 Err(e) => {
+                    // /readyz gets the short form; the server's words go to the log.
+                    tracing::debug!(error = %e, "monitor cannot connect to the source database");
+                    let short = e
+                        .postgres()
+                        .map_or_else(|| e.to_string(), |p| p.to_string());
                     stats
                         .monitor
-                        .set_error(Some(format!("cannot connect: {e}")));
+                        .set_error(Some(format!("cannot connect: {short}")));
                     None
                 }
             };
@@ -68,7 +73,7 @@ pub async fn run(cfg: PgSourceConfig, stats: Arc<SourceStats>, shutdown: Cancell
                     )
                     .await
                 {
-                    tracing::warn!(error = %e, "heartbeat failed");
+                    tracing::warn!(error = %crate::pgconn::describe(&e), "heartbeat failed");
                 }
             }
         }

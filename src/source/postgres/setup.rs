@@ -57,11 +57,17 @@ fn finding(
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error("{0}")]
-    Db(#[from] tokio_postgres::Error),
+    Db(#[from] crate::pgconn::PgError),
     /// Publishing these tables would break the application's own writes;
     /// nothing was changed.
     #[error("refusing to add tables to the publication (nothing was changed):\n{}", list(.0))]
     Refused(Vec<Finding>),
+}
+
+impl From<tokio_postgres::Error> for SetupError {
+    fn from(e: tokio_postgres::Error) -> SetupError {
+        SetupError::Db(e.into())
+    }
 }
 
 fn list(findings: &[Finding]) -> String {

@@ -12,9 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgwire_replication::{
-    Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, SslMode, TlsConfig,
-};
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use tokio_util::sync::CancellationToken;
 
 use super::catalog::Catalog;
@@ -41,8 +39,8 @@ pub const HEARTBEAT_PREFIX: &str = "sluice-heartbeat";
 pub enum SourceError {
     #[error("replication connection: {0}")]
     Replication(#[from] pgwire_replication::PgWireError),
-    #[error("catalog query: {0}")]
-    Catalog(#[from] tokio_postgres::Error),
+    #[error("source database (catalog session): {0}")]
+    Catalog(#[from] crate::pgconn::PgError),
     #[error("cannot decode a pgoutput message (the stream is not understood, so nothing after it is appended): {0}")]
     Decode(#[from] pgoutput::DecodeError),
     #[error(transparent)]
@@ -51,6 +49,12 @@ pub enum SourceError {
     Url(String),
     #[error("the replication stream ended")]
     Ended,
+}
+
+impl From<tokio_postgres::Error> for SourceError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        SourceError::Catalog(e.into())
+    }
 }
 
 impl SourceError {
@@ -66,37 +70,27 @@ pub fn replication_config(
     start: Lsn,
     ack: Lsn,
 ) -> Result<ReplicationConfig, SourceError> {
-    let pc: tokio_postgres::Config = cfg
-        .url
-        .parse()
-        .map_err(|e| SourceError::Url(format!("{e}")))?;
-    let host = match pc.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".to_owned(),
-    };
-    let port = pc.get_ports().first().copied().unwrap_or(5432);
-    let user = pc.get_user().unwrap_or("postgres").to_owned();
-    let password = pc
-        .get_password()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .unwrap_or_default();
-    let db = pc.get_dbname().unwrap_or(&user).to_owned();
-    let tls = match pc.get_ssl_mode() {
-        tokio_postgres::config::SslMode::Require => TlsConfig::require(),
-        _ => TlsConfig::disabled(),
-    };
-    let _ = SslMode::Disable;
-    let mut rc = ReplicationConfig::new(host, user, password, db, cfg.slot(), cfg.publication())
-        .with_port(port)
-        .with_tls(tls)
-        .with_start_lsn(start)
-        .with_ack_lsn(ack)
-        .with_status_interval(Duration::from_millis(cfg.status_interval_ms))
-        .with_wakeup_interval(Duration::from_secs(5))
-        .with_buffer_size(cfg.queue_messages)
-        .with_options(SESSION_OPTIONS)
-        .with_application_name(format!("sluice/{}", cfg.name));
+    // The same connection string, and the same TLS meaning, as every other
+    // connection to the source (src/pgconn.rs).
+    let target =
+        crate::pgconn::replication_target(&cfg.url).map_err(|e| SourceError::Url(e.to_string()))?;
+    let mut rc = ReplicationConfig::new(
+        target.host,
+        target.user,
+        target.password,
+        target.database,
+        cfg.slot(),
+        cfg.publication(),
+    )
+    .with_port(target.port)
+    .with_tls(target.tls)
+    .with_start_lsn(start)
+    .with_ack_lsn(ack)
+    .with_status_interval(Duration::from_millis(cfg.status_interval_ms))
+    .with_wakeup_interval(Duration::from_secs(5))
+    .with_buffer_size(cfg.queue_messages)
+    .with_options(SESSION_OPTIONS)
+    .with_application_name(format!("sluice/{}", cfg.name));
     rc.stop_at_lsn = None;
     Ok(rc)
 }
