@@ -66,13 +66,21 @@ fn url_encode(s: &str) -> String {
 
 /// NDJSON lines until one that is not an envelope or heartbeat; returns the
 /// seqs of the envelopes, the number of heartbeats, and that last line.
+/// Fails when no such line came within the patience window (heartbeats
+/// alone do not keep the test waiting).
 async fn lines_until_control(tail: &mut Stream) -> (Vec<i64>, usize, Value) {
+    tokio::time::timeout(PATIENCE, lines_until_control_forever(tail))
+        .await
+        .expect("the tail ended with a final line within the patience window")
+}
+
+async fn lines_until_control_forever(tail: &mut Stream) -> (Vec<i64>, usize, Value) {
     let mut seqs = Vec::new();
     let mut heartbeats = 0;
     loop {
-        let line = tokio::time::timeout(PATIENCE, tail.next_line())
+        let line = tail
+            .next_line()
             .await
-            .expect("a line within the patience window (the tail never ended)")
             .expect("the tail ended without a final line");
         let v: Value = serde_json::from_str(&line).expect("JSON line");
         if v.get("heartbeat").is_some() {
@@ -193,16 +201,18 @@ async fn an_sse_stream_ends_with_an_expired_frame_when_its_jwt_expires() {
 /// Reads SSE blocks until `want` keepalive comments came; fails after the
 /// patience window.
 async fn keepalives(s: &mut Stream, want: usize) {
-    let mut seen = 0;
-    while seen < want {
-        let block = tokio::time::timeout(PATIENCE, s.next_block())
-            .await
-            .expect("a keepalive within the patience window")
-            .expect("the stream stays open");
-        if block.lines().any(|l| l == ": keepalive") {
-            seen += 1;
+    let count = async {
+        let mut seen = 0;
+        while seen < want {
+            let block = s.next_block().await.expect("the stream stays open");
+            if block.lines().any(|l| l == ": keepalive") {
+                seen += 1;
+            }
         }
-    }
+    };
+    tokio::time::timeout(PATIENCE, count)
+        .await
+        .expect("keepalives within the patience window");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -424,18 +434,20 @@ async fn filters_work_on_json_pages_exports_and_tails_and_pages_move_past_skippe
         .await
         .expect("live writes");
     let mut got = Vec::new();
-    while got.len() < red.len() + 1 {
-        let line = tokio::time::timeout(PATIENCE, tail.next_line())
-            .await
-            .expect("line in time")
-            .expect("open");
-        let v: Value = serde_json::from_str(&line).expect("json");
-        if v.get("heartbeat").is_some() {
-            continue;
+    let read = async {
+        while got.len() < red.len() + 1 {
+            let line = tail.next_line().await.expect("open");
+            let v: Value = serde_json::from_str(&line).expect("json");
+            if v.get("heartbeat").is_some() {
+                continue;
+            }
+            assert_eq!(v["data"]["new"]["color"], "red", "{v}");
+            got.push(v["data"]["new"]["id"].as_i64().expect("id"));
         }
-        assert_eq!(v["data"]["new"]["color"], "red", "{v}");
-        got.push(v["data"]["new"]["id"].as_i64().expect("id"));
-    }
+    };
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .expect("the matching events within the patience window");
     assert_eq!(got, vec![5, 10, 15, 20, 25, 30, 40, 42]);
     // An invalid filter names it.
     let r = get(

@@ -430,8 +430,9 @@ impl Tail {
                 }
             }
         };
+        // The idle timer is not reset here (a timer-wheel update per frame):
+        // when it fires it re-arms itself for `heartbeat` after this.
         self.last_sent = tokio::time::Instant::now();
-        self.idle.as_mut().reset(self.last_sent + self.heartbeat);
         Some(line)
     }
 }
