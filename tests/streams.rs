@@ -585,3 +585,43 @@ async fn over_long_queries_and_heads_get_the_json_error_on_first_and_later_reque
     assert_eq!(get(server.addr, "/livez", &[]).await.status, 200);
     stop(server, token).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_authenticated_by_message_closes_with_4003_when_its_jwt_expires() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let db = TestDb::new("wsexpire");
+    let c = db.client().await;
+    c.batch_execute(ITEMS).await.expect("ddl");
+    let (server, token) = serve(&db, &[]).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", server.addr))
+        .await
+        .expect("websocket connects");
+    // The credential comes with the first message, after the upgrade: the
+    // watch starts from there.
+    let exp = chrono::Utc::now().timestamp() + 1;
+    let auth = json!({"type": "auth", "token": jwt("acme", exp)}).to_string();
+    ws.send(Message::text(auth)).await.expect("send auth");
+    let code = tokio::time::timeout(PATIENCE, async {
+        let mut authenticated = false;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).expect("json");
+                    assert_eq!(v["type"], "auth_ok", "{v}");
+                    authenticated = true;
+                }
+                Some(Ok(Message::Close(Some(f)))) => {
+                    assert!(authenticated, "closed before auth_ok");
+                    return u16::from(f.code);
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("closed within the patience window");
+    assert_eq!(code, 4003);
+    stop(server, token).await;
+}
