@@ -129,7 +129,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     (
         "http.max_query_bytes",
         "8192",
-        "longest accepted query string",
+        "longest accepted query string (at most 32768)",
     ),
     (
         "http.page_limit",
@@ -765,6 +765,16 @@ impl Config {
         }
         positive("http.heartbeat_secs", self.http.heartbeat_secs as usize)?;
         positive("http.max_query_bytes", self.http.max_query_bytes)?;
+        if self.http.max_query_bytes > MAX_QUERY_BYTES_LIMIT {
+            return Err(ConfigError::key(
+                "http.max_query_bytes",
+                format!(
+                    "at most {MAX_QUERY_BYTES_LIMIT}: a request's line and headers together are limited to {} bytes, got {}",
+                    crate::http::conn::MAX_HEAD_BYTES,
+                    self.http.max_query_bytes
+                ),
+            ));
+        }
         positive("http.db_pool_size", self.http.db_pool_size)?;
         positive(
             "http.page_limit",
@@ -878,6 +888,10 @@ fn validate_mongo(key: &str, m: &MongoSourceConfig) -> Result<(), ConfigError> {
         m.reconnect_max_backoff_ms as usize,
     )
 }
+
+/// The largest `http.max_query_bytes`: half the request head limit, which
+/// leaves the other half for the path and the headers.
+pub const MAX_QUERY_BYTES_LIMIT: usize = crate::http::conn::MAX_HEAD_BYTES / 2;
 
 fn positive(key: &str, v: usize) -> Result<(), ConfigError> {
     if v == 0 {
@@ -1162,6 +1176,17 @@ collections = [
         assert!(msg.contains("whole number"), "{msg}");
         let err = load(GOOD, &[("SLUICE_APPENDER_QUEUE", "1")]).expect_err("unknown var");
         assert!(err.to_string().contains("SLUICE_APPENDER_QUEUE"));
+    }
+
+    #[test]
+    fn max_query_bytes_is_bounded_by_the_request_head_limit() {
+        let ok = load(GOOD, &[("SLUICE_HTTP_MAX_QUERY_BYTES", "32768")]).expect("at the bound");
+        assert_eq!(ok.http.max_query_bytes, MAX_QUERY_BYTES_LIMIT);
+        let err = load(GOOD, &[("SLUICE_HTTP_MAX_QUERY_BYTES", "32769")])
+            .expect_err("past the bound")
+            .to_string();
+        assert!(err.contains("http.max_query_bytes"), "{err}");
+        assert!(err.contains("at most 32768"), "{err}");
     }
 
     #[test]

@@ -9,11 +9,13 @@
 //! that tenant comes from the credential, never from the request.
 //!
 //! API keys are looked up on every request, so a revocation applies to new
-//! requests at once; open streams call [`Authenticator::still_valid`] every
-//! `auth.revocation_check_secs`.
+//! requests at once; open streams wait on a [`CredentialWatch`] (`watch`),
+//! which re-checks keys every `auth.revocation_check_secs` and ends at a
+//! JWT's expiry.
 
 pub mod jwt;
 pub mod keys;
+pub mod watch;
 
 use std::fmt;
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use crate::event::TenantId;
 
 pub use jwt::{JwtVerifier, JWT_LEEWAY_SECS};
 pub use keys::{create_key, get_key, list_keys, revoke_key, KeyInfo};
+pub use watch::{CredentialEnd, CredentialWatch};
 
 /// A credential's privilege. The order is the privilege order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -270,12 +273,12 @@ pub struct Authenticator {
     state_url: String,
     conn: tokio::sync::Mutex<Option<Arc<StateConn>>>,
     jwt: Option<JwtVerifier>,
-    /// Recent answers of `still_valid` per key id: every open stream
+    /// Recent answers of `key_still_active` per key id: every open stream
     /// re-checks its key, and streams sharing a key share one lookup.
     rechecks: std::sync::Mutex<std::collections::HashMap<i64, (std::time::Instant, bool)>>,
 }
 
-/// How long a `still_valid` answer for an API key is reused.
+/// How long a `key_still_active` answer is reused.
 const RECHECK_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Bound on remembered answers; stale ones are dropped past it.
 const RECHECK_MAX: usize = 100_000;
@@ -388,38 +391,49 @@ impl Authenticator {
         })
     }
 
-    /// For open streams, polled every `revocation_check_secs`: false once the
-    /// key is revoked or deleted, or the JWT expired. While the state
-    /// database cannot be reached the answer is true (the stream cannot
-    /// receive anything new then either; the next check after it is back
-    /// sees the revocation).
+    /// Whether `identity`'s credential is still valid: false once the key
+    /// is revoked or deleted, or the JWT expired. While the state database
+    /// cannot be reached the answer is true (see [`Self::key_still_active`]).
     pub async fn still_valid(&self, identity: &Identity) -> bool {
         match identity.credential {
             CredentialId::Jwt { expires_at_unix } => {
                 jwt::now_unix() <= expires_at_unix.saturating_add(JWT_LEEWAY_SECS as i64)
             }
-            CredentialId::ApiKey { id } => {
-                let now = std::time::Instant::now();
-                if let Some((at, valid)) = self.recheck_cache().get(&id) {
-                    if now.duration_since(*at) < RECHECK_TTL {
-                        return *valid;
-                    }
-                }
-                let valid = match self.query_opt(|c| &c.active_by_id, &[&id]).await {
-                    Ok(row) => row.is_some(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, key_id = id, "cannot re-check an API key; keeping the stream open");
-                        return true;
-                    }
-                };
-                let mut cache = self.recheck_cache();
-                if cache.len() >= RECHECK_MAX {
-                    cache.retain(|_, (at, _)| now.duration_since(*at) < RECHECK_TTL);
-                }
-                cache.insert(id, (now, valid));
-                valid
+            CredentialId::ApiKey { id } => self.key_still_active(id).await,
+        }
+    }
+
+    /// A watch on `identity`'s credential for an open stream, re-checking
+    /// an API key every `auth.revocation_check_secs` (`period`).
+    pub fn watch(self: &Arc<Self>, identity: &Identity, period: Duration) -> CredentialWatch {
+        CredentialWatch::new(self.clone(), identity, period)
+    }
+
+    /// False once API key `id` is revoked or deleted. Answers are shared by
+    /// every caller for a second (open streams of one key cost one lookup
+    /// between them). While the state database cannot be reached the answer
+    /// is true: a stream cannot receive anything new then either, and the
+    /// next check after it is back sees the revocation.
+    pub async fn key_still_active(&self, id: i64) -> bool {
+        let now = std::time::Instant::now();
+        if let Some((at, valid)) = self.recheck_cache().get(&id) {
+            if now.duration_since(*at) < RECHECK_TTL {
+                return *valid;
             }
         }
+        let valid = match self.query_opt(|c| &c.active_by_id, &[&id]).await {
+            Ok(row) => row.is_some(),
+            Err(e) => {
+                tracing::warn!(error = %e, key_id = id, "cannot re-check an API key; keeping the stream open");
+                return true;
+            }
+        };
+        let mut cache = self.recheck_cache();
+        if cache.len() >= RECHECK_MAX {
+            cache.retain(|_, (at, _)| now.duration_since(*at) < RECHECK_TTL);
+        }
+        cache.insert(id, (now, valid));
+        valid
     }
 
     fn recheck_cache(

@@ -2,12 +2,21 @@
 //! (export a range, or `follow=true` to tail), `GET /v1/events/{seq}`, and
 //! `GET /v1/stats`.
 //!
+//! Every form takes the selector SSE takes (`topic`/`topics` globs,
+//! `table`, `collection`, `filter`) besides `types`, `since` and `until`.
+//! A JSON page reads at most `http.page_limit` log rows, and its
+//! `next_from` is past every row it read, matched or not: a client paging
+//! through a selective filter never reads a row twice or skips one.
+//!
 //! NDJSON: one envelope per line. A tail writes `{"heartbeat":true,
 //! "next_from":N}` after `http.heartbeat_secs` of silence (no envelope has a
 //! `heartbeat` member, so readers tell them apart) and, when the server
-//! stops, `{"shutdown":true,"next_from":N}`.
+//! stops, `{"shutdown":true,"next_from":N}`. A tail or export whose
+//! credential is revoked or expires ends with
+//! `{"error":{"code":"revoked"|"expired",…},"next_from":N}`.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,14 +30,26 @@ use bytes::Bytes;
 use futures_util::stream;
 
 use super::follow::{FollowError, Follower, Start};
-use crate::auth::Role;
+use crate::auth::{CredentialEnd, CredentialWatch, Role};
 use crate::event::TenantId;
 use crate::http::{request, ApiError, AppState};
 use crate::log::{self, LogQuery, ReadScope, StoredEvent};
 use crate::subscription::Selector;
 
 const LIST_PARAMS: &[&str] = &[
-    "from", "to", "limit", "types", "topics", "topic", "since", "until", "format", "follow",
+    "from",
+    "to",
+    "limit",
+    "types",
+    "topics",
+    "topic",
+    "table",
+    "collection",
+    "filter",
+    "since",
+    "until",
+    "format",
+    "follow",
 ];
 
 pub fn router() -> Router<AppState> {
@@ -60,7 +81,7 @@ async fn list(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let (p, _identity, tenant) =
+    let (p, identity, tenant) =
         request(&state, &headers, raw.as_deref(), LIST_PARAMS, Role::Anon).await?;
     let accept_ndjson = headers
         .get(header::ACCEPT)
@@ -144,10 +165,14 @@ async fn list(
     if !ndjson {
         return page(&state, &req).await;
     }
+    let credential = state.auth.watch(
+        &identity,
+        Duration::from_secs(state.config.auth.revocation_check_secs),
+    );
     let body = if follow {
-        Body::from_stream(tail(state, req))
+        Body::from_stream(tail(state, req, credential))
     } else {
-        Body::from_stream(export(state, req))
+        Body::from_stream(export(state, req, credential))
     };
     let mut resp = body.into_response();
     resp.headers_mut().insert(
@@ -168,30 +193,49 @@ fn query(req: &ListRequest, from: i64, limit: i64) -> LogQuery {
     }
 }
 
-/// One JSON page: `{"events": [...], "next_from": N}`.
+/// One JSON page: `{"events": [...], "next_from": N}`. Reads `limit` rows,
+/// then twice as many as read so far (a selective filter costs a few
+/// queries, not one per `limit` rows), until `limit` events matched, the
+/// range ended, or `http.page_limit` rows were read. `next_from` is the seq
+/// after the last row read (an unmatched row is read too), so pages never
+/// overlap or miss.
 async fn page(state: &AppState, req: &ListRequest) -> Result<Response, ApiError> {
-    let limit = req.limit.unwrap_or(100).min(state.config.http.page_limit);
+    let page_limit = state.config.http.page_limit;
+    let limit = req.limit.unwrap_or(100).min(page_limit);
     let client = state
         .pool
         .get()
         .await
         .map_err(|e| ApiError::unavailable("the log", e))?;
-    let rows = log::query_events(
-        &**client,
-        &ReadScope::Tenant(req.tenant.clone()),
-        &query(req, req.from, limit),
-    )
-    .await
-    .map_err(|e| ApiError::unavailable("the log", e))?;
-    let next_from = rows.last().map_or(req.from, |r| r.seq + 1);
+    let scope = ReadScope::Tenant(req.tenant.clone());
+    let mut next_from = req.from;
+    let mut scanned = 0i64;
+    let mut events = 0i64;
     let mut body = String::from("{\"events\":[");
-    let mut first = true;
-    for r in rows.iter().filter(|r| req.keeps(r)) {
-        if !first {
-            body.push(',');
+    'pages: while events < limit && scanned < page_limit {
+        let want = limit.max(scanned).min(page_limit - scanned);
+        let rows = log::query_events(&**client, &scope, &query(req, next_from, want))
+            .await
+            .map_err(|e| ApiError::unavailable("the log", e))?;
+        let exhausted = (rows.len() as i64) < want;
+        scanned += rows.len() as i64;
+        for r in &rows {
+            if req.keeps(r) {
+                if events == limit {
+                    // Full: this row starts the next page.
+                    break 'pages;
+                }
+                if events > 0 {
+                    body.push(',');
+                }
+                events += 1;
+                body.push_str(&r.body);
+            }
+            next_from = r.seq + 1;
         }
-        first = false;
-        body.push_str(&r.body);
+        if exhausted {
+            break;
+        }
     }
     body.push_str(&format!("],\"next_from\":{next_from}}}"));
     let mut resp = Body::from(body).into_response();
@@ -206,13 +250,22 @@ async fn page(state: &AppState, req: &ListRequest) -> Result<Response, ApiError>
 fn export(
     state: AppState,
     req: ListRequest,
+    credential: CredentialWatch,
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
     let remaining = req.limit;
     stream::unfold(
-        (state, req, remaining, false),
-        |(state, mut req, remaining, done)| async move {
+        (state, req, remaining, false, credential),
+        |(state, mut req, remaining, done, mut credential)| async move {
             if done || remaining == Some(0) {
                 return None;
+            }
+            // Checked between pages: an export is as long-lived as the
+            // range is large.
+            if let Some(end) = credential.ended_now() {
+                return Some((
+                    Ok(credential_line(end, req.from)),
+                    (state, req, remaining, true, credential),
+                ));
             }
             let page = state.config.http.page_limit;
             let client = match state.pool.get().await {
@@ -221,7 +274,7 @@ fn export(
                     tracing::warn!(error = %e, "ndjson export cannot reach the log");
                     return Some((
                         Ok(error_line("unavailable", req.from)),
-                        (state, req, remaining, true),
+                        (state, req, remaining, true, credential),
                     ));
                 }
             };
@@ -237,7 +290,7 @@ fn export(
                     tracing::warn!(error = %e, "ndjson export read failed");
                     return Some((
                         Ok(error_line("unavailable", req.from)),
-                        (state, req, remaining, true),
+                        (state, req, remaining, true, credential),
                     ));
                 }
             };
@@ -256,7 +309,10 @@ fn export(
                     remaining = remaining.map(|n| n - 1);
                 }
             }
-            Some((Ok(Bytes::from(out)), (state, req, remaining, exhausted)))
+            Some((
+                Ok(Bytes::from(out)),
+                (state, req, remaining, exhausted, credential),
+            ))
         },
     )
 }
@@ -267,12 +323,20 @@ fn error_line(code: &str, next_from: i64) -> Bytes {
     ))
 }
 
+fn credential_line(end: CredentialEnd, next_from: i64) -> Bytes {
+    let line = serde_json::json!({
+        "error": {"code": end.code(), "message": end.message()},
+        "next_from": next_from,
+    });
+    Bytes::from(format!("{line}\n"))
+}
+
 /// NDJSON tail: everything from `from`, then live.
 fn tail(
     state: AppState,
     req: ListRequest,
+    credential: CredentialWatch,
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
-    let types = req.types.clone();
     let follower = Follower::new(
         state.hub.clone(),
         state.pool.clone(),
@@ -283,44 +347,94 @@ fn tail(
         state.config.http.page_limit,
     );
     let heartbeat = Duration::from_secs(state.config.http.heartbeat_secs.max(1));
-    let open = Tailing::new(state.metrics.clone());
-    stream::unfold(
-        (state, follower, types, false, open),
-        move |(state, mut f, types, done, open)| async move {
-            if done {
-                return None;
-            }
-            let shutdown = state.shutdown.clone();
-            let (line, done) = tokio::select! {
-                next = f.next() => match next {
-                    Ok(e) if types.as_ref().is_some_and(|t| !t.iter().any(|t| **t == *e.event_type)) => (Bytes::new(), false),
+    let now = tokio::time::Instant::now();
+    let tail = Tail {
+        _open: Tailing::new(state.metrics.clone()),
+        state,
+        follower,
+        types: req.types,
+        credential,
+        heartbeat,
+        last_sent: now,
+        idle: Box::pin(tokio::time::sleep_until(now + heartbeat)),
+        done: false,
+    };
+    stream::unfold(tail, |mut t| async move {
+        let line = t.next_line().await?;
+        Some((Ok(line), t))
+    })
+}
+
+/// One open tail.
+struct Tail {
+    state: AppState,
+    follower: Follower,
+    types: Option<Vec<String>>,
+    credential: CredentialWatch,
+    heartbeat: Duration,
+    /// A heartbeat follows `heartbeat` after the last line written.
+    last_sent: tokio::time::Instant,
+    idle: Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+    _open: Tailing,
+}
+
+impl Tail {
+    fn wants(&self, event_type: &str) -> bool {
+        self.types
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|t| t == event_type))
+    }
+
+    /// The next line to write; `None` once the tail is over.
+    async fn next_line(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        let shutdown = self.state.shutdown.clone();
+        let line = loop {
+            tokio::select! {
+                next = self.follower.next() => match next {
+                    Ok(e) if !self.wants(&e.event_type) => continue,
                     Ok(e) => {
                         let mut l = Vec::with_capacity(e.body.len() + 1);
                         l.extend_from_slice(&e.body);
                         l.push(b'\n');
-                        (Bytes::from(l), false)
+                        break Bytes::from(l);
                     }
-                    Err(FollowError::Gap { oldest, .. }) => (
-                        Bytes::from(format!("{{\"error\":{{\"code\":\"gap\",\"oldest\":{oldest}}},\"next_from\":{}}}\n", f.position())),
-                        true,
-                    ),
+                    Err(FollowError::Gap { oldest, .. }) => {
+                        self.done = true;
+                        break Bytes::from(format!("{{\"error\":{{\"code\":\"gap\",\"oldest\":{oldest}}},\"next_from\":{}}}\n", self.follower.position()));
+                    }
                     Err(FollowError::Db(e)) => {
                         tracing::warn!(error = %e, "ndjson tail cannot read the log");
-                        (error_line("unavailable", f.position()), true)
+                        self.done = true;
+                        break error_line("unavailable", self.follower.position());
                     }
                 },
-                _ = tokio::time::sleep(heartbeat) => (
-                    Bytes::from(format!("{{\"heartbeat\":true,\"next_from\":{}}}\n", f.position())),
-                    false,
-                ),
-                _ = shutdown.cancelled() => (
-                    Bytes::from(format!("{{\"shutdown\":true,\"next_from\":{}}}\n", f.position())),
-                    true,
-                ),
-            };
-            Some((Ok(line), (state, f, types, done, open)))
-        },
-    )
+                () = self.idle.as_mut() => {
+                    let due = self.last_sent + self.heartbeat;
+                    if due > tokio::time::Instant::now() {
+                        self.idle.as_mut().reset(due);
+                        continue;
+                    }
+                    break Bytes::from(format!("{{\"heartbeat\":true,\"next_from\":{}}}\n", self.follower.position()));
+                }
+                end = self.credential.ended() => {
+                    self.done = true;
+                    break credential_line(end, self.follower.position());
+                }
+                () = shutdown.cancelled() => {
+                    self.done = true;
+                    break Bytes::from(format!("{{\"shutdown\":true,\"next_from\":{}}}\n", self.follower.position()));
+                }
+            }
+        };
+        // The idle timer is not reset here (a timer-wheel update per frame):
+        // when it fires it re-arms itself for `heartbeat` after this.
+        self.last_sent = tokio::time::Instant::now();
+        Some(line)
+    }
 }
 
 /// Counts an open NDJSON tail in `sluice_subscribers{transport="ndjson"}`.

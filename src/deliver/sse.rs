@@ -2,14 +2,18 @@
 //! the query string) and backends.
 //!
 //! Frames: a `retry:` hint first; then per event `id: <seq>`, `event:
-//! <type>`, `data: <envelope>`; a `: keepalive` comment after
-//! `http.heartbeat_secs` of silence. Resume with `Last-Event-ID` (the last
-//! seq seen, exclusive) or `from` (inclusive). A stream ends with an
-//! `event: error` frame when its credential is revoked or expires, with
-//! `event: gap` when it fell behind the log's retention, and with `event:
-//! shutdown` (carrying the resume position) when the server stops.
+//! <type>`, `data: <envelope>` (with `mode=message`, no `event:` line, so
+//! a browser's `EventSource.onmessage` gets every event); a `: keepalive`
+//! comment after `http.heartbeat_secs` of silence, whatever else is going
+//! on. Resume with `Last-Event-ID` (the last seq seen, exclusive) or `from`
+//! (inclusive). A stream ends with one named frame, never `error` (which a
+//! browser cannot tell from a failed connection): `revoked` or `expired`
+//! when its credential ends, `gap` when it fell behind the log's retention,
+//! `shutdown` when the server stops, `closed` when the log cannot be read;
+//! each carries a JSON `code` and the position to resume from.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,11 +28,34 @@ use bytes::Bytes;
 use futures_util::{stream, StreamExt};
 
 use super::follow::{FollowError, Follower, Start};
-use crate::auth::{Identity, Role};
+use crate::auth::{CredentialWatch, Role};
 use crate::http::params::Params;
 use crate::http::{request, ApiError, AppState};
 
-const PARAMS: &[&str] = &["topic", "table", "collection", "filter", "from"];
+const PARAMS: &[&str] = &["topic", "table", "collection", "filter", "from", "mode"];
+
+/// How event frames are named (`mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameMode {
+    /// `event: <type>` on every event frame (the default, `mode=typed`).
+    Typed,
+    /// No `event:` line (`mode=message`): a browser's `EventSource`
+    /// delivers every event to `onmessage`.
+    Message,
+}
+
+impl FrameMode {
+    fn from_params(params: &Params) -> Result<FrameMode, ApiError> {
+        match params.one("mode")? {
+            None | Some("typed") => Ok(FrameMode::Typed),
+            Some("message") => Ok(FrameMode::Message),
+            Some(other) => Err(ApiError::bad_param(
+                "mode",
+                format!("expected typed (event: <type> on each frame) or message (no event: line), got {other:?}"),
+            )),
+        }
+    }
+}
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/events/subscribe", get(subscribe))
@@ -81,10 +108,14 @@ pub const RESPONSE_HEADERS: &[(&str, &str)] = &[
 /// connection whose first request is a subscription).
 pub struct SseSession {
     state: AppState,
-    identity: Identity,
     follower: Follower,
-    revocation: tokio::time::Interval,
+    credential: CredentialWatch,
+    mode: FrameMode,
     heartbeat: Duration,
+    /// When the last frame went out: a keepalive follows `heartbeat` after
+    /// it, however often the other branches of `next_frame` wake.
+    last_sent: tokio::time::Instant,
+    idle: Pin<Box<tokio::time::Sleep>>,
     done: bool,
 }
 
@@ -113,6 +144,7 @@ impl SseSession {
         let (params, identity, tenant) =
             request(state, headers, raw_query, PARAMS, Role::Anon).await?;
         let selector = Arc::new(params.selector(&state.captured_tables())?);
+        let mode = FrameMode::from_params(&params)?;
         let start = start(headers, &params)?;
         if let Start::At(from) = start {
             let client = state
@@ -136,19 +168,24 @@ impl SseSession {
             start,
             state.config.http.page_limit,
         );
-        let check = Duration::from_secs(state.config.auth.revocation_check_secs.max(1));
-        let mut revocation = tokio::time::interval_at(tokio::time::Instant::now() + check, check);
-        revocation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let credential = state.auth.watch(
+            &identity,
+            Duration::from_secs(state.config.auth.revocation_check_secs),
+        );
+        let heartbeat = Duration::from_secs(state.config.http.heartbeat_secs.max(1));
+        let now = tokio::time::Instant::now();
         state
             .metrics
             .sse_subscribers
             .fetch_add(1, Ordering::Relaxed);
         Ok(SseSession {
-            heartbeat: Duration::from_secs(state.config.http.heartbeat_secs.max(1)),
             state: state.clone(),
-            identity,
             follower,
-            revocation,
+            credential,
+            mode,
+            heartbeat,
+            last_sent: now,
+            idle: Box::pin(tokio::time::sleep_until(now + heartbeat)),
             done: false,
         })
     }
@@ -156,6 +193,13 @@ impl SseSession {
     /// The stream's first frame: the reconnection delay hint.
     pub fn retry_hint(&self) -> Bytes {
         Bytes::from(format!("retry: {}\n\n", self.state.config.http.retry_ms))
+    }
+
+    fn event_type<'a>(&self, event_type: &'a str) -> Option<&'a str> {
+        match self.mode {
+            FrameMode::Typed => Some(event_type),
+            FrameMode::Message => None,
+        }
     }
 
     /// An event frame if one is at hand without waiting (to write several
@@ -173,58 +217,71 @@ impl SseSession {
             .metrics
             .sse_latency
             .observe_since(e.commit_micros);
-        Some(event_frame(e.seq, &e.event_type, &e.body))
+        self.last_sent = tokio::time::Instant::now();
+        Some(event_frame(e.seq, self.event_type(&e.event_type), &e.body))
     }
 
-    /// The next frame to send; `None` when the stream is over. An empty
-    /// frame means "nothing to send" (a credential re-check passed).
+    /// The next frame to send; `None` when the stream is over.
     pub async fn next_frame(&mut self) -> Option<Bytes> {
         if self.done {
             return None;
         }
         let shutdown = self.state.shutdown.clone();
-        let frame = tokio::select! {
-            next = self.follower.next() => match next {
-                Ok(e) => {
-                    self.state.metrics.sse_events.fetch_add(1, Ordering::Relaxed);
-                    self.state.metrics.sse_latency.observe_since(e.commit_micros);
-                    event_frame(e.seq, &e.event_type, &e.body)
+        let frame = loop {
+            tokio::select! {
+                next = self.follower.next() => break match next {
+                    Ok(e) => {
+                        self.state.metrics.sse_events.fetch_add(1, Ordering::Relaxed);
+                        self.state.metrics.sse_latency.observe_since(e.commit_micros);
+                        event_frame(e.seq, self.event_type(&e.event_type), &e.body)
+                    }
+                    Err(FollowError::Gap { requested, oldest }) => {
+                        self.done = true;
+                        control_frame("gap", serde_json::json!({"code": "gap", "requested": requested, "oldest": oldest}))
+                    }
+                    Err(FollowError::Db(e)) => {
+                        tracing::warn!(error = %e, "sse stream cannot read the log; closing it");
+                        self.done = true;
+                        control_frame("closed", serde_json::json!({"code": "unavailable", "message": "the log cannot be read; reconnect shortly", "resume_from": self.follower.position()}))
+                    }
+                },
+                () = self.idle.as_mut() => {
+                    // Armed for `heartbeat` after a frame that may not have
+                    // been the last one: silence is measured from the last.
+                    let due = self.last_sent + self.heartbeat;
+                    if due > tokio::time::Instant::now() {
+                        self.idle.as_mut().reset(due);
+                        continue;
+                    }
+                    break Bytes::from_static(b": keepalive\n\n");
                 }
-                Err(FollowError::Gap { requested, oldest }) => {
+                end = self.credential.ended() => {
                     self.done = true;
-                    control_frame("gap", serde_json::json!({"code": "gap", "requested": requested, "oldest": oldest}))
+                    break control_frame(end.code(), serde_json::json!({"code": end.code(), "message": end.message(), "resume_from": self.follower.position()}));
                 }
-                Err(FollowError::Db(e)) => {
-                    tracing::warn!(error = %e, "sse stream cannot read the log; closing it");
+                () = shutdown.cancelled() => {
                     self.done = true;
-                    control_frame("error", serde_json::json!({"code": "unavailable", "resume_from": self.follower.position()}))
+                    break control_frame("shutdown", serde_json::json!({"code": "shutdown", "resume_from": self.follower.position()}));
                 }
-            },
-            _ = tokio::time::sleep(self.heartbeat) => Bytes::from_static(b": keepalive\n\n"),
-            _ = self.revocation.tick() => {
-                // Boxed: the re-check's state is large and rarely alive.
-                if Box::pin(self.state.auth.still_valid(&self.identity)).await {
-                    return Some(Bytes::new());
-                }
-                self.done = true;
-                control_frame("error", serde_json::json!({"code": "credential_revoked", "message": "the credential of this stream was revoked or expired"}))
-            }
-            _ = shutdown.cancelled() => {
-                self.done = true;
-                control_frame("shutdown", serde_json::json!({"resume_from": self.follower.position()}))
             }
         };
+        // The idle timer is not reset here (a timer-wheel update per frame):
+        // when it fires it re-arms itself for `heartbeat` after this.
+        self.last_sent = tokio::time::Instant::now();
         Some(frame)
     }
 }
 
-/// Formats one event frame.
-pub fn event_frame(seq: i64, event_type: &str, body: &[u8]) -> Bytes {
-    let mut f = Vec::with_capacity(body.len() + event_type.len() + 40);
+/// Formats one event frame; without a type it has no `event:` line (a
+/// browser names it `message`).
+pub fn event_frame(seq: i64, event_type: Option<&str>, body: &[u8]) -> Bytes {
+    let mut f = Vec::with_capacity(body.len() + event_type.map_or(0, str::len) + 40);
     f.extend_from_slice(b"id: ");
     f.extend_from_slice(seq.to_string().as_bytes());
-    f.extend_from_slice(b"\nevent: ");
-    f.extend_from_slice(event_type.as_bytes());
+    if let Some(t) = event_type {
+        f.extend_from_slice(b"\nevent: ");
+        f.extend_from_slice(t.as_bytes());
+    }
     f.extend_from_slice(b"\ndata: ");
     // The envelope is one line of JSON (no raw newlines), so one data line.
     f.extend_from_slice(body);

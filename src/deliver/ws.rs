@@ -164,11 +164,17 @@ impl Session {
         let ping_every = Duration::from_secs(cfg.ping_secs.max(1));
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-        let check = Duration::from_secs(s.state.config.auth.revocation_check_secs.max(1));
-        let mut revocation = tokio::time::interval_at(tokio::time::Instant::now() + check, check);
+        // Watches the credential from the moment one is accepted.
+        let mut credential: Option<auth::CredentialWatch> = None;
         let mut heard = tokio::time::Instant::now();
         let shutdown = s.state.shutdown.clone();
         loop {
+            if credential.is_none() {
+                if let Some((identity, _)) = &s.who {
+                    let check = Duration::from_secs(s.state.config.auth.revocation_check_secs);
+                    credential = Some(s.state.auth.watch(identity, check));
+                }
+            }
             let reply: Option<Message> = tokio::select! {
                 incoming = stream.next() => {
                     let msg = match incoming {
@@ -215,17 +221,9 @@ impl Session {
                     }
                     Some(Message::Ping(Bytes::new()))
                 }
-                _ = revocation.tick(), if s.who.is_some() => {
-                    let still = match &s.who {
-                        Some((identity, _)) => Box::pin(s.state.auth.still_valid(identity)).await,
-                        None => true,
-                    };
-                    if still {
-                        None
-                    } else {
-                        let _ = sink.send(close(proto::CLOSE_CREDENTIAL_REVOKED, "credential_revoked")).await;
-                        return;
-                    }
+                Some(_) = async { Some(credential.as_mut()?.ended().await) } => {
+                    let _ = sink.send(close(proto::CLOSE_CREDENTIAL_REVOKED, "credential_revoked")).await;
+                    return;
                 }
                 _ = shutdown.cancelled() => {
                     // Each subscription reports where to resume, then ends;

@@ -15,13 +15,20 @@
 //! budget of 10,000 idle SSE subscribers. Errors never take the lean path:
 //! a subscription that fails to open is replayed through axum, so every
 //! error answer comes from one place.
+//!
+//! Heads that cannot be parsed at all (larger than `MAX_HEAD_BYTES`, first
+//! request or later, or malformed) are refused by hyper itself, which
+//! answers them with a bare status line. The socket wrapper handed to hyper
+//! ([`Replay`]) recognises those answers and writes the API's JSON error in
+//! their place, so a client gets the same JSON whichever layer refused it.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::Router;
 use bytes::Bytes;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -31,12 +38,19 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::AppState;
+use super::{ApiError, AppState};
 use crate::deliver::sse::{SseSession, RESPONSE_HEADERS};
 
-/// The largest request head read before handing the connection to hyper
-/// (which answers 431 to anything larger than it accepts).
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The largest request head (request line and headers) accepted, by the
+/// first-request reader here and by hyper for every later request; larger
+/// is a 431 with the JSON error. `http.max_query_bytes` is bounded so that
+/// its largest query string fits with room to spare.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// After a refused head, the rest of the request is read and dropped (up
+/// to this much, for at most `DRAIN_TIMEOUT`) before the socket closes, so
+/// that the client reads the answer instead of a connection reset.
+const DRAIN_BYTES: usize = 1024 * 1024;
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// A client must send its request head within this long.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most request headers looked at on the lean path.
@@ -109,11 +123,16 @@ async fn handle(tcp: TcpStream, state: AppState, app: Router, shutdown: Cancella
     let io = TokioIo::new(Replay {
         prefix: Bytes::from(head),
         inner: tcp,
+        max_query_bytes: state.config.http.max_query_bytes,
+        cors_any: cors_allows_any(&state.config.http.cors_origins),
+        refused: None,
     });
     let mut conn = Box::pin(
         hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEAD_TIMEOUT)
+            .max_buf_size(MAX_HEAD_BYTES)
+            .max_header_size(MAX_HEAD_BYTES)
             .serve_connection(io, TowerToHyperService::new(app))
             .with_upgrades(),
     );
@@ -249,9 +268,6 @@ async fn stream_sse(
             let _ = write_or_stop(&tcp, b"0\r\n\r\n", &stop).await;
             return;
         };
-        if frame.is_empty() {
-            continue;
-        }
         let result = match session.try_next_frame() {
             None => {
                 let size = format!("{:x}\r\n", frame.len());
@@ -338,10 +354,137 @@ async fn client_gone(tcp: &TcpStream) {
     }
 }
 
-/// A socket with bytes already read from it put back in front.
+fn cors_allows_any(origins: &str) -> bool {
+    origins.split(',').any(|o| o.trim() == "*")
+}
+
+/// The JSON error for a head hyper refused with `status` (its automatic
+/// answers carry no body).
+fn refused_head(status: u16, max_query_bytes: usize) -> ApiError {
+    match status {
+        431 | 414 => ApiError {
+            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            code: "request_head_too_large",
+            param: None,
+            message: format!(
+                "the request line and headers are larger than {MAX_HEAD_BYTES} bytes; \
+                 query strings may be at most {max_query_bytes} bytes (http.max_query_bytes)"
+            ),
+            extra: None,
+        },
+        _ => ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "malformed_request",
+            param: None,
+            message:
+                "the request is not valid HTTP/1.1 (request line or a header cannot be parsed)"
+                    .to_owned(),
+            extra: None,
+        },
+    }
+}
+
+/// A complete HTTP/1.1 answer carrying `err`, closing the connection.
+fn raw_error_response(err: &ApiError, cors_any: bool) -> Bytes {
+    let body = err.body().to_string();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+        err.status.as_u16(),
+        err.status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    if cors_any {
+        out.push_str("access-control-allow-origin: *\r\n");
+    }
+    out.push_str("date: ");
+    out.push_str(&httpdate::fmt_http_date(std::time::SystemTime::now()));
+    out.push_str("\r\n\r\n");
+    out.push_str(&body);
+    Bytes::from(out)
+}
+
+/// The status of one of hyper's automatic answers to a head it could not
+/// parse: a status line of 400, 414 or 431 whose head ends with no body.
+/// Every answer of the API's own has a body (errors are JSON), and a body
+/// never starts with a status line, so nothing else matches.
+fn hyper_refusal(buf: &[u8]) -> Option<u16> {
+    let rest = buf.strip_prefix(b"HTTP/1.1 ")?;
+    let status = match rest.get(..4)? {
+        b"400 " => 400,
+        b"414 " => 414,
+        b"431 " => 431,
+        _ => return None,
+    };
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&buf[..end]).ok()?;
+    let bodyless = head.split("\r\n").any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.eq_ignore_ascii_case("content-length") && value.trim() == "0"
+        })
+    });
+    bodyless.then_some(status)
+}
+
+/// A refused head's JSON answer being written in place of hyper's.
+struct Refused {
+    answer: Bytes,
+    /// Bytes of hyper's answer to report written once `answer` is out.
+    replaces: usize,
+    /// Set once the answer is out: the rest of the request is drained.
+    drained: usize,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// A socket with bytes already read from it put back in front, and
+/// hyper's bodiless refusals replaced by the API's JSON errors.
 struct Replay {
     prefix: Bytes,
     inner: TcpStream,
+    max_query_bytes: usize,
+    cors_any: bool,
+    refused: Option<Box<Refused>>,
+}
+
+impl Replay {
+    /// Writes through, unless `first` is one of hyper's refusals: then the
+    /// JSON answer goes out instead and `total` (hyper's bytes) is
+    /// reported written once it has.
+    fn poll_write_or_replace(
+        &mut self,
+        cx: &mut Context<'_>,
+        first: &[u8],
+        total: usize,
+        write: impl FnOnce(&mut TcpStream, &mut Context<'_>) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if self.refused.is_none() {
+            let Some(status) = hyper_refusal(first) else {
+                return write(&mut self.inner, cx);
+            };
+            let answer =
+                raw_error_response(&refused_head(status, self.max_query_bytes), self.cors_any);
+            self.refused = Some(Box::new(Refused {
+                answer,
+                replaces: first.len().min(total),
+                drained: 0,
+                deadline: None,
+            }));
+        }
+        let Some(refused) = self.refused.as_mut() else {
+            return write(&mut self.inner, cx);
+        };
+        if refused.answer.is_empty() && refused.replaces == 0 {
+            // Nothing hyper writes after its refusal goes out.
+            return Poll::Ready(Ok(total));
+        }
+        while !refused.answer.is_empty() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &refused.answer))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            let _ = refused.answer.split_to(n);
+        }
+        Poll::Ready(Ok(std::mem::take(&mut refused.replaces)))
+    }
 }
 
 impl AsyncRead for Replay {
@@ -370,7 +513,9 @@ impl AsyncWrite for Replay {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        self.poll_write_or_replace(cx, buf, buf.len(), |inner, cx| {
+            Pin::new(inner).poll_write(cx, buf)
+        })
     }
 
     fn poll_write_vectored(
@@ -378,7 +523,11 @@ impl AsyncWrite for Replay {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let first: &[u8] = bufs.first().map_or(&[], |b| b);
+        let total = bufs.iter().map(|b| b.len()).sum();
+        self.poll_write_or_replace(cx, first, total, |inner, cx| {
+            Pin::new(inner).poll_write_vectored(cx, bufs)
+        })
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -390,6 +539,82 @@ impl AsyncWrite for Replay {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        if let Some(refused) = this.refused.as_mut() {
+            // The client may still be sending the head we refused; closing
+            // with unread bytes would reset the connection under its read.
+            ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            let deadline = refused
+                .deadline
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(DRAIN_TIMEOUT)));
+            let mut scratch = [0u8; 4096];
+            loop {
+                if refused.drained >= DRAIN_BYTES || deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(()));
+                }
+                let mut rb = ReadBuf::new(&mut scratch);
+                match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(Ok(())),
+                    Poll::Ready(Ok(())) => refused.drained += rb.filled().len(),
+                    Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_hyper_s_bodiless_refusals_are_replaced() {
+        let date = "date: Thu, 03 Dec 2026 10:00:00 GMT";
+        for (status, reason) in [
+            (400, "Bad Request"),
+            (414, "URI Too Long"),
+            (431, "Request Header Fields Too Large"),
+        ] {
+            let head = format!("HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\n{date}\r\n\r\n");
+            assert_eq!(hyper_refusal(head.as_bytes()), Some(status), "{head}");
+        }
+        for other in [
+            // The API's own errors have a body.
+            format!("HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 90\r\n{date}\r\n\r\n"),
+            format!("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n{date}\r\n\r\n"),
+            format!("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n{date}\r\n\r\n"),
+            // A chunk of a body, an incomplete head.
+            "1f\r\n{\"seq\":1}".to_owned(),
+            "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n".to_owned(),
+        ] {
+            assert_eq!(hyper_refusal(other.as_bytes()), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_refused_head_is_answered_with_the_json_error_naming_the_limits() {
+        let answer = raw_error_response(&refused_head(431, 8192), true);
+        let text = std::str::from_utf8(&answer).expect("utf-8");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+        assert!(
+            head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("content-length: {}\r\n", body.len())),
+            "{head}"
+        );
+        assert!(head.contains("access-control-allow-origin: *"), "{head}");
+        let v: serde_json::Value = serde_json::from_str(body).expect("JSON body");
+        assert_eq!(v["error"]["status"], 431);
+        assert_eq!(v["error"]["code"], "request_head_too_large");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("8192")),
+            "{v}"
+        );
     }
 }

@@ -258,6 +258,13 @@ impl Stream {
             .expect("the stream ended early")
     }
 
+    /// The next SSE block as sent (comments such as `: keepalive`
+    /// included), or None at the end.
+    pub async fn next_block(&mut self) -> Option<String> {
+        let block = self.until(b"\n\n").await?;
+        Some(String::from_utf8(block).expect("SSE is UTF-8"))
+    }
+
     /// The next NDJSON line.
     pub async fn next_line(&mut self) -> Option<String> {
         let l = self.until(b"\n").await?;
