@@ -176,25 +176,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sluice: {}", chain(&e));
+            eprintln!("sluice: {}", sluice::pgconn::error_chain(&e));
             ExitCode::from(e.exit_code())
         }
     }
-}
-
-/// The error and each of its causes, `: `-separated; a cause whose text
-/// its parent already shows (a `{0}` in the parent's message) is not
-/// repeated.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = s.source();
-    }
-    text
 }

@@ -339,13 +339,32 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
         }
         return text;
     }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
+    causes(e.to_string(), std::error::Error::source(e))
+}
+
+/// An error and each of its causes, `: `-separated, for an operator: a
+/// tokio-postgres error anywhere in the chain in the server's own words
+/// ([`describe`]), and a cause whose text its parent already shows (a
+/// `{0}` in the parent's message) not repeated.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    match e.downcast_ref::<tokio_postgres::Error>() {
+        Some(pg) => describe(pg),
+        None => causes(e.to_string(), e.source()),
+    }
+}
+
+fn causes(mut text: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
     while let Some(s) = source {
-        let more = s.to_string();
+        let more = match s.downcast_ref::<tokio_postgres::Error>() {
+            Some(pg) => describe(pg),
+            None => s.to_string(),
+        };
         if !text.contains(&more) {
             text.push_str(": ");
             text.push_str(&more);
+        }
+        if s.is::<tokio_postgres::Error>() {
+            break;
         }
         source = s.source();
     }

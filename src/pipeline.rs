@@ -196,7 +196,7 @@ pub async fn start_with(
     }
     for line in setup::setup(&source_client, &pg)
         .await
-        .map_err(|e| PipelineError::Setup(e.into()))?
+        .map_err(PipelineError::Setup)?
     {
         tracing::info!(action = %line, "setup");
     }

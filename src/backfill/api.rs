@@ -40,7 +40,7 @@ fn api_error(e: BackfillError) -> ApiError {
             ApiError::bad_param(&param, e.to_string())
         }
         BackfillError::NotFound(id) => ApiError::not_found(format!("no backfill {id}")),
-        BackfillError::Db(e) => ApiError::unavailable("the database", e),
+        BackfillError::Db(e) => ApiError::unavailable("the database", &e),
     }
 }
 
@@ -55,17 +55,17 @@ async fn create(
     let pg = state
         .config
         .postgres()
-        .map_err(|e| ApiError::unavailable("the Postgres source", e))?;
+        .map_err(|e| ApiError::unavailable("the Postgres source", &e))?;
     let source = state
         .publish_pool
         .get()
         .await
-        .map_err(|e| ApiError::unavailable("the source database", e))?;
+        .map_err(|e| ApiError::unavailable("the source database", &e))?;
     let db = state
         .pool
         .get()
         .await
-        .map_err(|e| ApiError::unavailable("the state database", e))?;
+        .map_err(|e| ApiError::unavailable("the state database", &e))?;
     let b = super::create(&db, &source, pg, &req, "backfill")
         .await
         .map_err(api_error)?;
@@ -82,7 +82,7 @@ async fn list(
         .pool
         .get()
         .await
-        .map_err(|e| ApiError::unavailable("the state database", e))?;
+        .map_err(|e| ApiError::unavailable("the state database", &e))?;
     let all = super::list(&db).await.map_err(api_error)?;
     Ok(Json(serde_json::json!({ "backfills": all })))
 }
@@ -101,7 +101,7 @@ async fn cancel(
         .pool
         .get()
         .await
-        .map_err(|e| ApiError::unavailable("the state database", e))?;
+        .map_err(|e| ApiError::unavailable("the state database", &e))?;
     match super::cancel(&db, id).await.map_err(api_error)? {
         Some(b) => Ok(Json(b)),
         None => Err(ApiError {
@@ -128,6 +128,6 @@ async fn read(
         .pool
         .get()
         .await
-        .map_err(|e| ApiError::unavailable("the state database", e))?;
+        .map_err(|e| ApiError::unavailable("the state database", &e))?;
     Ok(Json(super::get(&db, id).await.map_err(api_error)?))
 }

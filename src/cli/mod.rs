@@ -298,7 +298,7 @@ pub async fn setup(config: Option<&Path>) -> Result<(), CliError> {
     let client = source_client(&config).await?;
     let done = setup::setup(&client, config.postgres()?)
         .await
-        .map_err(|e| PipelineError::Setup(e.into()))?;
+        .map_err(PipelineError::Setup)?;
     if done.is_empty() {
         println!("publication and slot already set up");
     }
@@ -318,12 +318,16 @@ pub async fn check(config: Option<&Path>) -> Result<(), CliError> {
             source: e.into(),
         })?;
     match log::connect(config.state_url()?).await {
-        Ok(state) => findings.extend(setup::check_state(&state).await.map_err(|e| {
-            CliError::Doing {
-                doing: "checking the state database",
-                source: e.into(),
-            }
-        })?),
+        Ok(state) => {
+            findings.extend(
+                setup::check_state(&state)
+                    .await
+                    .map_err(|e| CliError::Doing {
+                        doing: "checking the state database",
+                        source: e.into(),
+                    })?,
+            )
+        }
         Err(e) => findings.push(setup::Finding {
             status: Status::Fail,
             subject: "state database".into(),

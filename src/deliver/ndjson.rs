@@ -154,10 +154,10 @@ async fn list(
         .pool
         .get()
         .await
-        .map_err(|e| ApiError::unavailable("the log", e))?;
+        .map_err(|e| ApiError::unavailable("the log", &e))?;
     let gap = log::gap_at(&**client, req.from)
         .await
-        .map_err(|e| ApiError::unavailable("the log", e))?;
+        .map_err(|e| ApiError::unavailable("the log", &e))?;
     if let Some(g) = gap {
         return Err(ApiError::gap(g.requested, g.oldest));
     }
@@ -206,7 +206,7 @@ async fn page(state: &AppState, req: &ListRequest) -> Result<Response, ApiError>
         .pool
         .get()
         .await
-        .map_err(|e| ApiError::unavailable("the log", e))?;
+        .map_err(|e| ApiError::unavailable("the log", &e))?;
     let scope = ReadScope::Tenant(req.tenant.clone());
     let mut next_from = req.from;
     let mut scanned = 0i64;
@@ -216,7 +216,7 @@ async fn page(state: &AppState, req: &ListRequest) -> Result<Response, ApiError>
         let want = limit.max(scanned).min(page_limit - scanned);
         let rows = log::query_events(&**client, &scope, &query(req, next_from, want))
             .await
-            .map_err(|e| ApiError::unavailable("the log", e))?;
+            .map_err(|e| ApiError::unavailable("the log", &e))?;
         let exhausted = (rows.len() as i64) < want;
         scanned += rows.len() as i64;
         for r in &rows {
@@ -477,7 +477,7 @@ async fn one(
         .pool
         .get()
         .await
-        .map_err(|e| ApiError::unavailable("the log", e))?;
+        .map_err(|e| ApiError::unavailable("the log", &e))?;
     let q = LogQuery {
         from: seq,
         to: Some(seq),
@@ -486,7 +486,7 @@ async fn one(
     };
     let rows = log::query_events(&**client, &ReadScope::Tenant(tenant), &q)
         .await
-        .map_err(|e| ApiError::unavailable("the log", e))?;
+        .map_err(|e| ApiError::unavailable("the log", &e))?;
     // Another tenant's event is "not found", not "forbidden": its existence is not ours to tell.
     let Some(row) = rows.into_iter().next() else {
         return Err(ApiError::not_found(format!(
@@ -535,7 +535,7 @@ async fn stats(
         .pool
         .get()
         .await
-        .map_err(|e| ApiError::unavailable("the log", e))?;
+        .map_err(|e| ApiError::unavailable("the log", &e))?;
     let rows = client
         .query(
             // A record batch row holds seq - first_seq + 1 events.
@@ -545,7 +545,7 @@ async fn stats(
             &[&tenant.hash32(), &tenant.as_str(), &(secs as f64)],
         )
         .await
-        .map_err(|e| ApiError::unavailable("the log", e))?;
+        .map_err(|e| ApiError::unavailable("the log", &e))?;
     let mut by_type = serde_json::Map::new();
     let mut by_topic = serde_json::Map::new();
     let mut total = 0i64;

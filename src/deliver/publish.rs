@@ -33,14 +33,14 @@ pub async fn publish(
         .publish_pool
         .get()
         .await
-        .map_err(|e| unavailable("the source database", e))?;
+        .map_err(|e| unavailable("the source database", &e))?;
     let row = source
         .query_one(
             "SELECT pg_logical_emit_message(true, 'sluice', $1::text)::text, txid_current()",
             &[&content.to_string()],
         )
         .await
-        .map_err(|e| unavailable("the source database", e))?;
+        .map_err(|e| unavailable("the source database", &e))?;
     drop(source);
     let txid: i64 = row.get(1);
     // pgoutput carries the 32-bit xid; the log stores that.
@@ -52,7 +52,7 @@ pub async fn publish(
             .pool
             .get()
             .await
-            .map_err(|e| unavailable("the log", e))?;
+            .map_err(|e| unavailable("the log", &e))?;
         let found = client
             .query_opt(
                 "SELECT seq FROM sluice.events
@@ -67,7 +67,7 @@ pub async fn publish(
                 ],
             )
             .await
-            .map_err(|e| unavailable("the log", e))?;
+            .map_err(|e| unavailable("the log", &e))?;
         drop(client);
         if let Some(r) = found {
             return Ok(r.get(0));
@@ -84,7 +84,7 @@ pub async fn publish(
     }
 }
 
-fn unavailable(what: &str, e: impl std::fmt::Display) -> String {
-    tracing::warn!(error = %e, what, "publish failed");
+fn unavailable(what: &str, e: &(dyn std::error::Error + 'static)) -> String {
+    tracing::warn!(error = %crate::pgconn::error_chain(e), what, "publish failed");
     format!("{what} is unavailable; retry shortly")
 }

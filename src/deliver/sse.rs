@@ -151,10 +151,10 @@ impl SseSession {
                 .pool
                 .get()
                 .await
-                .map_err(|e| ApiError::unavailable("the log", e))?;
+                .map_err(|e| ApiError::unavailable("the log", &e))?;
             let gap = crate::log::gap_at(&**client, from)
                 .await
-                .map_err(|e| ApiError::unavailable("the log", e))?;
+                .map_err(|e| ApiError::unavailable("the log", &e))?;
             if let Some(g) = gap {
                 return Err(ApiError::gap(g.requested, g.oldest));
             }

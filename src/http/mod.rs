@@ -115,8 +115,10 @@ impl ApiError {
     }
 
     /// A failure of ours; the detail goes to the log, not the client.
-    pub fn unavailable(what: &str, detail: impl std::fmt::Display) -> ApiError {
-        tracing::error!(error = %detail, what, "request failed");
+    /// A failure on the server's side: logged with its whole cause (a
+    /// Postgres error in the server's words), answered without it.
+    pub fn unavailable(what: &str, detail: &(dyn std::error::Error + 'static)) -> ApiError {
+        tracing::error!(error = %crate::pgconn::error_chain(detail), what, "request failed");
         ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "unavailable",

@@ -105,11 +105,11 @@ async fn db(state: &AppState) -> Result<deadpool_postgres::Object, ApiError> {
         .pool
         .get()
         .await
-        .map_err(|e| ApiError::unavailable("the state database", e))
+        .map_err(|e| ApiError::unavailable("the state database", &e))
 }
 
 fn dberr(e: tokio_postgres::Error) -> ApiError {
-    ApiError::unavailable("the state database", crate::pgconn::describe(&e))
+    ApiError::unavailable("the state database", &e)
 }
 
 fn not_found(id: &str) -> ApiError {
