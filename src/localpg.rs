@@ -534,7 +534,6 @@ impl LocalPg {
     }
 
     fn write_settings(&self, owner: Option<(u32, u32)>) -> Result<(), LocalPgError> {
-        let path = self.data_dir.join(SETTINGS_FILE);
         let tls = if self.tls {
             "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n"
         } else {
@@ -559,14 +558,7 @@ impl LocalPg {
             port = self.port,
             socket_dir = conf_quote(&self.root.to_string_lossy()),
         );
-        fs::write(&path, text).map_err(|e| LocalPgError::io("write", &path, e))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-            .map_err(|e| LocalPgError::io("chmod", &path, e))?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
-                .map_err(|e| LocalPgError::io("chown", &path, e))?;
-        }
-        Ok(())
+        self.write_server_file(SETTINGS_FILE, &text, owner)
     }
 
     /// A detached `sh` that waits for this process to exit, then stops the

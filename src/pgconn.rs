@@ -779,9 +779,7 @@ fn client_config(tls: &TlsSettings) -> Result<rustls::ClientConfig, PgError> {
     let roots = Arc::new(root_store(&tls.roots())?);
     let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = match tls.effective_mode() {
         SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(NoVerification {
-            schemes: provider
-                .signature_verification_algorithms
-                .supported_schemes(),
+            algorithms: provider.signature_verification_algorithms,
         }),
         mode => {
             let webpki =
@@ -931,11 +929,13 @@ impl rustls::client::danger::ServerCertVerifier for Verification {
     }
 }
 
-/// `prefer` and `require`: encrypted, nothing verified (libpq's meaning:
-/// protects against eavesdropping, not against a server in the middle).
+/// `prefer` and `require`: encrypted, the certificate not verified
+/// (libpq's meaning: protects against eavesdropping, not against a server
+/// in the middle). The handshake's signatures are still checked, so the
+/// server holds the key of the certificate it shows.
 #[derive(Debug)]
 struct NoVerification {
-    schemes: Vec<rustls::SignatureScheme>,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
 }
 
 impl rustls::client::danger::ServerCertVerifier for NoVerification {
@@ -952,24 +952,24 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
 
     fn verify_tls12_signature(
         &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
         &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.schemes.clone()
+        self.algorithms.supported_schemes()
     }
 }
 

@@ -40,7 +40,7 @@ pub enum PipelineError {
     },
     #[error("setting up the publication and slot failed: {0}")]
     Setup(setup::SetupError),
-    #[error("preflight failed; refusing to start:\n{}", list(.0))]
+    #[error("preflight failed; refusing to start:\n{}", setup::lines(.0))]
     Preflight(Vec<Finding>),
     #[error(transparent)]
     Log(#[from] LogError),
@@ -52,14 +52,6 @@ pub enum PipelineError {
     Initial(#[from] crate::backfill::initial::InitialError),
     #[error("a pipeline task failed: {0}")]
     Task(String),
-}
-
-fn list(findings: &[Finding]) -> String {
-    findings
-        .iter()
-        .map(|f| f.to_string())
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// A running pipeline.

@@ -60,7 +60,7 @@ pub enum SetupError {
     Db(#[from] crate::pgconn::PgError),
     /// Publishing these tables would break the application's own writes;
     /// nothing was changed.
-    #[error("refusing to add tables to the publication (nothing was changed):\n{}", list(.0))]
+    #[error("refusing to add tables to the publication (nothing was changed):\n{}", lines(.0))]
     Refused(Vec<Finding>),
 }
 
@@ -70,7 +70,8 @@ impl From<tokio_postgres::Error> for SetupError {
     }
 }
 
-fn list(findings: &[Finding]) -> String {
+/// Findings one per line, as `check` prints them.
+pub fn lines(findings: &[Finding]) -> String {
     findings
         .iter()
         .map(|f| f.to_string())
