@@ -266,7 +266,12 @@ async fn subscribe(
                 .ok()
                 .and_then(|v| v.get("tenant").and_then(|t| t.as_str()).map(str::to_owned));
             let Some(tenant) = tenant else {
-                // An end-of-stream frame (shutdown, revoked, gap): not an event.
+                // An end-of-stream frame (shutdown, revoked, expired, gap,
+                // closed) names itself; the server closes the stream next.
+                if let Some(end) = frame.lines().find_map(|l| l.strip_prefix("event: ")) {
+                    let _ = out.send(ended(format!("{end} {data}"))).await;
+                    return;
+                }
                 continue;
             };
             let event = Received::Event {
