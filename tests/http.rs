@@ -24,12 +24,11 @@ const ITEMS: &str =
     "CREATE TABLE items (id int PRIMARY KEY, tenant text NOT NULL, color text, n int);
                      ALTER TABLE items REPLICA IDENTITY FULL;";
 
+/// Heartbeats after a second of silence, so tails and streams show them.
+const HEARTBEAT: &[(&str, &str)] = &[("SLUICE_HTTP_HEARTBEAT_SECS", "1")];
+
 async fn serve(db: &TestDb, extra: &[(&str, &str)]) -> (Server, CancellationToken) {
-    serve_items(
-        db,
-        &[&[("SLUICE_HTTP_HEARTBEAT_SECS", "1")], extra].concat(),
-    )
-    .await
+    serve_items(db, &[HEARTBEAT, extra].concat()).await
 }
 
 fn url_encode(s: &str) -> String {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use std::collections::BTreeMap;
 
 use common::selection::{filter_ok, topic_ok, FILTERS, TOPICS};
-use common::ws::{connect, recv, send, Ws};
+use common::ws::{close_code, connect, recv, send, Ws};
 use common::{key, key_and_info, serve_items, stop_server, TestDb, PATIENCE};
 use futures_util::{SinkExt, StreamExt};
 use rand::{Rng, SeedableRng};
@@ -29,12 +29,11 @@ async fn serve(db: &TestDb) -> (Server, CancellationToken) {
     serve_with(db, &[]).await
 }
 
+/// Connections that do not authenticate are closed after a second.
+const AUTH_TIMEOUT: &[(&str, &str)] = &[("SLUICE_WS_AUTH_TIMEOUT_SECS", "1")];
+
 async fn serve_with(db: &TestDb, extra: &[(&str, &str)]) -> (Server, CancellationToken) {
-    serve_items(
-        db,
-        &[&[("SLUICE_WS_AUTH_TIMEOUT_SECS", "1")], extra].concat(),
-    )
-    .await
+    serve_items(db, &[AUTH_TIMEOUT, extra].concat()).await
 }
 
 async fn next_line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> String {
@@ -230,18 +229,7 @@ async fn bad_frames_get_precise_errors_and_the_connection_stays_usable() {
     drop(ws);
     // No auth within the timeout: closed with 4001.
     let mut idle = connect(server.addr, "").await;
-    let closed = tokio::time::timeout(PATIENCE, async {
-        loop {
-            match idle.next().await {
-                Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
-                Some(Ok(_)) => continue,
-                other => panic!("expected a close frame, got {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("closed in time");
-    assert_eq!(closed, 4001);
+    assert_eq!(close_code(&mut idle).await, 4001);
     stop_server(server, token).await;
 }
 
@@ -498,18 +486,7 @@ async fn revoking_the_key_closes_its_connections_with_4003() {
     assert!(sluice::auth::keys::revoke_key(&c, info.id)
         .await
         .expect("revoke"));
-    let code = tokio::time::timeout(PATIENCE, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
-                Some(Ok(_)) => continue,
-                other => panic!("expected a close frame, got {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("closed in time");
-    assert_eq!(code, 4003);
+    assert_eq!(close_code(&mut ws).await, 4003);
     stop_server(server, token).await;
 }
 

@@ -41,3 +41,20 @@ pub async fn recv(ws: &mut Ws) -> Value {
         }
     }
 }
+
+/// The code of the close frame that ends `ws`, any other message before it
+/// skipped; a connection dropped without one, or no close within the
+/// patience window, fails the test.
+pub async fn close_code(ws: &mut Ws) -> u16 {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("closed in time")
+}
