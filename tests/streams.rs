@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::http::{get, stream, stream_second, Stream};
+use common::http::{get, read_head, stream, stream_second, Stream};
 use common::{key, key_and_info, serve_items, stop_server, wait_for_events, TestDb, PATIENCE};
 use serde_json::{json, Value};
 use sluice::auth::keys::revoke_key;
@@ -457,27 +457,10 @@ async fn raw_answer(
         .write_all(format!("{head}\r\n\r\n").as_bytes())
         .await
         .expect("send the request");
-    let mut line = String::new();
-    sock.read_line(&mut line).await.expect("status line");
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {line:?}"));
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        sock.read_line(&mut line).await.expect("header");
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let (k, v) = l.split_once(':').expect("a header");
-        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-    }
+    let (status, headers) = read_head(sock).await;
     let len: usize = headers
         .iter()
-        .find(|(k, _)| k == "content-length")
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or_else(|| panic!("answer {status} without content-length: {headers:?}"));
     let mut body = vec![0u8; len];
@@ -502,7 +485,7 @@ async fn answer_to(addr: std::net::SocketAddr, before: Option<&str>, head: &str)
     assert!(
         headers
             .iter()
-            .any(|(k, v)| k == "content-type" && v == "application/json"),
+            .any(|(k, v)| k.eq_ignore_ascii_case("content-type") && v == "application/json"),
         "{status}: {headers:?}"
     );
     let v: Value = serde_json::from_slice(&body).unwrap_or_else(|e| {
