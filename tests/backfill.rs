@@ -6,7 +6,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{all_events, TestDb, PATIENCE};
+use common::proc::run_cli;
+use common::{all_events, poll_until, start_pipeline, stop_pipeline, TestDb, PATIENCE};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use sluice::backfill::{self, Request};
@@ -38,13 +39,9 @@ fn seed() -> u64 {
     seed
 }
 
+/// The pipeline capturing `public.items`.
 async fn start(db: &TestDb) -> (Pipeline, CancellationToken) {
-    let config = db.config(&[("public.items", "tenant")]);
-    let token = CancellationToken::new();
-    let running = pipeline::start(&config, token.clone(), None)
-        .await
-        .expect("pipeline starts");
-    (running, token)
+    start_pipeline(&db.config(&[("public.items", "tenant")])).await
 }
 
 /// Random updates (`n` only grows), deletes and inserts of new ids, until
@@ -99,22 +96,22 @@ async fn drained(c: &tokio_postgres::Client) {
     )
     .await
     .expect("marker");
-    let start = Instant::now();
-    loop {
+    let custom = format!("custom.{tag}");
+    let custom = &custom;
+    poll_until(PATIENCE, Duration::from_millis(100), || async move {
         let found: bool = c
             .query_one(
                 "SELECT exists(SELECT 1 FROM sluice.events WHERE type = $1)",
-                &[&format!("custom.{tag}")],
+                &[custom],
             )
             .await
             .expect("query")
             .get(0);
-        if found {
-            return;
-        }
-        assert!(start.elapsed() < PATIENCE, "the log never caught up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        found
+            .then_some(())
+            .ok_or("the log never caught up".to_owned())
+    })
+    .await
 }
 
 /// Replays the log's events of `items` in seq order and checks it against
@@ -210,18 +207,15 @@ async fn backfill_items(db: &TestDb, c: &tokio_postgres::Client, chunk: i32) -> 
 }
 
 async fn wait_done(state: &tokio_postgres::Client, id: i64) -> backfill::Backfill {
-    let start = Instant::now();
-    loop {
+    poll_until(PATIENCE * 3, Duration::from_millis(100), || async move {
         let b = backfill::get(state, id).await.expect("backfill");
         if b.status != "running" {
-            return b;
+            Ok(b)
+        } else {
+            Err(format!("backfill never finished: {b:?}"))
         }
-        assert!(
-            start.elapsed() < PATIENCE * 3,
-            "backfill never finished: {b:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,8 +238,7 @@ async fn a_backfill_under_concurrent_writes_replays_to_the_tables_content() {
     assert!(snapshots > 90_000, "{snapshots} snapshot events");
     assert!(done.rows_read >= 90_000, "{done:?}");
     assert!(done.first_seq.is_some());
-    token.cancel();
-    running.wait().await.expect("stops");
+    stop_pipeline(running, token).await;
 }
 
 /// A chunk's snapshot waits for every writer in flight, Sluice's own
@@ -281,8 +274,7 @@ async fn a_chunk_waits_for_a_writer_that_names_itself_like_the_appender() {
     // Row 7's update committed inside its chunk's window, so its change
     // event stands for it and the chunk leaves its snapshot out.
     assert_eq!(replay_matches_table(&c).await, 99);
-    token.cancel();
-    running.wait().await.expect("stops");
+    stop_pipeline(running, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,10 +294,7 @@ async fn an_initial_snapshot_precedes_every_change_and_replays_to_the_tables_con
             r#"[{table="public.items", tenant_column="tenant", snapshot="initial"}]"#,
         )],
     );
-    let token = CancellationToken::new();
-    let running = pipeline::start(&config, token.clone(), None)
-        .await
-        .expect("pipeline starts");
+    let (running, token) = start_pipeline(&config).await;
     let initial = backfill::list(&c)
         .await
         .expect("list")
@@ -346,43 +335,26 @@ async fn an_initial_snapshot_precedes_every_change_and_replays_to_the_tables_con
         last_snapshot, snapshots as i64,
         "the snapshot is the log's beginning"
     );
-    token.cancel();
-    running.wait().await.expect("stops");
-}
-
-fn run_cli(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = common::proc::sluice()
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run sluice");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    stop_pipeline(running, token).await;
 }
 
 async fn slot_active(c: &tokio_postgres::Client, db: &TestDb) {
     let slot = format!("slot_{}", db.name);
-    let start = Instant::now();
-    loop {
+    let slot = &slot;
+    poll_until(PATIENCE, Duration::from_millis(100), || async move {
         let active = c
             .query_opt(
                 "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
+                &[slot],
             )
             .await
             .expect("slot")
             .is_some_and(|r| r.get::<_, bool>(0));
-        if active {
-            return;
-        }
-        assert!(start.elapsed() < PATIENCE, "the source never streamed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        active
+            .then_some(())
+            .ok_or("the source never streamed".to_owned())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -415,15 +387,15 @@ async fn killed_during_a_backfill_it_resumes_and_completes() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no id in {out:?}"));
     // Kill it part-way.
-    let start = Instant::now();
-    loop {
+    poll_until(PATIENCE, Duration::from_millis(20), || async {
         let b = backfill::get(&c, id).await.expect("get");
         if b.chunks >= 8 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("no progress: {b:?}"))
         }
-        assert!(start.elapsed() < PATIENCE, "no progress: {b:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     drop(child); // SIGKILL
     let part = backfill::get(&c, id).await.expect("get");
     assert_eq!(part.status, "running");
@@ -731,10 +703,7 @@ async fn predicates_that_try_to_escape_are_refused_or_harmless_and_never_escape_
     let c = db.client().await;
     c.batch_execute(ORDERS).await.expect("ddl");
     let config = db.config(&[("public.orders", "tenant")]);
-    let token = CancellationToken::new();
-    let running = pipeline::start(&config, token.clone(), None)
-        .await
-        .expect("pipeline starts");
+    let (running, token) = start_pipeline(&config).await;
 
     // Harmless: whatever they say, they are one boolean expression.
     let mut expected_snapshots: BTreeMap<i64, usize> = BTreeMap::new();
@@ -856,8 +825,7 @@ async fn predicates_that_try_to_escape_are_refused_or_harmless_and_never_escape_
         .expect("nextval")
         .get(0);
     assert_eq!(next, 1, "no predicate ran");
-    token.cancel();
-    running.wait().await.expect("stops");
+    stop_pipeline(running, token).await;
 }
 
 /// The runner applies the same rules to a backfill recorded without
@@ -869,10 +837,7 @@ async fn a_backfill_recorded_by_sql_is_checked_by_the_runner_too() {
     let c = db.client().await;
     c.batch_execute(ORDERS).await.expect("ddl");
     let config = db.config(&[("public.orders", "tenant")]);
-    let token = CancellationToken::new();
-    let running = pipeline::start(&config, token.clone(), None)
-        .await
-        .expect("pipeline starts");
+    let (running, token) = start_pipeline(&config).await;
     let insert = |predicate: &'static str| {
         let c = &c;
         async move {
@@ -899,8 +864,7 @@ async fn a_backfill_recorded_by_sql_is_checked_by_the_runner_too() {
     let done = wait_done(&c, escaping).await;
     assert_eq!(done.status, "done", "{done:?}");
     assert_eq!(done.rows_read, 300, "{done:?}");
-    token.cancel();
-    running.wait().await.expect("stops");
+    stop_pipeline(running, token).await;
 }
 
 /// A STABLE function that sleeps: a predicate calling it makes a chunk
@@ -911,8 +875,12 @@ const SLOW: &str = "CREATE FUNCTION slow(int) RETURNS boolean LANGUAGE plpgsql S
 /// Waits until `sluice-backfill`'s chunk query on the source is running
 /// (`true`) or gone (`false`).
 async fn chunk_query_running(c: &tokio_postgres::Client, db: &TestDb, running: bool) {
-    let start = Instant::now();
-    loop {
+    let not_yet = if running {
+        "the chunk query is not running"
+    } else {
+        "the chunk query is still running"
+    };
+    poll_until(PATIENCE, Duration::from_millis(100), || async move {
         let n: i64 = c
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = $1
@@ -922,20 +890,9 @@ async fn chunk_query_running(c: &tokio_postgres::Client, db: &TestDb, running: b
             .await
             .expect("pg_stat_activity")
             .get(0);
-        if (n > 0) == running {
-            return;
-        }
-        assert!(
-            start.elapsed() < PATIENCE,
-            "the chunk query is {} after {PATIENCE:?}",
-            if running {
-                "not running"
-            } else {
-                "still running"
-            }
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        ((n > 0) == running).then_some(()).ok_or(not_yet.to_owned())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -964,8 +921,7 @@ async fn cancelling_a_backfill_cancels_its_slow_chunk_query_and_the_next_backfil
         "cancelled",
         "the cancelled backfill stays cancelled"
     );
-    token.cancel();
-    running.wait().await.expect("stops");
+    stop_pipeline(running, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1012,10 +968,7 @@ async fn a_chunk_query_past_the_statement_timeout_fails_its_backfill_saying_so()
             "300",
         )],
     );
-    let token = CancellationToken::new();
-    let running = pipeline::start(&config, token.clone(), None)
-        .await
-        .expect("pipeline starts");
+    let (running, token) = start_pipeline(&config).await;
     let slow = backfill_where(&db, &c, "public.items", "tenant", "slow(id)", 10)
         .await
         .expect("create");
@@ -1027,8 +980,7 @@ async fn a_chunk_query_past_the_statement_timeout_fails_its_backfill_saying_so()
         "{error}"
     );
     chunk_query_running(&c, &db, false).await;
-    token.cancel();
-    running.wait().await.expect("stops");
+    stop_pipeline(running, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1097,19 +1049,16 @@ async fn check_setup_serve_takes_the_initial_snapshot_once() {
     assert_eq!(code, Some(0), "setup: {out}{err}");
     let child = common::proc::serve(&config);
     slot_active(&c, &db).await;
-    let start = Instant::now();
-    let initial = loop {
-        let found = backfill::list(&c)
+    let initial = poll_until(PATIENCE, Duration::from_millis(100), || async {
+        backfill::list(&c)
             .await
             .expect("list")
             .into_iter()
-            .find(|b| b.kind == "initial");
-        if let Some(b) = found.filter(|b| b.status != "running") {
-            break b;
-        }
-        assert!(start.elapsed() < PATIENCE, "no initial snapshot ran");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+            .find(|b| b.kind == "initial")
+            .filter(|b| b.status != "running")
+            .ok_or("no initial snapshot ran".to_owned())
+    })
+    .await;
     assert_eq!(initial.status, "done", "{initial:?}");
     drained(&c).await;
     let once: BTreeMap<i64, usize> = (1..=1000).map(|id| (id, 1)).collect();
@@ -1148,10 +1097,7 @@ async fn a_text_key_with_its_own_collation_is_read_once_in_its_order() {
     .await
     .expect("ddl");
     let config = db.config(&[("public.words", "tenant")]);
-    let token = CancellationToken::new();
-    let running = pipeline::start(&config, token.clone(), None)
-        .await
-        .expect("pipeline starts");
+    let (running, token) = start_pipeline(&config).await;
     let b = backfill_where(&db, &c, "public.words", "tenant", "id <> 'zzz'", 3)
         .await
         .expect("create");
@@ -1166,8 +1112,7 @@ async fn a_text_key_with_its_own_collation_is_read_once_in_its_order() {
         .filter_map(|e| e["data"]["key"]["id"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(order, ["a", "B", "c", "D", "e", "F", "g", "H"]);
-    token.cancel();
-    running.wait().await.expect("stops");
+    stop_pipeline(running, token).await;
 }
 
 /// A table added to the config later with `snapshot = "initial"` (the slot
@@ -1186,8 +1131,7 @@ async fn a_table_configured_initial_later_is_snapshotted_once() {
     .await
     .expect("ddl");
     let (running, token) = start(&db).await;
-    token.cancel();
-    running.wait().await.expect("stops");
+    stop_pipeline(running, token).await;
     let config = db.config_with(
         &[("public.items", "tenant")],
         &[(
@@ -1197,10 +1141,7 @@ async fn a_table_configured_initial_later_is_snapshotted_once() {
         )],
     );
     for _ in 0..2 {
-        let token = CancellationToken::new();
-        let running = pipeline::start(&config, token.clone(), None)
-            .await
-            .expect("pipeline starts");
+        let (running, token) = start_pipeline(&config).await;
         let start = Instant::now();
         loop {
             let initial: Vec<_> = backfill::list(&c)
@@ -1221,7 +1162,6 @@ async fn a_table_configured_initial_later_is_snapshotted_once() {
         let once: BTreeMap<i64, usize> = (1..=200).map(|id| (id, 1)).collect();
         assert_eq!(snapshots_per_id(&c, "public.more").await, once);
         assert!(snapshots_per_id(&c, "public.items").await.is_empty());
-        token.cancel();
-        running.wait().await.expect("stops");
+        stop_pipeline(running, token).await;
     }
 }

@@ -69,6 +69,22 @@ fn fails(url: &str, args: &[&str]) -> String {
     err
 }
 
+/// Creates the login role `role` unless the cluster has it, runs `sql` in
+/// `db` as the superuser, and returns the URL that logs in to `db` as
+/// `role` over TCP.
+fn url_as_role(db: &TestDb, role: &str, sql: &str) -> String {
+    let pg = common::cluster();
+    pg.psql(
+        &db.name,
+        &format!(
+            "DO $$ BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             {sql}"
+        ),
+    )
+    .expect("ddl");
+    format!("postgres://{role}@127.0.0.1:{}/{}", pg.port(), db.name)
+}
+
 #[test]
 fn a_wrong_password_is_reported_in_the_servers_words_by_check_setup_keys_and_serve() {
     password_role();
@@ -111,18 +127,15 @@ fn a_missing_database_is_named_by_setup_and_keys() {
 #[test]
 fn setup_as_a_role_that_does_not_own_the_table_says_it_must_be_owner() {
     let db = TestDb::new("err_owner");
-    let pg = common::cluster();
-    pg.psql(
-        &db.name,
+    let url = url_as_role(
+        &db,
+        "not_owner",
         &format!(
             "CREATE TABLE todos (id int PRIMARY KEY, tenant text);
-             DO $$ BEGIN CREATE ROLE not_owner LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
              GRANT CREATE ON DATABASE {} TO not_owner",
             db.name
         ),
-    )
-    .expect("ddl");
-    let url = format!("postgres://not_owner@127.0.0.1:{}/{}", pg.port(), db.name);
+    );
     let err = fails(&url, &["setup"]);
     assert!(
         err.contains("must be owner of table todos") && err.contains("publication"),
@@ -133,17 +146,11 @@ fn setup_as_a_role_that_does_not_own_the_table_says_it_must_be_owner() {
 #[test]
 fn a_role_without_connect_privilege_gets_the_servers_message_and_detail() {
     let db = TestDb::new("err_connect");
-    let pg = common::cluster();
-    pg.psql(
-        &db.name,
-        &format!(
-            "DO $$ BEGIN CREATE ROLE no_connect LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-             REVOKE CONNECT ON DATABASE {} FROM PUBLIC",
-            db.name
-        ),
-    )
-    .expect("ddl");
-    let url = format!("postgres://no_connect@127.0.0.1:{}/{}", pg.port(), db.name);
+    let url = url_as_role(
+        &db,
+        "no_connect",
+        &format!("REVOKE CONNECT ON DATABASE {} FROM PUBLIC", db.name),
+    );
     let err = fails(&url, &["keys", "list"]);
     assert!(
         err.contains(&format!("permission denied for database \"{}\"", db.name))

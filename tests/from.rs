@@ -12,59 +12,24 @@ use std::time::Duration;
 
 use common::http::{get, stream};
 use common::receiver::{Answer, Receiver};
-use common::{proc, wait_for_events, TestDb, PATIENCE};
-use futures_util::{SinkExt, StreamExt};
+use common::ws::{connect, recv, send, Ws};
+use common::{key, proc, wait_for_events, TestDb, PATIENCE};
 use serde_json::{json, Value};
-use sluice::auth::keys::create_key;
 use sluice::auth::Role;
-use sluice::event::TenantId;
-use tokio_tungstenite::tungstenite::Message;
 
 const ITEMS: &str =
     "CREATE TABLE items (id int PRIMARY KEY, tenant text NOT NULL, color text, n int);
                      ALTER TABLE items REPLICA IDENTITY FULL;";
 
-async fn key(db: &TestDb, tenant: &str, role: Role) -> String {
-    let c = db.client().await;
-    create_key(&c, Some(&TenantId::new(tenant).expect("valid")), role, None)
-        .await
-        .expect("key")
-        .1
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// The next JSON text message (pings are answered by the client library).
-async fn recv(ws: &mut Ws) -> Value {
-    loop {
-        let m = tokio::time::timeout(PATIENCE, ws.next())
-            .await
-            .expect("a message in time")
-            .expect("connection open")
-            .expect("frame");
-        match m {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("json"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
-}
-
 /// A WebSocket authenticated with `anon`.
 async fn ws(addr: std::net::SocketAddr, anon: &str) -> Ws {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws?apikey={anon}"))
-        .await
-        .expect("websocket connects");
+    let mut ws = connect(addr, &format!("?apikey={anon}")).await;
     assert_eq!(recv(&mut ws).await["type"], "auth_ok");
     ws
 }
 
 async fn ws_subscribe(ws: &mut Ws, id: &str, from: i64) -> Value {
-    let m = json!({"type": "subscribe", "id": id, "from": from});
-    ws.send(Message::Text(m.to_string().into()))
-        .await
-        .expect("send");
+    send(ws, json!({"type": "subscribe", "id": id, "from": from})).await;
     recv(ws).await
 }
 
@@ -213,13 +178,7 @@ async fn from_zero_is_the_start_on_every_transport_and_a_gap_only_once_pruned() 
         got.push(m["event"]["seq"].as_i64().expect("seq"));
     }
     assert_eq!(got, all, "WebSocket");
-    sock.send(Message::Text(
-        json!({"type": "unsubscribe", "id": "zero"})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .expect("send");
+    send(&mut sock, json!({"type": "unsubscribe", "id": "zero"})).await;
     assert_eq!(recv(&mut sock).await["type"], "unsubscribed");
     let rx = Receiver::start(Arc::new(|_, _| Answer::Status(200))).await;
     let endpoint = reqwest::Client::new()

@@ -10,44 +10,25 @@ use std::time::Duration;
 
 use common::http::{get, request, stream, stream_second, Stream};
 use common::selection::{filter_ok, topic_ok, FILTERS, TOPICS};
-use common::{all_events, wait_for_events, TestDb, PATIENCE};
+use common::{
+    all_events, key, key_and_info, serve_items, stop_server, wait_for_events, TestDb, PATIENCE,
+};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use sluice::auth::keys::create_key;
 use sluice::auth::Role;
-use sluice::event::TenantId;
-use sluice::server::{self, Server};
+use sluice::server::Server;
 use tokio_util::sync::CancellationToken;
 
 const ITEMS: &str =
     "CREATE TABLE items (id int PRIMARY KEY, tenant text NOT NULL, color text, n int);
                      ALTER TABLE items REPLICA IDENTITY FULL;";
 
+/// Heartbeats after a second of silence, so tails and streams show them.
+const HEARTBEAT: &[(&str, &str)] = &[("SLUICE_HTTP_HEARTBEAT_SECS", "1")];
+
 async fn serve(db: &TestDb, extra: &[(&str, &str)]) -> (Server, CancellationToken) {
-    let mut env = vec![
-        ("SLUICE_HTTP_LISTEN", "127.0.0.1:0"),
-        ("SLUICE_HTTP_HEARTBEAT_SECS", "1"),
-    ];
-    env.extend_from_slice(extra);
-    let config = db.config_with(&[("public.items", "tenant")], &env);
-    let token = CancellationToken::new();
-    let server = server::start(config, token.clone())
-        .await
-        .expect("server starts");
-    (server, token)
-}
-
-async fn stop(server: Server, token: CancellationToken) {
-    token.cancel();
-    server.wait().await.expect("server stops cleanly");
-}
-
-async fn key(db: &TestDb, tenant: &str, role: Role) -> String {
-    let c = db.client().await;
-    create_key(&c, Some(&TenantId::new(tenant).expect("valid")), role, None)
-        .await
-        .expect("create key")
-        .1
+    serve_items(db, &[HEARTBEAT, extra].concat()).await
 }
 
 fn url_encode(s: &str) -> String {
@@ -91,7 +72,7 @@ async fn python_sse_client_resumes_with_last_event_id_exactly_once() {
         String::from_utf8_lossy(&out.stderr)
     );
     let received: Vec<Value> = serde_json::from_slice(&out.stdout).expect("client prints JSON");
-    stop(server, token).await;
+    stop_server(server, token).await;
 
     let log = all_events(&c).await;
     let expected: Vec<i64> = log
@@ -237,7 +218,7 @@ async fn randomized_subscribers_get_exactly_their_tenants_matching_events() {
             sub.tenant, TOPICS[sub.topic], FILTERS[sub.filter]
         );
     }
-    stop(server, token).await;
+    stop_server(server, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,7 +274,7 @@ async fn a_slow_subscriber_catches_up_from_the_log_and_misses_nothing() {
         catchups >= 1.0,
         "the slow subscriber left the live path at least once:\n{text}"
     );
-    stop(server, token).await;
+    stop_server(server, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -367,7 +348,7 @@ async fn ndjson_exports_a_range_and_tails_from_a_seq() {
     };
     tokio::join!(writer, reader);
     assert_eq!(got, vec![18, 19, 20, 31, 32, 33, 34, 35]);
-    stop(server, token).await;
+    stop_server(server, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -477,7 +458,7 @@ async fn bad_input_gets_a_precise_4xx_and_the_service_keeps_going() {
     .await;
     assert_eq!(ok.status, 200);
     assert_eq!(ok.json()["events"], json!([]));
-    stop(server, token).await;
+    stop_server(server, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -512,7 +493,7 @@ async fn health_and_metrics_answer() {
     ] {
         assert!(m.contains(name), "metrics lack {name}:\n{m}");
     }
-    stop(server, token).await;
+    stop_server(server, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -521,14 +502,7 @@ async fn revoking_a_key_ends_its_open_stream_and_refuses_new_requests() {
     let c = db.client().await;
     c.batch_execute(ITEMS).await.expect("ddl");
     let (server, token) = serve(&db, &[("SLUICE_AUTH_REVOCATION_CHECK_SECS", "1")]).await;
-    let (info, anon) = create_key(
-        &c,
-        Some(&TenantId::new("acme").expect("valid")),
-        Role::Anon,
-        None,
-    )
-    .await
-    .expect("key");
+    let (info, anon) = key_and_info(&db, "acme", Role::Anon).await;
     let path = format!("/v1/events/subscribe?apikey={anon}");
     let mut s = stream(server.addr, &path, &[]).await;
     assert_eq!(s.status, 200);
@@ -553,7 +527,7 @@ async fn revoking_a_key_ends_its_open_stream_and_refuses_new_requests() {
     let again = get(server.addr, &path, &[]).await;
     assert_eq!(again.status, 401);
     assert_eq!(again.json()["error"]["code"], "revoked");
-    stop(server, token).await;
+    stop_server(server, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -588,7 +562,7 @@ async fn a_signed_jwt_subscribes_to_its_tenant_only() {
     let forged = format!("Bearer {}x", jwt);
     let r = get(server.addr, "/v1/events", &[("Authorization", &forged)]).await;
     assert_eq!(r.status, 401);
-    stop(server, token).await;
+    stop_server(server, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -618,7 +592,7 @@ async fn retention_prunes_in_seq_order_and_readers_get_an_explicit_gap() {
         .get(0);
     assert_eq!(left, 1, "only the event after the watermark remains");
     // A restart after everything old was pruned continues above the watermark.
-    stop(server, token).await;
+    stop_server(server, token).await;
     let watermark = sluice::log::retention::prune_once(&c, Duration::ZERO)
         .await
         .expect("prune");
@@ -653,7 +627,7 @@ async fn retention_prunes_in_seq_order_and_readers_get_an_explicit_gap() {
         .collect();
     assert_eq!(lines.len(), 1);
     assert!(lines[0].contains("\"seq\":12"));
-    stop(server, token).await;
+    stop_server(server, token).await;
 }
 
 /// A subscription that is a connection's first request is streamed by the
@@ -805,7 +779,7 @@ async fn cors_allows_the_configured_origins_only() {
     .await;
     assert_eq!(denied.status, 403);
     assert_eq!(denied.json()["error"]["code"], "origin_not_allowed");
-    stop(server, token).await;
+    stop_server(server, token).await;
 }
 
 /// A subscription opened while its events are being appended (committed in
@@ -840,7 +814,7 @@ async fn streams_opened_during_an_append_miss_nothing() {
         }
         assert_eq!(ids, (1..=i).collect::<Vec<_>>(), "round {i}");
     }
-    stop(server, token).await;
+    stop_server(server, token).await;
 }
 
 /// Snapshot events are stored as record batches (one row per tenant and up
@@ -1023,5 +997,5 @@ async fn snapshot_events_in_record_batches_reach_every_reader_one_by_one() {
         }
     }
     drop((from_first, sse));
-    stop(server, token).await;
+    stop_server(server, token).await;
 }

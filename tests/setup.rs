@@ -6,22 +6,8 @@ mod common;
 
 use std::path::Path;
 
+use common::proc::run_cli;
 use common::TestDb;
-
-fn run_cli(config: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = common::proc::sluice()
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run sluice");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// A config for `url` capturing `tables` (`schema.table`, `tenant`).
 fn config(dir: &Path, db: &TestDb, url: &str, tables: &[&str]) -> std::path::PathBuf {

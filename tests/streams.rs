@@ -7,13 +7,12 @@
 
 mod common;
 
-use common::http::{get, stream, stream_second, Stream};
-use common::{wait_for_events, TestDb, PATIENCE};
+use common::http::{get, read_head, stream, stream_second, Stream};
+use common::{key, key_and_info, serve_items, stop_server, wait_for_events, TestDb, PATIENCE};
 use serde_json::{json, Value};
-use sluice::auth::keys::{create_key, revoke_key};
+use sluice::auth::keys::revoke_key;
 use sluice::auth::{KeyInfo, Role};
-use sluice::event::TenantId;
-use sluice::server::{self, Server};
+use sluice::server::Server;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -23,32 +22,27 @@ const ITEMS: &str =
 
 const SECRET: &str = "a-test-secret-that-is-at-least-32-bytes-long";
 
+/// Every stream here re-checks its credential each second, and keepalives
+/// follow a second of silence unless a test says otherwise.
+const STREAMS: &[(&str, &str)] = &[
+    ("SLUICE_HTTP_HEARTBEAT_SECS", "1"),
+    ("SLUICE_AUTH_REVOCATION_CHECK_SECS", "1"),
+    ("SLUICE_AUTH_JWT_HS256_SECRET", SECRET),
+];
+
 async fn serve(db: &TestDb, extra: &[(&str, &str)]) -> (Server, CancellationToken) {
-    let mut env = vec![
-        ("SLUICE_HTTP_LISTEN", "127.0.0.1:0"),
-        ("SLUICE_HTTP_HEARTBEAT_SECS", "1"),
-        ("SLUICE_AUTH_REVOCATION_CHECK_SECS", "1"),
-        ("SLUICE_AUTH_JWT_HS256_SECRET", SECRET),
-    ];
-    env.extend_from_slice(extra);
-    let config = db.config_with(&[("public.items", "tenant")], &env);
-    let token = CancellationToken::new();
-    let server = server::start(config, token.clone())
-        .await
-        .expect("server starts");
-    (server, token)
+    serve_items(db, &[STREAMS, extra].concat()).await
 }
 
-async fn stop(server: Server, token: CancellationToken) {
-    token.cancel();
-    server.wait().await.expect("server stops cleanly");
-}
-
-async fn key(db: &TestDb, tenant: &str, role: Role) -> (KeyInfo, String) {
-    let c = db.client().await;
-    create_key(&c, Some(&TenantId::new(tenant).expect("valid")), role, None)
+/// Writes acme's row 1, waits until it is seq 1 in the log, and returns a
+/// new anon key for acme (its record and secret).
+async fn anon_key_after_one_event(db: &TestDb, c: &tokio_postgres::Client) -> (KeyInfo, String) {
+    let anon = key_and_info(db, "acme", Role::Anon).await;
+    c.batch_execute("INSERT INTO items VALUES (1, 'acme', 'red', 1)")
         .await
-        .expect("create key")
+        .expect("write");
+    wait_for_events(c, 1).await;
+    anon
 }
 
 fn jwt(tenant: &str, exp: i64) -> String {
@@ -99,11 +93,7 @@ async fn an_ndjson_tail_ends_with_a_revoked_line_when_its_anon_key_is_revoked() 
     let c = db.client().await;
     c.batch_execute(ITEMS).await.expect("ddl");
     let (server, token) = serve(&db, &[]).await;
-    let (info, anon) = key(&db, "acme", Role::Anon).await;
-    c.batch_execute("INSERT INTO items VALUES (1, 'acme', 'red', 1)")
-        .await
-        .expect("write");
-    wait_for_events(&c, 1).await;
+    let (info, anon) = anon_key_after_one_event(&db, &c).await;
     let path = format!("/v1/events?format=ndjson&follow=true&from=1&apikey={anon}");
     let mut tail = stream(server.addr, &path, &[]).await;
     assert_eq!(tail.status, 200);
@@ -132,7 +122,7 @@ async fn an_ndjson_tail_ends_with_a_revoked_line_when_its_anon_key_is_revoked() 
     );
     let again = get(server.addr, &path, &[]).await;
     assert_eq!(again.status, 401);
-    stop(server, token).await;
+    stop_server(server, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,7 +162,7 @@ async fn an_ndjson_tail_ends_with_an_expired_line_when_its_jwt_expires() {
     .await;
     assert_eq!(again.status, 401);
     assert_eq!(again.json()["error"]["code"], "expired");
-    stop(server, token).await;
+    stop_server(server, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,7 +185,7 @@ async fn an_sse_stream_ends_with_an_expired_frame_when_its_jwt_expires() {
     assert_eq!(data["code"], "expired");
     assert!(data["resume_from"].as_i64().is_some(), "{data}");
     assert!(s.next_event().await.is_none(), "the stream ends");
-    stop(server, token).await;
+    stop_server(server, token).await;
 }
 
 /// Reads SSE blocks until `want` keepalive comments came; fails after the
@@ -222,7 +212,7 @@ async fn idle_streams_get_keepalives_when_credential_checks_are_more_frequent() 
     c.batch_execute(ITEMS).await.expect("ddl");
     // Re-checks every second; keepalives after two seconds of silence.
     let (server, token) = serve(&db, &[("SLUICE_HTTP_HEARTBEAT_SECS", "2")]).await;
-    let (_, anon) = key(&db, "acme", Role::Anon).await;
+    let anon = key(&db, "acme", Role::Anon).await;
     let path = format!("/v1/events/subscribe?apikey={anon}");
     // The lean path (first request of a connection) and axum's (after
     // another request on a kept-alive connection).
@@ -244,7 +234,7 @@ async fn idle_streams_get_keepalives_when_credential_checks_are_more_frequent() 
             heartbeats += 1;
         }
     });
-    stop(server, token).await;
+    stop_server(server, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,11 +243,7 @@ async fn message_mode_frames_have_no_event_line_and_end_frames_keep_their_names(
     let c = db.client().await;
     c.batch_execute(ITEMS).await.expect("ddl");
     let (server, token) = serve(&db, &[]).await;
-    let (info, anon) = key(&db, "acme", Role::Anon).await;
-    c.batch_execute("INSERT INTO items VALUES (1, 'acme', 'red', 1)")
-        .await
-        .expect("write");
-    wait_for_events(&c, 1).await;
+    let (info, anon) = anon_key_after_one_event(&db, &c).await;
     let typed = format!("/v1/events/subscribe?apikey={anon}&from=1");
     let message = format!("{typed}&mode=message");
     let mut t = stream(server.addr, &typed, &[]).await;
@@ -278,7 +264,7 @@ async fn message_mode_frames_have_no_event_line_and_end_frames_keep_their_names(
         assert_eq!(end.event.as_deref(), Some("revoked"), "{end:?}");
         assert!(s.next_event().await.is_none(), "the stream ends");
     }
-    let (_, anon2) = key(&db, "acme", Role::Anon).await;
+    let anon2 = key(&db, "acme", Role::Anon).await;
     let bad = get(
         server.addr,
         &format!("/v1/events/subscribe?apikey={anon2}&mode=plain"),
@@ -287,7 +273,7 @@ async fn message_mode_frames_have_no_event_line_and_end_frames_keep_their_names(
     .await;
     assert_eq!(bad.status, 400);
     assert_eq!(bad.json()["error"]["param"], "mode");
-    stop(server, token).await;
+    stop_server(server, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,7 +282,7 @@ async fn python_sse_client_gets_message_mode_events_as_message_and_the_revoked_e
     let c = db.client().await;
     c.batch_execute(ITEMS).await.expect("ddl");
     let (server, token) = serve(&db, &[]).await;
-    let (info, anon) = key(&db, "acme", Role::Anon).await;
+    let (info, anon) = key_and_info(&db, "acme", Role::Anon).await;
     c.batch_execute(
         "INSERT INTO items SELECT g, 'acme', 'red', g FROM generate_series(1, 3) g;
          UPDATE items SET n = 10 WHERE id = 2;",
@@ -335,7 +321,7 @@ async fn python_sse_client_gets_message_mode_events_as_message_and_the_revoked_e
         "python client failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    stop(server, token).await;
+    stop_server(server, token).await;
     assert_eq!(received.len(), 5, "{received:?}");
     for (i, r) in received[..4].iter().enumerate() {
         assert_eq!(r["event"], "message", "{r}");
@@ -357,7 +343,7 @@ async fn filters_work_on_json_pages_exports_and_tails_and_pages_move_past_skippe
     // A page reads at most 4 log rows: a selective filter leaves pages
     // short, or empty, while next_from still moves.
     let (server, token) = serve(&db, &[("SLUICE_HTTP_PAGE_LIMIT", "4")]).await;
-    let (_, anon) = key(&db, "acme", Role::Anon).await;
+    let anon = key(&db, "acme", Role::Anon).await;
     c.batch_execute(
         "INSERT INTO items SELECT g, CASE WHEN g % 7 = 0 THEN 'globex' ELSE 'acme' END,
                 CASE WHEN g % 5 = 0 THEN 'red' ELSE 'blue' END, g
@@ -458,7 +444,7 @@ async fn filters_work_on_json_pages_exports_and_tails_and_pages_move_past_skippe
     .await;
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"]["param"], "filter");
-    stop(server, token).await;
+    stop_server(server, token).await;
 }
 
 /// Sends `head` (a request line and headers, without the final CRLF) on
@@ -471,27 +457,10 @@ async fn raw_answer(
         .write_all(format!("{head}\r\n\r\n").as_bytes())
         .await
         .expect("send the request");
-    let mut line = String::new();
-    sock.read_line(&mut line).await.expect("status line");
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {line:?}"));
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        sock.read_line(&mut line).await.expect("header");
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let (k, v) = l.split_once(':').expect("a header");
-        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-    }
+    let (status, headers) = read_head(sock).await;
     let len: usize = headers
         .iter()
-        .find(|(k, _)| k == "content-length")
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or_else(|| panic!("answer {status} without content-length: {headers:?}"));
     let mut body = vec![0u8; len];
@@ -516,7 +485,7 @@ async fn answer_to(addr: std::net::SocketAddr, before: Option<&str>, head: &str)
     assert!(
         headers
             .iter()
-            .any(|(k, v)| k == "content-type" && v == "application/json"),
+            .any(|(k, v)| k.eq_ignore_ascii_case("content-type") && v == "application/json"),
         "{status}: {headers:?}"
     );
     let v: Value = serde_json::from_slice(&body).unwrap_or_else(|e| {
@@ -534,7 +503,7 @@ async fn over_long_queries_and_heads_get_the_json_error_on_first_and_later_reque
     let c = db.client().await;
     c.batch_execute(ITEMS).await.expect("ddl");
     let (server, token) = serve(&db, &[]).await;
-    let (_, anon) = key(&db, "acme", Role::Anon).await;
+    let anon = key(&db, "acme", Role::Anon).await;
     let query = |n: usize| format!("apikey={anon}&topic={}", "x".repeat(n));
     let get_line = |path: String| format!("GET {path} HTTP/1.1\r\nHost: sluice");
     for before in [None, Some("/livez")] {
@@ -583,7 +552,7 @@ async fn over_long_queries_and_heads_get_the_json_error_on_first_and_later_reque
     }
     // The server goes on serving.
     assert_eq!(get(server.addr, "/livez", &[]).await.status, 200);
-    stop(server, token).await;
+    stop_server(server, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -623,5 +592,5 @@ async fn a_websocket_authenticated_by_message_closes_with_4003_when_its_jwt_expi
     .await
     .expect("closed within the patience window");
     assert_eq!(code, 4003);
-    stop(server, token).await;
+    stop_server(server, token).await;
 }

@@ -269,6 +269,28 @@ fn check_with(url: &str, db: &str) -> Output {
     run(sluice().arg("--config").arg(&config).arg("check"))
 }
 
+/// `sluice check` through `url` must exit with `code`; returns its stderr.
+fn check_exits(url: &str, db: &str, code: i32) -> String {
+    let out = check_with(url, db);
+    let err = stderr(&out);
+    println!("{err}");
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    err
+}
+
+/// `sluice check` through `url` gets as far as reading the server's
+/// settings: the connection works (check may still fail on the missing
+/// publication).
+fn check_connects(url: &str, db: &str) {
+    let out = check_with(url, db);
+    assert!(
+        stdout(&out).contains("wal_level: logical"),
+        "{url}: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
 #[test]
 fn verify_full_against_the_wrong_ca_fails_saying_certificate_verification() {
     let db = items_db("tls_wrong_ca");
@@ -277,10 +299,7 @@ fn verify_full_against_the_wrong_ca_fails_saying_certificate_verification() {
         tls().pg.port(),
         tls().other_ca.display()
     );
-    let out = check_with(&url, &db);
-    let err = stderr(&out);
-    println!("{err}");
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = check_exits(&url, &db, 1);
     assert!(
         err.contains("certificate failed verification") && err.contains("UnknownIssuer"),
         "{err}"
@@ -297,10 +316,7 @@ fn verify_full_with_a_host_name_the_certificate_does_not_name_fails_saying_so() 
         tls().pg.port(),
         tls().ca.display()
     );
-    let out = check_with(&url, &db);
-    let err = stderr(&out);
-    println!("{err}");
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = check_exits(&url, &db, 1);
     assert!(
         err.contains("certificate failed verification")
             && err.contains("not valid for name")
@@ -317,14 +333,8 @@ fn verify_ca_accepts_a_host_name_the_certificate_does_not_name() {
         tls().pg.port(),
         tls().ca.display()
     );
-    let out = check_with(&url, &db);
     // The connection works; check fails only on the missing publication.
-    assert!(
-        stdout(&out).contains("wal_level: logical"),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    check_connects(&url, &db);
 }
 
 #[test]
@@ -334,9 +344,7 @@ fn disable_against_a_hostssl_only_server_fails_with_the_servers_no_encryption_me
         "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
         tls().pg.port()
     );
-    let out = check_with(&url, &db);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = check_exits(&url, &db, 1);
     assert!(
         err.contains("no pg_hba.conf entry for host") && err.contains("no encryption"),
         "{err}"
@@ -353,13 +361,7 @@ fn prefer_and_the_default_use_tls_when_the_server_offers_it() {
         ),
         format!("postgres://postgres@127.0.0.1:{}/{db}", tls().pg.port()),
     ] {
-        let out = check_with(&url, &db);
-        assert!(
-            stdout(&out).contains("wal_level: logical"),
-            "{url}: {}{}",
-            stdout(&out),
-            stderr(&out)
-        );
+        check_connects(&url, &db);
     }
 }
 
@@ -373,9 +375,7 @@ async fn a_client_certificate_logs_in_where_the_server_demands_one_replication_i
         t.ca.display()
     );
     // Without it the server refuses, in its own words.
-    let out = check_with(&base, &db);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = check_exits(&base, &db, 1);
     assert!(
         err.contains("connection requires a valid client certificate"),
         "{err}"
@@ -462,9 +462,11 @@ fn verify_full_without_sslrootcert_checks_against_the_systems_ca_bundle() {
 
 #[test]
 fn an_unknown_sslmode_is_a_config_error_naming_the_key_and_the_modes() {
-    let out = check_with("postgres://postgres@127.0.0.1:1/app?sslmode=verify", "app");
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = check_exits(
+        "postgres://postgres@127.0.0.1:1/app?sslmode=verify",
+        "app",
+        2,
+    );
     assert!(
         err.contains("source.postgres.url")
             && err.contains("expected disable, prefer, require, verify-ca or verify-full"),
@@ -479,9 +481,7 @@ fn a_missing_sslrootcert_file_is_named() {
         "postgres://postgres@localhost:{}/{db}?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
         tls().pg.port()
     );
-    let out = check_with(&url, &db);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = check_exits(&url, &db, 1);
     assert!(
         err.contains("sslrootcert /nonexistent/ca.pem: cannot read PEM certificates"),
         "{err}"
@@ -527,22 +527,15 @@ fn prefer_connects_in_plain_where_pg_hba_turns_tls_away_and_require_does_not() {
     // plain_user: `hostssl … reject`, `hostnossl … trust`.
     let db = items_db("tls_hostnossl");
     let port = tls().pg.port();
-    let out = check_with(
+    check_connects(
         &format!("postgres://plain_user@127.0.0.1:{port}/{db}?sslmode=prefer"),
         &db,
     );
-    assert!(
-        stdout(&out).contains("wal_level: logical"),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    let out = check_with(
+    let err = check_exits(
         &format!("postgres://plain_user@127.0.0.1:{port}/{db}?sslmode=require"),
         &db,
+        1,
     );
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("pg_hba.conf rejects connection") && err.contains("SSL encryption"),
         "{err}"

@@ -11,11 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::receiver::{Answer, Receiver};
-use common::{TestDb, PATIENCE};
+use common::{key, serve_items, stop_server, TestDb, PATIENCE};
 use serde_json::{json, Value};
-use sluice::auth::keys::create_key;
 use sluice::auth::Role;
-use sluice::event::TenantId;
 use sluice::server::{self, Server};
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +23,6 @@ const ITEMS: &str =
 
 /// Short delays so retries happen within a test.
 const FAST: &[(&str, &str)] = &[
-    ("SLUICE_HTTP_LISTEN", "127.0.0.1:0"),
     ("SLUICE_WEBHOOKS_ALLOW_PRIVATE_ADDRESSES", "true"),
     ("SLUICE_WEBHOOKS_RETRY_SCHEDULE", "0s,300ms,600ms,900ms"),
     ("SLUICE_WEBHOOKS_TIMEOUT_MS", "700"),
@@ -86,37 +83,15 @@ impl Api {
 }
 
 async fn serve(db: &TestDb, extra: &[(&str, &str)]) -> (Server, CancellationToken) {
-    let mut env: Vec<(&str, &str)> = FAST.to_vec();
-    env.extend_from_slice(extra);
-    let config = db.config_with(&[("public.items", "tenant")], &env);
-    let token = CancellationToken::new();
-    let server = server::start(config, token.clone())
-        .await
-        .expect("server starts");
-    (server, token)
+    serve_items(db, &[FAST, extra].concat()).await
 }
 
 async fn api(db: &TestDb, server: &Server, tenant: &str) -> Api {
-    let c = db.client().await;
-    let key = create_key(
-        &c,
-        Some(&TenantId::new(tenant).expect("valid")),
-        Role::Service,
-        None,
-    )
-    .await
-    .expect("key")
-    .1;
     Api {
         base: format!("http://{}", server.addr),
-        key,
+        key: key(db, tenant, Role::Service).await,
         http: reqwest::Client::new(),
     }
-}
-
-async fn stop(server: Server, token: CancellationToken) {
-    token.cancel();
-    server.wait().await.expect("server stops cleanly");
 }
 
 async fn write(db: &TestDb, sql: &str) {
@@ -227,7 +202,7 @@ async fn deliveries_are_signed_and_verify_with_standardwebhooks_through_a_rotati
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("verified 6"));
-    stop(server, token).await;
+    stop_server(server, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,7 +291,7 @@ async fn failing_receivers_get_every_event_on_schedule_with_a_stable_id() {
         "{m}"
     );
     assert!(m.contains("sluice_webhook_attempts_total 16"), "{m}");
-    stop(server, token).await;
+    stop_server(server, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,7 +367,7 @@ async fn dead_letters_replay_and_gone_endpoints() {
         1,
         "a disabled endpoint gets nothing more"
     );
-    stop(server, token).await;
+    stop_server(server, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,7 +413,7 @@ async fn rate_limits_hold_and_ordered_endpoints_receive_in_order() {
         seqs, sorted,
         "an ordered endpoint never sees a later event first"
     );
-    stop(server, token).await;
+    stop_server(server, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -446,12 +421,7 @@ async fn bad_webhook_input_gets_a_precise_4xx() {
     let db = TestDb::new("wh_bad");
     write(&db, ITEMS).await;
     // Private addresses refused here (the default).
-    let config = db.config_with(
-        &[("public.items", "tenant")],
-        &[("SLUICE_HTTP_LISTEN", "127.0.0.1:0")],
-    );
-    let token = CancellationToken::new();
-    let server = server::start(config, token.clone()).await.expect("start");
+    let (server, token) = serve_items(&db, &[]).await;
     let acme = api(&db, &server, "acme").await;
     let globex = api(&db, &server, "globex").await;
     let cases: Vec<(Value, &str)> = vec![
@@ -522,16 +492,7 @@ async fn bad_webhook_input_gets_a_precise_4xx() {
         .await;
     assert_eq!(code, 404);
     // An anon key may not manage webhooks.
-    let c = db.client().await;
-    let anon = create_key(
-        &c,
-        Some(&TenantId::new("acme").expect("valid")),
-        Role::Anon,
-        None,
-    )
-    .await
-    .expect("key")
-    .1;
+    let anon = key(&db, "acme", Role::Anon).await;
     let as_anon = Api {
         base: acme.base.clone(),
         key: anon,
@@ -580,6 +541,7 @@ async fn bad_webhook_input_gets_a_precise_4xx() {
     // connecting, and nothing reaches them.
     let inside = Receiver::ok().await;
     let port = inside.addr.port();
+    let c = db.client().await;
     for (wid, url) in [
         ("wh_literal", format!("http://127.0.0.1:{port}/x")),
         ("wh_name", format!("http://localhost:{port}/x")),
@@ -612,7 +574,7 @@ async fn bad_webhook_input_gets_a_precise_4xx() {
         inside.received().is_empty(),
         "the guard let a request through"
     );
-    stop(server, token).await;
+    stop_server(server, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -639,7 +601,7 @@ async fn retry_after_is_honoured() {
         gap >= Duration::from_millis(1900),
         "retried after {gap:?}, before Retry-After"
     );
-    stop(server, token).await;
+    stop_server(server, token).await;
 }
 
 /// Two dispatchers (as in two processes) share one outbox: every event is
@@ -693,7 +655,7 @@ async fn two_dispatchers_share_the_outbox_without_double_sends() {
     );
     stop_other.cancel();
     other_task.await.expect("second dispatcher stops");
-    stop(server, token).await;
+    stop_server(server, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -714,7 +676,7 @@ async fn an_attempt_in_flight_at_shutdown_finishes_and_is_recorded() {
     rx.wait_until(PATIENCE, "the attempt started", |r| r.len() == 1)
         .await;
     // Stop while the request is in flight: the dispatcher waits for it.
-    stop(server, token).await;
+    stop_server(server, token).await;
     let c = db.client().await;
     let row = c
         .query_one(
@@ -730,7 +692,7 @@ async fn an_attempt_in_flight_at_shutdown_finishes_and_is_recorded() {
     insert(&db, "acme", [2]).await;
     rx.wait_until(PATIENCE, "the next event arrived", |r| r.len() == 2)
         .await;
-    stop(server, token).await;
+    stop_server(server, token).await;
     assert_eq!(
         distinct_seqs(&rx.received()).len(),
         2,

@@ -10,14 +10,13 @@ use std::time::Duration;
 use std::collections::BTreeMap;
 
 use common::selection::{filter_ok, topic_ok, FILTERS, TOPICS};
-use common::{TestDb, PATIENCE};
+use common::ws::{close_code, connect, recv, send, Ws};
+use common::{key, key_and_info, serve_items, stop_server, TestDb, PATIENCE};
 use futures_util::{SinkExt, StreamExt};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use sluice::auth::keys::create_key;
 use sluice::auth::Role;
-use sluice::event::TenantId;
-use sluice::server::{self, Server};
+use sluice::server::Server;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -30,26 +29,11 @@ async fn serve(db: &TestDb) -> (Server, CancellationToken) {
     serve_with(db, &[]).await
 }
 
-async fn serve_with(db: &TestDb, extra: &[(&str, &str)]) -> (Server, CancellationToken) {
-    let mut env = vec![
-        ("SLUICE_HTTP_LISTEN", "127.0.0.1:0"),
-        ("SLUICE_WS_AUTH_TIMEOUT_SECS", "1"),
-    ];
-    env.extend_from_slice(extra);
-    let config = db.config_with(&[("public.items", "tenant")], &env);
-    let token = CancellationToken::new();
-    let server = server::start(config, token.clone())
-        .await
-        .expect("server starts");
-    (server, token)
-}
+/// Connections that do not authenticate are closed after a second.
+const AUTH_TIMEOUT: &[(&str, &str)] = &[("SLUICE_WS_AUTH_TIMEOUT_SECS", "1")];
 
-async fn key(db: &TestDb, tenant: &str, role: Role) -> String {
-    let c = db.client().await;
-    create_key(&c, Some(&TenantId::new(tenant).expect("valid")), role, None)
-        .await
-        .expect("key")
-        .1
+async fn serve_with(db: &TestDb, extra: &[(&str, &str)]) -> (Server, CancellationToken) {
+    serve_items(db, &[AUTH_TIMEOUT, extra].concat()).await
 }
 
 async fn next_line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> String {
@@ -103,41 +87,7 @@ async fn python_websockets_client_subscribes_filters_unsubscribes_and_publishes(
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success());
-    token.cancel();
-    server.wait().await.expect("server stops");
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(server: &Server, query: &str) -> Ws {
-    let url = format!("ws://{}/v1/ws{query}", server.addr);
-    tokio_tungstenite::connect_async(url)
-        .await
-        .expect("websocket connects")
-        .0
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string().into()))
-        .await
-        .expect("send");
-}
-
-/// The next JSON message (pings are answered by the client library).
-async fn recv(ws: &mut Ws) -> Value {
-    loop {
-        let m = tokio::time::timeout(PATIENCE, ws.next())
-            .await
-            .expect("a message in time")
-            .expect("connection open")
-            .expect("frame");
-        match m {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("json"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
+    stop_server(server, token).await;
 }
 
 async fn expect_error(ws: &mut Ws, code: &str) -> Value {
@@ -165,7 +115,7 @@ async fn bad_frames_get_precise_errors_and_the_connection_stays_usable() {
     db.client().await.batch_execute(ITEMS).await.expect("ddl");
     let (server, token) = serve_with(&db, &[("SLUICE_WS_MAX_SUBSCRIPTIONS", "5")]).await;
     let anon = key(&db, "acme", Role::Anon).await;
-    let mut ws = connect(&server, "").await;
+    let mut ws = connect(server.addr, "").await;
     send(
         &mut ws,
         json!({"type": "subscribe", "id": "x", "topic": "tables/**"}),
@@ -278,21 +228,9 @@ async fn bad_frames_get_precise_errors_and_the_connection_stays_usable() {
     }
     drop(ws);
     // No auth within the timeout: closed with 4001.
-    let mut idle = connect(&server, "").await;
-    let closed = tokio::time::timeout(PATIENCE, async {
-        loop {
-            match idle.next().await {
-                Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
-                Some(Ok(_)) => continue,
-                other => panic!("expected a close frame, got {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("closed in time");
-    assert_eq!(closed, 4001);
-    token.cancel();
-    server.wait().await.expect("server stops");
+    let mut idle = connect(server.addr, "").await;
+    assert_eq!(close_code(&mut idle).await, 4001);
+    stop_server(server, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,7 +243,7 @@ async fn a_subscription_resumes_from_a_seq_exactly_once_in_order() {
     c.batch_execute("INSERT INTO items SELECT g, 'acme', 'red', g FROM generate_series(1, 30) g")
         .await
         .expect("write");
-    let mut ws = connect(&server, &format!("?apikey={anon}")).await;
+    let mut ws = connect(server.addr, &format!("?apikey={anon}")).await;
     assert_eq!(recv(&mut ws).await["type"], "auth_ok");
     send(&mut ws, json!({"type": "subscribe", "id": "s", "from": 1})).await;
     assert_eq!(recv(&mut ws).await["type"], "subscribed");
@@ -315,7 +253,7 @@ async fn a_subscription_resumes_from_a_seq_exactly_once_in_order() {
         .await
         .expect("write");
     let last = first[11]["seq"].as_i64().expect("seq");
-    let mut ws = connect(&server, &format!("?apikey={anon}")).await;
+    let mut ws = connect(server.addr, &format!("?apikey={anon}")).await;
     assert_eq!(recv(&mut ws).await["type"], "auth_ok");
     send(
         &mut ws,
@@ -334,8 +272,7 @@ async fn a_subscription_resumes_from_a_seq_exactly_once_in_order() {
         (1..=45).collect::<Vec<_>>(),
         "every event once, in order"
     );
-    token.cancel();
-    server.wait().await.expect("server stops");
+    stop_server(server, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,7 +301,7 @@ async fn randomized_ws_subscriptions_get_exactly_their_tenants_matching_events()
     let mut conns = Vec::new();
     for i in 0..10 {
         let tenant = tenants[rng.gen_range(0..tenants.len())];
-        let mut ws = connect(&server, "").await;
+        let mut ws = connect(server.addr, "").await;
         send(&mut ws, json!({"type": "auth", "token": keys[tenant]})).await;
         assert_eq!(recv(&mut ws).await["tenant"], tenant);
         let mut subs = Vec::new();
@@ -462,8 +399,7 @@ async fn randomized_ws_subscriptions_get_exactly_their_tenants_matching_events()
     for e in log.iter().filter(|e| e["type"] == "custom.note") {
         assert!(tenants.contains(&e["tenant"].as_str().unwrap_or("")));
     }
-    token.cancel();
-    server.wait().await.expect("server stops");
+    stop_server(server, token).await;
 }
 
 /// A connection that reads nothing for a while: its subscription falls back
@@ -483,8 +419,8 @@ async fn a_slow_connection_catches_up_from_the_log_and_misses_nothing() {
     )
     .await;
     let anon = key(&db, "acme", Role::Anon).await;
-    let mut slow = connect(&server, &format!("?apikey={anon}")).await;
-    let mut fast = connect(&server, &format!("?apikey={anon}")).await;
+    let mut slow = connect(server.addr, &format!("?apikey={anon}")).await;
+    let mut fast = connect(server.addr, &format!("?apikey={anon}")).await;
     for ws in [&mut slow, &mut fast] {
         assert_eq!(recv(ws).await["type"], "auth_ok");
         send(
@@ -535,8 +471,7 @@ async fn a_slow_connection_catches_up_from_the_log_and_misses_nothing() {
             > 0,
         "the slow subscription fell back to the log"
     );
-    token.cancel();
-    server.wait().await.expect("server stops");
+    stop_server(server, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -545,33 +480,14 @@ async fn revoking_the_key_closes_its_connections_with_4003() {
     let c = db.client().await;
     c.batch_execute(ITEMS).await.expect("ddl");
     let (server, token) = serve_with(&db, &[("SLUICE_AUTH_REVOCATION_CHECK_SECS", "1")]).await;
-    let (info, anon) = create_key(
-        &c,
-        Some(&TenantId::new("acme").expect("valid")),
-        Role::Anon,
-        None,
-    )
-    .await
-    .expect("key");
-    let mut ws = connect(&server, &format!("?apikey={anon}")).await;
+    let (info, anon) = key_and_info(&db, "acme", Role::Anon).await;
+    let mut ws = connect(server.addr, &format!("?apikey={anon}")).await;
     assert_eq!(recv(&mut ws).await["type"], "auth_ok");
     assert!(sluice::auth::keys::revoke_key(&c, info.id)
         .await
         .expect("revoke"));
-    let code = tokio::time::timeout(PATIENCE, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
-                Some(Ok(_)) => continue,
-                other => panic!("expected a close frame, got {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("closed in time");
-    assert_eq!(code, 4003);
-    token.cancel();
-    server.wait().await.expect("server stops");
+    assert_eq!(close_code(&mut ws).await, 4003);
+    stop_server(server, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -608,8 +524,7 @@ async fn the_cloudevents_subprotocol_carries_bare_envelopes() {
     assert_eq!(e["specversion"], "1.0", "a bare CloudEvents envelope: {e}");
     assert_eq!(e["type"], "row.inserted");
     assert_eq!(e["tenant"], "acme");
-    token.cancel();
-    server.wait().await.expect("server stops");
+    stop_server(server, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -622,7 +537,7 @@ async fn shutdown_tells_each_subscription_where_to_resume_then_closes_with_1001(
     c.batch_execute("INSERT INTO items SELECT g, 'acme', 'red', g FROM generate_series(1, 10) g")
         .await
         .expect("write");
-    let mut ws = connect(&server, &format!("?apikey={anon}")).await;
+    let mut ws = connect(server.addr, &format!("?apikey={anon}")).await;
     assert_eq!(recv(&mut ws).await["type"], "auth_ok");
     send(
         &mut ws,
@@ -718,29 +633,29 @@ async fn frames_beyond_16_times_the_limit_close_with_1009_before_and_after_auth(
     let anon = key(&db, "acme", Role::Anon).await;
 
     // Before auth.
-    let mut ws = connect(&server, "").await;
+    let mut ws = connect(server.addr, "").await;
     ws.send(padded_ping(MIB)).await.expect("send");
     expect_error(&mut ws, "message_too_large").await;
     send(&mut ws, json!({"type": "ping"})).await;
     assert_eq!(recv(&mut ws).await["type"], "pong", "the connection stays");
     assert_eq!(close_code_after(ws, padded_ping(MIB + 1)).await, 1009);
-    let ws = connect(&server, "").await;
+    let ws = connect(server.addr, "").await;
     assert_eq!(close_code_after(ws, padded_ping(4 * MIB)).await, 1009);
 
     // After auth (in the URL, and by message).
-    let mut ws = connect(&server, &format!("?apikey={anon}")).await;
+    let mut ws = connect(server.addr, &format!("?apikey={anon}")).await;
     assert_eq!(recv(&mut ws).await["type"], "auth_ok");
     ws.send(padded_ping(MIB)).await.expect("send");
     expect_error(&mut ws, "message_too_large").await;
     send(&mut ws, json!({"type": "ping"})).await;
     assert_eq!(recv(&mut ws).await["type"], "pong", "the connection stays");
     assert_eq!(close_code_after(ws, padded_ping(MIB + 1)).await, 1009);
-    let mut ws = connect(&server, "").await;
+    let mut ws = connect(server.addr, "").await;
     send(&mut ws, json!({"type": "auth", "token": anon})).await;
     assert_eq!(recv(&mut ws).await["type"], "auth_ok");
     assert_eq!(close_code_after(ws, padded_ping(4 * MIB)).await, 1009);
     // A binary frame beyond the limit is closed the same way.
-    let mut ws = connect(&server, &format!("?apikey={anon}")).await;
+    let mut ws = connect(server.addr, &format!("?apikey={anon}")).await;
     assert_eq!(recv(&mut ws).await["type"], "auth_ok");
     assert_eq!(
         close_code_after(ws, Message::Binary(vec![0u8; MIB + 1].into())).await,
@@ -748,11 +663,10 @@ async fn frames_beyond_16_times_the_limit_close_with_1009_before_and_after_auth(
     );
 
     // Still serving.
-    let mut ws = connect(&server, "").await;
+    let mut ws = connect(server.addr, "").await;
     send(&mut ws, json!({"type": "ping"})).await;
     assert_eq!(recv(&mut ws).await["type"], "pong");
-    token.cancel();
-    server.wait().await.expect("server stops");
+    stop_server(server, token).await;
 }
 
 /// The independent client: PyPI `websockets` reads the close frame 1009
@@ -789,8 +703,16 @@ async fn python_websockets_client_sees_close_1009_for_a_frame_beyond_16_times_th
         );
         assert_eq!(stdout.trim(), "CLOSED 1009 message_too_big", "{args:?}");
     }
-    token.cancel();
-    server.wait().await.expect("server stops");
+    stop_server(server, token).await;
+}
+
+/// Sends each case's message and expects the error `code` carrying `id`.
+async fn errors_carry_ids(ws: &mut Ws, cases: &[(Value, &str, &str)], when: &str) {
+    for (m, code, id) in cases {
+        send(ws, m.clone()).await;
+        let e = expect_error(ws, code).await;
+        assert_eq!(e["id"], *id, "{when}, {m}: {e}");
+    }
 }
 
 /// Every error answering a JSON object with a string `id` carries it,
@@ -801,7 +723,7 @@ async fn errors_carry_the_id_of_the_message_they_answer() {
     db.client().await.batch_execute(ITEMS).await.expect("ddl");
     let (server, token) = serve(&db).await;
     let service = key(&db, "acme", Role::Service).await;
-    let mut ws = connect(&server, "").await;
+    let mut ws = connect(server.addr, "").await;
     let cases = [
         (json!({"id": "m1"}), "invalid_message", "m1"),
         (json!({"type": "nope", "id": "u1"}), "unknown_type", "u1"),
@@ -823,11 +745,7 @@ async fn errors_carry_the_id_of_the_message_they_answer() {
             "n2",
         ),
     ];
-    for (m, code, id) in &cases {
-        send(&mut ws, m.clone()).await;
-        let e = expect_error(&mut ws, code).await;
-        assert_eq!(e["id"], *id, "before auth, {m}: {e}");
-    }
+    errors_carry_ids(&mut ws, &cases, "before auth").await;
     send(&mut ws, json!({"type": "auth", "token": service})).await;
     assert_eq!(recv(&mut ws).await["type"], "auth_ok");
     let cases = [
@@ -854,11 +772,7 @@ async fn errors_carry_the_id_of_the_message_they_answer() {
             "ghost",
         ),
     ];
-    for (m, code, id) in &cases {
-        send(&mut ws, m.clone()).await;
-        let e = expect_error(&mut ws, code).await;
-        assert_eq!(e["id"], *id, "after auth, {m}: {e}");
-    }
+    errors_carry_ids(&mut ws, &cases, "after auth").await;
     // No id to carry: not an object, or no string id.
     ws.send(Message::Text("[1]".into())).await.expect("send");
     assert!(expect_error(&mut ws, "invalid_message")
@@ -870,6 +784,5 @@ async fn errors_carry_the_id_of_the_message_they_answer() {
         .await
         .get("id")
         .is_none());
-    token.cancel();
-    server.wait().await.expect("server stops");
+    stop_server(server, token).await;
 }

@@ -111,25 +111,7 @@ async fn send(
         .write_all(req.as_bytes())
         .await
         .expect("send request");
-    let mut line = String::new();
-    reader.read_line(&mut line).await.expect("status line");
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {line:?}"));
-    let mut hdrs = Vec::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line).await.expect("header line");
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            hdrs.push((k.trim().to_owned(), v.trim().to_owned()));
-        }
-    }
+    let (status, hdrs) = read_head(&mut reader).await;
     let chunked = hdrs
         .iter()
         .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
@@ -140,6 +122,31 @@ async fn send(
         chunked,
         pending: Vec::new(),
         done: false,
+    }
+}
+
+/// Reads an answer's status line and headers, up to the blank line that
+/// ends them; a line that is no header fails the test.
+pub async fn read_head(reader: &mut BufReader<TcpStream>) -> (u16, Vec<(String, String)>) {
+    let mut line = String::new();
+    reader.read_line(&mut line).await.expect("status line");
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).await.expect("header line");
+        let l = line.trim_end();
+        if l.is_empty() {
+            return (status, headers);
+        }
+        let (k, v) = l
+            .split_once(':')
+            .unwrap_or_else(|| panic!("not a header line: {l:?}"));
+        headers.push((k.trim().to_owned(), v.trim().to_owned()));
     }
 }
 

@@ -8,12 +8,17 @@ pub mod http;
 pub mod proc;
 pub mod receiver;
 pub mod selection;
+pub mod ws;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use sluice::auth::keys::create_key;
+use sluice::auth::{KeyInfo, Role};
 use sluice::config::Config;
+use sluice::event::TenantId;
 use sluice::localpg::{self, LocalPg};
 use sluice::log::{self, ReadScope};
 use tokio_postgres::Client;
@@ -181,4 +186,59 @@ pub async fn stop_server(
 ) {
     token.cancel();
     server.wait().await.expect("server stops cleanly");
+}
+
+/// Creates an API key for `tenant` with `role`; returns its record and the
+/// secret.
+pub async fn key_and_info(db: &TestDb, tenant: &str, role: Role) -> (KeyInfo, String) {
+    let c = db.client().await;
+    create_key(&c, Some(&TenantId::new(tenant).expect("valid")), role, None)
+        .await
+        .expect("create key")
+}
+
+/// The secret of a new API key for `tenant` with `role`.
+pub async fn key(db: &TestDb, tenant: &str, role: Role) -> String {
+    key_and_info(db, tenant, role).await.1
+}
+
+/// Calls `probe` every `every` until it answers `Ok`, and returns that.
+/// `Err` says what is still not so; once `patience` has passed the test
+/// fails with the last one.
+pub async fn poll_until<T, F, Fut>(patience: Duration, every: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        match probe().await {
+            Ok(done) => return done,
+            Err(not_yet) => assert!(start.elapsed() < patience, "after {patience:?}: {not_yet}"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// The capture pipeline (no HTTP) for `config`, with its shutdown token.
+pub async fn start_pipeline(
+    config: &Config,
+) -> (
+    sluice::pipeline::Pipeline,
+    tokio_util::sync::CancellationToken,
+) {
+    let token = tokio_util::sync::CancellationToken::new();
+    let running = sluice::pipeline::start(config, token.clone(), None)
+        .await
+        .expect("pipeline starts");
+    (running, token)
+}
+
+/// Stops a pipeline started by [`start_pipeline`]; it must stop cleanly.
+pub async fn stop_pipeline(
+    running: sluice::pipeline::Pipeline,
+    token: tokio_util::sync::CancellationToken,
+) {
+    token.cancel();
+    running.wait().await.expect("pipeline stops cleanly");
 }

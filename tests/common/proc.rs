@@ -19,6 +19,23 @@ pub fn sluice() -> Command {
     cmd
 }
 
+/// `sluice --config <config> <args>` to its end, stdin closed: (exit code,
+/// stdout, stderr).
+pub fn run_cli(config: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = sluice()
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sluice");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A spawned `sluice`, killed when the test ends, also when it panics.
 pub struct Running(pub Child);
 
