@@ -259,14 +259,7 @@ async fn feed_session(
             .await?;
         let mut last = durable.borrow().last_seq;
         if last == 0 {
-            last = client
-                .query_one(
-                    "SELECT greatest((SELECT coalesce(max(seq), 0) FROM sluice.events),
-                                     (SELECT coalesce(max(pruned_through), 0) FROM sluice.retention))",
-                    &[],
-                )
-                .await?
-                .get(0);
+            last = log::head(&client).await?;
             durable.send_replace(Arc::new(Durable {
                 last_seq: last,
                 checkpoints: Default::default(),
@@ -275,7 +268,8 @@ async fn feed_session(
         }
         loop {
             loop {
-                let rows = log::read_events(&client, &ReadScope::Operator, last + 1, FEED_PAGE).await?;
+                let rows =
+                    log::read_events(&client, &ReadScope::Operator, last + 1, FEED_PAGE).await?;
                 let Some(newest) = rows.last().map(|r| r.seq) else {
                     break;
                 };

@@ -418,10 +418,9 @@ pub async fn create(
         .query_one(
             &format!(
                 "INSERT INTO sluice.backfills (table_name, predicate, kind, chunk_size, throttle_ms, rows_estimated, start_seq)
-                 VALUES ($1, $2, $3, $4, $5, $6,
-                   greatest((SELECT coalesce(max(seq), 0) FROM sluice.events),
-                            (SELECT coalesce(max(pruned_through), 0) FROM sluice.retention)))
-                 RETURNING {COLUMNS}"
+                 VALUES ($1, $2, $3, $4, $5, $6, {HEAD_SQL})
+                 RETURNING {COLUMNS}",
+                HEAD_SQL = crate::log::HEAD_SQL
             ),
             &[&req.table, &predicate, &kind, &chunk, &throttle, &estimated],
         )

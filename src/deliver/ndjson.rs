@@ -536,21 +536,13 @@ async fn stats(
         .get()
         .await
         .map_err(|e| ApiError::unavailable("the log", &e))?;
-    let rows = client
-        .query(
-            // A record batch row holds seq - first_seq + 1 events.
-            "SELECT type, topic, sum(seq - coalesce(first_seq, seq) + 1)::bigint FROM sluice.events
-             WHERE tenant_hash = $1 AND tenant = $2 AND commit_time >= now() - make_interval(secs => $3)
-             GROUP BY type, topic ORDER BY type, topic",
-            &[&tenant.hash32(), &tenant.as_str(), &(secs as f64)],
-        )
+    let rows = log::counts_by_type_topic(&**client, &tenant, secs as f64)
         .await
         .map_err(|e| ApiError::unavailable("the log", &e))?;
     let mut by_type = serde_json::Map::new();
     let mut by_topic = serde_json::Map::new();
     let mut total = 0i64;
-    for r in &rows {
-        let (t, topic, n): (String, String, i64) = (r.get(0), r.get(1), r.get(2));
+    for (t, topic, n) in rows {
         total += n;
         let bump = |m: &mut serde_json::Map<String, serde_json::Value>, k: String| {
             let v = m.get(&k).and_then(|v| v.as_i64()).unwrap_or(0) + n;

@@ -53,24 +53,12 @@ pub async fn publish(
             .get()
             .await
             .map_err(|e| unavailable("the log", &e))?;
-        let found = client
-            .query_opt(
-                "SELECT seq FROM sluice.events
-                 WHERE seq > $1 AND tenant_hash = $2 AND tenant = $3 AND txid = $4 AND type = $5
-                 ORDER BY seq LIMIT 1",
-                &[
-                    &head_before,
-                    &tenant.hash32(),
-                    &tenant.as_str(),
-                    &xid,
-                    &event_type,
-                ],
-            )
+        let found = crate::log::first_seq_of_txid(&**client, tenant, head_before, xid, &event_type)
             .await
             .map_err(|e| unavailable("the log", &e))?;
         drop(client);
-        if let Some(r) = found {
-            return Ok(r.get(0));
+        if let Some(seq) = found {
+            return Ok(seq);
         }
         match tokio::time::timeout_at(deadline, durable.changed()).await {
             Ok(Ok(())) => {}

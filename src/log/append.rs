@@ -330,14 +330,7 @@ impl Appender {
         }
         // Above every seq ever handed out: the log's own, and those retention
         // already pruned (an emptied log must not restart at 1).
-        let last: i64 = client
-            .query_one(
-                "SELECT greatest((SELECT coalesce(max(seq), 0) FROM sluice.events),
-                                 (SELECT coalesce(max(pruned_through), 0) FROM sluice.retention))",
-                &[],
-            )
-            .await?
-            .get(0);
+        let last = super::read::head(&client).await?;
         self.next_seq = last + 1;
         for (source, cp) in self.checkpoints.iter_mut() {
             *cp = checkpoint::load(&client, source).await?;

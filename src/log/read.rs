@@ -283,6 +283,94 @@ pub async fn events_by_seq(
     Ok(out)
 }
 
+/// SQL for the log's head: the highest seq ever handed out, the log's own or
+/// one retention already pruned (0 for a new log). An expression, so an
+/// INSERT can take the head in its own statement (`sluice.backfills`).
+pub const HEAD_SQL: &str = "greatest((SELECT coalesce(max(seq), 0) FROM sluice.events),
+         (SELECT coalesce(max(pruned_through), 0) FROM sluice.retention))";
+
+/// The log's head ([`HEAD_SQL`]): every seq handed out so far is at or
+/// below it, so the next event gets a higher one.
+pub async fn head(client: &impl GenericClient) -> Result<i64, tokio_postgres::Error> {
+    Ok(client
+        .query_one(&format!("SELECT {HEAD_SQL}"), &[])
+        .await?
+        .get(0))
+}
+
+/// The seq of the tenant's first event after `after` from source
+/// transaction `xid` (its 32-bit xid, as the log stores it) with type
+/// `event_type`, if it is in the log yet (`POST /v1/publish` waits for it).
+pub async fn first_seq_of_txid(
+    client: &impl GenericClient,
+    tenant: &TenantId,
+    after: i64,
+    xid: i64,
+    event_type: &str,
+) -> Result<Option<i64>, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(
+            "SELECT seq FROM sluice.events
+             WHERE seq > $1 AND tenant_hash = $2 AND tenant = $3 AND txid = $4 AND type = $5
+             ORDER BY seq LIMIT 1",
+            &[
+                &after,
+                &tenant.hash32(),
+                &tenant.as_str(),
+                &xid,
+                &event_type,
+            ],
+        )
+        .await?
+        .map(|r| r.get(0)))
+}
+
+/// How many events of the tenant, per (type, topic), committed in the last
+/// `window_secs` seconds, ordered by type then topic; a record batch counts
+/// as the events it holds.
+pub async fn counts_by_type_topic(
+    client: &impl GenericClient,
+    tenant: &TenantId,
+    window_secs: f64,
+) -> Result<Vec<(String, String, i64)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            // A record batch row holds seq - first_seq + 1 events.
+            "SELECT type, topic, sum(seq - coalesce(first_seq, seq) + 1)::bigint FROM sluice.events
+             WHERE tenant_hash = $1 AND tenant = $2 AND commit_time >= now() - make_interval(secs => $3)
+             GROUP BY type, topic ORDER BY type, topic",
+            &[&tenant.hash32(), &tenant.as_str(), &window_secs],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// Which of `seqs` are events of the tenant in the log (a seq may lie inside
+/// a record batch), each once, in no particular order.
+pub async fn tenant_seqs_present(
+    client: &impl GenericClient,
+    tenant: &TenantId,
+    seqs: &[i64],
+) -> Result<Vec<i64>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            // The one row that can hold a seq is the tenant's first whose
+            // last seq is >= it.
+            "SELECT DISTINCT w.s FROM unnest($1::bigint[]) AS w(s)
+             CROSS JOIN LATERAL (
+                 SELECT seq, first_seq FROM sluice.events
+                 WHERE seq >= w.s AND tenant_hash = $2 AND tenant = $3
+                 ORDER BY seq LIMIT 1) e
+             WHERE coalesce(e.first_seq, e.seq) <= w.s",
+            &[&seqs, &tenant.hash32(), &tenant.as_str()],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// The highest seq pruned by retention (0 when nothing was): positions at or
 /// below it are gone.
 pub async fn pruned_through(client: &impl GenericClient) -> Result<i64, tokio_postgres::Error> {

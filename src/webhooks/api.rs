@@ -570,23 +570,9 @@ async fn replay(
             .map_err(dberr)? as usize
     } else if let Some(ids) = &b.event_ids {
         let seqs = event_seqs(ids)?;
-        let found: Vec<i64> = client
-            .query(
-                // A seq may lie inside a record batch: the one row that can
-                // hold it is the tenant's first whose last seq is >= it.
-                "SELECT DISTINCT w.s FROM unnest($1::bigint[]) AS w(s)
-                 CROSS JOIN LATERAL (
-                     SELECT seq, first_seq FROM sluice.events
-                     WHERE seq >= w.s AND tenant_hash = $2 AND tenant = $3
-                     ORDER BY seq LIMIT 1) e
-                 WHERE coalesce(e.first_seq, e.seq) <= w.s",
-                &[&seqs, &tenant.hash32(), &tenant.as_str()],
-            )
+        let found = crate::log::tenant_seqs_present(&**client, &tenant, &seqs)
             .await
-            .map_err(dberr)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+            .map_err(dberr)?;
         let missing: Vec<String> = seqs
             .iter()
             .filter(|s| !found.contains(s))
