@@ -467,6 +467,12 @@ impl Dispatcher {
 
     /// Writes finished attempts: the deliveries' new state and the attempt
     /// log, in one transaction; disables endpoints that answered 410.
+    ///
+    /// A delivery's state is written only while it still carries the claim
+    /// that made this attempt (`attempts` is the attempt's number): a replay
+    /// that reset it while the request was in flight, or another process's
+    /// claim after this one's lease ran out, is never overwritten by an
+    /// older outcome. The attempt itself is logged either way.
     async fn record(&self, done: &[Outcome]) -> Result<(), String> {
         let mut client = self.pool.get().await.map_err(|e| e.to_string())?;
         let tx = client.transaction().await.map_err(|e| e.to_string())?;
@@ -483,9 +489,10 @@ impl Dispatcher {
              SET status = o.status,
                  next_attempt_at = coalesce(o.next_at, d.next_attempt_at),
                  updated_at = now()
-             FROM unnest($1::bigint[], $2::text[], $3::timestamptz[]) AS o(id, status, next_at)
-             WHERE d.id = o.id",
-            &[&ids, &statuses, &next],
+             FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::int[])
+                  AS o(id, status, next_at, attempt)
+             WHERE d.id = o.id AND d.attempts = o.attempt",
+            &[&ids, &statuses, &next, &attempts],
         )
         .await
         .map_err(|e| e.to_string())?;
