@@ -336,6 +336,22 @@ async fn dead_letters_replay_and_gone_endpoints() {
         r.iter().filter(|x| x.answer == Answer::Status(200)).count() >= 5
     })
     .await;
+    // Replay by id: the tenant's own event is sent again, with its stable id.
+    let (code, v) = api
+        .post(
+            &format!("/v1/webhooks/{id}/replay"),
+            json!({"event_ids": ["1"]}),
+        )
+        .await;
+    assert_eq!(code, 202, "{v}");
+    assert_eq!(v["enqueued"], 1);
+    rx.wait_until(PATIENCE, "replayed by id", |r| {
+        r.iter()
+            .filter(|x| x.answer == Answer::Status(200) && x.header("webhook-id") == "msg_1")
+            .count()
+            >= 2
+    })
+    .await;
     // 410 disables the endpoint.
     let gone = Receiver::start(Arc::new(|_, _| Answer::Status(410))).await;
     let ep2 = api.create(json!({"url": gone.url("/gone")})).await;
