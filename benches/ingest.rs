@@ -3,7 +3,9 @@
 //! (the raw limit R), on the same machine in the same run.
 //!
 //! `cargo bench --bench ingest -- [--rows N] [--runs N] [--separate-state] [--tuned]`
-//! (`BENCH_SLUICE_<KEY>=v` passes `SLUICE_<KEY>=v` to the measured sluice.)
+//! (`BENCH_SLUICE_<KEY>=v` passes `SLUICE_<KEY>=v` to the measured sluice;
+//! `SLUICE_BENCH_EXE=path` measures that binary instead of this tree's, e.g.
+//! an earlier commit's release build, to compare two versions run by run.)
 //! (scripts/bench-ingest.sh installs Postgres if needed and runs this).
 //! Prints rows/s for both, the ratio Sluice/R (target ≥ 0.6), and Sluice's
 //! peak RSS (target ≤ 256 MiB whatever N is).
@@ -111,7 +113,8 @@ fn run_once(rows: u64, separate_state: bool) -> Figures {
 
     psql(&pg, &db, "CHECKPOINT");
     // (b) Sluice drains the same backlog into its log.
-    let exe = env!("CARGO_BIN_EXE_sluice");
+    let exe =
+        std::env::var("SLUICE_BENCH_EXE").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sluice").into());
     let t = Instant::now();
     // SLUICE_BENCH_WRAP="perf record -g -o /tmp/sluice.perf --" profiles the run
     // (the RSS and CPU figures are then the wrapper's).
@@ -121,10 +124,10 @@ fn run_once(rows: u64, separate_state: bool) -> Figures {
     let mut command = match wrap.split_first() {
         Some((program, args)) => {
             let mut c = Command::new(program);
-            c.args(args).arg(exe);
+            c.args(args).arg(&exe);
             c
         }
-        None => Command::new(exe),
+        None => Command::new(&exe),
     };
     command.arg("serve").env_remove("SLUICE_BENCH_WRAP");
     common::sluice_env(

@@ -173,7 +173,7 @@ pub async fn start_with(
             shared.durable.clone(),
         )
         .await?;
-        first.set_outbox(shared.outbox.clone());
+        add_stages(&mut first, &shared.outbox);
         first.set_counts(shared.appended.clone());
         let flushing = tokio::spawn(first.run(CancellationToken::new()));
         let result =
@@ -215,7 +215,7 @@ pub async fn start_with(
     } = shared;
     let (mut appender, handle) =
         Appender::start_publishing(config.state_url()?, &config.appender, hub, durable).await?;
-    appender.set_outbox(outbox.clone());
+    add_stages(&mut appender, &outbox);
     appender.set_counts(appended);
     let pg_for_monitor = pg.clone();
     let source = PgSource::new(pg, handle.clone(), stats.clone()).with_backfills(chunks.clone());
@@ -277,6 +277,14 @@ pub async fn start_with(
 }
 
 type Task<E> = JoinHandle<Result<(), E>>;
+
+/// What joins every append transaction, in order: backfill progress, then
+/// the webhook outbox (a chunk's progress and the deliveries of its events
+/// commit with them).
+fn add_stages(appender: &mut Appender, outbox: &crate::webhooks::Outbox) {
+    appender.add_stage(Arc::new(crate::backfill::progress::RecordProgress));
+    appender.add_stage(Arc::new(outbox.clone()));
+}
 
 fn joined<E>(r: Result<Result<(), E>, tokio::task::JoinError>) -> Result<(), PipelineError>
 where

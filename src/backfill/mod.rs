@@ -23,6 +23,7 @@
 pub mod api;
 pub mod initial;
 pub mod predicate;
+pub mod progress;
 pub mod read;
 pub mod runner;
 

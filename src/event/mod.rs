@@ -57,6 +57,10 @@ pub struct PendingEvent {
     pub lsn: Option<u64>,
     /// The serialized `data` member.
     pub data: JsonText,
+    /// The Postgres relation (`schema.table`) of a row event; `None` for
+    /// custom events and MongoDB. The log keeps its relation→tenant index
+    /// (a TRUNCATE's audience) by it. Not part of the envelope.
+    pub relation: Option<Arc<str>>,
 }
 
 /// Serialized JSON, valid by construction: built from a `Value`, parsed,
@@ -264,6 +268,7 @@ mod tests {
             txid: Some(7731),
             lsn: Some(0x16B3748),
             data: JsonText::parse(data.to_owned()).expect("valid json"),
+            relation: None,
         }
     }
 

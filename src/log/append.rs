@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::batch::{Batcher, PreBatch};
 use super::checkpoint::{self, Checkpoint};
 use super::copy;
+use super::stage::{AppendStage, Appended, AppendedChunk};
 use super::{connect_as, LogError, APPENDER_LOCK_KEY};
 use crate::config::AppenderConfig;
 use crate::event::{Audience, PendingEvent, SourcePosition, TenantId};
@@ -77,6 +78,15 @@ pub enum AppendItem {
 }
 
 impl AppendItem {
+    /// The events it carries (none for progress and transaction ends).
+    fn events(&self) -> &[PendingEvent] {
+        match self {
+            AppendItem::Event { event, .. } => std::slice::from_ref(event),
+            AppendItem::BackfillChunk { events, .. } => events,
+            AppendItem::Progress { .. } | AppendItem::TxEnd { .. } => &[],
+        }
+    }
+
     /// Memory an item holds while queued: the event and its encoded row.
     fn bytes(&self) -> usize {
         match self {
@@ -201,8 +211,8 @@ pub struct Appender {
     tenants_of: HashMap<Arc<str>, BTreeSet<TenantId>>,
     /// Where committed events go live.
     hub: Option<Arc<Hub>>,
-    /// Webhook endpoints to write outbox rows for, in the append transaction.
-    outbox: Option<crate::webhooks::Outbox>,
+    /// What else happens in each append transaction, in order.
+    stages: Vec<Arc<dyn AppendStage>>,
     counts: Arc<AppendCounts>,
 }
 
@@ -280,7 +290,7 @@ impl Appender {
             checkpoints: BTreeMap::new(),
             tenants_of: HashMap::new(),
             hub,
-            outbox: None,
+            stages: Vec::new(),
             counts: Arc::default(),
         };
         appender.reconnect().await?;
@@ -298,9 +308,10 @@ impl Appender {
         self.counts = counts;
     }
 
-    /// Writes outbox rows for matching webhook endpoints from now on.
-    pub fn set_outbox(&mut self, outbox: crate::webhooks::Outbox) {
-        self.outbox = Some(outbox);
+    /// Runs `stage` in every append transaction from now on, after the
+    /// stages added before it.
+    pub fn add_stage(&mut self, stage: Arc<dyn AppendStage>) {
+        self.stages.push(stage);
     }
 
     /// Loads a source's checkpoint from the log (sources call this once at
@@ -454,100 +465,202 @@ impl Appender {
         Ok(true)
     }
 
+    /// One batch in one transaction: index relations, copy the events,
+    /// store the checkpoints, run the stages, wake the standbys, commit;
+    /// then make the new state known ([`Appender::committed_batch`]).
     async fn append(
         &mut self,
         batch: &mut [Queued],
         expected: &BTreeMap<Arc<str>, Checkpoint>,
     ) -> Result<(), LogError> {
+        let want_events = self.hub.is_some() || self.stages.iter().any(|s| s.wants_events());
         let client = self.client.as_mut().ok_or(LogError::Closed)?;
         let statements = self.statements.as_ref().ok_or(LogError::Closed)?;
         let tx = client.transaction().await?;
+        let index = index_relations(&tx, statements, &self.tenants_of, batch).await?;
+        let copied = copy_events(&tx, batch, self.next_seq, &index.truncated, want_events).await?;
+        store_checkpoints(&tx, statements, &self.checkpoints, expected).await?;
+        let ran = run_stages(&tx, &self.stages, batch, &copied).await?;
+        if copied.next_seq > self.next_seq {
+            // Wakes the other processes serving this log (standbys feed
+            // their live subscribers from it); delivered at commit.
+            let head = (copied.next_seq - 1).to_string();
+            tx.execute(&statements.notify, &[&super::NOTIFY_CHANNEL, &head])
+                .await?;
+        }
+        tx.commit().await?;
+        self.committed_batch(batch, copied, index.new_pairs, expected, &ran);
+        Ok(())
+    }
 
-        // Index the batch's (relation, tenant) pairs first, so a TRUNCATE in
-        // the same batch reaches a tenant whose first row is in it too.
-        let mut pairs: BTreeSet<(Arc<str>, TenantId)> = BTreeSet::new();
-        let mut truncated: BTreeSet<Arc<str>> = BTreeSet::new();
-        for q in batch.iter() {
-            let events: &[PendingEvent] = match &q.item {
-                AppendItem::Event { event, .. } => std::slice::from_ref(event),
-                AppendItem::BackfillChunk { events, .. } => events,
-                _ => &[],
-            };
-            for event in events {
-                match &event.audience {
-                    Audience::Tenant(t) => {
-                        if let Some(rel) = relation_of(&event.topic) {
-                            let known = self.tenants_of.get(rel).is_some_and(|s| s.contains(t));
-                            if !known {
-                                pairs.insert((rel.into(), t.clone()));
-                            }
-                        }
-                    }
-                    Audience::TenantsOfRelation(rel) => {
-                        truncated.insert(rel.clone());
-                    }
+    /// After COMMIT: the stages' follow-ups, the new durable state, then the
+    /// hub.
+    fn committed_batch(
+        &mut self,
+        batch: &[Queued],
+        copied: Copied,
+        new_pairs: BTreeSet<(Arc<str>, TenantId)>,
+        expected: &BTreeMap<Arc<str>, Checkpoint>,
+        ran: &[bool],
+    ) {
+        for (stage, _) in self.stages.iter().zip(ran).filter(|(_, r)| **r) {
+            stage.committed();
+        }
+        self.next_seq = copied.next_seq;
+        self.checkpoints = expected.clone();
+        self.counts.add(&copied.counted);
+        for (rel, t) in new_pairs {
+            self.tenants_of.entry(rel).or_default().insert(t);
+        }
+        self.publish();
+        if let Some(hub) = &self.hub {
+            // Asked after the durable head moved (`self.publish()` above): a
+            // follower that registers after this question finds these seqs
+            // under the head and reads them from the log; one that registered
+            // before is wanted here. Asking before the commit would lose the
+            // events of a follower registering in between.
+            let events: Vec<Arc<LiveEvent>> = copied
+                .events
+                .into_iter()
+                .filter(|e| hub.wants(&e.tenant))
+                .filter_map(|e| {
+                    let event = event_at(batch, e.item, e.member)?;
+                    Some(Arc::new(LiveEvent {
+                        seq: e.seq,
+                        body: Bytes::from(event.envelope_json(e.seq, &e.tenant)),
+                        tenant: e.tenant,
+                        topic: event.topic.clone(),
+                        event_type: event.event_type.clone(),
+                        commit_micros: event.time_micros,
+                    }))
+                })
+                .collect();
+            if !events.is_empty() {
+                hub.publish(&events);
+            }
+        }
+    }
+}
+
+/// The relation→tenant index after a batch's first step.
+struct RelationIndex {
+    /// (relation, tenant) pairs first seen in this batch, inserted in its
+    /// transaction and remembered once it commits.
+    new_pairs: BTreeSet<(Arc<str>, TenantId)>,
+    /// Every tenant with rows in each relation a TRUNCATE of the batch
+    /// empties (the TRUNCATE's audience).
+    truncated: HashMap<Arc<str>, Vec<TenantId>>,
+}
+
+/// Indexes the batch's (relation, tenant) pairs, then reads the audience
+/// of each TRUNCATE, in that order, so a TRUNCATE in the same batch reaches
+/// a tenant whose first row is in it too.
+async fn index_relations(
+    tx: &tokio_postgres::Transaction<'_>,
+    statements: &Statements,
+    known: &HashMap<Arc<str>, BTreeSet<TenantId>>,
+    batch: &[Queued],
+) -> Result<RelationIndex, tokio_postgres::Error> {
+    let mut new_pairs: BTreeSet<(Arc<str>, TenantId)> = BTreeSet::new();
+    let mut truncated_relations: BTreeSet<Arc<str>> = BTreeSet::new();
+    for event in batch.iter().flat_map(|q| q.item.events()) {
+        match (&event.audience, &event.relation) {
+            (Audience::Tenant(t), Some(rel)) => {
+                if !known.get(rel).is_some_and(|s| s.contains(t)) {
+                    new_pairs.insert((rel.clone(), t.clone()));
                 }
             }
-        }
-        if !pairs.is_empty() {
-            let rels: Vec<&str> = pairs.iter().map(|(r, _)| &**r).collect();
-            let tenants: Vec<&str> = pairs.iter().map(|(_, t)| t.as_str()).collect();
-            tx.execute(&statements.relation_tenants, &[&rels, &tenants])
-                .await?;
-        }
-        let mut truncate_audience: HashMap<Arc<str>, Vec<TenantId>> = HashMap::new();
-        for rel in truncated {
-            let rows = tx
-                .query(
-                    "SELECT tenant FROM sluice.relation_tenants WHERE relation = $1 ORDER BY tenant",
-                    &[&&*rel],
-                )
-                .await?;
-            let tenants = rows
-                .iter()
-                .filter_map(|r| TenantId::new(r.get::<_, &str>(0)).ok())
-                .collect();
-            truncate_audience.insert(rel, tenants);
-        }
-
-        let sink = tx.copy_in::<_, Bytes>(copy::COPY_STATEMENT).await?;
-        pin_mut!(sink);
-        let mut seq = self.next_seq;
-        let checkpoints = expected.clone();
-        let mut buf = BytesMut::with_capacity(COPY_BUFFER + COPY_BUFFER / 4);
-        buf.extend_from_slice(copy::HEADER);
-        let mut scratch = Vec::new();
-        // (seq, tenant, index in batch, index in the item) of every event,
-        // for the hub. Whether anyone wants a tenant's events is asked only
-        // after the commit and after the durable head moved (see below).
-        let has_hub = self.hub.is_some() || self.outbox.is_some();
-        let events_in_batch: usize = if has_hub {
-            batch
-                .iter()
-                .map(|q| match &q.item {
-                    AppendItem::BackfillChunk { events, .. } => events.len(),
-                    _ => 1,
-                })
-                .sum()
-        } else {
-            0
-        };
-        let mut live: Vec<(i64, TenantId, usize, usize)> = Vec::with_capacity(events_in_batch);
-        let mut wanted = |seq: i64, tenant: &TenantId, i: usize, j: usize| {
-            if has_hub {
-                live.push((seq, tenant.clone(), i, j));
+            (Audience::Tenant(_), None) => {}
+            (Audience::TenantsOfRelation(rel), _) => {
+                truncated_relations.insert(rel.clone());
             }
-        };
-        // Runs of one (source, type): consecutive events mostly share it,
-        // so counting costs a comparison per event.
-        let mut counted: Vec<(SourceType, u64)> = Vec::new();
-        // (item index, first seq, events) of backfill chunks.
-        let mut chunks: Vec<(usize, i64, i64)> = Vec::new();
-        for (i, q) in batch.iter_mut().enumerate() {
-            if let AppendItem::BackfillChunk {
+        }
+    }
+    if !new_pairs.is_empty() {
+        let rels: Vec<&str> = new_pairs.iter().map(|(r, _)| &**r).collect();
+        let tenants: Vec<&str> = new_pairs.iter().map(|(_, t)| t.as_str()).collect();
+        tx.execute(&statements.relation_tenants, &[&rels, &tenants])
+            .await?;
+    }
+    let mut truncated = HashMap::new();
+    for rel in truncated_relations {
+        let rows = tx.query(&statements.tenants_of_relation, &[&&*rel]).await?;
+        let tenants = rows
+            .iter()
+            .filter_map(|r| TenantId::new(r.get::<_, &str>(0)).ok())
+            .collect();
+        truncated.insert(rel, tenants);
+    }
+    Ok(RelationIndex {
+        new_pairs,
+        truncated,
+    })
+}
+
+/// One event of a batch with the seq it was given.
+struct Placed {
+    seq: i64,
+    tenant: TenantId,
+    /// Index of its item in the batch.
+    item: usize,
+    /// Index of the event in its item (backfill chunks hold many).
+    member: usize,
+}
+
+/// What copying a batch's events produced.
+struct Copied {
+    /// The seq after the batch's last event.
+    next_seq: i64,
+    /// Every event with its seq, in seq order (empty unless asked for).
+    events: Vec<Placed>,
+    /// Events per (source, type), in runs.
+    counted: Vec<(SourceType, u64)>,
+    /// Per backfill chunk: (item index, first seq, events emitted).
+    chunks: Vec<(usize, i64, i64)>,
+}
+
+/// COPYs every event of the batch into the log, giving seqs from
+/// `next_seq` on: a source's event row is patched with its seq, a TRUNCATE
+/// becomes one row per tenant of its relation, a backfill chunk its record
+/// batches.
+async fn copy_events(
+    tx: &tokio_postgres::Transaction<'_>,
+    batch: &mut [Queued],
+    next_seq: i64,
+    truncated: &HashMap<Arc<str>, Vec<TenantId>>,
+    want_events: bool,
+) -> Result<Copied, tokio_postgres::Error> {
+    let sink = tx.copy_in::<_, Bytes>(copy::COPY_STATEMENT).await?;
+    pin_mut!(sink);
+    let mut buf = BytesMut::with_capacity(COPY_BUFFER + COPY_BUFFER / 4);
+    buf.extend_from_slice(copy::HEADER);
+    let mut scratch = Vec::new();
+    let mut seq = next_seq;
+    let capacity = if want_events {
+        batch.iter().map(|q| q.item.events().len()).sum()
+    } else {
+        0
+    };
+    let mut events: Vec<Placed> = Vec::with_capacity(capacity);
+    let mut placed = |seq: i64, tenant: &TenantId, item: usize, member: usize| {
+        if want_events {
+            events.push(Placed {
+                seq,
+                tenant: tenant.clone(),
+                item,
+                member,
+            });
+        }
+    };
+    // Runs of one (source, type): consecutive events mostly share it, so
+    // counting costs a comparison per event.
+    let mut counted: Vec<(SourceType, u64)> = Vec::new();
+    let mut chunks: Vec<(usize, i64, i64)> = Vec::new();
+    for (i, q) in batch.iter_mut().enumerate() {
+        match &q.item {
+            AppendItem::BackfillChunk {
                 events, batches, ..
-            } = &q.item
-            {
+            } => {
                 let first = seq;
                 if let Some(e) = events.first() {
                     counted.push((
@@ -576,7 +689,7 @@ impl Appender {
                         copy::encode_batch(&mut buf, seq, tenant, head, b.members.len(), &b.data);
                     }
                     for &j in &b.members {
-                        wanted(seq, tenant, i, j);
+                        placed(seq, tenant, i, j);
                         seq += 1;
                     }
                     if buf.len() >= COPY_BUFFER {
@@ -584,132 +697,114 @@ impl Appender {
                     }
                 }
                 chunks.push((i, first, seq - first));
-                continue;
             }
-            let AppendItem::Event { event, .. } = &q.item else {
-                continue;
-            };
-            match counted.last_mut() {
-                Some(((s, t), n)) if *s == event.source && *t == event.event_type => *n += 1,
-                _ => counted.push(((event.source.clone(), event.event_type.clone()), 1)),
-            }
-            match (&event.audience, q.row.as_mut()) {
-                (Audience::Tenant(t), Some(row)) => {
-                    copy::patch_seq(row, seq);
-                    buf.extend_from_slice(row);
-                    wanted(seq, t, i, 0);
-                    seq += 1;
+            AppendItem::Event { event, .. } => {
+                match counted.last_mut() {
+                    Some(((s, t), n)) if *s == event.source && *t == event.event_type => *n += 1,
+                    _ => counted.push(((event.source.clone(), event.event_type.clone()), 1)),
                 }
-                (audience, _) => {
-                    let tenants: &[TenantId] = match audience {
-                        Audience::Tenant(t) => std::slice::from_ref(t),
-                        Audience::TenantsOfRelation(rel) => {
-                            truncate_audience.get(rel).map_or(&[], |v| v.as_slice())
-                        }
-                    };
-                    for tenant in tenants {
-                        scratch.clear();
-                        copy::encode_row(&mut scratch, seq, tenant, event);
-                        buf.extend_from_slice(&scratch);
-                        wanted(seq, tenant, i, 0);
+                match (&event.audience, q.row.as_mut()) {
+                    (Audience::Tenant(t), Some(row)) => {
+                        copy::patch_seq(row, seq);
+                        buf.extend_from_slice(row);
+                        placed(seq, t, i, 0);
                         seq += 1;
                     }
+                    (audience, _) => {
+                        let tenants: &[TenantId] = match audience {
+                            Audience::Tenant(t) => std::slice::from_ref(t),
+                            Audience::TenantsOfRelation(rel) => {
+                                truncated.get(rel).map_or(&[], |v| v.as_slice())
+                            }
+                        };
+                        for tenant in tenants {
+                            scratch.clear();
+                            copy::encode_row(&mut scratch, seq, tenant, event);
+                            buf.extend_from_slice(&scratch);
+                            placed(seq, tenant, i, 0);
+                            seq += 1;
+                        }
+                    }
+                }
+                if buf.len() >= COPY_BUFFER {
+                    send_copy(sink.as_mut(), &mut buf, true).await?;
                 }
             }
-            if buf.len() >= COPY_BUFFER {
-                send_copy(sink.as_mut(), &mut buf, true).await?;
-            }
+            AppendItem::Progress { .. } | AppendItem::TxEnd { .. } => {}
         }
-        buf.extend_from_slice(copy::TRAILER);
-        send_copy(sink.as_mut(), &mut buf, false).await?;
-        sink.finish().await?;
-        for (source, cp) in &checkpoints {
-            if self.checkpoints.get(source) != Some(cp) {
-                checkpoint::store(&tx, &statements.checkpoint, source, cp).await?;
-            }
+    }
+    buf.extend_from_slice(copy::TRAILER);
+    send_copy(sink.as_mut(), &mut buf, false).await?;
+    sink.finish().await?;
+    Ok(Copied {
+        next_seq: seq,
+        events,
+        counted,
+        chunks,
+    })
+}
+
+/// Writes each checkpoint the batch moved.
+async fn store_checkpoints(
+    tx: &tokio_postgres::Transaction<'_>,
+    statements: &Statements,
+    before: &BTreeMap<Arc<str>, Checkpoint>,
+    after: &BTreeMap<Arc<str>, Checkpoint>,
+) -> Result<(), tokio_postgres::Error> {
+    for (source, cp) in after {
+        if before.get(source) != Some(cp) {
+            checkpoint::store(tx, &statements.checkpoint, source, cp).await?;
         }
-        for (i, first, emitted) in chunks {
-            if let Some(AppendItem::BackfillChunk {
+    }
+    Ok(())
+}
+
+/// Runs every stage in order inside the transaction; returns, per stage,
+/// whether it wants its [`AppendStage::committed`] call.
+async fn run_stages(
+    tx: &tokio_postgres::Transaction<'_>,
+    stages: &[Arc<dyn AppendStage>],
+    batch: &[Queued],
+    copied: &Copied,
+) -> Result<Vec<bool>, tokio_postgres::Error> {
+    if stages.is_empty() {
+        return Ok(Vec::new());
+    }
+    let chunks: Vec<AppendedChunk<'_>> = copied
+        .chunks
+        .iter()
+        .filter_map(|&(i, first, emitted)| match &batch.get(i)?.item {
+            AppendItem::BackfillChunk {
                 backfill,
                 after,
                 last_key,
                 rows_read,
                 ..
-            }) = batch.get(i).map(|q| &q.item)
-            {
-                let first = (emitted > 0).then_some(first);
-                tx.execute(
-                    &statements.backfill_progress,
-                    &[
-                        backfill,
-                        last_key,
-                        &i64::try_from(*rows_read).unwrap_or(i64::MAX),
-                        &emitted,
-                        &first,
-                        after,
-                    ],
-                )
-                .await?;
-            }
-        }
-        let mut outboxed = 0;
-        if let Some(outbox) = &self.outbox {
-            let events: Vec<(i64, &TenantId, &PendingEvent)> = live
-                .iter()
-                .filter_map(|(seq, tenant, i, j)| Some((*seq, tenant, event_at(batch, *i, *j)?)))
-                .collect();
-            outboxed = outbox.write(&tx, &events).await?;
-        }
-        if seq > self.next_seq {
-            // Wakes the other processes serving this log (standbys feed
-            // their live subscribers from it); delivered at commit.
-            tx.execute(
-                &statements.notify,
-                &[&super::NOTIFY_CHANNEL, &(seq - 1).to_string()],
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        if outboxed > 0 {
-            if let Some(outbox) = &self.outbox {
-                outbox.notify.notify_one();
-            }
-        }
-
-        self.next_seq = seq;
-        self.checkpoints = checkpoints;
-        self.counts.add(&counted);
-        for (rel, t) in pairs {
-            self.tenants_of.entry(rel).or_default().insert(t);
-        }
-        self.publish();
-        if let Some(hub) = &self.hub {
-            // Asked after the durable head moved (`self.publish()` above): a
-            // follower that registers after this question finds these seqs
-            // under the head and reads them from the log; one that registered
-            // before is wanted here. Asking before the commit would lose the
-            // events of a follower registering in between.
-            let events: Vec<Arc<LiveEvent>> = live
-                .into_iter()
-                .filter(|(_, tenant, _, _)| hub.wants(tenant))
-                .filter_map(|(seq, tenant, i, j)| {
-                    let event = event_at(batch, i, j)?;
-                    Some(Arc::new(LiveEvent {
-                        seq,
-                        body: Bytes::from(event.envelope_json(seq, &tenant)),
-                        tenant,
-                        topic: event.topic.clone(),
-                        event_type: event.event_type.clone(),
-                        commit_micros: event.time_micros,
-                    }))
-                })
-                .collect();
-            if !events.is_empty() {
-                hub.publish(&events);
-            }
-        }
-        Ok(())
+            } => Some(AppendedChunk {
+                backfill: *backfill,
+                after: after.as_deref(),
+                last_key,
+                rows_read: *rows_read,
+                first_seq: (emitted > 0).then_some(first),
+                emitted,
+            }),
+            _ => None,
+        })
+        .collect();
+    let events: Vec<(i64, &TenantId, &PendingEvent)> = copied
+        .events
+        .iter()
+        .filter_map(|e| Some((e.seq, &e.tenant, event_at(batch, e.item, e.member)?)))
+        .collect();
+    let appended = Appended {
+        events: &events,
+        chunks: &chunks,
+    };
+    let mut ran = Vec::with_capacity(stages.len());
+    for stage in stages {
+        ran.push(stage.in_transaction(tx, &appended).await?);
     }
+    Ok(ran)
 }
 
 /// Sends all of `buf` in CopyData messages of at most [`COPY_CHUNK`] bytes
@@ -738,8 +833,8 @@ async fn send_copy(
 /// connection rather than parsed and planned in each.
 struct Statements {
     relation_tenants: tokio_postgres::Statement,
+    tenants_of_relation: tokio_postgres::Statement,
     checkpoint: tokio_postgres::Statement,
-    backfill_progress: tokio_postgres::Statement,
     notify: tokio_postgres::Statement,
 }
 
@@ -752,17 +847,12 @@ impl Statements {
                      SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
                 )
                 .await?,
-            checkpoint: client.prepare(checkpoint::STORE).await?,
-            // A chunk's progress, recorded only if the backfill stood where
-            // the chunk starts.
-            backfill_progress: client
+            tenants_of_relation: client
                 .prepare(
-                    "UPDATE sluice.backfills SET last_key = $2, rows_read = rows_read + $3,
-                       rows_emitted = rows_emitted + $4, chunks = chunks + 1,
-                       first_seq = coalesce(first_seq, $5), updated_at = now()
-                     WHERE id = $1 AND last_key IS NOT DISTINCT FROM $6",
+                    "SELECT tenant FROM sluice.relation_tenants WHERE relation = $1 ORDER BY tenant",
                 )
                 .await?,
+            checkpoint: client.prepare(checkpoint::STORE).await?,
             notify: client.prepare("SELECT pg_notify($1, $2)").await?,
         })
     }
@@ -834,24 +924,9 @@ fn event_at(batch: &[Queued], i: usize, j: usize) -> Option<&PendingEvent> {
     }
 }
 
-/// `tables/<schema>.<table>/<op>` → `<schema>.<table>`.
-fn relation_of(topic: &str) -> Option<&str> {
-    let rest = topic.strip_prefix("tables/")?;
-    rest.rsplit_once('/').map(|(rel, _)| rel)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn relation_is_read_from_table_topics_only() {
-        assert_eq!(
-            relation_of("tables/public.orders/insert"),
-            Some("public.orders")
-        );
-        assert_eq!(relation_of("custom/order.shipped"), None);
-    }
 
     #[test]
     fn checkpoints_follow_events_and_transaction_ends() {
@@ -873,6 +948,7 @@ mod tests {
                 txid: None,
                 lsn: None,
                 data: crate::event::JsonText::parse("{}".into()).expect("json"),
+                relation: None,
             },
             token: None,
         };

@@ -155,6 +155,7 @@ pub(super) fn test_event(tenant: &str, subject: Option<&str>, data: &str) -> Pen
         txid: Some(7),
         lsn: Some(9),
         data: crate::event::JsonText::parse(data.into()).expect("json"),
+        relation: None,
     }
 }
 
@@ -177,6 +178,7 @@ mod tests {
             txid: Some(7),
             lsn: None,
             data: crate::event::JsonText::parse("{}".into()).expect("json"),
+            relation: None,
         };
         let mut row = Vec::new();
         let t = TenantId::new("t").expect("valid");

@@ -1,5 +1,8 @@
 //! The durable, ordered event log in Postgres schema `sluice`: migrations,
-//! the appender (its one writer), source checkpoints, and reads.
+//! the appender (its one writer) and the stages that join its transactions,
+//! source checkpoints, and reads. Only this module knows the tables
+//! `sluice.events`, `sluice.checkpoints` and `sluice.relation_tenants` and
+//! the record-batch format.
 //!
 //! Invariant: `seq` order is commit order of the appender's transactions,
 //! and a source position is in the log at most once (the checkpoint is
@@ -13,6 +16,7 @@ pub mod migrate;
 pub mod position;
 pub mod read;
 pub mod retention;
+pub mod stage;
 
 use tokio_postgres::Client;
 
@@ -27,6 +31,7 @@ pub use read::{
     counts_by_type_topic, events_by_seq, first_seq_of_txid, head, pruned_through, query_events,
     read_events, tenant_seqs_present, LogQuery, ReadScope, StoredEvent, HEAD_SQL,
 };
+pub use stage::{AppendStage, Appended, AppendedChunk};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {

@@ -18,10 +18,12 @@ pub mod store;
 
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
-use tokio_postgres::GenericClient;
+use tokio_postgres::{GenericClient, Transaction};
 
 use crate::event::{PendingEvent, TenantId};
+use crate::log::{AppendStage, Appended};
 pub use store::Endpoints;
 
 /// What the appender needs to write outbox rows, and how it wakes the
@@ -71,6 +73,27 @@ impl Outbox {
         )
         .await?;
         Ok(ids.len())
+    }
+}
+
+/// The outbox as a stage of every append transaction: deliveries are
+/// written with the events they carry; the dispatcher is woken after
+/// COMMIT when there are new ones.
+impl AppendStage for Outbox {
+    fn wants_events(&self) -> bool {
+        true
+    }
+
+    fn in_transaction<'a>(
+        &'a self,
+        tx: &'a Transaction<'_>,
+        appended: &'a Appended<'a>,
+    ) -> BoxFuture<'a, Result<bool, tokio_postgres::Error>> {
+        Box::pin(async move { Ok(self.write(tx, appended.events).await? > 0) })
+    }
+
+    fn committed(&self) {
+        self.notify.notify_one();
     }
 }
 

@@ -344,6 +344,7 @@ impl Normalizer {
             txid: None,
             lsn: None,
             data: JsonText::from_value(&Value::Object(data)),
+            relation: None,
         })))
     }
 }

@@ -301,6 +301,7 @@ impl Normalizer {
         let data = w.finish();
         let subject = subject(rel, new);
         let topic = rel.topics[if snapshot { 4 } else { 0 }].clone();
+        let relation = rel.qualified.clone();
         self.event(
             tx,
             pos,
@@ -313,6 +314,7 @@ impl Normalizer {
             topic,
             Some(subject),
             data,
+            relation,
         )
     }
 
@@ -370,6 +372,7 @@ impl Normalizer {
         let data = w.finish();
         let subject = subject(rel, &m.new);
         let topic = rel.topics[1].clone();
+        let relation = rel.qualified.clone();
         self.event(
             tx,
             pos,
@@ -378,6 +381,7 @@ impl Normalizer {
             topic,
             Some(subject),
             data,
+            relation,
         )
     }
 
@@ -409,6 +413,7 @@ impl Normalizer {
         let data = w.finish();
         let subject = subject(rel, tuple);
         let topic = rel.topics[2].clone();
+        let relation = rel.qualified.clone();
         self.event(
             tx,
             pos,
@@ -417,6 +422,7 @@ impl Normalizer {
             topic,
             Some(subject),
             data,
+            relation,
         )
     }
 
@@ -445,9 +451,19 @@ impl Normalizer {
             let data = w.finish();
             let audience = Audience::TenantsOfRelation(rel.qualified.clone());
             let topic = rel.topics[3].clone();
+            let relation = rel.qualified.clone();
             let subject = Some(rel.qualified.to_string());
             let pos = base.saturating_add(i as u64);
-            out.push(self.event(tx, pos, audience, types::TRUNCATED, topic, subject, data));
+            out.push(self.event(
+                tx,
+                pos,
+                audience,
+                types::TRUNCATED,
+                topic,
+                subject,
+                data,
+                relation,
+            ));
         }
     }
 
@@ -461,6 +477,7 @@ impl Normalizer {
         topic: Arc<str>,
         subject: Option<String>,
         data: JsonText,
+        relation: Arc<str>,
     ) -> Outcome {
         self.last_len = data.get().len();
         let event_type = match self.types.iter().find(|t| &***t == event_type) {
@@ -486,6 +503,7 @@ impl Normalizer {
             txid: Some(u64::from(tx.xid)),
             lsn: Some(tx.commit_lsn),
             data,
+            relation: Some(relation),
         })
     }
 
@@ -509,6 +527,7 @@ impl Normalizer {
                 txid: (tx.xid != 0).then_some(u64::from(tx.xid)),
                 lsn: Some(tx.commit_lsn),
                 data: JsonText::from_value(&data),
+                relation: None,
             }),
             Err(why) => Outcome::Dropped(DropReason::MalformedCustom(why)),
         }
