@@ -12,7 +12,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice::localpg::LocalPg;
+use localpg::LocalPg;
 
 mod common;
 use common::{cluster_cpu_secs, cpu_secs, free_port, num_arg, psql, Guard, BENCH_TABLE};

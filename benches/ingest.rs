@@ -13,7 +13,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice::localpg::LocalPg;
+use localpg::LocalPg;
 
 mod common;
 use common::{arg, cpu_secs, flag, peak_rss_kib, psql, BENCH_TABLE};

@@ -26,9 +26,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+use localpg::LocalPg;
 use sluice::auth::{create_key, Role};
 use sluice::event::TenantId;
-use sluice::localpg::LocalPg;
 
 mod common;
 use common::{

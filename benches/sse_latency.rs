@@ -24,9 +24,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use localpg::LocalPg;
 use sluice::auth::{create_key, Role};
 use sluice::event::TenantId;
-use sluice::localpg::LocalPg;
 
 mod common;
 use common::{

@@ -46,10 +46,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use localpg::LocalPg;
 use serde_json::{json, Value};
 use sluice::auth::{create_key, Role};
 use sluice::event::TenantId;
-use sluice::localpg::LocalPg;
 
 mod common;
 use common::{cpu_secs, envelope_time, flag, free_port, now_micros, num_arg, psql, Guard};

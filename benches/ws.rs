@@ -52,9 +52,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use localpg::LocalPg;
 use sluice::auth::{create_key, Role};
 use sluice::event::TenantId;
-use sluice::localpg::LocalPg;
 
 mod common;
 use common::{

@@ -16,5 +16,5 @@ if [ -z "${MONGODB_URI:-}" ]; then
 fi
 # Style is part of the suite: unformatted code or a clippy warning fails it.
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked

@@ -14,7 +14,6 @@ pub mod event;
 pub mod http;
 pub mod hub;
 pub mod leader;
-pub mod localpg;
 pub mod log;
 pub mod metrics;
 pub mod pgconn;

@@ -139,7 +139,7 @@ async fn a_dropped_slot_makes_readyz_fail_and_say_why() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarting_under_load_loses_nothing_and_subscribers_stay_connected() {
     // A cluster of its own: this test stops it.
-    let pg = std::sync::Arc::new(sluice::localpg::LocalPg::start().expect("own cluster"));
+    let pg = std::sync::Arc::new(localpg::LocalPg::start().expect("own cluster"));
     let name = pg.create_database("restart").expect("database");
     let db = TestDb {
         url: pg.url(&name),

@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 use common::proc::{free_port, ready_as, serve_on, sluice};
-use sluice::localpg::{LocalPg, ServerTls};
+use localpg::{LocalPg, ServerTls};
 
 /// The TLS cluster of this test binary, and where its CA files are.
 struct Tls {

@@ -6,7 +6,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sluice::localpg::LocalPg;
+use localpg::LocalPg;
 
 // ---------------------------------------------------------------- arguments
 

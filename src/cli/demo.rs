@@ -20,9 +20,9 @@ use super::{cancel_on_signal, CliError};
 use crate::auth::{keys, Role};
 use crate::config::Config;
 use crate::event::TenantId;
-use crate::localpg::LocalPg;
 use crate::log;
 use crate::server;
+use localpg::LocalPg;
 
 const SCHEMA: &str = "
 CREATE TABLE public.orders (

@@ -1,5 +1,5 @@
 //! Shared harness for the integration tests: one throwaway Postgres cluster
-//! per test binary (`sluice::localpg::shared`, torn down when the binary
+//! per test binary (`localpg::shared`, torn down when the binary
 //! exits), and per test its own database, publication and slot.
 
 #![allow(dead_code)]
@@ -14,12 +14,12 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use localpg::LocalPg;
 use serde_json::Value;
 use sluice::auth::keys::create_key;
 use sluice::auth::{KeyInfo, Role};
 use sluice::config::Config;
 use sluice::event::TenantId;
-use sluice::localpg::{self, LocalPg};
 use sluice::log::{self, ReadScope};
 use tokio_postgres::Client;
 
