@@ -20,5 +20,6 @@ pub mod pgconn;
 pub mod pipeline;
 pub mod server;
 pub mod source;
+pub mod sql;
 pub mod subscription;
 pub mod webhooks;

@@ -178,7 +178,7 @@ pub async fn run_if_new_slot(
     let rows = repl
         .simple_query(&format!(
             "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
-            super::quote_ident(&slot)
+            crate::sql::quote_ident(&slot)
         ))
         .await
         .map_err(|e| InitialError::Slot(e.to_string()))?;
@@ -209,7 +209,7 @@ pub async fn run_if_new_slot(
     reader
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            super::quote_literal(&snapshot)
+            crate::sql::quote_literal(&snapshot)
         ))
         .await?;
     let mut catalog = Catalog::new(crate::log::connect_as(&pg.url, "sluice-snapshot").await?);

@@ -38,6 +38,7 @@ use crate::config::PgSourceConfig;
 use crate::event::PendingEvent;
 use crate::source::postgres::normalize::DropReason;
 use crate::source::postgres::pgoutput::{Column, Relation, ReplicaIdentity};
+use crate::sql::{quote_ident, quote_literal};
 
 /// Prefix of the watermark messages.
 pub const MARK_PREFIX: &str = "sluice-backfill";
@@ -137,17 +138,6 @@ impl From<tokio_postgres::Error> for BackfillError {
     fn from(e: tokio_postgres::Error) -> Self {
         BackfillError::Db(e.into())
     }
-}
-
-/// `"name"` with inner quotes doubled.
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// `'text'` with inner quotes doubled (standard_conforming_strings is on
-/// for Sluice's sessions, so backslashes are literal).
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// What a backfill needs to know of a table.

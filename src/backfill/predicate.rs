@@ -34,7 +34,8 @@
 
 use tokio_postgres::Client;
 
-use super::{quote_ident, TableInfo};
+use super::TableInfo;
+use crate::sql::quote_ident;
 
 /// Longest predicate accepted, in bytes.
 pub const MAX_BYTES: usize = 4096;

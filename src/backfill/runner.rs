@@ -377,8 +377,8 @@ impl Runner {
                 .simple_query(&format!(
                     "COMMIT; SELECT pg_logical_emit_message(true, {p}, {h})::text,
                                     pg_logical_emit_message(true, {p}, {l})::text",
-                    p = super::quote_literal(MARK_PREFIX),
-                    h = super::quote_literal(
+                    p = crate::sql::quote_literal(MARK_PREFIX),
+                    h = crate::sql::quote_literal(
                         &Mark {
                             b: id,
                             n: nonce,
@@ -386,7 +386,7 @@ impl Runner {
                         }
                         .encode()
                     ),
-                    l = super::quote_literal(
+                    l = crate::sql::quote_literal(
                         &Mark {
                             b: id,
                             n: next_nonce,

@@ -7,6 +7,7 @@ use std::fmt;
 use tokio_postgres::Client;
 
 use crate::config::{PgSourceConfig, TableConfig};
+use crate::sql::quote_ident;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -77,11 +78,6 @@ pub fn lines(findings: &[Finding]) -> String {
         .map(|f| f.to_string())
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// Quotes an identifier for SQL.
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 fn qualified(t: &TableConfig) -> String {
