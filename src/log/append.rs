@@ -858,59 +858,26 @@ impl Statements {
     }
 }
 
-/// The checkpoints after `batch`, starting from `cps`.
+/// The checkpoints after `batch`, starting from `cps`: each item moves its
+/// source's by [`Checkpoint::advance`].
 fn advance_checkpoints<'a>(
     cps: &mut BTreeMap<Arc<str>, Checkpoint>,
     batch: impl IntoIterator<Item = &'a AppendItem>,
 ) {
     for item in batch {
-        match item {
-            AppendItem::Event {
-                source,
-                event,
-                token,
-            } => {
-                let cp = cps.entry(source.clone()).or_default();
-                cp.position = event.position;
-                // A token names a point between events: everything up to it
-                // is in the log.
-                cp.complete = token.is_some();
-                if token.is_some() {
-                    cp.token = token.clone();
-                }
-            }
-            AppendItem::Progress {
-                source,
-                position,
-                token,
-            } => {
-                let cp = cps.entry(source.clone()).or_default();
-                cp.position = *position;
-                cp.complete = true;
-                cp.token = Some(token.clone());
-            }
-            AppendItem::BackfillChunk { source, events, .. } => {
-                if let Some(last) = events.last() {
-                    let cp = cps.entry(source.clone()).or_default();
-                    cp.position = last.position;
-                    cp.complete = false;
-                }
-            }
-            AppendItem::TxEnd {
-                source,
-                commit_lsn,
-                end_lsn,
-            } => {
-                let cp = cps.entry(source.clone()).or_default();
-                if cp.position.commit_lsn != *commit_lsn {
-                    cp.position = SourcePosition {
-                        commit_lsn: *commit_lsn,
-                        ordinal: 0,
-                    };
-                }
-                cp.complete = true;
-                cp.ack_lsn = (*end_lsn).max(cp.ack_lsn);
-            }
+        let (AppendItem::Event { source, .. }
+        | AppendItem::Progress { source, .. }
+        | AppendItem::BackfillChunk { source, .. }
+        | AppendItem::TxEnd { source, .. }) = item;
+        if let Some(cp) = cps.get_mut(source) {
+            cp.advance(item);
+            continue;
+        }
+        // An item that moves nothing creates no entry (so no checkpoint
+        // row is written for it).
+        let mut cp = Checkpoint::default();
+        if cp.advance(item) {
+            cps.insert(source.clone(), cp);
         }
     }
 }
@@ -928,65 +895,88 @@ fn event_at(batch: &[Queued], i: usize, j: usize) -> Option<&PendingEvent> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn checkpoints_follow_events_and_transaction_ends() {
-        let src: Arc<str> = "pg/main".into();
-        let ev = |lsn, ord| AppendItem::Event {
-            source: src.clone(),
-            event: PendingEvent {
-                audience: Audience::Tenant(TenantId::new("a").expect("valid")),
-                position: SourcePosition {
-                    commit_lsn: lsn,
-                    ordinal: ord,
-                },
-                source: "/sluice/pg/main".into(),
-                event_type: "row.inserted".into(),
-                topic: "tables/public.t/insert".into(),
-                subject: None,
-                time_micros: 0,
-                time: "1970-01-01T00:00:00.000000Z".into(),
-                txid: None,
-                lsn: None,
-                data: crate::event::JsonText::parse("{}".into()).expect("json"),
-                relation: None,
+    fn event(commit_lsn: u64, ordinal: u64) -> PendingEvent {
+        PendingEvent {
+            audience: Audience::Tenant(TenantId::new("a").expect("valid")),
+            position: SourcePosition {
+                commit_lsn,
+                ordinal,
             },
-            token: None,
-        };
+            source: "/sluice/pg/main".into(),
+            event_type: "row.inserted".into(),
+            topic: "tables/public.t/insert".into(),
+            subject: None,
+            time_micros: 0,
+            time: "1970-01-01T00:00:00.000000Z".into(),
+            txid: None,
+            lsn: None,
+            data: crate::event::JsonText::parse("{}".into()).expect("json"),
+            relation: None,
+        }
+    }
+
+    fn chunk(src: &Arc<str>, events: Vec<PendingEvent>) -> AppendItem {
+        AppendItem::BackfillChunk {
+            source: src.clone(),
+            events,
+            batches: None,
+            backfill: 1,
+            after: None,
+            last_key: vec![Some("1".into())],
+            rows_read: 1,
+        }
+    }
+
+    // The rule itself is tested in `checkpoint`; these test how a batch
+    // applies it per source.
+    #[test]
+    fn batch_checkpoints_are_kept_per_source() {
+        let a: Arc<str> = "pg/a".into();
+        let b: Arc<str> = "pg/b".into();
         let mut cps = BTreeMap::new();
-        advance_checkpoints(&mut cps, &[ev(10, 1), ev(10, 2)]);
-        assert_eq!(
-            cps[&src],
-            Checkpoint {
-                position: SourcePosition {
-                    commit_lsn: 10,
-                    ordinal: 2
+        advance_checkpoints(
+            &mut cps,
+            &[
+                AppendItem::Event {
+                    source: a.clone(),
+                    event: event(10, 1),
+                    token: None,
                 },
-                complete: false,
-                ack_lsn: 0,
-                token: None,
+                AppendItem::TxEnd {
+                    source: b.clone(),
+                    commit_lsn: 30,
+                    end_lsn: 38,
+                },
+                AppendItem::Event {
+                    source: a.clone(),
+                    event: event(10, 2),
+                    token: None,
+                },
+            ],
+        );
+        assert_eq!(cps.len(), 2);
+        assert_eq!(
+            cps[&a].position,
+            SourcePosition {
+                commit_lsn: 10,
+                ordinal: 2
             }
         );
-        advance_checkpoints(
-            &mut cps,
-            &[AppendItem::TxEnd {
-                source: src.clone(),
-                commit_lsn: 10,
-                end_lsn: 18,
-            }],
-        );
-        assert!(cps[&src].complete);
-        assert_eq!(cps[&src].ack_lsn, 18);
-        assert_eq!(cps[&src].position.ordinal, 2);
-        // A transaction with no captured events still moves the checkpoint.
-        advance_checkpoints(
-            &mut cps,
-            &[AppendItem::TxEnd {
-                source: src.clone(),
-                commit_lsn: 30,
-                end_lsn: 38,
-            }],
-        );
-        assert_eq!(cps[&src].position.commit_lsn, 30);
-        assert_eq!(cps[&src].ack_lsn, 38);
+        assert!(!cps[&a].complete);
+        assert_eq!(cps[&b].position.commit_lsn, 30);
+        assert_eq!(cps[&b].ack_lsn, 38);
+    }
+
+    #[test]
+    fn an_item_that_moves_nothing_creates_no_checkpoint() {
+        let src: Arc<str> = "pg/main".into();
+        let mut cps = BTreeMap::new();
+        advance_checkpoints(&mut cps, &[chunk(&src, Vec::new())]);
+        assert!(cps.is_empty());
+        // Nor does it change an existing one.
+        advance_checkpoints(&mut cps, &[chunk(&src, vec![event(10, 4)])]);
+        let before = cps[&src].clone();
+        advance_checkpoints(&mut cps, &[chunk(&src, Vec::new())]);
+        assert_eq!(cps[&src], before);
     }
 }

@@ -65,8 +65,12 @@ pub struct MongoSource {
     handle: AppenderHandle,
     status: Arc<MongoStatus>,
     normalizer: Normalizer,
-    /// The token after the last item handed to the appender.
-    token: Option<Bytes>,
+    /// What the items handed to the appender lead to (by the appender's
+    /// own rule, [`Checkpoint::advance`]): its token is where a reconnect
+    /// resumes.
+    sent: Checkpoint,
+    /// The position of the last change read (stored with the next
+    /// progress, even when that change is not appended).
     position: SourcePosition,
     /// Whether pre-images were requested (the server supports them).
     pre_images: bool,
@@ -82,7 +86,7 @@ impl MongoSource {
             handle,
             status,
             normalizer,
-            token: None,
+            sent: Checkpoint::default(),
             position: SourcePosition::default(),
             pre_images: true,
             prepared: false,
@@ -101,10 +105,10 @@ impl MongoSource {
         start: Checkpoint,
         shutdown: CancellationToken,
     ) -> Result<(), MongoError> {
-        self.token = start.token.clone();
         self.position = start.position;
+        self.sent = start;
         let name = self.cfg.name.clone();
-        match &self.token {
+        match &self.sent.token {
             Some(t) => {
                 tracing::info!(source = %name, token = %change_stream::describe_token(t), "mongo: resuming after the checkpointed resume token")
             }
@@ -232,7 +236,7 @@ impl MongoSource {
     ) -> Result<Ended, Failure> {
         // A checkpoint that cannot be used is the operator's to resolve,
         // whether or not the server is reachable.
-        let start_after = match &self.token {
+        let start_after = match &self.sent.token {
             Some(t) => Some(change_stream::decode_token(t).map_err(|e| {
                 Failure::Stuck(format!(
                     "the checkpoint of {} holds an unusable resume token ({e}); see the README's \"MongoDB: resume point lost\"",
@@ -271,7 +275,7 @@ impl MongoSource {
         MongoStatus::set(&self.status.last_error, None);
         tracing::info!(source = %self.cfg.name, database = %self.cfg.database, "mongo change stream open");
 
-        if self.token.is_none() {
+        if self.sent.token.is_none() {
             // First start: store where "now" is before anything else, so a
             // restart before the first event resumes here, not later.
             if let Some(t) = stream.resume_token() {
@@ -303,7 +307,7 @@ impl MongoSource {
                     }
                     if last_progress.elapsed() >= PROGRESS_EVERY {
                         if let Some(t) = pending.take() {
-                            if self.token.as_ref() != Some(&t) {
+                            if self.sent.token.as_ref() != Some(&t) {
                                 self.progress(t).await?;
                             }
                         }
@@ -336,14 +340,12 @@ impl MongoSource {
             match n.outcome {
                 Outcome::Event(mut event) => {
                     event.position = n.position;
-                    self.handle
-                        .send(AppendItem::Event {
-                            source: self.key.clone(),
-                            event: *event,
-                            token: Some(n.token.clone()),
-                        })
-                        .await?;
-                    self.token = Some(n.token);
+                    self.send(AppendItem::Event {
+                        source: self.key.clone(),
+                        event: *event,
+                        token: Some(n.token),
+                    })
+                    .await?;
                     pending = None;
                     self.status.events.fetch_add(1, Ordering::Relaxed);
                 }
@@ -414,15 +416,21 @@ impl MongoSource {
 
     /// Stores `token` as the checkpoint without an event.
     async fn progress(&mut self, token: Bytes) -> Result<(), LogError> {
-        self.handle
-            .send(AppendItem::Progress {
-                source: self.key.clone(),
-                position: self.position,
-                token: token.clone(),
-            })
-            .await?;
-        self.token = Some(token);
-        Ok(())
+        self.send(AppendItem::Progress {
+            source: self.key.clone(),
+            position: self.position,
+            token,
+        })
+        .await
+    }
+
+    /// Hands `item` to the appender, moving `sent` past it by the item
+    /// itself, so the token resumed after cannot differ from the one sent.
+    /// (A failed send ends `run`, so a `sent` moved past an item that was
+    /// not sent is never used.)
+    async fn send(&mut self, item: AppendItem) -> Result<(), LogError> {
+        self.sent.advance(&item);
+        self.handle.send(item).await
     }
 }
 

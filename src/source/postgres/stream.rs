@@ -439,15 +439,13 @@ impl PgSource {
                             e.txid = Some(u64::from(open.ctx.xid));
                             e.lsn = Some(open.ctx.commit_lsn);
                         }
-                        if let Some(last) = events.last() {
-                            last_sent.position = last.position;
-                            last_sent.complete = false;
+                        if !events.is_empty() {
                             self.stats
                                 .events
                                 .fetch_add(events.len() as u64, Ordering::Relaxed);
                         }
-                        self.appender
-                            .send(AppendItem::BackfillChunk {
+                        self.send(
+                            AppendItem::BackfillChunk {
                                 source: self.key.clone(),
                                 events,
                                 batches,
@@ -455,8 +453,10 @@ impl PgSource {
                                 after: chunk.after,
                                 last_key: chunk.last_key,
                                 rows_read: chunk.rows_read,
-                            })
-                            .await?;
+                            },
+                            last_sent,
+                        )
+                        .await?;
                         continue;
                     }
                     if prefix != CUSTOM_PREFIX {
@@ -512,16 +512,15 @@ impl PgSource {
                 if last_sent.covers(event.position) {
                     return Ok(());
                 }
-                let pos = event.position;
-                self.appender
-                    .send(AppendItem::Event {
+                self.send(
+                    AppendItem::Event {
                         source: self.key.clone(),
                         event,
                         token: None,
-                    })
-                    .await?;
-                last_sent.position = pos;
-                last_sent.complete = false;
+                    },
+                    last_sent,
+                )
+                .await?;
                 self.stats.events.fetch_add(1, Ordering::Relaxed);
             }
             Outcome::Ignored => {}
@@ -558,21 +557,25 @@ impl PgSource {
         end_lsn: u64,
         last_sent: &mut Checkpoint,
     ) -> Result<(), SourceError> {
-        self.appender
-            .send(AppendItem::TxEnd {
+        self.send(
+            AppendItem::TxEnd {
                 source: self.key.clone(),
                 commit_lsn,
                 end_lsn,
-            })
-            .await?;
-        if last_sent.position.commit_lsn != commit_lsn {
-            last_sent.position = SourcePosition {
-                commit_lsn,
-                ordinal: 0,
-            };
-        }
-        last_sent.complete = true;
-        last_sent.ack_lsn = last_sent.ack_lsn.max(end_lsn);
+            },
+            last_sent,
+        )
+        .await
+    }
+
+    /// Hands `item` to the appender, moving `last_sent` past it by the
+    /// appender's own rule ([`Checkpoint::advance`]) on the item itself, so
+    /// what is remembered as sent cannot differ from what was sent. (A
+    /// failed send is fatal to `run`, so a `last_sent` moved past an item
+    /// that was not sent is never used.)
+    async fn send(&self, item: AppendItem, last_sent: &mut Checkpoint) -> Result<(), SourceError> {
+        last_sent.advance(&item);
+        self.appender.send(item).await?;
         Ok(())
     }
 }
