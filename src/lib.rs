@@ -1,9 +1,23 @@
-//! Sluice: change-data-capture from PostgreSQL (pgoutput) into a durable,
-//! tenant-isolated event log.
+//! Sluice: change-data-capture from PostgreSQL (pgoutput) and MongoDB
+//! change streams into a durable, tenant-isolated event log, delivered over
+//! SSE, WebSocket, NDJSON and webhooks.
 //!
-//! The modules follow the pipeline: `source` reads and decodes changes,
-//! `event` is the envelope, `log` appends and reads the durable log,
-//! `pipeline` wires them together for `sluice serve`.
+//! The modules follow the data, bottom to top:
+//! - `event` (the envelope and its contract types), `config`, `pgconn` (every
+//!   Postgres connection), `sql` (quoting);
+//! - `source` reads and decodes changes (`source::postgres`: pgoutput,
+//!   values, normalize, the replication stream and backfill watermarks;
+//!   `source::mongo`), `backfill` reads existing rows in chunks;
+//! - `log` appends (one writer, stages joining its transaction) and reads
+//!   the durable log; `hub` fans committed events out live;
+//! - `subscription` (topics, filters), `auth` (keys, JWTs), `deliver` (the
+//!   follower and the SSE / NDJSON / WebSocket transports), `webhooks` (outbox,
+//!   dispatch, signatures);
+//! - `http` (the API, the top layer), `pipeline` / `server` / `leader` (start-up,
+//!   shutdown, HA) and `cli` (one function per command).
+//!
+//! ARCHITECTURE.md has the code map with each module's invariant and
+//! boundary.
 
 pub mod auth;
 pub mod backfill;
