@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use super::follow::{FollowError, Follower, Start};
 use super::Streams;
 use crate::auth::{CredentialEnd, CredentialWatch};
-use crate::event::TenantId;
-use crate::log::{self, LogQuery, ReadScope, StoredEvent};
+use crate::event::{Committed, TenantId};
+use crate::log::{self, LogQuery, ReadScope};
 use crate::subscription::Selector;
 
 /// Which of a tenant's events a list, export or tail returns.
@@ -43,7 +43,7 @@ pub struct EventRange {
 
 impl EventRange {
     /// Whether a row the log returned is one the selector asks for.
-    pub fn keeps(&self, e: &StoredEvent) -> bool {
+    pub fn keeps(&self, e: &Committed) -> bool {
         self.selector.matches(&e.topic, || e.data())
     }
 
@@ -118,7 +118,7 @@ pub fn export(
                 }
                 req.from = r.seq + 1;
                 if req.keeps(r) {
-                    out.extend_from_slice(r.body.as_bytes());
+                    out.extend_from_slice(&r.body);
                     out.push(b'\n');
                     remaining = remaining.map(|n| n - 1);
                 }

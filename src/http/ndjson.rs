@@ -173,7 +173,7 @@ async fn page(state: &AppState, req: &EventRange) -> Result<Response, ApiError> 
     let mut next_from = req.from;
     let mut scanned = 0i64;
     let mut events = 0i64;
-    let mut body = String::from("{\"events\":[");
+    let mut body = b"{\"events\":[".to_vec();
     'pages: while events < limit && scanned < page_limit {
         let want = limit.max(scanned).min(page_limit - scanned);
         let rows = log::query_events(&**client, &scope, &req.query(next_from, want))
@@ -188,10 +188,10 @@ async fn page(state: &AppState, req: &EventRange) -> Result<Response, ApiError> 
                     break 'pages;
                 }
                 if events > 0 {
-                    body.push(',');
+                    body.push(b',');
                 }
                 events += 1;
-                body.push_str(&r.body);
+                body.extend_from_slice(&r.body);
             }
             next_from = r.seq + 1;
         }
@@ -199,7 +199,7 @@ async fn page(state: &AppState, req: &EventRange) -> Result<Response, ApiError> 
             break;
         }
     }
-    body.push_str(&format!("],\"next_from\":{next_from}}}"));
+    body.extend_from_slice(format!("],\"next_from\":{next_from}}}").as_bytes());
     let mut resp = Body::from(body).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

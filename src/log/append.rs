@@ -28,7 +28,7 @@ use super::copy;
 use super::{connect_as, LogError, APPENDER_LOCK_KEY};
 use crate::config::AppenderConfig;
 use crate::event::{Audience, PendingEvent, SourcePosition, TenantId};
-use crate::hub::{Hub, LiveEvent};
+use crate::hub::Hub;
 
 /// What a source hands to the appender, in source order.
 #[derive(Debug)]
@@ -689,12 +689,12 @@ impl Appender {
             // under the head and reads them from the log; one that registered
             // before is wanted here. Asking before the commit would lose the
             // events of a follower registering in between.
-            let events: Vec<Arc<LiveEvent>> = live
+            let events: Vec<Arc<crate::event::Committed>> = live
                 .into_iter()
                 .filter(|(_, tenant, _, _)| hub.wants(tenant))
                 .filter_map(|(seq, tenant, i, j)| {
                     let event = event_at(batch, i, j)?;
-                    Some(Arc::new(LiveEvent {
+                    Some(Arc::new(crate::event::Committed {
                         seq,
                         body: Bytes::from(event.envelope_json(seq, &tenant)),
                         tenant,
