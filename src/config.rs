@@ -770,7 +770,7 @@ impl Config {
                 "http.max_query_bytes",
                 format!(
                     "at most {MAX_QUERY_BYTES_LIMIT}: a request's line and headers together are limited to {} bytes, got {}",
-                    crate::http::conn::MAX_HEAD_BYTES,
+                    MAX_HEAD_BYTES,
                     self.http.max_query_bytes
                 ),
             ));
@@ -889,9 +889,13 @@ fn validate_mongo(key: &str, m: &MongoSourceConfig) -> Result<(), ConfigError> {
     )
 }
 
+/// The largest request head (request line and headers) the HTTP server
+/// accepts (`http::conn`).
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 /// The largest `http.max_query_bytes`: half the request head limit, which
 /// leaves the other half for the path and the headers.
-pub const MAX_QUERY_BYTES_LIMIT: usize = crate::http::conn::MAX_HEAD_BYTES / 2;
+pub const MAX_QUERY_BYTES_LIMIT: usize = MAX_HEAD_BYTES / 2;
 
 fn positive(key: &str, v: usize) -> Result<(), ConfigError> {
     if v == 0 {

@@ -19,8 +19,8 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::event::TenantId;
-use crate::hub::{Hub, LiveEvent};
+use crate::event::Committed;
+use crate::hub::Hub;
 use crate::log::{self, Durable, LogError, ReadScope, LEADER_LOCK_KEY, NOTIFY_CHANNEL};
 use crate::pipeline::{self, Pipeline, PipelineError, Shared};
 
@@ -281,21 +281,10 @@ async fn feed_session(
                     checkpoints: Default::default(),
                     writer_pid: None,
                 }));
-                let live: Vec<Arc<LiveEvent>> = rows
+                let live: Vec<Arc<Committed>> = rows
                     .into_iter()
-                    .filter_map(|r| {
-                        let tenant = TenantId::new(&r.tenant).ok()?;
-                        hub.wants(&tenant).then(|| {
-                            Arc::new(LiveEvent {
-                                seq: r.seq,
-                                tenant,
-                                topic: r.topic.into(),
-                                event_type: r.event_type.into(),
-                                body: r.body.into(),
-                                commit_micros: r.commit_micros,
-                            })
-                        })
-                    })
+                    .filter(|r| hub.wants(&r.tenant))
+                    .map(Arc::new)
                     .collect();
                 if !live.is_empty() {
                     hub.publish(&live);

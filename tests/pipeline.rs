@@ -591,10 +591,12 @@ async fn tenant_reads_never_return_a_tenant_with_the_same_index_hash() {
         let scope = ReadScope::Tenant(TenantId::new(tenant).expect("valid"));
         let events = read_events(&c, &scope, 1, 1000).await.expect("read");
         assert_eq!(events.len(), n, "{tenant}");
-        assert!(events.iter().all(|e| e.tenant == tenant));
+        assert!(events.iter().all(|e| e.tenant.as_str() == tenant));
         // From the middle of the log, too.
         let later = read_events(&c, &scope, 16, 1000).await.expect("read");
-        assert!(later.iter().all(|e| e.tenant == tenant && e.seq >= 16));
+        assert!(later
+            .iter()
+            .all(|e| e.tenant.as_str() == tenant && e.seq >= 16));
     }
 }
 
@@ -630,8 +632,8 @@ async fn a_separate_state_database_holds_the_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn record_batch_rows_read_back_as_their_events() {
-    use sluice::event::{format_time_micros, Envelope};
-    use sluice::log::{self, LogQuery, StoredEvent};
+    use sluice::event::{format_time_micros, Committed, Envelope};
+    use sluice::log::{self, LogQuery};
 
     let db = TestDb::new("recbatch");
     let mut c = db.client().await;
@@ -708,15 +710,15 @@ async fn record_batch_rows_read_back_as_their_events() {
         }
         .to_json()
     };
-    let check = |events: Vec<StoredEvent>, want: &[i64], what: &str| {
+    let check = |events: Vec<Committed>, want: &[i64], what: &str| {
         let got: Vec<i64> = events.iter().map(|e| e.seq).collect();
         assert_eq!(got, want, "{what}");
         for e in &events {
             assert_eq!(e.body, body(e.seq), "{what}: body of {}", e.seq);
             let tenant = expected[(e.seq - 1) as usize].1;
-            assert_eq!(e.tenant, tenant, "{what}");
+            assert_eq!(e.tenant.as_str(), tenant, "{what}");
             assert_eq!(e.commit_micros, commit_micros, "{what}");
-            let parsed: Value = serde_json::from_str(&e.body).expect("envelope is JSON");
+            let parsed: Value = serde_json::from_slice(&e.body).expect("envelope is JSON");
             assert_eq!(parsed["seq"], e.seq, "{what}");
         }
     };

@@ -20,7 +20,6 @@
 //! snapshot row ever follows a newer change of its key. The chunk's
 //! progress is written in the append transaction that holds its events.
 
-pub mod api;
 pub mod initial;
 pub mod predicate;
 pub mod progress;

@@ -374,7 +374,7 @@ pub async fn tail(
         let events = log::read_events(&client, &scope, next, 1000).await?;
         let mut out = stdout.lock();
         for e in &events {
-            let written = writeln!(out, "{}", e.body);
+            let written = out.write_all(&e.body).and_then(|()| out.write_all(b"\n"));
             if let Err(err) = written {
                 // A closed pipe (`sluice tail | head`) is a normal end.
                 if err.kind() == std::io::ErrorKind::BrokenPipe {

@@ -11,22 +11,10 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
-use crate::event::TenantId;
+use crate::event::{Committed, TenantId};
 use crate::hub::{Hub, Subscription};
 use crate::log::{self, LogQuery, ReadScope};
 use crate::subscription::Selector;
-
-/// One event to deliver.
-#[derive(Debug, Clone)]
-pub struct Followed {
-    pub seq: i64,
-    pub event_type: Arc<str>,
-    pub body: Bytes,
-    /// Source commit time, µs since the Unix epoch.
-    pub commit_micros: i64,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FollowError {
@@ -58,7 +46,7 @@ pub struct Follower {
     /// The next seq this follower may deliver.
     next: i64,
     page: i64,
-    buffer: VecDeque<Followed>,
+    buffer: VecDeque<Arc<Committed>>,
     /// Every log row below this seq has been read (delivered or skipped).
     scanned: i64,
     mode: Mode,
@@ -108,7 +96,7 @@ impl Follower {
 
     /// The next event if one is at hand (buffered from the log or queued
     /// live), without waiting or reading the log.
-    pub fn try_next(&mut self) -> Option<Followed> {
+    pub fn try_next(&mut self) -> Option<Arc<Committed>> {
         loop {
             if let Some(e) = self.buffer.pop_front() {
                 if e.seq >= self.next {
@@ -124,18 +112,13 @@ impl Follower {
             let e = sub.rx.try_recv().ok()?;
             if e.seq >= self.next {
                 self.next = e.seq + 1;
-                return Some(Followed {
-                    seq: e.seq,
-                    event_type: e.event_type.clone(),
-                    body: e.body.clone(),
-                    commit_micros: e.commit_micros,
-                });
+                return Some(e);
             }
         }
     }
 
     /// Waits for the next event.
-    pub async fn next(&mut self) -> Result<Followed, FollowError> {
+    pub async fn next(&mut self) -> Result<Arc<Committed>, FollowError> {
         loop {
             if let Some(e) = self.buffer.pop_front() {
                 if e.seq >= self.next {
@@ -149,12 +132,7 @@ impl Follower {
                     Some(e) if e.seq < self.next => continue,
                     Some(e) => {
                         self.next = e.seq + 1;
-                        return Ok(Followed {
-                            seq: e.seq,
-                            event_type: e.event_type.clone(),
-                            body: e.body.clone(),
-                            commit_micros: e.commit_micros,
-                        });
+                        return Ok(e);
                     }
                     None => {
                         // Lagged: the hub let us go. Read the rest from the log.
@@ -251,12 +229,7 @@ impl Follower {
         }
         for row in rows {
             if self.selector.matches(&row.topic, || row.data()) {
-                self.buffer.push_back(Followed {
-                    seq: row.seq,
-                    event_type: row.event_type.into(),
-                    body: Bytes::from(row.body),
-                    commit_micros: row.commit_micros,
-                });
+                self.buffer.push_back(Arc::new(row));
             }
         }
         Ok(exhausted)

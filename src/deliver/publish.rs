@@ -4,20 +4,32 @@
 //! through the pipeline like any other custom event. The caller gets its
 //! seq once it is in the log.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
+use tokio::sync::watch;
 
 use crate::event::TenantId;
-use crate::http::AppState;
+use crate::log::Durable;
 
 /// How long a publish waits for its event to reach the log.
 const PUBLISH_WAIT: Duration = Duration::from_secs(10);
 
+/// What publishing needs: both databases and the log's durable head.
+#[derive(Clone)]
+pub struct Publisher {
+    /// Connections to the source database, where the message is emitted.
+    pub source: deadpool_postgres::Pool,
+    /// The state database, where the event is looked for.
+    pub log: deadpool_postgres::Pool,
+    pub durable: watch::Receiver<Arc<Durable>>,
+}
+
 /// Emits the event for `tenant` (from the credential, never from the
 /// client) and waits for its seq.
 pub async fn publish(
-    state: &AppState,
+    publisher: &Publisher,
     tenant: &TenantId,
     name: &str,
     data: Map<String, Value>,
@@ -27,10 +39,10 @@ pub async fn publish(
     if let Some(s) = subject {
         content["subject"] = json!(s);
     }
-    let head_before = state.head();
-    let mut durable = state.durable.clone();
-    let source = state
-        .publish_pool
+    let mut durable = publisher.durable.clone();
+    let head_before = durable.borrow().last_seq;
+    let source = publisher
+        .source
         .get()
         .await
         .map_err(|e| unavailable("the source database", &e))?;
@@ -48,8 +60,8 @@ pub async fn publish(
     let event_type = format!("custom.{name}");
     let deadline = tokio::time::Instant::now() + PUBLISH_WAIT;
     loop {
-        let client = state
-            .pool
+        let client = publisher
+            .log
             .get()
             .await
             .map_err(|e| unavailable("the log", &e))?;

@@ -1,5 +1,5 @@
-//! `GET /v1/events/subscribe`: Server-Sent Events for browsers (anon key in
-//! the query string) and backends.
+//! Server-Sent Events sessions (`GET /v1/events/subscribe`, whose handler
+//! is `http::sse`): the frames and the loop that picks the next one.
 //!
 //! Frames: a `retry:` hint first; then per event `id: <seq>`, `event:
 //! <type>`, `data: <envelope>` (with `mode=message`, no `event:` line, so
@@ -12,27 +12,18 @@
 //! `shutdown` when the server stops, `closed` when the log cannot be read;
 //! each carries a JSON `code` and the position to resume from.
 
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use bytes::Bytes;
-use futures_util::{stream, StreamExt};
+use tokio_util::sync::CancellationToken;
 
-use super::follow::{FollowError, Follower, Start};
-use crate::auth::{CredentialWatch, Role};
-use crate::http::params::Params;
-use crate::http::{request, ApiError, AppState};
-
-const PARAMS: &[&str] = &["topic", "table", "collection", "filter", "from", "mode"];
+use super::follow::{FollowError, Follower};
+use super::Streams;
+use crate::auth::CredentialWatch;
+use crate::metrics::HttpMetrics;
 
 /// How event frames are named (`mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,58 +35,6 @@ pub enum FrameMode {
     Message,
 }
 
-impl FrameMode {
-    fn from_params(params: &Params) -> Result<FrameMode, ApiError> {
-        match params.one("mode")? {
-            None | Some("typed") => Ok(FrameMode::Typed),
-            Some("message") => Ok(FrameMode::Message),
-            Some(other) => Err(ApiError::bad_param(
-                "mode",
-                format!("expected typed (event: <type> on each frame) or message (no event: line), got {other:?}"),
-            )),
-        }
-    }
-}
-
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/events/subscribe", get(subscribe))
-}
-
-/// The start position: `Last-Event-ID` (exclusive) wins over `from`.
-fn start(headers: &HeaderMap, params: &Params) -> Result<Start, ApiError> {
-    if let Some(v) = headers.get("last-event-id") {
-        let text = v.to_str().unwrap_or("");
-        return match text.trim().parse::<i64>() {
-            Ok(n) if n >= 0 => Ok(Start::At(n + 1)),
-            _ => Err(ApiError::bad_param(
-                "Last-Event-ID",
-                format!("expected the seq of the last event received, got {text:?}"),
-            )),
-        };
-    }
-    Ok(params.from("from")?.map_or(Start::Live, Start::At))
-}
-
-async fn subscribe(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
-    let session = SseSession::open(&state, &headers, raw.as_deref()).await?;
-    let first = session.retry_hint();
-    let rest = stream::unfold(session, |mut s| async move {
-        let frame = s.next_frame().await?;
-        Some((Ok::<Bytes, Infallible>(frame), s))
-    });
-    let body = stream::once(async move { Ok(first) }).chain(rest);
-    let mut resp = Body::from_stream(body).into_response();
-    let h = resp.headers_mut();
-    for (name, value) in RESPONSE_HEADERS {
-        h.insert(*name, HeaderValue::from_static(value));
-    }
-    Ok(resp)
-}
-
 /// The headers of a stream's response (besides framing).
 pub const RESPONSE_HEADERS: &[(&str, &str)] = &[
     ("content-type", "text/event-stream"),
@@ -105,9 +44,12 @@ pub const RESPONSE_HEADERS: &[(&str, &str)] = &[
 
 /// One open SSE stream, independent of the HTTP layer that carries it
 /// (axum's body for most connections; `http::conn`'s lean writer for a
-/// connection whose first request is a subscription).
+/// connection whose first request is a subscription). Counted in
+/// `sluice_subscribers{transport="sse"}` while it lives.
 pub struct SseSession {
-    state: AppState,
+    metrics: Arc<HttpMetrics>,
+    shutdown: CancellationToken,
+    retry_ms: u64,
     follower: Follower,
     credential: CredentialWatch,
     mode: FrameMode,
@@ -121,78 +63,45 @@ pub struct SseSession {
 
 impl Drop for SseSession {
     fn drop(&mut self) {
-        self.state
-            .metrics
-            .sse_subscribers
-            .fetch_sub(1, Ordering::Relaxed);
-        self.state
-            .metrics
+        self.metrics.sse_subscribers.fetch_sub(1, Ordering::Relaxed);
+        self.metrics
             .catchups
             .fetch_add(self.follower.catchups, Ordering::Relaxed);
     }
 }
 
 impl SseSession {
-    /// Authenticates and validates a subscription request and positions its
-    /// follower. Every client error is an `ApiError` (answered before any
-    /// stream starts).
-    pub async fn open(
-        state: &AppState,
-        headers: &HeaderMap,
-        raw_query: Option<&str>,
-    ) -> Result<SseSession, ApiError> {
-        let (params, identity, tenant) =
-            request(state, headers, raw_query, PARAMS, Role::Anon).await?;
-        let selector = Arc::new(params.selector(&state.captured_tables())?);
-        let mode = FrameMode::from_params(&params)?;
-        let start = start(headers, &params)?;
-        if let Start::At(from) = start {
-            let client = state
-                .pool
-                .get()
-                .await
-                .map_err(|e| ApiError::unavailable("the log", &e))?;
-            let gap = crate::log::gap_at(&**client, from)
-                .await
-                .map_err(|e| ApiError::unavailable("the log", &e))?;
-            if let Some(g) = gap {
-                return Err(ApiError::gap(g.requested, g.oldest));
-            }
-        }
-        let follower = Follower::new(
-            state.hub.clone(),
-            state.pool.clone(),
-            state.durable.clone(),
-            tenant,
-            selector,
-            start,
-            state.config.http.page_limit,
-        );
-        let credential = state.auth.watch(
-            &identity,
-            Duration::from_secs(state.config.auth.revocation_check_secs),
-        );
-        let heartbeat = Duration::from_secs(state.config.http.heartbeat_secs.max(1));
+    /// A session over `follower` (positioned and checked by the caller)
+    /// that ends when `credential` does or `streams.shutdown` fires.
+    pub fn new(
+        streams: &Streams,
+        follower: Follower,
+        credential: CredentialWatch,
+        mode: FrameMode,
+        retry_ms: u64,
+    ) -> SseSession {
         let now = tokio::time::Instant::now();
-        state
+        streams
             .metrics
             .sse_subscribers
             .fetch_add(1, Ordering::Relaxed);
-        Ok(SseSession {
-            state: state.clone(),
+        SseSession {
+            metrics: streams.metrics.clone(),
+            shutdown: streams.shutdown.clone(),
+            retry_ms,
             follower,
             credential,
             mode,
-            heartbeat,
+            heartbeat: streams.heartbeat,
             last_sent: now,
-            idle: Box::pin(tokio::time::sleep_until(now + heartbeat)),
+            idle: Box::pin(tokio::time::sleep_until(now + streams.heartbeat)),
             done: false,
-        })
+        }
     }
 
     /// The stream's first frame: the reconnection delay hint.
     pub fn retry_hint(&self) -> Bytes {
-        Bytes::from(format!("retry: {}\n\n", self.state.config.http.retry_ms))
+        Bytes::from(format!("retry: {}\n\n", self.retry_ms))
     }
 
     fn event_type<'a>(&self, event_type: &'a str) -> Option<&'a str> {
@@ -209,14 +118,8 @@ impl SseSession {
             return None;
         }
         let e = self.follower.try_next()?;
-        self.state
-            .metrics
-            .sse_events
-            .fetch_add(1, Ordering::Relaxed);
-        self.state
-            .metrics
-            .sse_latency
-            .observe_since(e.commit_micros);
+        self.metrics.sse_events.fetch_add(1, Ordering::Relaxed);
+        self.metrics.sse_latency.observe_since(e.commit_micros);
         self.last_sent = tokio::time::Instant::now();
         Some(event_frame(e.seq, self.event_type(&e.event_type), &e.body))
     }
@@ -226,13 +129,13 @@ impl SseSession {
         if self.done {
             return None;
         }
-        let shutdown = self.state.shutdown.clone();
+        let shutdown = self.shutdown.clone();
         let frame = loop {
             tokio::select! {
                 next = self.follower.next() => break match next {
                     Ok(e) => {
-                        self.state.metrics.sse_events.fetch_add(1, Ordering::Relaxed);
-                        self.state.metrics.sse_latency.observe_since(e.commit_micros);
+                        self.metrics.sse_events.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.sse_latency.observe_since(e.commit_micros);
                         event_frame(e.seq, self.event_type(&e.event_type), &e.body)
                     }
                     Err(FollowError::Gap { requested, oldest }) => {

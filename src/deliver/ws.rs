@@ -1,5 +1,6 @@
-//! `GET /v1/ws`: many subscriptions and publishing on one WebSocket. The
-//! messages are in `ws_protocol`; this is the session.
+//! WebSocket sessions (`GET /v1/ws`, upgraded by `http::ws`): many
+//! subscriptions and publishing on one connection. The messages are in
+//! `ws_protocol`; this is the session.
 //!
 //! Each subscription runs its own `Follower` (catch-up from the log, then
 //! live) in a task that hands frames to the connection's bounded queue. A
@@ -16,27 +17,22 @@ use std::time::Duration;
 /// positions.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{RawQuery, State};
-use axum::http::HeaderMap;
-use axum::response::Response;
-use axum::routing::get;
-use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::follow::{FollowError, Follower, Start};
-use super::ws_protocol::{self as proto, code, ClientMessage, ProtocolError};
-use crate::auth::{self, CredentialSource, Identity, Role};
-use crate::event::TenantId;
-use crate::http::params::Params;
-use crate::http::{authorize, ApiError, AppState};
+use tokio_util::sync::CancellationToken;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/ws", get(upgrade))
-}
+use super::follow::{FollowError, Follower, Start};
+use super::publish::{self, Publisher};
+use super::ws_protocol::{self as proto, code, ClientMessage, ProtocolError};
+use super::Streams;
+use crate::auth::{self, Authenticator, CredentialSource, Identity, Role};
+use crate::config::WsConfig;
+use crate::event::TenantId;
+use crate::metrics::HttpMetrics;
 
 /// Frames for the client, from subscription tasks and the session.
 enum Out {
@@ -45,61 +41,22 @@ enum Out {
     Ended(String),
 }
 
-async fn upgrade(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    ws: WebSocketUpgrade,
-) -> Result<Response, ApiError> {
-    let p = Params::parse(
-        raw.as_deref(),
-        &["apikey", "tenant"],
-        state.config.http.max_query_bytes,
-    )?;
-    let has_header = headers.contains_key("apikey") || headers.contains_key("authorization");
-    // A credential in the URL or headers authenticates at once; otherwise
-    // the first message must.
-    let pre = if p.one("apikey")?.is_some() || has_header {
-        let (identity, tenant) = authorize(
-            &state,
-            &headers,
-            p.one("apikey")?,
-            p.one("tenant")?,
-            Role::Anon,
-        )
-        .await?;
-        Some((identity, tenant))
-    } else {
-        None
-    };
-    let cloudevents = headers
-        .get_all("sec-websocket-protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == proto::CLOUDEVENTS_SUBPROTOCOL);
-    let ws = if cloudevents {
-        ws.protocols([proto::CLOUDEVENTS_SUBPROTOCOL])
-    } else {
-        ws
-    };
-    // Frames up to 16 × the limit are read and answered `message_too_large`
-    // (the connection stays). A larger one is refused by the library at its
-    // header, before its payload is buffered, and the session closes with
-    // 1009 (see `Session::run`).
-    let limit = state.config.ws.max_message_bytes;
-    let ws = ws
-        .max_message_size(limit.saturating_mul(16))
-        .max_frame_size(limit.saturating_mul(16))
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
-    Ok(ws.on_upgrade(move |socket| async move {
-        Box::pin(Session::run(socket, state, pre, cloudevents)).await
-    }))
+/// What a WebSocket session needs from the process.
+#[derive(Clone)]
+pub struct WsContext {
+    pub streams: Streams,
+    pub auth: Arc<Authenticator>,
+    pub publisher: Publisher,
+    pub config: WsConfig,
+    /// How often an open session re-checks its credential
+    /// (`auth.revocation_check_secs`).
+    pub revocation_check: Duration,
+    /// The captured tables (`schema.table`), for `table` selectors.
+    pub captured_tables: Vec<String>,
 }
 
 struct Session {
-    state: AppState,
+    ctx: WsContext,
     cloudevents: bool,
     who: Option<(Identity, TenantId)>,
     subs: HashMap<String, JoinHandle<()>>,
@@ -115,7 +72,8 @@ impl Drop for Session {
         for (_, task) in self.subs.drain() {
             task.abort();
         }
-        self.state
+        self.ctx
+            .streams
             .metrics
             .ws_connections
             .fetch_sub(1, Ordering::Relaxed);
@@ -133,18 +91,33 @@ fn close(code: u16, reason: &'static str) -> Message {
     }))
 }
 
+/// Runs one WebSocket session until the client leaves, its credential
+/// ends or the server shuts down. `pre` is the identity already
+/// authenticated by the upgrade request, if it carried a credential.
+pub async fn run(
+    socket: WebSocket,
+    ctx: WsContext,
+    pre: Option<(Identity, TenantId)>,
+    cloudevents: bool,
+) {
+    Box::pin(Session::run(socket, ctx, pre, cloudevents)).await
+}
+
 impl Session {
     async fn run(
         socket: WebSocket,
-        state: AppState,
+        ctx: WsContext,
         pre: Option<(Identity, TenantId)>,
         cloudevents: bool,
     ) {
-        let cfg = state.config.ws.clone();
+        let cfg = ctx.config.clone();
         let (tx, mut rx) = mpsc::channel::<Out>(cfg.queue.max(1));
-        state.metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
+        ctx.streams
+            .metrics
+            .ws_connections
+            .fetch_add(1, Ordering::Relaxed);
         let mut s = Session {
-            state,
+            ctx,
             cloudevents,
             who: None,
             subs: HashMap::new(),
@@ -167,12 +140,11 @@ impl Session {
         // Watches the credential from the moment one is accepted.
         let mut credential: Option<auth::CredentialWatch> = None;
         let mut heard = tokio::time::Instant::now();
-        let shutdown = s.state.shutdown.clone();
+        let shutdown = s.ctx.streams.shutdown.clone();
         loop {
             if credential.is_none() {
                 if let Some((identity, _)) = &s.who {
-                    let check = Duration::from_secs(s.state.config.auth.revocation_check_secs);
-                    credential = Some(s.state.auth.watch(identity, check));
+                    credential = Some(s.ctx.auth.watch(identity, s.ctx.revocation_check));
                 }
             }
             let reply: Option<Message> = tokio::select! {
@@ -261,7 +233,8 @@ impl Session {
                     follower,
                     s.tx.clone(),
                     s.cloudevents,
-                    s.state.clone(),
+                    s.ctx.streams.metrics.clone(),
+                    s.ctx.streams.shutdown.clone(),
                 )));
                 s.subs.insert(id, task);
             }
@@ -270,11 +243,11 @@ impl Session {
 
     /// Answers one text frame (`None`: nothing to answer right away).
     async fn handle(&mut self, frame: &str) -> Option<String> {
-        let limit = self.state.config.ws.max_message_bytes;
+        let limit = self.ctx.config.max_message_bytes;
         let parsed = if self.who.is_none() {
             proto::parse_client_before_auth(frame, limit)
         } else {
-            proto::parse_client(frame, limit, &self.state.captured_tables())
+            proto::parse_client(frame, limit, &self.ctx.captured_tables)
         };
         let msg = match parsed {
             Ok(m) => m,
@@ -311,7 +284,7 @@ impl Session {
             return Err(ProtocolError::already_authenticated());
         }
         let identity = self
-            .state
+            .ctx
             .auth
             .authenticate(token, CredentialSource::Header)
             .await
@@ -352,7 +325,7 @@ impl Session {
             )
             .with_id(id));
         }
-        let max = self.state.config.ws.max_subscriptions;
+        let max = self.ctx.config.max_subscriptions;
         if self.subs.len() >= max {
             return Err(ProtocolError::new(
                 code::TOO_MANY_SUBSCRIPTIONS,
@@ -361,7 +334,7 @@ impl Session {
             .with_id(id));
         }
         if let Some(from) = from {
-            let gap = match self.state.pool.get().await {
+            let gap = match self.ctx.streams.pool.get().await {
                 Ok(c) => crate::log::gap_at(&**c, from)
                     .await
                     .map_err(|e| e.to_string()),
@@ -375,14 +348,10 @@ impl Session {
                 return Err(ProtocolError::gap(&id, g.requested, g.oldest));
             }
         }
-        let follower = Follower::new(
-            self.state.hub.clone(),
-            self.state.pool.clone(),
-            self.state.durable.clone(),
+        let follower = self.ctx.streams.follower(
             tenant.clone(),
             Arc::new(selector),
             from.map_or(Start::Live, Start::At),
-            self.state.config.http.page_limit,
         );
         let ack = proto::subscribed_frame(&id);
         self.pending = Some((id, follower));
@@ -407,7 +376,7 @@ impl Session {
                 "publishing needs a service key (this connection's credential is anon)",
             ));
         }
-        let seq = crate::deliver::publish::publish(&self.state, tenant, event, data, subject)
+        let seq = publish::publish(&self.ctx.publisher, tenant, event, data, subject)
             .await
             .map_err(|e| ProtocolError::new(code::UNAVAILABLE, e))?;
         Ok(proto::published_frame(seq))
@@ -421,24 +390,18 @@ async fn forward(
     mut follower: Follower,
     tx: mpsc::Sender<Out>,
     cloudevents: bool,
-    state: AppState,
+    metrics: Arc<HttpMetrics>,
+    shutdown: CancellationToken,
 ) {
     /// Counts the subscription while its task lives (aborted or not).
-    struct Open(AppState);
+    struct Open(Arc<HttpMetrics>);
     impl Drop for Open {
         fn drop(&mut self) {
-            self.0
-                .metrics
-                .ws_subscriptions
-                .fetch_sub(1, Ordering::Relaxed);
+            self.0.ws_subscriptions.fetch_sub(1, Ordering::Relaxed);
         }
     }
-    state
-        .metrics
-        .ws_subscriptions
-        .fetch_add(1, Ordering::Relaxed);
-    let _open = Open(state.clone());
-    let shutdown = state.shutdown.clone();
+    metrics.ws_subscriptions.fetch_add(1, Ordering::Relaxed);
+    let _open = Open(metrics.clone());
     loop {
         let next = tokio::select! {
             next = follower.next() => next,
@@ -451,8 +414,8 @@ async fn forward(
         };
         let frame = match next {
             Ok(e) => {
-                state.metrics.ws_events.fetch_add(1, Ordering::Relaxed);
-                state.metrics.ws_latency.observe_since(e.commit_micros);
+                metrics.ws_events.fetch_add(1, Ordering::Relaxed);
+                metrics.ws_latency.observe_since(e.commit_micros);
                 if cloudevents {
                     proto::cloudevents_event_frame(&e.body)
                 } else {

@@ -46,8 +46,8 @@ use serde_json::{Map, Value};
 
 use crate::auth::Role;
 use crate::event::TenantId;
-use crate::http::params::MAX_TOPICS;
 use crate::source::postgres::normalize::{valid_custom_name, MAX_CUSTOM_NAME};
+use crate::subscription::MAX_TOPICS;
 use crate::subscription::{collection_glob, table_glob, Filter, Selector, TopicGlob};
 
 /// Longest subscription id, in bytes.

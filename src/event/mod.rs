@@ -7,10 +7,12 @@
 //! gives it a `seq` and calls [`PendingEvent::envelope_json`], which only
 //! wraps the pre-serialized data in the small header. Nothing here does I/O.
 
+pub mod committed;
 pub mod tenant;
 
 use std::sync::Arc;
 
+pub use committed::Committed;
 pub use tenant::{TenantError, TenantId};
 
 /// Where an event came from in its source, so an append can be made

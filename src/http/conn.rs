@@ -41,11 +41,10 @@ use tokio_util::task::TaskTracker;
 use super::{ApiError, AppState};
 use crate::deliver::sse::{SseSession, RESPONSE_HEADERS};
 
-/// The largest request head (request line and headers) accepted, by the
-/// first-request reader here and by hyper for every later request; larger
-/// is a 431 with the JSON error. `http.max_query_bytes` is bounded so that
-/// its largest query string fits with room to spare.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The largest request head, by the first-request reader here and by hyper
+/// for every later request; larger is a 431 with the JSON error. Defined
+/// in `config`, which bounds `http.max_query_bytes` by it.
+pub use crate::config::MAX_HEAD_BYTES;
 /// After a refused head, the rest of the request is read and dropped (up
 /// to this much, for at most `DRAIN_TIMEOUT`) before the socket closes, so
 /// that the client reads the answer instead of a connection reset.
@@ -112,7 +111,7 @@ async fn handle(tcp: TcpStream, state: AppState, app: Router, shutdown: Cancella
         // On an error the request is replayed through axum, which answers it.
         // (Futures awaited here are boxed: the task's size is that of its
         // largest state, and it lives as long as the stream.)
-        let opened = Box::pin(SseSession::open(&state, &sub.headers, sub.query(&head))).await;
+        let opened = Box::pin(super::sse::open(&state, &sub.headers, sub.query(&head))).await;
         if let Ok(session) = opened {
             let cors = super::cors::allow_origin(&state.config.http.cors_origins, &sub.headers);
             drop((head, sub, app));

@@ -5,11 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::ApiError;
-use crate::subscription::{collection_glob, table_glob, Filter, Selector, TopicGlob};
-
-/// Most topic globs (topic, table and collection together) in one
-/// subscription: each is checked against every event of the tenant.
-pub const MAX_TOPICS: usize = 32;
+use crate::subscription::{collection_glob, table_glob, Filter, Selector, TopicGlob, MAX_TOPICS};
 
 /// A parsed query string: name → values in order.
 #[derive(Debug, Default)]

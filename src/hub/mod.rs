@@ -18,37 +18,15 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::event::TenantId;
+use crate::event::{Committed, TenantId};
 use crate::subscription::Selector;
-
-/// One committed event as the hub hands it out.
-#[derive(Debug, Clone)]
-pub struct LiveEvent {
-    pub seq: i64,
-    pub tenant: TenantId,
-    pub topic: Arc<str>,
-    pub event_type: Arc<str>,
-    /// The envelope JSON, byte for byte what the log returns for this seq.
-    pub body: Bytes,
-    /// Source commit time, µs since the Unix epoch (for latency metrics).
-    pub commit_micros: i64,
-}
-
-impl LiveEvent {
-    /// The envelope's `data`, parsed (only needed when a filter asks).
-    pub fn data(&self) -> Option<serde_json::Value> {
-        let mut v: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
-        Some(v.get_mut("data")?.take())
-    }
-}
 
 struct Entry {
     id: u64,
     selector: Arc<Selector>,
-    tx: mpsc::Sender<Arc<LiveEvent>>,
+    tx: mpsc::Sender<Arc<Committed>>,
 }
 
 /// Counters exported as metrics.
@@ -75,7 +53,7 @@ pub struct Subscription {
     hub: Arc<Hub>,
     tenant: TenantId,
     id: u64,
-    pub rx: mpsc::Receiver<Arc<LiveEvent>>,
+    pub rx: mpsc::Receiver<Arc<Committed>>,
 }
 
 impl Drop for Subscription {
@@ -160,7 +138,7 @@ impl Hub {
     ///
     /// Queues hold `Arc`s: a queue's storage is allocated in blocks of 32
     /// slots per subscriber, so a slot costs a pointer, not an event.
-    pub fn publish(&self, events: &[Arc<LiveEvent>]) {
+    pub fn publish(&self, events: &[Arc<Committed>]) {
         let _order = self
             .publishing
             .lock()
@@ -226,9 +204,10 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
-    fn ev(seq: i64, tenant: &str, topic: &str) -> Arc<LiveEvent> {
-        Arc::new(LiveEvent {
+    fn ev(seq: i64, tenant: &str, topic: &str) -> Arc<Committed> {
+        Arc::new(Committed {
             seq,
             tenant: TenantId::new(tenant).expect("valid"),
             topic: topic.into(),

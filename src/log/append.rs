@@ -28,8 +28,8 @@ use super::copy;
 use super::stage::{AppendStage, Appended, AppendedChunk};
 use super::{connect_as, LogError, APPENDER_LOCK_KEY};
 use crate::config::AppenderConfig;
-use crate::event::{Audience, PendingEvent, SourcePosition, TenantId};
-use crate::hub::{Hub, LiveEvent};
+use crate::event::{Audience, Committed, PendingEvent, SourcePosition, TenantId};
+use crate::hub::Hub;
 
 /// What a source hands to the appender, in source order.
 #[derive(Debug)]
@@ -519,13 +519,13 @@ impl Appender {
             // under the head and reads them from the log; one that registered
             // before is wanted here. Asking before the commit would lose the
             // events of a follower registering in between.
-            let events: Vec<Arc<LiveEvent>> = copied
+            let events: Vec<Arc<Committed>> = copied
                 .events
                 .into_iter()
                 .filter(|e| hub.wants(&e.tenant))
                 .filter_map(|e| {
                     let event = event_at(batch, e.item, e.member)?;
-                    Some(Arc::new(LiveEvent {
+                    Some(Arc::new(Committed {
                         seq: e.seq,
                         body: Bytes::from(event.envelope_json(e.seq, &e.tenant)),
                         tenant: e.tenant,

@@ -2,12 +2,14 @@
 //! operator's cross-tenant view, which is spelled out as such.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
+use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
 
-use crate::event::{format_time_micros, Envelope, TenantId};
+use crate::event::{format_time_micros, Committed, Envelope, TenantId};
 
 /// Whose events a read may return.
 #[derive(Debug, Clone)]
@@ -16,27 +18,6 @@ pub enum ReadScope {
     /// Every tenant: only for operator tools (`sluice tail` without
     /// `--tenant`, admin keys).
     Operator,
-}
-
-/// One event as stored, with its envelope rebuilt.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredEvent {
-    pub seq: i64,
-    pub tenant: String,
-    pub event_type: String,
-    pub topic: String,
-    /// The envelope JSON, byte for byte what the live path sends.
-    pub body: String,
-    /// Source commit time, µs since the Unix epoch.
-    pub commit_micros: i64,
-}
-
-impl StoredEvent {
-    /// The envelope's `data`, parsed (for filters).
-    pub fn data(&self) -> Option<serde_json::Value> {
-        let mut v: serde_json::Value = serde_json::from_str(&self.body).ok()?;
-        Some(v.get_mut("data")?.take())
-    }
 }
 
 /// What to read besides the scope.
@@ -120,26 +101,39 @@ fn batch_items<'a>(first_seq: i64, seq: i64, data: &'a str) -> Result<Vec<BatchI
 
 /// Pushes the events of `row` whose seq `keep` accepts, in seq order, each
 /// with its envelope rebuilt. A malformed batch row is logged and skipped.
-fn expand_row(row: &RowParts<'_>, mut keep: impl FnMut(i64) -> bool, out: &mut Vec<StoredEvent>) {
+fn expand_row(row: &RowParts<'_>, mut keep: impl FnMut(i64) -> bool, out: &mut Vec<Committed>) {
+    let Ok(tenant) = TenantId::new(row.tenant) else {
+        // Every tenant was a `TenantId` when appended; a row that breaks
+        // that was not written by Sluice.
+        tracing::error!(
+            seq = row.seq,
+            "sluice.events row with an invalid tenant id; its events are skipped"
+        );
+        return;
+    };
     let time = format_time_micros(row.commit_micros);
-    let event = |seq: i64, subject: Option<&str>, data: &str| StoredEvent {
+    let topic: Arc<str> = row.topic.into();
+    let event_type: Arc<str> = row.event_type.into();
+    let event = |seq: i64, subject: Option<&str>, data: &str| Committed {
         seq,
-        tenant: row.tenant.to_owned(),
-        event_type: row.event_type.to_owned(),
-        topic: row.topic.to_owned(),
-        body: Envelope {
-            seq,
-            tenant: row.tenant,
-            event_type: row.event_type,
-            topic: row.topic,
-            source: row.source,
-            subject,
-            txid: to_u64(row.txid),
-            lsn: to_u64(row.lsn),
-            time: &time,
-            data,
-        }
-        .to_json(),
+        tenant: tenant.clone(),
+        event_type: event_type.clone(),
+        topic: topic.clone(),
+        body: Bytes::from(
+            Envelope {
+                seq,
+                tenant: row.tenant,
+                event_type: row.event_type,
+                topic: row.topic,
+                source: row.source,
+                subject,
+                txid: to_u64(row.txid),
+                lsn: to_u64(row.lsn),
+                time: &time,
+                data,
+            }
+            .to_json(),
+        ),
         commit_micros: row.commit_micros,
     };
     let Some(first_seq) = row.first_seq else {
@@ -172,7 +166,7 @@ pub async fn query_events(
     client: &impl GenericClient,
     scope: &ReadScope,
     q: &LogQuery,
-) -> Result<Vec<StoredEvent>, tokio_postgres::Error> {
+) -> Result<Vec<Committed>, tokio_postgres::Error> {
     // `seq` is a row's last event, so `seq >= from` finds every row that
     // holds an event at or after `from`.
     let mut sql = format!("SELECT {COLUMNS} FROM sluice.events WHERE seq >= $1");
@@ -237,7 +231,7 @@ pub async fn read_events(
     scope: &ReadScope,
     from: i64,
     limit: i64,
-) -> Result<Vec<StoredEvent>, tokio_postgres::Error> {
+) -> Result<Vec<Committed>, tokio_postgres::Error> {
     query_events(
         client,
         scope,
@@ -255,7 +249,7 @@ pub async fn read_events(
 pub async fn events_by_seq(
     client: &impl GenericClient,
     seqs: &[i64],
-) -> Result<Vec<StoredEvent>, tokio_postgres::Error> {
+) -> Result<Vec<Committed>, tokio_postgres::Error> {
     let mut wanted = seqs.to_vec();
     wanted.sort_unstable();
     wanted.dedup();
@@ -405,22 +399,22 @@ mod tests {
         }
     }
 
-    fn expand(r: &RowParts<'_>, from: i64, to: i64) -> Vec<StoredEvent> {
+    fn expand(r: &RowParts<'_>, from: i64, to: i64) -> Vec<Committed> {
         let mut out = Vec::new();
         expand_row(r, |s| s >= from && s <= to, &mut out);
         out
     }
 
-    fn all(r: &RowParts<'_>) -> Vec<StoredEvent> {
+    fn all(r: &RowParts<'_>) -> Vec<Committed> {
         expand(r, i64::MIN, i64::MAX)
     }
 
-    fn seqs(events: &[StoredEvent]) -> Vec<i64> {
+    fn seqs(events: &[Committed]) -> Vec<i64> {
         events.iter().map(|e| e.seq).collect()
     }
 
     /// The same event, stored as an ordinary one-event row.
-    fn single(seq: i64, subject: Option<&str>, data: &str) -> StoredEvent {
+    fn single(seq: i64, subject: Option<&str>, data: &str) -> Committed {
         let mut v = all(&row(seq, None, subject, data));
         assert_eq!(v.len(), 1);
         v.remove(0)
@@ -448,7 +442,7 @@ mod tests {
         .to_json();
         assert_eq!(e.body, expected);
         assert_eq!(
-            (e.tenant.as_str(), e.event_type.as_str(), e.topic.as_str()),
+            (e.tenant.as_str(), &*e.event_type, &*e.topic),
             ("acme", "row.insert", "public.orders")
         );
         assert_eq!(e.commit_micros, 1_700_000_000_123_456);
@@ -470,7 +464,7 @@ mod tests {
         assert_eq!(events[1], single(11, Some("2"), r#"{"id":2}"#));
         assert_eq!(events[2], single(12, None, "null"));
         assert_eq!(events[3], single(13, Some("4"), r#""x""#));
-        assert!(!events[2].body.contains("\"subject\""));
+        assert!(!String::from_utf8_lossy(&events[2].body).contains("\"subject\""));
     }
 
     #[test]
@@ -492,7 +486,7 @@ mod tests {
         let data = r#"[["a\"b\\c\/d\u0001\n \u00e9 ü \ud83d\ude00 \u2028", {"k": "v"}]]"#;
         let events = all(&row(5, Some(5), None, data));
         assert_eq!(events, [single(5, Some(subject), r#"{"k": "v"}"#)]);
-        let v: serde_json::Value = serde_json::from_str(&events[0].body).expect("json");
+        let v: serde_json::Value = serde_json::from_slice(&events[0].body).expect("json");
         assert_eq!(v["subject"], subject);
     }
 

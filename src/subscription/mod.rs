@@ -17,6 +17,11 @@ pub use topic::{GlobError, TopicGlob};
 /// [`collection_glob`], in bytes.
 pub const MAX_NAME_BYTES: usize = 128;
 
+/// Most topic globs (topic, table and collection together) in one
+/// subscription, over HTTP or WebSocket: each is checked against every
+/// event of the tenant.
+pub const MAX_TOPICS: usize = 32;
+
 /// What one subscriber asked for (the tenant is NOT here: it comes from the
 /// credential and is matched by the hub before this).
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -316,10 +316,7 @@ impl Dispatcher {
             .map_err(|e| e.to_string())?;
         let committed: HashMap<i64, i64> =
             events.iter().map(|e| (e.seq, e.commit_micros)).collect();
-        let bodies: HashMap<i64, Bytes> = events
-            .into_iter()
-            .map(|e| (e.seq, Bytes::from(e.body)))
-            .collect();
+        let bodies: HashMap<i64, Bytes> = events.into_iter().map(|e| (e.seq, e.body)).collect();
         let endpoint_ids: Vec<&str> = claimed.iter().map(|c| &*c.endpoint).collect();
         let targets = load_targets(&**client, &endpoint_ids).await?;
         drop(client);

@@ -9,7 +9,6 @@
 //! pruned). Delivery is at least once; `webhook-id` is stable across
 //! attempts so receivers can drop duplicates.
 
-pub mod api;
 pub mod dispatch;
 pub mod schedule;
 pub mod sign;

@@ -99,7 +99,7 @@ pub async fn all_events(client: &Client) -> Vec<Value> {
         }
         for e in batch {
             next = e.seq + 1;
-            out.push(serde_json::from_str(&e.body).expect("stored envelope is JSON"));
+            out.push(serde_json::from_slice(&e.body).expect("stored envelope is JSON"));
         }
     }
 }

@@ -8,9 +8,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use super::{BackfillError, Request};
+use super::{json_body, params, ApiError, AppState};
 use crate::auth::{self, Role};
-use crate::http::{json_body, params, ApiError, AppState};
+use crate::backfill::{self, BackfillError, Request};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -49,7 +49,7 @@ async fn create(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
     bytes: Bytes,
-) -> Result<(StatusCode, Json<super::Backfill>), ApiError> {
+) -> Result<(StatusCode, Json<backfill::Backfill>), ApiError> {
     admin(&state, &headers, raw.as_deref()).await?;
     let req: Request = json_body(&bytes)?;
     let pg = state
@@ -66,7 +66,7 @@ async fn create(
         .get()
         .await
         .map_err(|e| ApiError::unavailable("the state database", &e))?;
-    let b = super::create(&db, &source, pg, &req, "backfill")
+    let b = backfill::create(&db, &source, pg, &req, "backfill")
         .await
         .map_err(api_error)?;
     Ok((StatusCode::CREATED, Json(b)))
@@ -83,7 +83,7 @@ async fn list(
         .get()
         .await
         .map_err(|e| ApiError::unavailable("the state database", &e))?;
-    let all = super::list(&db).await.map_err(api_error)?;
+    let all = backfill::list(&db).await.map_err(api_error)?;
     Ok(Json(serde_json::json!({ "backfills": all })))
 }
 
@@ -92,7 +92,7 @@ async fn cancel(
     headers: HeaderMap,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<super::Backfill>, ApiError> {
+) -> Result<Json<backfill::Backfill>, ApiError> {
     admin(&state, &headers, raw.as_deref()).await?;
     let id: i64 = id
         .parse()
@@ -102,7 +102,7 @@ async fn cancel(
         .get()
         .await
         .map_err(|e| ApiError::unavailable("the state database", &e))?;
-    match super::cancel(&db, id).await.map_err(api_error)? {
+    match backfill::cancel(&db, id).await.map_err(api_error)? {
         Some(b) => Ok(Json(b)),
         None => Err(ApiError {
             status: StatusCode::CONFLICT,
@@ -119,7 +119,7 @@ async fn read(
     headers: HeaderMap,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<super::Backfill>, ApiError> {
+) -> Result<Json<backfill::Backfill>, ApiError> {
     admin(&state, &headers, raw.as_deref()).await?;
     let id: i64 = id
         .parse()
@@ -129,5 +129,5 @@ async fn read(
         .get()
         .await
         .map_err(|e| ApiError::unavailable("the state database", &e))?;
-    Ok(Json(super::get(&db, id).await.map_err(api_error)?))
+    Ok(Json(backfill::get(&db, id).await.map_err(api_error)?))
 }

@@ -13,13 +13,13 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::store::{Endpoint, COLUMNS};
-use super::{new_id, sign, ssrf};
+use super::{json_body, request, ApiError, AppState};
 use crate::auth::Role;
 use crate::event::TenantId;
-use crate::http::{json_body, request, ApiError, AppState};
 use crate::log::{LogQuery, ReadScope};
 use crate::subscription::{Filter, TopicGlob};
+use crate::webhooks::store::{Endpoint, COLUMNS};
+use crate::webhooks::{new_id, sign, ssrf};
 
 const MAX_DESCRIPTION_BYTES: usize = 1024;
 const MAX_TOPICS: usize = 32;
@@ -188,7 +188,7 @@ async fn tenant_of(
     headers: &HeaderMap,
     raw: Option<&str>,
     allowed: &[&str],
-) -> Result<(crate::http::params::Params, TenantId), ApiError> {
+) -> Result<(super::params::Params, TenantId), ApiError> {
     let (params, _identity, tenant) = request(state, headers, raw, allowed, Role::Service).await?;
     Ok((params, tenant))
 }

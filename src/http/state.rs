@@ -1,0 +1,72 @@
+//! `AppState`: what every handler may use. Built once by `server`; the
+//! handlers hand the few parts a transport needs to the domain code below
+//! (`deliver`, `webhooks`, `backfill`), which never sees this type.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::deliver::Streams;
+use crate::hub::Hub;
+use crate::log::Durable;
+use crate::source::postgres::stats::SourceStats;
+
+/// Everything a handler may use.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub pool: deadpool_postgres::Pool,
+    pub hub: Arc<Hub>,
+    pub auth: Arc<Authenticator>,
+    pub durable: watch::Receiver<Arc<Durable>>,
+    pub source: Arc<SourceStats>,
+    /// One per configured MongoDB source.
+    pub mongo: Vec<Arc<crate::source::mongo::MongoStatus>>,
+    /// Whether this process leads (runs the sources) or stands by.
+    pub role: Arc<crate::leader::Role>,
+    /// Events this process appended, per source and type.
+    pub appended: Arc<crate::log::AppendCounts>,
+    pub backfill_metrics: Arc<crate::backfill::runner::BackfillMetrics>,
+    pub metrics: Arc<crate::metrics::HttpMetrics>,
+    /// Fires on shutdown: open streams end with their resume position.
+    pub shutdown: CancellationToken,
+    /// The webhook outbox (to wake the dispatcher after a replay).
+    pub outbox: crate::webhooks::Outbox,
+    pub webhook_metrics: Arc<crate::webhooks::dispatch::WebhookMetrics>,
+    /// Connections to the source database, for publishing custom events.
+    pub publish_pool: deadpool_postgres::Pool,
+}
+
+impl AppState {
+    /// The captured tables (`schema.table`).
+    pub fn captured_tables(&self) -> Vec<String> {
+        self.config
+            .source
+            .postgres
+            .as_ref()
+            .map(|p| p.tables.iter().map(|t| t.table.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The log's last seq now.
+    pub fn head(&self) -> i64 {
+        self.durable.borrow().last_seq
+    }
+
+    /// What the streams of `deliver` need from this state.
+    pub fn streams(&self) -> Streams {
+        Streams {
+            pool: self.pool.clone(),
+            hub: self.hub.clone(),
+            durable: self.durable.clone(),
+            metrics: self.metrics.clone(),
+            shutdown: self.shutdown.clone(),
+            page_limit: self.config.http.page_limit,
+            heartbeat: Duration::from_secs(self.config.http.heartbeat_secs.max(1)),
+        }
+    }
+}
