@@ -12,3 +12,4 @@ pub mod setup;
 pub mod stats;
 pub mod stream;
 pub mod value;
+mod watermark;

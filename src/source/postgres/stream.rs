@@ -3,25 +3,34 @@
 //! order. It acknowledges to Postgres only what the appender reports as
 //! durable, and reconnects with backoff when the connection breaks.
 //!
+//! `PgSource::run` reconnects; one connection is a `Session`, which the
+//! loop feeds one replication event at a time, with one method per kind
+//! (keepalive, begin, relation, change, logical message, commit). Backfill
+//! watermark windows are kept by `watermark`.
+//!
 //! Invariant: an item is sent to the appender at most once per source
-//! position (`last_sent` only moves forward, and a re-sent transaction is
-//! skipped up to it), so a reconnect never duplicates an event.
+//! position (`last_sent` only moves forward, by [`Checkpoint::advance`] on
+//! the very item sent, and a re-sent transaction is skipped up to it), so a
+//! reconnect never duplicates an event.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::catalog::Catalog;
 use super::normalize::{DropReason, Normalizer, Outcome, TableRule, TxContext, SUBS_PER_CHANGE};
 use super::pgoutput::{self, Message};
 use super::stats::SourceStats;
+use super::watermark::{self, Windows};
 use crate::config::PgSourceConfig;
 use crate::event::{pg_micros_to_unix, SourcePosition};
-use crate::log::{AppendItem, AppenderHandle, Checkpoint, LogError};
+use crate::log::{AppendItem, AppenderHandle, Checkpoint, Durable, LogError};
 
 /// Session settings that make the text forms of values what `value.rs`
 /// expects, whatever the server's defaults are.
@@ -105,30 +114,6 @@ pub struct PgSource {
     chunks: Arc<crate::backfill::Chunks>,
 }
 
-/// The changes seen between a backfill chunk's watermarks.
-#[derive(Default)]
-struct Window {
-    /// Subjects (`schema.table/key`) of changed rows.
-    changed: std::collections::HashSet<String>,
-    /// A TRUNCATE or an unattributable change happened, or too many rows
-    /// changed to remember: the chunk is read again rather than emitted.
-    truncated: bool,
-}
-
-impl Window {
-    fn note(&mut self, subject: &str) {
-        if self.truncated {
-            return;
-        }
-        if self.changed.len() >= MAX_WINDOW_KEYS {
-            self.changed = std::collections::HashSet::new();
-            self.truncated = true;
-            return;
-        }
-        self.changed.insert(subject.to_owned());
-    }
-}
-
 struct OpenTx {
     ctx: TxContext,
     changes: u64,
@@ -205,366 +190,416 @@ impl PgSource {
         }
     }
 
+    /// One connection: connects, then dispatches what arrives until
+    /// shutdown, an error or the end of the stream. The select is biased:
+    /// shutdown first, then the appender's durable progress (so
+    /// acknowledgements are not starved by a busy stream), then the stream.
     async fn session(
         &self,
         last_sent: &mut Checkpoint,
         shutdown: &CancellationToken,
     ) -> Result<(), SourceError> {
-        let catalog_client = crate::log::connect(&self.cfg.url).await?;
-        catalog_client
-            .batch_execute("SET application_name = 'sluice-catalog'")
-            .await?;
-        let mut catalog = Catalog::new(catalog_client);
-        let mut durable = self.appender.durable();
-        let durable_ack = durable
-            .borrow()
-            .checkpoints
-            .get(&self.key)
-            .map_or(0, |c| c.ack_lsn);
-        let rc = replication_config(
-            &self.cfg,
-            Lsn::from_u64(last_sent.ack_lsn),
-            Lsn::from_u64(durable_ack),
-        )?;
-        let mut client = ReplicationClient::connect(rc).await?;
-        let mut normalizer = Normalizer::new(&self.cfg.event_source());
-        let mut tx: Option<OpenTx> = None;
-        let mut outcomes = Vec::new();
-        // Open backfill windows by chunk nonce; only windows whose low
-        // watermark was read in this session count.
-        let mut windows: HashMap<u64, Window> = HashMap::new();
-        let mut first = true;
+        let mut s = Session::connect(self, last_sent).await?;
         loop {
             let ev = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    client.stop();
+                    s.client.stop();
                     return Ok(());
                 }
-                changed = durable.changed() => {
+                changed = s.durable.changed() => {
                     if changed.is_err() {
                         return Err(LogError::Closed.into());
                     }
-                    let ack = durable.borrow_and_update().checkpoints.get(&self.key).map(|c| c.ack_lsn);
-                    if let Some(ack) = ack {
-                        client.update_applied_lsn(Lsn::from_u64(ack));
-                        self.stats.acked_lsn.store(ack, Ordering::Relaxed);
-                    }
+                    s.on_durable();
                     continue;
                 }
-                ev = client.recv() => ev?,
+                ev = s.client.recv() => ev?,
             };
-            if first {
-                first = false;
-                self.stats.connected.store(true, Ordering::Relaxed);
-                tracing::info!(source = %self.cfg.name, slot = %self.cfg.slot(), "replication streaming");
-            }
+            s.note_streaming();
             let Some(ev) = ev else {
                 return Err(SourceError::Ended);
             };
-            match ev {
-                ReplicationEvent::KeepAlive { wal_end, .. } => {
-                    self.stats
-                        .server_wal_end
-                        .store(wal_end.as_u64(), Ordering::Relaxed);
-                    // Nothing open and everything sent is durable: the slot may
-                    // move to the server's position (quiet captured tables must
-                    // not hold WAL back).
-                    let all_durable = durable
-                        .borrow()
-                        .checkpoints
-                        .get(&self.key)
-                        .is_some_and(|c| c == last_sent);
-                    if tx.is_none() && all_durable && wal_end.as_u64() > last_sent.ack_lsn {
-                        client.update_applied_lsn(wal_end);
-                    }
-                }
-                ReplicationEvent::Begin {
-                    final_lsn,
-                    xid,
-                    commit_time_micros,
-                } => {
-                    let commit_lsn = final_lsn.as_u64();
-                    tx = Some(OpenTx {
-                        ctx: TxContext::new(xid, commit_lsn, pg_micros_to_unix(commit_time_micros)),
-                        changes: 0,
-                        skip_all: last_sent.covers_transaction(commit_lsn),
-                    });
-                }
-                ReplicationEvent::XLogData { data, .. } => {
-                    let msg = pgoutput::decode(&data)?;
-                    match msg {
-                        Message::Relation(rel) => {
-                            let rule = self
-                                .rules
-                                .get(&(rel.namespace.clone(), rel.name.clone()))
-                                .cloned();
-                            let resolved = catalog.resolve(rel, rule).await?;
-                            normalizer.set_relation(resolved);
-                        }
-                        Message::Insert(_)
-                        | Message::Update(_)
-                        | Message::Delete(_)
-                        | Message::Truncate(_) => {
-                            let Some(open) = tx.as_mut() else {
-                                tracing::warn!("change outside a transaction; ignored");
-                                continue;
-                            };
-                            open.changes += 1;
-                            if open.skip_all {
-                                continue;
-                            }
-                            let base = SourcePosition {
-                                commit_lsn: open.ctx.commit_lsn,
-                                ordinal: open.changes.saturating_mul(SUBS_PER_CHANGE),
-                            };
-                            if last_sent.covers(SourcePosition {
-                                ordinal: base.ordinal + SUBS_PER_CHANGE - 1,
-                                ..base
-                            }) {
-                                continue;
-                            }
-                            outcomes.clear();
-                            normalizer.change(&open.ctx, open.changes, &msg, &mut outcomes);
-                            if !windows.is_empty() {
-                                note_changes(&mut windows, &outcomes);
-                                // An update that moved the row to another
-                                // key changed the old key's row too.
-                                if let Message::Update(u) = &msg {
-                                    if let Some(
-                                        pgoutput::OldTuple::Key(old)
-                                        | pgoutput::OldTuple::Full(old),
-                                    ) = &u.old
-                                    {
-                                        if let Some(subject) =
-                                            normalizer.subject_of(u.relation_id, old)
-                                        {
-                                            for w in windows.values_mut() {
-                                                w.note(&subject);
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                            for o in outcomes.drain(..) {
-                                self.deliver(o, last_sent).await?;
-                            }
-                            self.stats
-                                .value_fallbacks
-                                .store(normalizer.stats.value_fallbacks, Ordering::Relaxed);
-                        }
-                        Message::Begin(_) | Message::Commit(_) | Message::Message(_) => {
-                            tracing::warn!("transaction boundary arrived as raw data; ignored");
-                        }
-                        Message::Type(_) | Message::Origin(_) => {}
-                    }
-                }
-                ReplicationEvent::Message {
-                    transactional,
-                    lsn,
-                    prefix,
-                    content,
-                } => {
-                    if prefix == HEARTBEAT_PREFIX && !transactional && tx.is_none() {
-                        // Everything before it has been sent: acknowledging it
-                        // once durable moves the slot past WAL that holds no
-                        // captured change (other tables, other databases).
-                        let at = lsn.as_u64();
-                        if !last_sent.covers_transaction(at) {
-                            self.end_tx(at, at, last_sent).await?;
-                            self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
-                        }
-                        continue;
-                    }
-                    if prefix == crate::backfill::MARK_PREFIX {
-                        let (Some(open), Some(mark)) =
-                            (tx.as_mut(), crate::backfill::Mark::decode(&content))
-                        else {
-                            continue;
-                        };
-                        if open.skip_all {
-                            continue;
-                        }
-                        if !mark.h {
-                            // Windows whose high watermark never comes (the
-                            // runner failed between the two) must not pile up.
-                            if windows.len() >= MAX_WINDOWS {
-                                windows.clear();
-                            }
-                            windows.insert(mark.n, Window::default());
-                            continue;
-                        }
-                        let window = windows.remove(&mark.n);
-                        let Some(chunk) = self.chunks.take(mark.n) else {
-                            continue;
-                        };
-                        let Some(window) = window.filter(|w| !w.truncated) else {
-                            // The low watermark was read in an earlier session
-                            // (or a TRUNCATE intervened): the runner reads the
-                            // chunk again.
-                            continue;
-                        };
-                        // Normalized beside us, usually done by now; a
-                        // normalizer that is gone means the runner is gone.
-                        let Ok(chunk) = chunk.await else {
-                            continue;
-                        };
-                        for reason in chunk.dropped {
-                            self.deliver(Outcome::Dropped(reason), last_sent).await?;
-                        }
-                        // The rows whose key changed inside the window are
-                        // left out: their change events are at least as new.
-                        let mut events = chunk.events;
-                        let mut batches = Some(chunk.batches);
-                        if !window.changed.is_empty() {
-                            let read = events.len();
-                            events.retain(|e| {
-                                e.subject
-                                    .as_ref()
-                                    .is_some_and(|s| !window.changed.contains(s))
-                            });
-                            if events.len() != read {
-                                // Built for the events as read.
-                                batches = None;
-                            }
-                        }
-                        for e in &mut events {
-                            open.changes += 1;
-                            e.position = SourcePosition {
-                                commit_lsn: open.ctx.commit_lsn,
-                                ordinal: open.changes.saturating_mul(SUBS_PER_CHANGE),
-                            };
-                            e.time_micros = open.ctx.commit_time_micros;
-                            e.time = open.ctx.time.clone();
-                            e.txid = Some(u64::from(open.ctx.xid));
-                            e.lsn = Some(open.ctx.commit_lsn);
-                        }
-                        if !events.is_empty() {
-                            self.stats
-                                .events
-                                .fetch_add(events.len() as u64, Ordering::Relaxed);
-                        }
-                        self.send(
-                            AppendItem::BackfillChunk {
-                                source: self.key.clone(),
-                                events,
-                                batches,
-                                backfill: chunk.backfill,
-                                after: chunk.after,
-                                last_key: chunk.last_key,
-                                rows_read: chunk.rows_read,
-                            },
-                            last_sent,
-                        )
-                        .await?;
-                        continue;
-                    }
-                    if prefix != CUSTOM_PREFIX {
-                        continue;
-                    }
-                    match (transactional, tx.as_mut()) {
-                        (true, Some(open)) => {
-                            open.changes += 1;
-                            if open.skip_all {
-                                continue;
-                            }
-                            let pos = open.changes.saturating_mul(SUBS_PER_CHANGE);
-                            let o = normalizer.custom(&open.ctx, pos, &content);
-                            self.deliver(o, last_sent).await?;
-                        }
-                        _ => {
-                            // A non-transactional message is its own unit.
-                            let at = lsn.as_u64();
-                            if last_sent.covers_transaction(at) {
-                                continue;
-                            }
-                            let ctx = TxContext::new(0, at, chrono::Utc::now().timestamp_micros());
-                            let o = normalizer.custom(&ctx, SUBS_PER_CHANGE, &content);
-                            self.deliver(o, last_sent).await?;
-                            self.end_tx(at, at, last_sent).await?;
-                        }
-                    }
-                }
-                ReplicationEvent::Commit { lsn, end_lsn, .. } => {
-                    let Some(open) = tx.take() else { continue };
-                    if open.skip_all {
-                        continue;
-                    }
-                    self.end_tx(lsn.as_u64(), end_lsn.as_u64(), last_sent)
-                        .await?;
-                    self.stats.transactions.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .last_commit_micros
-                        .store(open.ctx.commit_time_micros, Ordering::Relaxed);
-                }
-                ReplicationEvent::StoppedAt { .. } => return Ok(()),
+            if s.dispatch(ev).await?.is_break() {
+                return Ok(());
             }
         }
     }
+}
 
-    async fn deliver(
-        &self,
-        outcome: Outcome,
-        last_sent: &mut Checkpoint,
-    ) -> Result<(), SourceError> {
-        match outcome {
-            Outcome::Event(event) => {
-                if last_sent.covers(event.position) {
-                    return Ok(());
-                }
-                self.send(
-                    AppendItem::Event {
-                        source: self.key.clone(),
-                        event,
-                        token: None,
-                    },
-                    last_sent,
-                )
-                .await?;
-                self.stats.events.fetch_add(1, Ordering::Relaxed);
+/// The state of one replication connection.
+struct Session<'a> {
+    client: ReplicationClient,
+    catalog: Catalog,
+    normalizer: Normalizer,
+    durable: watch::Receiver<Arc<Durable>>,
+    /// The transaction being received (between Begin and Commit).
+    tx: Option<OpenTx>,
+    /// The current change's outcomes (kept to reuse the allocation).
+    outcomes: Vec<Outcome>,
+    windows: Windows,
+    /// Whether nothing has been received yet.
+    first: bool,
+    out: Out<'a>,
+}
+
+/// The sending side of a session: the source and what it has sent.
+struct Out<'a> {
+    source: &'a PgSource,
+    last_sent: &'a mut Checkpoint,
+}
+
+impl<'a> Session<'a> {
+    /// Opens the catalog session and the replication connection, starting
+    /// after what `last_sent` says is sent and acknowledging what the log
+    /// holds durably.
+    async fn connect(
+        source: &'a PgSource,
+        last_sent: &'a mut Checkpoint,
+    ) -> Result<Session<'a>, SourceError> {
+        let catalog_client = crate::log::connect(&source.cfg.url).await?;
+        catalog_client
+            .batch_execute("SET application_name = 'sluice-catalog'")
+            .await?;
+        let catalog = Catalog::new(catalog_client);
+        let durable = source.appender.durable();
+        let durable_ack = durable
+            .borrow()
+            .checkpoints
+            .get(&source.key)
+            .map_or(0, |c| c.ack_lsn);
+        let rc = replication_config(
+            &source.cfg,
+            Lsn::from_u64(last_sent.ack_lsn),
+            Lsn::from_u64(durable_ack),
+        )?;
+        let client = ReplicationClient::connect(rc).await?;
+        Ok(Session {
+            client,
+            catalog,
+            normalizer: Normalizer::new(&source.cfg.event_source()),
+            durable,
+            tx: None,
+            outcomes: Vec::new(),
+            windows: Windows::default(),
+            first: true,
+            out: Out { source, last_sent },
+        })
+    }
+
+    fn source(&self) -> &'a PgSource {
+        self.out.source
+    }
+
+    /// The appender made more durable: acknowledge it upstream.
+    fn on_durable(&mut self) {
+        let source = self.source();
+        let ack = self
+            .durable
+            .borrow_and_update()
+            .checkpoints
+            .get(&source.key)
+            .map(|c| c.ack_lsn);
+        if let Some(ack) = ack {
+            self.client.update_applied_lsn(Lsn::from_u64(ack));
+            source.stats.acked_lsn.store(ack, Ordering::Relaxed);
+        }
+    }
+
+    /// Something arrived: the first time, the source is connected.
+    fn note_streaming(&mut self) {
+        if self.first {
+            self.first = false;
+            let source = self.source();
+            source.stats.connected.store(true, Ordering::Relaxed);
+            tracing::info!(source = %source.cfg.name, slot = %source.cfg.slot(), "replication streaming");
+        }
+    }
+
+    /// Handles one replication event; `Break`: the stream stopped.
+    async fn dispatch(&mut self, ev: ReplicationEvent) -> Result<ControlFlow<()>, SourceError> {
+        match ev {
+            ReplicationEvent::KeepAlive { wal_end, .. } => self.on_keepalive(wal_end),
+            ReplicationEvent::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            } => self.on_begin(final_lsn.as_u64(), xid, commit_time_micros),
+            ReplicationEvent::XLogData { data, .. } => self.on_data(&data).await?,
+            ReplicationEvent::Message {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            } => {
+                self.on_message(transactional, lsn.as_u64(), &prefix, &content)
+                    .await?
             }
-            Outcome::Ignored => {}
-            Outcome::Dropped(reason) => match &reason {
-                DropReason::NoTenant { table, key, why } => {
-                    self.stats.dropped_no_tenant.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%table, %key, %why, "change has no tenant; not delivered to anyone");
-                }
-                DropReason::MalformedCustom(why) => {
-                    self.stats
-                        .dropped_malformed_custom
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%why, "malformed custom event; not appended");
-                }
-                DropReason::UnknownRelation(id) => {
-                    self.stats.dropped_other.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(
-                        relation_id = id,
-                        "change for a relation never described; not appended"
-                    );
-                }
-                DropReason::ShapeMismatch { table } => {
-                    self.stats.dropped_other.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(%table, "row does not match its relation's columns; not appended");
-                }
-            },
+            ReplicationEvent::Commit { lsn, end_lsn, .. } => {
+                self.on_commit(lsn.as_u64(), end_lsn.as_u64()).await?
+            }
+            ReplicationEvent::StoppedAt { .. } => return Ok(ControlFlow::Break(())),
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    fn on_keepalive(&mut self, wal_end: Lsn) {
+        let source = self.source();
+        source
+            .stats
+            .server_wal_end
+            .store(wal_end.as_u64(), Ordering::Relaxed);
+        // Nothing open and everything sent is durable: the slot may move to
+        // the server's position (quiet captured tables must not hold WAL
+        // back).
+        let last_sent = &*self.out.last_sent;
+        let all_durable = self
+            .durable
+            .borrow()
+            .checkpoints
+            .get(&source.key)
+            .is_some_and(|c| c == last_sent);
+        if self.tx.is_none() && all_durable && wal_end.as_u64() > last_sent.ack_lsn {
+            self.client.update_applied_lsn(wal_end);
+        }
+    }
+
+    fn on_begin(&mut self, commit_lsn: u64, xid: u32, commit_time_micros: i64) {
+        self.tx = Some(OpenTx {
+            ctx: TxContext::new(xid, commit_lsn, pg_micros_to_unix(commit_time_micros)),
+            changes: 0,
+            skip_all: self.out.last_sent.covers_transaction(commit_lsn),
+        });
+    }
+
+    /// A pgoutput message inside the stream's data.
+    async fn on_data(&mut self, data: &bytes::Bytes) -> Result<(), SourceError> {
+        let msg = pgoutput::decode(data)?;
+        match msg {
+            Message::Relation(rel) => self.on_relation(rel).await?,
+            Message::Insert(_) | Message::Update(_) | Message::Delete(_) | Message::Truncate(_) => {
+                self.on_change(&msg).await?
+            }
+            Message::Begin(_) | Message::Commit(_) | Message::Message(_) => {
+                tracing::warn!("transaction boundary arrived as raw data; ignored");
+            }
+            Message::Type(_) | Message::Origin(_) => {}
         }
         Ok(())
     }
 
-    async fn end_tx(
-        &self,
-        commit_lsn: u64,
-        end_lsn: u64,
-        last_sent: &mut Checkpoint,
+    async fn on_relation(&mut self, rel: pgoutput::Relation) -> Result<(), SourceError> {
+        let rule = self
+            .source()
+            .rules
+            .get(&(rel.namespace.clone(), rel.name.clone()))
+            .cloned();
+        let resolved = self.catalog.resolve(rel, rule).await?;
+        self.normalizer.set_relation(resolved);
+        Ok(())
+    }
+
+    /// A row change (insert, update, delete, truncate).
+    async fn on_change(&mut self, msg: &Message) -> Result<(), SourceError> {
+        let Some(open) = self.tx.as_mut() else {
+            tracing::warn!("change outside a transaction; ignored");
+            return Ok(());
+        };
+        open.changes += 1;
+        if open.skip_all {
+            return Ok(());
+        }
+        let base = SourcePosition {
+            commit_lsn: open.ctx.commit_lsn,
+            ordinal: open.changes.saturating_mul(SUBS_PER_CHANGE),
+        };
+        if self.out.last_sent.covers(SourcePosition {
+            ordinal: base.ordinal + SUBS_PER_CHANGE - 1,
+            ..base
+        }) {
+            return Ok(());
+        }
+        self.outcomes.clear();
+        self.normalizer
+            .change(&open.ctx, open.changes, msg, &mut self.outcomes);
+        self.windows
+            .note_change(msg, &self.outcomes, &self.normalizer);
+        for o in self.outcomes.drain(..) {
+            self.out.deliver(o).await?;
+        }
+        self.out
+            .source
+            .stats
+            .value_fallbacks
+            .store(self.normalizer.stats.value_fallbacks, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A logical message: a heartbeat, a backfill watermark or a custom
+    /// event (others are not Sluice's).
+    async fn on_message(
+        &mut self,
+        transactional: bool,
+        lsn: u64,
+        prefix: &str,
+        content: &[u8],
     ) -> Result<(), SourceError> {
-        self.send(
-            AppendItem::TxEnd {
-                source: self.key.clone(),
-                commit_lsn,
-                end_lsn,
-            },
-            last_sent,
-        )
+        if prefix == HEARTBEAT_PREFIX && !transactional && self.tx.is_none() {
+            return self.on_heartbeat(lsn).await;
+        }
+        if prefix == crate::backfill::MARK_PREFIX {
+            return self.on_watermark(content).await;
+        }
+        if prefix != CUSTOM_PREFIX {
+            return Ok(());
+        }
+        self.on_custom(transactional, lsn, content).await
+    }
+
+    async fn on_heartbeat(&mut self, at: u64) -> Result<(), SourceError> {
+        // Everything before it has been sent: acknowledging it once durable
+        // moves the slot past WAL that holds no captured change (other
+        // tables, other databases).
+        if !self.out.last_sent.covers_transaction(at) {
+            self.out.end_tx(at, at).await?;
+            self.source()
+                .stats
+                .heartbeats
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// A backfill watermark: the low one opens the chunk's window, the high
+    /// one emits the chunk (see `watermark`).
+    async fn on_watermark(&mut self, content: &[u8]) -> Result<(), SourceError> {
+        let (Some(open), Some(mark)) = (self.tx.as_mut(), crate::backfill::Mark::decode(content))
+        else {
+            return Ok(());
+        };
+        if open.skip_all {
+            return Ok(());
+        }
+        if !mark.h {
+            self.windows.open(mark.n);
+            return Ok(());
+        }
+        let window = self.windows.close(mark.n);
+        let source = self.out.source;
+        // Taken whether or not it is emitted: a chunk not emitted is read
+        // again under another nonce.
+        let Some(chunk) = source.chunks.take(mark.n) else {
+            return Ok(());
+        };
+        let Some(window) = window else {
+            // The low watermark was read in an earlier session (or a
+            // TRUNCATE intervened): the runner reads the chunk again.
+            return Ok(());
+        };
+        // Normalized beside us, usually done by now; a normalizer that is
+        // gone means the runner is gone.
+        let Ok(mut chunk) = chunk.await else {
+            return Ok(());
+        };
+        for reason in std::mem::take(&mut chunk.dropped) {
+            self.out.deliver(Outcome::Dropped(reason)).await?;
+        }
+        let item = watermark::chunk_item(
+            source.key.clone(),
+            chunk,
+            &window,
+            &open.ctx,
+            &mut open.changes,
+        );
+        if let AppendItem::BackfillChunk { events, .. } = &item {
+            if !events.is_empty() {
+                source
+                    .stats
+                    .events
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
+            }
+        }
+        self.out.send(item).await
+    }
+
+    /// A custom event: part of its transaction, or its own unit.
+    async fn on_custom(
+        &mut self,
+        transactional: bool,
+        lsn: u64,
+        content: &[u8],
+    ) -> Result<(), SourceError> {
+        match (transactional, self.tx.as_mut()) {
+            (true, Some(open)) => {
+                open.changes += 1;
+                if open.skip_all {
+                    return Ok(());
+                }
+                let pos = open.changes.saturating_mul(SUBS_PER_CHANGE);
+                let o = self.normalizer.custom(&open.ctx, pos, content);
+                self.out.deliver(o).await?;
+            }
+            _ => {
+                // A non-transactional message is its own unit.
+                let at = lsn;
+                if self.out.last_sent.covers_transaction(at) {
+                    return Ok(());
+                }
+                let ctx = TxContext::new(0, at, chrono::Utc::now().timestamp_micros());
+                let o = self.normalizer.custom(&ctx, SUBS_PER_CHANGE, content);
+                self.out.deliver(o).await?;
+                self.out.end_tx(at, at).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_commit(&mut self, lsn: u64, end_lsn: u64) -> Result<(), SourceError> {
+        let Some(open) = self.tx.take() else {
+            return Ok(());
+        };
+        if open.skip_all {
+            return Ok(());
+        }
+        self.out.end_tx(lsn, end_lsn).await?;
+        let stats = &self.source().stats;
+        stats.transactions.fetch_add(1, Ordering::Relaxed);
+        stats
+            .last_commit_micros
+            .store(open.ctx.commit_time_micros, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl Out<'_> {
+    async fn deliver(&mut self, outcome: Outcome) -> Result<(), SourceError> {
+        let source = self.source;
+        match outcome {
+            Outcome::Event(event) => {
+                if self.last_sent.covers(event.position) {
+                    return Ok(());
+                }
+                self.send(AppendItem::Event {
+                    source: source.key.clone(),
+                    event,
+                    token: None,
+                })
+                .await?;
+                source.stats.events.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Ignored => {}
+            Outcome::Dropped(reason) => source.count_drop(&reason),
+        }
+        Ok(())
+    }
+
+    /// The transaction committed at `commit_lsn` is completely sent.
+    async fn end_tx(&mut self, commit_lsn: u64, end_lsn: u64) -> Result<(), SourceError> {
+        self.send(AppendItem::TxEnd {
+            source: self.source.key.clone(),
+            commit_lsn,
+            end_lsn,
+        })
         .await
     }
 
@@ -573,39 +608,38 @@ impl PgSource {
     /// what is remembered as sent cannot differ from what was sent. (A
     /// failed send is fatal to `run`, so a `last_sent` moved past an item
     /// that was not sent is never used.)
-    async fn send(&self, item: AppendItem, last_sent: &mut Checkpoint) -> Result<(), SourceError> {
-        last_sent.advance(&item);
-        self.appender.send(item).await?;
+    async fn send(&mut self, item: AppendItem) -> Result<(), SourceError> {
+        self.last_sent.advance(&item);
+        self.source.appender.send(item).await?;
         Ok(())
     }
 }
 
-/// Open backfill windows kept at most (the runner has at most a few chunks
-/// in flight; more means some high watermarks will never come).
-const MAX_WINDOWS: usize = 16;
-/// Changed rows remembered per window; a window that saw more is given up
-/// and its chunk read again (memory stays bounded under any write load).
-const MAX_WINDOW_KEYS: usize = 1_000_000;
-
-/// Records the rows `outcomes` changed in every open backfill window.
-fn note_changes(windows: &mut HashMap<u64, Window>, outcomes: &[Outcome]) {
-    for o in outcomes {
-        match o {
-            Outcome::Event(e) => match (&e.audience, &e.subject) {
-                (crate::event::Audience::TenantsOfRelation(_), _) => {
-                    windows.values_mut().for_each(|w| w.truncated = true);
-                }
-                (_, Some(subject)) => {
-                    for w in windows.values_mut() {
-                        w.note(subject);
-                    }
-                }
-                _ => {}
-            },
-            // A change with no deliverable event (no tenant) still changed
-            // the row; its key is unknown here, so the chunk is read again.
-            Outcome::Dropped(_) => windows.values_mut().for_each(|w| w.truncated = true),
-            Outcome::Ignored => {}
+impl PgSource {
+    /// Counts and logs a change that gave no event.
+    fn count_drop(&self, reason: &DropReason) {
+        match reason {
+            DropReason::NoTenant { table, key, why } => {
+                self.stats.dropped_no_tenant.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%table, %key, %why, "change has no tenant; not delivered to anyone");
+            }
+            DropReason::MalformedCustom(why) => {
+                self.stats
+                    .dropped_malformed_custom
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%why, "malformed custom event; not appended");
+            }
+            DropReason::UnknownRelation(id) => {
+                self.stats.dropped_other.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    relation_id = id,
+                    "change for a relation never described; not appended"
+                );
+            }
+            DropReason::ShapeMismatch { table } => {
+                self.stats.dropped_other.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%table, "row does not match its relation's columns; not appended");
+            }
         }
     }
 }
