@@ -235,6 +235,7 @@ mod tests {
             txid: None,
             lsn: None,
             data: JsonText::parse("{}".into()).expect("json"),
+            relation: None,
         }
     }
 
