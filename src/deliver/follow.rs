@@ -1,7 +1,9 @@
 //! Following a tenant's events from a position: catch up from the log, then
 //! go live through the hub, and fall back to the log whenever the hub lets
 //! the subscriber go (its queue overflowed). Shared by SSE, NDJSON tails
-//! and (later) WebSocket subscriptions.
+//! and WebSocket subscriptions. Each catch-up read applies the one
+//! retention-gap rule (`log::position`), so a subscriber that falls behind
+//! retention gets `FollowError::Gap`, never a silent skip.
 //!
 //! Invariant: events come out in seq order, each at most once, none missing.
 //! The subscriber registers with the hub *before* each final log read, so an
