@@ -39,8 +39,7 @@ use crate::source::postgres::normalize::DropReason;
 use crate::source::postgres::pgoutput::{Column, Relation, ReplicaIdentity};
 use crate::sql::{quote_ident, quote_literal};
 
-/// Prefix of the watermark messages.
-pub const MARK_PREFIX: &str = "sluice-backfill";
+pub use crate::source::postgres::messages::MARK_PREFIX;
 /// Rows per chunk unless a request says otherwise. Measured with
 /// `scripts/bench-backfill.sh` (ARCHITECTURE.md): 2,000 reached 0.35 of a
 /// raw read, 5,000 0.48, 10,000 0.56, 20,000 0.55; live changes' p99

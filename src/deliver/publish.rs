@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::event::TenantId;
 use crate::log::Durable;
+use crate::source::postgres::messages::CUSTOM_PREFIX;
 
 /// How long a publish waits for its event to reach the log.
 const PUBLISH_WAIT: Duration = Duration::from_secs(10);
@@ -48,8 +49,8 @@ pub async fn publish(
         .map_err(|e| unavailable("the source database", &e))?;
     let row = source
         .query_one(
-            "SELECT pg_logical_emit_message(true, 'sluice', $1::text)::text, txid_current()",
-            &[&content.to_string()],
+            "SELECT pg_logical_emit_message(true, $2::text, $1::text)::text, txid_current()",
+            &[&content.to_string(), &CUSTOM_PREFIX],
         )
         .await
         .map_err(|e| unavailable("the source database", &e))?;

@@ -56,7 +56,7 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_HEADERS: usize = 64;
 /// Frames at hand are written together up to about this many bytes.
 const COALESCE_BYTES: usize = 64 * 1024;
-const SUBSCRIBE_PATH: &str = "/v1/events/subscribe";
+use super::sse::SUBSCRIBE_PATH;
 
 /// Serves the API on `listener` until `shutdown`, then waits for open
 /// connections: requests in flight finish, idle kept-alive connections

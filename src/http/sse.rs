@@ -25,8 +25,11 @@ use crate::deliver::sse::{FrameMode, SseSession, RESPONSE_HEADERS};
 
 const PARAMS: &[&str] = &["topic", "table", "collection", "filter", "from", "mode"];
 
+/// The SSE route (the lean connection path in `conn` serves it too).
+pub const SUBSCRIBE_PATH: &str = "/v1/events/subscribe";
+
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/events/subscribe", get(subscribe))
+    Router::new().route(SUBSCRIBE_PATH, get(subscribe))
 }
 
 fn frame_mode(params: &Params) -> Result<FrameMode, ApiError> {

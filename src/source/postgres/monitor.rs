@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::messages::HEARTBEAT_PREFIX;
 use super::stats::{SourceStats, SLOT_LOST, SLOT_MISSING, SLOT_OK};
-use super::stream::HEARTBEAT_PREFIX;
 use crate::config::PgSourceConfig;
 
 /// How often the slot is checked when heartbeats are rarer (or off).

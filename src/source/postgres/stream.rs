@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::catalog::Catalog;
+use super::messages::{CUSTOM_PREFIX, HEARTBEAT_PREFIX, MARK_PREFIX};
 use super::normalize::{DropReason, Normalizer, Outcome, TableRule, TxContext, SUBS_PER_CHANGE};
 use super::pgoutput::{self, Message};
 use super::stats::SourceStats;
@@ -36,13 +37,6 @@ use crate::log::{AppendItem, AppenderHandle, Checkpoint, Durable, LogError};
 /// expects, whatever the server's defaults are.
 pub const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres \
      -c extra_float_digits=1 -c bytea_output=hex -c lc_monetary=C";
-
-/// The prefix of logical messages that are custom events.
-pub const CUSTOM_PREFIX: &str = "sluice";
-
-/// The prefix of the heartbeat messages `monitor` emits: each is an empty
-/// unit of progress that moves the checkpoint and the slot.
-pub const HEARTBEAT_PREFIX: &str = "sluice-heartbeat";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -447,7 +441,7 @@ impl<'a> Session<'a> {
         if prefix == HEARTBEAT_PREFIX && !transactional && self.tx.is_none() {
             return self.on_heartbeat(lsn).await;
         }
-        if prefix == crate::backfill::MARK_PREFIX {
+        if prefix == MARK_PREFIX {
             return self.on_watermark(content).await;
         }
         if prefix != CUSTOM_PREFIX {
