@@ -25,268 +25,339 @@ const NON_KEY_VARS: &[&str] = &[
     "SLUICE_PG_BIN",
 ];
 
+/// How a key's environment value is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub enum Kind {
+    /// Taken as it is.
     Str,
+    /// A whole number.
     Int,
+    /// `true`/`false` (or `1`/`0`).
     Bool,
+    /// A TOML array of tables (`source.postgres.tables`, `source.mongo`).
     TableList,
 }
 
-/// Every key, its kind, its default (as shown to operators) and what it does.
+/// One configuration key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key {
+    /// Dotted path in the TOML file (`source.postgres.url`).
+    pub path: &'static str,
+    pub kind: Kind,
+    /// The default as shown to operators (`(required)`, `sluice_<name>`, or
+    /// the value itself, which the serde defaults read).
+    pub default: &'static str,
+    /// What the key does (the README's description column).
+    pub doc: &'static str,
+}
+
+impl Key {
+    const fn new(path: &'static str, kind: Kind, default: &'static str, doc: &'static str) -> Key {
+        Key {
+            path,
+            kind,
+            default,
+            doc,
+        }
+    }
+    const fn str(path: &'static str, default: &'static str, doc: &'static str) -> Key {
+        Key::new(path, Kind::Str, default, doc)
+    }
+    const fn int(path: &'static str, default: &'static str, doc: &'static str) -> Key {
+        Key::new(path, Kind::Int, default, doc)
+    }
+    const fn bool(path: &'static str, default: &'static str, doc: &'static str) -> Key {
+        Key::new(path, Kind::Bool, default, doc)
+    }
+    const fn list(path: &'static str, default: &'static str, doc: &'static str) -> Key {
+        Key::new(path, Kind::TableList, default, doc)
+    }
+}
+
+/// Every key, declared once: its path, its kind (how an environment value
+/// is read), its default (as shown to operators; the serde defaults read it
+/// through [`default_int`] and friends at compile time) and what it does.
 /// The README's configuration reference is checked against this list.
-pub const KEYS: &[(&str, &str, &str)] = &[
-    (
+pub const KEYS: &[Key] = &[
+    Key::str(
         "source.postgres.name",
         "main",
         "name of the source; events carry `source = /sluice/pg/<name>`",
     ),
-    (
+    Key::str(
         "source.postgres.url",
         "(required)",
         "connection URL of the captured database (`postgres://user:pass@host:port/db`)",
     ),
-    (
+    Key::str(
         "source.postgres.slot",
         "sluice_<name>",
         "logical replication slot (pgoutput)",
     ),
-    (
+    Key::str(
         "source.postgres.publication",
         "sluice_<name>",
         "publication listing the captured tables",
     ),
-    (
+    Key::list(
         "source.postgres.tables",
         "(required)",
         "captured tables: `[{table=\"schema.table\", tenant_column=\"col\", fields_only=false, snapshot=\"never\"}]` (`snapshot=\"initial\"`: existing rows as events when the slot is created)",
     ),
-    (
+    Key::int(
         "source.postgres.status_interval_ms",
         "200",
         "how soon a durable append is acknowledged to Postgres (standby status update)",
     ),
-    (
+    Key::int(
         "source.postgres.reconnect_max_backoff_ms",
         "10000",
         "longest wait between reconnection attempts",
     ),
-    (
+    Key::int(
         "source.postgres.heartbeat_secs",
         "10",
         "interval of the heartbeat message that keeps the slot moving while captured tables are quiet (0: off)",
     ),
-    (
+    Key::int(
         "source.postgres.queue_messages",
         "1024",
         "bound on raw replication messages buffered from the server",
     ),
-    (
+    Key::int(
         "source.postgres.backfill_statement_timeout_ms",
         "300000",
         "longest a backfill's chunk query may run on the source before the backfill fails (0: no limit)",
     ),
-    (
+    Key::list(
         "source.mongo",
         "(none)",
         "MongoDB sources, an array: `[{name=\"app\", uri=\"mongodb://…/?replicaSet=rs0\", database=\"app\", collections=[{collection=\"orders\", tenant_field=\"tenantId\", fields_only=false}], full_document=\"updateLookup\", enable_pre_images=true, reconnect_max_backoff_ms=10000}]`",
     ),
-    (
+    Key::str(
         "state.url",
         "source.postgres.url",
         "database holding the log (schema `sluice`); defaults to the source database",
     ),
-    (
+    Key::int(
         "appender.max_batch_events",
         "20000",
         "most events appended in one transaction",
     ),
-    (
+    Key::int(
         "appender.max_batch_bytes",
         "16777216",
         "most envelope bytes appended in one transaction",
     ),
-    (
+    Key::int(
         "appender.queue_events",
         "50000",
         "bound on normalized events waiting for the appender",
     ),
-    (
+    Key::str(
         "http.listen",
         "127.0.0.1:8787",
         "address the HTTP API listens on",
     ),
-    (
+    Key::int(
         "http.heartbeat_secs",
         "15",
         "idle seconds before an SSE comment or NDJSON heartbeat line",
     ),
-    (
+    Key::int(
         "http.retry_ms",
         "2000",
         "the SSE `retry:` hint sent to clients",
     ),
-    (
+    Key::int(
         "http.max_query_bytes",
         "8192",
         "longest accepted query string (at most 32768)",
     ),
-    (
+    Key::int(
         "http.page_limit",
         "1000",
         "most events in one JSON page or one catch-up read",
     ),
-    (
+    Key::int(
         "http.db_pool_size",
         "16",
         "state-database connections shared by HTTP readers",
     ),
-    (
+    Key::str(
         "http.cors_origins",
         "*",
         "origins browsers may call the API from, comma-separated (`*`: any; keys are never cookies); empty: none",
     ),
-    (
+    Key::int(
         "webhooks.timeout_ms",
         "15000",
         "a webhook attempt that has no answer after this long fails",
     ),
-    (
+    Key::str(
         "webhooks.retry_schedule",
         "0s,5s,5m,30m,2h,5h,10h,10h",
         "delay before each attempt (units ms, s, m, h), the last repeating; jittered ±20 %",
     ),
-    (
+    Key::int(
         "webhooks.max_attempts",
         "8",
         "attempts before a delivery is dead, for endpoints that do not set `max_attempts`",
     ),
-    (
+    Key::int(
         "webhooks.concurrency",
         "64",
         "webhook requests in flight at once, per process",
     ),
-    (
+    Key::int(
         "webhooks.endpoint_concurrency",
         "8",
         "requests in flight to one endpoint, per process (ordered endpoints: 1)",
     ),
-    (
+    Key::int(
         "webhooks.poll_interval_ms",
         "1000",
         "how often dispatchers look for due retries and other nodes' deliveries",
     ),
-    (
+    Key::int(
         "webhooks.secret_overlap_secs",
         "86400",
         "how long the previous secret keeps signing after a rotation",
     ),
-    (
+    Key::bool(
         "webhooks.allow_private_addresses",
         "false",
         "let endpoints resolve to loopback, private, link-local or metadata addresses",
     ),
-    (
+    Key::int(
         "ws.auth_timeout_secs",
         "10",
         "a WebSocket that has not authenticated after this long is closed (4001)",
     ),
-    (
+    Key::int(
         "ws.max_subscriptions",
         "100",
         "subscriptions one WebSocket connection may hold",
     ),
-    (
+    Key::int(
         "ws.max_message_bytes",
         "65536",
         "largest client message accepted (larger ones get a `message_too_large` error)",
     ),
-    (
+    Key::int(
         "ws.queue",
         "256",
         "frames waiting to be written to one WebSocket; when full, its subscriptions fall back to the log",
     ),
-    (
+    Key::int(
         "ws.ping_secs",
         "30",
         "interval of server pings; a connection silent for two intervals is closed",
     ),
-    (
+    Key::int(
         "hub.subscriber_queue",
         "1024",
         "events buffered per live subscriber before it catches up from the log",
     ),
-    (
+    Key::int(
         "log.retention_hours",
         "168",
         "events older than this are pruned",
     ),
-    (
+    Key::int(
         "log.prune_interval_secs",
         "60",
         "how often retention pruning runs",
     ),
-    (
+    Key::str(
         "auth.jwt_hs256_secret",
         "(none)",
         "secret for HS256 JWTs (set it from the environment)",
     ),
-    (
+    Key::str(
         "auth.jwt_rs256_public_key",
         "(none)",
         "PEM public key for RS256 JWTs",
     ),
-    (
+    Key::str(
         "auth.jwt_tenant_claim",
         "tenant",
         "JWT claim holding the tenant id",
     ),
-    (
+    Key::str(
         "auth.jwt_role_claim",
         "role",
         "JWT claim holding the role (anon or service)",
     ),
-    (
+    Key::int(
         "auth.revocation_check_secs",
         "2",
         "how often open streams re-check that their key is still valid",
     ),
 ];
 
+/// The kind of the key at `path` (`Str` for a path that is not a key).
 fn kind_of(path: &str) -> Kind {
-    match path {
-        "source.postgres.tables" | "source.mongo" => Kind::TableList,
-        "source.postgres.status_interval_ms"
-        | "source.postgres.reconnect_max_backoff_ms"
-        | "source.postgres.queue_messages"
-        | "source.postgres.heartbeat_secs"
-        | "source.postgres.backfill_statement_timeout_ms"
-        | "appender.max_batch_events"
-        | "appender.max_batch_bytes"
-        | "appender.queue_events"
-        | "http.heartbeat_secs"
-        | "http.retry_ms"
-        | "http.max_query_bytes"
-        | "http.page_limit"
-        | "http.db_pool_size"
-        | "webhooks.timeout_ms"
-        | "webhooks.max_attempts"
-        | "webhooks.concurrency"
-        | "webhooks.endpoint_concurrency"
-        | "webhooks.poll_interval_ms"
-        | "webhooks.secret_overlap_secs"
-        | "ws.auth_timeout_secs"
-        | "ws.max_subscriptions"
-        | "ws.max_message_bytes"
-        | "ws.queue"
-        | "ws.ping_secs"
-        | "hub.subscriber_queue"
-        | "log.retention_hours"
-        | "log.prune_interval_secs"
-        | "auth.revocation_check_secs" => Kind::Int,
-        "webhooks.allow_private_addresses" => Kind::Bool,
-        _ => Kind::Str,
+    KEYS.iter()
+        .find(|k| k.path == path)
+        .map_or(Kind::Str, |k| k.kind)
+}
+
+/// The default of the key at `path`, as declared in [`KEYS`]. A `const fn`
+/// so that the serde defaults below read it at compile time: a missing key
+/// fails the build, not a start-up.
+const fn default_of(path: &str) -> &'static str {
+    let mut i = 0;
+    while i < KEYS.len() {
+        if const_str_eq(KEYS[i].path, path) {
+            return KEYS[i].default;
+        }
+        i += 1;
     }
+    panic!("not a key in KEYS")
+}
+
+/// The default of an `Int` key (digits only; checked at compile time).
+const fn default_int(path: &str) -> u64 {
+    let digits = default_of(path).as_bytes();
+    assert!(!digits.is_empty(), "an Int default is digits");
+    let mut v: u64 = 0;
+    let mut i = 0;
+    while i < digits.len() {
+        assert!(digits[i].is_ascii_digit(), "an Int default is digits");
+        v = v * 10 + (digits[i] - b'0') as u64;
+        i += 1;
+    }
+    v
+}
+
+/// The default of a `Bool` key (`true` or `false`; checked at compile time).
+const fn default_bool(path: &str) -> bool {
+    let text = default_of(path);
+    if const_str_eq(text, "true") {
+        true
+    } else {
+        assert!(
+            const_str_eq(text, "false"),
+            "a Bool default is true or false"
+        );
+        false
+    }
+}
+
+const fn const_str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// The environment variable that overrides `path`.
@@ -348,6 +419,23 @@ pub struct Config {
     pub ws: WsConfig,
 }
 
+/// A key's default from [`KEYS`], read at compile time: a path that is not
+/// a key, or a default that is not of the key's type, fails the build.
+macro_rules! key_default {
+    (str $path:literal) => {
+        const { default_of($path) }.to_owned()
+    };
+    (bool $path:literal) => {
+        const { default_bool($path) }
+    };
+    (int $path:literal) => {
+        const { default_int($path) }
+    };
+    (int $path:literal as $ty:ty) => {
+        const { default_int($path) as $ty }
+    };
+}
+
 /// Declares a config section whose every key has a default.
 macro_rules! section {
     ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident : $ty:ty = $default:expr),* $(,)? }) => {
@@ -366,53 +454,53 @@ macro_rules! section {
 section!(
     /// The HTTP API.
     HttpConfig {
-        listen: String = "127.0.0.1:8787".to_owned(),
-        heartbeat_secs: u64 = 15,
-        retry_ms: u64 = 2000,
-        max_query_bytes: usize = 8192,
-        page_limit: i64 = 1000,
-        db_pool_size: usize = 16,
-        cors_origins: String = "*".to_owned(),
+        listen: String = key_default!(str "http.listen"),
+        heartbeat_secs: u64 = key_default!(int "http.heartbeat_secs"),
+        retry_ms: u64 = key_default!(int "http.retry_ms"),
+        max_query_bytes: usize = key_default!(int "http.max_query_bytes" as usize),
+        page_limit: i64 = key_default!(int "http.page_limit" as i64),
+        db_pool_size: usize = key_default!(int "http.db_pool_size" as usize),
+        cors_origins: String = key_default!(str "http.cors_origins"),
     }
 );
 
 section!(
     /// WebSocket sessions.
     WsConfig {
-        auth_timeout_secs: u64 = 10,
-        max_subscriptions: usize = 100,
-        max_message_bytes: usize = 65536,
-        queue: usize = 256,
-        ping_secs: u64 = 30,
+        auth_timeout_secs: u64 = key_default!(int "ws.auth_timeout_secs"),
+        max_subscriptions: usize = key_default!(int "ws.max_subscriptions" as usize),
+        max_message_bytes: usize = key_default!(int "ws.max_message_bytes" as usize),
+        queue: usize = key_default!(int "ws.queue" as usize),
+        ping_secs: u64 = key_default!(int "ws.ping_secs"),
     }
 );
 
 section!(
     /// Webhook delivery.
     WebhooksConfig {
-        timeout_ms: u64 = 15000,
-        retry_schedule: String = "0s,5s,5m,30m,2h,5h,10h,10h".to_owned(),
-        max_attempts: usize = 8,
-        concurrency: usize = 64,
-        endpoint_concurrency: usize = 8,
-        poll_interval_ms: u64 = 1000,
-        secret_overlap_secs: u64 = 86400,
-        allow_private_addresses: bool = false,
+        timeout_ms: u64 = key_default!(int "webhooks.timeout_ms"),
+        retry_schedule: String = key_default!(str "webhooks.retry_schedule"),
+        max_attempts: usize = key_default!(int "webhooks.max_attempts" as usize),
+        concurrency: usize = key_default!(int "webhooks.concurrency" as usize),
+        endpoint_concurrency: usize = key_default!(int "webhooks.endpoint_concurrency" as usize),
+        poll_interval_ms: u64 = key_default!(int "webhooks.poll_interval_ms"),
+        secret_overlap_secs: u64 = key_default!(int "webhooks.secret_overlap_secs"),
+        allow_private_addresses: bool = key_default!(bool "webhooks.allow_private_addresses"),
     }
 );
 
 section!(
     /// The live fan-out.
     HubConfig {
-        subscriber_queue: usize = 1024,
+        subscriber_queue: usize = key_default!(int "hub.subscriber_queue" as usize),
     }
 );
 
 section!(
     /// The log's retention.
     LogConfig {
-        retention_hours: u64 = 168,
-        prune_interval_secs: u64 = 60,
+        retention_hours: u64 = key_default!(int "log.retention_hours"),
+        prune_interval_secs: u64 = key_default!(int "log.prune_interval_secs"),
     }
 );
 
@@ -422,9 +510,9 @@ section!(
     AuthConfig {
         jwt_hs256_secret: Option<String> = None,
         jwt_rs256_public_key: Option<String> = None,
-        jwt_tenant_claim: String = "tenant".to_owned(),
-        jwt_role_claim: String = "role".to_owned(),
-        revocation_check_secs: u64 = 2,
+        jwt_tenant_claim: String = key_default!(str "auth.jwt_tenant_claim"),
+        jwt_role_claim: String = key_default!(str "auth.jwt_role_claim"),
+        revocation_check_secs: u64 = key_default!(int "auth.revocation_check_secs"),
     }
 );
 
@@ -513,11 +601,11 @@ pub struct PgSourceConfig {
 }
 
 fn default_backfill_statement_timeout_ms() -> u64 {
-    300_000
+    key_default!(int "source.postgres.backfill_statement_timeout_ms")
 }
 
 fn default_heartbeat_secs() -> u64 {
-    10
+    key_default!(int "source.postgres.heartbeat_secs")
 }
 
 impl PgSourceConfig {
@@ -593,25 +681,25 @@ impl Default for AppenderConfig {
 }
 
 fn default_source_name() -> String {
-    "main".to_owned()
+    key_default!(str "source.postgres.name")
 }
 fn default_status_interval_ms() -> u64 {
-    200
+    key_default!(int "source.postgres.status_interval_ms")
 }
 fn default_reconnect_max_backoff_ms() -> u64 {
-    10_000
+    key_default!(int "source.postgres.reconnect_max_backoff_ms")
 }
 fn default_queue_messages() -> usize {
-    1024
+    key_default!(int "source.postgres.queue_messages" as usize)
 }
 fn default_max_batch_events() -> usize {
-    20_000
+    key_default!(int "appender.max_batch_events" as usize)
 }
 fn default_max_batch_bytes() -> usize {
-    16 * 1024 * 1024
+    key_default!(int "appender.max_batch_bytes" as usize)
 }
 fn default_queue_events() -> usize {
-    50_000
+    key_default!(int "appender.queue_events" as usize)
 }
 
 impl Config {
@@ -930,7 +1018,7 @@ fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
 }
 
 fn apply_env(doc: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
-    let known: BTreeMap<String, &str> = KEYS.iter().map(|(k, _, _)| (env_name(k), *k)).collect();
+    let known: BTreeMap<String, &str> = KEYS.iter().map(|k| (env_name(k.path), k.path)).collect();
     for (var, raw) in env {
         if !var.starts_with("SLUICE_") || NON_KEY_VARS.contains(&var.as_str()) {
             continue;

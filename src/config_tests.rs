@@ -236,7 +236,10 @@ fn invalid_values_are_explained() {
 #[test]
 fn readme_lists_every_key_with_its_env_var_and_default() {
     let readme = include_str!("../README.md");
-    for (key, default, _) in KEYS {
+    for &Key {
+        path: key, default, ..
+    } in KEYS
+    {
         let row = format!("| `{key}` | `{}` |", env_name(key));
         let line = readme
             .lines()
@@ -310,8 +313,8 @@ fn documented_numeric_defaults_are_the_real_defaults() {
     for (key, value) in actual {
         let documented = KEYS
             .iter()
-            .find(|k| k.0 == key)
-            .map(|k| k.1)
+            .find(|k| k.path == key)
+            .map(|k| k.default)
             .expect("documented");
         assert_eq!(documented, value.to_string(), "{key}");
     }
@@ -319,7 +322,7 @@ fn documented_numeric_defaults_are_the_real_defaults() {
 
 #[test]
 fn every_key_has_a_kind_and_env_name() {
-    for (key, _, _) in KEYS {
+    for &Key { path: key, .. } in KEYS {
         let var = env_name(key);
         assert!(var.starts_with("SLUICE_"));
         // Setting each variable to a value of its kind must be accepted by the parser.
@@ -327,7 +330,7 @@ fn every_key_has_a_kind_and_env_name() {
             Kind::Int => "5",
             Kind::Bool => "true",
             Kind::Str if key.ends_with("schedule") => "0s,1s",
-            Kind::TableList if *key == "source.mongo" => {
+            Kind::TableList if key == "source.mongo" => {
                 r#"[{name="m", uri="mongodb://h/?replicaSet=rs0", database="app", collections=[{collection="c", tenant_field="t"}]}]"#
             }
             Kind::TableList => r#"[{table="a.b", tenant_column="t"}]"#,

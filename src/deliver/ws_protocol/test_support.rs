@@ -1,33 +1,41 @@
-use super::*;
-use proptest::prelude::*;
-use serde_json::json;
-use std::collections::BTreeSet;
+//! What the protocol tests share: the parse shorthands and the tables of
+//! every error the protocol produces (client messages in `error_cases`,
+//! session-level errors in `session_errors`), which the error-code check
+//! compares with `ERROR_CODES`.
 
-const MAX: usize = 4096;
+pub(super) use super::*;
+pub(super) use crate::auth::Role;
+use crate::source::postgres::normalize::MAX_CUSTOM_NAME;
+pub(super) use crate::subscription::{Filter, Selector, TopicGlob};
+pub(super) use proptest::prelude::*;
+pub(super) use serde_json::{json, Map, Value};
+pub(super) use std::collections::BTreeSet;
 
-fn captured() -> Vec<String> {
+pub(super) const MAX: usize = 4096;
+
+pub(super) fn captured() -> Vec<String> {
     vec!["public.orders".to_owned(), "public.items".to_owned()]
 }
 
-fn parse(text: &str) -> Result<ClientMessage, ProtocolError> {
+pub(super) fn parse(text: &str) -> Result<ClientMessage, ProtocolError> {
     parse_client(text, MAX, &captured())
 }
 
-fn globs(list: &[&str]) -> Vec<TopicGlob> {
+pub(super) fn globs(list: &[&str]) -> Vec<TopicGlob> {
     list.iter()
         .map(|g| TopicGlob::parse(g).expect("valid glob"))
         .collect()
 }
 
-fn filter(v: Value) -> Filter {
+pub(super) fn filter(v: Value) -> Filter {
     Filter::parse(&v).expect("valid filter")
 }
 
-fn filter_error(v: Value) -> String {
+pub(super) fn filter_error(v: Value) -> String {
     Filter::parse(&v).expect_err("invalid filter").to_string()
 }
 
-fn subscribe(
+pub(super) fn subscribe(
     id: &str,
     topics: &[&str],
     filter: Option<Filter>,
@@ -43,185 +51,16 @@ fn subscribe(
     }
 }
 
-fn object(v: Value) -> Map<String, Value> {
+pub(super) fn object(v: Value) -> Map<String, Value> {
     match v {
         Value::Object(m) => m,
         other => panic!("not an object: {other}"),
     }
 }
 
-#[test]
-fn valid_messages_of_every_type() {
-    let paid = json!({"field": "status", "op": "eq", "value": "paid"});
-    let cases: Vec<(String, ClientMessage)> = vec![
-        (
-            r#"{"type":"auth","token":"sk_live_abc"}"#.into(),
-            ClientMessage::Auth {
-                token: "sk_live_abc".into(),
-            },
-        ),
-        (r#"{"type":"ping"}"#.into(), ClientMessage::Ping),
-        // Members in any order, whitespace anywhere.
-        (
-            " {\n \"id\" : \"s1\", \"type\" : \"subscribe\" } ".into(),
-            subscribe("s1", &[], None, None),
-        ),
-        (
-            r#"{"type":"subscribe","id":"s1","topic":"tables/**"}"#.into(),
-            subscribe("s1", &["tables/**"], None, None),
-        ),
-        (
-            r#"{"type":"subscribe","id":"s1","topics":["custom/*","tables/public.orders/update"]}"#
-                .into(),
-            subscribe(
-                "s1",
-                &["custom/*", "tables/public.orders/update"],
-                None,
-                None,
-            ),
-        ),
-        // Every topic source at once, in the order topic, topics,
-        // table, collection (whatever the members' order).
-        (
-            r#"{"collection":["shop.orders","shop.carts"],"table":"public.orders","topics":["a/*"],"topic":"b","type":"subscribe","id":"s2"}"#
-                .into(),
-            subscribe(
-                "s2",
-                &[
-                    "b",
-                    "a/*",
-                    "tables/public.orders/*",
-                    "collections/shop.orders/*",
-                    "collections/shop.carts/*",
-                ],
-                None,
-                None,
-            ),
-        ),
-        (
-            r#"{"type":"subscribe","id":"s3","table":["public.orders","public.items"],"collection":"shop.orders"}"#
-                .into(),
-            subscribe(
-                "s3",
-                &[
-                    "tables/public.orders/*",
-                    "tables/public.items/*",
-                    "collections/shop.orders/*",
-                ],
-                None,
-                None,
-            ),
-        ),
-        (
-            format!(r#"{{"type":"subscribe","id":"f","filter":{paid},"from":0}}"#),
-            subscribe("f", &[], Some(filter(paid.clone())), Some(0)),
-        ),
-        (
-            r#"{"type":"subscribe","id":"f","from":9223372036854775807}"#.into(),
-            subscribe("f", &[], None, Some(i64::MAX)),
-        ),
-        // Optional members set to null are absent.
-        (
-            r#"{"type":"subscribe","id":"n","topic":null,"topics":null,"table":null,"collection":null,"filter":null,"from":null}"#
-                .into(),
-            subscribe("n", &[], None, None),
-        ),
-        // Ids: any string of 1 to 64 bytes.
-        (
-            format!(r#"{{"type":"subscribe","id":"{}"}}"#, "é".repeat(32)),
-            subscribe(&"é".repeat(32), &[], None, None),
-        ),
-        (
-            r#"{"type":"subscribe","id":"a \"quoted\"\n id"}"#.into(),
-            subscribe("a \"quoted\"\n id", &[], None, None),
-        ),
-        (
-            r#"{"type":"unsubscribe","id":"s1"}"#.into(),
-            ClientMessage::Unsubscribe { id: "s1".into() },
-        ),
-        (
-            r#"{"type":"publish","event":"order.shipped","data":{"id":42,"total":"150.00"}}"#
-                .into(),
-            ClientMessage::Publish {
-                event: "order.shipped".into(),
-                data: object(json!({"id": 42, "total": "150.00"})),
-                subject: None,
-            },
-        ),
-        (
-            r#"{"type":"publish","event":"Order-Shipped_2","data":{},"subject":"order/42"}"#
-                .into(),
-            ClientMessage::Publish {
-                event: "Order-Shipped_2".into(),
-                data: Map::new(),
-                subject: Some("order/42".into()),
-            },
-        ),
-        // A forged tenant is accepted and dropped: the tenant comes
-        // from the credential.
-        (
-            r#"{"type":"publish","tenant":"someone-else","event":"x","data":{"tenant":"kept in data"},"subject":null}"#
-                .into(),
-            ClientMessage::Publish {
-                event: "x".into(),
-                data: object(json!({"tenant": "kept in data"})),
-                subject: None,
-            },
-        ),
-        (
-            format!(
-                r#"{{"type":"publish","event":"{}","data":{{}},"subject":"{}"}}"#,
-                "e".repeat(MAX_CUSTOM_NAME),
-                "s".repeat(MAX_SUBJECT_BYTES)
-            ),
-            ClientMessage::Publish {
-                event: "e".repeat(MAX_CUSTOM_NAME),
-                data: Map::new(),
-                subject: Some("s".repeat(MAX_SUBJECT_BYTES)),
-            },
-        ),
-    ];
-    for (text, want) in cases {
-        let got = parse(&text);
-        assert_eq!(got.as_ref(), Ok(&want), "{text}");
-        assert_eq!(want.type_name(), json_type(&text), "type_name of {text}");
-    }
-}
-
-fn json_type(text: &str) -> String {
-    let v: Value = serde_json::from_str(text).expect("json");
-    v["type"].as_str().expect("type").to_owned()
-}
-
-#[test]
-fn publish_data_keeps_numbers_exactly() {
-    let Ok(ClientMessage::Publish { data, .. }) = parse(
-        r#"{"type":"publish","event":"x","data":{"big":12345678901234567890.000000000000000001,"f":1.50}}"#,
-    ) else {
-        panic!("valid publish");
-    };
-    assert_eq!(
-        Value::Object(data).to_string(),
-        r#"{"big":12345678901234567890.000000000000000001,"f":1.50}"#
-    );
-}
-
-#[test]
-fn size_limit_is_inclusive() {
-    let ping = r#"{"type":"ping"}"#;
-    assert_eq!(parse_client(ping, ping.len(), &[]), Ok(ClientMessage::Ping));
-    assert_eq!(
-        parse_client(ping, ping.len() - 1, &[]),
-        Err(ProtocolError::new(
-            code::MESSAGE_TOO_LARGE,
-            "message is 15 bytes; the limit is 14 bytes"
-        ))
-    );
-}
-
 /// (message, code, id, error message): every error code parsing can
 /// return.
-fn error_cases() -> Vec<(String, &'static str, Option<&'static str>, String)> {
+pub(super) fn error_cases() -> Vec<(String, &'static str, Option<&'static str>, String)> {
     const LONG_ID: &str = "iiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiii";
     assert_eq!(LONG_ID.len(), 65);
     let long = "x".repeat(70);
@@ -728,139 +567,8 @@ fn error_cases() -> Vec<(String, &'static str, Option<&'static str>, String)> {
     cases
 }
 
-#[test]
-fn invalid_messages_get_precise_errors() {
-    for (text, code, id, message) in error_cases() {
-        let want = ProtocolError {
-            id: id.map(str::to_owned),
-            code,
-            message,
-        };
-        assert_eq!(parse(&text), Err(want), "{text}");
-    }
-}
-
-#[test]
-fn unknown_table_with_nothing_captured() {
-    assert_eq!(
-        parse_client(
-            r#"{"type":"subscribe","id":"s1","table":"public.orders"}"#,
-            MAX,
-            &[]
-        ),
-        Err(ProtocolError::new(
-            code::UNKNOWN_TABLE,
-            "table: unknown table \"public.orders\"; no tables are captured"
-        )
-        .with_id("s1"))
-    );
-}
-
-#[test]
-fn before_auth_only_auth_and_ping_are_parsed() {
-    let not_auth = |id: Option<&str>, ty: &str| ProtocolError {
-        id: id.map(str::to_owned),
-        code: code::NOT_AUTHENTICATED,
-        message: format!(
-            "authenticate first: send {{\"type\":\"auth\",\"token\":\"…\"}} before \"{ty}\""
-        ),
-    };
-    let cases: Vec<(&str, Result<ClientMessage, ProtocolError>)> = vec![
-        (
-            r#"{"type":"auth","token":"k"}"#,
-            Ok(ClientMessage::Auth { token: "k".into() }),
-        ),
-        (r#"{"type":"ping"}"#, Ok(ClientMessage::Ping)),
-        // Nothing else is looked into: no captured tables are revealed.
-        (
-            r#"{"type":"subscribe","id":"s1","table":"public.nope"}"#,
-            Err(not_auth(Some("s1"), "subscribe")),
-        ),
-        (
-            r#"{"type":"subscribe","id":"","bogus":1}"#,
-            Err(not_auth(Some(""), "subscribe")),
-        ),
-        (
-            r#"{"type":"publish","id":"p1","event":"x","data":{}}"#,
-            Err(not_auth(Some("p1"), "publish")),
-        ),
-        // Errors before the type is known carry the id too.
-        (
-            r#"{"id":"m1"}"#,
-            Err(ProtocolError::new(
-                code::INVALID_MESSAGE,
-                "missing member \"type\"; expected one of auth, subscribe, unsubscribe, publish, ping",
-            )
-            .with_id("m1")),
-        ),
-        (
-            r#"{"type":"nope","id":"u1"}"#,
-            Err(ProtocolError::new(
-                code::UNKNOWN_TYPE,
-                "unknown message type \"nope\"; expected one of auth, subscribe, unsubscribe, publish, ping",
-            )
-            .with_id("u1")),
-        ),
-        (
-            r#"{"type":"ping","id":"p2"}"#,
-            Err(ProtocolError::new(
-                code::INVALID_MESSAGE,
-                "unknown member \"id\" in a ping message; it has no member besides \"type\"",
-            )
-            .with_id("p2")),
-        ),
-        (
-            r#"{"type":"unsubscribe","id":"s1"}"#,
-            Err(not_auth(Some("s1"), "unsubscribe")),
-        ),
-        (
-            r#"{"type":"publish","event":"x","data":{}}"#,
-            Err(not_auth(None, "publish")),
-        ),
-        // Frame-level errors and auth's own errors come first.
-        (
-            r#"{"type":"auth","token":""}"#,
-            Err(ProtocolError::new(
-                code::INVALID_MESSAGE,
-                "token: expected a non-empty string (an API key or a JWT), found an empty string",
-            )),
-        ),
-        (
-            r#"{"type":"ping","x":1}"#,
-            Err(ProtocolError::new(
-                code::INVALID_MESSAGE,
-                "unknown member \"x\" in a ping message; it has no member besides \"type\"",
-            )),
-        ),
-        (
-            r#"{"type":"hello"}"#,
-            Err(ProtocolError::new(
-                code::UNKNOWN_TYPE,
-                "unknown message type \"hello\"; expected one of auth, subscribe, unsubscribe, publish, ping",
-            )),
-        ),
-        (
-            "not json",
-            Err(ProtocolError::new(
-                code::INVALID_JSON,
-                "message is not valid JSON: expected ident at line 1 column 2",
-            )),
-        ),
-    ];
-    for (text, want) in cases {
-        assert_eq!(parse_client_before_auth(text, MAX), want, "{text}");
-    }
-    assert_eq!(
-        parse_client_before_auth(r#"{"type":"ping"}"#, 10),
-        Err(ProtocolError::new(
-            code::MESSAGE_TOO_LARGE,
-            "message is 15 bytes; the limit is 10 bytes"
-        ))
-    );
-}
-
 /// (error, code, id, message): the errors the session builds.
-fn session_errors() -> Vec<(
+pub(super) fn session_errors() -> Vec<(
     ProtocolError,
     &'static str,
     Option<&'static str>,
@@ -922,175 +630,4 @@ fn session_errors() -> Vec<(
             "the log is unavailable; retry shortly",
         ),
     ]
-}
-
-#[test]
-fn session_error_constructors() {
-    for (err, code, id, message) in session_errors() {
-        assert_eq!(err.code, code, "{err}");
-        assert_eq!(err.id.as_deref(), id, "{err}");
-        assert_eq!(err.message, message, "{err}");
-        assert_eq!(err.to_string(), format!("{code}: {message}"));
-    }
-}
-
-#[test]
-fn every_error_code_is_documented_and_produced() {
-    let documented: BTreeSet<&str> = ERROR_CODES.iter().map(|(c, _)| *c).collect();
-    assert_eq!(documented.len(), ERROR_CODES.len(), "codes are unique");
-    for (c, meaning) in ERROR_CODES {
-        assert!(
-            !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
-            "{c}"
-        );
-        assert!(!meaning.is_empty(), "{c}");
-    }
-    let mut produced: BTreeSet<&str> = error_cases().iter().map(|c| c.1).collect();
-    produced.insert(code::NOT_AUTHENTICATED);
-    produced.extend(session_errors().iter().map(|c| c.1));
-    assert_eq!(produced, documented);
-}
-
-#[test]
-fn close_codes_are_documented() {
-    let want: &[(u16, &str)] = &[
-        (1000, "normal"),
-        (1001, "server_shutting_down"),
-        (1009, "message_too_big"),
-        (1011, "internal_error"),
-        (4001, "auth_timeout"),
-        (4003, "credential_revoked"),
-    ];
-    let got: Vec<(u16, &str)> = CLOSE_CODES.iter().map(|(c, r, _)| (*c, *r)).collect();
-    assert_eq!(got, want);
-    for (c, reason, meaning) in CLOSE_CODES {
-        // A close frame's reason is at most 123 bytes.
-        assert!(reason.len() <= 123 && !meaning.is_empty(), "{c}");
-    }
-    assert_eq!(
-        [
-            CLOSE_NORMAL,
-            CLOSE_GOING_AWAY,
-            CLOSE_MESSAGE_TOO_BIG,
-            CLOSE_INTERNAL_ERROR,
-            CLOSE_AUTH_TIMEOUT,
-            CLOSE_CREDENTIAL_REVOKED
-        ],
-        [1000, 1001, 1009, 1011, 4001, 4003]
-    );
-}
-
-#[test]
-fn server_frames() {
-    let acme = TenantId::new("acme \"corp\"").expect("valid tenant");
-    let cases: Vec<(String, &str)> = vec![
-        (
-            auth_ok_frame(&acme, Role::Service),
-            r#"{"type":"auth_ok","tenant":"acme \"corp\"","role":"service"}"#,
-        ),
-        (subscribed_frame("s1"), r#"{"type":"subscribed","id":"s1"}"#),
-        (
-            unsubscribed_frame("a\\b"),
-            r#"{"type":"unsubscribed","id":"a\\b"}"#,
-        ),
-        (published_frame(42), r#"{"type":"published","seq":42}"#),
-        (pong_frame().to_owned(), r#"{"type":"pong"}"#),
-        (
-            error_frame(&ProtocolError::unknown_id("s1")),
-            r#"{"type":"error","id":"s1","code":"unknown_id","message":"no active subscription has id \"s1\""}"#,
-        ),
-        (
-            error_frame(&ProtocolError::new(code::INVALID_JSON, "bad\nline")),
-            r#"{"type":"error","code":"invalid_json","message":"bad\nline"}"#,
-        ),
-    ];
-    for (got, want) in cases {
-        assert_eq!(got, want);
-        let v: Value = serde_json::from_str(&got).expect("valid JSON");
-        assert!(v["type"].is_string(), "{got}");
-    }
-}
-
-#[test]
-fn event_frame_escapes_the_sub_id() {
-    let cases: &[(&str, &str)] = &[
-        ("s1", r#""s1""#),
-        ("a\"b", r#""a\"b""#),
-        ("back\\slash", r#""back\\slash""#),
-        ("line\nfeed\r\t", r#""line\nfeed\r\t""#),
-        ("\u{8}\u{c}\u{0}\u{1f}", r#""\b\f\u0000\u001f""#),
-        ("</script>", r#""</script>""#),
-        ("é ☃ 😀", "\"é ☃ 😀\""),
-        ("\u{7f}\u{2028}", "\"\u{7f}\u{2028}\""),
-    ];
-    let envelope = br#"{"seq":1}"#;
-    for (sub, escaped) in cases {
-        let frame = event_frame(sub, envelope);
-        let want = format!(r#"{{"type":"event","sub":{escaped},"event":{{"seq":1}}}}"#);
-        assert_eq!(frame, want.as_bytes(), "{sub:?}");
-        let v: Value = serde_json::from_slice(&frame).expect("valid JSON");
-        assert_eq!(v["sub"], *sub);
-    }
-}
-
-#[test]
-fn event_frame_embeds_the_envelope_verbatim() {
-    // Spacing, member order and number spellings that any
-    // re-serialization would change.
-    let envelopes: &[&str] = &[
-        r#"{"specversion":"1.0","id":"7","seq":7,"type":"row.updated","data":{"total":150.00,"n":1e2}}"#,
-        "{ \"seq\" : 8 ,\n \"data\" : { \"z\":1, \"a\":\"\\u00e9\" } }",
-        r#"{"seq":9,"data":{"s":"\"}{\""}}"#,
-    ];
-    for envelope in envelopes {
-        let frame = event_frame("sub-1", envelope.as_bytes());
-        let prefix = br#"{"type":"event","sub":"sub-1","event":"#;
-        assert!(frame.starts_with(prefix), "{envelope}");
-        assert_eq!(&frame[prefix.len()..frame.len() - 1], envelope.as_bytes());
-        assert_eq!(frame.last(), Some(&b'}'));
-        let v: Value = serde_json::from_slice(&frame).expect("valid JSON");
-        let inner: Value = serde_json::from_str(envelope).expect("valid JSON");
-        assert_eq!(v["event"], inner);
-    }
-}
-
-#[test]
-fn cloudevents_frame_is_the_bare_envelope() {
-    let envelope = Bytes::from_static(br#"{"specversion":"1.0","id":"1","seq":1}"#);
-    let frame = cloudevents_event_frame(&envelope);
-    assert_eq!(frame, envelope);
-    assert_eq!(frame.as_ptr(), envelope.as_ptr(), "shared, not copied");
-    assert_eq!(CLOUDEVENTS_SUBPROTOCOL, "cloudevents.json");
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
-
-    #[test]
-    fn sub_ids_round_trip(sub in "\\PC{0,20}|[\\x00-\\x7f]{0,20}") {
-        let frame = event_frame(&sub, b"{}");
-        let v: Value = serde_json::from_slice(&frame).expect("valid JSON");
-        prop_assert_eq!(v["sub"].as_str(), Some(sub.as_str()));
-        let v: Value = serde_json::from_str(&subscribed_frame(&sub)).expect("valid JSON");
-        prop_assert_eq!(v["id"].as_str(), Some(sub.as_str()));
-    }
-
-    #[test]
-    fn parsing_never_panics(text in ".{0,200}") {
-        let _ = parse_client(&text, 100, &captured());
-        let _ = parse_client_before_auth(&text, 100);
-    }
-
-    #[test]
-    fn parsing_json_like_text_never_panics(
-        parts in prop::collection::vec(prop::sample::select(vec![
-            "{", "}", "[", "]", ",", ":", "\"type\"", "\"subscribe\"", "\"publish\"",
-            "\"id\"", "\"s\"", "\"topics\"", "\"table\"", "\"from\"", "\"filter\"",
-            "\"event\"", "\"data\"", "-1", "1.5", "null", "true", "\"public.orders\"",
-        ]), 0..30),
-    ) {
-        let text = parts.concat();
-        let _ = parse_client(&text, 4096, &captured());
-        let _ = parse_client_before_auth(&text, 4096);
-    }
 }
