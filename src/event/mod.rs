@@ -8,11 +8,13 @@
 //! wraps the pre-serialized data in the small header. Nothing here does I/O.
 
 pub mod committed;
+pub mod json;
 pub mod tenant;
 
 use std::sync::Arc;
 
 pub use committed::Committed;
+use json::push_json_str;
 pub use tenant::{TenantError, TenantId};
 
 /// Where an event came from in its source, so an append can be made
@@ -187,17 +189,6 @@ impl PendingEvent {
 fn push_int(out: &mut String, v: i64) {
     use std::fmt::Write as _;
     let _ = write!(out, "{v}");
-}
-
-/// Appends `s` as a JSON string literal.
-fn push_json_str(out: &mut String, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push('"');
-        out.push_str(s);
-        out.push('"');
-    } else {
-        out.push_str(&serde_json::to_string(s).expect("a str always serializes"));
-    }
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (RFC 3339, UTC, microseconds).

@@ -95,7 +95,7 @@ pub fn encode_batch(
 pub fn batch_element(out: &mut Vec<u8>, event: &PendingEvent) {
     out.push(b'[');
     match &event.subject {
-        Some(s) => crate::source::postgres::value::write_json_string(s, out),
+        Some(s) => crate::event::json::write_json_string(s, out),
         None => out.extend_from_slice(b"null"),
     }
     out.push(b',');

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 
 use crate::auth::Role;
+use crate::event::json::push_json_str;
 use crate::event::TenantId;
 
 use super::ProtocolError;
@@ -98,32 +99,6 @@ fn id_frame(kind: &str, id: &str) -> String {
     push_json_str(&mut out, id);
     out.push('}');
     out
-}
-
-/// Appends `s` as a JSON string literal: `"` and `\` escaped, control
-/// characters as `\n`, `\r`, `\t`, `\b`, `\f` or `\u00XX`.
-fn push_json_str(out: &mut String, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            c if u32::from(c) < 0x20 => {
-                let b = u32::from(c) as usize;
-                out.push_str("\\u00");
-                out.push(char::from(HEX[b >> 4]));
-                out.push(char::from(HEX[b & 0xf]));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 #[cfg(test)]

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use super::pgoutput::{
     Datum, Delete, Insert, Message, OldTuple, Relation, Truncate, Tuple, Update,
 };
-use super::value::{write_json, write_json_string, PgType};
+use super::value::{write_json, PgType};
+use crate::event::json::write_json_string;
 use crate::event::{
     format_time_micros, types, Audience, JsonText, PendingEvent, SourcePosition, TenantId,
 };

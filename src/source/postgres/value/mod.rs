@@ -14,20 +14,19 @@
 //! Scalars allocate nothing beyond the returned value.
 //!
 //! One file per family of output forms: `oids` (built-in type OIDs),
-//! `numbers`, `bytea`, `time` (dates and timestamps), `arrays` (array
-//! literals) and `escape` (JSON string literals). This file holds the
+//! `numbers`, `bytea`, `time` (dates and timestamps) and `arrays` (array
+//! literals); JSON string literals are `event::json`'s. This file holds the
 //! type mapping, the error and the two entry points that dispatch to them.
 
 use serde_json::Value;
 
 mod arrays;
 mod bytea;
-mod escape;
 mod numbers;
 mod oids;
 mod time;
 
-pub use escape::write_json_string;
+use crate::event::json::write_json_string;
 pub use oids::builtin_type;
 
 use arrays::ArrayParser;
