@@ -10,7 +10,7 @@
 pub mod filter;
 pub mod topic;
 
-pub use filter::{Filter, FilterError};
+pub use filter::Filter;
 pub use topic::{GlobError, TopicGlob};
 
 /// Longest table or collection name accepted by [`table_glob`] and

@@ -75,7 +75,6 @@ mod eval;
 mod parse;
 
 pub use ast::Filter;
-pub use parse::{FilterError, PathProblem};
 
 /// Largest filter accepted, in bytes of JSON.
 pub const MAX_FILTER_BYTES: usize = 4096;
