@@ -897,21 +897,11 @@ mod tests {
 
     fn event(commit_lsn: u64, ordinal: u64) -> PendingEvent {
         PendingEvent {
-            audience: Audience::Tenant(TenantId::new("a").expect("valid")),
             position: SourcePosition {
                 commit_lsn,
                 ordinal,
             },
-            source: "/sluice/pg/main".into(),
-            event_type: "row.inserted".into(),
-            topic: "tables/public.t/insert".into(),
-            subject: None,
-            time_micros: 0,
-            time: "1970-01-01T00:00:00.000000Z".into(),
-            txid: None,
-            lsn: None,
-            data: crate::event::JsonText::parse("{}".into()).expect("json"),
-            relation: None,
+            ..copy::test_event("a", None, "{}")
         }
     }
 

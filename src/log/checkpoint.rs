@@ -173,7 +173,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::event::{Audience, PendingEvent, TenantId};
+    use crate::event::PendingEvent;
 
     fn pos(commit_lsn: u64, ordinal: u64) -> SourcePosition {
         SourcePosition {
@@ -224,18 +224,8 @@ mod tests {
 
     fn pending(commit_lsn: u64, ordinal: u64) -> PendingEvent {
         PendingEvent {
-            audience: Audience::Tenant(TenantId::new("a").expect("valid")),
             position: pos(commit_lsn, ordinal),
-            source: "/sluice/pg/main".into(),
-            event_type: "row.inserted".into(),
-            topic: "tables/public.t/insert".into(),
-            subject: None,
-            time_micros: 0,
-            time: "1970-01-01T00:00:00.000000Z".into(),
-            txid: None,
-            lsn: None,
-            data: crate::event::JsonText::parse("{}".into()).expect("json"),
-            relation: None,
+            ..super::super::copy::test_event("a", None, "{}")
         }
     }
 

@@ -139,7 +139,7 @@ pub fn patch_seq(row: &mut [u8], seq: i64) {
     }
 }
 
-/// A snapshot event of `tenant` for tests (here and in `append`).
+/// A snapshot event of `tenant` for tests (here, `append` and `checkpoint`).
 #[cfg(test)]
 pub(super) fn test_event(tenant: &str, subject: Option<&str>, data: &str) -> PendingEvent {
     use crate::event::{Audience, SourcePosition};
