@@ -61,11 +61,7 @@ async fn create(
         .get()
         .await
         .map_err(|e| ApiError::unavailable("the source database", &e))?;
-    let db = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| ApiError::unavailable("the state database", &e))?;
+    let db = state.state_db().await?;
     let b = backfill::create(&db, &source, pg, &req, "backfill")
         .await
         .map_err(api_error)?;
@@ -78,11 +74,7 @@ async fn list(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     admin(&state, &headers, raw.as_deref()).await?;
-    let db = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| ApiError::unavailable("the state database", &e))?;
+    let db = state.state_db().await?;
     let all = backfill::list(&db).await.map_err(api_error)?;
     Ok(Json(serde_json::json!({ "backfills": all })))
 }
@@ -94,14 +86,8 @@ async fn cancel(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<backfill::Backfill>, ApiError> {
     admin(&state, &headers, raw.as_deref()).await?;
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::not_found(format!("no backfill {id:?}")))?;
-    let db = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| ApiError::unavailable("the state database", &e))?;
+    let id = backfill_id(&id)?;
+    let db = state.state_db().await?;
     match backfill::cancel(&db, id).await.map_err(api_error)? {
         Some(b) => Ok(Json(b)),
         None => Err(ApiError {
@@ -121,13 +107,13 @@ async fn read(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<backfill::Backfill>, ApiError> {
     admin(&state, &headers, raw.as_deref()).await?;
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::not_found(format!("no backfill {id:?}")))?;
-    let db = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| ApiError::unavailable("the state database", &e))?;
+    let id = backfill_id(&id)?;
+    let db = state.state_db().await?;
     Ok(Json(backfill::get(&db, id).await.map_err(api_error)?))
+}
+
+/// A backfill id from the path; one that is not a number names no backfill.
+fn backfill_id(id: &str) -> Result<i64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::not_found(format!("no backfill {id:?}")))
 }

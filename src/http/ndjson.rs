@@ -123,11 +123,7 @@ async fn list(
             "a tail has no end: drop to/until, or follow",
         ));
     }
-    let client = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| ApiError::unavailable("the log", &e))?;
+    let client = state.log_db().await?;
     let gap = log::gap_at(&**client, req.from)
         .await
         .map_err(|e| ApiError::unavailable("the log", &e))?;
@@ -164,11 +160,7 @@ async fn list(
 async fn page(state: &AppState, req: &EventRange) -> Result<Response, ApiError> {
     let page_limit = state.config.http.page_limit;
     let limit = req.limit.unwrap_or(100).min(page_limit);
-    let client = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| ApiError::unavailable("the log", &e))?;
+    let client = state.log_db().await?;
     let scope = ReadScope::Tenant(req.tenant.clone());
     let mut next_from = req.from;
     let mut scanned = 0i64;
@@ -225,11 +217,7 @@ async fn one(
             ))
         }
     };
-    let client = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| ApiError::unavailable("the log", &e))?;
+    let client = state.log_db().await?;
     let q = LogQuery {
         from: seq,
         to: Some(seq),
@@ -283,11 +271,7 @@ async fn stats(
             )
         })?,
     };
-    let client = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| ApiError::unavailable("the log", &e))?;
+    let client = state.log_db().await?;
     let rows = log::counts_by_type_topic(&**client, &tenant, secs as f64)
         .await
         .map_err(|e| ApiError::unavailable("the log", &e))?;

@@ -92,11 +92,7 @@ pub async fn open(
     let mode = frame_mode(&params)?;
     let start = start(headers, &params)?;
     if let Start::At(from) = start {
-        let client = state
-            .pool
-            .get()
-            .await
-            .map_err(|e| ApiError::unavailable("the log", &e))?;
+        let client = state.log_db().await?;
         let gap = crate::log::gap_at(&**client, from)
             .await
             .map_err(|e| ApiError::unavailable("the log", &e))?;

@@ -42,6 +42,24 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// A connection to the state database, or the 503 every handler
+    /// answers when there is none.
+    pub async fn state_db(&self) -> Result<deadpool_postgres::Object, super::ApiError> {
+        self.db("the state database").await
+    }
+
+    /// [`AppState::state_db`] for reading the log (its 503 says "the log").
+    pub async fn log_db(&self) -> Result<deadpool_postgres::Object, super::ApiError> {
+        self.db("the log").await
+    }
+
+    async fn db(&self, what: &str) -> Result<deadpool_postgres::Object, super::ApiError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| super::ApiError::unavailable(what, &e))
+    }
+
     /// The captured tables (`schema.table`).
     pub fn captured_tables(&self) -> Vec<String> {
         self.config

@@ -100,14 +100,6 @@ struct ReplayBody {
     status: Option<String>,
 }
 
-async fn db(state: &AppState) -> Result<deadpool_postgres::Object, ApiError> {
-    state
-        .pool
-        .get()
-        .await
-        .map_err(|e| ApiError::unavailable("the state database", &e))
-}
-
 fn dberr(e: tokio_postgres::Error) -> ApiError {
     ApiError::unavailable("the state database", &e)
 }
@@ -230,7 +222,7 @@ async fn create(
     let filter = b.filter.filter(|f| !f.is_null());
     let id = new_id("wh_");
     let secret = sign::generate_secret();
-    let client = db(&state).await?;
+    let client = state.state_db().await?;
     let row = client
         .query_one(
             &format!(
@@ -267,7 +259,7 @@ async fn list(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let (_, tenant) = tenant_of(&state, &headers, raw.as_deref(), &[]).await?;
-    let client = db(&state).await?;
+    let client = state.state_db().await?;
     let rows = client
         .query(
             &format!(
@@ -291,7 +283,7 @@ async fn read(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (_, tenant) = tenant_of(&state, &headers, raw.as_deref(), &[]).await?;
-    let client = db(&state).await?;
+    let client = state.state_db().await?;
     Ok(Json(fetch(&client, &tenant, &id).await?.to_json()))
 }
 
@@ -304,7 +296,7 @@ async fn update(
 ) -> Result<Json<Value>, ApiError> {
     let (_, tenant) = tenant_of(&state, &headers, raw.as_deref(), &[]).await?;
     let b: PatchBody = json_body(&bytes)?;
-    let client = db(&state).await?;
+    let client = state.state_db().await?;
     let mut e = fetch(&client, &tenant, &id).await?;
     if let Some(url) = &b.url {
         e.url = check_url(&state, url).await?;
@@ -390,7 +382,7 @@ async fn remove(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let (_, tenant) = tenant_of(&state, &headers, raw.as_deref(), &[]).await?;
-    let client = db(&state).await?;
+    let client = state.state_db().await?;
     let n = client
         .execute(
             "DELETE FROM sluice.webhooks WHERE id = $1 AND tenant = $2",
@@ -413,7 +405,7 @@ async fn rotate(
     let (_, tenant) = tenant_of(&state, &headers, raw.as_deref(), &[]).await?;
     let secret = sign::generate_secret();
     let overlap = state.config.webhooks.secret_overlap_secs as f64;
-    let client = db(&state).await?;
+    let client = state.state_db().await?;
     let row = client
         .query_opt(
             "UPDATE sluice.webhooks
@@ -463,7 +455,7 @@ async fn deliveries(
         .unwrap_or(DELIVERY_PAGE)
         .clamp(1, DELIVERY_PAGE_MAX);
     let before = params.seq("before")?.unwrap_or(i64::MAX);
-    let client = db(&state).await?;
+    let client = state.state_db().await?;
     fetch(&client, &tenant, &id).await?;
     let rows = client
         .query(
@@ -549,7 +541,7 @@ async fn replay(
             "give exactly one of from_seq, event_ids or status",
         ));
     }
-    let client = db(&state).await?;
+    let client = state.state_db().await?;
     let endpoint = fetch(&client, &tenant, &id).await?;
     let mut more_from: Option<i64> = None;
     let enqueued = if let Some(status) = &b.status {
