@@ -129,7 +129,10 @@ fn run_once(rows: u64, separate_state: bool) -> Figures {
         }
         None => Command::new(&exe),
     };
-    command.arg("serve").env_remove("SLUICE_BENCH_WRAP");
+    command
+        .arg("serve")
+        .env_remove("SLUICE_BENCH_WRAP")
+        .env_remove("SLUICE_BENCH_EXE");
     common::sluice_env(
         &mut command,
         &pg.url(&db),
