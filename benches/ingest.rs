@@ -1,14 +1,22 @@
 //! Ingest benchmark: how fast Sluice drains a replication backlog into its
-//! log, against `pg_recvlogical` draining the same backlog to /dev/null
-//! (the raw limit R), on the same machine in the same run.
+//! log, against two references on the same backlog, on the same machine in
+//! the same run, each from its own slot: `pg_recvlogical` into /dev/null,
+//! and the null reader (`common/null_reader.rs`: the same replication crate
+//! and decoder as Sluice, every message decoded and discarded, each commit
+//! acknowledged at once), which is the real limit of reading the stream.
+//! The order of the three turns with every run.
 //!
-//! `cargo bench --bench ingest -- [--rows N] [--runs N] [--separate-state] [--tuned]`
+//! `cargo bench --bench ingest -- [--rows N] [--tx-rows N] [--runs N] [--separate-state] [--tuned]`
+//! (`--tx-rows`: rows per source transaction of the backlog, default 10,000)
 //! (`BENCH_SLUICE_<KEY>=v` passes `SLUICE_<KEY>=v` to the measured sluice;
 //! `SLUICE_BENCH_EXE=path` measures that binary instead of this tree's, e.g.
 //! an earlier commit's release build, to compare two versions run by run.)
 //! (scripts/bench-ingest.sh installs Postgres if needed and runs this).
-//! Prints rows/s for both, the ratio Sluice/R (target ≥ 0.6), and Sluice's
-//! peak RSS (target ≤ 256 MiB whatever N is).
+//! Prints, per run, each contender's wall time and rows/s, the null reader's
+//! and Sluice's own CPU, the cluster's CPU during each (the postmaster and
+//! every backend, reaped ones included), the appender backend's and the
+//! walsender's CPU, Sluice's peak RSS, and the ratios Sluice / null reader and
+//! Sluice / `pg_recvlogical`; then their medians.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,10 +24,12 @@ use std::time::{Duration, Instant};
 use localpg::LocalPg;
 
 mod common;
-use common::{arg, cpu_secs, flag, peak_rss_kib, psql, BENCH_TABLE};
+use common::{arg, cluster_cpu_secs, cpu_secs, flag, peak_rss_kib, psql, BENCH_TABLE};
+#[path = "common/null_reader.rs"]
+mod null_reader;
 
 /// One complete run on a fresh cluster.
-fn run_once(rows: u64, separate_state: bool) -> Figures {
+fn run_once(rows: u64, tx_rows: u64, separate_state: bool, run: usize) -> Figures {
     eprintln!("starting a throwaway cluster…");
     let pg = LocalPg::start().expect("start Postgres");
     // The cluster both contenders read from has the stock settings, or with
@@ -42,6 +52,7 @@ fn run_once(rows: u64, separate_state: bool) -> Figures {
             "{BENCH_TABLE}
              CREATE PUBLICATION bench_pub FOR TABLE bench;
              SELECT pg_create_logical_replication_slot('raw_slot', 'pgoutput');
+             SELECT pg_create_logical_replication_slot('null_slot', 'pgoutput');
              SELECT pg_create_logical_replication_slot('sluice_slot', 'pgoutput');"
         ),
     );
@@ -52,17 +63,24 @@ fn run_once(rows: u64, separate_state: bool) -> Figures {
     };
 
     eprintln!("building a backlog of {rows} rows…");
-    let chunk = 10_000u64;
+    // Committed `tx_rows` rows at a time, in one session: a DO block commits
+    // after each transaction's rows, and each call covers up to 100,000 rows.
+    let tx_rows = tx_rows.max(1);
     let mut first = 1u64;
     while first <= rows {
-        let last = (first + chunk - 1).min(rows);
+        let last = (first + 100_000 - 1).min(rows);
         psql(
             &pg,
             &db,
             &format!(
-                "INSERT INTO bench SELECT g, 'tenant' || (g % 100), md5(g::text) || md5((g + 1)::text),
-                        (g % 100000) / 100.0, now(), jsonb_build_object('k', g, 'tag', 'x' || (g % 7), 'ok', true)
-                 FROM generate_series({first}, {last}) g"
+                "DO $$ BEGIN
+                   FOR lo IN {first}..{last} BY {tx_rows} LOOP
+                     INSERT INTO bench SELECT g, 'tenant' || (g % 100), md5(g::text) || md5((g + 1)::text),
+                            (g % 100000) / 100.0, now(), jsonb_build_object('k', g, 'tag', 'x' || (g % 7), 'ok', true)
+                     FROM generate_series(lo, least(lo + {tx_rows} - 1, {last})) g;
+                     COMMIT;
+                   END LOOP;
+                 END $$"
             ),
         );
         first = last + 1;
@@ -80,16 +98,59 @@ fn run_once(rows: u64, separate_state: bool) -> Figures {
         row_bytes.trim()
     );
 
-    // Both phases start right after a checkpoint, so neither pays for one
-    // the other caused.
-    psql(&pg, &db, "CHECKPOINT");
-    // (a) the raw limit: pg_recvlogical decodes with pgoutput into /dev/null.
+    // Each contender starts right after a checkpoint, so none pays for one
+    // another caused; the order turns with every run.
+    let order = [
+        Contender::Recvlogical,
+        Contender::NullReader,
+        Contender::Sluice,
+    ];
+    let mut f = Figures {
+        tuned,
+        ..Figures::default()
+    };
+    for i in 0..3 {
+        psql(&pg, &db, "CHECKPOINT");
+        let before = cluster_cpu_secs(pg.data_dir()).unwrap_or(f64::NAN);
+        let after = |pg: &LocalPg| {
+            // A contender's backends exit as it disconnects; their CPU
+            // counts once the postmaster has reaped them.
+            std::thread::sleep(Duration::from_millis(500));
+            cluster_cpu_secs(pg.data_dir()).unwrap_or(f64::NAN)
+        };
+        match order[(i + run) % 3] {
+            Contender::Recvlogical => {
+                f.raw_secs = recvlogical(&pg, &db, &end_lsn);
+                f.raw_cluster = after(&pg) - before;
+            }
+            Contender::NullReader => {
+                (f.null_secs, f.null_cpu) = null_reader(&pg, &db, &end_lsn);
+                f.null_cluster = after(&pg) - before;
+            }
+            Contender::Sluice => {
+                sluice(&pg, &db, &state_db, rows, &mut f);
+                f.sluice_cluster = after(&pg) - before;
+            }
+        }
+    }
+    f
+}
+
+#[derive(Clone, Copy)]
+enum Contender {
+    Recvlogical,
+    NullReader,
+    Sluice,
+}
+
+/// `pg_recvlogical` decodes with pgoutput into /dev/null; its wall time.
+fn recvlogical(pg: &LocalPg, db: &str, end_lsn: &str) -> f64 {
     let recv = pg.bin_dir().join("pg_recvlogical");
     let t = Instant::now();
     let status = Command::new(&recv)
         .args([
             "-d",
-            &pg.url(&db),
+            &pg.url(db),
             "--slot",
             "raw_slot",
             "--start",
@@ -99,7 +160,7 @@ fn run_once(rows: u64, separate_state: bool) -> Figures {
         ])
         .args([
             "--endpos",
-            &end_lsn,
+            end_lsn,
             "-o",
             "proto_version=1",
             "-o",
@@ -108,11 +169,44 @@ fn run_once(rows: u64, separate_state: bool) -> Figures {
         .stdin(Stdio::null())
         .status()
         .expect("run pg_recvlogical");
-    let raw_secs = t.elapsed().as_secs_f64();
     assert!(status.success(), "pg_recvlogical failed: {status}");
+    t.elapsed().as_secs_f64()
+}
 
-    psql(&pg, &db, "CHECKPOINT");
-    // (b) Sluice drains the same backlog into its log.
+/// The null reader (this binary in `--null-reader` mode) on its own slot;
+/// its wall time and its own CPU.
+fn null_reader(pg: &LocalPg, db: &str, end_lsn: &str) -> (f64, f64) {
+    let exe = std::env::current_exe().expect("own path");
+    let t = Instant::now();
+    let out = Command::new(exe)
+        .args([
+            "--null-reader",
+            &pg.url(db),
+            "null_slot",
+            "bench_pub",
+            end_lsn,
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run the null reader");
+    let secs = t.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "the null reader failed: {}",
+        out.status
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let cpu = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("cpu_secs="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    (secs, cpu)
+}
+
+/// Sluice drains the backlog into its log; fills its figures in `f`.
+fn sluice(pg: &LocalPg, db: &str, state_db: &str, rows: u64, f: &mut Figures) {
     let exe =
         std::env::var("SLUICE_BENCH_EXE").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sluice").into());
     let t = Instant::now();
@@ -135,8 +229,8 @@ fn run_once(rows: u64, separate_state: bool) -> Figures {
         .env_remove("SLUICE_BENCH_EXE");
     common::sluice_env(
         &mut command,
-        &pg.url(&db),
-        Some(&pg.url(&state_db)),
+        &pg.url(db),
+        Some(&pg.url(state_db)),
         "127.0.0.1:0",
     );
     let mut child = command.stdin(Stdio::null()).spawn().expect("spawn sluice");
@@ -146,7 +240,7 @@ fn run_once(rows: u64, separate_state: bool) -> Figures {
         std::thread::sleep(Duration::from_millis(100));
         peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
         let n: u64 = pg
-            .psql(&state_db, "SELECT coalesce(max(seq), 0) FROM sluice.events")
+            .psql(state_db, "SELECT coalesce(max(seq), 0) FROM sluice.events")
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0);
@@ -170,28 +264,30 @@ fn run_once(rows: u64, separate_state: bool) -> Figures {
         .and_then(cpu_secs)
         .unwrap_or(f64::NAN)
     };
-    let walsender_cpu = backend_cpu("sluice/main", &db);
-    let appender_cpu = backend_cpu("sluice-appender", &state_db);
+    let walsender_cpu = backend_cpu("sluice/main", db);
+    let appender_cpu = backend_cpu("sluice-appender", state_db);
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
     let _ = child.wait();
 
-    Figures {
-        raw_secs,
-        sluice_secs,
-        sluice_cpu,
-        walsender_cpu,
-        appender_cpu,
-        peak_mib: peak as f64 / 1024.0,
-        tuned,
-    }
+    f.sluice_secs = sluice_secs;
+    f.sluice_cpu = sluice_cpu;
+    f.walsender_cpu = walsender_cpu;
+    f.appender_cpu = appender_cpu;
+    f.peak_mib = peak as f64 / 1024.0;
 }
 
+#[derive(Default)]
 struct Figures {
     raw_secs: f64,
+    raw_cluster: f64,
+    null_secs: f64,
+    null_cpu: f64,
+    null_cluster: f64,
     sluice_secs: f64,
     sluice_cpu: f64,
+    sluice_cluster: f64,
     walsender_cpu: f64,
     appender_cpu: f64,
     peak_mib: f64,
@@ -199,6 +295,18 @@ struct Figures {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--null-reader") {
+        let a = |k: usize| {
+            args.get(i + k)
+                .map(String::as_str)
+                .expect("--null-reader URL SLOT PUBLICATION END_LSN")
+        };
+        let messages = null_reader::run(a(1), a(2), a(3), a(4));
+        let cpu = cpu_secs(std::process::id()).unwrap_or(f64::NAN);
+        println!("null-reader messages={messages} cpu_secs={cpu:.2}");
+        return;
+    }
     let rows: u64 = arg("--rows")
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
@@ -206,29 +314,46 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3)
         .max(1);
+    let tx_rows: u64 = arg("--tx-rows")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
     let separate_state = flag("--separate-state");
     let mut all = Vec::new();
     for run in 1..=runs {
-        let f = run_once(rows, separate_state);
-        let (raw_rate, sluice_rate) = (rows as f64 / f.raw_secs, rows as f64 / f.sluice_secs);
+        let f = run_once(rows, tx_rows, separate_state, run);
+        let rate = |secs: f64| rows as f64 / secs;
         println!(
-            "run {run}: pg_recvlogical {:.2} s ({raw_rate:.0} rows/s), sluice {:.2} s ({sluice_rate:.0} rows/s), \
-             ratio {:.2}, sluice CPU {:.2} s, walsender CPU {:.2} s, appender backend CPU {:.2} s, sluice peak RSS {:.1} MiB",
+            "run {run}: pg_recvlogical {:.2} s ({:.0} rows/s, cluster CPU {:.2} s), \
+             null reader {:.2} s ({:.0} rows/s, CPU {:.2} s, cluster CPU {:.2} s), \
+             sluice {:.2} s ({:.0} rows/s, CPU {:.2} s, cluster CPU {:.2} s), \
+             ratio sluice/null {:.2}, ratio sluice/pg_recvlogical {:.2}, \
+             walsender CPU {:.2} s, appender backend CPU {:.2} s, sluice peak RSS {:.1} MiB",
             f.raw_secs,
+            rate(f.raw_secs),
+            f.raw_cluster,
+            f.null_secs,
+            rate(f.null_secs),
+            f.null_cpu,
+            f.null_cluster,
             f.sluice_secs,
-            sluice_rate / raw_rate,
+            rate(f.sluice_secs),
             f.sluice_cpu,
+            f.sluice_cluster,
+            f.null_secs / f.sluice_secs,
+            f.raw_secs / f.sluice_secs,
             f.walsender_cpu,
             f.appender_cpu,
             f.peak_mib
         );
         all.push(f);
     }
+    let mut vs_null: Vec<f64> = all.iter().map(|f| f.null_secs / f.sluice_secs).collect();
+    vs_null.sort_by(f64::total_cmp);
     let mut ratios: Vec<f64> = all.iter().map(|f| f.raw_secs / f.sluice_secs).collect();
     ratios.sort_by(f64::total_cmp);
     let median = ratios[ratios.len() / 2];
     let peak = all.iter().map(|f| f.peak_mib).fold(0.0, f64::max);
-    println!("rows: {rows}, runs: {runs}");
+    println!("rows: {rows} in transactions of {tx_rows}, runs: {runs}");
     println!(
         "state database: {}",
         if separate_state {
@@ -246,9 +371,15 @@ fn main() {
         }
     );
     println!(
-        "ratio sluice/R: median {median:.2}, min {:.2}, max {:.2} (target >= 0.6)",
+        "ratio sluice/pg_recvlogical: median {median:.2}, min {:.2}, max {:.2}",
         ratios[0],
         ratios[ratios.len() - 1]
+    );
+    println!(
+        "ratio sluice/null reader: median {:.2}, min {:.2}, max {:.2}",
+        vs_null[vs_null.len() / 2],
+        vs_null[0],
+        vs_null[vs_null.len() - 1]
     );
     println!("sluice peak RSS: {peak:.1} MiB, highest of all runs (target <= 256)");
 }
