@@ -7,7 +7,8 @@
 //! The order of the three turns with every run.
 //!
 //! `cargo bench --bench ingest -- [--rows N] [--tx-rows N] [--runs N] [--separate-state] [--tuned]`
-//! (`--tx-rows`: rows per source transaction of the backlog, default 10,000)
+//! (`--tx-rows`: rows per source transaction of the backlog, default 10,000;
+//! 1: single-row transactions from 8 concurrent pgbench clients)
 //! (`BENCH_SLUICE_<KEY>=v` passes `SLUICE_<KEY>=v` to the measured sluice;
 //! `SLUICE_BENCH_EXE=path` measures that binary instead of this tree's, e.g.
 //! an earlier commit's release build, to compare two versions run by run.)
@@ -63,27 +64,10 @@ fn run_once(rows: u64, tx_rows: u64, separate_state: bool, run: usize) -> Figure
     };
 
     eprintln!("building a backlog of {rows} rows…");
-    // Committed `tx_rows` rows at a time, in one session: a DO block commits
-    // after each transaction's rows, and each call covers up to 100,000 rows.
-    let tx_rows = tx_rows.max(1);
-    let mut first = 1u64;
-    while first <= rows {
-        let last = (first + 100_000 - 1).min(rows);
-        psql(
-            &pg,
-            &db,
-            &format!(
-                "DO $$ BEGIN
-                   FOR lo IN {first}..{last} BY {tx_rows} LOOP
-                     INSERT INTO bench SELECT g, 'tenant' || (g % 100), md5(g::text) || md5((g + 1)::text),
-                            (g % 100000) / 100.0, now(), jsonb_build_object('k', g, 'tag', 'x' || (g % 7), 'ok', true)
-                     FROM generate_series(lo, least(lo + {tx_rows} - 1, {last})) g;
-                     COMMIT;
-                   END LOOP;
-                 END $$"
-            ),
-        );
-        first = last + 1;
+    if tx_rows <= 1 {
+        single_row_backlog(&pg, &db, rows);
+    } else {
+        batched_backlog(&pg, &db, rows, tx_rows);
     }
     let end_lsn = psql(&pg, &db, "SELECT pg_current_wal_lsn()")
         .trim()
@@ -135,6 +119,68 @@ fn run_once(rows: u64, tx_rows: u64, separate_state: bool, run: usize) -> Figure
     }
     f
 }
+
+/// The backlog committed `tx_rows` rows at a time, in one session: a DO
+/// block commits after each transaction's rows, each call covering up to
+/// 100,000 rows.
+fn batched_backlog(pg: &LocalPg, db: &str, rows: u64, tx_rows: u64) {
+    let mut first = 1u64;
+    while first <= rows {
+        let last = (first + 100_000 - 1).min(rows);
+        psql(
+            pg,
+            db,
+            &format!(
+                "DO $$ BEGIN
+                   FOR lo IN {first}..{last} BY {tx_rows} LOOP
+                     INSERT INTO bench SELECT {ROW_EXPR}
+                     FROM generate_series(lo, least(lo + {tx_rows} - 1, {last})) g;
+                     COMMIT;
+                   END LOOP;
+                 END $$"
+            ),
+        );
+        first = last + 1;
+    }
+}
+
+/// The backlog as single-row transactions from 8 concurrent clients
+/// (pgbench), as an OLTP application writes; `rows` must be a multiple of 8.
+fn single_row_backlog(pg: &LocalPg, db: &str, rows: u64) {
+    psql(pg, db, "CREATE SEQUENCE bench_id_seq");
+    let script =
+        std::env::temp_dir().join(format!("sluice-bench-ingest-{}.sql", std::process::id()));
+    std::fs::write(
+        &script,
+        format!(
+            "INSERT INTO bench SELECT {ROW_EXPR} FROM (SELECT nextval('bench_id_seq') AS g) s;\n"
+        ),
+    )
+    .expect("write the pgbench script");
+    let status = Command::new(pg.bin_dir().join("pgbench"))
+        .args([
+            "-n",
+            "-c",
+            "8",
+            "-j",
+            "2",
+            "-t",
+            &(rows / 8).to_string(),
+            "-f",
+        ])
+        .arg(&script)
+        .arg(pg.url(db))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .expect("run pgbench");
+    let _ = std::fs::remove_file(&script);
+    assert!(status.success(), "pgbench failed: {status}");
+}
+
+/// One bench row from its id `g` (about 176 bytes stored).
+const ROW_EXPR: &str = "g, 'tenant' || (g % 100), md5(g::text) || md5((g + 1)::text),
+    (g % 100000) / 100.0, now(), jsonb_build_object('k', g, 'tag', 'x' || (g % 7), 'ok', true)";
 
 #[derive(Clone, Copy)]
 enum Contender {
@@ -316,7 +362,10 @@ fn main() {
         .max(1);
     let tx_rows: u64 = arg("--tx-rows")
         .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000);
+        .unwrap_or(10_000)
+        .max(1);
+    // Single-row transactions come from 8 clients with as many each.
+    let rows = if tx_rows == 1 { rows / 8 * 8 } else { rows };
     let separate_state = flag("--separate-state");
     let mut all = Vec::new();
     for run in 1..=runs {
