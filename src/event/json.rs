@@ -1,4 +1,5 @@
-//! JSON string literals: the one escaper. Every envelope member, column
+//! JSON text helpers: the one string escaper (and `kind_of`, the one wording
+//! of a value's JSON type in error messages). Every envelope member, column
 //! name, text value and protocol frame Sluice writes by hand goes through
 //! it, so all of them are escaped exactly as serde_json escapes a string
 //! (`\"`, `\\`, `\b \f \n \r \t`, other control characters as `\u00xx`,
@@ -23,6 +24,21 @@ pub fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
     escape(s, |piece| out.push_str(piece));
     out.push('"');
+}
+
+/// What kind of JSON value `v` is, as an error message names it ("a
+/// string", "an object", …): one wording for every parser that reports a
+/// wrong type (filters, WebSocket messages).
+pub fn kind_of(v: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 /// Hands `emit` the escaped form of `s` in pieces: runs of `s` itself and

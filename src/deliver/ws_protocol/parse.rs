@@ -8,6 +8,8 @@ use std::fmt;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
+use crate::event::json::kind_of;
+
 use crate::source::postgres::normalize::{valid_custom_name, MAX_CUSTOM_NAME};
 use crate::subscription::{collection_glob, table_glob, Filter, Selector, TopicGlob};
 
@@ -560,17 +562,6 @@ fn repeated_members(text: &str) -> Vec<String> {
     serde_json::from_str::<Repeated>(text)
         .map(|r| r.0)
         .unwrap_or_default()
-}
-
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// Longest client-supplied text quoted whole in an error message, in bytes.

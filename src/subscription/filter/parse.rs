@@ -6,6 +6,8 @@ use std::io;
 
 use serde_json::{Map, Value};
 
+use crate::event::json::kind_of;
+
 use super::ast::{Comparison, FieldPath, Filter, Image, Node, OrderOp, Test};
 use super::{
     MAX_CHILDREN, MAX_DEPTH, MAX_FILTER_BYTES, MAX_IN_VALUES, MAX_NODES, MAX_PATH_STEPS,
@@ -158,17 +160,6 @@ impl Path {
 impl fmt::Display for Path {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
