@@ -33,7 +33,7 @@ use crate::config::PgSourceConfig;
 use crate::event::{pg_micros_to_unix, SourcePosition};
 use crate::log::{AppendItem, AppenderHandle, Checkpoint, Durable, LogError};
 
-/// Session settings that make the text forms of values what `value.rs`
+/// Session settings that make the text forms of values what `value/`
 /// expects, whatever the server's defaults are.
 pub const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres \
      -c extra_float_digits=1 -c bytea_output=hex -c lc_monetary=C";
