@@ -154,6 +154,11 @@ pub const KEYS: &[Key] = &[
         "50000",
         "bound on normalized events waiting for the appender",
     ),
+    Key::bool(
+        "appender.group_by_tenant",
+        "true",
+        "store a source transaction's events grouped by tenant, each tenant's in the transaction's order (false: the transaction's exact order across tenants)",
+    ),
     Key::str(
         "http.listen",
         "127.0.0.1:8787",
@@ -668,6 +673,11 @@ pub struct AppenderConfig {
     pub max_batch_bytes: usize,
     #[serde(default = "default_queue_events")]
     pub queue_events: usize,
+    /// Whether a source transaction's events are grouped by tenant in the
+    /// log (so each tenant's become a few record batches) rather than kept
+    /// in the transaction's exact order across tenants.
+    #[serde(default = "default_group_by_tenant")]
+    pub group_by_tenant: bool,
 }
 
 impl Default for AppenderConfig {
@@ -676,8 +686,13 @@ impl Default for AppenderConfig {
             max_batch_events: default_max_batch_events(),
             max_batch_bytes: default_max_batch_bytes(),
             queue_events: default_queue_events(),
+            group_by_tenant: default_group_by_tenant(),
         }
     }
+}
+
+fn default_group_by_tenant() -> bool {
+    key_default!(bool "appender.group_by_tenant")
 }
 
 fn default_source_name() -> String {

@@ -51,9 +51,12 @@ async fn killed_at_random_points_the_log_holds_every_commit_exactly_once() {
     // The writer commits numbered rows in transactions of varying size and
     // records a number only once its COMMIT succeeded.
     let committed: Arc<Mutex<Vec<i32>>> = Arc::default();
+    // The first number of each committed transaction, in commit order.
+    let tx_starts: Arc<Mutex<Vec<i32>>> = Arc::default();
     let stop_writer = tokio_util::sync::CancellationToken::new();
     let writer = {
         let committed = committed.clone();
+        let tx_starts = tx_starts.clone();
         let stop = stop_writer.clone();
         let w = db.client().await;
         let mut wrng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
@@ -71,6 +74,7 @@ async fn killed_at_random_points_the_log_holds_every_commit_exactly_once() {
                 );
                 w.batch_execute(&sql).await.expect("writer insert");
                 committed.lock().expect("lock").extend(next..next + size);
+                tx_starts.lock().expect("lock").push(next);
                 next += size;
                 tokio::time::sleep(Duration::from_millis(wrng.gen_range(0..20))).await;
             }
@@ -103,7 +107,23 @@ async fn killed_at_random_points_the_log_holds_every_commit_exactly_once() {
         expected.len(),
         "events vs committed rows (duplicates or losses)"
     );
-    assert!(got == expected, "log order differs from commit order");
+    // The log is commit order: transactions one after another, and in
+    // each, every tenant's rows in statement order (a transaction's
+    // tenants are grouped: appender.group_by_tenant).
+    let tx_starts = tx_starts.lock().expect("lock").clone();
+    let tx_of = |n: i32| tx_starts.partition_point(|&s| s <= n);
+    assert!(
+        got.windows(2).all(|w| tx_of(w[0]) <= tx_of(w[1])),
+        "log order differs from the transactions' commit order"
+    );
+    for tenant in 0..3 {
+        let of_tenant =
+            |v: &[i32]| -> Vec<i32> { v.iter().copied().filter(|n| n % 3 == tenant).collect() };
+        assert!(
+            of_tenant(&got) == of_tenant(&expected),
+            "tenant t{tenant}'s events differ from its commits (order, duplicates or losses)"
+        );
+    }
     let seqs: Vec<i64> = events.iter().filter_map(|e| e["seq"].as_i64()).collect();
     assert!(seqs.windows(2).all(|w| w[1] > w[0]));
 }

@@ -87,7 +87,8 @@ impl AppendItem {
         }
     }
 
-    /// Memory an item holds while queued: the event and its encoded row.
+    /// Memory an item holds while queued and appended: the event, and its
+    /// copy in a record batch's data.
     fn bytes(&self) -> usize {
         match self {
             AppendItem::Event { event, .. } => 2 * event.approx_bytes(),
@@ -107,11 +108,10 @@ impl AppendItem {
     }
 }
 
-/// An item in the queue with its pre-encoded COPY row.
+/// An item in the queue with the queue budget it holds.
 #[derive(Debug)]
 struct Queued {
     item: AppendItem,
-    row: Option<Vec<u8>>,
     permits: u32,
 }
 
@@ -161,27 +161,9 @@ impl AppenderHandle {
             .await
             .map_err(|_| LogError::Closed)?;
         permit.forget();
-        // The COPY row is encoded here, on the sender's task, so the one
-        // writer only patches in the seq.
-        let row = match &item {
-            AppendItem::Event {
-                event:
-                    event @ PendingEvent {
-                        audience: Audience::Tenant(t),
-                        ..
-                    },
-                ..
-            } => {
-                let mut row = Vec::new();
-                copy::encode_row(&mut row, 0, t, event);
-                Some(row)
-            }
-            _ => None,
-        };
         self.tx
             .send(Queued {
                 item,
-                row,
                 permits: want,
             })
             .await
@@ -478,7 +460,15 @@ impl Appender {
         let statements = self.statements.as_ref().ok_or(LogError::Closed)?;
         let tx = client.transaction().await?;
         let index = index_relations(&tx, statements, &self.tenants_of, batch).await?;
-        let copied = copy_events(&tx, batch, self.next_seq, &index.truncated, want_events).await?;
+        let copied = copy_events(
+            &tx,
+            batch,
+            self.next_seq,
+            &index.truncated,
+            want_events,
+            self.config.group_by_tenant,
+        )
+        .await?;
         store_checkpoints(&tx, statements, &self.checkpoints, expected).await?;
         let ran = run_stages(&tx, &self.stages, batch, &copied).await?;
         if copied.next_seq > self.next_seq {
@@ -620,21 +610,22 @@ struct Copied {
 }
 
 /// COPYs every event of the batch into the log, giving seqs from
-/// `next_seq` on: a source's event row is patched with its seq, a TRUNCATE
-/// becomes one row per tenant of its relation, a backfill chunk its record
-/// batches.
+/// `next_seq` on: the events of one source transaction become record
+/// batches (per tenant, each tenant's events in their order; a lone event
+/// is an ordinary row), a TRUNCATE one row per tenant of its relation, a
+/// backfill chunk its record batches.
 async fn copy_events(
     tx: &tokio_postgres::Transaction<'_>,
-    batch: &mut [Queued],
+    batch: &[Queued],
     next_seq: i64,
     truncated: &HashMap<Arc<str>, Vec<TenantId>>,
     want_events: bool,
+    group_by_tenant: bool,
 ) -> Result<Copied, tokio_postgres::Error> {
     let sink = tx.copy_in::<_, Bytes>(copy::COPY_STATEMENT).await?;
     pin_mut!(sink);
     let mut buf = BytesMut::with_capacity(COPY_BUFFER + COPY_BUFFER / 4);
     buf.extend_from_slice(copy::HEADER);
-    let mut scratch = Vec::new();
     let mut seq = next_seq;
     let capacity = if want_events {
         batch.iter().map(|q| q.item.events().len()).sum()
@@ -656,7 +647,9 @@ async fn copy_events(
     // counting costs a comparison per event.
     let mut counted: Vec<(SourceType, u64)> = Vec::new();
     let mut chunks: Vec<(usize, i64, i64)> = Vec::new();
-    for (i, q) in batch.iter_mut().enumerate() {
+    let mut i = 0;
+    while i < batch.len() {
+        let Some(q) = batch.get(i) else { break };
         match &q.item {
             AppendItem::BackfillChunk {
                 events, batches, ..
@@ -683,11 +676,7 @@ async fn copy_events(
                     let Audience::Tenant(tenant) = &head.audience else {
                         continue;
                     };
-                    if b.members.len() == 1 {
-                        copy::encode_row(&mut buf, seq, tenant, head);
-                    } else {
-                        copy::encode_batch(&mut buf, seq, tenant, head, b.members.len(), &b.data);
-                    }
+                    write_batch(&mut buf, seq, tenant, head, b);
                     for &j in &b.members {
                         placed(seq, tenant, i, j);
                         seq += 1;
@@ -697,40 +686,67 @@ async fn copy_events(
                     }
                 }
                 chunks.push((i, first, seq - first));
+                i += 1;
             }
             AppendItem::Event { event, .. } => {
-                match counted.last_mut() {
-                    Some(((s, t), n)) if *s == event.source && *t == event.event_type => *n += 1,
-                    _ => counted.push(((event.source.clone(), event.event_type.clone()), 1)),
-                }
-                match (&event.audience, q.row.as_mut()) {
-                    (Audience::Tenant(t), Some(row)) => {
-                        copy::patch_seq(row, seq);
-                        buf.extend_from_slice(row);
-                        placed(seq, t, i, 0);
-                        seq += 1;
-                    }
-                    (audience, _) => {
-                        let tenants: &[TenantId] = match audience {
-                            Audience::Tenant(t) => std::slice::from_ref(t),
-                            Audience::TenantsOfRelation(rel) => {
-                                truncated.get(rel).map_or(&[], |v| v.as_slice())
+                let end = transaction_run_end(batch, i, group_by_tenant);
+                for q in batch.get(i..end).unwrap_or_default() {
+                    if let AppendItem::Event { event, .. } = &q.item {
+                        match counted.last_mut() {
+                            Some(((s, t), n)) if *s == event.source && *t == event.event_type => {
+                                *n += 1
                             }
-                        };
-                        for tenant in tenants {
-                            scratch.clear();
-                            copy::encode_row(&mut scratch, seq, tenant, event);
-                            buf.extend_from_slice(&scratch);
-                            placed(seq, tenant, i, 0);
-                            seq += 1;
+                            _ => {
+                                counted.push(((event.source.clone(), event.event_type.clone()), 1))
+                            }
                         }
                     }
                 }
-                if buf.len() >= COPY_BUFFER {
-                    send_copy(sink.as_mut(), &mut buf, true).await?;
+                if end > i + 1 {
+                    // Several events of one source transaction: record
+                    // batches, per tenant, as a backfill chunk's.
+                    let mut batcher = Batcher::new();
+                    for (k, q) in batch.get(i..end).unwrap_or_default().iter().enumerate() {
+                        if let AppendItem::Event { event, .. } = &q.item {
+                            batcher.push(i + k, event);
+                        }
+                    }
+                    for b in batcher.finish() {
+                        let Some(head) = b.members.first().and_then(|&j| event_at(batch, j, 0))
+                        else {
+                            continue;
+                        };
+                        let Audience::Tenant(tenant) = &head.audience else {
+                            continue;
+                        };
+                        write_batch(&mut buf, seq, tenant, head, &b);
+                        for &j in &b.members {
+                            placed(seq, tenant, j, 0);
+                            seq += 1;
+                        }
+                        if buf.len() >= COPY_BUFFER {
+                            send_copy(sink.as_mut(), &mut buf, true).await?;
+                        }
+                    }
+                } else {
+                    let tenants: &[TenantId] = match &event.audience {
+                        Audience::Tenant(t) => std::slice::from_ref(t),
+                        Audience::TenantsOfRelation(rel) => {
+                            truncated.get(rel).map_or(&[], |v| v.as_slice())
+                        }
+                    };
+                    for tenant in tenants {
+                        copy::encode_row(&mut buf, seq, tenant, event);
+                        placed(seq, tenant, i, 0);
+                        seq += 1;
+                    }
+                    if buf.len() >= COPY_BUFFER {
+                        send_copy(sink.as_mut(), &mut buf, true).await?;
+                    }
                 }
+                i = end;
             }
-            AppendItem::Progress { .. } | AppendItem::TxEnd { .. } => {}
+            AppendItem::Progress { .. } | AppendItem::TxEnd { .. } => i += 1,
         }
     }
     buf.extend_from_slice(copy::TRAILER);
@@ -742,6 +758,55 @@ async fn copy_events(
         counted,
         chunks,
     })
+}
+
+/// Writes one record batch: a lone event as an ordinary row.
+fn write_batch(buf: &mut BytesMut, seq: i64, tenant: &TenantId, head: &PendingEvent, b: &PreBatch) {
+    if b.members.len() == 1 {
+        copy::encode_row(buf, seq, tenant, head);
+    } else {
+        copy::encode_batch(buf, seq, tenant, head, b.members.len(), &b.data);
+    }
+}
+
+/// The end of the run of event items from `start` that may share record
+/// batches: events of one source transaction (same source, txid, commit
+/// LSN and time), each for one tenant, and unless `group_by_tenant` all of
+/// the same tenant (so grouping reorders nothing). A transaction's end
+/// (its `TxEnd`), another source's item or a TRUNCATE ends the run, so a
+/// batch never spans a commit and never waits for more events: it holds
+/// what the append already has. Events without a transaction (MongoDB's)
+/// run alone.
+fn transaction_run_end(batch: &[Queued], start: usize, group_by_tenant: bool) -> usize {
+    let Some(AppendItem::Event {
+        source: first_source,
+        event: first,
+        ..
+    }) = batch.get(start).map(|q| &q.item)
+    else {
+        return start + 1;
+    };
+    if first.txid.is_none() || first.lsn.is_none() || !matches!(first.audience, Audience::Tenant(_))
+    {
+        return start + 1;
+    }
+    let mut end = start + 1;
+    while let Some(AppendItem::Event { source, event, .. }) = batch.get(end).map(|q| &q.item) {
+        let same_tenant = match (&event.audience, &first.audience) {
+            (Audience::Tenant(a), Audience::Tenant(b)) => group_by_tenant || a == b,
+            _ => false,
+        };
+        let same = same_tenant
+            && event.txid == first.txid
+            && event.lsn == first.lsn
+            && event.time_micros == first.time_micros
+            && **source == **first_source;
+        if !same {
+            break;
+        }
+        end += 1;
+    }
+    end
 }
 
 /// Writes each checkpoint the batch moved.
@@ -915,6 +980,56 @@ mod tests {
             last_key: vec![Some("1".into())],
             rows_read: 1,
         }
+    }
+
+    fn queued(item: AppendItem) -> Queued {
+        Queued { item, permits: 1 }
+    }
+
+    fn live(src: &Arc<str>, tenant: &str, txid: Option<u64>) -> Queued {
+        queued(AppendItem::Event {
+            source: src.clone(),
+            event: PendingEvent {
+                txid,
+                lsn: txid.map(|t| t * 100),
+                ..copy::test_event(tenant, None, "{}")
+            },
+            token: None,
+        })
+    }
+
+    #[test]
+    fn batches_never_span_a_commit_a_source_or_an_event_without_a_transaction() {
+        let a: Arc<str> = "pg/a".into();
+        let b: Arc<str> = "pg/b".into();
+        let batch = vec![
+            live(&a, "x", Some(1)),
+            live(&a, "y", Some(1)),
+            live(&a, "x", Some(1)),
+            queued(AppendItem::TxEnd {
+                source: a.clone(),
+                commit_lsn: 100,
+                end_lsn: 108,
+            }),
+            live(&a, "x", Some(2)),
+            live(&b, "x", Some(2)),
+            live(&a, "x", Some(2)),
+            live(&a, "x", None),
+            live(&a, "x", None),
+            live(&a, "x", Some(3)),
+            live(&a, "x", Some(4)),
+        ];
+        let ends: Vec<usize> = [0, 4, 5, 6, 7, 8, 9, 10]
+            .iter()
+            .map(|&i| transaction_run_end(&batch, i, true))
+            .collect();
+        assert_eq!(ends, vec![3, 5, 6, 7, 8, 9, 10, 11]);
+        // Ungrouped: a run is one tenant's consecutive events.
+        let ends: Vec<usize> = [0, 1, 2]
+            .iter()
+            .map(|&i| transaction_run_end(&batch, i, false))
+            .collect();
+        assert_eq!(ends, vec![1, 2, 3]);
     }
 
     // The rule itself is tested in `checkpoint`; these test how a batch

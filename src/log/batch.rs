@@ -1,10 +1,18 @@
 //! Record batches (sql/007_record_batches.sql) built as events arrive:
-//! a chunk's events grouped by tenant, cut at [`BATCH_EVENTS`] events or
-//! [`BATCH_BYTES`] of data, each batch's `data` array written while its
-//! events are fresh in cache. The backfill normalizer builds them beside
-//! the stream; the appender only adds each row's header. Pure.
+//! a group's events (a backfill chunk, or the events of one source
+//! transaction in one append) grouped by tenant, each tenant's events in
+//! their order, cut where the header changes (type, topic) and at
+//! [`BATCH_EVENTS`] events or [`BATCH_BYTES`] of data, each batch's `data`
+//! array written while its events are fresh in cache. The backfill
+//! normalizer builds a chunk's beside the stream; the appender builds a
+//! transaction's, and adds each row's header. Pure.
+//!
+//! Invariant: a batch holds one tenant's events, consecutive in that
+//! tenant's order and sharing every header column; the caller gives the
+//! group only events that share source, txid, lsn and commit time.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::copy;
 use crate::event::{Audience, PendingEvent, TenantId};
@@ -42,6 +50,8 @@ pub struct Batcher {
     tenants: Vec<Vec<PreBatch>>,
     /// Data bytes counted into each tenant's open batch.
     open_bytes: Vec<usize>,
+    /// (type, topic) of each tenant's open batch.
+    open_header: Vec<(Arc<str>, Arc<str>)>,
 }
 
 impl Batcher {
@@ -61,19 +71,28 @@ impl Batcher {
                 self.at.insert(t.clone(), self.tenants.len());
                 self.tenants.push(Vec::new());
                 self.open_bytes.push(0);
+                self.open_header
+                    .push((event.event_type.clone(), event.topic.clone()));
                 self.tenants.len() - 1
             }
         };
-        let (Some(batches), Some(bytes)) = (self.tenants.get_mut(g), self.open_bytes.get_mut(g))
-        else {
+        let (Some(batches), Some(bytes), Some(header)) = (
+            self.tenants.get_mut(g),
+            self.open_bytes.get_mut(g),
+            self.open_header.get_mut(g),
+        ) else {
             return;
         };
         let size = event.data.get().len() + 32;
+        let same_header = *header.0 == *event.event_type && *header.1 == *event.topic;
         let full = batches.last().is_none_or(|b| {
             !b.members.is_empty()
-                && (b.members.len() >= BATCH_EVENTS || *bytes + size > BATCH_BYTES)
+                && (!same_header || b.members.len() >= BATCH_EVENTS || *bytes + size > BATCH_BYTES)
         });
         if full {
+            if !same_header {
+                *header = (event.event_type.clone(), event.topic.clone());
+            }
             if let Some(b) = batches.last_mut() {
                 b.data.push(b']');
             }
@@ -161,6 +180,36 @@ mod tests {
         for d in &data {
             let _: Vec<(Option<String>, serde_json::Value)> =
                 serde_json::from_str(d).expect("a JSON array of pairs");
+        }
+    }
+
+    #[test]
+    fn a_header_change_cuts_the_tenants_batch_and_keeps_its_order() {
+        let typed = |tenant: &str, n: usize, kind: &str| PendingEvent {
+            event_type: format!("row.{kind}").into(),
+            topic: format!("tables/public.t/{kind}").into(),
+            ..snapshot(tenant, n, 1)
+        };
+        let events = vec![
+            typed("a", 0, "insert"),
+            typed("b", 1, "insert"),
+            typed("a", 2, "insert"),
+            typed("a", 3, "update"),
+            typed("b", 4, "insert"),
+            typed("a", 5, "insert"),
+        ];
+        let groups: Vec<Vec<usize>> = Batcher::of(&events)
+            .into_iter()
+            .map(|b| b.members)
+            .collect();
+        assert_eq!(groups, vec![vec![0, 2], vec![3], vec![5], vec![1, 4]]);
+        for g in &groups {
+            let head = &events[g[0]];
+            assert!(
+                g.iter()
+                    .all(|&j| events[j].event_type == head.event_type
+                        && events[j].topic == head.topic)
+            );
         }
     }
 

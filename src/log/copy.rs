@@ -1,6 +1,6 @@
-//! PostgreSQL binary COPY rows for `sluice.events`, encoded by hand so the
-//! work happens on the sending source's task and the appender only patches
-//! in the `seq` and copies bytes. Pure.
+//! PostgreSQL binary COPY rows for `sluice.events` (ordinary rows and
+//! record batches), encoded by hand straight into the appender's COPY
+//! buffer. Pure.
 
 use crate::event::{PendingEvent, TenantId, PG_EPOCH_OFFSET_MICROS};
 
@@ -15,12 +15,8 @@ pub const COPY_STATEMENT: &str =
      txid, lsn, commit_time, data, first_seq) FROM STDIN BINARY";
 
 const FIELDS: i16 = 12;
-/// Where the `seq` value sits in an encoded row: after the field count (2)
-/// and the field length (4).
-const SEQ_AT: usize = 6;
-
-/// Where rows are written: a `Vec<u8>` (a pre-encoded row) or the
-/// appender's `BytesMut` (record batches, written in place).
+/// Where rows are written: the appender's `BytesMut` COPY buffer, or a
+/// `Vec<u8>`.
 pub trait Out: std::ops::DerefMut<Target = [u8]> {
     fn put(&mut self, bytes: &[u8]);
     fn reserve_more(&mut self, n: usize);
@@ -132,13 +128,6 @@ fn header(
     );
 }
 
-/// Sets the `seq` of a row made by [`encode_row`].
-pub fn patch_seq(row: &mut [u8], seq: i64) {
-    if let Some(slot) = row.get_mut(SEQ_AT..SEQ_AT + 8) {
-        slot.copy_from_slice(&seq.to_be_bytes());
-    }
-}
-
 /// A snapshot event of `tenant` for tests (here, `append` and `checkpoint`).
 #[cfg(test)]
 pub(super) fn test_event(tenant: &str, subject: Option<&str>, data: &str) -> PendingEvent {
@@ -182,8 +171,7 @@ mod tests {
         };
         let mut row = Vec::new();
         let t = TenantId::new("t").expect("valid");
-        encode_row(&mut row, 0, &t, &e);
-        patch_seq(&mut row, 0x0102);
+        encode_row(&mut row, 0x0102, &t, &e);
         let mut expected = vec![0, 12, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 1, 2];
         expected.extend_from_slice(&1i32.to_be_bytes());
         expected.push(b't');

@@ -304,7 +304,8 @@ pub async fn first_seq_of_txid(
 ) -> Result<Option<i64>, tokio_postgres::Error> {
     Ok(client
         .query_opt(
-            "SELECT seq FROM sluice.events
+            // A record batch's first event is at first_seq.
+            "SELECT greatest(coalesce(first_seq, seq), $1::bigint + 1) FROM sluice.events
              WHERE seq > $1 AND tenant_hash = $2 AND tenant = $3 AND txid = $4 AND type = $5
              ORDER BY seq LIMIT 1",
             &[
