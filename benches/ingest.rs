@@ -17,7 +17,10 @@
 //! and Sluice's own CPU, the cluster's CPU during each (the postmaster and
 //! every backend, reaped ones included), the appender backend's and the
 //! walsender's CPU, Sluice's peak RSS, and the ratios Sluice / null reader and
-//! Sluice / `pg_recvlogical`; then their medians.
+//! Sluice / `pg_recvlogical`; then their medians. Also, per run and as a
+//! median: the time from Sluice's log holding the backlog's last event to
+//! its slot's `confirmed_flush_lsn` reaching the backlog's end (polled every
+//! ~5 ms, at most 30 s; target ≤ 200 ms).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -91,6 +94,7 @@ fn run_once(rows: u64, tx_rows: u64, separate_state: bool, run: usize) -> Figure
     ];
     let mut f = Figures {
         tuned,
+        end_lsn: end_lsn.clone(),
         ..Figures::default()
     };
     for i in 0..3 {
@@ -112,7 +116,7 @@ fn run_once(rows: u64, tx_rows: u64, separate_state: bool, run: usize) -> Figure
                 f.null_cluster = after(&pg) - before;
             }
             Contender::Sluice => {
-                sluice(&pg, &db, &state_db, rows, &mut f);
+                sluice(&pg, &db, &state_db, rows, &end_lsn, &mut f);
                 f.sluice_cluster = after(&pg) - before;
             }
         }
@@ -252,9 +256,10 @@ fn null_reader(pg: &LocalPg, db: &str, end_lsn: &str) -> (f64, f64) {
 }
 
 /// Sluice drains the backlog into its log; fills its figures in `f`.
-fn sluice(pg: &LocalPg, db: &str, state_db: &str, rows: u64, f: &mut Figures) {
+fn sluice(pg: &LocalPg, db: &str, state_db: &str, rows: u64, end_lsn: &str, f: &mut Figures) {
     let exe =
         std::env::var("SLUICE_BENCH_EXE").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sluice").into());
+    let poll = Poller::connect(&pg.url(state_db));
     let t = Instant::now();
     // SLUICE_BENCH_WRAP="perf record -g -o /tmp/sluice.perf --" profiles the run
     // (the RSS and CPU figures are then the wrapper's).
@@ -281,37 +286,43 @@ fn sluice(pg: &LocalPg, db: &str, state_db: &str, rows: u64, f: &mut Figures) {
     );
     let mut child = command.stdin(Stdio::null()).spawn().expect("spawn sluice");
     let pid = child.id();
-    let mut peak = 0;
     loop {
-        std::thread::sleep(Duration::from_millis(100));
-        peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
-        let n: u64 = pg
-            .psql(state_db, "SELECT coalesce(max(seq), 0) FROM sluice.events")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
+        let n = poll.log_head();
         if n >= rows {
             break;
         }
         if let Ok(Some(status)) = child.try_wait() {
             panic!("sluice exited early: {status}");
         }
+        // Every 100 ms while the end is far; every 5 ms once it is due
+        // within half a second at the rate so far, so the moment the log
+        // holds the backlog is seen within a few ms (the slot's figure
+        // starts there, and so the wall time is exact too).
+        let rate = n as f64 / t.elapsed().as_secs_f64();
+        let near = n > 0 && (rows - n) as f64 / rate < 0.5;
+        std::thread::sleep(Duration::from_millis(if near { 5 } else { 100 }));
     }
+    let caught_up = Instant::now();
     let sluice_secs = t.elapsed().as_secs_f64();
-    peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
     let sluice_cpu = cpu_secs(pid).unwrap_or(0.0);
-    let backend_cpu = |app: &str, db: &str| -> f64 {
-        pg.psql(
-            db,
-            &format!("SELECT pid FROM pg_stat_activity WHERE application_name = '{app}'"),
-        )
-        .ok()
-        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+    // pg_stat_activity lists the whole cluster's backends, the walsender
+    // (source database) and the appender (state database) alike.
+    let backend_cpu = |app: &str| -> f64 {
+        poll.text(&format!(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = '{app}'"
+        ))
+        .and_then(|s| s.trim().parse::<u32>().ok())
         .and_then(cpu_secs)
         .unwrap_or(f64::NAN)
     };
-    let walsender_cpu = backend_cpu("sluice/main", db);
-    let appender_cpu = backend_cpu("sluice-appender", state_db);
+    let walsender_cpu = backend_cpu("sluice/main");
+    let appender_cpu = backend_cpu("sluice-appender");
+    let slot = poll.wait_for_slot("sluice_slot", end_lsn, caught_up, SLOT_WAIT);
+    // VmHWM is the kernel's own high-water mark of the resident set (kept
+    // as pages are unmapped, and taken against the current RSS on every
+    // read), not a sample: one read while the process lives sees a peak
+    // however briefly it lasted.
+    let peak = peak_rss_kib(pid).unwrap_or(0);
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
@@ -322,6 +333,93 @@ fn sluice(pg: &LocalPg, db: &str, state_db: &str, rows: u64, f: &mut Figures) {
     f.walsender_cpu = walsender_cpu;
     f.appender_cpu = appender_cpu;
     f.peak_mib = peak as f64 / 1024.0;
+    f.slot = Some(slot);
+}
+
+/// How long the slot may take to confirm the backlog once the log holds it.
+const SLOT_WAIT: Duration = Duration::from_secs(30);
+
+/// One session with the cluster for Sluice's run: polling the log's head
+/// every few ms costs a query, not a psql process and a backend each time.
+struct Poller {
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+impl Poller {
+    fn connect(url: &str) -> Poller {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let client = rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .expect("connect to the state database");
+            tokio::spawn(conn);
+            client
+                .batch_execute("SET application_name = 'bench-ingest-poll'")
+                .await
+                .expect("name the polling session");
+            client
+        });
+        Poller { rt, client }
+    }
+
+    /// The first row's columns as text (None: no row, or the query failed).
+    fn row(&self, sql: &str) -> Option<Vec<Option<String>>> {
+        let messages = self.rt.block_on(self.client.simple_query(sql)).ok()?;
+        messages.into_iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_owned))
+                    .collect(),
+            ),
+            _ => None,
+        })
+    }
+
+    fn text(&self, sql: &str) -> Option<String> {
+        self.row(sql)?.into_iter().next().flatten()
+    }
+
+    /// The log's highest seq (0 before the log exists).
+    fn log_head(&self) -> u64 {
+        self.text("SELECT coalesce(max(seq), 0) FROM sluice.events")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Polls `slot`'s confirmed_flush_lsn every ~5 ms until it reaches
+    /// `end_lsn`: Ok(ms since `since`), or Err(the last confirmed_flush_lsn
+    /// seen) once `within` has passed.
+    fn wait_for_slot(
+        &self,
+        slot: &str,
+        end_lsn: &str,
+        since: Instant,
+        within: Duration,
+    ) -> Result<f64, String> {
+        let sql = format!(
+            "SELECT confirmed_flush_lsn::text, confirmed_flush_lsn >= '{end_lsn}'::pg_lsn
+             FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        );
+        let mut last = String::from("unknown");
+        loop {
+            if let Some(row) = self.row(&sql) {
+                if let Some(Some(lsn)) = row.first() {
+                    last.clone_from(lsn);
+                }
+                if row.get(1).is_some_and(|v| v.as_deref() == Some("t")) {
+                    return Ok(since.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            if since.elapsed() >= within {
+                return Err(last);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
 
 #[derive(Default)]
@@ -337,6 +435,12 @@ struct Figures {
     walsender_cpu: f64,
     appender_cpu: f64,
     peak_mib: f64,
+    /// From the log holding the backlog to the slot's confirmed_flush_lsn
+    /// reaching its end: Ok(ms), or Err(the last confirmed_flush_lsn) when
+    /// it did not within SLOT_WAIT (None: Sluice's run has not happened).
+    slot: Option<Result<f64, String>>,
+    /// Where the backlog ends (pg_current_wal_lsn() once it is written).
+    end_lsn: String,
     tuned: bool,
 }
 
@@ -394,6 +498,7 @@ fn main() {
             f.appender_cpu,
             f.peak_mib
         );
+        println!("run {run}: {}", show_slot(&f));
         all.push(f);
     }
     let mut vs_null: Vec<f64> = all.iter().map(|f| f.null_secs / f.sluice_secs).collect();
@@ -430,5 +535,54 @@ fn main() {
         vs_null[0],
         vs_null[vs_null.len() - 1]
     );
+    println!("{}", slot_summary(&all));
     println!("sluice peak RSS: {peak:.1} MiB, highest of all runs (target <= 256)");
+}
+
+/// One run's slot figure, as printed.
+fn show_slot(f: &Figures) -> String {
+    let end = &f.end_lsn;
+    match &f.slot {
+        Some(Ok(ms)) => format!(
+            "slot confirmed_flush_lsn reached the backlog's end ({end}) {ms:.0} ms after sluice's log held the backlog (target <= 200 ms)"
+        ),
+        Some(Err(last)) => format!(
+            "slot confirmed_flush_lsn did NOT reach the backlog's end ({end}) within {} s of sluice's log holding the backlog: timed out at {last} (target <= 200 ms)",
+            SLOT_WAIT.as_secs()
+        ),
+        None => "slot confirmed_flush_lsn: not measured".to_owned(),
+    }
+}
+
+/// The median (a timed-out run counts as slower than any other), min and
+/// max over the runs of the slot figure.
+fn slot_summary(all: &[Figures]) -> String {
+    let mut ms: Vec<f64> = all
+        .iter()
+        .map(|f| match &f.slot {
+            Some(Ok(ms)) => *ms,
+            _ => f64::INFINITY,
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let show = |v: f64| {
+        if v.is_finite() {
+            format!("{v:.0} ms")
+        } else {
+            "timed out".to_owned()
+        }
+    };
+    let timeouts = ms.iter().filter(|v| v.is_infinite()).count();
+    format!(
+        "slot confirmed_flush after the log caught up: median {}, min {}, max {} over {} runs{} (target <= 200 ms)",
+        show(ms[ms.len() / 2]),
+        show(ms[0]),
+        show(ms[ms.len() - 1]),
+        ms.len(),
+        if timeouts > 0 {
+            format!(", {timeouts} timed out after {} s", SLOT_WAIT.as_secs())
+        } else {
+            String::new()
+        }
+    )
 }
