@@ -106,7 +106,7 @@ pub const KEYS: &[Key] = &[
     ),
     Key::int(
         "source.postgres.status_interval_ms",
-        "200",
+        "50",
         "how soon a durable append is acknowledged to Postgres (standby status update)",
     ),
     Key::int(

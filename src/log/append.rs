@@ -232,6 +232,19 @@ impl AppendCounts {
     }
 }
 
+/// Longest the appender waits for the rest of a source transaction it has
+/// the beginning of ([`Appender::take_rest_of_transaction`]).
+const TX_LINGER: Duration = Duration::from_millis(20);
+
+/// Whether the last item is an event of a source transaction whose end
+/// (`TxEnd`) is not in `items`.
+fn ends_inside_transaction(items: &[Queued]) -> bool {
+    matches!(
+        items.last().map(|q| &q.item),
+        Some(AppendItem::Event { event, .. }) if event.txid.is_some()
+    )
+}
+
 /// Budget, in bytes, of items waiting for the appender.
 const QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -366,7 +379,10 @@ impl Appender {
                 }
                 return Ok(());
             }
-            self.fill(&mut items);
+            let mut bytes = items.iter().map(|q| q.item.bytes()).sum();
+            self.fill(&mut items, &mut bytes);
+            self.take_rest_of_transaction(&mut items, bytes, &shutdown)
+                .await;
             let permits: usize = items.iter().map(|q| q.permits as usize).sum();
             self.append_with_retry(&mut items, &shutdown).await?;
             self.budget.add_permits(permits);
@@ -374,16 +390,46 @@ impl Appender {
     }
 
     /// Takes more waiting items, up to the batch bounds, without waiting.
-    fn fill(&mut self, items: &mut Vec<Queued>) {
-        let mut bytes: usize = items.iter().map(|q| q.item.bytes()).sum();
-        while items.len() < self.config.max_batch_events && bytes < self.config.max_batch_bytes {
+    /// `bytes` is what `items` holds, kept up to date.
+    fn fill(&mut self, items: &mut Vec<Queued>, bytes: &mut usize) {
+        while items.len() < self.config.max_batch_events && *bytes < self.config.max_batch_bytes {
             match self.rx.try_recv() {
                 Ok(item) => {
-                    bytes += item.item.bytes();
+                    *bytes += item.item.bytes();
                     items.push(item);
                 }
                 Err(_) => break,
             }
+        }
+    }
+
+    /// While the batch ends inside a source transaction (its last item is
+    /// an event of a transaction whose end has not come), takes the rest of
+    /// it as it arrives, up to the batch bounds and for at most
+    /// [`TX_LINGER`]. That transaction already committed at the source and
+    /// the rest of it is on its way: appended whole, it makes whole record
+    /// batches and one commit instead of several. A lone change (its end
+    /// follows it) and an event without a transaction never wait.
+    async fn take_rest_of_transaction(
+        &mut self,
+        items: &mut Vec<Queued>,
+        mut bytes: usize,
+        shutdown: &CancellationToken,
+    ) {
+        let deadline = tokio::time::Instant::now() + TX_LINGER;
+        while ends_inside_transaction(items)
+            && items.len() < self.config.max_batch_events
+            && bytes < self.config.max_batch_bytes
+            && !shutdown.is_cancelled()
+        {
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(deadline, self.rx.recv()) => next,
+                _ = shutdown.cancelled() => break,
+            };
+            let Ok(Some(q)) = next else { break };
+            bytes += q.item.bytes();
+            items.push(q);
+            self.fill(items, &mut bytes);
         }
     }
 
