@@ -27,7 +27,11 @@ pub fn run(url: &str, slot: &str, publication: &str, end: &str) -> u64 {
     .with_port(target.port)
     .with_tls(target.tls)
     .with_stop_lsn(end)
-    .with_status_interval(Duration::from_millis(200))
+    // The same session as Sluice's stream (status interval, buffer,
+    // session options), so the two differ only in what they do with it.
+    .with_status_interval(Duration::from_millis(50))
+    .with_buffer_size(1024)
+    .with_options(sluice::source::postgres::stream::SESSION_OPTIONS)
     .with_application_name("bench-null-reader");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
