@@ -236,13 +236,26 @@ impl AppendCounts {
 /// the beginning of ([`Appender::take_rest_of_transaction`]).
 const TX_LINGER: Duration = Duration::from_millis(20);
 
-/// Whether the last item is an event of a source transaction whose end
-/// (`TxEnd`) is not in `items`.
-fn ends_inside_transaction(items: &[Queued]) -> bool {
-    matches!(
-        items.last().map(|q| &q.item),
-        Some(AppendItem::Event { event, .. }) if event.txid.is_some()
-    )
+/// The source and txid of the last item when it is an event of a source
+/// transaction (whose end, its `TxEnd`, then is not in `items` yet).
+fn open_transaction(items: &[Queued]) -> Option<(Arc<str>, u64)> {
+    match items.last().map(|q| &q.item) {
+        Some(AppendItem::Event { source, event, .. }) => Some((source.clone(), event.txid?)),
+        _ => None,
+    }
+}
+
+/// Whether `item` shows that `source`'s transaction `txid` has been sent
+/// completely: its `TxEnd`, or anything else from that source.
+fn ends_transaction(item: &AppendItem, source: &Arc<str>, txid: u64) -> bool {
+    match item {
+        AppendItem::Event {
+            source: s, event, ..
+        } => **s == **source && event.txid != Some(txid),
+        AppendItem::TxEnd { source: s, .. }
+        | AppendItem::Progress { source: s, .. }
+        | AppendItem::BackfillChunk { source: s, .. } => **s == **source,
+    }
 }
 
 /// Budget, in bytes, of items waiting for the appender.
@@ -405,20 +418,24 @@ impl Appender {
 
     /// While the batch ends inside a source transaction (its last item is
     /// an event of a transaction whose end has not come), takes the rest of
-    /// it as it arrives, up to the batch bounds and for at most
-    /// [`TX_LINGER`]. That transaction already committed at the source and
-    /// the rest of it is on its way: appended whole, it makes whole record
-    /// batches and one commit instead of several. A lone change (its end
-    /// follows it) and an event without a transaction never wait.
+    /// that transaction as it arrives, up to the batch bounds and for at
+    /// most [`TX_LINGER`], then what else is waiting. That transaction
+    /// already committed at the source and the rest of it is on its way:
+    /// appended whole, it makes whole record batches and one commit
+    /// instead of several. Only that one transaction is waited for (never
+    /// the next one behind it), and a lone change (its end follows it) and
+    /// an event without a transaction never wait.
     async fn take_rest_of_transaction(
         &mut self,
         items: &mut Vec<Queued>,
         mut bytes: usize,
         shutdown: &CancellationToken,
     ) {
+        let Some((source, txid)) = open_transaction(items) else {
+            return;
+        };
         let deadline = tokio::time::Instant::now() + TX_LINGER;
-        while ends_inside_transaction(items)
-            && items.len() < self.config.max_batch_events
+        while items.len() < self.config.max_batch_events
             && bytes < self.config.max_batch_bytes
             && !shutdown.is_cancelled()
         {
@@ -427,9 +444,13 @@ impl Appender {
                 _ = shutdown.cancelled() => break,
             };
             let Ok(Some(q)) = next else { break };
+            let ended = ends_transaction(&q.item, &source, txid);
             bytes += q.item.bytes();
             items.push(q);
-            self.fill(items, &mut bytes);
+            if ended {
+                self.fill(items, &mut bytes);
+                break;
+            }
         }
     }
 
@@ -1076,6 +1097,35 @@ mod tests {
             .map(|&i| transaction_run_end(&batch, i, false))
             .collect();
         assert_eq!(ends, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn only_the_open_transaction_is_waited_for() {
+        let a: Arc<str> = "pg/a".into();
+        let b: Arc<str> = "pg/b".into();
+        assert_eq!(
+            open_transaction(&[live(&a, "x", Some(1)), live(&a, "x", Some(2))]),
+            Some((a.clone(), 2))
+        );
+        assert_eq!(
+            open_transaction(&[live(&a, "x", None)]),
+            None,
+            "no transaction"
+        );
+        let ended = queued(AppendItem::TxEnd {
+            source: a.clone(),
+            commit_lsn: 100,
+            end_lsn: 108,
+        });
+        assert_eq!(open_transaction(std::slice::from_ref(&ended)), None);
+        assert!(ends_transaction(&ended.item, &a, 1));
+        assert!(
+            !ends_transaction(&ended.item, &b, 1),
+            "another source's end"
+        );
+        assert!(!ends_transaction(&live(&a, "y", Some(1)).item, &a, 1));
+        assert!(ends_transaction(&live(&a, "x", Some(2)).item, &a, 1));
+        assert!(!ends_transaction(&live(&b, "x", Some(2)).item, &a, 1));
     }
 
     // The rule itself is tested in `checkpoint`; these test how a batch
