@@ -444,11 +444,18 @@ impl Appender {
                 _ = shutdown.cancelled() => break,
             };
             let Ok(Some(q)) = next else { break };
-            let ended = ends_transaction(&q.item, &source, txid);
+            let before = items.len();
             bytes += q.item.bytes();
             items.push(q);
+            // What else arrived meanwhile, in one go (a wait per item would
+            // cost a timer each).
+            self.fill(items, &mut bytes);
+            let ended = items
+                .get(before..)
+                .unwrap_or_default()
+                .iter()
+                .any(|q| ends_transaction(&q.item, &source, txid));
             if ended {
-                self.fill(items, &mut bytes);
                 break;
             }
         }
