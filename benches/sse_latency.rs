@@ -9,6 +9,7 @@
 //! `cargo bench --bench sse_latency -- --sustained [--fraction 0.8]
 //!  [--probe-seconds 5] [--tenants 10] [--seconds 10] [--writers 8] [--separate-state]`
 //! (`BENCH_SLUICE_<KEY>=v` passes `SLUICE_<KEY>=v` to the measured sluice;
+//! `SLUICE_BENCH_EXE=path` measures that binary instead of this tree's;
 //! scripts/bench-sse-latency.sh installs Postgres if needed and runs this.)
 //!
 //! Latency = receipt time − the commit time (the event's `time` member, the
@@ -451,8 +452,10 @@ fn main() {
 
     // Sluice.
     let port = free_port();
-    let exe = env!("CARGO_BIN_EXE_sluice");
-    let mut command = Command::new(exe);
+    // SLUICE_BENCH_EXE measures another build (an earlier commit's, say).
+    let exe =
+        std::env::var("SLUICE_BENCH_EXE").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sluice").into());
+    let mut command = Command::new(&exe);
     command.arg("serve");
     common::sluice_env(
         &mut command,
@@ -460,6 +463,8 @@ fn main() {
         Some(&pg.url(&state_db)),
         &format!("127.0.0.1:{port}"),
     );
+    // Sluice refuses SLUICE_* variables it does not know.
+    command.env_remove("SLUICE_BENCH_EXE");
     let mut sluice = Guard {
         child: command.stdin(Stdio::null()).spawn().expect("spawn sluice"),
         name: "sluice",

@@ -543,15 +543,25 @@ impl Appender {
             self.config.group_by_tenant,
         )
         .await?;
-        store_checkpoints(&tx, statements, &self.checkpoints, expected).await?;
-        let ran = run_stages(&tx, &self.stages, batch, &copied).await?;
-        if copied.next_seq > self.next_seq {
-            // Wakes the other processes serving this log (standbys feed
-            // their live subscribers from it); delivered at commit.
-            let head = (copied.next_seq - 1).to_string();
-            tx.execute(&statements.notify, &[&super::NOTIFY_CHANNEL, &head])
-                .await?;
-        }
+        // The checkpoints, the notification and the stages are independent
+        // statements of one transaction: sent together (tokio-postgres
+        // pipelines concurrent requests on one connection), they cost one
+        // round trip instead of one each. Any failure is seen before COMMIT.
+        let head = (copied.next_seq > self.next_seq).then(|| (copied.next_seq - 1).to_string());
+        let notify = async {
+            if let Some(head) = &head {
+                // Wakes the other processes serving this log (standbys feed
+                // their live subscribers from it); delivered at commit.
+                tx.execute(&statements.notify, &[&super::NOTIFY_CHANNEL, head])
+                    .await?;
+            }
+            Ok::<(), tokio_postgres::Error>(())
+        };
+        let ((), ran, ()) = futures_util::try_join!(
+            store_checkpoints(&tx, statements, &self.checkpoints, expected),
+            run_stages(&tx, &self.stages, batch, &copied),
+            notify,
+        )?;
         tx.commit().await?;
         self.committed_batch(batch, copied, index.new_pairs, expected, &ran);
         Ok(())
