@@ -1,10 +1,12 @@
 //! The appender: the one writer of the log.
 //!
 //! Sources send [`AppendItem`]s through a bounded queue (bounded in count
-//! and in bytes). The appender gathers what is waiting into one database
-//! transaction (COPY of the events, the relation→tenant index, and each
-//! source's checkpoint), commits, and only then publishes the new durable
-//! state, from which a source learns what it may acknowledge upstream.
+//! and in bytes). The appender gathers what is waiting (and the rest of a
+//! source transaction it holds the start of) into one database transaction
+//! (COPY of the events as rows and record batches, the relation→tenant
+//! index, and each source's checkpoint), commits, and only then publishes
+//! the new durable state, from which a source learns what it may
+//! acknowledge upstream.
 //!
 //! Invariant: a batch is either wholly in the log with its checkpoints or
 //! not at all; a batch whose commit outcome is unknown (connection lost
@@ -716,16 +718,9 @@ async fn copy_events(
     } else {
         0
     };
-    let mut events: Vec<Placed> = Vec::with_capacity(capacity);
-    let mut placed = |seq: i64, tenant: &TenantId, item: usize, member: usize| {
-        if want_events {
-            events.push(Placed {
-                seq,
-                tenant: tenant.clone(),
-                item,
-                member,
-            });
-        }
+    let mut placed = PlacedEvents {
+        want: want_events,
+        events: Vec::with_capacity(capacity),
     };
     // Runs of one (source, type): consecutive events mostly share it, so
     // counting costs a comparison per event.
@@ -753,22 +748,18 @@ async fn copy_events(
                         &built
                     }
                 };
-                for b in batches {
-                    let Some(head) = b.members.first().and_then(|&j| events.get(j)) else {
-                        continue;
-                    };
-                    let Audience::Tenant(tenant) = &head.audience else {
-                        continue;
-                    };
-                    write_batch(&mut buf, seq, tenant, head, b);
-                    for &j in &b.members {
-                        placed(seq, tenant, i, j);
-                        seq += 1;
-                    }
-                    if buf.len() >= COPY_BUFFER {
-                        send_copy(sink.as_mut(), &mut buf, true).await?;
-                    }
-                }
+                // A chunk's batch members are its events.
+                let at = |j: usize| (i, j);
+                copy_batches(
+                    sink.as_mut(),
+                    &mut buf,
+                    &mut seq,
+                    batch,
+                    batches,
+                    at,
+                    &mut placed,
+                )
+                .await?;
                 chunks.push((i, first, seq - first));
                 i += 1;
             }
@@ -795,23 +786,19 @@ async fn copy_events(
                             batcher.push(i + k, event);
                         }
                     }
-                    for b in batcher.finish() {
-                        let Some(head) = b.members.first().and_then(|&j| event_at(batch, j, 0))
-                        else {
-                            continue;
-                        };
-                        let Audience::Tenant(tenant) = &head.audience else {
-                            continue;
-                        };
-                        write_batch(&mut buf, seq, tenant, head, &b);
-                        for &j in &b.members {
-                            placed(seq, tenant, j, 0);
-                            seq += 1;
-                        }
-                        if buf.len() >= COPY_BUFFER {
-                            send_copy(sink.as_mut(), &mut buf, true).await?;
-                        }
-                    }
+                    // A transaction's batch members are items of the batch.
+                    let at = |j: usize| (j, 0);
+                    let batches = batcher.finish();
+                    copy_batches(
+                        sink.as_mut(),
+                        &mut buf,
+                        &mut seq,
+                        batch,
+                        &batches,
+                        at,
+                        &mut placed,
+                    )
+                    .await?;
                 } else {
                     let tenants: &[TenantId] = match &event.audience {
                         Audience::Tenant(t) => std::slice::from_ref(t),
@@ -821,7 +808,7 @@ async fn copy_events(
                     };
                     for tenant in tenants {
                         copy::encode_row(&mut buf, seq, tenant, event);
-                        placed(seq, tenant, i, 0);
+                        placed.push(seq, tenant, i, 0);
                         seq += 1;
                     }
                     if buf.len() >= COPY_BUFFER {
@@ -838,19 +825,69 @@ async fn copy_events(
     sink.finish().await?;
     Ok(Copied {
         next_seq: seq,
-        events,
+        events: placed.events,
         counted,
         chunks,
     })
 }
 
-/// Writes one record batch: a lone event as an ordinary row.
-fn write_batch(buf: &mut BytesMut, seq: i64, tenant: &TenantId, head: &PendingEvent, b: &PreBatch) {
-    if b.members.len() == 1 {
-        copy::encode_row(buf, seq, tenant, head);
-    } else {
-        copy::encode_batch(buf, seq, tenant, head, b.members.len(), &b.data);
+/// The events copied so far with their seqs, when the caller wants them.
+struct PlacedEvents {
+    want: bool,
+    events: Vec<Placed>,
+}
+
+impl PlacedEvents {
+    fn push(&mut self, seq: i64, tenant: &TenantId, item: usize, member: usize) {
+        if self.want {
+            self.events.push(Placed {
+                seq,
+                tenant: tenant.clone(),
+                item,
+                member,
+            });
+        }
     }
+}
+
+/// Copies record batches from `*seq` on (a lone event as an ordinary row),
+/// each tagged with its first event's tenant and header; `at` maps a
+/// batch member to (item, member) in `batch`. The one path of backfill
+/// chunks and live transactions.
+async fn copy_batches(
+    mut sink: std::pin::Pin<&mut tokio_postgres::CopyInSink<Bytes>>,
+    buf: &mut BytesMut,
+    seq: &mut i64,
+    batch: &[Queued],
+    batches: &[PreBatch],
+    at: impl Fn(usize) -> (usize, usize),
+    placed: &mut PlacedEvents,
+) -> Result<(), tokio_postgres::Error> {
+    for b in batches {
+        let Some((i, j)) = b.members.first().map(|&m| at(m)) else {
+            continue;
+        };
+        let Some(head) = event_at(batch, i, j) else {
+            continue;
+        };
+        let Audience::Tenant(tenant) = &head.audience else {
+            continue;
+        };
+        if b.members.len() == 1 {
+            copy::encode_row(buf, *seq, tenant, head);
+        } else {
+            copy::encode_batch(buf, *seq, tenant, head, b.members.len(), &b.data);
+        }
+        for &m in &b.members {
+            let (i, j) = at(m);
+            placed.push(*seq, tenant, i, j);
+            *seq += 1;
+        }
+        if buf.len() >= COPY_BUFFER {
+            send_copy(sink.as_mut(), buf, true).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The end of the run of event items from `start` that may share record
@@ -858,9 +895,8 @@ fn write_batch(buf: &mut BytesMut, seq: i64, tenant: &TenantId, head: &PendingEv
 /// LSN and time), each for one tenant, and unless `group_by_tenant` all of
 /// the same tenant (so grouping reorders nothing). A transaction's end
 /// (its `TxEnd`), another source's item or a TRUNCATE ends the run, so a
-/// batch never spans a commit and never waits for more events: it holds
-/// what the append already has. Events without a transaction (MongoDB's)
-/// run alone.
+/// batch never spans a commit; it holds what this append has. Events
+/// without a transaction (MongoDB's) run alone.
 fn transaction_run_end(batch: &[Queued], start: usize, group_by_tenant: bool) -> usize {
     let Some(AppendItem::Event {
         source: first_source,
