@@ -45,6 +45,8 @@ use sluice::auth::{create_key, Role};
 use sluice::event::TenantId;
 
 mod common;
+#[path = "common/lean_floor.rs"]
+mod lean_floor;
 use common::{
     arg, count_in, envelope_time, flag, free_port, now_micros, num_arg, parse_timestamp, psql,
     show, stats, Dechunker, Guard, Sample, SseParser, Stats,
@@ -197,8 +199,10 @@ struct RateResult {
     t1_total: i64,
     got_sse: usize,
     got_floor: usize,
+    got_lean: usize,
     sse: Option<Stats>,
     floor: Option<Stats>,
+    lean: Option<Stats>,
     /// Fall-backs to the log during the phase (None: /metrics unreadable).
     catchups: Option<(f64, f64)>,
 }
@@ -212,6 +216,7 @@ struct Bench<'a> {
     tenants: i64,
     sse: Arc<Mutex<Vec<Sample>>>,
     floor: Arc<Mutex<Vec<Sample>>>,
+    lean: Arc<Mutex<Vec<Sample>>>,
     next_id: i64,
 }
 
@@ -232,9 +237,10 @@ impl Bench<'_> {
         self.wait_for_receipts(phase_start, to, t1_total, Duration::from_secs(30));
         let after = catchups(self.port);
         let from = phase_start + 1_000_000;
-        let (sse, floor) = (
+        let (sse, floor, lean) = (
             self.sse.lock().expect("samples"),
             self.floor.lock().expect("samples"),
+            self.lean.lock().expect("samples"),
         );
         RateResult {
             rate,
@@ -243,8 +249,10 @@ impl Bench<'_> {
             t1_total,
             got_sse: count_in(&sse, phase_start, to),
             got_floor: count_in(&floor, phase_start, to),
+            got_lean: count_in(&lean, phase_start, to),
             sse: stats(&sse, from, to),
             floor: stats(&floor, from, to),
+            lean: stats(&lean, from, to),
             catchups: before.zip(after),
         }
     }
@@ -321,13 +329,18 @@ impl Bench<'_> {
         (rows, secs)
     }
 
-    /// Waits (at most `within`) until the subscriber and the floor each hold
-    /// `want` rows committed in `[from, to)`; what they hold then.
+    /// Waits (at most `within`) until the subscriber and both floors each
+    /// hold `want` rows committed in `[from, to)`; what Sluice and the
+    /// slower of the floors hold then.
     fn wait_for_receipts(&self, from: i64, to: i64, want: i64, within: Duration) -> (usize, usize) {
         let deadline = Instant::now() + within;
         loop {
             let s = count_in(&self.sse.lock().expect("samples"), from, to);
-            let f = count_in(&self.floor.lock().expect("samples"), from, to);
+            let f = count_in(&self.floor.lock().expect("samples"), from, to).min(count_in(
+                &self.lean.lock().expect("samples"),
+                from,
+                to,
+            ));
             if (s as i64 >= want && f as i64 >= want) || Instant::now() > deadline {
                 return (s, f);
             }
@@ -442,7 +455,8 @@ fn main() {
          ALTER TABLE bench REPLICA IDENTITY FULL;
          CREATE PUBLICATION bench_pub FOR TABLE bench;
          SELECT pg_create_logical_replication_slot('sluice_slot', 'pgoutput');
-         SELECT pg_create_logical_replication_slot('floor_slot', 'test_decoding');",
+         SELECT pg_create_logical_replication_slot('floor_slot', 'test_decoding');
+         SELECT pg_create_logical_replication_slot('lean_slot', 'pgoutput');",
     );
     let state_db = if separate_state {
         pg.create_database("state").expect("state db")
@@ -640,6 +654,33 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // The lean floor: the null reader's session on its own pgoutput slot.
+    let lean_samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let lean_thread = {
+        let (url, samples, stop) = (pg.url(&db), lean_samples.clone(), stop.clone());
+        std::thread::spawn(move || {
+            lean_floor::run(
+                &url,
+                "lean_slot",
+                "bench_pub",
+                ("bench", 1, b"t1"),
+                stop,
+                samples,
+            )
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while psql(
+        &pg,
+        &db,
+        "SELECT active FROM pg_replication_slots WHERE slot_name = 'lean_slot'",
+    ) != "t"
+    {
+        assert!(!lean_thread.is_finished(), "the lean floor exited early");
+        assert!(Instant::now() < deadline, "the lean floor did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // The writers.
     let clients: Vec<Arc<tokio_postgres::Client>> = rt.block_on(async {
         let mut v = Vec::new();
@@ -660,6 +701,7 @@ fn main() {
         tenants,
         sse: sse_samples.clone(),
         floor: floor_samples.clone(),
+        lean: lean_samples.clone(),
         next_id: 1,
     };
     let probe = sustained.then(|| probe_max_rate(&mut bench, probe_seconds, fraction));
@@ -689,6 +731,7 @@ fn main() {
     drop(sluice);
     let _ = sse_thread.join();
     let _ = floor_thread.join();
+    let _ = lean_thread.join();
     drop(clients);
     drop(rt);
 
@@ -715,28 +758,31 @@ fn main() {
     }
     for r in &results {
         let (rate, achieved, total) = (r.rate, r.achieved, r.total);
-        let (got_sse, got_floor) = (r.got_sse, r.got_floor);
+        let (got_sse, got_floor, got_lean) = (r.got_sse, r.got_floor, r.got_lean);
         if tenants > 1 {
             println!(
-                "rate {rate}/s (achieved {achieved:.0}/s): {total} rows committed, {} of them t1's; sluice received {got_sse}, floor received {got_floor} (t1's)",
+                "rate {rate}/s (achieved {achieved:.0}/s): {total} rows committed, {} of them t1's; sluice received {got_sse}, floor received {got_floor}, lean floor {got_lean} (t1's)",
                 r.t1_total
             );
         } else {
             println!(
-                "rate {rate}/s (achieved {achieved:.0}/s): {total} rows committed, sluice received {got_sse}, floor received {got_floor}"
+                "rate {rate}/s (achieved {achieved:.0}/s): {total} rows committed, sluice received {got_sse}, floor received {got_floor}, lean floor {got_lean}"
             );
         }
         show("sluice SSE", &r.sse);
         show("floor (pg_recvlogical, test_decoding)", &r.floor);
-        match (&r.sse, &r.floor) {
-            (Some(s), Some(f)) => println!(
-                "  ratio sluice/floor: p50 {:.1}x ({:+.2} ms), p99 {:.1}x ({:+.2} ms)",
-                s.p50 / f.p50,
-                s.p50 - f.p50,
-                s.p99 / f.p99,
-                s.p99 - f.p99
-            ),
-            _ => println!("  ratio sluice/floor: n/a"),
+        show("lean floor (null reader session, pgoutput)", &r.lean);
+        for (name, floor) in [("floor", &r.floor), ("lean floor", &r.lean)] {
+            match (&r.sse, floor) {
+                (Some(s), Some(f)) => println!(
+                    "  ratio sluice/{name}: p50 {:.1}x ({:+.2} ms), p99 {:.1}x ({:+.2} ms)",
+                    s.p50 / f.p50,
+                    s.p50 - f.p50,
+                    s.p99 / f.p99,
+                    s.p99 - f.p99
+                ),
+                _ => println!("  ratio sluice/{name}: n/a"),
+            }
         }
         println!(
             "  catch-up fall-backs during the rate (sluice_subscriber_catchups_total): {}",

@@ -7,7 +7,7 @@
 //! durable exactly when the chunk's events are.
 
 use futures_util::future::BoxFuture;
-use tokio_postgres::Transaction;
+use tokio_postgres::Client;
 
 use crate::log::{AppendStage, Appended};
 
@@ -23,7 +23,7 @@ const RECORD: &str = "UPDATE sluice.backfills SET last_key = $2, rows_read = row
 impl AppendStage for RecordProgress {
     fn in_transaction<'a>(
         &'a self,
-        tx: &'a Transaction<'_>,
+        tx: &'a Client,
         appended: &'a Appended<'a>,
     ) -> BoxFuture<'a, Result<bool, tokio_postgres::Error>> {
         Box::pin(async move {

@@ -15,13 +15,14 @@
 //! are retried until they succeed or the appender is shut down.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{pin_mut, SinkExt};
+use futures_util::SinkExt;
 use tokio::sync::{mpsc, watch, Semaphore};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, CopyInSink};
 use tokio_util::sync::CancellationToken;
 
 use super::batch::{Batcher, PreBatch};
@@ -531,40 +532,68 @@ impl Appender {
         batch: &mut [Queued],
         expected: &BTreeMap<Arc<str>, Checkpoint>,
     ) -> Result<(), LogError> {
+        let result = self.append_once(batch, expected).await;
+        if result.is_err() {
+            // The session may be inside the failed transaction (this
+            // append does not use a `Transaction` guard, whose drop would
+            // roll back): it is not used again.
+            self.client = None;
+        }
+        result
+    }
+
+    /// [`Appender::append`]'s transaction, in three round trips when no
+    /// stage needs more: BEGIN with the COPY's start; the COPY's end with
+    /// the checkpoints, the stages and the NOTIFY; COMMIT.
+    /// tokio-postgres sends the requests of concurrent futures on one
+    /// connection in the order they were first polled, and Postgres runs
+    /// them in that order, so sending them together changes no order. Any
+    /// error is seen before COMMIT is sent; after an error the transaction
+    /// is aborted at the server and the caller drops the session.
+    async fn append_once(
+        &mut self,
+        batch: &mut [Queued],
+        expected: &BTreeMap<Arc<str>, Checkpoint>,
+    ) -> Result<(), LogError> {
         let want_events = self.hub.is_some() || self.stages.iter().any(|s| s.wants_events());
-        let client = self.client.as_mut().ok_or(LogError::Closed)?;
+        let client = self.client.as_ref().ok_or(LogError::Closed)?;
         let statements = self.statements.as_ref().ok_or(LogError::Closed)?;
-        let tx = client.transaction().await?;
-        let index = index_relations(&tx, statements, &self.tenants_of, batch).await?;
-        let copied = copy_events(
-            &tx,
-            batch,
-            self.next_seq,
-            &index.truncated,
-            want_events,
-            self.config.group_by_tenant,
-        )
-        .await?;
-        // The checkpoints, the notification and the stages are independent
-        // statements of one transaction: sent together (tokio-postgres
-        // pipelines concurrent requests on one connection), they cost one
-        // round trip instead of one each. Any failure is seen before COMMIT.
-        let head = (copied.next_seq > self.next_seq).then(|| (copied.next_seq - 1).to_string());
+        let (next_seq, group_by_tenant) = (self.next_seq, self.config.group_by_tenant);
+        let (tenants_of, batch_ref) = (&self.tenants_of, &*batch);
+        let ((), (index, (copied, sink))) =
+            futures_util::try_join!(client.batch_execute("BEGIN"), async {
+                let index = index_relations(client, statements, tenants_of, batch_ref).await?;
+                let copied = copy_events(
+                    client,
+                    statements,
+                    batch_ref,
+                    next_seq,
+                    &index.truncated,
+                    want_events,
+                    group_by_tenant,
+                )
+                .await?;
+                Ok((index, copied))
+            },)?;
+        let head = (copied.next_seq > next_seq).then(|| (copied.next_seq - 1).to_string());
         let notify = async {
             if let Some(head) = &head {
                 // Wakes the other processes serving this log (standbys feed
                 // their live subscribers from it); delivered at commit.
-                tx.execute(&statements.notify, &[&super::NOTIFY_CHANNEL, head])
+                client
+                    .execute(&statements.notify, &[&super::NOTIFY_CHANNEL, head])
                     .await?;
             }
             Ok::<(), tokio_postgres::Error>(())
         };
-        let ((), ran, ()) = futures_util::try_join!(
-            store_checkpoints(&tx, statements, &self.checkpoints, expected),
-            run_stages(&tx, &self.stages, batch, &copied),
+        let mut sink = sink;
+        let (_, (), ran, ()) = futures_util::try_join!(
+            sink.as_mut().finish(),
+            store_checkpoints(client, statements, &self.checkpoints, expected),
+            run_stages(client, &self.stages, batch_ref, &copied),
             notify,
         )?;
-        tx.commit().await?;
+        client.batch_execute("COMMIT").await?;
         self.committed_batch(batch, copied, index.new_pairs, expected, &ran);
         Ok(())
     }
@@ -632,7 +661,7 @@ struct RelationIndex {
 /// of each TRUNCATE, in that order, so a TRUNCATE in the same batch reaches
 /// a tenant whose first row is in it too.
 async fn index_relations(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Client,
     statements: &Statements,
     known: &HashMap<Arc<str>, BTreeSet<TenantId>>,
     batch: &[Queued],
@@ -701,15 +730,15 @@ struct Copied {
 /// is an ordinary row), a TRUNCATE one row per tenant of its relation, a
 /// backfill chunk its record batches.
 async fn copy_events(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Client,
+    statements: &Statements,
     batch: &[Queued],
     next_seq: i64,
     truncated: &HashMap<Arc<str>, Vec<TenantId>>,
     want_events: bool,
     group_by_tenant: bool,
-) -> Result<Copied, tokio_postgres::Error> {
-    let sink = tx.copy_in::<_, Bytes>(copy::COPY_STATEMENT).await?;
-    pin_mut!(sink);
+) -> Result<(Copied, Pin<Box<CopyInSink<Bytes>>>), tokio_postgres::Error> {
+    let mut sink = Box::pin(tx.copy_in::<_, Bytes>(&statements.copy).await?);
     let mut buf = BytesMut::with_capacity(COPY_BUFFER + COPY_BUFFER / 4);
     buf.extend_from_slice(copy::HEADER);
     let mut seq = next_seq;
@@ -822,13 +851,15 @@ async fn copy_events(
     }
     buf.extend_from_slice(copy::TRAILER);
     send_copy(sink.as_mut(), &mut buf, false).await?;
-    sink.finish().await?;
-    Ok(Copied {
-        next_seq: seq,
-        events: placed.events,
-        counted,
-        chunks,
-    })
+    Ok((
+        Copied {
+            next_seq: seq,
+            events: placed.events,
+            counted,
+            chunks,
+        },
+        sink,
+    ))
 }
 
 /// The events copied so far with their seqs, when the caller wants them.
@@ -931,7 +962,7 @@ fn transaction_run_end(batch: &[Queued], start: usize, group_by_tenant: bool) ->
 
 /// Writes each checkpoint the batch moved.
 async fn store_checkpoints(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Client,
     statements: &Statements,
     before: &BTreeMap<Arc<str>, Checkpoint>,
     after: &BTreeMap<Arc<str>, Checkpoint>,
@@ -947,7 +978,7 @@ async fn store_checkpoints(
 /// Runs every stage in order inside the transaction; returns, per stage,
 /// whether it wants its [`AppendStage::committed`] call.
 async fn run_stages(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Client,
     stages: &[Arc<dyn AppendStage>],
     batch: &[Queued],
     copied: &Copied,
@@ -1017,6 +1048,7 @@ async fn send_copy(
 /// The statements of every append transaction, prepared once per
 /// connection rather than parsed and planned in each.
 struct Statements {
+    copy: tokio_postgres::Statement,
     relation_tenants: tokio_postgres::Statement,
     tenants_of_relation: tokio_postgres::Statement,
     checkpoint: tokio_postgres::Statement,
@@ -1026,6 +1058,7 @@ struct Statements {
 impl Statements {
     async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
         Ok(Statements {
+            copy: client.prepare(copy::COPY_STATEMENT).await?,
             relation_tenants: client
                 .prepare(
                     "INSERT INTO sluice.relation_tenants (relation, tenant)

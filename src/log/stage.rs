@@ -16,7 +16,7 @@
 //! or holds on to the transaction.
 
 use futures_util::future::BoxFuture;
-use tokio_postgres::Transaction;
+use tokio_postgres::Client;
 
 use crate::event::{PendingEvent, TenantId};
 
@@ -52,11 +52,14 @@ pub trait AppendStage: Send + Sync {
         false
     }
 
-    /// Writes the stage's rows in the append transaction `tx`. Returns
-    /// whether [`AppendStage::committed`] should run after COMMIT.
+    /// Writes the stage's rows in the append transaction: `tx` is the
+    /// appender's session with that transaction open (COMMIT is sent once
+    /// every stage has returned). Its first statement may reach the server
+    /// in one round trip with the appender's own. Returns whether
+    /// [`AppendStage::committed`] should run after COMMIT.
     fn in_transaction<'a>(
         &'a self,
-        tx: &'a Transaction<'_>,
+        tx: &'a Client,
         appended: &'a Appended<'a>,
     ) -> BoxFuture<'a, Result<bool, tokio_postgres::Error>>;
 

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
-use tokio_postgres::{GenericClient, Transaction};
+use tokio_postgres::{Client, GenericClient};
 
 use crate::event::{PendingEvent, TenantId};
 use crate::log::{AppendStage, Appended};
@@ -85,7 +85,7 @@ impl AppendStage for Outbox {
 
     fn in_transaction<'a>(
         &'a self,
-        tx: &'a Transaction<'_>,
+        tx: &'a Client,
         appended: &'a Appended<'a>,
     ) -> BoxFuture<'a, Result<bool, tokio_postgres::Error>> {
         Box::pin(async move { Ok(self.write(tx, appended.events).await? > 0) })
