@@ -66,6 +66,7 @@ async fn authenticator_with_roles(
     custom_roles: &[&str],
 ) -> Authenticator {
     let roles: Vec<String> = custom_roles.iter().map(|r| (*r).to_owned()).collect();
+    // policies: custom roles (tests name them here, not through config.policies)
     Authenticator::new(&db.url, &config(db, extra).auth, &roles)
         .await
         .expect("authenticator starts")
