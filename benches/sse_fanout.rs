@@ -463,9 +463,16 @@ fn main() {
         let mut keys: Vec<Arc<str>> = Vec::new();
         for t in 0..TENANTS {
             let tenant = TenantId::new(&format!("t{t}")).expect("tenant id");
-            let (_, key) = create_key(&client, Some(&tenant), Role::Anon, Some("sse-fanout bench"))
-                .await
-                .expect("create an anon key");
+            let (_, key) = create_key(
+                &client,
+                Some(&tenant),
+                Role::Anon,
+                Some("sse-fanout bench"),
+                &serde_json::Map::new(),
+                None,
+            )
+            .await
+            .expect("create an anon key");
             keys.push(key.into());
         }
         (client, keys)

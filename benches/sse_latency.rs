@@ -510,9 +510,16 @@ fn main() {
             .expect("connect to the state database");
         tokio::spawn(conn);
         let t1 = TenantId::new("t1").expect("tenant id");
-        let (_, key) = create_key(&client, Some(&t1), Role::Anon, Some("sse-latency bench"))
-            .await
-            .expect("create an anon key");
+        let (_, key) = create_key(
+            &client,
+            Some(&t1),
+            Role::Anon,
+            Some("sse-latency bench"),
+            &serde_json::Map::new(),
+            None,
+        )
+        .await
+        .expect("create an anon key");
         key
     });
 

@@ -683,9 +683,16 @@ fn main() {
             .await
             .expect("connect to the state database");
         let t1 = TenantId::new("t1").expect("tenant id");
-        let (_, key) = create_key(&state, Some(&t1), Role::Service, Some("webhooks bench"))
-            .await
-            .expect("create a service key");
+        let (_, key) = create_key(
+            &state,
+            Some(&t1),
+            Role::Service,
+            Some("webhooks bench"),
+            &serde_json::Map::new(),
+            None,
+        )
+        .await
+        .expect("create a service key");
         for i in 0..endpoints {
             let body = json!({
                 "url": format!("http://127.0.0.1:{receiver_port}/hook/{i}"),

@@ -205,9 +205,16 @@ async fn anon_keys(url: &str, tenants: &[String], label: &str) -> Vec<Arc<str>> 
     let mut keys = Vec::new();
     for t in tenants {
         let tenant = TenantId::new(t).expect("tenant id");
-        let (_, key) = create_key(&client, Some(&tenant), Role::Anon, Some(label))
-            .await
-            .expect("create an anon key");
+        let (_, key) = create_key(
+            &client,
+            Some(&tenant),
+            Role::Anon,
+            Some(label),
+            &serde_json::Map::new(),
+            None,
+        )
+        .await
+        .expect("create an anon key");
         keys.push(key.into());
     }
     keys

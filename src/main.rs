@@ -106,12 +106,20 @@ enum KeysAction {
         #[arg(long)]
         tenant: Option<String>,
         /// anon (read/subscribe, browser-safe), service (its tenant's
-        /// publish, webhooks, exports) or admin (operator, cross-tenant).
+        /// publish, webhooks, exports), admin (operator, cross-tenant), or
+        /// a custom role of the policies (privilege anon).
         #[arg(long)]
         role: String,
         /// A label to recognise the key by.
         #[arg(long)]
         name: Option<String>,
+        /// A claim for access policies, name=value (repeatable); a value
+        /// with a comma is an array of strings, `name=` the empty string.
+        #[arg(long = "claim", value_name = "NAME=VALUE")]
+        claims: Vec<String>,
+        /// A claim whose value is any JSON, name=<json> (repeatable).
+        #[arg(long = "claim-json", value_name = "NAME=JSON")]
+        claims_json: Vec<String>,
     },
     /// List keys (never the keys themselves: their prefixes).
     List {
@@ -164,8 +172,15 @@ fn main() -> ExitCode {
                 sluice::cli::mongo_reset(config, &source, accept_gap).await
             }
             Command::Keys { action } => match action {
-                KeysAction::Create { tenant, role, name } => {
-                    sluice::cli::keys::create(config, tenant, role, name).await
+                KeysAction::Create {
+                    tenant,
+                    role,
+                    name,
+                    claims,
+                    claims_json,
+                } => {
+                    sluice::cli::keys::create(config, tenant, role, name, &claims, &claims_json)
+                        .await
                 }
                 KeysAction::List { tenant } => sluice::cli::keys::list(config, tenant).await,
                 KeysAction::Revoke { id } => sluice::cli::keys::revoke(config, id).await,

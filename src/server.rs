@@ -134,7 +134,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Server
         ),
         None => None,
     };
-    let auth = Arc::new(Authenticator::new(&state_url, &config.auth).await?);
+    // policies: custom roles
+    let auth = Arc::new(Authenticator::new(&state_url, &config.auth, &[]).await?);
     let streams = CancellationToken::new();
     let state = AppState {
         config: config.clone(),

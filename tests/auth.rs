@@ -1,7 +1,8 @@
 //! Credentials against a real state database: API keys created, listed,
 //! revoked and verified; JWTs (HS256, RS256) accepted and refused; the
 //! query-string rule; revocation seen by new requests at once and by open
-//! streams through `still_valid`.
+//! streams through `still_valid`; claims and custom roles carried into the
+//! `Identity`.
 
 mod common;
 
@@ -54,7 +55,19 @@ async fn setup(prefix: &str) -> (TestDb, Client) {
 }
 
 async fn authenticator(db: &TestDb, extra: &[(&str, &str)]) -> Authenticator {
-    Authenticator::new(&db.url, &config(db, extra).auth)
+    authenticator_with_roles(db, extra, &[]).await
+}
+
+/// An authenticator that knows `custom_roles` (the config's policies will
+/// name them).
+async fn authenticator_with_roles(
+    db: &TestDb,
+    extra: &[(&str, &str)],
+    custom_roles: &[&str],
+) -> Authenticator {
+    let roles: Vec<String> = custom_roles.iter().map(|r| (*r).to_owned()).collect();
+    // policies: custom roles (tests name them here, not through config.policies)
+    Authenticator::new(&db.url, &config(db, extra).auth, &roles)
         .await
         .expect("authenticator starts")
 }
@@ -81,18 +94,46 @@ fn rs256(claims: &Value, private_pem: &str) -> String {
 async fn keys_are_created_listed_and_revoked() {
     let (_db, c) = setup("auth_keys").await;
     let acme = tenant("acme");
-    let (anon, anon_key) = create_key(&c, Some(&acme), Role::Anon, Some("web"))
-        .await
-        .expect("create anon");
-    let (service, service_key) = create_key(&c, Some(&acme), Role::Service, None)
-        .await
-        .expect("create service");
-    let (admin, admin_key) = create_key(&c, None, Role::Admin, Some("ops"))
-        .await
-        .expect("create admin");
-    let (_other, _) = create_key(&c, Some(&tenant("globex")), Role::Service, None)
-        .await
-        .expect("create other tenant's key");
+    let (anon, anon_key) = create_key(
+        &c,
+        Some(&acme),
+        Role::Anon,
+        Some("web"),
+        &serde_json::Map::new(),
+        None,
+    )
+    .await
+    .expect("create anon");
+    let (service, service_key) = create_key(
+        &c,
+        Some(&acme),
+        Role::Service,
+        None,
+        &serde_json::Map::new(),
+        None,
+    )
+    .await
+    .expect("create service");
+    let (admin, admin_key) = create_key(
+        &c,
+        None,
+        Role::Admin,
+        Some("ops"),
+        &serde_json::Map::new(),
+        None,
+    )
+    .await
+    .expect("create admin");
+    let (_other, _) = create_key(
+        &c,
+        Some(&tenant("globex")),
+        Role::Service,
+        None,
+        &serde_json::Map::new(),
+        None,
+    )
+    .await
+    .expect("create other tenant's key");
 
     assert!(anon_key.starts_with("sk_anon_"), "{anon_key}");
     assert!(service_key.starts_with("sk_service_"), "{service_key}");
@@ -158,12 +199,21 @@ async fn keys_are_created_listed_and_revoked() {
 #[tokio::test]
 async fn key_tenant_rules_are_enforced_by_the_api_and_the_table() {
     let (_db, c) = setup("auth_rules").await;
-    let err = create_key(&c, Some(&tenant("acme")), Role::Admin, None)
-        .await
-        .unwrap_err();
+    let err = create_key(
+        &c,
+        Some(&tenant("acme")),
+        Role::Admin,
+        None,
+        &serde_json::Map::new(),
+        None,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, AuthError::InvalidKeyRequest(_)), "{err}");
     for role in [Role::Anon, Role::Service] {
-        let err = create_key(&c, None, role, None).await.unwrap_err();
+        let err = create_key(&c, None, role, None, &serde_json::Map::new(), None)
+            .await
+            .unwrap_err();
         assert!(matches!(err, AuthError::InvalidKeyRequest(_)), "{err}");
     }
     // The table holds the same rule for anyone writing to it directly.
@@ -194,13 +244,27 @@ async fn key_tenant_rules_are_enforced_by_the_api_and_the_table() {
 async fn api_keys_authenticate_with_their_role_and_tenant() {
     let (db, c) = setup("auth_authn").await;
     let acme = tenant("acme");
-    let (anon, anon_key) = create_key(&c, Some(&acme), Role::Anon, None)
-        .await
-        .expect("create");
-    let (service, service_key) = create_key(&c, Some(&acme), Role::Service, None)
-        .await
-        .expect("create");
-    let (admin, admin_key) = create_key(&c, None, Role::Admin, None)
+    let (anon, anon_key) = create_key(
+        &c,
+        Some(&acme),
+        Role::Anon,
+        None,
+        &serde_json::Map::new(),
+        None,
+    )
+    .await
+    .expect("create");
+    let (service, service_key) = create_key(
+        &c,
+        Some(&acme),
+        Role::Service,
+        None,
+        &serde_json::Map::new(),
+        None,
+    )
+    .await
+    .expect("create");
+    let (admin, admin_key) = create_key(&c, None, Role::Admin, None, &serde_json::Map::new(), None)
         .await
         .expect("create");
     let a = authenticator(&db, &[]).await;
@@ -214,6 +278,8 @@ async fn api_keys_authenticate_with_their_role_and_tenant() {
         Identity {
             tenant: Some(acme.clone()),
             role: Role::Anon,
+            policy_role: "anon".into(),
+            claims: Default::default(),
             credential: CredentialId::ApiKey { id: anon.id },
         }
     );
@@ -277,12 +343,26 @@ async fn api_keys_authenticate_with_their_role_and_tenant() {
 #[tokio::test]
 async fn a_revoked_key_fails_at_once_and_open_streams_see_it() {
     let (db, c) = setup("auth_revoke").await;
-    let (info, key) = create_key(&c, Some(&tenant("acme")), Role::Service, None)
-        .await
-        .expect("create");
-    let (other, other_key) = create_key(&c, Some(&tenant("acme")), Role::Anon, None)
-        .await
-        .expect("create");
+    let (info, key) = create_key(
+        &c,
+        Some(&tenant("acme")),
+        Role::Service,
+        None,
+        &serde_json::Map::new(),
+        None,
+    )
+    .await
+    .expect("create");
+    let (other, other_key) = create_key(
+        &c,
+        Some(&tenant("acme")),
+        Role::Anon,
+        None,
+        &serde_json::Map::new(),
+        None,
+    )
+    .await
+    .expect("create");
     let a = authenticator(&db, &[]).await;
     let id = a
         .authenticate(&key, CredentialSource::Header)
@@ -319,10 +399,17 @@ async fn a_revoked_key_fails_at_once_and_open_streams_see_it() {
 async fn only_anon_credentials_may_come_in_the_query_string() {
     let (db, c) = setup("auth_query").await;
     let acme = tenant("acme");
-    let (_, service_key) = create_key(&c, Some(&acme), Role::Service, None)
-        .await
-        .expect("create");
-    let (_, admin_key) = create_key(&c, None, Role::Admin, None)
+    let (_, service_key) = create_key(
+        &c,
+        Some(&acme),
+        Role::Service,
+        None,
+        &serde_json::Map::new(),
+        None,
+    )
+    .await
+    .expect("create");
+    let (_, admin_key) = create_key(&c, None, Role::Admin, None, &serde_json::Map::new(), None)
         .await
         .expect("create");
     let a = authenticator(&db, &[("SLUICE_AUTH_JWT_HS256_SECRET", HS_SECRET)]).await;
@@ -365,11 +452,9 @@ async fn hs256_jwts_are_verified() {
     let a = authenticator(&db, &[("SLUICE_AUTH_JWT_HS256_SECRET", HS_SECRET)]).await;
     let exp = now() + 120;
 
+    let payload = json!({"tenant": "acme", "role": "service", "sub": "u_7", "exp": exp});
     let id = a
-        .authenticate(
-            &hs256(&json!({"tenant": "acme", "role": "service", "exp": exp})),
-            CredentialSource::Bearer,
-        )
+        .authenticate(&hs256(&payload), CredentialSource::Bearer)
         .await
         .expect("valid HS256");
     assert_eq!(
@@ -377,6 +462,8 @@ async fn hs256_jwts_are_verified() {
         Identity {
             tenant: Some(tenant("acme")),
             role: Role::Service,
+            policy_role: "service".into(),
+            claims: std::sync::Arc::new(payload.as_object().expect("object").clone()),
             credential: CredentialId::Jwt {
                 expires_at_unix: exp
             },
@@ -403,15 +490,22 @@ async fn hs256_jwts_are_verified() {
     assert!(matches!(err, AuthError::Expired), "{err}");
     assert_eq!((err.status(), err.code()), (401, "expired"));
 
-    let forged = encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"tenant": "acme", "exp": exp}),
-        &EncodingKey::from_secret(b"not-the-secret-not-the-secret-!!"),
-    )
-    .expect("sign");
-    let err = refused(forged).await;
-    assert!(matches!(err, AuthError::BadSignature), "{err}");
-    assert_eq!(err.status(), 401);
+    // Forged (wrong key), with or without claims: refused before any
+    // claim is read.
+    for claims in [
+        json!({"tenant": "acme", "exp": exp}),
+        json!({"tenant": "acme", "role": "service", "sub": "u_1", "teams": ["t1"], "exp": exp}),
+    ] {
+        let forged = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"not-the-secret-not-the-secret-!!"),
+        )
+        .expect("sign");
+        let err = refused(forged).await;
+        assert!(matches!(err, AuthError::BadSignature), "{claims}: {err}");
+        assert_eq!(err.status(), 401);
+    }
 
     let err = refused(hs256(&json!({"role": "anon", "exp": exp}))).await;
     assert!(matches!(err, AuthError::NoTenant), "{err}");
@@ -509,7 +603,9 @@ async fn jwts_are_refused_when_none_is_configured_and_bad_keys_fail_at_start() {
         include_str!("fixtures/jwt/rs1024_public.pem"),
     ] {
         let cfg = config(&db, &[("SLUICE_AUTH_JWT_RS256_PUBLIC_KEY", pem)]);
-        let err = Authenticator::new(&db.url, &cfg.auth).await.unwrap_err();
+        let err = Authenticator::new(&db.url, &cfg.auth, &[])
+            .await
+            .unwrap_err();
         assert!(
             matches!(
                 err,
@@ -526,9 +622,16 @@ async fn jwts_are_refused_when_none_is_configured_and_bad_keys_fail_at_start() {
 #[tokio::test]
 async fn the_authenticator_reconnects_and_reports_an_unreachable_database() {
     let (db, c) = setup("auth_reconnect").await;
-    let (_, key) = create_key(&c, Some(&tenant("acme")), Role::Anon, None)
-        .await
-        .expect("create");
+    let (_, key) = create_key(
+        &c,
+        Some(&tenant("acme")),
+        Role::Anon,
+        None,
+        &serde_json::Map::new(),
+        None,
+    )
+    .await
+    .expect("create");
     let a = authenticator(&db, &[]).await;
     let id = a
         .authenticate(&key, CredentialSource::Query)
@@ -552,9 +655,13 @@ async fn the_authenticator_reconnects_and_reports_an_unreachable_database() {
     assert!(a.still_valid(&id).await);
 
     // Nothing listens on port 1.
-    let err = Authenticator::new("postgres://sluice@127.0.0.1:1/nothing", &Default::default())
-        .await
-        .unwrap_err();
+    let err = Authenticator::new(
+        "postgres://sluice@127.0.0.1:1/nothing",
+        &Default::default(),
+        &[],
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, AuthError::Unavailable(_)), "{err}");
     assert_eq!((err.status(), err.code()), (503, "unavailable"));
 }
@@ -562,10 +669,176 @@ async fn the_authenticator_reconnects_and_reports_an_unreachable_database() {
 #[tokio::test]
 async fn an_unmigrated_database_is_named_at_start() {
     let db = TestDb::new("auth_nomigrate");
-    let err = Authenticator::new(&db.url, &Default::default())
+    let err = Authenticator::new(&db.url, &Default::default(), &[])
         .await
         .unwrap_err();
     assert!(err.to_string().contains("sluice migrate"), "{err}");
+}
+
+#[tokio::test]
+async fn keys_carry_claims_and_custom_roles_into_the_identity() {
+    let (db, c) = setup("auth_claims").await;
+    let acme = tenant("acme");
+    let claims = json!({"sub": "u_42", "teams": ["t1", "t2"], "plan": {"tier": 2}});
+    let claims = claims.as_object().expect("object").clone();
+    let (member, member_key) = create_key(
+        &c,
+        Some(&acme),
+        Role::Anon,
+        Some("web"),
+        &claims,
+        Some("member"),
+    )
+    .await
+    .expect("create a member key");
+    assert_eq!(member.claims, claims);
+    assert_eq!(member.policy_role.as_deref(), Some("member"));
+    assert_eq!(member.effective_policy_role(), "member");
+    let (service, service_key) = create_key(
+        &c,
+        Some(&acme),
+        Role::Service,
+        None,
+        &json!({"sub": "backend"})
+            .as_object()
+            .expect("object")
+            .clone(),
+        None,
+    )
+    .await
+    .expect("create a service key with claims");
+    let listed = list_keys(&c, Some(&acme)).await.expect("list");
+    assert_eq!(listed, vec![member.clone(), service.clone()]);
+
+    let a = authenticator_with_roles(&db, &[], &["member", "viewer"]).await;
+    let id = a
+        .authenticate(&member_key, CredentialSource::Query)
+        .await
+        .expect("a custom-role key is anon: the query string is fine");
+    assert_eq!(
+        id,
+        Identity {
+            tenant: Some(acme.clone()),
+            role: Role::Anon,
+            policy_role: "member".into(),
+            claims: std::sync::Arc::new(claims.clone()),
+            credential: CredentialId::ApiKey { id: member.id },
+        }
+    );
+    assert!(auth::require(&id, Role::Service).is_err());
+    let id = a
+        .authenticate(&service_key, CredentialSource::Header)
+        .await
+        .expect("service key");
+    assert_eq!((id.role, &*id.policy_role), (Role::Service, "service"));
+    assert_eq!(id.claims.get("sub"), Some(&json!("backend")));
+    assert!(!id.claims.contains_key("tenant"), "only the given claims");
+
+    // A key whose custom role the policies no longer define fails closed.
+    let a = authenticator_with_roles(&db, &[], &["viewer"]).await;
+    let err = a
+        .authenticate(&member_key, CredentialSource::Header)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AuthError::UnknownRole { .. }), "{err}");
+    assert_eq!((err.status(), err.code()), (401, "unknown_role"));
+    assert_eq!(
+        err.to_string(),
+        r#"this API key's role "member" is not a custom role of this Sluice's policies (they define viewer)"#
+    );
+}
+
+#[tokio::test]
+async fn a_jwt_with_a_custom_role_is_anon_and_carries_its_payload() {
+    let (db, _c) = setup("auth_jwt_custom").await;
+    let a = authenticator_with_roles(
+        &db,
+        &[("SLUICE_AUTH_JWT_HS256_SECRET", HS_SECRET)],
+        &["member"],
+    )
+    .await;
+    let payload = json!({"tenant": "acme", "role": "member", "sub": "u_9", "exp": now() + 60});
+    let id = a
+        .authenticate(&hs256(&payload), CredentialSource::Query)
+        .await
+        .expect("a custom role travels like anon");
+    assert_eq!((id.role, &*id.policy_role), (Role::Anon, "member"));
+    assert_eq!(Value::Object((*id.claims).clone()), payload);
+    let err = a
+        .authenticate(
+            &hs256(&json!({"tenant": "acme", "role": "viewer", "exp": now() + 60})),
+            CredentialSource::Bearer,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AuthError::InvalidJwt(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("expected anon, service or a custom role (member)"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn custom_roles_and_claims_are_checked_by_the_api_and_the_table() {
+    let (_db, c) = setup("auth_claim_rules").await;
+    let acme = tenant("acme");
+    let none = serde_json::Map::new();
+    for (t, role) in [(Some(&acme), Role::Service), (None, Role::Admin)] {
+        let err = create_key(&c, t, role, None, &none, Some("member"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AuthError::InvalidKeyRequest(_)), "{err}");
+        assert!(err.to_string().contains("for anon keys only"), "{err}");
+    }
+    for bad in ["admin", "Member", "a b"] {
+        let err = create_key(&c, Some(&acme), Role::Anon, None, &none, Some(bad))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, AuthError::InvalidKeyRequest(_)),
+            "{bad}: {err}"
+        );
+    }
+    let many: serde_json::Map<String, Value> =
+        (0..33).map(|i| (format!("c{i}"), json!(i))).collect();
+    let err = create_key(&c, Some(&acme), Role::Anon, None, &many, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "33 claims given; a key takes at most 32");
+
+    // The table holds the same rules for anyone writing to it directly.
+    for (role, policy_role, claims) in [
+        ("service", Some("member"), "{}"),
+        ("anon", Some("admin"), "{}"),
+        ("anon", Some("Member"), "{}"),
+        ("anon", None, "[1]"),
+        ("anon", None, "\"sub\""),
+    ] {
+        let r = c
+            .execute(
+                "INSERT INTO sluice.api_keys (tenant, role, prefix, key_hash, policy_role, claims)
+                 VALUES ('acme', $1, 'sk_', $2, $3, $4::text::jsonb)",
+                &[&role, &"0".repeat(64), &policy_role, &claims],
+            )
+            .await;
+        assert!(r.is_err(), "{role} {policy_role:?} {claims} was accepted");
+    }
+    // The same statement with a valid row is accepted: the refusals above
+    // are the CHECKs', not the statement's.
+    c.execute(
+        "INSERT INTO sluice.api_keys (tenant, role, prefix, key_hash, policy_role, claims)
+         VALUES ('acme', $1, 'sk_', $2, $3, $4::text::jsonb)",
+        &[&"anon", &"0".repeat(64), &Some("member"), &r#"{"sub":"x"}"#],
+    )
+    .await
+    .expect("a valid row");
+    let count: i64 = c
+        .query_one("SELECT count(*) FROM sluice.api_keys", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(count, 1);
 }
 
 /// Whether `still_valid` turns false within a few seconds: answers are

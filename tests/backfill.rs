@@ -502,14 +502,23 @@ async fn bad_backfill_requests_get_clear_errors_and_nothing_runs() {
     let server = sluice::server::start(server_config, token.clone())
         .await
         .expect("server");
-    let admin = sluice::auth::keys::create_key(&c, None, sluice::auth::Role::Admin, None)
-        .await
-        .expect("admin key")
-        .1;
+    let admin = sluice::auth::keys::create_key(
+        &c,
+        None,
+        sluice::auth::Role::Admin,
+        None,
+        &serde_json::Map::new(),
+        None,
+    )
+    .await
+    .expect("admin key")
+    .1;
     let service = sluice::auth::keys::create_key(
         &c,
         Some(&sluice::event::TenantId::new("a").expect("valid")),
         sluice::auth::Role::Service,
+        None,
+        &serde_json::Map::new(),
         None,
     )
     .await

@@ -844,7 +844,7 @@ async fn snapshot_events_in_record_batches_reach_every_reader_one_by_one() {
         .map(|r| r.get(0))
         .collect();
     let (server, token) = serve(&db, &[]).await;
-    let admin = create_key(&c, None, Role::Admin, None)
+    let admin = create_key(&c, None, Role::Admin, None, &serde_json::Map::new(), None)
         .await
         .expect("admin key")
         .1;

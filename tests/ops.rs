@@ -159,6 +159,8 @@ async fn postgres_restarting_under_load_loses_nothing_and_subscribers_stay_conne
             Some(&sluice::event::TenantId::new("acme").expect("valid")),
             sluice::auth::Role::Anon,
             None,
+            &serde_json::Map::new(),
+            None,
         )
         .await
         .expect("key")
@@ -308,6 +310,8 @@ async fn metrics_are_valid_prometheus_and_count_what_happened() {
         &c,
         Some(&sluice::event::TenantId::new("acme").expect("valid")),
         sluice::auth::Role::Anon,
+        None,
+        &serde_json::Map::new(),
         None,
     )
     .await

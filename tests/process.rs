@@ -308,10 +308,11 @@ fn keys_cli_creates_lists_and_revokes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Not a built-in role and not shaped like a custom one.
     let out = run(sluice()
         .arg("--config")
         .arg(&config)
-        .args(["keys", "create", "--tenant", "acme", "--role", "owner"]));
+        .args(["keys", "create", "--tenant", "acme", "--role", "Owner"]));
     assert_eq!(
         out.status.code(),
         Some(2),
@@ -328,6 +329,93 @@ fn keys_cli_creates_lists_and_revokes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn keys_cli_creates_keys_with_claims_and_custom_roles() {
+    let db = TestDb::new("keyscli_claims");
+    let dir = tempfile::tempdir().expect("tempdir");
+    common::cluster()
+        .psql(&db.name, "CREATE TABLE t (id int PRIMARY KEY, tenant text)")
+        .expect("ddl");
+    let config = write_config(dir.path(), &db, "public.t", "tenant", "");
+    let keys = |args: &[&str]| run(sluice().arg("--config").arg(&config).arg("keys").args(args));
+    let out = keys(&[
+        "create",
+        "--tenant",
+        "acme",
+        "--role",
+        "member",
+        "--claim",
+        "sub=u_42",
+        "--claim",
+        "teams=t1,t2",
+        "--claim",
+        "note=",
+        "--claim-json",
+        "level=3",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // As stored: jsonb orders an object's keys (shorter first).
+    let expected_claims = r#"{"sub":"u_42","note":"","level":3,"teams":["t1","t2"]}"#;
+    assert!(
+        stdout.starts_with("created member (anon) key ")
+            && stdout.contains(&format!("with claims {expected_claims}")),
+        "{stdout}"
+    );
+    let key = stdout
+        .lines()
+        .find(|l| l.starts_with("sk_anon_"))
+        .expect("a custom-role key is an anon key");
+    let listing = String::from_utf8_lossy(&keys(&["list", "--tenant", "acme"]).stdout).to_string();
+    let row = listing
+        .lines()
+        .find(|l| l.contains(&key[..12]))
+        .unwrap_or_else(|| panic!("{listing}"));
+    assert!(
+        row.contains("member (anon)") && row.ends_with(expected_claims),
+        "{listing}"
+    );
+    assert!(listing
+        .lines()
+        .next()
+        .is_some_and(|h| h.ends_with("claims")));
+
+    for (args, message) in [
+        (
+            &["--role", "anon", "--claim", "sub"][..],
+            r#"--claim "sub": expected name=value"#,
+        ),
+        (
+            &["--role", "anon", "--claim", "a b=1"][..],
+            r#"claim name "a b" contains ' '"#,
+        ),
+        (
+            &["--role", "anon", "--claim-json", "n={x"][..],
+            "--claim-json n: not JSON",
+        ),
+        (
+            &[
+                "--role",
+                "anon",
+                "--claim",
+                "sub=a",
+                "--claim-json",
+                "sub=1",
+            ][..],
+            r#"claim "sub" is given twice"#,
+        ),
+    ] {
+        let out = keys(&[&["create", "--tenant", "acme"][..], args].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
 }
 
 /// Webhooks survive crashes: SIGKILLed while deliveries are in flight and
@@ -525,6 +613,8 @@ async fn anon_key(db: &TestDb) -> String {
         &c,
         Some(&sluice::event::TenantId::new("acme").expect("valid")),
         sluice::auth::Role::Anon,
+        None,
+        &serde_json::Map::new(),
         None,
     )
     .await

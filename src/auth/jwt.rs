@@ -7,9 +7,15 @@
 //! is `nbf` when present. The tenant comes from `auth.jwt_tenant_claim` (a
 //! string, required) and the role from `auth.jwt_role_claim`: `anon` or
 //! `service`, `anon` when absent, never `admin` (admin credentials are API
-//! keys only). `aud` and `iss` are not checked: whoever holds the key is
-//! trusted to mint tokens for this Sluice.
+//! keys only), or one of the custom roles of the config's policies, which
+//! grants anon's privilege and picks that role's policies. `aud` and `iss`
+//! are not checked: whoever holds the key is trusted to mint tokens for
+//! this Sluice.
+//!
+//! The whole verified payload travels on as the credential's claims (for
+//! policies' `"claim": "sub"`); nothing of an unverified token does.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -54,26 +60,37 @@ pub fn looks_like_jwt(token: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwtClaims {
     pub tenant: TenantId,
+    /// The privilege: anon or service (anon for a custom role).
     pub role: Role,
+    /// `role`'s name, or the custom role the role claim names.
+    pub policy_role: Arc<str>,
     pub expires_at_unix: i64,
+    /// The whole verified payload.
+    pub claims: Arc<Map<String, Value>>,
 }
 
-/// The configured JWT keys and claim names.
+/// The configured JWT keys, claim names and custom roles.
 pub struct JwtVerifier {
     hs256: Option<DecodingKey>,
     rs256: Option<DecodingKey>,
     tenant_claim: String,
     role_claim: String,
+    custom_roles: Vec<String>,
 }
 
 impl JwtVerifier {
     /// None when no JWT key is configured (JWTs are then refused).
-    pub fn from_config(cfg: &AuthConfig) -> Result<Option<JwtVerifier>, AuthError> {
+    /// `custom_roles` are the role names the config's policies define.
+    pub fn from_config(
+        cfg: &AuthConfig,
+        custom_roles: &[String],
+    ) -> Result<Option<JwtVerifier>, AuthError> {
         JwtVerifier::new(
             cfg.jwt_hs256_secret.as_deref(),
             cfg.jwt_rs256_public_key.as_deref(),
             &cfg.jwt_tenant_claim,
             &cfg.jwt_role_claim,
+            custom_roles,
         )
     }
 
@@ -82,6 +99,7 @@ impl JwtVerifier {
         rs256_public_pem: Option<&str>,
         tenant_claim: &str,
         role_claim: &str,
+        custom_roles: &[String],
     ) -> Result<Option<JwtVerifier>, AuthError> {
         let hs256 = match hs256_secret {
             None => None,
@@ -126,6 +144,7 @@ impl JwtVerifier {
             rs256,
             tenant_claim: tenant_claim.to_owned(),
             role_claim: role_claim.to_owned(),
+            custom_roles: custom_roles.to_vec(),
         }))
     }
 
@@ -191,29 +210,7 @@ impl JwtVerifier {
             }
         }
 
-        let role = match claims.get(&self.role_claim) {
-            None | Some(Value::Null) => Role::Anon,
-            Some(Value::String(s)) => match Role::parse(s) {
-                Some(Role::Admin) => {
-                    return Err(AuthError::InvalidJwt(
-                        "a JWT cannot carry role admin; admin credentials are API keys".to_owned(),
-                    ))
-                }
-                Some(r) => r,
-                None => {
-                    return Err(AuthError::InvalidJwt(format!(
-                        "claim `{}`: unknown role {s:?}; expected anon or service",
-                        self.role_claim
-                    )))
-                }
-            },
-            Some(_) => {
-                return Err(AuthError::InvalidJwt(format!(
-                    "claim `{}` must be a string",
-                    self.role_claim
-                )))
-            }
-        };
+        let (role, policy_role) = self.role_of(&claims)?;
 
         let tenant = match claims.get(&self.tenant_claim) {
             None | Some(Value::Null) => return Err(AuthError::NoTenant),
@@ -232,8 +229,53 @@ impl JwtVerifier {
         Ok(JwtClaims {
             tenant,
             role,
+            policy_role,
             expires_at_unix: exp,
+            claims: Arc::new(claims),
         })
+    }
+
+    /// The privilege and policy role the role claim names: anon when it is
+    /// absent, anon with the custom role when it names one; never admin.
+    fn role_of(&self, claims: &Map<String, Value>) -> Result<(Role, Arc<str>), AuthError> {
+        let name = match claims.get(&self.role_claim) {
+            None | Some(Value::Null) => return Ok((Role::Anon, Role::Anon.as_str().into())),
+            Some(Value::String(s)) => s,
+            Some(_) => {
+                return Err(AuthError::InvalidJwt(format!(
+                    "claim `{}` must be a string",
+                    self.role_claim
+                )))
+            }
+        };
+        // Built-in names first: a custom role can never be called admin.
+        match Role::parse(name) {
+            Some(Role::Admin) => Err(AuthError::InvalidJwt(
+                "a JWT cannot carry role admin; admin credentials are API keys".to_owned(),
+            )),
+            Some(r) => Ok((r, r.as_str().into())),
+            None if self.custom_roles.iter().any(|c| c == name) => {
+                Ok((Role::Anon, name.as_str().into()))
+            }
+            None => Err(AuthError::InvalidJwt(format!(
+                "claim `{}`: unknown role {name:?}; expected {}",
+                self.role_claim,
+                expected_roles(&self.custom_roles)
+            ))),
+        }
+    }
+}
+
+/// "anon or service", or with the custom roles: "anon, service or a custom
+/// role (member, viewer)".
+fn expected_roles(custom_roles: &[String]) -> String {
+    if custom_roles.is_empty() {
+        "anon or service".to_owned()
+    } else {
+        format!(
+            "anon, service or a custom role ({})",
+            custom_roles.join(", ")
+        )
     }
 }
 
@@ -349,7 +391,7 @@ mod tests {
     const NOW: i64 = 1_700_000_000;
 
     fn verifier() -> JwtVerifier {
-        JwtVerifier::new(Some(SECRET), None, "tenant", "role")
+        JwtVerifier::new(Some(SECRET), None, "tenant", "role", &[])
             .unwrap()
             .unwrap()
     }
@@ -389,7 +431,7 @@ mod tests {
 
     #[test]
     fn custom_claim_names() {
-        let v = JwtVerifier::new(Some(SECRET), None, "org_id", "sluice_role")
+        let v = JwtVerifier::new(Some(SECRET), None, "org_id", "sluice_role", &[])
             .unwrap()
             .unwrap();
         let c = v
@@ -399,6 +441,91 @@ mod tests {
             )
             .unwrap();
         assert_eq!((c.tenant.as_str(), c.role), ("o1", Role::Service));
+    }
+
+    fn with_custom_roles(roles: &[&str]) -> JwtVerifier {
+        let roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
+        JwtVerifier::new(Some(SECRET), None, "tenant", "role", &roles)
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_whole_payload_travels_as_claims() {
+        let payload = json!({
+            "tenant": "acme", "role": "service", "exp": NOW + 60,
+            "sub": "u_42", "teams": ["t1", "t2"], "meta": {"plan": "pro"}
+        });
+        let c = verifier().verify(&hs(payload.clone()), NOW).unwrap();
+        assert_eq!(Value::Object((*c.claims).clone()), payload);
+        assert_eq!(&*c.policy_role, "service");
+        let c = verifier()
+            .verify(&hs(json!({"tenant": "acme", "exp": NOW + 60})), NOW)
+            .unwrap();
+        assert_eq!((c.role, &*c.policy_role), (Role::Anon, "anon"));
+    }
+
+    #[test]
+    fn a_custom_role_is_anon_with_its_policy_role() {
+        let v = with_custom_roles(&["member", "viewer"]);
+        let c = v
+            .verify(
+                &hs(json!({"tenant": "acme", "role": "member", "sub": "u_1", "exp": NOW + 60})),
+                NOW,
+            )
+            .unwrap();
+        assert_eq!((c.role, &*c.policy_role), (Role::Anon, "member"));
+        assert_eq!(c.claims.get("sub"), Some(&json!("u_1")));
+        // Built-in roles keep their meaning.
+        let c = v
+            .verify(
+                &hs(json!({"tenant": "acme", "role": "service", "exp": NOW + 60})),
+                NOW,
+            )
+            .unwrap();
+        assert_eq!((c.role, &*c.policy_role), (Role::Service, "service"));
+    }
+
+    #[test]
+    fn unknown_roles_are_refused_naming_the_custom_roles() {
+        let msg = |v: &JwtVerifier, role: &str| match v.verify(
+            &hs(json!({"tenant": "a", "role": role, "exp": NOW + 60})),
+            NOW,
+        ) {
+            Err(AuthError::InvalidJwt(m)) => m,
+            other => panic!("{role}: expected InvalidJwt, got {other:?}"),
+        };
+        assert_eq!(
+            msg(&verifier(), "member"),
+            "claim `role`: unknown role \"member\"; expected anon or service"
+        );
+        let v = with_custom_roles(&["member", "viewer"]);
+        assert_eq!(
+            msg(&v, "owner"),
+            "claim `role`: unknown role \"owner\"; expected anon, service or a custom role (member, viewer)"
+        );
+        assert_eq!(
+            msg(&v, "Member"),
+            "claim `role`: unknown role \"Member\"; expected anon, service or a custom role (member, viewer)"
+        );
+        // Admin stays refused, even if a custom role were called admin.
+        let v = with_custom_roles(&["admin"]);
+        assert!(msg(&v, "admin").contains("cannot carry role admin"));
+    }
+
+    #[test]
+    fn a_forged_token_with_claims_and_a_custom_role_is_refused() {
+        let v = with_custom_roles(&["member"]);
+        let forged = encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"tenant": "acme", "role": "member", "sub": "u_1", "exp": NOW + 60}),
+            &EncodingKey::from_secret(b"another secret, also 32 bytes long"),
+        )
+        .unwrap();
+        assert!(matches!(
+            v.verify(&forged, NOW),
+            Err(AuthError::BadSignature)
+        ));
     }
 
     #[test]
@@ -528,18 +655,18 @@ mod tests {
 
     #[test]
     fn config_is_checked_at_start() {
-        assert!(JwtVerifier::new(None, None, "tenant", "role")
+        assert!(JwtVerifier::new(None, None, "tenant", "role", &[])
             .unwrap()
             .is_none());
         assert!(matches!(
-            JwtVerifier::new(Some(""), None, "tenant", "role"),
+            JwtVerifier::new(Some(""), None, "tenant", "role", &[]),
             Err(AuthError::Config {
                 key: "auth.jwt_hs256_secret",
                 ..
             })
         ));
         assert!(matches!(
-            JwtVerifier::new(Some(SECRET), None, "", "role"),
+            JwtVerifier::new(Some(SECRET), None, "", "role", &[]),
             Err(AuthError::Config {
                 key: "auth.jwt_tenant_claim",
                 ..
@@ -552,7 +679,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    JwtVerifier::new(None, Some(pem), "tenant", "role"),
+                    JwtVerifier::new(None, Some(pem), "tenant", "role", &[]),
                     Err(AuthError::Config {
                         key: "auth.jwt_rs256_public_key",
                         ..
@@ -572,7 +699,7 @@ mod tests {
             der::rsa_modulus_bits(&pem_body(public).unwrap()),
             Some(2048)
         );
-        let v = JwtVerifier::new(None, Some(public), "tenant", "role")
+        let v = JwtVerifier::new(None, Some(public), "tenant", "role", &[])
             .unwrap()
             .unwrap();
         let claims = json!({"tenant": "acme", "role": "anon", "exp": NOW + 60});
@@ -605,7 +732,7 @@ mod tests {
         let short = include_str!("../../tests/fixtures/jwt/rs1024_public.pem");
         for pem in [short, private] {
             assert!(matches!(
-                JwtVerifier::new(None, Some(pem), "tenant", "role"),
+                JwtVerifier::new(None, Some(pem), "tenant", "role", &[]),
                 Err(AuthError::Config {
                     key: "auth.jwt_rs256_public_key",
                     ..

@@ -8,6 +8,12 @@
 //! be admin). Every identity but an admin's carries exactly one tenant, and
 //! that tenant comes from the credential, never from the request.
 //!
+//! Every identity also carries what access policies need: its *policy
+//! role* (the built-in role's name, or a custom role such as `member`,
+//! which has anon's privilege) and its *claims* (a JWT's verified payload,
+//! an API key's stored claims). Custom roles are the names the config's
+//! policies define; a credential naming another is refused.
+//!
 //! API keys are looked up on every request, so a revocation applies to new
 //! requests at once; open streams wait on a [`CredentialWatch`] (`watch`),
 //! which re-checks keys every `auth.revocation_check_secs` and ends at a
@@ -72,7 +78,14 @@ impl fmt::Display for Role {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub tenant: Option<TenantId>,
+    /// The privilege (`require` compares it).
     pub role: Role,
+    /// The role policies are chosen by: "anon", "service", "admin", or a
+    /// custom role (privilege anon) named by the JWT's role claim or the key.
+    pub policy_role: Arc<str>,
+    /// The credential's claims: a JWT's whole verified payload; an API key's
+    /// stored claims (only what was given at creation: no implied "sub").
+    pub claims: Arc<serde_json::Map<String, serde_json::Value>>,
     pub credential: CredentialId,
 }
 
@@ -121,6 +134,11 @@ pub enum AuthError {
     Forbidden { need: Role, have: Role },
     #[error("the credential names no tenant")]
     NoTenant,
+    /// An API key whose custom role the config's policies no longer define.
+    #[error(
+        "this API key's role {role:?} is not a custom role of this Sluice's policies ({known})"
+    )]
+    UnknownRole { role: String, known: String },
     #[error("state database unavailable: {0}")]
     Unavailable(String),
     /// `auth.*` settings that cannot work (an unreadable PEM, an empty secret).
@@ -145,7 +163,8 @@ impl AuthError {
             | AuthError::BadSignature
             | AuthError::InvalidJwt(_)
             | AuthError::JwtNotConfigured
-            | AuthError::NoTenant => 401,
+            | AuthError::NoTenant
+            | AuthError::UnknownRole { .. } => 401,
             AuthError::Forbidden { .. } | AuthError::QueryStringNotAnon => 403,
             AuthError::Unavailable(_) => 503,
             AuthError::InvalidKeyRequest(_) => 400,
@@ -167,6 +186,7 @@ impl AuthError {
             AuthError::QueryStringNotAnon => "key_not_allowed_in_query",
             AuthError::Forbidden { .. } => "forbidden",
             AuthError::NoTenant => "no_tenant",
+            AuthError::UnknownRole { .. } => "unknown_role",
             AuthError::Unavailable(_) => "unavailable",
             AuthError::Config { .. } => "auth_misconfigured",
             AuthError::InvalidKeyRequest(_) => "invalid_request",
@@ -255,8 +275,8 @@ pub fn require(identity: &Identity, need: Role) -> Result<(), AuthError> {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
-const LOOKUP_BY_HASH: &str =
-    "SELECT id, tenant, role, revoked_at IS NOT NULL FROM sluice.api_keys WHERE key_hash = $1";
+const LOOKUP_BY_HASH: &str = "SELECT id, tenant, role, revoked_at IS NOT NULL, claims, policy_role
+     FROM sluice.api_keys WHERE key_hash = $1";
 const ACTIVE_BY_ID: &str = "SELECT 1 FROM sluice.api_keys WHERE id = $1 AND revoked_at IS NULL";
 
 /// The Authenticator's own session on the state database, with its
@@ -273,6 +293,9 @@ pub struct Authenticator {
     state_url: String,
     conn: tokio::sync::Mutex<Option<Arc<StateConn>>>,
     jwt: Option<JwtVerifier>,
+    /// The custom roles of the config's policies: a key naming another is
+    /// refused (its role's policies are gone; failing closed).
+    custom_roles: Vec<String>,
     /// Recent answers of `key_still_active` per key id: every open stream
     /// re-checks its key, and streams sharing a key share one lookup.
     rechecks: std::sync::Mutex<std::collections::HashMap<i64, (std::time::Instant, bool)>>,
@@ -294,13 +317,19 @@ impl fmt::Debug for Authenticator {
 impl Authenticator {
     /// Checks the JWT settings (an unusable key fails here, not at the first
     /// request) and connects to the state database, whose migrations must
-    /// have run (`sluice.api_keys` must exist).
-    pub async fn new(state_url: &str, cfg: &AuthConfig) -> Result<Authenticator, AuthError> {
-        let jwt = JwtVerifier::from_config(cfg)?;
+    /// have run (`sluice.api_keys` must exist). `custom_roles` are the role
+    /// names the config's policies define.
+    pub async fn new(
+        state_url: &str,
+        cfg: &AuthConfig,
+        custom_roles: &[String],
+    ) -> Result<Authenticator, AuthError> {
+        let jwt = JwtVerifier::from_config(cfg, custom_roles)?;
         let auth = Authenticator {
             state_url: state_url.to_owned(),
             conn: tokio::sync::Mutex::new(None),
             jwt,
+            custom_roles: custom_roles.to_vec(),
             rechecks: std::sync::Mutex::default(),
         };
         auth.conn().await?;
@@ -331,6 +360,8 @@ impl Authenticator {
             Ok(Identity {
                 tenant: Some(claims.tenant),
                 role: claims.role,
+                policy_role: claims.policy_role,
+                claims: claims.claims,
                 credential: CredentialId::Jwt {
                     expires_at_unix: claims.expires_at_unix,
                 },
@@ -364,6 +395,8 @@ impl Authenticator {
         let tenant: Option<String> = row.get(1);
         let role: String = row.get(2);
         let revoked: bool = row.get(3);
+        let claims = keys::claims_object(row.get(4))?;
+        let custom_role: Option<String> = row.get(5);
         if revoked {
             return Err(AuthError::Revoked);
         }
@@ -384,10 +417,33 @@ impl Authenticator {
                 Some(TenantId::new(&t).map_err(|_| AuthError::NoTenant)?)
             }
         };
+        let policy_role = match custom_role {
+            None => Arc::from(role.as_str()),
+            Some(custom) => self.configured_custom_role(custom)?,
+        };
         Ok(Identity {
             tenant,
             role,
+            policy_role,
+            claims: Arc::new(claims),
             credential: CredentialId::ApiKey { id },
+        })
+    }
+
+    /// A key's custom role, if the config's policies still define it. (The
+    /// table's CHECK keeps custom roles on anon keys only.)
+    fn configured_custom_role(&self, custom: String) -> Result<Arc<str>, AuthError> {
+        if self.custom_roles.contains(&custom) {
+            return Ok(Arc::from(custom));
+        }
+        let known = if self.custom_roles.is_empty() {
+            "they define none".to_owned()
+        } else {
+            format!("they define {}", self.custom_roles.join(", "))
+        };
+        Err(AuthError::UnknownRole {
+            role: custom,
+            known,
         })
     }
 
@@ -547,6 +603,8 @@ mod tests {
         Identity {
             tenant: Some(TenantId::new("acme").unwrap()),
             role,
+            policy_role: role.as_str().into(),
+            claims: Arc::default(),
             credential: CredentialId::ApiKey { id: 1 },
         }
     }
@@ -651,6 +709,14 @@ mod tests {
             (AuthError::InvalidJwt("x".into()), 401, "invalid_token"),
             (AuthError::JwtNotConfigured, 401, "jwt_not_configured"),
             (AuthError::NoTenant, 401, "no_tenant"),
+            (
+                AuthError::UnknownRole {
+                    role: "member".into(),
+                    known: "they define none".into(),
+                },
+                401,
+                "unknown_role",
+            ),
             (
                 AuthError::QueryStringNotAnon,
                 403,

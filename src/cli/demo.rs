@@ -93,7 +93,15 @@ pub async fn demo(keep_running: bool) -> Result<(), CliError> {
     let mut keys_by_tenant = Vec::new();
     for t in TENANTS {
         let tenant = TenantId::new(t)?;
-        let (_, key) = keys::create_key(&client, Some(&tenant), Role::Anon, Some("demo")).await?;
+        let (_, key) = keys::create_key(
+            &client,
+            Some(&tenant),
+            Role::Anon,
+            Some("demo"),
+            &serde_json::Map::new(),
+            None,
+        )
+        .await?;
         keys_by_tenant.push((t, key));
     }
     let (acme_key, page) = (&keys_by_tenant[0].1, write_page(addr, &keys_by_tenant[0].1));

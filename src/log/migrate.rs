@@ -28,6 +28,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "backfill_notify",
         include_str!("../../sql/008_backfill_notify.sql"),
     ),
+    (
+        9,
+        "key_claims",
+        include_str!("../../sql/009_key_claims.sql"),
+    ),
 ];
 
 const MIGRATE_LOCK_KEY: i64 = 0x51_75_1C_E0_00_02;

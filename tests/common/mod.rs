@@ -192,9 +192,16 @@ pub async fn stop_server(
 /// secret.
 pub async fn key_and_info(db: &TestDb, tenant: &str, role: Role) -> (KeyInfo, String) {
     let c = db.client().await;
-    create_key(&c, Some(&TenantId::new(tenant).expect("valid")), role, None)
-        .await
-        .expect("create key")
+    create_key(
+        &c,
+        Some(&TenantId::new(tenant).expect("valid")),
+        role,
+        None,
+        &serde_json::Map::new(),
+        None,
+    )
+    .await
+    .expect("create key")
 }
 
 /// The secret of a new API key for `tenant` with `role`.
