@@ -17,7 +17,7 @@
 //! receipt time come from the same clock.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,8 +32,9 @@ use sluice::event::TenantId;
 
 mod common;
 use common::{
-    cpu_secs, envelope_time, free_port, machine_cpu, nofile, now_micros, num_arg, open_fds, psql,
-    show_limit, status_kib, Dechunker, Guard, SseParser,
+    connection_budget, cpu_secs, envelope_time, free_port, http_get_async, machine_cpu,
+    metric_async, nofile, now_micros, num_arg, open_fds, psql, read_head, serve_command,
+    show_limit, status_kib, ConnectionBudget, Dechunker, Guard, SseParser,
 };
 
 const TENANTS: usize = 100;
@@ -41,71 +42,6 @@ const TENANTS: usize = 100;
 const FD_SLACK: u64 = 200;
 /// Routing rounds run before the measured ones.
 const WARMUP_ROUNDS: usize = 2;
-
-// ------------------------------------------------------------------ HTTP
-
-async fn read_head(sock: &mut TcpStream) -> Result<(u16, bool, Vec<u8>), String> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 2048];
-    loop {
-        let n = sock
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        if n == 0 {
-            return Err("connection closed before the response headers".to_owned());
-        }
-        head.extend_from_slice(&buf[..n]);
-        if let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-            let text = String::from_utf8_lossy(&head[..p + 4]).to_ascii_lowercase();
-            let status = text
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            let chunked = text.contains("transfer-encoding: chunked");
-            return Ok((status, chunked, head[p + 4..].to_vec()));
-        }
-    }
-}
-
-/// `GET path` with `Connection: close`: (status, body).
-async fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
-    let mut sock = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    sock.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .map_err(|e| format!("write: {e}"))?;
-    let (status, chunked, mut rest) = read_head(&mut sock).await?;
-    sock.read_to_end(&mut rest)
-        .await
-        .map_err(|e| format!("read: {e}"))?;
-    let body = if chunked {
-        let mut body = Vec::new();
-        Dechunker::default().feed(&rest, &mut |b| body.extend_from_slice(b));
-        body
-    } else {
-        rest
-    };
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-/// A sample of the server's metrics (the line `name value`, no labels).
-async fn metric(port: u16, name: &str) -> Option<f64> {
-    let (status, body) = tokio::time::timeout(Duration::from_secs(10), http_get(port, "/metrics"))
-        .await
-        .ok()?
-        .ok()?;
-    if status != 200 {
-        return None;
-    }
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
 
 // ------------------------------------------------------------ connections
 
@@ -319,61 +255,13 @@ fn main() {
     let batch = num_arg("--batch", 1000).max(1) as i64;
     let rounds = num_arg("--rounds", 10).max(1) as usize;
     let open_batch = num_arg("--open-batch", 500).max(1) as usize;
-    let mut notes: Vec<String> = Vec::new();
 
     // File descriptors: one per connection in this process and in the server.
-    let need = requested + FD_SLACK;
-    let (mut soft, hard) = nofile("self").expect("read /proc/self/limits");
-    println!(
-        "bench process: open files limit soft {} hard {} (need about {need})",
-        show_limit(soft),
-        show_limit(hard)
-    );
-    if soft < need && hard > soft {
-        // No libc here: let util-linux's prlimit raise ours to the hard limit.
-        let pid = std::process::id().to_string();
-        let h = show_limit(hard);
-        let ok = Command::new("prlimit")
-            .args(["--pid", &pid, &format!("--nofile={h}:{h}")])
-            .status()
-            .is_ok_and(|s| s.success());
-        soft = nofile("self").map_or(soft, |l| l.0);
-        println!(
-            "bench process: raised the soft limit to the hard limit with prlimit: {} (now {})",
-            if ok { "done" } else { "failed" },
-            show_limit(soft)
-        );
-    }
-    let mut connections = requested;
-    if soft < need {
-        connections = soft.saturating_sub(FD_SLACK).max(TENANTS as u64);
-        let why = format!(
-            "this process may open only {} files (hard limit {}), so {connections} connections are opened instead of {requested}",
-            show_limit(soft),
-            show_limit(hard)
-        );
-        println!("NOTE: {why}");
-        notes.push(why);
-    }
-    let ports = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| {
-            let v: Vec<u64> = s
-                .split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            Some(v.get(1)? - v.first()? + 1)
-        });
-    if let Some(p) = ports {
-        if connections + 100 > p {
-            connections = p.saturating_sub(100);
-            let why = format!(
-                "only {p} ephemeral ports (net.ipv4.ip_local_port_range), so {connections} connections"
-            );
-            println!("NOTE: {why}");
-            notes.push(why);
-        }
-    }
+    let ConnectionBudget {
+        mut connections,
+        soft,
+        mut notes,
+    } = connection_budget(requested, TENANTS as u64, FD_SLACK);
 
     eprintln!("starting a throwaway cluster…");
     let pg = LocalPg::start().expect("start Postgres");
@@ -392,19 +280,7 @@ fn main() {
     let port = free_port();
     let exe = env!("CARGO_BIN_EXE_sluice");
     let server_need = connections + FD_SLACK;
-    let mut command = if soft < server_need {
-        let mut c = Command::new("sh");
-        c.args([
-            "-c",
-            r#"ulimit -n "$(ulimit -H -n)" 2>/dev/null; exec "$0" serve"#,
-            exe,
-        ]);
-        c
-    } else {
-        let mut c = Command::new(exe);
-        c.arg("serve");
-        c
-    };
+    let mut command = serve_command(exe, soft, server_need);
     common::sluice_env(
         &mut command,
         &pg.url(&db),
@@ -430,7 +306,7 @@ fn main() {
         if let Some(status) = sluice.exited() {
             panic!("sluice exited early: {status}");
         }
-        if matches!(rt.block_on(http_get(port, "/readyz")), Ok((200, _))) {
+        if matches!(rt.block_on(http_get_async(port, "/readyz")), Ok((200, _))) {
             break;
         }
         assert!(Instant::now() < deadline, "sluice not ready within 60 s");
@@ -534,7 +410,7 @@ fn main() {
         let mut last = 0.0;
         while Instant::now() < deadline {
             last = rt
-                .block_on(metric(port, "sluice_hub_live_subscribers"))
+                .block_on(metric_async(port, "sluice_hub_live_subscribers"))
                 .unwrap_or(0.0);
             if last >= n as f64 {
                 break;
@@ -638,7 +514,7 @@ fn main() {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             let open = rt
-                .block_on(metric(port, "sluice_subscribers{transport=\"sse\"}"))
+                .block_on(metric_async(port, "sluice_subscribers{transport=\"sse\"}"))
                 .unwrap_or(f64::NAN);
             if open == 0.0 {
                 break;

@@ -260,33 +260,16 @@ impl Bench<'_> {
     /// Commits rows `first_id ..` at `rate` a second, spread over the
     /// writers in turn; the rate achieved.
     fn write_at_rate(&self, rate: u64, total: i64, first_id: i64) -> f64 {
-        let (writers, tenants) = (self.clients.len() as i64, self.tenants);
-        let started = Instant::now();
-        self.rt.block_on(async {
-            let mut tasks = Vec::new();
-            for (w, client) in self.clients.iter().enumerate() {
-                let client = client.clone();
-                tasks.push(tokio::spawn(async move {
-                    let stmt = client.prepare(INSERT).await.expect("prepare the insert");
-                    let t0 = tokio::time::Instant::now();
-                    let mut i = w as i64;
-                    while i < total {
-                        let due = t0 + Duration::from_secs_f64(i as f64 / rate as f64);
-                        tokio::time::sleep_until(due).await;
-                        let id = first_id + i;
-                        client
-                            .execute(&stmt, &[&id, &tenant_of(id, tenants)])
-                            .await
-                            .expect("insert a row");
-                        i += writers;
-                    }
-                }));
-            }
-            for t in tasks {
-                t.await.expect("writer task");
-            }
-        });
-        total as f64 / started.elapsed().as_secs_f64()
+        let tenants = self.tenants;
+        common::write_at_rate(
+            self.rt,
+            self.clients,
+            INSERT,
+            rate,
+            total,
+            first_id,
+            Arc::new(move |id| tenant_of(id, tenants)),
+        )
     }
 
     /// Every writer commits single-row INSERTs as fast as it can for

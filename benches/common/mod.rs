@@ -1,10 +1,16 @@
 #![allow(dead_code)]
 //! Helpers shared by the benchmark programs: argument parsing, psql, clocks
 //! and ports, /proc readers, RFC 3339 timestamp parsing, chunked-encoding
-//! and SSE decoding, a child-process guard, and latency percentiles.
+//! and SSE decoding, async HTTP GETs and `/metrics` samples, open-files
+//! limits for many connections, a child-process guard, single-row writers
+//! at a steady rate, and latency percentiles.
 
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use localpg::LocalPg;
 
@@ -361,13 +367,28 @@ pub fn sluice_env(
     state_url: Option<&str>,
     listen: &str,
 ) {
+    sluice_env_tables(
+        cmd,
+        source_url,
+        state_url,
+        listen,
+        r#"[{table="public.bench", tenant_column="tenant"}]"#,
+    );
+}
+
+/// [`sluice_env`] capturing `tables` (the `source.postgres.tables` TOML
+/// array) instead of the `bench` table.
+pub fn sluice_env_tables(
+    cmd: &mut std::process::Command,
+    source_url: &str,
+    state_url: Option<&str>,
+    listen: &str,
+    tables: &str,
+) {
     cmd.env("SLUICE_SOURCE_POSTGRES_URL", source_url)
         .env("SLUICE_SOURCE_POSTGRES_SLOT", "sluice_slot")
         .env("SLUICE_SOURCE_POSTGRES_PUBLICATION", "bench_pub")
-        .env(
-            "SLUICE_SOURCE_POSTGRES_TABLES",
-            r#"[{table="public.bench", tenant_column="tenant"}]"#,
-        )
+        .env("SLUICE_SOURCE_POSTGRES_TABLES", tables)
         .env("SLUICE_HTTP_LISTEN", listen)
         .env("SLUICE_LOG", "warn")
         .envs(
@@ -473,4 +494,209 @@ pub fn machine_cpu() -> Option<(u64, u64)> {
 
 pub fn open_fds(pid: u32) -> Option<usize> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+// ------------------------------------------------------- HTTP over tokio
+
+/// Reads a response head: (status, chunked?, the bytes after the head).
+pub async fn read_head(sock: &mut TcpStream) -> Result<(u16, bool, Vec<u8>), String> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 2048];
+    loop {
+        let n = sock
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("connection closed before the response headers".to_owned());
+        }
+        head.extend_from_slice(&buf[..n]);
+        if let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            let text = String::from_utf8_lossy(&head[..p + 4]).to_ascii_lowercase();
+            let status = text
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let chunked = text.contains("transfer-encoding: chunked");
+            return Ok((status, chunked, head[p + 4..].to_vec()));
+        }
+    }
+}
+
+/// `GET path` with `Connection: close`: (status, body).
+pub async fn http_get_async(port: u16, path: &str) -> Result<(u16, String), String> {
+    let mut sock = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    sock.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .map_err(|e| format!("write: {e}"))?;
+    let (status, chunked, mut rest) = read_head(&mut sock).await?;
+    sock.read_to_end(&mut rest)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    let body = if chunked {
+        let mut body = Vec::new();
+        Dechunker::default().feed(&rest, &mut |b| body.extend_from_slice(b));
+        body
+    } else {
+        rest
+    };
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A sample of the server's metrics (the line `name value`, no labels);
+/// None when `/metrics` does not answer within 10 s or has no such line.
+pub async fn metric_async(port: u16, name: &str) -> Option<f64> {
+    let (status, body) =
+        tokio::time::timeout(Duration::from_secs(10), http_get_async(port, "/metrics"))
+            .await
+            .ok()?
+            .ok()?;
+    if status != 200 {
+        return None;
+    }
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+// ------------------------------------------- open files for many sockets
+
+/// How many connections a benchmark can open, and why fewer than asked.
+pub struct ConnectionBudget {
+    pub connections: u64,
+    /// This process's soft open-files limit, after raising it.
+    pub soft: u64,
+    pub notes: Vec<String>,
+}
+
+/// Raises this process's open-files soft limit to the hard limit when
+/// `requested + slack` files need it (util-linux's prlimit: there is no
+/// libc here), then caps `requested` (at least `floor`) by that limit and
+/// by the ephemeral port range. Prints what it found and did.
+pub fn connection_budget(requested: u64, floor: u64, slack: u64) -> ConnectionBudget {
+    let mut notes = Vec::new();
+    let need = requested + slack;
+    let (mut soft, hard) = nofile("self").expect("read /proc/self/limits");
+    println!(
+        "bench process: open files limit soft {} hard {} (need about {need})",
+        show_limit(soft),
+        show_limit(hard)
+    );
+    if soft < need && hard > soft {
+        let pid = std::process::id().to_string();
+        let h = show_limit(hard);
+        let ok = Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={h}:{h}")])
+            .status()
+            .is_ok_and(|s| s.success());
+        soft = nofile("self").map_or(soft, |l| l.0);
+        println!(
+            "bench process: raised the soft limit to the hard limit with prlimit: {} (now {})",
+            if ok { "done" } else { "failed" },
+            show_limit(soft)
+        );
+    }
+    let mut connections = requested;
+    if soft < need {
+        connections = soft.saturating_sub(slack).max(floor);
+        let why = format!(
+            "this process may open only {} files (hard limit {}), so {connections} connections are opened instead of {requested}",
+            show_limit(soft),
+            show_limit(hard)
+        );
+        println!("NOTE: {why}");
+        notes.push(why);
+    }
+    if let Some(p) = ephemeral_ports() {
+        if connections + 100 > p {
+            connections = p.saturating_sub(100);
+            let why = format!(
+                "only {p} ephemeral ports (net.ipv4.ip_local_port_range), so {connections} connections"
+            );
+            println!("NOTE: {why}");
+            notes.push(why);
+        }
+    }
+    ConnectionBudget {
+        connections,
+        soft,
+        notes,
+    }
+}
+
+/// The size of net.ipv4.ip_local_port_range.
+pub fn ephemeral_ports() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let v: Vec<u64> = s
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    Some(v.get(1)? - v.first()? + 1)
+}
+
+/// `exe serve`, with its open-files soft limit raised to the hard limit
+/// through the shell when `soft` (ours, which it inherits) is below `need`.
+pub fn serve_command(exe: &str, soft: u64, need: u64) -> Command {
+    if soft < need {
+        let mut c = Command::new("sh");
+        c.args([
+            "-c",
+            r#"ulimit -n "$(ulimit -H -n)" 2>/dev/null; exec "$0" serve"#,
+            exe,
+        ]);
+        c
+    } else {
+        let mut c = Command::new(exe);
+        c.arg("serve");
+        c
+    }
+}
+
+// ---------------------------------------------------------------- writers
+
+/// Commits rows `first_id .. first_id + total` at `rate` a second, one
+/// single-row transaction each: `insert` with `$1` the row id and `$2`
+/// `text_of(id)`. The writers (one per client) take the rows in turn.
+/// Returns the rate achieved.
+pub fn write_at_rate(
+    rt: &tokio::runtime::Runtime,
+    clients: &[Arc<tokio_postgres::Client>],
+    insert: &str,
+    rate: u64,
+    total: i64,
+    first_id: i64,
+    text_of: Arc<dyn Fn(i64) -> String + Send + Sync>,
+) -> f64 {
+    let writers = clients.len() as i64;
+    let started = Instant::now();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for (w, client) in clients.iter().enumerate() {
+            let (client, insert, text_of) = (client.clone(), insert.to_owned(), text_of.clone());
+            tasks.push(tokio::spawn(async move {
+                let stmt = client.prepare(&insert).await.expect("prepare the insert");
+                let t0 = tokio::time::Instant::now();
+                let mut i = w as i64;
+                while i < total {
+                    let due = t0 + Duration::from_secs_f64(i as f64 / rate as f64);
+                    tokio::time::sleep_until(due).await;
+                    let id = first_id + i;
+                    client
+                        .execute(&stmt, &[&id, &text_of(id)])
+                        .await
+                        .expect("insert a row");
+                    i += writers;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("writer task");
+        }
+    });
+    total as f64 / started.elapsed().as_secs_f64()
 }
