@@ -299,6 +299,11 @@ pub const KEYS: &[Key] = &[
         "2",
         "how often open streams re-check that their key is still valid",
     ),
+    Key::list(
+        "policies",
+        "[] (none: every credential sees its whole tenant)",
+        "access policies: `[{role=\"member\", table=\"public.todos\", rows={field=\"new.owner_id\", op=\"eq\", claim=\"sub\"}, columns=[\"id\", \"title\"]}]` (also `collection`, `topics`, `subscribe`, `publish`, `hide_columns`; see Access policies)",
+    ),
 ];
 
 /// The kind of the key at `path` (`Str` for a path that is not a key).
@@ -422,6 +427,10 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     #[serde(default)]
     pub ws: WsConfig,
+    /// Access policies (`[[policies]]`); none: every credential of a
+    /// tenant sees all of it.
+    #[serde(default)]
+    pub policies: Vec<PolicyConfig>,
 }
 
 /// A key's default from [`KEYS`], read at compile time: a path that is not
@@ -658,6 +667,39 @@ impl TableConfig {
     }
 }
 
+/// One `[[policies]]` entry as configured.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// `anon`, `service`, or a custom role.
+    pub role: String,
+    /// A captured table, `schema.table`.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// A MongoDB collection, `database.collection`.
+    #[serde(default)]
+    pub collection: Option<String>,
+    /// Custom-event topic globs (`custom/chat.*`).
+    #[serde(default)]
+    pub topics: Option<Vec<String>>,
+    /// Whether the role receives these events (default true).
+    #[serde(default = "default_true")]
+    pub subscribe: bool,
+    /// Whether the role may publish custom events on `topics` (default
+    /// false; only with `topics`).
+    #[serde(default)]
+    pub publish: bool,
+    /// Row predicate: a filter object, or its JSON text.
+    #[serde(default)]
+    pub rows: Option<serde_json::Value>,
+    /// The only columns the role sees.
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+    /// Columns the role never sees.
+    #[serde(default)]
+    pub hide_columns: Option<Vec<String>>,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
@@ -782,7 +824,48 @@ impl Config {
             })
     }
 
+    /// The captured tables (`schema.table`).
+    pub fn captured_tables(&self) -> Vec<String> {
+        self.source
+            .postgres
+            .as_ref()
+            .map(|p| p.tables.iter().map(|t| t.table.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The captured MongoDB collections (`database.collection`).
+    pub fn captured_collections(&self) -> Vec<String> {
+        self.source
+            .mongo
+            .iter()
+            .flat_map(|m| {
+                m.collections
+                    .iter()
+                    .map(move |c| format!("{}.{}", m.database, c.collection))
+            })
+            .collect()
+    }
+
+    /// The compiled access policies (validated when the config was read).
+    pub(crate) fn compiled_policies(&self) -> Result<crate::policy::Policies, ConfigError> {
+        crate::policy::Policies::compile(
+            &self.policies,
+            &self.captured_tables(),
+            &self.captured_collections(),
+        )
+        .map_err(|e| ConfigError::Key {
+            key: e.key,
+            message: e.message,
+        })
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_keys()?;
+        // Last: policies name tables and collections checked above.
+        self.compiled_policies().map(|_| ())
+    }
+
+    fn validate_keys(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.state.url {
             check_url("state.url", url)?;
         }

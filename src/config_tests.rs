@@ -234,6 +234,43 @@ fn invalid_values_are_explained() {
 }
 
 #[test]
+fn policies_come_from_toml_and_the_environment_and_fail_naming_the_key() {
+    let toml = format!(
+        "{GOOD}\n[[policies]]\nrole = \"member\"\ntable = \"public.orders\"\nrows = {{ field = \"new.owner_id\", op = \"eq\", claim = \"sub\" }}\nhide_columns = [\"secret\"]\n"
+    );
+    let c = load(&toml, &[]).expect("valid");
+    assert_eq!(c.policies.len(), 1);
+    assert_eq!(c.policies[0].hide_columns, Some(vec!["secret".to_owned()]));
+    let p = c.compiled_policies().expect("compiles");
+    assert_eq!(p.custom_roles(), vec!["member".to_owned()]);
+    let err = load(
+        GOOD,
+        &[(
+            "SLUICE_POLICIES",
+            r#"[{role="member", table="public.invoices"}]"#,
+        )],
+    )
+    .expect_err("not captured");
+    assert_eq!(
+        err.to_string(),
+        "config key `policies[0].table`: \"public.invoices\" is not a captured table; captured: public.orders"
+    );
+    let err = load(
+        GOOD,
+        &[(
+            "SLUICE_POLICIES",
+            r#"[{role="member", table="public.orders", rows={field="owner_id", op="like", claim="sub"}}]"#,
+        )],
+    )
+    .expect_err("bad operator");
+    assert!(
+        err.to_string()
+            .starts_with("config key `policies[0].rows`: filter.op: unknown operator \"like\""),
+        "{err}"
+    );
+}
+
+#[test]
 fn readme_lists_every_key_with_its_env_var_and_default() {
     let readme = include_str!("../README.md");
     for &Key {
@@ -332,6 +369,9 @@ fn every_key_has_a_kind_and_env_name() {
             Kind::Str if key.ends_with("schedule") => "0s,1s",
             Kind::TableList if key == "source.mongo" => {
                 r#"[{name="m", uri="mongodb://h/?replicaSet=rs0", database="app", collections=[{collection="c", tenant_field="t"}]}]"#
+            }
+            Kind::TableList if key == "policies" => {
+                r#"[{role="member", table="public.orders", rows={field="new.owner_id", op="eq", claim="sub"}}]"#
             }
             Kind::TableList => r#"[{table="a.b", tenant_column="t"}]"#,
             Kind::Str if key.ends_with("url") => "postgres://u@h/d",

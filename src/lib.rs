@@ -32,6 +32,7 @@ pub mod log;
 pub(crate) mod metrics;
 pub mod pgconn;
 pub mod pipeline;
+pub(crate) mod policy;
 pub mod server;
 pub mod source;
 pub(crate) mod sql;

@@ -192,9 +192,14 @@ pub async fn start_with(
     {
         tracing::info!(action = %line, "setup");
     }
-    let findings = setup::check(&source_client, &pg)
+    let mut findings = setup::check(&source_client, &pg)
         .await
         .map_err(|e| PipelineError::Setup(e.into()))?;
+    findings.extend(
+        crate::policy::catalog::check(&source_client, config)
+            .await
+            .map_err(|e| PipelineError::Setup(e.into()))?,
+    );
     let blocking: Vec<Finding> = setup::blocking(&findings).into_iter().cloned().collect();
     if !blocking.is_empty() {
         return Err(PipelineError::Preflight(blocking));

@@ -134,8 +134,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Server
         ),
         None => None,
     };
-    // policies: custom roles
-    let auth = Arc::new(Authenticator::new(&state_url, &config.auth, &[]).await?);
+    let policies = Arc::new(config.compiled_policies().map_err(PipelineError::from)?);
+    let auth =
+        Arc::new(Authenticator::new(&state_url, &config.auth, &policies.custom_roles()).await?);
     let streams = CancellationToken::new();
     let state = AppState {
         config: config.clone(),
@@ -153,6 +154,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Server
         outbox: shared.outbox.clone(),
         webhook_metrics: Arc::default(),
         publish_pool: pool(&config.postgres().map_err(PipelineError::from)?.url, 4)?,
+        policies,
     };
     let dispatcher = crate::webhooks::dispatch::Dispatcher::new(
         // Asynchronous commit: a dispatcher write lost to a Postgres crash

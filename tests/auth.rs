@@ -66,7 +66,8 @@ async fn authenticator_with_roles(
     custom_roles: &[&str],
 ) -> Authenticator {
     let roles: Vec<String> = custom_roles.iter().map(|r| (*r).to_owned()).collect();
-    // policies: custom roles (tests name them here, not through config.policies)
+    // The roles a config's policies would name (the server takes them from
+    // config.policies; these tests exercise the authenticator alone).
     Authenticator::new(&db.url, &config(db, extra).auth, &roles)
         .await
         .expect("authenticator starts")

@@ -37,18 +37,24 @@ fn timestamp(t: &DateTime<Utc>) -> String {
 
 /// The key's privilege and custom role from `--role`: a built-in role, or
 /// a custom role, whose privilege is anon.
-pub fn parse_role(arg: &str) -> Result<(Role, Option<String>), AuthError> {
+/// `custom_roles` are those the config's policies name: a key with any
+/// other custom role could never be used (it is refused when presented).
+pub fn parse_role(arg: &str, custom_roles: &[String]) -> Result<(Role, Option<String>), AuthError> {
     let arg = arg.trim();
     if let Some(role) = Role::parse(arg) {
         return Ok((role, None));
     }
-    // policies: custom roles — accept only the custom roles of the loaded
-    // config's policies; until they exist, any well-shaped name.
     auth::keys::check_custom_role(arg).map_err(|_| {
         AuthError::InvalidKeyRequest(format!(
             "--role {arg:?}: expected anon, service, admin or a custom role (a lower-case letter, then a-z, 0-9, `_`, `-`)"
         ))
     })?;
+    if !custom_roles.iter().any(|r| r == arg) {
+        return Err(AuthError::InvalidKeyRequest(format!(
+            "--role {arg:?}: no access policy names this custom role (the config's policies name: {}); add a [[policies]] entry with role = {arg:?}",
+            if custom_roles.is_empty() { "none".to_owned() } else { custom_roles.join(", ") }
+        )));
+    }
     Ok((Role::Anon, Some(arg.to_owned())))
 }
 
@@ -128,7 +134,12 @@ pub async fn create(
     claims: &[String],
     claims_json: &[String],
 ) -> Result<(), CliError> {
-    let (role, custom_role) = parse_role(&role)?;
+    let loaded = Config::from_process(config)?;
+    let custom_roles = loaded
+        .compiled_policies()
+        .map(|p| p.custom_roles())
+        .unwrap_or_default();
+    let (role, custom_role) = parse_role(&role, &custom_roles)?;
     let claims = parse_claims(claims, claims_json)?;
     let tenant = match (role, tenant) {
         (Role::Admin, Some(_)) => {
@@ -398,14 +409,23 @@ mod tests {
 
     #[test]
     fn roles_are_built_in_or_custom_anon() {
-        assert_eq!(parse_role("service").unwrap(), (Role::Service, None));
-        assert_eq!(parse_role(" anon ").unwrap(), (Role::Anon, None));
+        let custom = ["member".to_owned()];
         assert_eq!(
-            parse_role("member").unwrap(),
+            parse_role("service", &custom).unwrap(),
+            (Role::Service, None)
+        );
+        assert_eq!(parse_role(" anon ", &[]).unwrap(), (Role::Anon, None));
+        assert_eq!(
+            parse_role("member", &custom).unwrap(),
             (Role::Anon, Some("member".to_owned()))
         );
+        let err = parse_role("viewer", &custom).unwrap_err().to_string();
+        assert!(
+            err.contains("(the config's policies name: member)"),
+            "{err}"
+        );
         for bad in ["Owner", "", "2x", "a b", "root!"] {
-            let err = parse_role(bad).unwrap_err().to_string();
+            let err = parse_role(bad, &custom).unwrap_err().to_string();
             assert!(err.starts_with("--role"), "{bad}: {err}");
             assert!(err.contains("custom role"), "{bad}: {err}");
         }

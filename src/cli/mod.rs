@@ -317,6 +317,14 @@ pub async fn check(config: Option<&Path>) -> Result<(), CliError> {
             doing: "running the preflight checks",
             source: e.into(),
         })?;
+    findings.extend(
+        crate::policy::catalog::check(&client, &config)
+            .await
+            .map_err(|e| CliError::Doing {
+                doing: "checking the access policies",
+                source: e.into(),
+            })?,
+    );
     match log::connect(config.state_url()?).await {
         Ok(state) => {
             findings.extend(

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crate::event::{Committed, TenantId};
 use crate::hub::{Hub, Subscription};
 use crate::log::{self, LogQuery, ReadScope};
-use crate::subscription::Selector;
+use crate::policy::Access;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FollowError {
@@ -44,7 +44,7 @@ pub struct Follower {
     hub: Arc<Hub>,
     pool: deadpool_postgres::Pool,
     tenant: TenantId,
-    selector: Arc<Selector>,
+    access: Arc<Access>,
     /// The next seq this follower may deliver.
     next: i64,
     page: i64,
@@ -65,7 +65,7 @@ impl Follower {
         pool: deadpool_postgres::Pool,
         durable: tokio::sync::watch::Receiver<Arc<crate::log::Durable>>,
         tenant: TenantId,
-        selector: Arc<Selector>,
+        access: Arc<Access>,
         start: Start,
         page: i64,
     ) -> Follower {
@@ -80,7 +80,7 @@ impl Follower {
             hub,
             pool,
             tenant,
-            selector,
+            access,
             next,
             page: page.max(1),
             buffer: VecDeque::new(),
@@ -145,10 +145,8 @@ impl Follower {
                 Mode::CatchUp { registered } => {
                     self.next = self.next.max(self.scanned);
                     if registered.is_none() {
-                        *registered = Some(
-                            self.hub
-                                .subscribe(self.tenant.clone(), self.selector.clone()),
-                        );
+                        *registered =
+                            Some(self.hub.subscribe(self.tenant.clone(), self.access.clone()));
                     }
                     // The durable head is published before the hub publishes,
                     // so if it has not reached `next` since we registered,
@@ -230,8 +228,9 @@ impl Follower {
             self.scanned = self.scanned.max(last.seq + 1);
         }
         for row in rows {
-            if self.selector.matches(&row.topic, || row.data()) {
-                self.buffer.push_back(Arc::new(row));
+            // The same policy and selector as the live path applies.
+            if let Some(shown) = self.access.admit_one(&Arc::new(row)) {
+                self.buffer.push_back(shown);
             }
         }
         Ok(exhausted)

@@ -25,7 +25,7 @@ use crate::event::TenantId;
 use crate::hub::Hub;
 use crate::log::Durable;
 use crate::metrics::HttpMetrics;
-use crate::subscription::Selector;
+use crate::policy::Access;
 use follow::{Follower, Start};
 
 /// What every stream needs from the process: where to read the log, the
@@ -46,14 +46,14 @@ pub struct Streams {
 }
 
 impl Streams {
-    /// A follower of `tenant`'s events matching `selector` from `start`.
-    pub fn follower(&self, tenant: TenantId, selector: Arc<Selector>, start: Start) -> Follower {
+    /// A follower of `tenant`'s events as `access` shows them, from `start`.
+    pub fn follower(&self, tenant: TenantId, access: Arc<Access>, start: Start) -> Follower {
         Follower::new(
             self.hub.clone(),
             self.pool.clone(),
             self.durable.clone(),
             tenant,
-            selector,
+            access,
             start,
             self.page_limit,
         )

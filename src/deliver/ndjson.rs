@@ -23,7 +23,7 @@ use super::Streams;
 use crate::auth::{CredentialEnd, CredentialWatch};
 use crate::event::{Committed, TenantId};
 use crate::log::{self, LogQuery, ReadScope};
-use crate::subscription::Selector;
+use crate::policy::Access;
 
 /// Which of a tenant's events a list, export or tail returns.
 pub struct EventRange {
@@ -36,15 +36,17 @@ pub struct EventRange {
     pub limit: Option<i64>,
     /// Only these event types.
     pub types: Option<Vec<String>>,
-    pub selector: Selector,
+    /// The credential's policy and the request's selector.
+    pub access: Access,
     pub since: Option<chrono::DateTime<chrono::Utc>>,
     pub until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl EventRange {
-    /// Whether a row the log returned is one the selector asks for.
-    pub fn keeps(&self, e: &Committed) -> bool {
-        self.selector.matches(&e.topic, || e.data())
+    /// A row the log returned as this request sees it, if it does (its
+    /// policy, then its selector).
+    pub fn shows(&self, e: &Committed) -> Option<Arc<Committed>> {
+        self.access.admit_one(&Arc::new(e.clone()))
     }
 
     /// The log read of this range's next `limit` rows from `from`.
@@ -117,8 +119,8 @@ pub fn export(
                     break;
                 }
                 req.from = r.seq + 1;
-                if req.keeps(r) {
-                    out.extend_from_slice(&r.body);
+                if let Some(shown) = req.shows(r) {
+                    out.extend_from_slice(&shown.body);
                     out.push(b'\n');
                     remaining = remaining.map(|n| n - 1);
                 }
@@ -153,7 +155,7 @@ pub fn tail(
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
     let follower = streams.follower(
         req.tenant.clone(),
-        Arc::new(req.selector),
+        Arc::new(req.access),
         Start::At(req.from),
     );
     let now = tokio::time::Instant::now();

@@ -53,6 +53,8 @@ pub struct WsContext {
     pub revocation_check: Duration,
     /// The captured tables (`schema.table`), for `table` selectors.
     pub captured_tables: Vec<String>,
+    /// The access policies every subscription and publish is held to.
+    pub policies: Arc<crate::policy::Policies>,
 }
 
 struct Session {
@@ -313,11 +315,16 @@ impl Session {
         selector: crate::subscription::Selector,
         from: Option<i64>,
     ) -> Result<String, ProtocolError> {
-        let Some((_, tenant)) = &self.who else {
+        let Some((identity, tenant)) = &self.who else {
             return Err(
                 ProtocolError::new(code::NOT_AUTHENTICATED, "authenticate first").with_id(id),
             );
         };
+        let viewer = self.ctx.policies.viewer(identity);
+        if let Err(why) = crate::policy::check_selector(&viewer, &selector, &identity.policy_role) {
+            return Err(ProtocolError::new(code::FORBIDDEN, why).with_id(id));
+        }
+        let access = Arc::new(crate::policy::Access { viewer, selector });
         if self.subs.contains_key(&id) {
             return Err(ProtocolError::new(
                 code::DUPLICATE_ID,
@@ -348,11 +355,10 @@ impl Session {
                 return Err(ProtocolError::gap(&id, g.requested, g.oldest));
             }
         }
-        let follower = self.ctx.streams.follower(
-            tenant.clone(),
-            Arc::new(selector),
-            from.map_or(Start::Live, Start::At),
-        );
+        let follower =
+            self.ctx
+                .streams
+                .follower(tenant.clone(), access, from.map_or(Start::Live, Start::At));
         let ack = proto::subscribed_frame(&id);
         self.pending = Some((id, follower));
         Ok(ack)
@@ -370,10 +376,27 @@ impl Session {
                 "authenticate first",
             ));
         };
-        if identity.role < Role::Service {
+        // Service publishes anywhere no policy says otherwise; anon and
+        // custom roles only where a topics policy allows publishing.
+        let topic = format!("custom/{event}");
+        let viewer = self.ctx.policies.viewer(identity);
+        let allowed = if viewer.is_open() {
+            identity.role >= Role::Service
+        } else {
+            viewer.may_publish(&topic)
+        };
+        if !allowed {
             return Err(ProtocolError::new(
                 code::FORBIDDEN,
-                "publishing needs a service key (this connection's credential is anon)",
+                if identity.role < Role::Service && viewer.is_open() {
+                    "publishing needs a service key (this connection's credential is anon)"
+                        .to_owned()
+                } else {
+                    format!(
+                        "role {:?} may not publish on {topic}: no access policy with publish = true covers it",
+                        identity.policy_role
+                    )
+                },
             ));
         }
         let seq = publish::publish(&self.ctx.publisher, tenant, event, data, subject)

@@ -20,7 +20,11 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Only an admin credential passes; no other query parameter is accepted.
-async fn admin(state: &AppState, headers: &HeaderMap, raw: Option<&str>) -> Result<(), ApiError> {
+pub(super) async fn admin(
+    state: &AppState,
+    headers: &HeaderMap,
+    raw: Option<&str>,
+) -> Result<(), ApiError> {
     let p = params::Params::parse(raw, &["apikey"], state.config.http.max_query_bytes)?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let (token, from) = auth::extract(p.one("apikey")?, header("apikey"), header("authorization"))?;

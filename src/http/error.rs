@@ -43,6 +43,18 @@ impl ApiError {
         }
     }
 
+    /// 403 `forbidden`: the credential is valid but its access policy
+    /// does not allow this.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "forbidden",
+            param: None,
+            message: message.into(),
+            extra: None,
+        }
+    }
+
     pub fn gap(requested: i64, oldest: i64) -> ApiError {
         ApiError {
             status: StatusCode::GONE,

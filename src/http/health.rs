@@ -226,6 +226,16 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             None,
             load(&state.hub.stats.delivered),
         ),
+        (
+            metrics::HUB_PUBLISHED,
+            None,
+            load(&state.hub.stats.published),
+        ),
+        (
+            metrics::HUB_PUBLISH_SECONDS,
+            None,
+            load(&state.hub.stats.publish_nanos) / 1e9,
+        ),
         (metrics::SSE_EVENTS, None, load(&state.metrics.sse_events)),
         (
             metrics::SUBSCRIBERS,
@@ -413,6 +423,16 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             metrics::HUB_DELIVERED,
             "counter",
             "events handed to live subscribers",
+        ),
+        (
+            metrics::HUB_PUBLISHED,
+            "counter",
+            "committed events the hub routed to its subscribers",
+        ),
+        (
+            metrics::HUB_PUBLISH_SECONDS,
+            "counter",
+            "time the hub spent routing events (access policies included)",
         ),
         (
             metrics::SSE_EVENTS,

@@ -14,6 +14,7 @@ mod extract;
 pub mod health;
 pub mod ndjson;
 pub mod params;
+pub mod policies;
 pub mod sse;
 mod state;
 pub mod webhooks;
@@ -34,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(webhooks::router())
         .merge(backfills::router())
+        .merge(policies::router())
         .merge(ws::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -113,7 +113,7 @@ async fn list(
         to: p.seq("to")?,
         limit,
         types: (!types.is_empty()).then_some(types),
-        selector,
+        access: state.access(&identity, selector)?,
         since: p.time("since")?,
         until: p.time("until")?,
     };
@@ -174,7 +174,7 @@ async fn page(state: &AppState, req: &EventRange) -> Result<Response, ApiError> 
         let exhausted = (rows.len() as i64) < want;
         scanned += rows.len() as i64;
         for r in &rows {
-            if req.keeps(r) {
+            if let Some(shown) = req.shows(r) {
                 if events == limit {
                     // Full: this row starts the next page.
                     break 'pages;
@@ -183,7 +183,7 @@ async fn page(state: &AppState, req: &EventRange) -> Result<Response, ApiError> 
                     body.push(b',');
                 }
                 events += 1;
-                body.extend_from_slice(&r.body);
+                body.extend_from_slice(&shown.body);
             }
             next_from = r.seq + 1;
         }
@@ -206,8 +206,8 @@ async fn one(
     Path(seq): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let (_p, _identity, tenant) =
-        request(&state, &headers, raw.as_deref(), &[], Role::Anon).await?;
+    let (_p, identity, tenant) = request(&state, &headers, raw.as_deref(), &[], Role::Anon).await?;
+    let access = state.access(&identity, crate::subscription::Selector::default())?;
     let seq: i64 = match seq.parse() {
         Ok(n) if n >= 1 => n,
         _ => {
@@ -228,12 +228,16 @@ async fn one(
         .await
         .map_err(|e| ApiError::unavailable("the log", &e))?;
     // Another tenant's event is "not found", not "forbidden": its existence is not ours to tell.
-    let Some(row) = rows.into_iter().next() else {
+    // An event the credential's policy hides is just as absent.
+    let Some(row) = rows
+        .into_iter()
+        .find_map(|r| access.admit_one(&std::sync::Arc::new(r)))
+    else {
         return Err(ApiError::not_found(format!(
             "no event {seq} for this tenant"
         )));
     };
-    let mut resp = Body::from(row.body).into_response();
+    let mut resp = Body::from(row.body.clone()).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -260,8 +264,13 @@ async fn stats(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let (p, _identity, tenant) =
+    let (p, identity, tenant) =
         request(&state, &headers, raw.as_deref(), &["window"], Role::Anon).await?;
+    if !state.policies.viewer(&identity).is_open() && identity.role < Role::Service {
+        return Err(ApiError::forbidden(
+            "stats count every event of the tenant; with access policies configured they need a service key",
+        ));
+    }
     let secs = match p.one("window")? {
         None => 86_400,
         Some(w) => window(w).ok_or_else(|| {

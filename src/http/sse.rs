@@ -88,7 +88,7 @@ pub async fn open(
     raw_query: Option<&str>,
 ) -> Result<SseSession, ApiError> {
     let (params, identity, tenant) = request(state, headers, raw_query, PARAMS, Role::Anon).await?;
-    let selector = Arc::new(params.selector(&state.captured_tables())?);
+    let access = Arc::new(state.access(&identity, params.selector(&state.captured_tables())?)?);
     let mode = frame_mode(&params)?;
     let start = start(headers, &params)?;
     if let Start::At(from) = start {
@@ -101,7 +101,7 @@ pub async fn open(
         }
     }
     let streams = state.streams();
-    let follower = streams.follower(tenant, selector, start);
+    let follower = streams.follower(tenant, access, start);
     let credential = state.auth.watch(
         &identity,
         Duration::from_secs(state.config.auth.revocation_check_secs),

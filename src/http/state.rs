@@ -39,6 +39,8 @@ pub struct AppState {
     pub webhook_metrics: Arc<crate::webhooks::dispatch::WebhookMetrics>,
     /// Connections to the source database, for publishing custom events.
     pub publish_pool: deadpool_postgres::Pool,
+    /// The access policies (compiled from `config.policies`).
+    pub policies: Arc<crate::policy::Policies>,
 }
 
 impl AppState {
@@ -62,12 +64,22 @@ impl AppState {
 
     /// The captured tables (`schema.table`).
     pub fn captured_tables(&self) -> Vec<String> {
-        self.config
-            .source
-            .postgres
-            .as_ref()
-            .map(|p| p.tables.iter().map(|t| t.table.clone()).collect())
-            .unwrap_or_default()
+        self.config.captured_tables()
+    }
+
+    /// What `identity` sees of what `selector` asks for: its policy, then
+    /// the selector. A 403 when the policy lets nothing through at all, or
+    /// the selector names a table or collection the policy denies it (an
+    /// empty stream would look like a quiet table).
+    pub fn access(
+        &self,
+        identity: &crate::auth::Identity,
+        selector: crate::subscription::Selector,
+    ) -> Result<crate::policy::Access, super::ApiError> {
+        let viewer = self.policies.viewer(identity);
+        crate::policy::check_selector(&viewer, &selector, &identity.policy_role)
+            .map_err(super::ApiError::forbidden)?;
+        Ok(crate::policy::Access { viewer, selector })
     }
 
     /// The log's last seq now.

@@ -35,6 +35,7 @@ fn context(state: &AppState) -> WsContext {
         config: state.config.ws.clone(),
         revocation_check: Duration::from_secs(state.config.auth.revocation_check_secs),
         captured_tables: state.captured_tables(),
+        policies: state.policies.clone(),
     }
 }
 

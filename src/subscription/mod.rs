@@ -51,6 +51,21 @@ impl Selector {
             Some(f) => data().is_some_and(|d| f.matches(&d)),
         }
     }
+
+    /// [`Selector::matches`] over borrowed data.
+    pub fn matches_ref<'a>(
+        &self,
+        topic: &str,
+        data: impl FnOnce() -> Option<&'a serde_json::Value>,
+    ) -> bool {
+        if !self.matches_topic(topic) {
+            return false;
+        }
+        match &self.filter {
+            None => true,
+            Some(f) => data().is_some_and(|d| f.matches(d)),
+        }
+    }
 }
 
 /// Shortcut used by the `table=` query parameter: `public.orders` → glob

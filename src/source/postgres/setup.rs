@@ -40,7 +40,7 @@ impl fmt::Display for Finding {
     }
 }
 
-fn finding(
+pub(crate) fn finding(
     status: Status,
     subject: impl Into<String>,
     detail: impl Into<String>,

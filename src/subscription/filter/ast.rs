@@ -15,6 +15,28 @@ pub(super) enum Node {
     And(Vec<Node>),
     Or(Vec<Node>),
     Not(Box<Node>),
+    /// A comparison with a claim of the subscriber's credential, in an
+    /// access policy only; [`Filter::bind`] turns it into a `Compare`.
+    Claim(ClaimComparison),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct ClaimComparison {
+    pub(super) path: FieldPath,
+    pub(super) op: ClaimOp,
+    /// The claim's path in the credential's claims (`sub`, `app.teams`).
+    pub(super) claim: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ClaimOp {
+    Eq,
+    Neq,
+    Order(OrderOp),
+    In,
+    Nin,
+    Prefix,
+    Suffix,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -12,25 +12,45 @@ use super::decimal::Decimal;
 impl Filter {
     /// Whether an event's `data` passes the filter.
     pub fn matches(&self, data: &Value) -> bool {
-        self.root.matches(data)
+        let images = Images {
+            new: data.get("new"),
+            old: data.get("old"),
+        };
+        self.root.matches(&images)
     }
+
+    /// Whether one row passes the filter, `new.` and `old.` paths both
+    /// reading it (a policy's predicate, checked against the row before
+    /// and after a change). `None` (no row) reads every field as missing.
+    pub fn matches_row(&self, row: Option<&Value>) -> bool {
+        self.root.matches(&Images { new: row, old: row })
+    }
+}
+
+/// The row images paths read.
+struct Images<'a> {
+    new: Option<&'a Value>,
+    old: Option<&'a Value>,
 }
 
 static NULL: Value = Value::Null;
 
 impl Node {
-    fn matches(&self, data: &Value) -> bool {
+    fn matches(&self, data: &Images<'_>) -> bool {
         match self {
             Node::Compare(c) => c.matches(data),
             Node::And(children) => children.iter().all(|c| c.matches(data)),
             Node::Or(children) => children.iter().any(|c| c.matches(data)),
             Node::Not(inner) => !inner.matches(data),
+            // Never evaluated unbound: `bind` replaces every claim, and a
+            // policy is only applied bound. Denying is the safe answer.
+            Node::Claim(_) => false,
         }
     }
 }
 
 impl Comparison {
-    fn matches(&self, data: &Value) -> bool {
+    fn matches(&self, data: &Images<'_>) -> bool {
         let field = self.path.resolve(data);
         match &self.test {
             Test::Eq(v) => json_eq(field.unwrap_or(&NULL), v),
@@ -60,12 +80,11 @@ impl Comparison {
 }
 
 impl FieldPath {
-    fn resolve<'a>(&self, data: &'a Value) -> Option<&'a Value> {
-        let image = match self.image {
-            Image::New => "new",
-            Image::Old => "old",
+    fn resolve<'a>(&self, data: &Images<'a>) -> Option<&'a Value> {
+        let mut cur = match self.image {
+            Image::New => data.new?,
+            Image::Old => data.old?,
         };
-        let mut cur = data.as_object()?.get(image)?;
         for step in &self.steps {
             cur = cur.as_object()?.get(step)?;
         }
@@ -74,7 +93,7 @@ impl FieldPath {
 }
 
 /// The decimal of a number or numeric string.
-fn numeric(v: &Value) -> Option<Decimal<'_>> {
+pub(super) fn numeric(v: &Value) -> Option<Decimal<'_>> {
     match v {
         Value::Number(n) => Decimal::parse(n.as_str()),
         Value::String(s) => Decimal::parse(s),
@@ -84,7 +103,7 @@ fn numeric(v: &Value) -> Option<Decimal<'_>> {
 
 /// `eq`: exact decimal equality when both sides are numeric, else JSON
 /// equality.
-fn json_eq(a: &Value, b: &Value) -> bool {
+pub(super) fn json_eq(a: &Value, b: &Value) -> bool {
     match (numeric(a), numeric(b)) {
         (Some(x), Some(y)) => x.cmp(&y) == Ordering::Equal,
         _ => a == b,

@@ -70,6 +70,7 @@
 //! ```
 
 mod ast;
+mod bind;
 mod decimal;
 mod eval;
 mod parse;

@@ -8,7 +8,9 @@ use serde_json::{Map, Value};
 
 use crate::event::json::kind_of;
 
-use super::ast::{Comparison, FieldPath, Filter, Image, Node, OrderOp, Test};
+use super::ast::{
+    ClaimComparison, ClaimOp, Comparison, FieldPath, Filter, Image, Node, OrderOp, Test,
+};
 use super::{
     MAX_CHILDREN, MAX_DEPTH, MAX_FILTER_BYTES, MAX_IN_VALUES, MAX_NODES, MAX_PATH_STEPS,
     MAX_STEP_BYTES,
@@ -67,6 +69,16 @@ pub enum FilterError {
     TooDeep { at: String },
     #[error("{at}: filter has more than {MAX_NODES} nodes (comparisons plus and/or/not)")]
     TooManyNodes { at: String },
+    #[error("{at}: \"claim\" compares with the subscriber's credential and only an access policy's `rows` may use it; a subscription's filter gives a \"value\"")]
+    ClaimOutsidePolicy { at: String },
+    #[error("{at}: give either \"value\" or \"claim\", not both")]
+    ValueAndClaim { at: String },
+    #[error("{at}: {problem}")]
+    InvalidClaim { at: String, problem: String },
+    #[error("{at}: operator \"is_null\" takes a value (true or false), not a claim")]
+    IsNullClaim { at: String },
+    #[error("{at}: a policy's row predicate is about the row as it is (after an insert or update, before a delete); write \"new.<column>\" or \"<column>\", not {path:?}")]
+    OldInPolicy { at: String, path: String },
 }
 
 /// What is wrong with a `field` path.
@@ -91,14 +103,27 @@ impl Filter {
     /// WebSocket subscribe message). The same limits apply as for
     /// [`Filter::parse_str`], the size being that of compact JSON.
     pub fn parse(v: &Value) -> Result<Filter, FilterError> {
+        Filter::parse_with(v, false)
+    }
+
+    /// Validates an access policy's row predicate: a filter whose
+    /// comparisons may give `"claim": "<path>"` (a claim of the
+    /// subscriber's credential) in place of `"value"`, and whose paths
+    /// read the row (`new.`; `old.` is refused). [`Filter::bind`] gives it
+    /// a credential's claims.
+    pub fn parse_policy(v: &Value) -> Result<Filter, FilterError> {
+        Filter::parse_with(v, true)
+    }
+
+    fn parse_with(v: &Value, policy: bool) -> Result<Filter, FilterError> {
         let mut limit = LimitWriter {
             left: MAX_FILTER_BYTES,
         };
         if serde_json::to_writer(&mut limit, v).is_err() {
             return Err(FilterError::TooLarge);
         }
-        let mut nodes = 0;
-        let root = parse_node(v, &Path::root(), 1, &mut nodes)?;
+        let mut cx = Cx { nodes: 0, policy };
+        let root = parse_node(v, &Path::root(), 1, &mut cx)?;
         Ok(Filter { root })
     }
 
@@ -136,6 +161,13 @@ impl io::Write for LimitWriter {
     }
 }
 
+/// What parsing carries along: the node count and whether this is a
+/// policy (claims allowed, `old.` refused).
+struct Cx {
+    nodes: usize,
+    policy: bool,
+}
+
 /// The location inside the filter, for error messages.
 struct Path(String);
 
@@ -164,14 +196,14 @@ impl fmt::Display for Path {
 }
 
 const BOOLEAN_KEYS: [&str; 3] = ["and", "or", "not"];
-const COMPARISON_KEYS: [&str; 3] = ["field", "op", "value"];
+const COMPARISON_KEYS: [&str; 4] = ["field", "op", "value", "claim"];
 
-fn parse_node(v: &Value, at: &Path, depth: usize, nodes: &mut usize) -> Result<Node, FilterError> {
+fn parse_node(v: &Value, at: &Path, depth: usize, cx: &mut Cx) -> Result<Node, FilterError> {
     if depth > MAX_DEPTH {
         return Err(FilterError::TooDeep { at: at.0.clone() });
     }
-    *nodes += 1;
-    if *nodes > MAX_NODES {
+    cx.nodes += 1;
+    if cx.nodes > MAX_NODES {
         return Err(FilterError::TooManyNodes { at: at.0.clone() });
     }
     let obj = match v {
@@ -191,8 +223,8 @@ fn parse_node(v: &Value, at: &Path, depth: usize, nodes: &mut usize) -> Result<N
     };
     let boolean = BOOLEAN_KEYS.iter().find(|k| obj.contains_key(**k));
     match boolean {
-        Some(&op) => parse_boolean(obj, op, at, depth, nodes),
-        None => parse_comparison(obj, at),
+        Some(&op) => parse_boolean(obj, op, at, depth, cx),
+        None => parse_comparison(obj, at, cx.policy),
     }
 }
 
@@ -201,7 +233,7 @@ fn parse_boolean(
     op: &'static str,
     at: &Path,
     depth: usize,
-    nodes: &mut usize,
+    cx: &mut Cx,
 ) -> Result<Node, FilterError> {
     for key in obj.keys() {
         if key == op {
@@ -238,7 +270,7 @@ fn parse_boolean(
     };
     if op == "not" {
         let child = at.child("not");
-        let inner = parse_node(arg, &child, depth + 1, nodes)?;
+        let inner = parse_node(arg, &child, depth + 1, cx)?;
         return Ok(Node::Not(Box::new(inner)));
     }
     let Value::Array(items) = arg else {
@@ -260,7 +292,7 @@ fn parse_boolean(
     let mut children = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let child = at.index(op, i);
-        children.push(parse_node(item, &child, depth + 1, nodes)?);
+        children.push(parse_node(item, &child, depth + 1, cx)?);
     }
     Ok(if op == "and" {
         Node::And(children)
@@ -269,7 +301,11 @@ fn parse_boolean(
     })
 }
 
-fn parse_comparison(obj: &Map<String, Value>, at: &Path) -> Result<Node, FilterError> {
+fn parse_comparison(
+    obj: &Map<String, Value>,
+    at: &Path,
+    policy: bool,
+) -> Result<Node, FilterError> {
     if let Some(key) = obj.keys().find(|k| !COMPARISON_KEYS.contains(&k.as_str())) {
         return Err(FilterError::UnknownKey {
             at: at.0.clone(),
@@ -283,6 +319,17 @@ fn parse_comparison(obj: &Map<String, Value>, at: &Path) -> Result<Node, FilterE
             key,
         })
     };
+    if let Some(claim) = obj.get("claim") {
+        if !policy {
+            return Err(FilterError::ClaimOutsidePolicy {
+                at: at.key("claim"),
+            });
+        }
+        if obj.contains_key("value") {
+            return Err(FilterError::ValueAndClaim { at: at.0.clone() });
+        }
+        return parse_claim_comparison(get("field")?, get("op")?, claim, at);
+    }
     let (field, op, value) = (get("field")?, get("op")?, get("value")?);
 
     let Value::String(field) = field else {
@@ -296,6 +343,12 @@ fn parse_comparison(obj: &Map<String, Value>, at: &Path) -> Result<Node, FilterE
         at: at.key("field"),
         problem,
     })?;
+    if policy && path.image == Image::Old {
+        return Err(FilterError::OldInPolicy {
+            at: at.key("field"),
+            path: field.clone(),
+        });
+    }
 
     let Value::String(op) = op else {
         return Err(FilterError::WrongType {
@@ -346,6 +399,98 @@ fn parse_comparison(obj: &Map<String, Value>, at: &Path) -> Result<Node, FilterE
         }
     };
     Ok(Node::Compare(Comparison { path, test }))
+}
+
+/// `{"field": …, "op": …, "claim": "<path>"}` of a policy.
+fn parse_claim_comparison(
+    field: &Value,
+    op: &Value,
+    claim: &Value,
+    at: &Path,
+) -> Result<Node, FilterError> {
+    let Value::String(field_text) = field else {
+        return Err(FilterError::WrongType {
+            at: at.key("field"),
+            expected: "a path string such as \"new.owner_id\"",
+            found: kind_of(field),
+        });
+    };
+    let path = parse_path(field_text).map_err(|problem| FilterError::InvalidPath {
+        at: at.key("field"),
+        problem,
+    })?;
+    if path.image == Image::Old {
+        return Err(FilterError::OldInPolicy {
+            at: at.key("field"),
+            path: field_text.clone(),
+        });
+    }
+    let Value::String(op_text) = op else {
+        return Err(FilterError::WrongType {
+            at: at.key("op"),
+            expected: "an operator name such as \"eq\"",
+            found: kind_of(op),
+        });
+    };
+    let op = match op_text.as_str() {
+        "eq" => ClaimOp::Eq,
+        "neq" => ClaimOp::Neq,
+        "lt" => ClaimOp::Order(OrderOp::Lt),
+        "lte" => ClaimOp::Order(OrderOp::Lte),
+        "gt" => ClaimOp::Order(OrderOp::Gt),
+        "gte" => ClaimOp::Order(OrderOp::Gte),
+        "in" => ClaimOp::In,
+        "nin" => ClaimOp::Nin,
+        "prefix" => ClaimOp::Prefix,
+        "suffix" => ClaimOp::Suffix,
+        "is_null" => return Err(FilterError::IsNullClaim { at: at.key("op") }),
+        _ => {
+            return Err(FilterError::UnknownOperator {
+                at: at.key("op"),
+                op: op_text.clone(),
+            })
+        }
+    };
+    let Value::String(claim_text) = claim else {
+        return Err(FilterError::WrongType {
+            at: at.key("claim"),
+            expected: "a claim path string such as \"sub\" or \"app_metadata.teams\"",
+            found: kind_of(claim),
+        });
+    };
+    let claim = parse_claim_path(claim_text).map_err(|problem| FilterError::InvalidClaim {
+        at: at.key("claim"),
+        problem,
+    })?;
+    Ok(Node::Claim(ClaimComparison { path, op, claim }))
+}
+
+/// A claim path: 1 to 8 `.`-separated non-empty steps of at most 64 bytes.
+fn parse_claim_path(s: &str) -> Result<Vec<String>, String> {
+    if s.is_empty() {
+        return Err("claim path is empty; expected a claim name such as \"sub\"".into());
+    }
+    let steps: Vec<&str> = s.split('.').collect();
+    if steps.len() > MAX_PATH_STEPS {
+        return Err(format!(
+            "claim path {s:?} has {} steps; the limit is {MAX_PATH_STEPS}",
+            steps.len()
+        ));
+    }
+    for step in &steps {
+        if step.is_empty() {
+            return Err(format!(
+                "claim path {s:?} has an empty step; steps are separated by a single \".\""
+            ));
+        }
+        if step.len() > MAX_STEP_BYTES {
+            return Err(format!(
+                "claim path step {step:?} is {} bytes long; the limit is {MAX_STEP_BYTES} bytes",
+                step.len()
+            ));
+        }
+    }
+    Ok(steps.into_iter().map(str::to_owned).collect())
 }
 
 fn scalar(v: &Value, at: &Path) -> Result<Value, FilterError> {
