@@ -124,7 +124,9 @@ impl Shared {
                 .iter()
                 .map(|m| Arc::new(MongoStatus::new(&m.name)))
                 .collect(),
-            outbox: crate::webhooks::Outbox::new(),
+            outbox: crate::webhooks::Outbox::with_policies(Arc::new(
+                config.compiled_policies().unwrap_or_default(),
+            )),
             durable: watch::channel(Arc::new(Durable::default())).0,
             appended: Arc::default(),
             chunks: Arc::default(),

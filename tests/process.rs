@@ -338,7 +338,14 @@ fn keys_cli_creates_keys_with_claims_and_custom_roles() {
     common::cluster()
         .psql(&db.name, "CREATE TABLE t (id int PRIMARY KEY, tenant text)")
         .expect("ddl");
-    let config = write_config(dir.path(), &db, "public.t", "tenant", "");
+    // Custom roles are those the access policies name.
+    let config = write_config(
+        dir.path(),
+        &db,
+        "public.t",
+        "tenant",
+        "[[policies]]\nrole = \"member\"\ntable = \"public.t\"\n",
+    );
     let keys = |args: &[&str]| run(sluice().arg("--config").arg(&config).arg("keys").args(args));
     let out = keys(&[
         "create",
@@ -409,6 +416,10 @@ fn keys_cli_creates_keys_with_claims_and_custom_roles() {
                 "sub=1",
             ][..],
             r#"claim "sub" is given twice"#,
+        ),
+        (
+            &["--role", "viewer"][..],
+            r#"--role "viewer": no access policy names this custom role (the config's policies name: member)"#,
         ),
     ] {
         let out = keys(&[&["create", "--tenant", "acme"][..], args].concat());

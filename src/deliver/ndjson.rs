@@ -191,10 +191,18 @@ struct Tail {
 }
 
 impl Tail {
+    /// Whether `types` selects the event; like the log reads, by its
+    /// stored type (a policy's `row.entered`/`row.left` are stored
+    /// `row.updated`; `doc.entered`/`doc.left` an update or replace).
     fn wants(&self, event_type: &str) -> bool {
+        let stored: &[&str] = match event_type {
+            "row.entered" | "row.left" => &["row.updated"],
+            "doc.entered" | "doc.left" => &["doc.updated", "doc.replaced"],
+            other => &[other][..],
+        };
         self.types
             .as_ref()
-            .is_none_or(|t| t.iter().any(|t| t == event_type))
+            .is_none_or(|t| t.iter().any(|t| stored.contains(&t.as_str())))
     }
 
     /// The next line to write; `None` once the tail is over.

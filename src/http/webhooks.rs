@@ -64,6 +64,12 @@ struct CreateBody {
     rate_limit: Option<RateLimit>,
     #[serde(default)]
     ordered: bool,
+    /// The role of the access policies the endpoint receives events as.
+    #[serde(default)]
+    role: Option<String>,
+    /// The claims that role's row predicates compare with.
+    #[serde(default)]
+    claims: Option<Value>,
 }
 
 fn yes() -> bool {
@@ -85,6 +91,10 @@ struct PatchBody {
     #[serde(default, deserialize_with = "present")]
     rate_limit: Option<Value>,
     ordered: Option<bool>,
+    /// `null` puts the endpoint back to service.
+    #[serde(default, deserialize_with = "present")]
+    role: Option<Value>,
+    claims: Option<Value>,
 }
 
 /// A member that is present (even as `null`) is `Some`.
@@ -137,6 +147,46 @@ fn check_filter(filter: &Option<Value>) -> Result<(), ApiError> {
             .map(|_| ())
             .map_err(|e| ApiError::bad_param("filter", e.to_string())),
     }
+}
+
+/// A role for an endpoint: anon, service, or a custom role the policies
+/// name; never admin.
+fn check_role(state: &AppState, role: &str) -> Result<(), ApiError> {
+    match crate::auth::Role::parse(role) {
+        Some(crate::auth::Role::Admin) => Err(ApiError::bad_param(
+            "role",
+            "an endpoint acts for its tenant: anon, service or a custom role, never admin",
+        )),
+        Some(_) => Ok(()),
+        None if state.policies.custom_roles().iter().any(|r| r == role) => Ok(()),
+        None => Err(ApiError::bad_param(
+            "role",
+            format!(
+                "{role:?} is not a role: expected anon, service or a custom role of the access policies ({})",
+                match state.policies.custom_roles() {
+                    r if r.is_empty() => "none configured".to_owned(),
+                    r => r.join(", "),
+                }
+            ),
+        )),
+    }
+}
+
+/// An endpoint's claims: a JSON object of at most 4 KiB.
+fn check_claims(claims: &Value) -> Result<(), ApiError> {
+    if !claims.is_object() {
+        return Err(ApiError::bad_param(
+            "claims",
+            format!(
+                "expected an object of claims, got {}",
+                crate::event::json::kind_of(claims)
+            ),
+        ));
+    }
+    if claims.to_string().len() > 4096 {
+        return Err(ApiError::bad_param("claims", "at most 4096 bytes of JSON"));
+    }
+    Ok(())
 }
 
 fn check_description(d: &str) -> Result<(), ApiError> {
@@ -213,6 +263,11 @@ async fn create(
     check_topics(&b.topics)?;
     check_filter(&b.filter)?;
     check_description(&b.description)?;
+    if let Some(r) = &b.role {
+        check_role(&state, r)?;
+    }
+    let claims = b.claims.clone().unwrap_or_else(|| json!({}));
+    check_claims(&claims)?;
     let max_attempts = match b.max_attempts {
         Some(n) => n,
         None => i32::try_from(state.config.webhooks.max_attempts).unwrap_or(MAX_ATTEMPTS_LIMIT),
@@ -227,8 +282,8 @@ async fn create(
         .query_one(
             &format!(
                 "INSERT INTO sluice.webhooks (id, tenant, url, topics, filter, description, enabled,
-                     max_attempts, rate_per_second, rate_burst, ordered, secret)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                     max_attempts, rate_per_second, rate_burst, ordered, secret, role, claims)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
                  RETURNING {COLUMNS}"
             ),
             &[
@@ -244,6 +299,8 @@ async fn create(
                 &rate.map(|r| r.1),
                 &b.ordered,
                 &secret,
+                &b.role,
+                &claims,
             ],
         )
         .await
@@ -342,12 +399,33 @@ async fn update(
     if let Some(ordered) = b.ordered {
         e.ordered = ordered;
     }
+    match b.role {
+        None => {}
+        Some(Value::Null) => e.role = None,
+        Some(Value::String(r)) => {
+            check_role(&state, &r)?;
+            e.role = Some(r);
+        }
+        Some(other) => {
+            return Err(ApiError::bad_param(
+                "role",
+                format!(
+                    "expected a role name or null, got {}",
+                    crate::event::json::kind_of(&other)
+                ),
+            ))
+        }
+    }
+    if let Some(claims) = b.claims {
+        check_claims(&claims)?;
+        e.claims = claims;
+    }
     let row = client
         .query_opt(
             &format!(
                 "UPDATE sluice.webhooks SET url = $3, topics = $4, filter = $5, description = $6,
                      enabled = $7, disabled_reason = $8, max_attempts = $9, rate_per_second = $10,
-                     rate_burst = $11, ordered = $12, updated_at = now()
+                     rate_burst = $11, ordered = $12, role = $13, claims = $14, updated_at = now()
                  WHERE id = $1 AND tenant = $2
                  RETURNING {COLUMNS}"
             ),
@@ -364,6 +442,8 @@ async fn update(
                 &e.rate_per_second,
                 &e.rate_burst,
                 &e.ordered,
+                &e.role,
+                &e.claims,
             ],
         )
         .await
@@ -585,7 +665,7 @@ async fn replay(
             e.param = Some("from_seq".to_owned());
             return Err(e);
         }
-        let selector = endpoint.selector().ok_or_else(|| {
+        let access = endpoint.access(&state.policies).ok_or_else(|| {
             ApiError::bad_param("filter", "the endpoint's filter no longer parses")
         })?;
         let scope = ReadScope::Tenant(tenant.clone());
@@ -607,7 +687,11 @@ async fn replay(
             next = last.seq + 1;
             let seqs: Vec<i64> = page
                 .iter()
-                .filter(|e| selector.matches(&e.topic, || e.data()))
+                .filter(|e| {
+                    access
+                        .admit_one(&std::sync::Arc::new((*e).clone()))
+                        .is_some()
+                })
                 .map(|e| e.seq)
                 .collect();
             total += enqueue(&client, &id, &seqs).await?;

@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "key_claims",
         include_str!("../../sql/009_key_claims.sql"),
     ),
+    (
+        10,
+        "webhook_role",
+        include_str!("../../sql/010_webhook_role.sql"),
+    ),
 ];
 
 const MIGRATE_LOCK_KEY: i64 = 0x51_75_1C_E0_00_02;

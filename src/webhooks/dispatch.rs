@@ -316,14 +316,25 @@ impl Dispatcher {
             .map_err(|e| e.to_string())?;
         let committed: HashMap<i64, i64> =
             events.iter().map(|e| (e.seq, e.commit_micros)).collect();
-        let bodies: HashMap<i64, Bytes> = events.into_iter().map(|e| (e.seq, e.body)).collect();
+        let events: HashMap<i64, Arc<crate::event::Committed>> =
+            events.into_iter().map(|e| (e.seq, Arc::new(e))).collect();
         let endpoint_ids: Vec<&str> = claimed.iter().map(|c| &*c.endpoint).collect();
         let targets = load_targets(&**client, &endpoint_ids).await?;
         drop(client);
         for c in claimed {
             let this = self.clone();
             let tx = tx.clone();
-            let body = bodies.get(&c.seq).cloned();
+            // An endpoint with a role gets the event as that role sees it
+            // (hidden columns removed, `row.left`/`row.entered`); one the
+            // role no longer sees (the policies changed) has no body.
+            let body = events
+                .get(&c.seq)
+                .and_then(|e| match snapshot.get(&c.endpoint) {
+                    Some(endpoint) if !endpoint.access.viewer.is_open() => {
+                        endpoint.access.admit_one(e).map(|shown| shown.body.clone())
+                    }
+                    _ => Some(e.body.clone()),
+                });
             let target = targets.get(&*c.endpoint).cloned();
             let commit_micros = committed.get(&c.seq).copied().unwrap_or(0);
             tokio::spawn(async move {
@@ -358,7 +369,7 @@ impl Dispatcher {
         };
         let (Some(target), Some(body)) = (target, body) else {
             out.error = Some(format!(
-                "event {} is no longer in the log (pruned by retention) or its endpoint was deleted",
+                "event {} is no longer in the log (pruned by retention), its endpoint was deleted, or the endpoint's role no longer sees it",
                 c.seq
             ));
             return out;

@@ -34,9 +34,17 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// An outbox with no access policies (every endpoint receives its
+    /// tenant's events whole).
     pub fn new() -> Outbox {
+        Outbox::with_policies(Arc::default())
+    }
+
+    /// An outbox whose endpoints are held to `policies` (an endpoint with a
+    /// role receives what that role may see).
+    pub(crate) fn with_policies(policies: Arc<crate::policy::Policies>) -> Outbox {
         Outbox {
-            endpoints: Endpoints::new(),
+            endpoints: Endpoints::new(policies),
             notify: Arc::new(Notify::new()),
         }
     }
@@ -56,7 +64,17 @@ impl Outbox {
         let mut seqs: Vec<i64> = Vec::new();
         for (seq, tenant, event) in events {
             let data = || serde_json::from_str(event.data.get()).ok();
-            for endpoint in snapshot.matching(tenant, &event.topic, data) {
+            let committed = || {
+                Arc::new(crate::event::Committed {
+                    seq: *seq,
+                    tenant: (*tenant).clone(),
+                    topic: event.topic.clone(),
+                    event_type: event.event_type.clone(),
+                    body: bytes::Bytes::from(event.envelope_json(*seq, tenant)),
+                    commit_micros: event.time_micros,
+                })
+            };
+            for endpoint in snapshot.matching(tenant, &event.topic, data, committed) {
                 ids.push(&endpoint.id);
                 seqs.push(*seq);
             }

@@ -12,13 +12,15 @@ use std::sync::{Arc, RwLock};
 use serde_json::{json, Value};
 use tokio_postgres::{GenericClient, Row};
 
-use crate::event::TenantId;
+use crate::auth::{Identity, Role};
+use crate::event::{Committed, TenantId};
+use crate::policy::{Access, EventView, Policies};
 use crate::subscription::{Filter, Selector, TopicGlob};
 
 /// The columns `Endpoint::from_row` reads, in order.
 pub const COLUMNS: &str = "id, tenant, url, topics, filter, description, enabled, disabled_reason, \
      max_attempts, rate_per_second, rate_burst, ordered, secret, previous_secret, previous_expires, \
-     created_at, updated_at";
+     created_at, updated_at, role, claims";
 
 /// One endpoint as stored.
 #[derive(Debug, Clone)]
@@ -40,6 +42,11 @@ pub struct Endpoint {
     pub previous_expires: Option<chrono::DateTime<chrono::Utc>>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// The role of the access policies it receives events as (None:
+    /// service).
+    pub role: Option<String>,
+    /// The claims that role's row predicates compare with (an object).
+    pub claims: Value,
 }
 
 impl Endpoint {
@@ -62,6 +69,8 @@ impl Endpoint {
             previous_expires: r.get(14),
             created_at: r.get(15),
             updated_at: r.get(16),
+            role: r.get(17),
+            claims: r.get(18),
         }
     }
 
@@ -82,6 +91,8 @@ impl Endpoint {
             "max_attempts": self.max_attempts,
             "rate_limit": rate,
             "ordered": self.ordered,
+            "role": self.role.as_deref().unwrap_or("service"),
+            "claims": self.claims,
             "previous_secret_expires_at": self.previous_expires.map(|t| t.to_rfc3339()),
             "created_at": self.created_at.to_rfc3339(),
             "updated_at": self.updated_at.to_rfc3339(),
@@ -103,13 +114,41 @@ impl Endpoint {
         };
         Some(Selector { topics, filter })
     }
+
+    /// What the endpoint receives: its role's policy (with its claims),
+    /// then its topics and filter.
+    pub fn access(&self, policies: &Policies) -> Option<Access> {
+        let tenant = TenantId::new(&self.tenant).ok()?;
+        let role_name = self.role.as_deref().unwrap_or("service");
+        let role = match Role::parse(role_name) {
+            Some(Role::Admin) => return None,
+            Some(r) => r,
+            None => Role::Anon,
+        };
+        let claims = match &self.claims {
+            Value::Object(m) => m.clone(),
+            _ => serde_json::Map::new(),
+        };
+        let identity = Identity {
+            tenant: Some(tenant),
+            role,
+            policy_role: role_name.into(),
+            claims: Arc::new(claims),
+            credential: crate::auth::CredentialId::ApiKey { id: 0 },
+        };
+        Some(Access {
+            viewer: policies.viewer(&identity),
+            selector: self.selector()?,
+        })
+    }
 }
 
 /// An enabled endpoint as the appender and dispatcher need it.
 #[derive(Debug)]
 pub struct Compiled {
     pub id: Arc<str>,
-    pub selector: Selector,
+    /// Its role's policy, then its topics and filter.
+    pub access: Access,
     pub ordered: bool,
     pub max_attempts: i32,
     /// (per second, burst)
@@ -130,23 +169,40 @@ impl Snapshot {
     }
 
     /// The endpoints of `tenant` that want an event of `topic` (its `data`
-    /// parsed only if a filter asks).
+    /// parsed only if a filter asks; the committed event built only if an
+    /// endpoint's policy must look at it).
     pub fn matching<'a>(
         &'a self,
         tenant: &TenantId,
         topic: &str,
         data: impl Fn() -> Option<Value>,
+        committed: impl Fn() -> Arc<Committed>,
     ) -> Vec<&'a Arc<Compiled>> {
         let Some(list) = self.by_tenant.get(tenant) else {
             return Vec::new();
         };
         let mut parsed: Option<Option<Value>> = None;
-        list.iter()
-            .filter(|e| {
-                e.selector
+        let mut built: Option<Arc<Committed>> = None;
+        let mut out = Vec::new();
+        for e in list {
+            let wanted = if e.access.viewer.is_open() {
+                e.access
+                    .selector
                     .matches(topic, || parsed.get_or_insert_with(&data).clone())
-            })
-            .collect()
+            } else {
+                let event = built.get_or_insert_with(&committed);
+                e.access.admit(&mut EventView::new(event)).is_some()
+            };
+            if wanted {
+                out.push(e);
+            }
+        }
+        out
+    }
+
+    /// The endpoint `id`, if enabled.
+    pub fn get(&self, id: &str) -> Option<&Arc<Compiled>> {
+        self.all().find(|e| *e.id == *id)
     }
 }
 
@@ -154,15 +210,18 @@ impl Snapshot {
 #[derive(Debug, Default)]
 pub struct Endpoints {
     current: RwLock<Arc<Snapshot>>,
+    /// The access policies endpoints with a role are held to.
+    policies: Arc<Policies>,
 }
 
 impl Endpoints {
-    pub fn new() -> Arc<Endpoints> {
+    pub fn new(policies: Arc<Policies>) -> Arc<Endpoints> {
         Arc::new(Endpoints {
             current: RwLock::new(Arc::new(Snapshot {
                 version: -1,
                 by_tenant: HashMap::new(),
             })),
+            policies,
         })
     }
 
@@ -195,7 +254,8 @@ impl Endpoints {
         let mut by_tenant: HashMap<TenantId, Vec<Arc<Compiled>>> = HashMap::new();
         for row in &rows {
             let e = Endpoint::from_row(row);
-            let (Ok(tenant), Some(selector)) = (TenantId::new(&e.tenant), e.selector()) else {
+            let (Ok(tenant), Some(access)) = (TenantId::new(&e.tenant), e.access(&self.policies))
+            else {
                 tracing::warn!(endpoint = %e.id, "webhook endpoint no longer parses; skipping it");
                 continue;
             };
@@ -208,7 +268,7 @@ impl Endpoints {
                 .or_default()
                 .push(Arc::new(Compiled {
                     id: e.id.into(),
-                    selector,
+                    access,
                     ordered: e.ordered,
                     max_attempts: e.max_attempts,
                     rate,
