@@ -35,6 +35,24 @@ const POLICIES: &str = r#"[
 const TODOS: &str = "CREATE TABLE todos (id int PRIMARY KEY, tenant text NOT NULL, owner_id text, team_id text, title text, secret text);
      ALTER TABLE todos REPLICA IDENTITY FULL;";
 
+/// A database holding `todos` and a server with the policies on it.
+async fn todos(
+    prefix: &str,
+) -> (
+    TestDb,
+    sluice::server::Server,
+    tokio_util::sync::CancellationToken,
+) {
+    let db = TestDb::new(prefix);
+    db.client()
+        .await
+        .batch_execute(TODOS)
+        .await
+        .expect("schema");
+    let (server, token) = serve(&db, &[]).await;
+    (db, server, token)
+}
+
 async fn serve(
     db: &TestDb,
     extra: &[(&str, &str)],
@@ -240,13 +258,7 @@ async fn every_user_receives_exactly_what_its_policy_allows() {
     eprintln!("policy isolation seed: {seed} (POLICY_SEED={seed} to repeat)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 
-    let db = TestDb::new("pol_iso");
-    db.client()
-        .await
-        .batch_execute(TODOS)
-        .await
-        .expect("schema");
-    let (server, token) = serve(&db, &[]).await;
+    let (db, server, token) = todos("pol_iso").await;
     let addr = server.addr;
 
     let teams = ["red", "green", "blue"];
@@ -524,13 +536,7 @@ async fn every_user_receives_exactly_what_its_policy_allows() {
 /// and claims) and on NDJSON exports, JSON pages and single reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_and_exports_of_a_role_are_masked_and_scoped() {
-    let db = TestDb::new("pol_out");
-    db.client()
-        .await
-        .batch_execute(TODOS)
-        .await
-        .expect("schema");
-    let (server, token) = serve(&db, &[]).await;
+    let (db, server, token) = todos("pol_out").await;
     let addr = server.addr;
     let service = common::key(&db, "acme", Role::Service).await;
     let rx = Receiver::ok().await;
@@ -704,13 +710,7 @@ async fn webhooks_and_exports_of_a_role_are_masked_and_scoped() {
 /// outside a publish policy; the admin view of the policies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_policy_does_not_grant_is_refused_with_a_reason() {
-    let db = TestDb::new("pol_refuse");
-    db.client()
-        .await
-        .batch_execute(TODOS)
-        .await
-        .expect("schema");
-    let (server, token) = serve(&db, &[]).await;
+    let (db, server, token) = todos("pol_refuse").await;
     let addr = server.addr;
     let anon = common::key(&db, "acme", Role::Anon).await;
     let r = get(addr, &format!("/v1/events/subscribe?apikey={anon}"), &[]).await;

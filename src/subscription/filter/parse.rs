@@ -332,31 +332,8 @@ fn parse_comparison(
     }
     let (field, op, value) = (get("field")?, get("op")?, get("value")?);
 
-    let Value::String(field) = field else {
-        return Err(FilterError::WrongType {
-            at: at.key("field"),
-            expected: "a path string such as \"new.status\"",
-            found: kind_of(field),
-        });
-    };
-    let path = parse_path(field).map_err(|problem| FilterError::InvalidPath {
-        at: at.key("field"),
-        problem,
-    })?;
-    if policy && path.image == Image::Old {
-        return Err(FilterError::OldInPolicy {
-            at: at.key("field"),
-            path: field.clone(),
-        });
-    }
-
-    let Value::String(op) = op else {
-        return Err(FilterError::WrongType {
-            at: at.key("op"),
-            expected: "an operator name such as \"eq\"",
-            found: kind_of(op),
-        });
-    };
+    let path = parse_field(field, at, policy)?;
+    let op = op_name(op, at)?;
     let value_at = at.child("value");
     let test = match op.as_str() {
         "eq" => Test::Eq(scalar(value, &value_at)?),
@@ -401,6 +378,41 @@ fn parse_comparison(
     Ok(Node::Compare(Comparison { path, test }))
 }
 
+/// A comparison's `field`: a path; in a policy, not of the old row.
+fn parse_field(field: &Value, at: &Path, policy: bool) -> Result<FieldPath, FilterError> {
+    let Value::String(text) = field else {
+        return Err(FilterError::WrongType {
+            at: at.key("field"),
+            expected: "a path string such as \"new.status\"",
+            found: kind_of(field),
+        });
+    };
+    let path = parse_path(text).map_err(|problem| FilterError::InvalidPath {
+        at: at.key("field"),
+        problem,
+    })?;
+    if policy && path.image == Image::Old {
+        return Err(FilterError::OldInPolicy {
+            at: at.key("field"),
+            path: text.clone(),
+        });
+    }
+    Ok(path)
+}
+
+/// A comparison's `op`, as text (checked against the operators by the
+/// caller).
+fn op_name<'a>(op: &'a Value, at: &Path) -> Result<&'a String, FilterError> {
+    match op {
+        Value::String(op) => Ok(op),
+        other => Err(FilterError::WrongType {
+            at: at.key("op"),
+            expected: "an operator name such as \"eq\"",
+            found: kind_of(other),
+        }),
+    }
+}
+
 /// `{"field": …, "op": …, "claim": "<path>"}` of a policy.
 fn parse_claim_comparison(
     field: &Value,
@@ -408,30 +420,8 @@ fn parse_claim_comparison(
     claim: &Value,
     at: &Path,
 ) -> Result<Node, FilterError> {
-    let Value::String(field_text) = field else {
-        return Err(FilterError::WrongType {
-            at: at.key("field"),
-            expected: "a path string such as \"new.owner_id\"",
-            found: kind_of(field),
-        });
-    };
-    let path = parse_path(field_text).map_err(|problem| FilterError::InvalidPath {
-        at: at.key("field"),
-        problem,
-    })?;
-    if path.image == Image::Old {
-        return Err(FilterError::OldInPolicy {
-            at: at.key("field"),
-            path: field_text.clone(),
-        });
-    }
-    let Value::String(op_text) = op else {
-        return Err(FilterError::WrongType {
-            at: at.key("op"),
-            expected: "an operator name such as \"eq\"",
-            found: kind_of(op),
-        });
-    };
+    let path = parse_field(field, at, true)?;
+    let op_text = op_name(op, at)?;
     let op = match op_text.as_str() {
         "eq" => ClaimOp::Eq,
         "neq" => ClaimOp::Neq,
