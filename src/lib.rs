@@ -25,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod deliver;
 pub mod event;
+pub(crate) mod groups;
 pub(crate) mod http;
 pub(crate) mod hub;
 pub(crate) mod leader;

@@ -154,6 +154,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Server
         outbox: shared.outbox.clone(),
         webhook_metrics: Arc::default(),
         publish_pool: pool(&config.postgres().map_err(PipelineError::from)?.url, 4)?,
+        groups: Arc::new(crate::groups::Groups::new(policies.clone())),
         policies,
     };
     let dispatcher = crate::webhooks::dispatch::Dispatcher::new(

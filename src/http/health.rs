@@ -236,6 +236,23 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             None,
             load(&state.hub.stats.publish_nanos) / 1e9,
         ),
+        (
+            metrics::GROUP_DELIVERIES,
+            None,
+            load(&state.groups.metrics.delivered),
+        ),
+        (
+            metrics::GROUP_REDELIVERIES,
+            None,
+            load(&state.groups.metrics.redelivered),
+        ),
+        (metrics::GROUP_ACKS, None, load(&state.groups.metrics.acked)),
+        (
+            metrics::GROUP_NACKS,
+            None,
+            load(&state.groups.metrics.nacked),
+        ),
+        (metrics::GROUP_DEAD, None, load(&state.groups.metrics.dead)),
         (metrics::SSE_EVENTS, None, load(&state.metrics.sse_events)),
         (
             metrics::SUBSCRIBERS,
@@ -433,6 +450,23 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             metrics::HUB_PUBLISH_SECONDS,
             "counter",
             "time the hub spent routing events (access policies included)",
+        ),
+        (
+            metrics::GROUP_DELIVERIES,
+            "counter",
+            "consumer-group events delivered (first and later attempts)",
+        ),
+        (
+            metrics::GROUP_REDELIVERIES,
+            "counter",
+            "consumer-group deliveries that were a second or later attempt",
+        ),
+        (metrics::GROUP_ACKS, "counter", "consumer-group deliveries acknowledged"),
+        (metrics::GROUP_NACKS, "counter", "consumer-group deliveries given back (nack)"),
+        (
+            metrics::GROUP_DEAD,
+            "counter",
+            "consumer-group messages parked as dead letters",
         ),
         (
             metrics::SSE_EVENTS,

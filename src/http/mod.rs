@@ -11,6 +11,7 @@ pub mod conn;
 pub mod cors;
 mod error;
 mod extract;
+pub mod groups;
 pub mod health;
 pub mod ndjson;
 pub mod params;
@@ -36,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .merge(webhooks::router())
         .merge(backfills::router())
         .merge(policies::router())
+        .merge(groups::router())
         .merge(ws::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

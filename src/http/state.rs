@@ -41,6 +41,8 @@ pub struct AppState {
     pub publish_pool: deadpool_postgres::Pool,
     /// The access policies (compiled from `config.policies`).
     pub policies: Arc<crate::policy::Policies>,
+    /// Consumer groups.
+    pub groups: Arc<crate::groups::Groups>,
 }
 
 impl AppState {

@@ -126,7 +126,7 @@ async fn check_url(state: &AppState, raw: &str) -> Result<String, ApiError> {
     Ok(url.to_string())
 }
 
-fn check_topics(topics: &[String]) -> Result<(), ApiError> {
+pub(super) fn check_topics(topics: &[String]) -> Result<(), ApiError> {
     if topics.len() > MAX_TOPICS {
         return Err(ApiError::bad_param(
             "topics",
@@ -140,7 +140,7 @@ fn check_topics(topics: &[String]) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_filter(filter: &Option<Value>) -> Result<(), ApiError> {
+pub(super) fn check_filter(filter: &Option<Value>) -> Result<(), ApiError> {
     match filter {
         None | Some(Value::Null) => Ok(()),
         Some(f) => Filter::parse(f)
@@ -151,7 +151,7 @@ fn check_filter(filter: &Option<Value>) -> Result<(), ApiError> {
 
 /// A role for an endpoint: anon, service, or a custom role the policies
 /// name; never admin.
-fn check_role(state: &AppState, role: &str) -> Result<(), ApiError> {
+pub(super) fn check_role(state: &AppState, role: &str) -> Result<(), ApiError> {
     match crate::auth::Role::parse(role) {
         Some(crate::auth::Role::Admin) => Err(ApiError::bad_param(
             "role",
@@ -173,7 +173,7 @@ fn check_role(state: &AppState, role: &str) -> Result<(), ApiError> {
 }
 
 /// An endpoint's claims: a JSON object of at most 4 KiB.
-fn check_claims(claims: &Value) -> Result<(), ApiError> {
+pub(super) fn check_claims(claims: &Value) -> Result<(), ApiError> {
     if !claims.is_object() {
         return Err(ApiError::bad_param(
             "claims",

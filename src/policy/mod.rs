@@ -200,6 +200,34 @@ impl Policies {
         Viewer::scoped(rules, identity.role == Role::Service)
     }
 
+    /// The viewer of a server-side reader acting as `role` (None: service)
+    /// with `claims` for `tenant`: a webhook endpoint or a consumer group.
+    /// `None` for admin, which no reader of one tenant may act as.
+    pub fn viewer_as(
+        &self,
+        tenant: &crate::event::TenantId,
+        role: Option<&str>,
+        claims: &Value,
+    ) -> Option<Viewer> {
+        let name = role.unwrap_or("service");
+        let privilege = match Role::parse(name) {
+            Some(Role::Admin) => return None,
+            Some(r) => r,
+            None => Role::Anon,
+        };
+        let claims = match claims {
+            Value::Object(m) => m.clone(),
+            _ => serde_json::Map::new(),
+        };
+        Some(self.viewer(&Identity {
+            tenant: Some(tenant.clone()),
+            role: privilege,
+            policy_role: name.into(),
+            claims: Arc::new(claims),
+            credential: crate::auth::CredentialId::ApiKey { id: 0 },
+        }))
+    }
+
     /// The effective policy of every table and collection (and custom
     /// topics) per role, for `sluice check` and `GET /v1/policies`.
     pub fn describe(&self, tables: &[String], collections: &[String]) -> Value {

@@ -12,7 +12,6 @@ use std::sync::{Arc, RwLock};
 use serde_json::{json, Value};
 use tokio_postgres::{GenericClient, Row};
 
-use crate::auth::{Identity, Role};
 use crate::event::{Committed, TenantId};
 use crate::policy::{Access, EventView, Policies};
 use crate::subscription::{Filter, Selector, TopicGlob};
@@ -119,25 +118,8 @@ impl Endpoint {
     /// then its topics and filter.
     pub fn access(&self, policies: &Policies) -> Option<Access> {
         let tenant = TenantId::new(&self.tenant).ok()?;
-        let role_name = self.role.as_deref().unwrap_or("service");
-        let role = match Role::parse(role_name) {
-            Some(Role::Admin) => return None,
-            Some(r) => r,
-            None => Role::Anon,
-        };
-        let claims = match &self.claims {
-            Value::Object(m) => m.clone(),
-            _ => serde_json::Map::new(),
-        };
-        let identity = Identity {
-            tenant: Some(tenant),
-            role,
-            policy_role: role_name.into(),
-            claims: Arc::new(claims),
-            credential: crate::auth::CredentialId::ApiKey { id: 0 },
-        };
         Some(Access {
-            viewer: policies.viewer(&identity),
+            viewer: policies.viewer_as(&tenant, self.role.as_deref(), &self.claims)?,
             selector: self.selector()?,
         })
     }

@@ -1,0 +1,465 @@
+//! Consumer groups, black-box against a real Postgres: receive, ack, nack,
+//! redelivery after ack_wait, dead letters and requeue, seek, ordering by
+//! subject, tenant isolation and bad input; several workers on two Sluice
+//! processes with crashes, every event acknowledged once or dead-lettered.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{key, TestDb, PATIENCE};
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use sluice::auth::Role;
+
+const ITEMS: &str =
+    "CREATE TABLE items (id int, tenant text NOT NULL, n int, PRIMARY KEY (tenant, id));";
+
+#[derive(Clone)]
+struct Api {
+    base: String,
+    key: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(addr: std::net::SocketAddr, key: &str) -> Api {
+        Api {
+            base: format!("http://{addr}"),
+            key: key.to_owned(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(90))
+                .build()
+                .expect("client"),
+        }
+    }
+
+    async fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), reqwest::Error> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("authorization", format!("Bearer {}", self.key));
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text }))
+        };
+        Ok((status, v))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.try_call(reqwest::Method::POST, path, Some(body))
+            .await
+            .expect("request")
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.try_call(reqwest::Method::GET, path, None)
+            .await
+            .expect("request")
+    }
+
+    /// Receives until `n` messages came (or panics after the patience).
+    async fn receive_n(&self, group: &str, n: usize) -> Vec<Value> {
+        let mut out = Vec::new();
+        let start = std::time::Instant::now();
+        while out.len() < n {
+            assert!(
+                start.elapsed() < PATIENCE,
+                "only {} of {n} messages",
+                out.len()
+            );
+            let (s, v) = self
+                .post(
+                    &format!("/v1/groups/{group}/receive"),
+                    json!({"max_messages": n - out.len(), "wait_ms": 5000}),
+                )
+                .await;
+            assert_eq!(s, 200, "{v}");
+            out.extend(v["messages"].as_array().expect("messages").iter().cloned());
+        }
+        out
+    }
+}
+
+async fn serve(db: &TestDb) -> (sluice::server::Server, tokio_util::sync::CancellationToken) {
+    let config = db.config_with(
+        &[("public.items", "tenant")],
+        &[("SLUICE_HTTP_LISTEN", "127.0.0.1:0")],
+    );
+    let token = tokio_util::sync::CancellationToken::new();
+    let server = sluice::server::start(config, token.clone())
+        .await
+        .expect("server starts");
+    (server, token)
+}
+
+async fn insert(db: &TestDb, tenant: &str, ids: std::ops::RangeInclusive<i32>) {
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO items SELECT i, $1, 0 FROM generate_series($2::int, $3::int) i",
+            &[&tenant, ids.start(), ids.end()],
+        )
+        .await
+        .expect("insert");
+}
+
+fn tokens(messages: &[Value]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| m["delivery"].as_str().expect("delivery").to_owned())
+        .collect()
+}
+
+fn seqs(messages: &[Value]) -> Vec<i64> {
+    messages
+        .iter()
+        .map(|m| m["seq"].as_i64().expect("seq"))
+        .collect()
+}
+
+/// The whole lifecycle of one group's messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_ack_nack_redeliver_dead_letter_requeue_and_seek() {
+    let db = TestDb::new("grp_life");
+    db.client()
+        .await
+        .batch_execute(ITEMS)
+        .await
+        .expect("schema");
+    let (server, token) = serve(&db).await;
+    let a = Api::new(server.addr, &key(&db, "a", Role::Service).await);
+    let b = Api::new(server.addr, &key(&db, "b", Role::Service).await);
+    let (s, g) = a
+        .post(
+            "/v1/groups",
+            json!({"name": "work", "topics": ["tables/public.items/*"], "start": "beginning",
+                   "ack_wait_ms": 2000, "max_deliveries": 2}),
+        )
+        .await;
+    assert_eq!(s, 201, "{g}");
+    assert_eq!(g["ordering"], "none");
+    let (s, e) = a.post("/v1/groups", json!({"name": "work"})).await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (409, Some("exists")),
+        "{e}"
+    );
+    // b has a group of the same name: its own.
+    let (s, _) = b
+        .post("/v1/groups", json!({"name": "work", "start": "beginning"}))
+        .await;
+    assert_eq!(s, 201);
+
+    insert(&db, "a", 1..=5).await;
+    insert(&db, "b", 100..=104).await;
+    let got = a.receive_n("work", 5).await;
+    let first = seqs(&got);
+    let t = tokens(&got);
+    // The fourth is worked on for long: its deadline moves a minute out.
+    let (s, _) = a
+        .post(
+            "/v1/groups/work/extend",
+            json!({"deliveries": [t[3]], "ms": 60000}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    for m in &got {
+        assert_eq!(m["attempt"], 1);
+        assert_eq!(m["event"]["tenant"], "a", "{m}");
+    }
+    // Nothing more for now: a short poll comes back empty.
+    let (s, v) = a
+        .post("/v1/groups/work/receive", json!({"wait_ms": 0}))
+        .await;
+    assert_eq!((s, v["messages"].as_array().map(Vec::len)), (200, Some(0)));
+
+    // b's tokens and forged ones are unknown to a's group, alike.
+    let b_got = b.receive_n("work", 5).await;
+    for m in &b_got {
+        assert_eq!(m["event"]["tenant"], "b");
+    }
+    let (s, e) = a
+        .post(
+            "/v1/groups/work/ack",
+            json!({"deliveries": tokens(&b_got[..1])}),
+        )
+        .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (404, Some("unknown_delivery")),
+        "{e}"
+    );
+    let forged = format!("{}.00000000-0000-4000-8000-000000000000", first[0]);
+    let (s2, e2) = a
+        .post("/v1/groups/work/ack", json!({"deliveries": [forged]}))
+        .await;
+    assert_eq!(s2, 404);
+    assert_eq!(
+        e2["error"]["message"], e["error"]["message"],
+        "indistinguishable"
+    );
+    let (s, e) = a
+        .post("/v1/groups/work/ack", json!({"deliveries": ["nope"]}))
+        .await;
+    assert_eq!(
+        (s, e["error"]["param"].as_str()),
+        (400, Some("deliveries[0]")),
+        "{e}"
+    );
+
+    // Ack two, nack one (now), let the fifth expire.
+    let (s, v) = a
+        .post("/v1/groups/work/ack", json!({"deliveries": [t[0], t[1]]}))
+        .await;
+    assert_eq!((s, v["acked"].as_u64()), (200, Some(2)), "{v}");
+    let (s, _) = a
+        .post("/v1/groups/work/ack", json!({"deliveries": [t[0]]}))
+        .await;
+    assert_eq!(s, 404, "an ack counts once");
+    let (s, _) = a
+        .post("/v1/groups/work/nack", json!({"deliveries": [t[2]]}))
+        .await;
+    assert_eq!(s, 200);
+    // The nacked one comes back at once, attempt 2 (kept a minute); the
+    // fifth once its 2 s ran out.
+    let mut again = a.receive_n("work", 1).await;
+    assert_eq!((seqs(&again), again[0]["attempt"].as_i64()), (vec![first[2]], Some(2)));
+    let (s, _) = a
+        .post("/v1/groups/work/extend", json!({"deliveries": tokens(&again)}))
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = a
+        .post("/v1/groups/work/extend", json!({"deliveries": tokens(&again), "ms": 60000}))
+        .await;
+    assert_eq!(s, 200);
+    again.extend(a.receive_n("work", 1).await);
+    assert_eq!(seqs(&again), vec![first[2], first[4]]);
+    assert!(again.iter().all(|m| m["attempt"] == 2));
+    // The old token of a redelivered message is void.
+    let (s, _) = a
+        .post("/v1/groups/work/ack", json!({"deliveries": [t[4]]}))
+        .await;
+    assert_eq!(s, 404);
+    // Second failure of each: max_deliveries = 2, so both are dead.
+    let (s, v) = a
+        .post(
+            "/v1/groups/work/nack",
+            json!({"deliveries": tokens(&again)}),
+        )
+        .await;
+    assert_eq!((s, v["dead"].as_u64()), (200, Some(2)), "{v}");
+    let (s, d) = a.get("/v1/groups/work/dead").await;
+    assert_eq!(s, 200);
+    let dead: Vec<i64> = d["dead"]
+        .as_array()
+        .expect("dead")
+        .iter()
+        .map(|x| x["seq"].as_i64().expect("seq"))
+        .collect();
+    assert_eq!(dead, vec![first[2], first[4]]);
+    assert_eq!(d["dead"][0]["event"]["tenant"], "a");
+    let (_, st) = a.get("/v1/groups/work/stats").await;
+    assert_eq!(st["dead_letters"], 2, "{st}");
+    assert_eq!(st["in_flight"], 1, "{st}");
+    let (s, v) = a
+        .post("/v1/groups/work/dead/requeue", json!({"seqs": [first[2]]}))
+        .await;
+    assert_eq!((s, v["requeued"].as_u64()), (200, Some(1)));
+    let back = a.receive_n("work", 1).await;
+    assert_eq!(
+        (seqs(&back), back[0]["attempt"].as_i64()),
+        (vec![first[2]], Some(1))
+    );
+
+    // Seek back to the first event: everything not yet acknowledged (the
+    // extended and the requeued ones) and the acknowledged ones come again;
+    // tokens from before are void; the dead letter stays parked.
+    let (s, v) = a
+        .post("/v1/groups/work/seek", json!({"seq": first[0]}))
+        .await;
+    assert_eq!((s, v["cursor"].as_i64()), (200, Some(first[0])));
+    let (s, _) = a
+        .post("/v1/groups/work/ack", json!({"deliveries": [t[3]]}))
+        .await;
+    assert_eq!(s, 404, "a seek voids the tokens of before");
+    let replay = a.receive_n("work", 4).await;
+    assert_eq!(
+        seqs(&replay),
+        vec![first[0], first[1], first[2], first[3]],
+        "the dead letter {} stays parked",
+        first[4]
+    );
+    // Seek forward past everything.
+    let (s, v) = a
+        .post(
+            "/v1/groups/work/seek",
+            json!({"time": "2999-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    insert(&db, "a", 6..=6).await;
+    let after = a.receive_n("work", 1).await;
+    assert!(
+        after[0]["seq"].as_i64() > first.last().copied(),
+        "{after:?}"
+    );
+
+    // Bad input.
+    for (body, param) in [
+        (json!({"max_messages": 0}), "max_messages"),
+        (json!({"max_messages": 1001}), "max_messages"),
+        (json!({"wait_ms": -1}), "wait_ms"),
+        (json!({"other": 1}), "body"),
+    ] {
+        let (s, e) = a.post("/v1/groups/work/receive", body.clone()).await;
+        assert_eq!(s, 400, "{body}: {e}");
+        assert!(
+            e["error"]["param"]
+                .as_str()
+                .is_some_and(|p| p.starts_with(param) || param == "body"),
+            "{body}: {e}"
+        );
+    }
+    let (s, e) = a.post("/v1/groups/nope/receive", json!({})).await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (404, Some("unknown_group"))
+    );
+    let (s, e) = a.post("/v1/groups", json!({"name": "x y"})).await;
+    assert_eq!((s, e["error"]["param"].as_str()), (400, Some("name")));
+    let (s, e) = a
+        .post("/v1/groups", json!({"name": "late", "start": {"seq": 0}}))
+        .await;
+    assert_eq!((s, e["error"]["param"].as_str()), (400, Some("start.seq")));
+    let anon = Api::new(server.addr, &key(&db, "a", Role::Anon).await);
+    let (s, _) = anon.get("/v1/groups").await;
+    assert_eq!(s, 403, "groups need a service key");
+    let (s, v) = a.get("/v1/groups").await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        v["groups"].as_array().map(Vec::len),
+        Some(1),
+        "b's group is not listed"
+    );
+    common::stop_server(server, token).await;
+}
+
+/// With ordering by subject, events of one row never overlap in flight and
+/// are acknowledged in seq order, while other rows go in parallel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordering_by_subject_keeps_each_rows_events_in_order() {
+    let db = TestDb::new("grp_order");
+    db.client()
+        .await
+        .batch_execute(ITEMS)
+        .await
+        .expect("schema");
+    let (server, token) = serve(&db).await;
+    let a = Api::new(server.addr, &key(&db, "a", Role::Service).await);
+    let (s, _) = a
+        .post(
+            "/v1/groups",
+            json!({"name": "ord", "start": "beginning", "ordering": "subject", "ack_wait_ms": 60000, "max_deliveries": 100}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    insert(&db, "a", 1..=10).await;
+    let c = db.client().await;
+    for round in 1..=9 {
+        c.execute("UPDATE items SET n = $1 WHERE tenant = 'a'", &[&round])
+            .await
+            .expect("update");
+    }
+    let total = 100;
+    let in_flight: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
+    let acked: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
+    let mut workers = Vec::new();
+    for w in 0..4u64 {
+        let (a, in_flight, acked) = (a.clone(), in_flight.clone(), acked.clone());
+        workers.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(w);
+            loop {
+                if acked.lock().expect("acked").len() >= total {
+                    return;
+                }
+                let (s, v) = a
+                    .post(
+                        "/v1/groups/ord/receive",
+                        json!({"max_messages": 5, "wait_ms": 200}),
+                    )
+                    .await;
+                assert_eq!(s, 200, "{v}");
+                let msgs = v["messages"].as_array().expect("messages").clone();
+                for m in &msgs {
+                    let subject = m["event"]["subject"].as_str().expect("subject").to_owned();
+                    let seq = m["seq"].as_i64().expect("seq");
+                    let prev = in_flight.lock().expect("lock").insert(subject.clone(), seq);
+                    assert!(
+                        prev.is_none(),
+                        "{subject}: {seq} delivered while {prev:?} in flight"
+                    );
+                }
+                for m in &msgs {
+                    let subject = m["event"]["subject"].as_str().expect("subject").to_owned();
+                    let seq = m["seq"].as_i64().expect("seq");
+                    let t = m["delivery"].as_str().expect("token");
+                    let nack = rng.gen_bool(0.2);
+                    // Cleared before the server forgets it, so a mark is
+                    // never stale.
+                    in_flight.lock().expect("lock").remove(&subject);
+                    let verb = if nack { "nack" } else { "ack" };
+                    let (s, v) = a
+                        .post(
+                            &format!("/v1/groups/ord/{verb}"),
+                            json!({"deliveries": [t]}),
+                        )
+                        .await;
+                    assert_eq!(s, 200, "{v}");
+                    if !nack {
+                        acked.lock().expect("acked").push((subject, seq));
+                    }
+                }
+            }
+        }));
+    }
+    for w in workers {
+        tokio::time::timeout(PATIENCE, w)
+            .await
+            .expect("in time")
+            .expect("worker");
+    }
+    let acked = acked.lock().expect("acked").clone();
+    assert_eq!(acked.len(), total);
+    let mut per: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for (s, q) in &acked {
+        per.entry(s.clone()).or_default().push(*q);
+    }
+    assert_eq!(per.len(), 10);
+    for (s, qs) in per {
+        assert_eq!(qs.len(), 10, "{s}");
+        assert!(
+            qs.windows(2).all(|w| w[0] < w[1]),
+            "{s} acked out of order: {qs:?}"
+        );
+    }
+    let distinct: BTreeSet<i64> = acked.iter().map(|(_, q)| *q).collect();
+    assert_eq!(distinct.len(), total, "each event acknowledged once");
+    common::stop_server(server, token).await;
+}
