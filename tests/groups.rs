@@ -240,13 +240,22 @@ async fn receive_ack_nack_redeliver_dead_letter_requeue_and_seek() {
     // The nacked one comes back at once, attempt 2 (kept a minute); the
     // fifth once its 2 s ran out.
     let mut again = a.receive_n("work", 1).await;
-    assert_eq!((seqs(&again), again[0]["attempt"].as_i64()), (vec![first[2]], Some(2)));
+    assert_eq!(
+        (seqs(&again), again[0]["attempt"].as_i64()),
+        (vec![first[2]], Some(2))
+    );
     let (s, _) = a
-        .post("/v1/groups/work/extend", json!({"deliveries": tokens(&again)}))
+        .post(
+            "/v1/groups/work/extend",
+            json!({"deliveries": tokens(&again)}),
+        )
         .await;
     assert_eq!(s, 200);
     let (s, _) = a
-        .post("/v1/groups/work/extend", json!({"deliveries": tokens(&again), "ms": 60000}))
+        .post(
+            "/v1/groups/work/extend",
+            json!({"deliveries": tokens(&again), "ms": 60000}),
+        )
         .await;
     assert_eq!(s, 200);
     again.extend(a.receive_n("work", 1).await);
@@ -462,4 +471,311 @@ async fn ordering_by_subject_keeps_each_rows_events_in_order() {
     let distinct: BTreeSet<i64> = acked.iter().map(|(_, q)| *q).collect();
     assert_eq!(distinct.len(), total, "each event acknowledged once");
     common::stop_server(server, token).await;
+}
+
+/// Four workers on two Sluice processes: random nacks, a worker that takes
+/// messages and drops them, and one process killed (SIGKILL) and started
+/// again while they work. In the end every event of the tenant was
+/// acknowledged exactly once or is a dead letter; none is lost; events of
+/// one subject never overlapped in flight and were acknowledged in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_on_two_processes_with_a_crash_settle_every_event_once() {
+    use common::proc::{free_port, ready_as, serve_on, write_config};
+    let seed: u64 = rand::thread_rng().gen();
+    eprintln!("groups crash seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let db = TestDb::new("grp_crash");
+    db.client()
+        .await
+        .batch_execute(ITEMS)
+        .await
+        .expect("schema");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &db, "public.items", "tenant", "");
+    let (pa, pb) = (free_port(), free_port());
+    let first = serve_on(&config, pa);
+    let a_addr = ready_as(pa, "leader").await;
+    let second = serve_on(&config, pb);
+    let b_addr = ready_as(pb, "standby").await;
+    let service = key(&db, "a", Role::Service).await;
+    let api = Api::new(a_addr, &service);
+    let (s, v) = api
+        .post(
+            "/v1/groups",
+            json!({"name": "jobs", "start": "beginning", "ordering": "subject",
+                   "ack_wait_ms": 3000, "max_deliveries": 3}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+
+    // The writer: 30 rows per tenant, then 300 updates of random rows.
+    let writer = {
+        let c = db.client().await;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 1);
+        tokio::spawn(async move {
+            for t in ["a", "b"] {
+                c.execute(
+                    "INSERT INTO items SELECT i, $1, 0 FROM generate_series(1, 30) i",
+                    &[&t],
+                )
+                .await
+                .expect("insert");
+            }
+            for _ in 0..300 {
+                let t = if rng.gen_bool(0.7) { "a" } else { "b" };
+                let id: i32 = rng.gen_range(1..=30);
+                c.execute(
+                    "UPDATE items SET n = n + 1 WHERE tenant = $1 AND id = $2",
+                    &[&t, &id],
+                )
+                .await
+                .expect("update");
+                if rng.gen_bool(0.1) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+    };
+
+    #[derive(Default)]
+    struct Shared {
+        acked: Vec<(String, i64)>,
+        /// Acks whose answer was lost to a crash and whose retry found the
+        /// message gone: acknowledged, or expired and to come again.
+        uncertain: BTreeSet<i64>,
+        in_flight: HashMap<String, i64>,
+        done: bool,
+    }
+    let shared: Arc<Mutex<Shared>> = Arc::default();
+    let addrs = [a_addr, b_addr];
+    let mut workers = Vec::new();
+    for w in 0..4usize {
+        let shared = shared.clone();
+        let service = service.clone();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(w as u64));
+        workers.push(tokio::spawn(async move {
+            let mut at = w % 2;
+            // Worker 3 drops a third of what it takes.
+            let dropper = w == 3;
+            loop {
+                if shared.lock().expect("lock").done {
+                    return;
+                }
+                let api = Api::new(addrs[at], &service);
+                let got = api
+                    .try_call(
+                        reqwest::Method::POST,
+                        "/v1/groups/jobs/receive",
+                        Some(json!({"max_messages": 10, "wait_ms": 500})),
+                    )
+                    .await;
+                let msgs = match got {
+                    Ok((200, v)) => v["messages"].as_array().expect("messages").clone(),
+                    Ok((503, _)) | Err(_) => {
+                        // That process is down (or its database link):
+                        // go to the other one.
+                        at = 1 - at;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    Ok((s, v)) => panic!("receive: {s} {v}"),
+                };
+                for m in &msgs {
+                    assert_eq!(m["event"]["tenant"], "a", "{m}");
+                    let subject = m["event"]["subject"].as_str().expect("subject").to_owned();
+                    let seq = m["seq"].as_i64().expect("seq");
+                    let prev = shared
+                        .lock()
+                        .expect("lock")
+                        .in_flight
+                        .insert(subject.clone(), seq);
+                    assert!(
+                        prev.is_none(),
+                        "{subject}: {seq} delivered while {prev:?} was in flight (seed {seed})"
+                    );
+                }
+                let drop_these = dropper && rng.gen_bool(0.33);
+                for m in &msgs {
+                    let subject = m["event"]["subject"].as_str().expect("subject").to_owned();
+                    let seq = m["seq"].as_i64().expect("seq");
+                    shared.lock().expect("lock").in_flight.remove(&subject);
+                    if drop_these {
+                        continue;
+                    }
+                    let t = m["delivery"].as_str().expect("token").to_owned();
+                    let nack = rng.gen_bool(0.15);
+                    let (path, body) = if nack {
+                        (
+                            "/v1/groups/jobs/nack",
+                            json!({"deliveries": [t], "delay_ms": rng.gen_range(0..50)}),
+                        )
+                    } else {
+                        ("/v1/groups/jobs/ack", json!({"deliveries": [t]}))
+                    };
+                    // Settle through whichever process answers.
+                    let mut retried = false;
+                    loop {
+                        let api = Api::new(addrs[at], &service);
+                        match api
+                            .try_call(reqwest::Method::POST, path, Some(body.clone()))
+                            .await
+                        {
+                            Ok((200, _)) => {
+                                if !nack {
+                                    shared
+                                        .lock()
+                                        .expect("lock")
+                                        .acked
+                                        .push((subject.clone(), seq));
+                                }
+                                break;
+                            }
+                            // Expired while a process was down (it comes
+                            // again), or acknowledged by a try whose answer
+                            // was lost.
+                            Ok((404, _)) => {
+                                if retried && !nack {
+                                    shared.lock().expect("lock").uncertain.insert(seq);
+                                }
+                                break;
+                            }
+                            Ok((503, _)) | Err(_) => {
+                                retried = true;
+                                at = 1 - at;
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            Ok((s, v)) => panic!("{path}: {s} {v}"),
+                        }
+                    }
+                }
+            }
+        }));
+    }
+
+    // Kill one process (at random) once work is under way, and start it
+    // again.
+    let poll = |n: usize| {
+        let shared = shared.clone();
+        async move {
+            common::poll_until(PATIENCE, Duration::from_millis(50), || {
+                let shared = shared.clone();
+                async move {
+                    let k = shared.lock().expect("lock").acked.len();
+                    if k >= n {
+                        Ok(())
+                    } else {
+                        Err(format!("{k} of {n} acknowledged"))
+                    }
+                }
+            })
+            .await
+        }
+    };
+    poll(60).await;
+    let kill_first = rng.gen_bool(0.5);
+    let (_first, _second) = if kill_first {
+        drop(first);
+        ready_as(pb, "leader").await;
+        (serve_on(&config, pa), second)
+    } else {
+        drop(second);
+        (first, serve_on(&config, pb))
+    };
+    eprintln!(
+        "killed the {}",
+        if kill_first { "leader" } else { "standby" }
+    );
+    writer.await.expect("writer");
+
+    // Every event of tenant a: acknowledged or dead, once.
+    let c = db.client().await;
+    // 60 inserts and 300 updates, all in the log.
+    let all = common::wait_for_events(&c, 360).await;
+    assert_eq!(all.len(), 360);
+    let wanted: BTreeSet<i64> = all
+        .iter()
+        .filter(|e| e["tenant"] == "a")
+        .map(|e| e["seq"].as_i64().expect("seq"))
+        .collect();
+    let dead = || async {
+        let api = Api::new(b_addr, &service);
+        match api
+            .try_call(
+                reqwest::Method::GET,
+                "/v1/groups/jobs/dead?limit=1000",
+                None,
+            )
+            .await
+        {
+            Ok((200, v)) => v["dead"]
+                .as_array()
+                .expect("dead")
+                .iter()
+                .map(|d| d["seq"].as_i64().expect("seq"))
+                .collect::<BTreeSet<i64>>(),
+            _ => BTreeSet::new(),
+        }
+    };
+    // Done when the group has nothing left: every event read, none ready
+    // or in flight.
+    common::poll_until(PATIENCE, Duration::from_millis(200), || async {
+        for addr in addrs {
+            let api = Api::new(addr, &service);
+            if let Ok((200, st)) = api
+                .try_call(reqwest::Method::GET, "/v1/groups/jobs/stats", None)
+                .await
+            {
+                return if st["backlog"] == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("left: {st}"))
+                };
+            }
+        }
+        Err("no process answers".to_owned())
+    })
+    .await;
+    shared.lock().expect("lock").done = true;
+    for w in workers {
+        w.await.expect("worker");
+    }
+    let acked = shared.lock().expect("lock").acked.clone();
+    let distinct: BTreeSet<i64> = acked.iter().map(|x| x.1).collect();
+    assert_eq!(
+        distinct.len(),
+        acked.len(),
+        "an event acknowledged twice (seed {seed})"
+    );
+    let dead = dead().await;
+    assert!(
+        distinct.is_disjoint(&dead),
+        "acknowledged and dead (seed {seed})"
+    );
+    let uncertain = shared.lock().expect("lock").uncertain.clone();
+    let settled: BTreeSet<i64> = distinct
+        .iter()
+        .chain(&dead)
+        .chain(&uncertain)
+        .copied()
+        .collect();
+    assert_eq!(
+        settled, wanted,
+        "every event settled, none lost (seed {seed})"
+    );
+    let mut per: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for (s, q) in &acked {
+        per.entry(s.clone()).or_default().push(*q);
+    }
+    for (s, qs) in per {
+        assert!(
+            qs.windows(2).all(|w| w[0] < w[1]),
+            "{s} acknowledged out of order: {qs:?} (seed {seed})"
+        );
+    }
+    eprintln!(
+        "{} acknowledged, {} dead letters, {} acks whose answer a crash lost",
+        acked.len(),
+        dead.len(),
+        uncertain.len()
+    );
 }
