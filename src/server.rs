@@ -155,6 +155,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Server
         webhook_metrics: Arc::default(),
         publish_pool: pool(&config.postgres().map_err(PipelineError::from)?.url, 4)?,
         groups: Arc::new(crate::groups::Groups::new(policies.clone())),
+        groups_pool: pool_with(
+            &state_url,
+            config.http.db_pool_size,
+            Some("-c synchronous_commit=off"),
+        )?,
         policies,
     };
     let dispatcher = crate::webhooks::dispatch::Dispatcher::new(

@@ -543,6 +543,8 @@ async fn workers_on_two_processes_with_a_crash_settle_every_event_once() {
         /// Acks whose answer was lost to a crash and whose retry found the
         /// message gone: acknowledged, or expired and to come again.
         uncertain: BTreeSet<i64>,
+        /// What each acknowledgement was (for a failure's message).
+        trail: Vec<(i64, String)>,
         in_flight: HashMap<String, i64>,
         done: bool,
     }
@@ -622,11 +624,16 @@ async fn workers_on_two_processes_with_a_crash_settle_every_event_once() {
                         {
                             Ok((200, _)) => {
                                 if !nack {
-                                    shared
-                                        .lock()
-                                        .expect("lock")
-                                        .acked
-                                        .push((subject.clone(), seq));
+                                    let mut sh = shared.lock().expect("lock");
+                                    sh.acked.push((subject.clone(), seq));
+                                    sh.trail.push((
+                                        seq,
+                                        format!(
+                                            "worker {w} via port {} attempt {} token {t} retried {retried}",
+                                            addrs[at].port(),
+                                            m["attempt"]
+                                        ),
+                                    ));
                                 }
                                 break;
                             }
@@ -741,6 +748,18 @@ async fn workers_on_two_processes_with_a_crash_settle_every_event_once() {
     }
     let acked = shared.lock().expect("lock").acked.clone();
     let distinct: BTreeSet<i64> = acked.iter().map(|x| x.1).collect();
+    if distinct.len() != acked.len() {
+        let trail = shared.lock().expect("lock").trail.clone();
+        let mut seen = BTreeMap::<i64, usize>::new();
+        for (q, _) in &trail {
+            *seen.entry(*q).or_default() += 1;
+        }
+        for (q, how) in &trail {
+            if seen[q] > 1 {
+                eprintln!("seq {q}: {how}");
+            }
+        }
+    }
     assert_eq!(
         distinct.len(),
         acked.len(),

@@ -60,7 +60,25 @@ pub struct Groups {
     policies: Arc<Policies>,
     pub metrics: GroupMetrics,
     wake: Notify,
+    /// Per group, events read past its cursor and not yet delivered.
+    ahead: std::sync::Mutex<HashMap<(TenantId, String), Ahead>>,
 }
+
+/// Events a receive read from the log past the cursor and left for the
+/// next one (in this process): valid while the group's cursor, generation
+/// (seeks) and settings are what they were.
+struct Ahead {
+    from: i64,
+    generation: i32,
+    updated_at: chrono::DateTime<chrono::Utc>,
+    /// What the group's access let through, from `from` on.
+    events: std::collections::VecDeque<Arc<Committed>>,
+    /// The seq after the last log row read.
+    next: i64,
+}
+
+/// Log rows read at once past a group's cursor.
+const READ_AHEAD: i64 = 1000;
 
 /// Where a seek moves a group.
 #[derive(Debug, Clone, PartialEq)]
@@ -229,6 +247,7 @@ impl Groups {
             policies,
             metrics: GroupMetrics::default(),
             wake: Notify::new(),
+            ahead: std::sync::Mutex::default(),
         }
     }
 
@@ -381,9 +400,12 @@ impl Groups {
         tenant: &TenantId,
         name: &str,
     ) -> Result<(), GroupError> {
+        // One statement, so the messages go with their group.
         let n = client
             .execute(
-                "DELETE FROM sluice.groups WHERE tenant = $1 AND name = $2",
+                "WITH g AS (DELETE FROM sluice.groups WHERE tenant = $1 AND name = $2 RETURNING 1),
+                      m AS (DELETE FROM sluice.group_messages WHERE tenant = $1 AND name = $2)
+                 SELECT 1 FROM g",
                 &[&tenant.as_str(), &name],
             )
             .await?;
@@ -443,16 +465,36 @@ impl Groups {
         name: &str,
         max: i64,
     ) -> Result<Vec<Delivery>, GroupError> {
+        let got = self.receive_tx(client, tenant, name, max).await;
+        if got.is_err() {
+            // Whatever the transaction did is undone (outside one, a no-op).
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        got
+    }
+
+    /// [`Groups::receive_once`]'s transaction, four round trips when
+    /// nothing is due again: BEGIN with the group's lock; expiry, counts
+    /// and the retention watermark (pipelined); the new messages with the
+    /// cursor; COMMIT.
+    async fn receive_tx(
+        &self,
+        tx: &tokio_postgres::Client,
+        tenant: &TenantId,
+        name: &str,
+        max: i64,
+    ) -> Result<Vec<Delivery>, GroupError> {
+        let client = tx;
         let t = tenant.as_str();
-        let tx = client.transaction().await?;
-        let group = tx
-            .query_opt(
-                &format!(
-                    "SELECT {GROUP_COLUMNS} FROM sluice.groups WHERE tenant = $1 AND name = $2 FOR UPDATE"
-                ),
-                &[&t, &name],
-            )
-            .await?
+        let lock_sql = format!(
+            "SELECT {GROUP_COLUMNS} FROM sluice.groups WHERE tenant = $1 AND name = $2 FOR NO KEY UPDATE"
+        );
+        let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&t, &name];
+        let (_, locked) = tokio::try_join!(
+            tx.batch_execute("BEGIN"),
+            tx.query_opt(&lock_sql, &lock_params)
+        )?;
+        let group = locked
             .as_ref()
             .and_then(group_of)
             .ok_or_else(|| GroupError::Unknown(name.to_owned()))?;
@@ -460,29 +502,36 @@ impl Groups {
             SpecError::new("filter", "the group's topics or filter no longer parse")
         })?;
         let spec = &group.spec;
-        let expired = tx
-            .query(
-                "UPDATE sluice.group_messages
-                 SET state = CASE WHEN attempts >= $3 THEN 'dead' ELSE 'ready' END,
-                     dead_at = CASE WHEN attempts >= $3 THEN now() END,
-                     token = NULL, due = now()
-                 WHERE tenant = $1 AND name = $2 AND state = 'inflight' AND due <= now()
-                 RETURNING state",
-                &[&t, &name, &spec.max_deliveries],
-            )
-            .await?;
+        // Pipelined (one round trip): overdue deliveries expire, and what
+        // is in flight and due is counted (`now()` is the transaction's, so
+        // the count does not depend on the order the two run in).
+        let expire_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+            [&t, &name, &spec.max_deliveries];
+        let count_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&t, &name];
+        let expire = tx.query(
+            "UPDATE sluice.group_messages
+             SET state = CASE WHEN attempts >= $3 THEN 'dead' ELSE 'ready' END,
+                 dead_at = CASE WHEN attempts >= $3 THEN now() END,
+                 token = NULL, due = now()
+             WHERE tenant = $1 AND name = $2 AND state = 'inflight' AND due <= now()
+             RETURNING state",
+            &expire_params,
+        );
+        let count = tx.query_one(
+            "SELECT count(*) FILTER (WHERE state = 'inflight' AND due > now()),
+                    count(*) FILTER (WHERE due <= now())
+             FROM sluice.group_messages WHERE tenant = $1 AND name = $2 AND state <> 'dead'",
+            &count_params,
+        );
+        let pruned = log::pruned_through(tx);
+        let (expired, counts, pruned) = tokio::try_join!(expire, count, pruned)?;
         let died = expired
             .iter()
             .filter(|r| r.get::<_, &str>(0) == "dead")
             .count();
         self.metrics.dead.fetch_add(died as u64, Ordering::Relaxed);
-        let in_flight: i64 = tx
-            .query_one(
-                "SELECT count(*) FROM sluice.group_messages WHERE tenant = $1 AND name = $2 AND state = 'inflight'",
-                &[&t, &name],
-            )
-            .await?
-            .get(0);
+        let in_flight: i64 = counts.get(0);
+        let due: i64 = counts.get::<_, i64>(1) - died as i64;
         let mut room = max.min(i64::from(spec.max_in_flight) - in_flight).max(0);
         let ack_wait = f64::from(spec.ack_wait_ms);
         let mut out: Vec<Delivery> = Vec::new();
@@ -490,7 +539,7 @@ impl Groups {
         // 1. Ready messages, oldest first (per subject: only the oldest
         //    pending one of its subject).
         let mut claimed: Vec<(i64, i32, String)> = Vec::new();
-        if room > 0 {
+        if room > 0 && due > 0 {
             let blocked = if spec.ordering == OrderBy::Subject {
                 " AND NOT EXISTS (SELECT 1 FROM sluice.group_messages o
                      WHERE o.tenant = $1 AND o.name = $2 AND o.subject = r.subject
@@ -521,7 +570,6 @@ impl Groups {
         }
         // 2. The log past the cursor.
         let mut cursor = group.cursor;
-        let pruned = log::pruned_through(&tx).await?;
         if cursor <= pruned {
             tracing::warn!(
                 tenant = t,
@@ -536,111 +584,164 @@ impl Groups {
         let mut fresh_subjects: Vec<Option<String>> = Vec::new();
         let mut fresh_states: Vec<&str> = Vec::new();
         let mut fresh_bodies: HashMap<i64, Bytes> = HashMap::new();
-        let mut scanned = 0i64;
         let scope = ReadScope::Tenant(tenant.clone());
-        'pages: while room > 0 && scanned < MAX_SCAN {
-            let page = (room * 2).clamp(100, 1000);
-            let rows = log::query_events(
-                &tx,
-                &scope,
-                &LogQuery {
-                    from: cursor,
-                    limit: page,
-                    ..LogQuery::default()
-                },
-            )
-            .await?;
-            scanned += rows.len() as i64;
-            let exhausted = (rows.len() as i64) < page;
-            let last_row = rows.last().map(|r| r.seq);
-            let shown: Vec<Arc<Committed>> = rows
-                .into_iter()
-                .filter_map(|r| access.admit_one(&Arc::new(r)))
-                .collect();
-            // Subjects of this page already pending in the group.
-            let mut pending: HashSet<String> = HashSet::new();
-            if spec.ordering == OrderBy::Subject && !shown.is_empty() {
-                let subjects: Vec<String> =
-                    shown.iter().filter_map(|e| subject_of(&e.body)).collect();
-                if !subjects.is_empty() {
-                    pending = tx
+        // What this process read past the cursor last time and did not
+        // deliver (a log page holds more than one receive takes); valid
+        // while the group is where it left it, unchanged.
+        let key = (tenant.clone(), name.to_owned());
+        let mut ahead = self
+            .ahead
+            .lock()
+            .expect("read-ahead lock is never poisoned: no code panics holding it")
+            .remove(&key)
+            .filter(|a| {
+                a.from == cursor
+                    && a.generation == group.generation
+                    && a.updated_at == group.updated_at
+            })
+            .unwrap_or_else(|| Ahead {
+                from: cursor,
+                generation: group.generation,
+                updated_at: group.updated_at,
+                events: std::collections::VecDeque::new(),
+                next: cursor,
+            });
+        let mut scanned = 0i64;
+        let mut pending: HashSet<String> = HashSet::new();
+        let mut pending_known: HashSet<String> = HashSet::new();
+        while room > 0 {
+            if ahead.events.is_empty() {
+                if scanned >= MAX_SCAN {
+                    break;
+                }
+                let rows = log::query_events(
+                    tx,
+                    &scope,
+                    &LogQuery {
+                        from: ahead.next,
+                        limit: READ_AHEAD,
+                        ..LogQuery::default()
+                    },
+                )
+                .await?;
+                scanned += rows.len() as i64;
+                let exhausted = (rows.len() as i64) < READ_AHEAD;
+                if let Some(last) = rows.last() {
+                    ahead.next = last.seq + 1;
+                }
+                ahead.events.extend(
+                    rows.into_iter()
+                        .filter_map(|r| access.admit_one(&Arc::new(r))),
+                );
+                if ahead.events.is_empty() {
+                    if exhausted {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            // Subjects of what is at hand already pending in the group.
+            if spec.ordering == OrderBy::Subject {
+                let unknown: Vec<String> = ahead
+                    .events
+                    .iter()
+                    .filter_map(|e| subject_of(&e.body))
+                    .filter(|s| !pending_known.contains(s))
+                    .collect();
+                if !unknown.is_empty() {
+                    let found: Vec<String> = tx
                         .query(
                             "SELECT DISTINCT subject FROM sluice.group_messages
                              WHERE tenant = $1 AND name = $2 AND state <> 'dead' AND subject = ANY($3)",
-                            &[&t, &name, &subjects],
+                            &[&t, &name, &unknown],
                         )
                         .await?
                         .iter()
                         .map(|r| r.get(0))
                         .collect();
+                    pending.extend(found);
+                    pending_known.extend(unknown);
                 }
             }
-            for e in &shown {
+            while room > 0 {
+                let Some(e) = ahead.events.pop_front() else {
+                    break;
+                };
                 let subject = subject_of(&e.body);
                 let blocked = spec.ordering == OrderBy::Subject
                     && subject.as_ref().is_some_and(|s| pending.contains(s));
+                fresh_seqs.push(e.seq);
                 if blocked {
                     // Read, but behind an earlier event of its subject.
-                    fresh_seqs.push(e.seq);
                     fresh_subjects.push(subject);
                     fresh_states.push("ready");
                     continue;
                 }
-                if room == 0 {
-                    // Not read: the next receive starts here.
-                    cursor = e.seq;
-                    break 'pages;
-                }
                 if let (OrderBy::Subject, Some(s)) = (spec.ordering, &subject) {
                     pending.insert(s.clone());
                 }
-                fresh_seqs.push(e.seq);
                 fresh_subjects.push(subject);
                 fresh_states.push("inflight");
                 fresh_bodies.insert(e.seq, e.body.clone());
                 room -= 1;
             }
-            // Every row of the page was read (matched or not).
-            if let Some(last) = last_row {
-                cursor = last + 1;
-            }
-            if exhausted {
-                break;
-            }
         }
-        let mut fresh: Vec<(i64, i32, String)> = Vec::new();
-        if !fresh_seqs.is_empty() {
-            fresh = tx
-                .query(
-                    "INSERT INTO sluice.group_messages (tenant, name, seq, subject, state, attempts, due, token)
+        // The cursor: the first event at hand not taken, else past every row read.
+        cursor = ahead.events.front().map_or(ahead.next, |e| e.seq);
+        ahead.from = cursor;
+        // The new messages and the group's cursor in one statement, then
+        // COMMIT. Not pipelined: a statement given as text is prepared
+        // first (a round trip), so a COMMIT sent beside it would arrive
+        // before the statement itself and leave it outside the transaction.
+        let new_params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+            &t,
+            &name,
+            &fresh_seqs,
+            &fresh_subjects,
+            &fresh_states,
+            &ack_wait,
+            &cursor,
+            &(claimed.len() as i64),
+            &redelivered,
+        ];
+        let rows = tx
+            .query(
+                "WITH ins AS (
+                     INSERT INTO sluice.group_messages (tenant, name, seq, subject, state, attempts, due, token)
                      SELECT $1, $2, s, sub, st,
                             CASE WHEN st = 'inflight' THEN 1 ELSE 0 END,
                             CASE WHEN st = 'inflight' THEN now() + $6 * interval '1 millisecond' ELSE now() END,
                             CASE WHEN st = 'inflight' THEN gen_random_uuid() END
                      FROM unnest($3::bigint[], $4::text[], $5::text[]) AS u(s, sub, st)
                      ON CONFLICT DO NOTHING
-                     RETURNING seq, attempts, token::text",
-                    &[&t, &name, &fresh_seqs, &fresh_subjects, &fresh_states, &ack_wait],
-                )
-                .await?
-                .iter()
-                .filter_map(|r| r.get::<_, Option<String>>(2).map(|tok| (r.get(0), r.get(1), tok)))
-                .collect();
+                     RETURNING seq, attempts, token),
+                 upd AS (
+                     UPDATE sluice.groups
+                     SET cursor = $7,
+                         delivered = delivered + $8 + (SELECT count(*) FROM ins WHERE token IS NOT NULL),
+                         redelivered = redelivered + $9
+                     WHERE tenant = $1 AND name = $2)
+                 SELECT seq, attempts, token::text FROM ins WHERE token IS NOT NULL",
+                &new_params,
+            )
+            .await?;
+        tx.batch_execute("COMMIT").await?;
+        let fresh: Vec<(i64, i32, String)> = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        if !ahead.events.is_empty() {
+            self.ahead
+                .lock()
+                .expect("read-ahead lock is never poisoned: no code panics holding it")
+                .insert(key, ahead);
         }
-        let delivered = (claimed.len() + fresh.len()) as i64;
-        tx.execute(
-            "UPDATE sluice.groups SET cursor = $3, delivered = delivered + $4, redelivered = redelivered + $5
-             WHERE tenant = $1 AND name = $2",
-            &[&t, &name, &cursor, &delivered, &redelivered],
-        )
-        .await?;
-        tx.commit().await?;
         // Bodies of the claimed messages (read after the commit: the lock
         // is not held for them).
         let mut bodies = fresh_bodies;
         if !claimed.is_empty() {
             let seqs: Vec<i64> = claimed.iter().map(|c| c.0).collect();
-            for e in log::events_by_seq(&*client, &seqs).await? {
+            for e in log::events_by_seq(client, &seqs).await? {
                 if e.tenant != *tenant {
                     continue;
                 }

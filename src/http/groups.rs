@@ -143,6 +143,15 @@ fn api_error(e: GroupError) -> ApiError {
     }
 }
 
+/// A connection of the asynchronous-commit pool (receives and settling).
+async fn groups_db(state: &AppState) -> Result<deadpool_postgres::Object, ApiError> {
+    state
+        .groups_pool
+        .get()
+        .await
+        .map_err(|e| ApiError::unavailable("the state database", &e))
+}
+
 fn bad(e: SpecError) -> ApiError {
     ApiError::bad_param(&e.param, e.message)
 }
@@ -391,7 +400,7 @@ async fn receive(
     let mut durable = state.durable.clone();
     let wait = Duration::from_millis(u64::try_from(wait).unwrap_or(0));
     let got = tokio::select! {
-        got = state.groups.receive(&state.pool, &tenant, &name, max, wait, &mut durable) => got,
+        got = state.groups.receive(&state.groups_pool, &tenant, &name, max, wait, &mut durable) => got,
         // Shutdown: answer what there is (nothing), the worker asks again.
         _ = state.shutdown.cancelled() => Ok(Vec::new()),
     }
@@ -433,7 +442,7 @@ async fn ack(
 ) -> Result<Json<Value>, ApiError> {
     let tenant = tenant_of(&state, &headers, raw.as_deref()).await?;
     let b: TokensBody = json_body(&bytes)?;
-    let client = state.state_db().await?;
+    let client = groups_db(&state).await?;
     let s = state
         .groups
         .ack(&**client, &tenant, &name, &b.deliveries)
@@ -452,7 +461,7 @@ async fn nack(
     let tenant = tenant_of(&state, &headers, raw.as_deref()).await?;
     let b: TokensBody = json_body(&bytes)?;
     let delay = bounded("delay_ms", b.delay_ms, 0, 0, MAX_DELAY_MS)?;
-    let client = state.state_db().await?;
+    let client = groups_db(&state).await?;
     let s = state
         .groups
         .nack(&**client, &tenant, &name, &b.deliveries, delay)
@@ -474,7 +483,7 @@ async fn extend(
         None => None,
         Some(ms) => Some(bounded("ms", Some(ms), 0, 100, MAX_DELAY_MS)?),
     };
-    let client = state.state_db().await?;
+    let client = groups_db(&state).await?;
     let s = state
         .groups
         .extend(&**client, &tenant, &name, &b.deliveries, ms)

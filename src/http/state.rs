@@ -43,6 +43,11 @@ pub struct AppState {
     pub policies: Arc<crate::policy::Policies>,
     /// Consumer groups.
     pub groups: Arc<crate::groups::Groups>,
+    /// The state database with asynchronous commit, for consumer groups'
+    /// receives and acknowledgements: one lost to a Postgres crash only
+    /// means a delivery comes again (at least once holds), and each spares
+    /// a WAL flush.
+    pub groups_pool: deadpool_postgres::Pool,
 }
 
 impl AppState {
