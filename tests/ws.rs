@@ -351,8 +351,17 @@ async fn randomized_ws_subscriptions_get_exactly_their_tenants_matching_events()
             send(&mut conns[k].ws, json!({"type": "publish", "event": "note", "tenant": forged, "data": {"round": round}})).await;
         }
     }
-    let log = common::all_events(&c).await;
-    assert!(log.iter().any(|e| e["type"] == "custom.note"));
+    // The publishes are answered later (the test reads no frame yet):
+    // wait until the log holds one.
+    let log = common::poll_until(PATIENCE, Duration::from_millis(50), || async {
+        let log = common::all_events(&c).await;
+        if log.iter().any(|e| e["type"] == "custom.note") {
+            Ok(log)
+        } else {
+            Err("no published note in the log yet".to_owned())
+        }
+    })
+    .await;
     for conn in &mut conns {
         let mut expected: BTreeMap<String, Vec<i64>> = BTreeMap::new();
         for (id, topic, filter) in &conn.subs {
