@@ -39,7 +39,8 @@ CREATE TABLE sluice.group_messages (
     state       text        NOT NULL,
     attempts    integer     NOT NULL DEFAULT 0,
     due         timestamptz NOT NULL,
-    token       uuid,
+    -- 16 random bytes (uuid_send(gen_random_uuid())), hex in the API.
+    token       bytea,
     dead_at     timestamptz,
     -- No foreign key to sluice.groups: its check on every inserted row
     -- cost more than the rest of a receive; deleting a group deletes its

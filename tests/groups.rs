@@ -206,7 +206,7 @@ async fn receive_ack_nack_redeliver_dead_letter_requeue_and_seek() {
         (404, Some("unknown_delivery")),
         "{e}"
     );
-    let forged = format!("{}.00000000-0000-4000-8000-000000000000", first[0]);
+    let forged = format!("{}.0000000000004000800000000000000f", first[0]);
     let (s2, e2) = a
         .post("/v1/groups/work/ack", json!({"deliveries": [forged]}))
         .await;

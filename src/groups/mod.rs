@@ -138,9 +138,10 @@ pub enum GroupError {
     Pool(String),
 }
 
-/// Tokens as given, split into seqs and uuids; malformed ones are refused
+/// Tokens as given (`<seq>.<32 hex digits>`), split into seqs, the random
+/// parts as bytes, and those as lower-case hex; malformed ones are refused
 /// by position.
-pub fn parse_tokens(tokens: &[String]) -> Result<(Vec<i64>, Vec<String>), SpecError> {
+pub fn parse_tokens(tokens: &[String]) -> Result<ParsedTokens, SpecError> {
     if tokens.is_empty() || tokens.len() > MAX_TOKENS {
         return Err(SpecError::new(
             "deliveries",
@@ -150,31 +151,32 @@ pub fn parse_tokens(tokens: &[String]) -> Result<(Vec<i64>, Vec<String>), SpecEr
             ),
         ));
     }
-    let mut seqs = Vec::with_capacity(tokens.len());
-    let mut ids = Vec::with_capacity(tokens.len());
+    let mut out = ParsedTokens::default();
     for (i, t) in tokens.iter().enumerate() {
-        let parsed = t.split_once('.').and_then(|(s, u)| {
+        let parsed = t.split_once('.').and_then(|(s, h)| {
             let seq: i64 = s.parse().ok().filter(|n| *n >= 1)?;
-            let shaped = u.len() == 36
-                && u.bytes().enumerate().all(|(k, b)| {
-                    if matches!(k, 8 | 13 | 18 | 23) {
-                        b == b'-'
-                    } else {
-                        b.is_ascii_hexdigit()
-                    }
-                });
-            shaped.then(|| (seq, u.to_ascii_lowercase()))
+            let bytes = (h.len() == 32).then(|| hex::decode(h).ok()).flatten()?;
+            Some((seq, bytes, h.to_ascii_lowercase()))
         });
-        let Some((seq, id)) = parsed else {
+        let Some((seq, bytes, hex)) = parsed else {
             return Err(SpecError::new(
                 format!("deliveries[{i}]"),
                 format!("{t:?} is not a delivery token (they look like \"42.0f8e…\", as receive returned them)"),
             ));
         };
-        seqs.push(seq);
-        ids.push(id);
+        out.seqs.push(seq);
+        out.bytes.push(bytes);
+        out.hex.push(hex);
     }
-    Ok((seqs, ids))
+    Ok(out)
+}
+
+/// What [`parse_tokens`] makes of tokens, position by position.
+#[derive(Debug, Default)]
+pub struct ParsedTokens {
+    pub seqs: Vec<i64>,
+    pub bytes: Vec<Vec<u8>>,
+    pub hex: Vec<String>,
 }
 
 /// The outcome of an ack, nack or extend: the tokens that matched a
@@ -435,11 +437,11 @@ impl Groups {
             woken.as_mut().enable();
             durable.borrow_and_update();
             let got = {
-                let mut client = pool
+                let client = pool
                     .get()
                     .await
                     .map_err(|e| GroupError::Pool(e.to_string()))?;
-                self.receive_once(&mut client, tenant, name, max).await?
+                self.receive_once(&client, tenant, name, max).await?
             };
             let now = tokio::time::Instant::now();
             if !got.is_empty() || now >= deadline {
@@ -460,7 +462,7 @@ impl Groups {
     /// messages, then read the log past the cursor.
     pub async fn receive_once(
         &self,
-        client: &mut tokio_postgres::Client,
+        client: &deadpool_postgres::ClientWrapper,
         tenant: &TenantId,
         name: &str,
         max: i64,
@@ -473,27 +475,30 @@ impl Groups {
         got
     }
 
-    /// [`Groups::receive_once`]'s transaction, four round trips when
-    /// nothing is due again: BEGIN with the group's lock; expiry, counts
-    /// and the retention watermark (pipelined); the new messages with the
-    /// cursor; COMMIT.
+    /// [`Groups::receive_once`]'s transaction: three round trips when
+    /// nothing is due again (BEGIN with the group's lock; expiry, counts
+    /// and the retention watermark; the new messages and the cursor with
+    /// COMMIT). Its statements are prepared once per connection, so a
+    /// pipelined request is sent whole on its first poll, and
+    /// `futures_util::future::try_join` polls in argument order: what is
+    /// pipelined reaches the server in the order written.
     async fn receive_tx(
         &self,
-        tx: &tokio_postgres::Client,
+        client: &deadpool_postgres::ClientWrapper,
         tenant: &TenantId,
         name: &str,
         max: i64,
     ) -> Result<Vec<Delivery>, GroupError> {
-        let client = tx;
+        use futures_util::future::{try_join, try_join3};
+        let tx: &tokio_postgres::Client = client;
         let t = tenant.as_str();
-        let lock_sql = format!(
-            "SELECT {GROUP_COLUMNS} FROM sluice.groups WHERE tenant = $1 AND name = $2 FOR NO KEY UPDATE"
-        );
-        let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&t, &name];
-        let (_, locked) = tokio::try_join!(
-            tx.batch_execute("BEGIN"),
-            tx.query_opt(&lock_sql, &lock_params)
-        )?;
+        let lock = client
+            .prepare_cached(&format!(
+                "SELECT {GROUP_COLUMNS} FROM sluice.groups WHERE tenant = $1 AND name = $2 FOR NO KEY UPDATE"
+            ))
+            .await?;
+        let (_, locked) =
+            try_join(tx.batch_execute("BEGIN"), tx.query_opt(&lock, &[&t, &name])).await?;
         let group = locked
             .as_ref()
             .and_then(group_of)
@@ -508,23 +513,33 @@ impl Groups {
         let expire_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
             [&t, &name, &spec.max_deliveries];
         let count_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&t, &name];
-        let expire = tx.query(
-            "UPDATE sluice.group_messages
+        let s_expire = client
+            .prepare_cached(
+                "UPDATE sluice.group_messages
              SET state = CASE WHEN attempts >= $3 THEN 'dead' ELSE 'ready' END,
                  dead_at = CASE WHEN attempts >= $3 THEN now() END,
                  token = NULL, due = now()
              WHERE tenant = $1 AND name = $2 AND state = 'inflight' AND due <= now()
              RETURNING state",
-            &expire_params,
-        );
-        let count = tx.query_one(
-            "SELECT count(*) FILTER (WHERE state = 'inflight' AND due > now()),
-                    count(*) FILTER (WHERE due <= now())
-             FROM sluice.group_messages WHERE tenant = $1 AND name = $2 AND state <> 'dead'",
-            &count_params,
-        );
-        let pruned = log::pruned_through(tx);
-        let (expired, counts, pruned) = tokio::try_join!(expire, count, pruned)?;
+            )
+            .await?;
+        let s_count = client
+            .prepare_cached(
+                "SELECT count(*) FILTER (WHERE state = 'inflight' AND due > now()),
+                        count(*) FILTER (WHERE due <= now())
+                 FROM sluice.group_messages WHERE tenant = $1 AND name = $2 AND state <> 'dead'",
+            )
+            .await?;
+        let s_pruned = client
+            .prepare_cached("SELECT coalesce(max(pruned_through), 0) FROM sluice.retention")
+            .await?;
+        let (expired, counts, pruned) = try_join3(
+            tx.query(&s_expire, &expire_params),
+            tx.query_one(&s_count, &count_params),
+            tx.query_one(&s_pruned, &[]),
+        )
+        .await?;
+        let pruned: i64 = pruned.get(0);
         let died = expired
             .iter()
             .filter(|r| r.get::<_, &str>(0) == "dead")
@@ -547,20 +562,20 @@ impl Groups {
             } else {
                 ""
             };
-            claimed = tx
-                .query(
-                    &format!(
+            let s_claim = client
+                .prepare_cached(&format!(
                         "UPDATE sluice.group_messages m
                          SET state = 'inflight', attempts = attempts + 1,
-                             due = now() + $4 * interval '1 millisecond', token = gen_random_uuid()
+                             due = now() + $4 * interval '1 millisecond', token = uuid_send(gen_random_uuid())
                          WHERE m.tenant = $1 AND m.name = $2 AND m.seq IN (
                              SELECT r.seq FROM sluice.group_messages r
                              WHERE r.tenant = $1 AND r.name = $2 AND r.state = 'ready' AND r.due <= now(){blocked}
                              ORDER BY r.seq LIMIT $3)
-                         RETURNING m.seq, m.attempts, m.token::text"
-                    ),
-                    &[&t, &name, &room, &ack_wait],
-                )
+                         RETURNING m.seq, m.attempts, encode(m.token, 'hex')"
+                ))
+                .await?;
+            claimed = tx
+                .query(&s_claim, &[&t, &name, &room, &ack_wait])
                 .await?
                 .iter()
                 .map(|r| (r.get(0), r.get(1), r.get(2)))
@@ -649,12 +664,15 @@ impl Groups {
                     .filter(|s| !pending_known.contains(s))
                     .collect();
                 if !unknown.is_empty() {
-                    let found: Vec<String> = tx
-                        .query(
+                    let s_subjects = client
+                        .prepare_cached(
                             "SELECT DISTINCT subject FROM sluice.group_messages
-                             WHERE tenant = $1 AND name = $2 AND state <> 'dead' AND subject = ANY($3)",
-                            &[&t, &name, &unknown],
+                             WHERE tenant = $1 AND name = $2 AND subject IS NOT NULL
+                               AND state <> 'dead' AND subject = ANY($3)",
                         )
+                        .await?;
+                    let found: Vec<String> = tx
+                        .query(&s_subjects, &[&t, &name, &unknown])
                         .await?
                         .iter()
                         .map(|r| r.get(0))
@@ -689,10 +707,10 @@ impl Groups {
         // The cursor: the first event at hand not taken, else past every row read.
         cursor = ahead.events.front().map_or(ahead.next, |e| e.seq);
         ahead.from = cursor;
-        // The new messages and the group's cursor in one statement, then
-        // COMMIT. Not pipelined: a statement given as text is prepared
-        // first (a round trip), so a COMMIT sent beside it would arrive
-        // before the statement itself and leave it outside the transaction.
+        // The new messages and the group's cursor in one statement, COMMIT
+        // pipelined behind it (the statement is prepared, so it is sent
+        // first; as text it would be parsed first, a round trip, and the
+        // COMMIT would overtake it: the crash test caught that).
         let new_params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
             &t,
             &name,
@@ -704,14 +722,14 @@ impl Groups {
             &(claimed.len() as i64),
             &redelivered,
         ];
-        let rows = tx
-            .query(
+        let s_insert = client
+            .prepare_cached(
                 "WITH ins AS (
                      INSERT INTO sluice.group_messages (tenant, name, seq, subject, state, attempts, due, token)
                      SELECT $1, $2, s, sub, st,
                             CASE WHEN st = 'inflight' THEN 1 ELSE 0 END,
                             CASE WHEN st = 'inflight' THEN now() + $6 * interval '1 millisecond' ELSE now() END,
-                            CASE WHEN st = 'inflight' THEN gen_random_uuid() END
+                            CASE WHEN st = 'inflight' THEN uuid_send(gen_random_uuid()) END
                      FROM unnest($3::bigint[], $4::text[], $5::text[]) AS u(s, sub, st)
                      ON CONFLICT DO NOTHING
                      RETURNING seq, attempts, token),
@@ -721,11 +739,11 @@ impl Groups {
                          delivered = delivered + $8 + (SELECT count(*) FROM ins WHERE token IS NOT NULL),
                          redelivered = redelivered + $9
                      WHERE tenant = $1 AND name = $2)
-                 SELECT seq, attempts, token::text FROM ins WHERE token IS NOT NULL",
-                &new_params,
+                 SELECT seq, attempts, encode(token, 'hex') FROM ins WHERE token IS NOT NULL",
             )
             .await?;
-        tx.batch_execute("COMMIT").await?;
+        let (rows, _) =
+            try_join(tx.query(&s_insert, &new_params), tx.batch_execute("COMMIT")).await?;
         let fresh: Vec<(i64, i32, String)> = rows
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2)))
@@ -741,7 +759,7 @@ impl Groups {
         let mut bodies = fresh_bodies;
         if !claimed.is_empty() {
             let seqs: Vec<i64> = claimed.iter().map(|c| c.0).collect();
-            for e in log::events_by_seq(client, &seqs).await? {
+            for e in log::events_by_seq(tx, &seqs).await? {
                 if e.tenant != *tenant {
                     continue;
                 }
@@ -802,21 +820,24 @@ impl Groups {
     /// Acknowledges deliveries: their messages are done.
     pub async fn ack(
         &self,
-        client: &impl GenericClient,
+        client: &deadpool_postgres::ClientWrapper,
         tenant: &TenantId,
         name: &str,
         tokens: &[String],
     ) -> Result<Settled, GroupError> {
-        let (seqs, ids) = parse_tokens(tokens)?;
-        self.exists(client, tenant, name).await?;
-        let matched: HashSet<String> = client
-            .query(
+        let parsed = parse_tokens(tokens)?;
+        let (seqs, ids) = (&parsed.seqs, &parsed.bytes);
+        self.exists(&**client, tenant, name).await?;
+        let s_ack = client
+            .prepare_cached(
                 "DELETE FROM sluice.group_messages
                  WHERE tenant = $1 AND name = $2 AND seq = ANY($3) AND state = 'inflight'
-                   AND token = ANY($4::text[]::uuid[])
-                 RETURNING token::text",
-                &[&tenant.as_str(), &name, &seqs, &ids],
+                   AND token = ANY($4::bytea[])
+                 RETURNING encode(token, 'hex')",
             )
+            .await?;
+        let matched: HashSet<String> = client
+            .query(&s_ack, &[&tenant.as_str(), &name, &seqs, &ids])
             .await?
             .iter()
             .map(|r| r.get(0))
@@ -832,20 +853,21 @@ impl Groups {
     /// letters when they have had max_deliveries attempts.
     pub async fn nack(
         &self,
-        client: &impl GenericClient,
+        client: &deadpool_postgres::ClientWrapper,
         tenant: &TenantId,
         name: &str,
         tokens: &[String],
         delay_ms: i64,
     ) -> Result<Settled, GroupError> {
-        let (seqs, ids) = parse_tokens(tokens)?;
-        self.exists(client, tenant, name).await?;
+        let parsed = parse_tokens(tokens)?;
+        let (seqs, ids) = (&parsed.seqs, &parsed.bytes);
+        self.exists(&**client, tenant, name).await?;
         let rows = client
             .query(
                 "WITH hit AS (
                      SELECT seq, token FROM sluice.group_messages
                      WHERE tenant = $1 AND name = $2 AND seq = ANY($3) AND state = 'inflight'
-                       AND token = ANY($4::text[]::uuid[])
+                       AND token = ANY($4::bytea[])
                      FOR UPDATE)
                  UPDATE sluice.group_messages m
                  SET state = CASE WHEN m.attempts >= g.max_deliveries THEN 'dead' ELSE 'ready' END,
@@ -854,7 +876,7 @@ impl Groups {
                  FROM hit, sluice.groups g
                  WHERE g.tenant = m.tenant AND g.name = m.name
                    AND m.tenant = $1 AND m.name = $2 AND m.seq = hit.seq
-                 RETURNING hit.token::text, m.state",
+                 RETURNING encode(hit.token, 'hex'), m.state",
                 &[&tenant.as_str(), &name, &seqs, &ids, &(delay_ms as f64)],
             )
             .await?;
@@ -877,14 +899,15 @@ impl Groups {
     /// `ms` (the group's ack_wait_ms when `None`).
     pub async fn extend(
         &self,
-        client: &impl GenericClient,
+        client: &deadpool_postgres::ClientWrapper,
         tenant: &TenantId,
         name: &str,
         tokens: &[String],
         ms: Option<i64>,
     ) -> Result<Settled, GroupError> {
-        let (seqs, ids) = parse_tokens(tokens)?;
-        self.exists(client, tenant, name).await?;
+        let parsed = parse_tokens(tokens)?;
+        let (seqs, ids) = (&parsed.seqs, &parsed.bytes);
+        self.exists(&**client, tenant, name).await?;
         let matched: HashSet<String> = client
             .query(
                 "UPDATE sluice.group_messages m
@@ -892,8 +915,8 @@ impl Groups {
                  FROM sluice.groups g
                  WHERE g.tenant = m.tenant AND g.name = m.name
                    AND m.tenant = $1 AND m.name = $2 AND m.seq = ANY($3) AND m.state = 'inflight'
-                   AND m.token = ANY($4::text[]::uuid[])
-                 RETURNING m.token::text",
+                   AND m.token = ANY($4::bytea[])
+                 RETURNING encode(m.token, 'hex')",
                 &[&tenant.as_str(), &name, &seqs, &ids, &ms.map(|m| m as f64)],
             )
             .await?

@@ -445,7 +445,7 @@ async fn ack(
     let client = groups_db(&state).await?;
     let s = state
         .groups
-        .ack(&**client, &tenant, &name, &b.deliveries)
+        .ack(&client, &tenant, &name, &b.deliveries)
         .await
         .map_err(api_error)?;
     settled_response("acked", s)
@@ -464,7 +464,7 @@ async fn nack(
     let client = groups_db(&state).await?;
     let s = state
         .groups
-        .nack(&**client, &tenant, &name, &b.deliveries, delay)
+        .nack(&client, &tenant, &name, &b.deliveries, delay)
         .await
         .map_err(api_error)?;
     settled_response("nacked", s)
@@ -486,7 +486,7 @@ async fn extend(
     let client = groups_db(&state).await?;
     let s = state
         .groups
-        .extend(&**client, &tenant, &name, &b.deliveries, ms)
+        .extend(&client, &tenant, &name, &b.deliveries, ms)
         .await
         .map_err(api_error)?;
     settled_response("extended", s)
