@@ -798,3 +798,152 @@ async fn workers_on_two_processes_with_a_crash_settle_every_event_once() {
         uncertain.len()
     );
 }
+
+/// A group over a WebSocket: events within the subscription's budget, ack
+/// and nack messages, and a dropped socket's unsettled messages back to the
+/// group after ack_wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_takes_group_work_within_its_budget() {
+    use common::ws::{connect, recv, send};
+    let db = TestDb::new("grp_ws");
+    db.client()
+        .await
+        .batch_execute(ITEMS)
+        .await
+        .expect("schema");
+    let (server, token) = serve(&db).await;
+    let service = key(&db, "a", Role::Service).await;
+    let a = Api::new(server.addr, &service);
+    let (s, _) = a
+        .post(
+            "/v1/groups",
+            json!({"name": "ws", "start": "beginning", "ack_wait_ms": 1000}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    insert(&db, "a", 1..=10).await;
+    let mut ws = connect(server.addr, "").await;
+    send(&mut ws, json!({"type": "auth", "token": service})).await;
+    assert_eq!(recv(&mut ws).await["type"], "auth_ok");
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "w1", "group": "nope"}),
+    )
+    .await;
+    let e = recv(&mut ws).await;
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("unknown_id")),
+        "{e}"
+    );
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "w1", "group": "ws", "topic": "tables/**"}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["code"], "invalid_message");
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "w1", "group": "ws", "max_in_flight": 3}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["type"], "subscribed");
+    // Events and replies interleave on the socket: events that come while
+    // a reply is awaited wait in `inbox`.
+    let mut inbox: std::collections::VecDeque<Value> = Default::default();
+    async fn reply(
+        ws: &mut common::ws::Ws,
+        inbox: &mut std::collections::VecDeque<Value>,
+    ) -> Value {
+        loop {
+            let m = recv(ws).await;
+            if m["type"] == "event" {
+                inbox.push_back(m);
+            } else {
+                return m;
+            }
+        }
+    }
+    let mut acked: Vec<i64> = Vec::new();
+    let mut nacked_once = false;
+    let mut most_held = 0;
+    let mut held = 0usize;
+    while acked.len() < 10 {
+        let m = match inbox.pop_front() {
+            Some(m) => m,
+            None => recv(&mut ws).await,
+        };
+        assert_eq!(m["type"], "event", "{m}");
+        assert_eq!(m["sub"], "w1");
+        held += 1;
+        most_held = most_held.max(held + inbox.len());
+        let t = m["delivery"].as_str().expect("delivery").to_owned();
+        if !nacked_once {
+            nacked_once = true;
+            send(
+                &mut ws,
+                json!({"type": "nack", "id": "w1", "deliveries": [t]}),
+            )
+            .await;
+            let r = reply(&mut ws, &mut inbox).await;
+            assert_eq!(
+                (r["type"].as_str(), r["count"].as_u64()),
+                (Some("nacked"), Some(1)),
+                "{r}"
+            );
+            held -= 1;
+            continue;
+        }
+        send(
+            &mut ws,
+            json!({"type": "ack", "id": "w1", "deliveries": [t]}),
+        )
+        .await;
+        let r = reply(&mut ws, &mut inbox).await;
+        assert_eq!(
+            (r["type"].as_str(), r["count"].as_u64()),
+            (Some("acked"), Some(1)),
+            "{r}"
+        );
+        held -= 1;
+        acked.push(m["seq"].as_i64().expect("seq"));
+    }
+    assert!(
+        most_held <= 3,
+        "at most max_in_flight (3) unsettled at once, saw {most_held}"
+    );
+    let distinct: BTreeSet<i64> = acked.iter().copied().collect();
+    assert_eq!(distinct.len(), 10, "each of the 10 once: {acked:?}");
+    // Unknown tokens are told, not guessed at.
+    send(
+        &mut ws,
+        json!({"type": "ack", "id": "w1", "deliveries": ["1.0000000000000000000000000000000f"]}),
+    )
+    .await;
+    let r = recv(&mut ws).await;
+    assert_eq!(r["unknown"].as_array().map(Vec::len), Some(1), "{r}");
+    drop(ws);
+
+    // A socket dropped with work in hand: the group takes it back.
+    insert(&db, "a", 11..=12).await;
+    let mut ws2 = connect(server.addr, "").await;
+    send(&mut ws2, json!({"type": "auth", "token": service})).await;
+    assert_eq!(recv(&mut ws2).await["type"], "auth_ok");
+    send(
+        &mut ws2,
+        json!({"type": "subscribe", "id": "w2", "group": "ws"}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws2).await["type"], "subscribed");
+    let first = recv(&mut ws2).await;
+    let second = recv(&mut ws2).await;
+    let held: BTreeSet<i64> = [&first, &second]
+        .iter()
+        .map(|m| m["seq"].as_i64().expect("seq"))
+        .collect();
+    drop(ws2);
+    let again = a.receive_n("ws", 2).await;
+    assert_eq!(seqs(&again).into_iter().collect::<BTreeSet<_>>(), held);
+    assert!(again.iter().all(|m| m["attempt"] == 2));
+    common::stop_server(server, token).await;
+}

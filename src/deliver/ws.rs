@@ -55,6 +55,9 @@ pub struct WsContext {
     pub captured_tables: Vec<String>,
     /// The access policies every subscription and publish is held to.
     pub policies: Arc<crate::policy::Policies>,
+    /// Consumer groups, and the pool their receives and acks go through.
+    pub groups: Arc<crate::groups::Groups>,
+    pub groups_pool: deadpool_postgres::Pool,
 }
 
 struct Session {
@@ -65,7 +68,9 @@ struct Session {
     /// A subscription acknowledged by the reply being written; its task
     /// starts after that, so the ack precedes its events and answers stay
     /// in request order.
-    pending: Option<(String, Follower)>,
+    pending: Option<(String, Pending)>,
+    /// Group subscriptions: the group and the deliveries held unsettled.
+    groups: HashMap<String, (String, Arc<Held>)>,
     tx: mpsc::Sender<Out>,
 }
 
@@ -124,6 +129,7 @@ impl Session {
             who: None,
             subs: HashMap::new(),
             pending: None,
+            groups: HashMap::new(),
             tx,
         };
         let (mut sink, mut stream) = socket.split();
@@ -229,16 +235,28 @@ impl Session {
                     return;
                 }
             }
-            if let Some((id, follower)) = s.pending.take() {
-                let task = tokio::spawn(Box::pin(forward(
-                    id.clone(),
-                    follower,
-                    s.tx.clone(),
-                    s.cloudevents,
-                    s.ctx.streams.metrics.clone(),
-                    s.ctx.streams.shutdown.clone(),
-                )));
-                s.subs.insert(id, task);
+            match s.pending.take() {
+                Some((id, Pending::Follow(follower))) => {
+                    let task = tokio::spawn(Box::pin(forward(
+                        id.clone(),
+                        follower,
+                        s.tx.clone(),
+                        s.cloudevents,
+                        s.ctx.streams.metrics.clone(),
+                        s.ctx.streams.shutdown.clone(),
+                    )));
+                    s.subs.insert(id, task);
+                }
+                Some((id, Pending::Group(work))) => {
+                    let task = tokio::spawn(Box::pin(take_work(
+                        id.clone(),
+                        work,
+                        s.ctx.clone(),
+                        s.tx.clone(),
+                    )));
+                    s.subs.insert(id, task);
+                }
+                None => {}
             }
         }
     }
@@ -258,11 +276,29 @@ impl Session {
         let result = match msg {
             ClientMessage::Ping => Ok(proto::pong_frame().to_owned()),
             ClientMessage::Auth { token } => self.auth(&token).await,
-            ClientMessage::Subscribe { id, selector, from } => {
-                self.subscribe(id, selector, from).await
+            ClientMessage::Subscribe {
+                id,
+                selector,
+                from,
+                group: None,
+            } => self.subscribe(id, selector, from).await,
+            ClientMessage::Subscribe {
+                id,
+                group: Some(group),
+                ..
+            } => self.subscribe_group(id, group).await,
+            ClientMessage::Ack { id, deliveries } => self.settle(id, deliveries, None).await,
+            ClientMessage::Nack {
+                id,
+                deliveries,
+                delay_ms,
+            } => {
+                self.settle(id, deliveries, Some(delay_ms.unwrap_or(0)))
+                    .await
             }
             ClientMessage::Unsubscribe { id } => match self.subs.remove(&id) {
                 Some(task) => {
+                    self.groups.remove(&id);
                     task.abort();
                     Ok(proto::unsubscribed_frame(&id))
                 }
@@ -360,8 +396,139 @@ impl Session {
                 .streams
                 .follower(tenant.clone(), access, from.map_or(Start::Live, Start::At));
         let ack = proto::subscribed_frame(&id);
-        self.pending = Some((id, follower));
+        self.pending = Some((id, Pending::Follow(follower)));
         Ok(ack)
+    }
+
+    /// `subscribe` with `group`: the group must exist for the connection's
+    /// tenant; its messages are then taken as the subscription's budget
+    /// allows.
+    async fn subscribe_group(
+        &mut self,
+        id: String,
+        group: proto::GroupSubscription,
+    ) -> Result<String, ProtocolError> {
+        let Some((identity, tenant)) = &self.who else {
+            return Err(
+                ProtocolError::new(code::NOT_AUTHENTICATED, "authenticate first").with_id(id),
+            );
+        };
+        if identity.role < Role::Service {
+            return Err(ProtocolError::new(
+                code::FORBIDDEN,
+                "consumer groups need a service key (this connection's credential is anon)",
+            )
+            .with_id(id));
+        }
+        if self.subs.contains_key(&id) {
+            return Err(ProtocolError::new(
+                code::DUPLICATE_ID,
+                format!("a subscription {id:?} is already open on this connection"),
+            )
+            .with_id(id));
+        }
+        if self.subs.len() >= self.ctx.config.max_subscriptions {
+            return Err(ProtocolError::new(
+                code::TOO_MANY_SUBSCRIPTIONS,
+                format!(
+                    "at most {} subscriptions per connection",
+                    self.ctx.config.max_subscriptions
+                ),
+            )
+            .with_id(id));
+        }
+        let client = self.ctx.groups_pool.get().await.map_err(|e| {
+            tracing::warn!(error = %e, "ws group subscribe cannot reach the state database");
+            ProtocolError::unavailable("the state database").with_id(id.clone())
+        })?;
+        let g = match self.ctx.groups.get(&**client, tenant, &group.name).await {
+            Ok(g) => g,
+            Err(crate::groups::GroupError::Unknown(_)) => {
+                return Err(ProtocolError::new(
+                    code::UNKNOWN_ID,
+                    format!("no consumer group {:?} for this tenant", group.name),
+                )
+                .with_id(id))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ws group subscribe cannot read the group");
+                return Err(ProtocolError::unavailable("the state database").with_id(id));
+            }
+        };
+        let held = Arc::new(Held::default());
+        self.groups
+            .insert(id.clone(), (group.name.clone(), held.clone()));
+        let ack = proto::subscribed_frame(&id);
+        self.pending = Some((
+            id,
+            Pending::Group(GroupWork {
+                tenant: tenant.clone(),
+                group: group.name,
+                budget: group.max_in_flight,
+                ack_wait: Duration::from_millis(u64::try_from(g.spec.ack_wait_ms).unwrap_or(0)),
+                held,
+            }),
+        ));
+        Ok(ack)
+    }
+
+    /// `ack` / `nack` (`delay`) of deliveries of group subscription `id`.
+    async fn settle(
+        &mut self,
+        id: String,
+        deliveries: Vec<String>,
+        delay: Option<i64>,
+    ) -> Result<String, ProtocolError> {
+        let Some((_, tenant)) = &self.who else {
+            return Err(
+                ProtocolError::new(code::NOT_AUTHENTICATED, "authenticate first").with_id(id),
+            );
+        };
+        let Some((group, held)) = self.groups.get(&id).cloned() else {
+            return Err(ProtocolError::new(
+                code::UNKNOWN_ID,
+                format!("no group subscription {id:?} on this connection"),
+            )
+            .with_id(id));
+        };
+        let client = self.ctx.groups_pool.get().await.map_err(|e| {
+            tracing::warn!(error = %e, "ws ack cannot reach the state database");
+            ProtocolError::unavailable("the state database").with_id(id.clone())
+        })?;
+        let done = match delay {
+            None => {
+                self.ctx
+                    .groups
+                    .ack(&client, tenant, &group, &deliveries)
+                    .await
+            }
+            Some(ms) => {
+                self.ctx
+                    .groups
+                    .nack(&client, tenant, &group, &deliveries, ms)
+                    .await
+            }
+        };
+        let settled = match done {
+            Ok(s) => s,
+            Err(crate::groups::GroupError::Invalid(e)) => {
+                return Err(ProtocolError::new(code::INVALID_MESSAGE, e.to_string()).with_id(id))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ws ack failed");
+                return Err(ProtocolError::unavailable("the state database").with_id(id));
+            }
+        };
+        // Whatever was sent for these tokens is no longer held (settled,
+        // or unknown: expired or not this subscription's).
+        held.release(&deliveries);
+        let kind = if delay.is_none() { "acked" } else { "nacked" };
+        Ok(proto::settled_frame(
+            kind,
+            &id,
+            settled.done.len(),
+            &settled.unknown,
+        ))
     }
 
     async fn publish(
@@ -491,6 +658,113 @@ async fn forward(
 /// Cargo.lock.
 fn is_over_library_limit(e: &axum::Error) -> bool {
     e.to_string().starts_with("Space limit exceeded")
+}
+
+/// What a subscription starts once its acknowledgement is written.
+enum Pending {
+    Follow(Follower),
+    Group(GroupWork),
+}
+
+/// A group subscription's work loop settings.
+struct GroupWork {
+    tenant: TenantId,
+    group: String,
+    /// Most unsettled deliveries at once.
+    budget: i64,
+    ack_wait: Duration,
+    held: Arc<Held>,
+}
+
+/// The deliveries a group subscription sent and the client has not
+/// settled, with when the group takes each back (then it no longer counts).
+#[derive(Default)]
+struct Held {
+    until: std::sync::Mutex<HashMap<String, tokio::time::Instant>>,
+    released: tokio::sync::Notify,
+}
+
+impl Held {
+    fn count(&self) -> i64 {
+        let now = tokio::time::Instant::now();
+        let mut until = self.until.lock().expect("held lock is never poisoned");
+        until.retain(|_, t| *t > now);
+        until.len() as i64
+    }
+
+    fn hold(&self, token: String, until: tokio::time::Instant) {
+        self.until
+            .lock()
+            .expect("held lock is never poisoned")
+            .insert(token, until);
+    }
+
+    fn release(&self, tokens: &[String]) {
+        let mut until = self.until.lock().expect("held lock is never poisoned");
+        for t in tokens {
+            until.remove(t);
+        }
+        drop(until);
+        self.released.notify_waiters();
+    }
+}
+
+/// A group subscription: takes up to its budget of messages (a long poll),
+/// sends them, and takes more as the client settles them (or as the ones
+/// it never settles return to the group after ack_wait).
+async fn take_work(id: String, work: GroupWork, ctx: WsContext, tx: mpsc::Sender<Out>) {
+    let mut durable = ctx.streams.durable.clone();
+    let shutdown = ctx.streams.shutdown.clone();
+    loop {
+        let room = work.budget - work.held.count();
+        if room <= 0 {
+            let released = work.held.released.notified();
+            tokio::select! {
+                _ = released => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            continue;
+        }
+        let got = tokio::select! {
+            got = ctx.groups.receive(&ctx.groups_pool, &work.tenant, &work.group, room, Duration::from_secs(20), &mut durable) => got,
+            _ = shutdown.cancelled() => return,
+        };
+        match got {
+            Ok(deliveries) => {
+                let until = tokio::time::Instant::now() + work.ack_wait;
+                for d in deliveries {
+                    work.held.hold(d.token.clone(), until);
+                    let frame = proto::group_event_frame(&id, &d.token, d.attempt, d.seq, &d.event);
+                    let Ok(frame) = Utf8Bytes::try_from(frame) else {
+                        continue;
+                    };
+                    if tx.send(Out::Text(frame)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(crate::groups::GroupError::Unknown(name)) => {
+                let e = ProtocolError::new(
+                    code::UNKNOWN_ID,
+                    format!("the consumer group {name:?} was deleted"),
+                )
+                .with_id(id.clone());
+                let _ = tx
+                    .send(Out::Text(Utf8Bytes::from(proto::error_frame(&e))))
+                    .await;
+                let _ = tx.send(Out::Ended(id)).await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a ws group subscription cannot receive; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -421,7 +421,7 @@ impl Groups {
     /// Up to `max` events, waiting up to `wait` for the first one: the
     /// long poll. `durable` (the log's head) wakes it when events arrive.
     pub async fn receive(
-        &self,
+        self: &Arc<Self>,
         pool: &deadpool_postgres::Pool,
         tenant: &TenantId,
         name: &str,
@@ -436,12 +436,22 @@ impl Groups {
             tokio::pin!(woken);
             woken.as_mut().enable();
             durable.borrow_and_update();
+            // On a task of its own: a caller that goes away (a client
+            // disconnecting, a WebSocket closing) must not leave a
+            // connection in the pool mid-transaction, holding the group's
+            // lock. What such a receive delivered returns after ack_wait.
             let got = {
-                let client = pool
-                    .get()
-                    .await
-                    .map_err(|e| GroupError::Pool(e.to_string()))?;
-                self.receive_once(&client, tenant, name, max).await?
+                let (this, pool, tenant, name) =
+                    (self.clone(), pool.clone(), tenant.clone(), name.to_owned());
+                tokio::spawn(async move {
+                    let client = pool
+                        .get()
+                        .await
+                        .map_err(|e| GroupError::Pool(e.to_string()))?;
+                    this.receive_once(&client, &tenant, &name, max).await
+                })
+                .await
+                .map_err(|e| GroupError::Pool(format!("the receive task failed: {e}")))??
             };
             let now = tokio::time::Instant::now();
             if !got.is_empty() || now >= deadline {

@@ -513,12 +513,21 @@ async fn seek(
         ),
         _ => return Err(ApiError::bad_param("body", "give one of seq or time")),
     };
-    let mut client = state.state_db().await?;
-    let cursor = state
-        .groups
-        .seek(&mut client, &tenant, &name, &target)
-        .await
-        .map_err(api_error)?;
+    // On a task of its own, so a client that goes away cannot leave the
+    // transaction open on a pooled connection.
+    let (groups, pool) = (state.groups.clone(), state.pool.clone());
+    let cursor = tokio::spawn(async move {
+        let mut client = pool
+            .get()
+            .await
+            .map_err(|e| GroupError::Pool(e.to_string()))?;
+        groups.seek(&mut client, &tenant, &name, &target).await
+    })
+    .await
+    .map_err(|e| {
+        ApiError::unavailable("the state database", &std::io::Error::other(e.to_string()))
+    })?
+    .map_err(api_error)?;
     Ok(Json(json!({ "cursor": cursor })))
 }
 

@@ -36,6 +36,8 @@ fn context(state: &AppState) -> WsContext {
         revocation_check: Duration::from_secs(state.config.auth.revocation_check_secs),
         captured_tables: state.captured_tables(),
         policies: state.policies.clone(),
+        groups: state.groups.clone(),
+        groups_pool: state.groups_pool.clone(),
     }
 }
 

@@ -104,3 +104,36 @@ fn id_frame(kind: &str, id: &str) -> String {
 #[cfg(test)]
 #[path = "frames_tests.rs"]
 mod tests;
+
+/// A consumer group's message on a group subscription:
+/// `{"type":"event","sub":…,"delivery":…,"attempt":…,"seq":…,"event":<envelope>}`.
+pub fn group_event_frame(
+    sub: &str,
+    delivery: &str,
+    attempt: i32,
+    seq: i64,
+    envelope: &[u8],
+) -> Bytes {
+    let mut head = String::with_capacity(sub.len() + delivery.len() + 64);
+    head.push_str("{\"type\":\"event\",\"sub\":");
+    push_json_str(&mut head, sub);
+    head.push_str(",\"delivery\":");
+    push_json_str(&mut head, delivery);
+    head.push_str(",\"attempt\":");
+    head.push_str(&attempt.to_string());
+    head.push_str(",\"seq\":");
+    head.push_str(&seq.to_string());
+    head.push_str(",\"event\":");
+    let mut out = Vec::with_capacity(head.len() + envelope.len() + 1);
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(envelope);
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+/// The answer to `ack`/`nack`: `{"type":"acked"|"nacked","id":…,"count":n,"unknown":[…]}`
+/// (`unknown`: tokens that matched nothing in flight: expired, settled, or
+/// not this group's).
+pub fn settled_frame(kind: &str, id: &str, count: usize, unknown: &[String]) -> String {
+    serde_json::json!({"type": kind, "id": id, "count": count, "unknown": unknown}).to_string()
+}

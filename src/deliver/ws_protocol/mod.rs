@@ -58,8 +58,9 @@ pub use codes::{
     CLOSE_INTERNAL_ERROR, CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL, ERROR_CODES,
 };
 pub use frames::{
-    auth_ok_frame, cloudevents_event_frame, error_frame, event_frame, pong_frame, published_frame,
-    shutdown_frame, subscribed_frame, unsubscribed_frame,
+    auth_ok_frame, cloudevents_event_frame, error_frame, event_frame, group_event_frame,
+    pong_frame, published_frame, settled_frame, shutdown_frame, subscribed_frame,
+    unsubscribed_frame,
 };
 pub use parse::{parse_client, parse_client_before_auth};
 
@@ -74,7 +75,27 @@ pub const MAX_SUBJECT_BYTES: usize = 256;
 /// other message is the same as without it.
 pub const CLOUDEVENTS_SUBPROTOCOL: &str = "cloudevents.json";
 /// The client message types, in the order error messages list them.
-pub const CLIENT_TYPES: &[&str] = &["auth", "subscribe", "unsubscribe", "publish", "ping"];
+pub const CLIENT_TYPES: &[&str] = &[
+    "auth",
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "ping",
+    "ack",
+    "nack",
+];
+
+/// A subscription to a consumer group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSubscription {
+    pub name: String,
+    /// Unacknowledged messages this subscription holds at most (1 to
+    /// 1000, default 100).
+    pub max_in_flight: i64,
+}
+
+/// Most deliveries in one `ack` or `nack`.
+pub const MAX_SETTLE: usize = 1000;
 
 /// A client message, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,6 +115,23 @@ pub enum ClientMessage {
         selector: Selector,
         /// The first seq to deliver (inclusive); `None` = live only.
         from: Option<i64>,
+        /// A consumer group to take work from (then no topics, filter or
+        /// `from`: the group has its own), and how many of its messages may
+        /// be unacknowledged on this subscription at once.
+        group: Option<GroupSubscription>,
+    },
+    /// Acknowledge deliveries of a group subscription.
+    Ack {
+        /// The subscription they came on.
+        id: String,
+        deliveries: Vec<String>,
+    },
+    /// Give deliveries of a group subscription back (again after
+    /// `delay_ms`).
+    Nack {
+        id: String,
+        deliveries: Vec<String>,
+        delay_ms: Option<i64>,
     },
     /// Close a subscription.
     Unsubscribe {
@@ -129,6 +167,8 @@ impl ClientMessage {
             ClientMessage::Unsubscribe { .. } => "unsubscribe",
             ClientMessage::Publish { .. } => "publish",
             ClientMessage::Ping => "ping",
+            ClientMessage::Ack { .. } => "ack",
+            ClientMessage::Nack { .. } => "nack",
         }
     }
 }

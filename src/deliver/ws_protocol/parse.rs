@@ -60,6 +60,8 @@ enum MessageType {
     Unsubscribe,
     Publish,
     Ping,
+    Ack,
+    Nack,
 }
 
 impl MessageType {
@@ -70,6 +72,8 @@ impl MessageType {
             "unsubscribe" => Some(MessageType::Unsubscribe),
             "publish" => Some(MessageType::Publish),
             "ping" => Some(MessageType::Ping),
+            "ack" => Some(MessageType::Ack),
+            "nack" => Some(MessageType::Nack),
             _ => None,
         }
     }
@@ -81,6 +85,8 @@ impl MessageType {
             MessageType::Unsubscribe => "unsubscribe",
             MessageType::Publish => "publish",
             MessageType::Ping => "ping",
+            MessageType::Ack => "ack",
+            MessageType::Nack => "nack",
         }
     }
 
@@ -92,6 +98,8 @@ impl MessageType {
             MessageType::Unsubscribe => "an unsubscribe message",
             MessageType::Publish => "a publish message",
             MessageType::Ping => "a ping message",
+            MessageType::Ack => "an ack message",
+            MessageType::Nack => "a nack message",
         }
     }
 
@@ -107,10 +115,14 @@ impl MessageType {
                 "collection",
                 "filter",
                 "from",
+                "group",
+                "max_in_flight",
             ],
             MessageType::Unsubscribe => &["id"],
             MessageType::Publish => &["event", "data", "subject"],
             MessageType::Ping => &[],
+            MessageType::Ack => &["id", "deliveries"],
+            MessageType::Nack => &["id", "deliveries", "delay_ms"],
         }
     }
 }
@@ -251,7 +263,97 @@ fn parse_typed(
                     )))
                 }
             };
-            Ok(ClientMessage::Subscribe { id, selector, from })
+            let group = match m.optional("group") {
+                None => None,
+                Some(Value::String(name)) => {
+                    let shaped = !name.is_empty()
+                        && name.len() <= 64
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+                    if !shaped {
+                        return Err(m.invalid(format!(
+                            "group: expected a group name (1 to 64 of A-Z a-z 0-9 _ . -), found {}",
+                            echo(name)
+                        )));
+                    }
+                    if !selector.topics.is_empty() || selector.filter.is_some() || from.is_some() {
+                        return Err(m.invalid(
+                            "a group subscription takes no topic, topics, table, collection, filter or from: the group has its own (PATCH /v1/groups/{name} changes them)",
+                        ));
+                    }
+                    let max_in_flight = match m.optional("max_in_flight") {
+                        None => 100,
+                        Some(v) => match v.as_i64() {
+                            Some(n) if (1..=1000).contains(&n) => n,
+                            _ => {
+                                return Err(m.invalid(
+                                    "max_in_flight: expected a whole number from 1 to 1000",
+                                ))
+                            }
+                        },
+                    };
+                    Some(super::GroupSubscription {
+                        name: name.clone(),
+                        max_in_flight,
+                    })
+                }
+                Some(other) => {
+                    return Err(m.invalid(format!(
+                        "group: expected a group name, found {}",
+                        kind_of(other)
+                    )))
+                }
+            };
+            if group.is_none() && m.optional("max_in_flight").is_some() {
+                return Err(m.invalid("max_in_flight: only with group"));
+            }
+            Ok(ClientMessage::Subscribe {
+                id,
+                selector,
+                from,
+                group,
+            })
+        }
+        MessageType::Ack | MessageType::Nack => {
+            let id = m.id()?;
+            let deliveries = match m.optional("deliveries") {
+                Some(Value::Array(items))
+                    if !items.is_empty()
+                        && items.len() <= super::MAX_SETTLE
+                        && items.iter().all(Value::is_string) =>
+                {
+                    items
+                        .iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                }
+                _ => {
+                    return Err(m.invalid(format!(
+                        "deliveries: expected an array of 1 to {} delivery tokens (strings)",
+                        super::MAX_SETTLE
+                    )))
+                }
+            };
+            if kind == MessageType::Ack {
+                return Ok(ClientMessage::Ack { id, deliveries });
+            }
+            let delay_ms = match m.optional("delay_ms") {
+                None => None,
+                Some(v) => match v.as_i64() {
+                    Some(n) if (0..=43_200_000).contains(&n) => Some(n),
+                    _ => {
+                        return Err(m.invalid(
+                            "delay_ms: expected a whole number of milliseconds from 0 to 43200000 (12 h)",
+                        ))
+                    }
+                },
+            };
+            Ok(ClientMessage::Nack {
+                id,
+                deliveries,
+                delay_ms,
+            })
         }
         MessageType::Unsubscribe => Ok(ClientMessage::Unsubscribe { id: m.id()? }),
         MessageType::Publish => {

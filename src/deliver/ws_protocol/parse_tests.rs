@@ -231,7 +231,7 @@ fn before_auth_only_auth_and_ping_are_parsed() {
             r#"{"id":"m1"}"#,
             Err(ProtocolError::new(
                 code::INVALID_MESSAGE,
-                "missing member \"type\"; expected one of auth, subscribe, unsubscribe, publish, ping",
+                "missing member \"type\"; expected one of auth, subscribe, unsubscribe, publish, ping, ack, nack",
             )
             .with_id("m1")),
         ),
@@ -239,7 +239,7 @@ fn before_auth_only_auth_and_ping_are_parsed() {
             r#"{"type":"nope","id":"u1"}"#,
             Err(ProtocolError::new(
                 code::UNKNOWN_TYPE,
-                "unknown message type \"nope\"; expected one of auth, subscribe, unsubscribe, publish, ping",
+                "unknown message type \"nope\"; expected one of auth, subscribe, unsubscribe, publish, ping, ack, nack",
             )
             .with_id("u1")),
         ),
@@ -278,7 +278,7 @@ fn before_auth_only_auth_and_ping_are_parsed() {
             r#"{"type":"hello"}"#,
             Err(ProtocolError::new(
                 code::UNKNOWN_TYPE,
-                "unknown message type \"hello\"; expected one of auth, subscribe, unsubscribe, publish, ping",
+                "unknown message type \"hello\"; expected one of auth, subscribe, unsubscribe, publish, ping, ack, nack",
             )),
         ),
         (

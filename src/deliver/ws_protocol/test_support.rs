@@ -48,6 +48,7 @@ pub(super) fn subscribe(
             filter,
         },
         from,
+        group: None,
     }
 }
 
@@ -122,14 +123,14 @@ pub(super) fn error_cases() -> Vec<(String, &'static str, Option<&'static str>, 
             "{}".into(),
             code::INVALID_MESSAGE,
             None,
-            "missing member \"type\"; expected one of auth, subscribe, unsubscribe, publish, ping"
+            "missing member \"type\"; expected one of auth, subscribe, unsubscribe, publish, ping, ack, nack"
                 .into(),
         ),
         (
             r#"{"type":["ping"]}"#.into(),
             code::INVALID_MESSAGE,
             None,
-            "type: expected a string (one of auth, subscribe, unsubscribe, publish, ping), found an array"
+            "type: expected a string (one of auth, subscribe, unsubscribe, publish, ping, ack, nack), found an array"
                 .into(),
         ),
         (
@@ -151,21 +152,21 @@ pub(super) fn error_cases() -> Vec<(String, &'static str, Option<&'static str>, 
             r#"{"id":"m1"}"#.into(),
             code::INVALID_MESSAGE,
             Some("m1"),
-            "missing member \"type\"; expected one of auth, subscribe, unsubscribe, publish, ping"
+            "missing member \"type\"; expected one of auth, subscribe, unsubscribe, publish, ping, ack, nack"
                 .into(),
         ),
         (
             r#"{"type":"nope","id":"u1"}"#.into(),
             code::UNKNOWN_TYPE,
             Some("u1"),
-            "unknown message type \"nope\"; expected one of auth, subscribe, unsubscribe, publish, ping"
+            "unknown message type \"nope\"; expected one of auth, subscribe, unsubscribe, publish, ping, ack, nack"
                 .into(),
         ),
         (
             r#"{"type":7,"id":"t1"}"#.into(),
             code::INVALID_MESSAGE,
             Some("t1"),
-            "type: expected a string (one of auth, subscribe, unsubscribe, publish, ping), found a number"
+            "type: expected a string (one of auth, subscribe, unsubscribe, publish, ping, ack, nack), found a number"
                 .into(),
         ),
         (
@@ -191,14 +192,14 @@ pub(super) fn error_cases() -> Vec<(String, &'static str, Option<&'static str>, 
             r#"{"type":"subscribe_all"}"#.into(),
             code::UNKNOWN_TYPE,
             None,
-            "unknown message type \"subscribe_all\"; expected one of auth, subscribe, unsubscribe, publish, ping"
+            "unknown message type \"subscribe_all\"; expected one of auth, subscribe, unsubscribe, publish, ping, ack, nack"
                 .into(),
         ),
         (
             r#"{"type":"PING"}"#.into(),
             code::UNKNOWN_TYPE,
             None,
-            "unknown message type \"PING\"; expected one of auth, subscribe, unsubscribe, publish, ping"
+            "unknown message type \"PING\"; expected one of auth, subscribe, unsubscribe, publish, ping, ack, nack"
                 .into(),
         ),
         (
@@ -206,7 +207,7 @@ pub(super) fn error_cases() -> Vec<(String, &'static str, Option<&'static str>, 
             code::UNKNOWN_TYPE,
             None,
             format!(
-                "unknown message type \"{}\"… (70 bytes); expected one of auth, subscribe, unsubscribe, publish, ping",
+                "unknown message type \"{}\"… (70 bytes); expected one of auth, subscribe, unsubscribe, publish, ping, ack, nack",
                 "x".repeat(64)
             ),
         ),
@@ -267,14 +268,14 @@ pub(super) fn error_cases() -> Vec<(String, &'static str, Option<&'static str>, 
             r#"{"type":"subscribe","id":"s1","topicz":"a"}"#.into(),
             code::INVALID_MESSAGE,
             Some("s1"),
-            "unknown member \"topicz\" in a subscribe message; accepted: type, id, topic, topics, table, collection, filter, from"
+            "unknown member \"topicz\" in a subscribe message; accepted: type, id, topic, topics, table, collection, filter, from, group, max_in_flight"
                 .into(),
         ),
         (
             r#"{"type":"subscribe","id":"s1","tenant":"other"}"#.into(),
             code::INVALID_MESSAGE,
             Some("s1"),
-            "unknown member \"tenant\" in a subscribe message; accepted: type, id, topic, topics, table, collection, filter, from"
+            "unknown member \"tenant\" in a subscribe message; accepted: type, id, topic, topics, table, collection, filter, from, group, max_in_flight"
                 .into(),
         ),
         (
