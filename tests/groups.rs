@@ -947,3 +947,88 @@ async fn a_websocket_takes_group_work_within_its_budget() {
     assert!(again.iter().all(|m| m["attempt"] == 2));
     common::stop_server(server, token).await;
 }
+
+/// A group started at a backfill sees the table's rows as they were read,
+/// then the changes after; and a group of another tenant never sees them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_from_a_backfill_sees_the_table_then_its_changes() {
+    let db = TestDb::new("grp_bf");
+    db.client()
+        .await
+        .batch_execute(ITEMS)
+        .await
+        .expect("schema");
+    let (server, token) = serve(&db).await;
+    insert(&db, "a", 1..=5).await;
+    insert(&db, "b", 100..=102).await;
+    let admin = sluice::auth::keys::create_key(
+        &db.client().await,
+        None,
+        Role::Admin,
+        None,
+        &serde_json::Map::new(),
+        None,
+    )
+    .await
+    .expect("admin key")
+    .1;
+    let ops = Api::new(server.addr, &admin);
+    let (s, bf) = ops
+        .post("/v1/backfills", json!({"table": "public.items"}))
+        .await;
+    assert_eq!(s, 201, "{bf}");
+    let id = bf["id"].as_i64().expect("backfill id");
+    common::poll_until(PATIENCE, Duration::from_millis(100), || async {
+        let (_, b) = ops.get(&format!("/v1/backfills/{id}")).await;
+        if b["status"] == "done" {
+            Ok(())
+        } else {
+            Err(format!("backfill {b}"))
+        }
+    })
+    .await;
+    insert(&db, "a", 6..=6).await;
+    let a = Api::new(server.addr, &key(&db, "a", Role::Service).await);
+    let (s, v) = a
+        .post(
+            "/v1/groups",
+            json!({"name": "bf", "start": {"backfill": id}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = a
+        .post(
+            "/v1/groups",
+            json!({"name": "x", "start": {"backfill": 999_999}}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["param"].as_str()),
+        (400, Some("start.backfill")),
+        "{v}"
+    );
+    let got = a.receive_n("bf", 6).await;
+    let kinds: Vec<(String, i64)> = got
+        .iter()
+        .map(|m| {
+            (
+                m["event"]["type"].as_str().expect("type").to_owned(),
+                m["event"]["data"]["new"]["id"].as_i64().expect("id"),
+            )
+        })
+        .collect();
+    let mut snapshot: Vec<i64> = kinds
+        .iter()
+        .filter(|k| k.0 == "row.snapshot")
+        .map(|k| k.1)
+        .collect();
+    snapshot.sort_unstable();
+    assert_eq!(snapshot, vec![1, 2, 3, 4, 5], "{kinds:?}");
+    assert_eq!(
+        kinds.last(),
+        Some(&("row.inserted".to_owned(), 6)),
+        "{kinds:?}"
+    );
+    assert!(got.iter().all(|m| m["event"]["tenant"] == "a"));
+    common::stop_server(server, token).await;
+}

@@ -875,3 +875,73 @@ async fn policies_the_table_cannot_honour_are_refused_at_start() {
     assert!(out.contains("anon: denied"), "{out}");
     assert!(out.contains("service: all rows, all columns"), "{out}");
 }
+
+/// A consumer group reading as a role gets what that role may see: its
+/// rows, without hidden columns, with `row.left`/`row.entered` at moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_group_of_a_role_gets_what_the_role_may_see() {
+    let (db, server, token) = todos("pol_grp").await;
+    let addr = server.addr;
+    let service = common::key(&db, "acme", Role::Service).await;
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        let (http, service) = (http.clone(), service.clone());
+        let url = format!("http://{addr}{path}");
+        async move {
+            let r = http
+                .post(url)
+                .header("authorization", format!("Bearer {service}"))
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .expect("request");
+            let status = r.status().as_u16();
+            let v: Value =
+                serde_json::from_str(&r.text().await.expect("body")).unwrap_or(Value::Null);
+            (status, v)
+        }
+    };
+    let (s, v) = post(
+        "/v1/groups",
+        json!({"name": "u1", "start": "beginning", "role": "member", "claims": {"sub": "u1"}}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["role"], "member");
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO todos VALUES (1, 'acme', 'u1', 'red', 'mine', 's3cr3t-1');
+             INSERT INTO todos VALUES (2, 'acme', 'u2', 'red', 'theirs', 's3cr3t-2');
+             UPDATE todos SET owner_id = 'u2' WHERE id = 1;
+             UPDATE todos SET owner_id = 'u1' WHERE id = 2;",
+        )
+        .await
+        .expect("writes");
+    let mut got: Vec<Value> = Vec::new();
+    let start = std::time::Instant::now();
+    while got.len() < 3 {
+        assert!(start.elapsed() < PATIENCE, "{got:?}");
+        let (s, v) = post("/v1/groups/u1/receive", json!({"wait_ms": 2000})).await;
+        assert_eq!(s, 200, "{v}");
+        got.extend(v["messages"].as_array().expect("messages").iter().cloned());
+    }
+    let kinds: Vec<(i64, &str)> = got
+        .iter()
+        .map(|m| {
+            (
+                m["event"]["data"]["key"]["id"].as_i64().expect("id"),
+                m["event"]["type"].as_str().expect("type"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![(1, "row.inserted"), (1, "row.left"), (2, "row.entered")]
+    );
+    assert!(!Value::Array(got.clone()).to_string().contains("s3cr3t"));
+    let (s, _) = post("/v1/groups", json!({"name": "bad", "role": "owner"})).await;
+    assert_eq!(s, 400, "an unknown role");
+    common::stop_server(server, token).await;
+}

@@ -278,7 +278,7 @@ impl Groups {
             Start::Backfill(id) => {
                 let row = client
                     .query_opt(
-                        "SELECT coalesce(first_seq, start_seq + 1) FROM sluice.backfills WHERE id = $1",
+                        "SELECT coalesce(first_seq, start_seq + 1)::bigint FROM sluice.backfills WHERE id = $1",
                         &[id],
                     )
                     .await?;

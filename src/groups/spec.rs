@@ -67,7 +67,7 @@ pub enum Start {
     /// This seq (inclusive).
     Seq(i64),
     /// The first event of this backfill (its snapshot, then what followed).
-    Backfill(String),
+    Backfill(i64),
 }
 
 impl Start {
@@ -76,7 +76,7 @@ impl Start {
         let bad = || {
             SpecError::new(
                 "start",
-                "expected \"beginning\", \"now\", {\"seq\": N} or {\"backfill\": \"<id>\"}",
+                "expected \"beginning\", \"now\", {\"seq\": N} or {\"backfill\": <id>}",
             )
         };
         match v {
@@ -94,8 +94,13 @@ impl Start {
                     };
                 }
                 match o.get("backfill") {
-                    Some(Value::String(id)) if !id.is_empty() => Ok(Start::Backfill(id.clone())),
-                    Some(_) => Err(SpecError::new("start.backfill", "expected a backfill id")),
+                    Some(v) => match v.as_i64() {
+                        Some(id) if id >= 1 => Ok(Start::Backfill(id)),
+                        _ => Err(SpecError::new(
+                            "start.backfill",
+                            "expected a backfill id (the id POST /v1/backfills answered)",
+                        )),
+                    },
                     None => Err(bad()),
                 }
             }
@@ -290,8 +295,14 @@ mod tests {
         );
         assert_eq!(Start::parse(Some(&json!({"seq": 5}))), Ok(Start::Seq(5)));
         assert_eq!(
-            Start::parse(Some(&json!({"backfill": "bf_1"}))),
-            Ok(Start::Backfill("bf_1".into()))
+            Start::parse(Some(&json!({"backfill": 7}))),
+            Ok(Start::Backfill(7))
+        );
+        assert_eq!(
+            Start::parse(Some(&json!({"backfill": "x"})))
+                .unwrap_err()
+                .param,
+            "start.backfill"
         );
         assert_eq!(
             Start::parse(Some(&json!({"seq": 0}))).unwrap_err().param,
