@@ -293,6 +293,8 @@ impl Groups {
                 oldest: g.oldest,
             });
         }
+        let cursor = cursor.max(1);
+        let (t, ordering) = (tenant.as_str(), spec.ordering.as_str());
         let row = client
             .query_opt(
                 &format!(
@@ -302,19 +304,12 @@ impl Groups {
                      ON CONFLICT DO NOTHING
                      RETURNING {GROUP_COLUMNS}"
                 ),
-                &[
-                    &tenant.as_str(),
-                    &spec.name,
-                    &spec.topics,
-                    &spec.filter,
-                    &spec.role,
-                    &spec.claims,
-                    &spec.ack_wait_ms,
-                    &spec.max_deliveries,
-                    &spec.max_in_flight,
-                    &spec.ordering.as_str(),
-                    &cursor.max(1),
-                ],
+                &{
+                    let mut p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                        spec.params(&t, &ordering).to_vec();
+                    p.push(&cursor);
+                    p
+                },
             )
             .await?;
         match row.as_ref().and_then(group_of) {
@@ -367,6 +362,7 @@ impl Groups {
         tenant: &TenantId,
         spec: &GroupSpec,
     ) -> Result<Group, GroupError> {
+        let (t, ordering) = (tenant.as_str(), spec.ordering.as_str());
         let row = client
             .query_opt(
                 &format!(
@@ -376,18 +372,7 @@ impl Groups {
                      WHERE tenant = $1 AND name = $2
                      RETURNING {GROUP_COLUMNS}"
                 ),
-                &[
-                    &tenant.as_str(),
-                    &spec.name,
-                    &spec.topics,
-                    &spec.filter,
-                    &spec.role,
-                    &spec.claims,
-                    &spec.ack_wait_ms,
-                    &spec.max_deliveries,
-                    &spec.max_in_flight,
-                    &spec.ordering.as_str(),
-                ],
+                &spec.params(&t, &ordering),
             )
             .await?;
         self.wake.notify_waiters();

@@ -127,17 +127,29 @@ pub struct GroupSpec {
 impl GroupSpec {
     /// The selector its topics and filter describe.
     pub fn selector(&self) -> Option<Selector> {
-        let topics = self
-            .topics
-            .iter()
-            .map(|t| TopicGlob::parse(t))
-            .collect::<Result<Vec<_>, _>>()
-            .ok()?;
-        let filter = match &self.filter {
-            Some(f) => Some(Filter::parse(f).ok()?),
-            None => None,
-        };
-        Some(Selector { topics, filter })
+        Selector::from_stored(&self.topics, self.filter.as_ref())
+    }
+
+    /// The values of `$1` (tenant) to `$10` of the statements that store a
+    /// group: name, topics, filter, role, claims, ack_wait_ms,
+    /// max_deliveries, max_in_flight, ordering.
+    pub fn params<'a>(
+        &'a self,
+        tenant: &'a &'a str,
+        ordering: &'a &'a str,
+    ) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 10] {
+        [
+            tenant,
+            &self.name,
+            &self.topics,
+            &self.filter,
+            &self.role,
+            &self.claims,
+            &self.ack_wait_ms,
+            &self.max_deliveries,
+            &self.max_in_flight,
+            ordering,
+        ]
     }
 
     /// Checks every member; the name is `[A-Za-z0-9_.-]{1,64}`.

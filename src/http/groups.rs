@@ -433,63 +433,73 @@ fn settled_response(verb: &str, s: Settled) -> Result<Json<Value>, ApiError> {
     })
 }
 
+/// What `ack`, `nack` and `extend` do with their tokens.
+#[derive(Clone, Copy)]
+enum Settle {
+    Ack,
+    Nack,
+    Extend,
+}
+
 async fn ack(
-    State(state): State<AppState>,
+    state: State<AppState>,
     headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    Path(name): Path<String>,
+    raw: RawQuery,
+    name: Path<String>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant_of(&state, &headers, raw.as_deref()).await?;
-    let b: TokensBody = json_body(&bytes)?;
-    let client = groups_db(&state).await?;
-    let s = state
-        .groups
-        .ack(&client, &tenant, &name, &b.deliveries)
-        .await
-        .map_err(api_error)?;
-    settled_response("acked", s)
+    settle(state, headers, raw, name, bytes, Settle::Ack).await
 }
 
 async fn nack(
-    State(state): State<AppState>,
+    state: State<AppState>,
     headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    Path(name): Path<String>,
+    raw: RawQuery,
+    name: Path<String>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant_of(&state, &headers, raw.as_deref()).await?;
-    let b: TokensBody = json_body(&bytes)?;
-    let delay = bounded("delay_ms", b.delay_ms, 0, 0, MAX_DELAY_MS)?;
-    let client = groups_db(&state).await?;
-    let s = state
-        .groups
-        .nack(&client, &tenant, &name, &b.deliveries, delay)
-        .await
-        .map_err(api_error)?;
-    settled_response("nacked", s)
+    settle(state, headers, raw, name, bytes, Settle::Nack).await
 }
 
 async fn extend(
+    state: State<AppState>,
+    headers: HeaderMap,
+    raw: RawQuery,
+    name: Path<String>,
+    bytes: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    settle(state, headers, raw, name, bytes, Settle::Extend).await
+}
+
+async fn settle(
     State(state): State<AppState>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
     Path(name): Path<String>,
     bytes: Bytes,
+    how: Settle,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = tenant_of(&state, &headers, raw.as_deref()).await?;
     let b: TokensBody = json_body(&bytes)?;
-    let ms = match b.ms {
-        None => None,
-        Some(ms) => Some(bounded("ms", Some(ms), 0, 100, MAX_DELAY_MS)?),
-    };
     let client = groups_db(&state).await?;
-    let s = state
-        .groups
-        .extend(&client, &tenant, &name, &b.deliveries, ms)
-        .await
-        .map_err(api_error)?;
-    settled_response("extended", s)
+    let g = &state.groups;
+    let (verb, done) = match how {
+        Settle::Ack => ("acked", g.ack(&client, &tenant, &name, &b.deliveries).await),
+        Settle::Nack => {
+            let delay = bounded("delay_ms", b.delay_ms, 0, 0, MAX_DELAY_MS)?;
+            let done = g.nack(&client, &tenant, &name, &b.deliveries, delay).await;
+            ("nacked", done)
+        }
+        Settle::Extend => {
+            let ms = match b.ms {
+                None => None,
+                Some(ms) => Some(bounded("ms", Some(ms), 0, 100, MAX_DELAY_MS)?),
+            };
+            let done = g.extend(&client, &tenant, &name, &b.deliveries, ms).await;
+            ("extended", done)
+        }
+    };
+    settled_response(verb, done.map_err(api_error)?)
 }
 
 async fn seek(

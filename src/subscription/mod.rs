@@ -33,6 +33,22 @@ pub struct Selector {
 }
 
 impl Selector {
+    /// The selector stored topic globs and a stored filter describe (a
+    /// webhook endpoint's, a consumer group's: both were validated when
+    /// stored); `None` if one no longer parses.
+    pub fn from_stored(topics: &[String], filter: Option<&serde_json::Value>) -> Option<Selector> {
+        let topics = topics
+            .iter()
+            .map(|t| TopicGlob::parse(t))
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        let filter = match filter {
+            Some(f) => Some(Filter::parse(f).ok()?),
+            None => None,
+        };
+        Some(Selector { topics, filter })
+    }
+
     /// Whether the topic is one the subscriber asked for.
     pub fn matches_topic(&self, topic: &str) -> bool {
         self.topics.is_empty() || self.topics.iter().any(|g| g.matches(topic))

@@ -14,7 +14,7 @@ use tokio_postgres::{GenericClient, Row};
 
 use crate::event::{Committed, TenantId};
 use crate::policy::{Access, EventView, Policies};
-use crate::subscription::{Filter, Selector, TopicGlob};
+use crate::subscription::Selector;
 
 /// The columns `Endpoint::from_row` reads, in order.
 pub const COLUMNS: &str = "id, tenant, url, topics, filter, description, enabled, disabled_reason, \
@@ -101,17 +101,7 @@ impl Endpoint {
     /// The selector its topics and filter describe (both were validated
     /// when stored; an entry that no longer parses matches nothing).
     pub fn selector(&self) -> Option<Selector> {
-        let topics = self
-            .topics
-            .iter()
-            .map(|t| TopicGlob::parse(t))
-            .collect::<Result<Vec<_>, _>>()
-            .ok()?;
-        let filter = match &self.filter {
-            Some(f) => Some(Filter::parse(f).ok()?),
-            None => None,
-        };
-        Some(Selector { topics, filter })
+        Selector::from_stored(&self.topics, self.filter.as_ref())
     }
 
     /// What the endpoint receives: its role's policy (with its claims),

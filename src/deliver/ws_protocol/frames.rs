@@ -74,9 +74,16 @@ pub fn error_frame(err: &ProtocolError) -> String {
 /// re-serialized, so the result is valid UTF-8 JSON whenever the envelope
 /// is (envelopes always are).
 pub fn event_frame(sub: &str, envelope: &[u8]) -> Bytes {
-    let mut head = String::with_capacity(sub.len() + 40);
+    event_frame_with(sub, "", envelope)
+}
+
+/// `{"type":"event","sub":…<extra>,"event":<envelope>}`; `extra` is
+/// serialized members, each starting with a comma.
+fn event_frame_with(sub: &str, extra: &str, envelope: &[u8]) -> Bytes {
+    let mut head = String::with_capacity(sub.len() + extra.len() + 40);
     head.push_str("{\"type\":\"event\",\"sub\":");
     push_json_str(&mut head, sub);
+    head.push_str(extra);
     head.push_str(",\"event\":");
     let mut out = Vec::with_capacity(head.len() + envelope.len() + 1);
     out.extend_from_slice(head.as_bytes());
@@ -114,21 +121,10 @@ pub fn group_event_frame(
     seq: i64,
     envelope: &[u8],
 ) -> Bytes {
-    let mut head = String::with_capacity(sub.len() + delivery.len() + 64);
-    head.push_str("{\"type\":\"event\",\"sub\":");
-    push_json_str(&mut head, sub);
-    head.push_str(",\"delivery\":");
-    push_json_str(&mut head, delivery);
-    head.push_str(",\"attempt\":");
-    head.push_str(&attempt.to_string());
-    head.push_str(",\"seq\":");
-    head.push_str(&seq.to_string());
-    head.push_str(",\"event\":");
-    let mut out = Vec::with_capacity(head.len() + envelope.len() + 1);
-    out.extend_from_slice(head.as_bytes());
-    out.extend_from_slice(envelope);
-    out.push(b'}');
-    Bytes::from(out)
+    let mut extra = String::from(",\"delivery\":");
+    push_json_str(&mut extra, delivery);
+    extra.push_str(&format!(",\"attempt\":{attempt},\"seq\":{seq}"));
+    event_frame_with(sub, &extra, envelope)
 }
 
 /// The answer to `ack`/`nack`: `{"type":"acked"|"nacked","id":…,"count":n,"unknown":[…]}`
