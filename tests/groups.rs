@@ -1032,3 +1032,89 @@ async fn a_group_from_a_backfill_sees_the_table_then_its_changes() {
     assert!(got.iter().all(|m| m["event"]["tenant"] == "a"));
     common::stop_server(server, token).await;
 }
+
+/// Settings change with PATCH (not the position); DELETE removes a group
+/// and its messages; stats count what is waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_are_changed_counted_and_deleted() {
+    let db = TestDb::new("grp_crud");
+    db.client()
+        .await
+        .batch_execute(ITEMS)
+        .await
+        .expect("schema");
+    let (server, token) = serve(&db).await;
+    let a = Api::new(server.addr, &key(&db, "a", Role::Service).await);
+    let (s, _) = a
+        .post("/v1/groups", json!({"name": "g", "start": "beginning"}))
+        .await;
+    assert_eq!(s, 201);
+    insert(&db, "a", 1..=4).await;
+    // Stats see the four once they are in the log.
+    common::poll_until(PATIENCE, Duration::from_millis(50), || async {
+        let (_, st) = a.get("/v1/groups/g/stats").await;
+        if st["backlog"] == 4 {
+            Ok(())
+        } else {
+            Err(format!("{st}"))
+        }
+    })
+    .await;
+    let got = a.receive_n("g", 1).await;
+    let (_, st) = a.get("/v1/groups/g/stats").await;
+    assert_eq!(
+        (st["in_flight"].as_i64(), st["backlog"].as_i64()),
+        (Some(1), Some(4)),
+        "{st}"
+    );
+    let r = a
+        .http
+        .patch(format!("{}/v1/groups/g", a.base))
+        .header("authorization", format!("Bearer {}", a.key))
+        .header("content-type", "application/json")
+        .body(
+            json!({"max_deliveries": 9, "ordering": "subject", "topics": ["tables/**"]})
+                .to_string(),
+        )
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(r.status().as_u16(), 200);
+    let (_, g) = a.get("/v1/groups/g").await;
+    assert_eq!(
+        (
+            g["max_deliveries"].as_i64(),
+            g["ordering"].as_str(),
+            g["topics"][0].as_str()
+        ),
+        (Some(9), Some("subject"), Some("tables/**")),
+        "{g}"
+    );
+    // The position did not move: the rest still comes.
+    let rest = a.receive_n("g", 3).await;
+    assert!(seqs(&rest)
+        .iter()
+        .all(|s| *s > got[0]["seq"].as_i64().expect("seq")));
+    let r = a
+        .http
+        .delete(format!("{}/v1/groups/g", a.base))
+        .header("authorization", format!("Bearer {}", a.key))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status().as_u16(), 204);
+    let (s, e) = a.get("/v1/groups/g").await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (404, Some("unknown_group"))
+    );
+    let left: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM sluice.group_messages", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0, "a deleted group's messages go with it");
+    common::stop_server(server, token).await;
+}
