@@ -251,9 +251,17 @@ async fn failing_receivers_get_every_event_on_schedule_with_a_stable_id() {
         );
         assert!(gaps[2] >= Duration::from_millis(720), "{msg}: {gaps:?}");
     }
-    // The API tells each attempt.
-    let ds = api.deliveries(&id, Some("delivered")).await;
-    assert_eq!(ds.len(), 4);
+    // The API tells each attempt (the last outcome is recorded just after
+    // the receiver answered it).
+    let ds = common::poll_until(PATIENCE, Duration::from_millis(50), || async {
+        let ds = api.deliveries(&id, Some("delivered")).await;
+        if ds.len() == 4 {
+            Ok(ds)
+        } else {
+            Err(format!("{} of 4 recorded as delivered", ds.len()))
+        }
+    })
+    .await;
     for d in &ds {
         let log = d["attempt_log"].as_array().expect("attempt log");
         assert_eq!(log.len(), 4, "{d}");

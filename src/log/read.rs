@@ -184,9 +184,11 @@ pub async fn query_events(
             params.len()
         ));
     }
+    let mut to_at = None;
     if let Some(to) = &q.to {
         params.push(to);
         let n = params.len();
+        to_at = Some(n);
         // Rows whose first event is at or before `to`. Rows never overlap,
         // so none of them lies past the row holding `to` (or the next one):
         // that bound on `seq` keeps the index scan from running to the head.
@@ -208,9 +210,26 @@ pub async fn query_events(
         sql.push_str(&format!(" AND commit_time < ${}", params.len()));
     }
     // A row holds one event or more (at least one within from..=to), so
-    // `limit` rows hold at least `limit` wanted events.
+    // `limit` rows hold at least `limit` wanted events; but a record batch
+    // holds up to hundreds, so only the rows up to the one that reaches
+    // `limit` wanted events are sent (`data` of the others is never read,
+    // let alone decompressed and shipped). A batch's events have
+    // consecutive seqs `first_seq..=seq`, all of its one type and commit.
     params.push(&q.limit);
-    sql.push_str(&format!(" ORDER BY seq LIMIT ${}", params.len()));
+    let n = params.len();
+    let last = match to_at {
+        Some(t) => format!("least(seq, ${t})"),
+        None => "seq".to_owned(),
+    };
+    let wanted = format!("({last} - greatest(coalesce(first_seq, seq), $1) + 1)");
+    let inner = sql.replacen(
+        &format!("SELECT {COLUMNS} FROM"),
+        &format!("SELECT {COLUMNS}, {wanted} AS wanted, sum({wanted}) OVER (ORDER BY seq)::bigint AS upto FROM"),
+        1,
+    );
+    let sql = format!(
+        "SELECT {COLUMNS} FROM ({inner} ORDER BY seq LIMIT ${n}) e WHERE upto - wanted < ${n} ORDER BY seq"
+    );
     let rows = client.query(&sql, &params).await?;
     let to = q.to.unwrap_or(i64::MAX);
     let limit = usize::try_from(q.limit).unwrap_or(0);
