@@ -28,6 +28,7 @@ pub const GROUP_REDELIVERIES: &str = "sluice_group_redeliveries_total";
 pub const GROUP_ACKS: &str = "sluice_group_acks_total";
 pub const GROUP_NACKS: &str = "sluice_group_nacks_total";
 pub const GROUP_DEAD: &str = "sluice_group_dead_letters_total";
+pub const GROUP_MESSAGES: &str = "sluice_group_messages";
 pub const SSE_EVENTS: &str = "sluice_sse_events_sent_total";
 pub const WS_EVENTS: &str = "sluice_ws_events_sent_total";
 pub const WS_CONNECTIONS: &str = "sluice_ws_connections";

@@ -1067,6 +1067,16 @@ async fn groups_are_changed_counted_and_deleted() {
         (Some(1), Some(4)),
         "{st}"
     );
+    let metrics = common::http::get(server.addr, "/metrics", &[]).await;
+    let text = String::from_utf8(metrics.body).expect("utf8");
+    assert!(
+        text.lines()
+            .any(|l| l == "sluice_group_messages{state=\"in_flight\"} 1"),
+        "{text}"
+    );
+    assert!(text
+        .lines()
+        .any(|l| l.starts_with("sluice_group_deliveries_total ")));
     let r = a
         .http
         .patch(format!("{}/v1/groups/g", a.base))

@@ -104,6 +104,29 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Consumer-group messages by state (all groups together), read when
+/// scraped; `None` when the database does not answer within 2 s.
+async fn group_messages(state: &AppState) -> Option<[f64; 3]> {
+    let read = async {
+        let client = state.pool.get().await.ok()?;
+        let row = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE state = 'inflight'),
+                        count(*) FILTER (WHERE state = 'ready'),
+                        count(*) FILTER (WHERE state = 'dead')
+                 FROM sluice.group_messages",
+                &[],
+            )
+            .await
+            .ok()?;
+        Some([0, 1, 2].map(|i| row.get::<_, i64>(i) as f64))
+    };
+    tokio::time::timeout(Duration::from_secs(2), read)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// Deliveries waiting, read when scraped (`None` when the database does
 /// not answer within 2 s: the gauge is left out rather than wrong).
 async fn outbox_depth(state: &AppState) -> Option<f64> {
@@ -340,6 +363,15 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
     if let Some(depth) = outbox_depth {
         samples.push((metrics::OUTBOX_DEPTH, None, depth));
     }
+    if let Some([in_flight, ready, dead]) = group_messages(&state).await {
+        samples.push((
+            metrics::GROUP_MESSAGES,
+            Some("state=\"in_flight\""),
+            in_flight,
+        ));
+        samples.push((metrics::GROUP_MESSAGES, Some("state=\"ready\""), ready));
+        samples.push((metrics::GROUP_MESSAGES, Some("state=\"dead\""), dead));
+    }
     let b = &state.backfill_metrics;
     samples.extend([
         (metrics::BACKFILL_ROWS, None, load(&b.rows_read)),
@@ -372,6 +404,11 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             metrics::BACKFILL_PROGRESS,
             "gauge",
             "the running backfill: rows read so far and the estimated total",
+        ),
+        (
+            metrics::GROUP_MESSAGES,
+            "gauge",
+            "consumer-group messages by state (in_flight, ready, dead), all groups together",
         ),
         (
             metrics::OUTBOX_DEPTH,
