@@ -172,11 +172,13 @@ async fn receive_ack_nack_redeliver_dead_letter_requeue_and_seek() {
     let got = a.receive_n("work", 5).await;
     let first = seqs(&got);
     let t = tokens(&got);
-    // The fourth is worked on for long: its deadline moves a minute out.
+    // The first four are worked on for long: their deadlines move a
+    // minute out, so nothing here depends on how fast the test runs; only
+    // the fifth is left to expire (the test waits for it, never times it).
     let (s, _) = a
         .post(
             "/v1/groups/work/extend",
-            json!({"deliveries": [t[3]], "ms": 60000}),
+            json!({"deliveries": [t[0], t[1], t[2], t[3]], "ms": 60000}),
         )
         .await;
     assert_eq!(s, 200);
@@ -817,7 +819,7 @@ async fn a_websocket_takes_group_work_within_its_budget() {
     let (s, _) = a
         .post(
             "/v1/groups",
-            json!({"name": "ws", "start": "beginning", "ack_wait_ms": 1000}),
+            json!({"name": "ws", "start": "beginning", "ack_wait_ms": 60000}),
         )
         .await;
     assert_eq!(s, 201);
@@ -924,7 +926,18 @@ async fn a_websocket_takes_group_work_within_its_budget() {
     assert_eq!(r["unknown"].as_array().map(Vec::len), Some(1), "{r}");
     drop(ws);
 
-    // A socket dropped with work in hand: the group takes it back.
+    // A socket dropped with work in hand: the group takes it back (a short
+    // ack_wait from here on, for the messages read after the change).
+    let r = a
+        .http
+        .patch(format!("{}/v1/groups/ws", a.base))
+        .header("authorization", format!("Bearer {}", a.key))
+        .header("content-type", "application/json")
+        .body(json!({"ack_wait_ms": 500}).to_string())
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(r.status().as_u16(), 200);
     insert(&db, "a", 11..=12).await;
     let mut ws2 = connect(server.addr, "").await;
     send(&mut ws2, json!({"type": "auth", "token": service})).await;

@@ -68,19 +68,15 @@ struct CreateBody {
 #[serde(deny_unknown_fields)]
 struct PatchBody {
     topics: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::webhooks::present")]
     filter: Option<Value>,
     ack_wait_ms: Option<i32>,
     max_deliveries: Option<i32>,
     max_in_flight: Option<i32>,
     ordering: Option<String>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::webhooks::present")]
     role: Option<Value>,
     claims: Option<Value>,
-}
-
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Deserialize)]
