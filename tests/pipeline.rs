@@ -719,6 +719,7 @@ async fn record_batch_rows_read_back_as_their_events() {
             topic: "public.items",
             txid: Some(77),
             lsn: Some(4096),
+            ext: None,
             data,
         }
         .to_json()
@@ -886,7 +887,8 @@ async fn record_batch_rows_read_back_as_their_events() {
             "lsn",
             "commit_time",
             "appended_at",
-            "data"
+            "data",
+            "ext"
         ]
     );
 }
@@ -1169,6 +1171,7 @@ fn appended_event(
         lsn: txid.map(|t| t * 1000),
         data: JsonText::parse(format!(r#"{{"id":{id},"tenant":"{tenant}"}}"#)).expect("json"),
         relation: Some("public.t".into()),
+        ext: None,
     }
 }
 

@@ -543,29 +543,8 @@ impl Session {
                 "authenticate first",
             ));
         };
-        // Service publishes anywhere no policy says otherwise; anon and
-        // custom roles only where a topics policy allows publishing.
-        let topic = format!("custom/{event}");
-        let viewer = self.ctx.policies.viewer(identity);
-        let allowed = if viewer.is_open() {
-            identity.role >= Role::Service
-        } else {
-            viewer.may_publish(&topic)
-        };
-        if !allowed {
-            return Err(ProtocolError::new(
-                code::FORBIDDEN,
-                if identity.role < Role::Service && viewer.is_open() {
-                    "publishing needs a service key (this connection's credential is anon)"
-                        .to_owned()
-                } else {
-                    format!(
-                        "role {:?} may not publish on {topic}: no access policy with publish = true covers it",
-                        identity.policy_role
-                    )
-                },
-            ));
-        }
+        publish::may_publish(&self.ctx.policies, identity, &format!("custom/{event}"))
+            .map_err(|why| ProtocolError::new(code::FORBIDDEN, why))?;
         let seq = publish::publish(&self.ctx.publisher, tenant, event, data, subject)
             .await
             .map_err(|e| ProtocolError::new(code::UNAVAILABLE, e))?;

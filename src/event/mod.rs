@@ -65,6 +65,117 @@ pub struct PendingEvent {
     /// custom events and MongoDB. The log keeps its relation→tenant index
     /// (a TRUNCATE's audience) by it. Not part of the envelope.
     pub relation: Option<Arc<str>>,
+    /// A custom event's extra envelope members (`correlation_id`,
+    /// `attributes`), as the serialized JSON object that holds them
+    /// ([`Extensions`]); `None` for nearly every event.
+    pub ext: Option<Extensions>,
+}
+
+/// Extra envelope members of a custom event, validated and serialized
+/// once: a JSON object with `correlation_id` (a string) and/or
+/// `attributes` (an object of strings), in that order. Stored as the log's
+/// `ext` column and written into the envelope before `data`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extensions(Arc<str>);
+
+/// Longest `correlation_id`, in bytes.
+pub const MAX_CORRELATION_ID: usize = 256;
+/// Most `attributes`, longest attribute name and value (bytes).
+pub const MAX_ATTRIBUTES: usize = 32;
+pub const MAX_ATTRIBUTE_NAME: usize = 64;
+pub const MAX_ATTRIBUTE_VALUE: usize = 1024;
+
+impl Extensions {
+    /// Checks and serializes the members; `None` when there are none.
+    /// Errors name the member and the bound.
+    pub fn new(
+        correlation_id: Option<&serde_json::Value>,
+        attributes: Option<&serde_json::Value>,
+    ) -> Result<Option<Extensions>, String> {
+        use serde_json::Value;
+        let mut obj = serde_json::Map::new();
+        match correlation_id {
+            None | Some(Value::Null) => {}
+            Some(Value::String(c)) if !c.is_empty() && c.len() <= MAX_CORRELATION_ID => {
+                obj.insert("correlation_id".into(), Value::String(c.clone()));
+            }
+            Some(Value::String(c)) => {
+                return Err(format!(
+                    "correlation_id: expected 1 to {MAX_CORRELATION_ID} bytes, found {}",
+                    c.len()
+                ))
+            }
+            Some(other) => {
+                return Err(format!(
+                    "correlation_id: expected a string, found {}",
+                    json::kind_of(other)
+                ))
+            }
+        }
+        match attributes {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(a)) => {
+                if a.len() > MAX_ATTRIBUTES {
+                    return Err(format!(
+                        "attributes: at most {MAX_ATTRIBUTES} attributes, found {}",
+                        a.len()
+                    ));
+                }
+                for (name, value) in a {
+                    if name.is_empty() || name.len() > MAX_ATTRIBUTE_NAME {
+                        return Err(format!(
+                            "attributes: a name must be 1 to {MAX_ATTRIBUTE_NAME} bytes, found {} ({name:?})",
+                            name.len()
+                        ));
+                    }
+                    match value {
+                        Value::String(v) if v.len() <= MAX_ATTRIBUTE_VALUE => {}
+                        Value::String(v) => {
+                            return Err(format!(
+                                "attributes.{name}: at most {MAX_ATTRIBUTE_VALUE} bytes, found {}",
+                                v.len()
+                            ))
+                        }
+                        other => {
+                            return Err(format!(
+                                "attributes.{name}: expected a string, found {}",
+                                json::kind_of(other)
+                            ))
+                        }
+                    }
+                }
+                if !a.is_empty() {
+                    obj.insert("attributes".into(), Value::Object(a.clone()));
+                }
+            }
+            Some(other) => {
+                return Err(format!(
+                    "attributes: expected an object of strings, found {}",
+                    json::kind_of(other)
+                ))
+            }
+        }
+        Ok((!obj.is_empty()).then(|| Extensions(Value::Object(obj).to_string().into())))
+    }
+
+    /// As read back from the log's `ext` column (written by [`Extensions::new`]).
+    pub fn stored(text: &str) -> Extensions {
+        Extensions(text.into())
+    }
+
+    /// The serialized object.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The members without the object's braces (`"correlation_id":"…"`).
+    fn members(&self) -> &str {
+        let s = self.0.trim();
+        s.strip_prefix('{')
+            .and_then(|s| s.strip_suffix('}'))
+            .unwrap_or("")
+            .trim()
+    }
 }
 
 /// Serialized JSON, valid by construction: built from a `Value`, parsed,
@@ -114,6 +225,8 @@ pub struct Envelope<'a> {
     pub topic: &'a str,
     pub txid: Option<u64>,
     pub lsn: Option<u64>,
+    /// Extra members of a custom event, written before `data`.
+    pub ext: Option<&'a Extensions>,
     /// Serialized JSON.
     pub data: &'a str,
 }
@@ -148,6 +261,10 @@ impl Envelope<'_> {
             out.push_str(&format_lsn(lsn));
             out.push('"');
         }
+        if let Some(members) = self.ext.map(Extensions::members).filter(|m| !m.is_empty()) {
+            out.push(',');
+            out.push_str(members);
+        }
         out.push_str(",\"data\":");
         out.push_str(self.data);
         out.push('}');
@@ -168,6 +285,7 @@ impl PendingEvent {
             topic: &self.topic,
             txid: self.txid,
             lsn: self.lsn,
+            ext: self.ext.as_ref(),
             data: self.data.get(),
         }
     }
@@ -182,6 +300,7 @@ impl PendingEvent {
         self.data.get().len()
             + self.topic.len()
             + self.subject.as_ref().map_or(0, |s| s.len())
+            + self.ext.as_ref().map_or(0, |e| e.0.len())
             + 256
     }
 }
@@ -262,6 +381,7 @@ mod tests {
             lsn: Some(0x16B3748),
             data: JsonText::parse(data.to_owned()).expect("valid json"),
             relation: None,
+            ext: None,
         }
     }
 
@@ -280,6 +400,65 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_str(&json).expect("parses");
         assert_eq!(v["data"]["key"]["id"], 42);
+    }
+
+    #[test]
+    fn extensions_come_before_data_and_are_checked() {
+        use serde_json::json;
+        let mut e = pending("{}");
+        e.ext = Extensions::new(
+            Some(&json!("c-\"1")),
+            Some(&json!({"region": "eu", "k\n": "v"})),
+        )
+        .expect("valid");
+        let json = e.envelope_json(1, &TenantId::new("acme").expect("valid"));
+        assert!(
+            json.ends_with(
+                r#","correlation_id":"c-\"1","attributes":{"region":"eu","k\n":"v"},"data":{}}"#
+            ),
+            "{json}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&json).expect("parses");
+        assert_eq!(v["correlation_id"], "c-\"1");
+        assert_eq!(Extensions::new(None, Some(&json!({}))), Ok(None));
+        assert_eq!(Extensions::new(Some(&json!(null)), None), Ok(None));
+        let bad = [
+            (
+                json!(""),
+                json!(null),
+                "correlation_id: expected 1 to 256 bytes, found 0",
+            ),
+            (
+                json!(7),
+                json!(null),
+                "correlation_id: expected a string, found a number",
+            ),
+            (
+                json!(null),
+                json!([]),
+                "attributes: expected an object of strings, found an array",
+            ),
+            (
+                json!(null),
+                json!({"a": 1}),
+                "attributes.a: expected a string, found a number",
+            ),
+            (
+                json!(null),
+                json!({"": "x"}),
+                "attributes: a name must be 1 to 64 bytes, found 0 (\"\")",
+            ),
+        ];
+        for (c, a, want) in bad {
+            assert_eq!(Extensions::new(Some(&c), Some(&a)), Err(want.to_owned()));
+        }
+        let many: serde_json::Map<String, serde_json::Value> =
+            (0..33).map(|i| (format!("a{i}"), json!("v"))).collect();
+        assert!(
+            Extensions::new(None, Some(&serde_json::Value::Object(many)))
+                .expect_err("too many")
+                .starts_with("attributes: at most 32")
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod health;
 pub mod ndjson;
 pub mod params;
 pub mod policies;
+pub mod publish;
 pub mod sse;
 mod state;
 pub mod webhooks;
@@ -33,6 +34,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(sse::router())
         .merge(ndjson::router())
+        .merge(publish::router())
         .merge(health::router())
         .merge(webhooks::router())
         .merge(backfills::router())

@@ -89,6 +89,15 @@ impl AppState {
         Ok(crate::policy::Access { viewer, selector })
     }
 
+    /// What publishing custom events needs.
+    pub fn publisher(&self) -> crate::deliver::publish::Publisher {
+        crate::deliver::publish::Publisher {
+            source: self.publish_pool.clone(),
+            log: self.pool.clone(),
+            durable: self.durable.clone(),
+        }
+    }
+
     /// The log's last seq now.
     pub fn head(&self) -> i64 {
         self.durable.borrow().last_seq

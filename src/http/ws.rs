@@ -14,7 +14,6 @@ use axum::Router;
 use super::params::Params;
 use super::{authorize, ApiError, AppState};
 use crate::auth::Role;
-use crate::deliver::publish::Publisher;
 use crate::deliver::ws::{self, WsContext};
 use crate::deliver::ws_protocol as proto;
 
@@ -27,11 +26,7 @@ fn context(state: &AppState) -> WsContext {
     WsContext {
         streams: state.streams(),
         auth: state.auth.clone(),
-        publisher: Publisher {
-            source: state.publish_pool.clone(),
-            log: state.pool.clone(),
-            durable: state.durable.clone(),
-        },
+        publisher: state.publisher(),
         config: state.config.ws.clone(),
         revocation_check: Duration::from_secs(state.config.auth.revocation_check_secs),
         captured_tables: state.captured_tables(),

@@ -50,8 +50,10 @@ pub struct Batcher {
     tenants: Vec<Vec<PreBatch>>,
     /// Data bytes counted into each tenant's open batch.
     open_bytes: Vec<usize>,
-    /// (type, topic) of each tenant's open batch.
-    open_header: Vec<(Arc<str>, Arc<str>)>,
+    /// (type, topic) of each tenant's open batch, and whether it holds an
+    /// event with extensions (which is always alone: a batch row has no
+    /// `ext` column of its own).
+    open_header: Vec<(Arc<str>, Arc<str>, bool)>,
 }
 
 impl Batcher {
@@ -71,8 +73,11 @@ impl Batcher {
                 self.at.insert(t.clone(), self.tenants.len());
                 self.tenants.push(Vec::new());
                 self.open_bytes.push(0);
-                self.open_header
-                    .push((event.event_type.clone(), event.topic.clone()));
+                self.open_header.push((
+                    event.event_type.clone(),
+                    event.topic.clone(),
+                    event.ext.is_some(),
+                ));
                 self.tenants.len() - 1
             }
         };
@@ -84,14 +89,21 @@ impl Batcher {
             return;
         };
         let size = event.data.get().len() + 32;
-        let same_header = *header.0 == *event.event_type && *header.1 == *event.topic;
+        let same_header = *header.0 == *event.event_type
+            && *header.1 == *event.topic
+            && !header.2
+            && event.ext.is_none();
         let full = batches.last().is_none_or(|b| {
             !b.members.is_empty()
                 && (!same_header || b.members.len() >= BATCH_EVENTS || *bytes + size > BATCH_BYTES)
         });
         if full {
             if !same_header {
-                *header = (event.event_type.clone(), event.topic.clone());
+                *header = (
+                    event.event_type.clone(),
+                    event.topic.clone(),
+                    event.ext.is_some(),
+                );
             }
             if let Some(b) = batches.last_mut() {
                 b.data.push(b']');
@@ -211,6 +223,30 @@ mod tests {
                         && events[j].topic == head.topic)
             );
         }
+    }
+
+    #[test]
+    fn an_event_with_extensions_is_always_alone() {
+        let ext = crate::event::Extensions::new(Some(&serde_json::json!("c-1")), None)
+            .expect("valid")
+            .expect("some");
+        let with = |n: usize| PendingEvent {
+            ext: Some(ext.clone()),
+            ..snapshot("a", n, 1)
+        };
+        let events = vec![
+            snapshot("a", 0, 1),
+            snapshot("a", 1, 1),
+            with(2),
+            with(3),
+            snapshot("a", 4, 1),
+            snapshot("a", 5, 1),
+        ];
+        let groups: Vec<Vec<usize>> = Batcher::of(&events)
+            .into_iter()
+            .map(|b| b.members)
+            .collect();
+        assert_eq!(groups, vec![vec![0, 1], vec![2], vec![3], vec![4, 5]]);
     }
 
     #[test]

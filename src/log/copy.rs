@@ -12,9 +12,9 @@ pub const TRAILER: &[u8] = &[0xff, 0xff];
 /// The column list the rows are encoded for, in order.
 pub const COPY_STATEMENT: &str =
     "COPY sluice.events (seq, tenant, tenant_hash, type, topic, source, subject, \
-     txid, lsn, commit_time, data, first_seq) FROM STDIN BINARY";
+     txid, lsn, commit_time, data, first_seq, ext) FROM STDIN BINARY";
 
-const FIELDS: i16 = 12;
+const FIELDS: i16 = 13;
 /// Where rows are written: the appender's `BytesMut` COPY buffer, or a
 /// `Vec<u8>`.
 pub trait Out: std::ops::DerefMut<Target = [u8]> {
@@ -62,6 +62,10 @@ pub fn encode_row(out: &mut impl Out, seq: i64, tenant: &TenantId, event: &Pendi
     header(out, seq, tenant, event, event.subject.as_deref());
     text(out, event.data.get());
     int8(out, None);
+    match &event.ext {
+        Some(ext) => text(out, ext.as_str()),
+        None => out.put(&(-1i32).to_be_bytes()),
+    }
 }
 
 /// Encodes one record batch of `count` events of `tenant`, all sharing
@@ -85,6 +89,8 @@ pub fn encode_batch(
     out.put(&len.to_be_bytes());
     out.put(data);
     int8(out, Some(first_seq));
+    // A batch holds no event with extensions (`batch::Batcher`).
+    out.put(&(-1i32).to_be_bytes());
 }
 
 /// Writes `[subject, data]`, one event's element of a batch's `data`.
@@ -145,6 +151,7 @@ pub(super) fn test_event(tenant: &str, subject: Option<&str>, data: &str) -> Pen
         lsn: Some(9),
         data: crate::event::JsonText::parse(data.into()).expect("json"),
         relation: None,
+        ext: None,
     }
 }
 
@@ -168,11 +175,12 @@ mod tests {
             lsn: None,
             data: crate::event::JsonText::parse("{}".into()).expect("json"),
             relation: None,
+            ext: None,
         };
         let mut row = Vec::new();
         let t = TenantId::new("t").expect("valid");
         encode_row(&mut row, 0x0102, &t, &e);
-        let mut expected = vec![0, 12, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 1, 2];
+        let mut expected = vec![0, 13, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 1, 2];
         expected.extend_from_slice(&1i32.to_be_bytes());
         expected.push(b't');
         expected.extend_from_slice(&4i32.to_be_bytes());
@@ -190,6 +198,7 @@ mod tests {
         expected.extend_from_slice(&2i32.to_be_bytes());
         expected.extend_from_slice(b"{}");
         expected.extend_from_slice(&(-1i32).to_be_bytes()); // first_seq
+        expected.extend_from_slice(&(-1i32).to_be_bytes()); // ext
         assert_eq!(row, expected);
         assert_eq!(HEADER.len(), 19);
     }
@@ -236,7 +245,8 @@ mod tests {
         let mut row = Vec::new();
         encode_batch(&mut row, 10, &t, &a, 3, &data);
         let f = fields(&row);
-        assert_eq!(f.len(), 12);
+        assert_eq!(f.len(), 13);
+        assert_eq!(f[12], None, "a batch row has no extensions");
         // seq is the last event's, first_seq the first's.
         assert_eq!(f[0], Some(12i64.to_be_bytes().to_vec()));
         assert_eq!(f[11], Some(10i64.to_be_bytes().to_vec()));

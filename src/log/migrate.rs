@@ -39,6 +39,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../sql/010_webhook_role.sql"),
     ),
     (11, "groups", include_str!("../../sql/011_groups.sql")),
+    (12, "publish", include_str!("../../sql/012_publish.sql")),
 ];
 
 const MIGRATE_LOCK_KEY: i64 = 0x51_75_1C_E0_00_02;

@@ -28,7 +28,7 @@ pub use append::{
 pub use checkpoint::Checkpoint;
 pub use position::{gap, gap_at, parse_from, Gap, InvalidFrom};
 pub use read::{
-    counts_by_type_topic, events_by_seq, first_seq_of_txid, head, pruned_through, query_events,
+    counts_by_type_topic, custom_seqs_of_txid, events_by_seq, head, pruned_through, query_events,
     read_events, tenant_seqs_present, LogQuery, ReadScope, HEAD_SQL,
 };
 pub use stage::{AppendStage, Appended, AppendedChunk};

@@ -36,7 +36,7 @@ pub struct LogQuery {
 }
 
 const COLUMNS: &str =
-    "seq, first_seq, tenant, type, topic, source, subject, txid, lsn, commit_time, data";
+    "seq, first_seq, tenant, type, topic, source, subject, txid, lsn, commit_time, data, ext";
 
 fn to_u64(v: Option<i64>) -> Option<u64> {
     v.and_then(|v| u64::try_from(v).ok())
@@ -58,6 +58,8 @@ struct RowParts<'a> {
     /// Source commit time, µs since the Unix epoch.
     commit_micros: i64,
     data: &'a str,
+    /// A custom event's extra members (never on a batch row).
+    ext: Option<&'a str>,
 }
 
 impl<'a> RowParts<'a> {
@@ -75,6 +77,7 @@ impl<'a> RowParts<'a> {
             lsn: r.get(8),
             commit_micros: time.timestamp_micros(),
             data: r.get(10),
+            ext: r.get(11),
         }
     }
 }
@@ -114,6 +117,7 @@ fn expand_row(row: &RowParts<'_>, mut keep: impl FnMut(i64) -> bool, out: &mut V
     let time = format_time_micros(row.commit_micros);
     let topic: Arc<str> = row.topic.into();
     let event_type: Arc<str> = row.event_type.into();
+    let ext = row.ext.map(crate::event::Extensions::stored);
     let event = |seq: i64, subject: Option<&str>, data: &str| Committed {
         seq,
         tenant: tenant.clone(),
@@ -130,6 +134,7 @@ fn expand_row(row: &RowParts<'_>, mut keep: impl FnMut(i64) -> bool, out: &mut V
                 txid: to_u64(row.txid),
                 lsn: to_u64(row.lsn),
                 time: &time,
+                ext: ext.as_ref(),
                 data,
             }
             .to_json(),
@@ -311,32 +316,26 @@ pub async fn head(client: &impl GenericClient) -> Result<i64, tokio_postgres::Er
         .get(0))
 }
 
-/// The seq of the tenant's first event after `after` from source
-/// transaction `xid` (its 32-bit xid, as the log stores it) with type
-/// `event_type`, if it is in the log yet (`POST /v1/publish` waits for it).
-pub async fn first_seq_of_txid(
+/// The seqs of `tenant`'s custom events after `after` from the source
+/// transaction `xid` (its 32-bit id, as the log stores it), in order: what
+/// one publish appended. A record batch contributes each event it holds.
+pub async fn custom_seqs_of_txid(
     client: &impl GenericClient,
     tenant: &TenantId,
     after: i64,
     xid: i64,
-    event_type: &str,
-) -> Result<Option<i64>, tokio_postgres::Error> {
-    Ok(client
-        .query_opt(
-            // A record batch's first event is at first_seq.
-            "SELECT greatest(coalesce(first_seq, seq), $1::bigint + 1) FROM sluice.events
-             WHERE seq > $1 AND tenant_hash = $2 AND tenant = $3 AND txid = $4 AND type = $5
-             ORDER BY seq LIMIT 1",
-            &[
-                &after,
-                &tenant.hash32(),
-                &tenant.as_str(),
-                &xid,
-                &event_type,
-            ],
+) -> Result<Vec<i64>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT s FROM sluice.events e,
+                    generate_series(greatest(coalesce(e.first_seq, e.seq), $1::bigint + 1), e.seq) s
+             WHERE e.seq > $1 AND e.tenant_hash = $2 AND e.tenant = $3 AND e.txid = $4
+               AND e.type LIKE 'custom.%'
+             ORDER BY s",
+            &[&after, &tenant.hash32(), &tenant.as_str(), &xid],
         )
-        .await?
-        .map(|r| r.get(0)))
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// How many events of the tenant, per (type, topic), committed in the last
@@ -416,6 +415,7 @@ mod tests {
             lsn: Some(0x1_6B37_4D48),
             commit_micros: 1_700_000_000_123_456,
             data,
+            ext: None,
         }
     }
 
@@ -457,6 +457,7 @@ mod tests {
             topic: "public.orders",
             txid: Some(731),
             lsn: Some(0x1_6B37_4D48),
+            ext: None,
             data,
         }
         .to_json();

@@ -11,11 +11,20 @@ use tokio_util::sync::CancellationToken;
 /// Rows deleted per statement, so pruning never holds long locks.
 const CHUNK: i64 = 10_000;
 
+/// How long a publish request's `Idempotency-Key` is remembered.
+pub const IDEMPOTENCY_HOURS: i32 = 24;
+
 /// Deletes what is older than `retention`; returns the new watermark.
 pub async fn prune_once(
     client: &Client,
     retention: Duration,
 ) -> Result<i64, tokio_postgres::Error> {
+    client
+        .execute(
+            "DELETE FROM sluice.publish_requests WHERE created_at < now() - make_interval(hours => $1)",
+            &[&IDEMPOTENCY_HOURS],
+        )
+        .await?;
     let secs = retention.as_secs_f64();
     let Some(cutoff) = cutoff_seq(client, secs).await? else {
         return crate::log::pruned_through(client).await;

@@ -62,6 +62,7 @@ pub use frames::{
     pong_frame, published_frame, settled_frame, shutdown_frame, subscribed_frame,
     unsubscribed_frame,
 };
+pub(crate) use parse::echo;
 pub use parse::{parse_client, parse_client_before_auth};
 
 /// Longest subscription id, in bytes.

@@ -10,12 +10,9 @@ use serde_json::{Map, Value};
 
 use crate::event::json::kind_of;
 
-use crate::source::postgres::normalize::{valid_custom_name, MAX_CUSTOM_NAME};
 use crate::subscription::{collection_glob, table_glob, Filter, Selector, TopicGlob};
 
-use super::{
-    code, ClientMessage, ProtocolError, CLIENT_TYPES, MAX_ID_BYTES, MAX_SUBJECT_BYTES, MAX_TOPICS,
-};
+use super::{code, ClientMessage, ProtocolError, CLIENT_TYPES, MAX_ID_BYTES, MAX_TOPICS};
 
 /// Parses and validates one client text frame on an authenticated
 /// connection. `max_bytes` is the largest frame accepted; `captured_tables`
@@ -357,20 +354,10 @@ fn parse_typed(
         }
         MessageType::Unsubscribe => Ok(ClientMessage::Unsubscribe { id: m.id()? }),
         MessageType::Publish => {
-            let what = format!(
-                "an event name of 1 to {MAX_CUSTOM_NAME} characters of A-Z a-z 0-9 _ . -, e.g. \"order.shipped\""
-            );
-            let event = m.string("event", &what, &what)?;
-            if !valid_custom_name(event) {
-                let found = if event.is_empty() {
-                    "an empty string".to_owned()
-                } else if event.len() > MAX_CUSTOM_NAME {
-                    format!("{} bytes", event.len())
-                } else {
-                    echo(event)
-                };
-                return Err(m.invalid(format!("event: expected {what}, found {found}")));
-            }
+            let name_wanted = crate::deliver::publish::NAME_WANTED;
+            let event = m.string("event", name_wanted, name_wanted)?;
+            crate::deliver::publish::check_name(event)
+                .map_err(|e| m.invalid(format!("event: {e}")))?;
             let data = match m.obj.get("data") {
                 Some(Value::Object(d)) => d.clone(),
                 Some(other) => {
@@ -383,30 +370,10 @@ fn parse_typed(
             };
             let subject = match m.optional("subject") {
                 None => None,
-                Some(Value::String(s)) => {
-                    if s.is_empty() || s.len() > MAX_SUBJECT_BYTES {
-                        let found = if s.is_empty() {
-                            "an empty string".to_owned()
-                        } else {
-                            format!("{} bytes", s.len())
-                        };
-                        return Err(m.invalid(format!(
-                            "subject: expected a string of 1 to {MAX_SUBJECT_BYTES} bytes, found {found}"
-                        )));
-                    }
-                    if let Some((at, _)) = s.char_indices().find(|(_, c)| c.is_control()) {
-                        return Err(m.invalid(format!(
-                            "subject: contains a control character at byte {at}; only printable characters are allowed"
-                        )));
-                    }
-                    Some(s.clone())
-                }
-                Some(other) => {
-                    return Err(m.invalid(format!(
-                        "subject: expected a string of 1 to {MAX_SUBJECT_BYTES} bytes, found {}",
-                        kind_of(other)
-                    )))
-                }
+                Some(v) => Some(
+                    crate::deliver::publish::check_subject(v)
+                        .map_err(|e| m.invalid(format!("subject: {e}")))?,
+                ),
             };
             Ok(ClientMessage::Publish {
                 event: event.to_owned(),
@@ -670,7 +637,7 @@ fn repeated_members(text: &str) -> Vec<String> {
 const ECHO_BYTES: usize = 64;
 
 /// `s` quoted for an error message, cut after [`ECHO_BYTES`] bytes.
-fn echo(s: &str) -> String {
+pub(crate) fn echo(s: &str) -> String {
     if s.len() <= ECHO_BYTES {
         return format!("{s:?}");
     }

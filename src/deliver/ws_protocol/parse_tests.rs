@@ -1,5 +1,6 @@
 use super::*;
 use crate::deliver::ws_protocol::test_support::*;
+use crate::source::postgres::normalize::MAX_CUSTOM_NAME;
 
 #[test]
 fn valid_messages_of_every_type() {

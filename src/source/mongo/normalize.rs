@@ -345,6 +345,7 @@ impl Normalizer {
             lsn: None,
             data: JsonText::from_value(&Value::Object(data)),
             relation: None,
+            ext: None,
         })))
     }
 }

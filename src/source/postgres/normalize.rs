@@ -505,15 +505,23 @@ impl Normalizer {
             lsn: Some(tx.commit_lsn),
             data,
             relation: Some(relation),
+            ext: None,
         })
     }
 
     /// A logical decoding message with prefix `sluice`: content
-    /// `{"tenant": …, "type": …, "data": …, "subject": …}` (subject
+    /// `{"tenant": …, "type": …, "data": …, "subject": …,
+    /// "correlation_id": …, "attributes": …}` (all but tenant and type
     /// optional) becomes `custom.<type>`.
     pub fn custom(&self, tx: &TxContext, pos: u64, content: &[u8]) -> Outcome {
         match parse_custom(content) {
-            Ok((tenant, name, data, subject)) => Outcome::Event(PendingEvent {
+            Ok(Custom {
+                tenant,
+                name,
+                data,
+                subject,
+                ext,
+            }) => Outcome::Event(PendingEvent {
                 audience: Audience::Tenant(tenant),
                 position: SourcePosition {
                     commit_lsn: tx.commit_lsn,
@@ -529,6 +537,7 @@ impl Normalizer {
                 lsn: Some(tx.commit_lsn),
                 data: JsonText::from_value(&data),
                 relation: None,
+                ext,
             }),
             Err(why) => Outcome::Dropped(DropReason::MalformedCustom(why)),
         }
@@ -548,8 +557,14 @@ pub fn valid_custom_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-/// (tenant, type, data, subject) of a custom event's content.
-type Custom = (TenantId, String, serde_json::Value, Option<String>);
+/// A custom event's content, checked.
+struct Custom {
+    tenant: TenantId,
+    name: String,
+    data: serde_json::Value,
+    subject: Option<String>,
+    ext: Option<crate::event::Extensions>,
+}
 
 fn parse_custom(content: &[u8]) -> Result<Custom, String> {
     use serde_json::Value;
@@ -578,8 +593,15 @@ fn parse_custom(content: &[u8]) -> Result<Custom, String> {
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err("subject must be a string".into()),
     };
+    let ext = crate::event::Extensions::new(obj.get("correlation_id"), obj.get("attributes"))?;
     let data = obj.remove("data").unwrap_or(Value::Null);
-    Ok((tenant, name, data, subject))
+    Ok(Custom {
+        tenant,
+        name,
+        data,
+        subject,
+        ext,
+    })
 }
 
 fn check_shape(rel: &CachedRelation, t: &Tuple) -> Result<(), DropReason> {

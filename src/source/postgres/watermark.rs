@@ -236,6 +236,7 @@ mod tests {
             lsn: None,
             data: JsonText::parse("{}".into()).expect("json"),
             relation: None,
+            ext: None,
         }
     }
 
