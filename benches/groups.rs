@@ -16,31 +16,16 @@
 //! Targets (printed, never asserted): ≥ 20,000 events/s with ordering none,
 //! ≥ 10,000 with ordering by subject over 1,000 subjects, p99 ≤ 25 ms.
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use localpg::LocalPg;
 use serde_json::{json, Value};
-use sluice::auth::{create_key, Role};
-use sluice::event::TenantId;
+use sluice::auth::Role;
 
 mod common;
-use common::{cpu_secs, envelope_time, free_port, now_micros, num_arg, psql, show, stats, Guard};
-
-fn sluice_command(exe: &str, sub: &str, source: &str, listen: &str) -> Command {
-    let mut command = Command::new(exe);
-    command.arg(sub);
-    common::sluice_env_tables(
-        &mut command,
-        source,
-        None,
-        listen,
-        r#"[{table="public.items", tenant_column="tenant"}]"#,
-    );
-    command
-}
+use common::{cpu_secs, envelope_time, now_micros, num_arg, psql, show, stats};
 
 #[derive(Clone)]
 struct Api {
@@ -151,27 +136,6 @@ fn main() {
          ALTER TABLE items REPLICA IDENTITY FULL;",
     );
     let url = pg.url(&db);
-    let exe = env!("CARGO_BIN_EXE_sluice");
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let setup = sluice_command(exe, "setup", &url, &listen)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run sluice setup");
-    assert!(
-        setup.status.success(),
-        "sluice setup: {}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
-    let mut sluice = Guard {
-        child: sluice_command(exe, "serve", &url, &listen)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn sluice"),
-        name: "sluice",
-        grace: Duration::from_secs(15),
-    };
-    let sluice_pid = sluice.pid();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -182,35 +146,14 @@ fn main() {
         .timeout(Duration::from_secs(120))
         .build()
         .expect("client");
-    let base = format!("http://{listen}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = sluice.exited() {
-            panic!("sluice exited early: {status}");
-        }
-        let ready = rt.block_on(async {
-            matches!(http.get(format!("{base}/readyz")).send().await, Ok(r) if r.status().as_u16() == 200)
-        });
-        if ready {
-            break;
-        }
-        assert!(Instant::now() < deadline, "sluice not ready within 60 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let key = rt.block_on(async {
-        let state = sluice::log::connect(&url).await.expect("connect");
-        create_key(
-            &state,
-            Some(&TenantId::new("t1").expect("tenant")),
-            Role::Service,
-            Some("groups bench"),
-            &serde_json::Map::new(),
-            None,
-        )
-        .await
-        .expect("key")
-        .1
-    });
+    let (sluice, base) = common::serve_ready(
+        &rt,
+        &http,
+        &url,
+        r#"[{table="public.items", tenant_column="tenant"}]"#,
+    );
+    let sluice_pid = sluice.pid();
+    let key = common::bench_key(&rt, &url, "t1", Role::Service);
     let api = Api { base, key, http };
 
     // The backlog: `subjects` rows, then updates of all of them.

@@ -700,3 +700,76 @@ pub fn write_at_rate(
     });
     total as f64 / started.elapsed().as_secs_f64()
 }
+
+// ------------------------------------------------- a served sluice process
+
+/// `sluice setup` then `sluice serve` on a free port for database `db` of
+/// `pg`, capturing `tables` ([`sluice_env_tables`]); returns once
+/// `/readyz` answers 200. The process stops when the guard drops.
+pub fn serve_ready(
+    rt: &tokio::runtime::Runtime,
+    http: &reqwest::Client,
+    url: &str,
+    tables: &str,
+) -> (Guard, String) {
+    let exe = env!("CARGO_BIN_EXE_sluice");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let command = |sub: &str| {
+        let mut c = Command::new(exe);
+        c.arg(sub);
+        sluice_env_tables(&mut c, url, None, &listen, tables);
+        c.stdin(Stdio::null());
+        c
+    };
+    let setup = command("setup").output().expect("run sluice setup");
+    assert!(
+        setup.status.success(),
+        "sluice setup: {}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let mut guard = Guard {
+        child: command("serve").spawn().expect("spawn sluice"),
+        name: "sluice",
+        grace: Duration::from_secs(15),
+    };
+    let base = format!("http://{listen}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = guard.exited() {
+            panic!("sluice exited early: {status}");
+        }
+        let ready = rt.block_on(async {
+            matches!(http.get(format!("{base}/readyz")).send().await, Ok(r) if r.status().as_u16() == 200)
+        });
+        if ready {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sluice not ready within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (guard, base)
+}
+
+/// A new API key of `tenant` with `role`, written to the state database at
+/// `url`; returns its secret.
+pub fn bench_key(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    tenant: &str,
+    role: sluice::auth::Role,
+) -> String {
+    rt.block_on(async {
+        let state = sluice::log::connect(url).await.expect("connect");
+        sluice::auth::create_key(
+            &state,
+            Some(&sluice::event::TenantId::new(tenant).expect("tenant")),
+            role,
+            Some("bench"),
+            &serde_json::Map::new(),
+            None,
+        )
+        .await
+        .expect("key")
+        .1
+    })
+}
