@@ -164,11 +164,13 @@ fn latency(
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {
         let (samples, stop) = (samples.clone(), stop.clone());
-        let url = format!("{base}/v1/events/subscribe?apikey={key}&topics=custom/bench.live");
+        let url = format!("{base}/v1/events/subscribe?topic=custom/bench.live");
+        let key = key.to_owned();
         rt.spawn(async move {
             let resp = reqwest::Client::new()
                 .get(url)
                 .header("accept", "text/event-stream")
+                .header("authorization", format!("Bearer {key}"))
                 .send()
                 .await
                 .expect("subscribe");

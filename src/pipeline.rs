@@ -112,6 +112,8 @@ pub struct Shared {
     /// Backfill chunks between the runner and the stream, and their counts.
     pub chunks: Arc<crate::backfill::Chunks>,
     pub backfill_metrics: Arc<crate::backfill::runner::BackfillMetrics>,
+    /// Publishers waiting for their events to be appended.
+    pub publish_waiters: Arc<crate::deliver::waiters::Waiters>,
 }
 
 impl Shared {
@@ -131,6 +133,7 @@ impl Shared {
             appended: Arc::default(),
             chunks: Arc::default(),
             backfill_metrics: Arc::default(),
+            publish_waiters: Arc::default(),
         }
     }
 }
@@ -175,7 +178,7 @@ pub async fn start_with(
             shared.durable.clone(),
         )
         .await?;
-        add_stages(&mut first, &shared.outbox);
+        add_stages(&mut first, &shared);
         first.set_counts(shared.appended.clone());
         let flushing = tokio::spawn(first.run(CancellationToken::new()));
         let result =
@@ -211,18 +214,23 @@ pub async fn start_with(
     }
     drop(source_client);
 
+    let (mut appender, handle) = Appender::start_publishing(
+        config.state_url()?,
+        &config.appender,
+        hub,
+        shared.durable.clone(),
+    )
+    .await?;
+    add_stages(&mut appender, &shared);
     let Shared {
         stats,
         mongo,
         outbox,
-        durable,
         appended,
         chunks,
         backfill_metrics,
+        ..
     } = shared;
-    let (mut appender, handle) =
-        Appender::start_publishing(config.state_url()?, &config.appender, hub, durable).await?;
-    add_stages(&mut appender, &outbox);
     appender.set_counts(appended);
     let pg_for_monitor = pg.clone();
     let source = PgSource::new(pg, handle.clone(), stats.clone()).with_backfills(chunks.clone());
@@ -287,10 +295,11 @@ type Task<E> = JoinHandle<Result<(), E>>;
 
 /// What joins every append transaction, in order: backfill progress, then
 /// the webhook outbox (a chunk's progress and the deliveries of its events
-/// commit with them).
-fn add_stages(appender: &mut Appender, outbox: &crate::webhooks::Outbox) {
+/// commit with them), then the publishers' waiters (told after COMMIT).
+fn add_stages(appender: &mut Appender, shared: &Shared) {
     appender.add_stage(Arc::new(crate::backfill::progress::RecordProgress));
-    appender.add_stage(Arc::new(outbox.clone()));
+    appender.add_stage(Arc::new(shared.outbox.clone()));
+    appender.add_stage(shared.publish_waiters.stage());
 }
 
 fn joined<E>(r: Result<Result<(), E>, tokio::task::JoinError>) -> Result<(), PipelineError>

@@ -153,7 +153,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Server
         shutdown: streams.clone(),
         outbox: shared.outbox.clone(),
         webhook_metrics: Arc::default(),
-        publish_pool: pool(&config.postgres().map_err(PipelineError::from)?.url, 4)?,
+        publish_pool: pool(
+            &config.postgres().map_err(PipelineError::from)?.url,
+            config.http.db_pool_size,
+        )?,
+        publish_waiters: shared.publish_waiters.clone(),
         groups: Arc::new(crate::groups::Groups::new(policies.clone())),
         groups_pool: pool_with(
             &state_url,

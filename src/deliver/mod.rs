@@ -12,6 +12,7 @@ pub mod follow;
 pub mod ndjson;
 pub mod publish;
 pub mod sse;
+pub mod waiters;
 pub mod ws;
 pub mod ws_protocol;
 

@@ -45,6 +45,8 @@ pub struct Publisher {
     /// The state database, where the events are looked for.
     pub log: deadpool_postgres::Pool,
     pub durable: watch::Receiver<Arc<Durable>>,
+    /// Told by this process's appender when events are in the log.
+    pub waiters: Arc<super::waiters::Waiters>,
 }
 
 /// One event to publish, checked.
@@ -375,44 +377,65 @@ async fn emit(
         .get()
         .await
         .map_err(|e| unavailable("the source database", &e))?;
+    let Some((idem, attempt, head_before)) = claim else {
+        // One statement is one transaction: one round trip.
+        let stmt = source
+            .prepare_cached(EMIT_ONE_STATEMENT)
+            .await
+            .map_err(src)?;
+        let txid: i64 = source
+            .query_one(&stmt, &[&CUSTOM_PREFIX, &contents])
+            .await
+            .map_err(src)?
+            .get(0);
+        // pgoutput carries the 32-bit xid; the log stores that.
+        return Ok(txid & 0xFFFF_FFFF);
+    };
     let tx = source.transaction().await.map_err(src)?;
     let txid: i64 = tx
         .query_one("SELECT txid_current()", &[])
         .await
         .map_err(src)?
         .get(0);
-    if let Some((idem, attempt, head_before)) = claim {
-        let state = publisher
-            .log
-            .get()
-            .await
-            .map_err(|e| unavailable("the state database", &e))?;
-        let held = state
-            .execute(
-                "UPDATE sluice.publish_requests SET txid = $4, head_before = $5
-                 WHERE tenant = $1 AND key = $2 AND attempt = $3 AND claimed_until > now()",
-                &[&tenant.as_str(), &idem.key, &attempt, &txid, &head_before],
-            )
-            .await
-            .map_err(|e| unavailable("the state database", &e))?;
-        if held != 1 {
-            // Dropping `tx` rolls it back: nothing was emitted.
-            return Err(PublishError::InProgress);
-        }
+    let state = publisher
+        .log
+        .get()
+        .await
+        .map_err(|e| unavailable("the state database", &e))?;
+    let held = state
+        .execute(
+            "UPDATE sluice.publish_requests SET txid = $4, head_before = $5
+             WHERE tenant = $1 AND key = $2 AND attempt = $3 AND claimed_until > now()",
+            &[&tenant.as_str(), &idem.key, &attempt, &txid, &head_before],
+        )
+        .await
+        .map_err(|e| unavailable("the state database", &e))?;
+    drop(state);
+    if held != 1 {
+        // Dropping `tx` rolls it back: nothing was emitted.
+        return Err(PublishError::InProgress);
     }
-    tx.execute(
-        "SELECT pg_logical_emit_message(true, $1::text, c)
-         FROM unnest($2::text[]) WITH ORDINALITY AS u(c, n) ORDER BY n",
-        &[&CUSTOM_PREFIX, &contents],
-    )
-    .await
-    .map_err(src)?;
+    tx.execute(EMIT, &[&CUSTOM_PREFIX, &contents])
+        .await
+        .map_err(src)?;
     tx.commit().await.map_err(src)?;
-    // pgoutput carries the 32-bit xid; the log stores that.
     Ok(txid & 0xFFFF_FFFF)
 }
 
-/// Waits until the `n` events of transaction `xid` are in the log.
+/// Emits the messages `$2` with prefix `$1`, in array order.
+const EMIT: &str = "SELECT pg_logical_emit_message(true, $1::text, c)
+     FROM unnest($2::text[]) WITH ORDINALITY AS u(c, n) ORDER BY n";
+
+/// [`EMIT`] and the transaction's txid, in one statement (so one
+/// transaction).
+const EMIT_ONE_STATEMENT: &str = "SELECT txid_current(), (SELECT count(*) FROM (
+         SELECT pg_logical_emit_message(true, $1::text, c)
+         FROM unnest($2::text[]) WITH ORDINALITY AS u(c, n) ORDER BY n) m)";
+
+/// Waits until the `n` events of transaction `xid` are in the log: told
+/// by this process's appender ([`super::waiters`]), reading the log only
+/// when that cannot tell (a standby, or a record that no longer reaches
+/// back far enough).
 async fn wait_for_log(
     publisher: &Publisher,
     tenant: &TenantId,
@@ -422,28 +445,56 @@ async fn wait_for_log(
 ) -> Result<Published, PublishError> {
     let xid = xid & 0xFFFF_FFFF;
     let mut durable = publisher.durable.clone();
+    durable.borrow_and_update();
+    let reg = publisher.waiters.register(tenant, xid, head_before);
     let deadline = tokio::time::Instant::now() + PUBLISH_WAIT;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut durable_open = true;
+    let told = publisher.waiters.attached();
+    if !reg.complete || !told {
+        seen.extend(read_log(publisher, tenant, head_before, xid).await?);
+    }
     loop {
-        // Nothing new in the log since the emit: no need to look.
-        if durable.borrow_and_update().last_seq > head_before {
-            let client = publisher
-                .log
-                .get()
-                .await
-                .map_err(|e| unavailable("the log", &e))?;
-            let seqs = crate::log::custom_seqs_of_txid(&**client, tenant, head_before, xid)
-                .await
-                .map_err(|e| unavailable("the log", &e))?;
-            // One transaction is appended whole, in one append.
-            if seqs.len() >= n {
-                return Ok(Published::Appended(seqs));
+        seen.extend(reg.waiter.seqs());
+        if seen.len() >= n {
+            return Ok(Published::Appended(seen.into_iter().collect()));
+        }
+        let told = publisher.waiters.attached();
+        tokio::select! {
+            _ = reg.waiter.notify.notified() => {}
+            changed = durable.changed(), if !told && durable_open => {
+                match changed {
+                    Ok(()) => seen.extend(read_log(publisher, tenant, head_before, xid).await?),
+                    Err(_) => durable_open = false,
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                seen.extend(read_log(publisher, tenant, head_before, xid).await?);
+                seen.extend(reg.waiter.seqs());
+                return Ok(if seen.len() >= n {
+                    Published::Appended(seen.into_iter().collect())
+                } else {
+                    Published::Committed
+                });
             }
         }
-        match tokio::time::timeout_at(deadline, durable.changed()).await {
-            Ok(Ok(())) => {}
-            _ => return Ok(Published::Committed),
-        }
     }
+}
+
+async fn read_log(
+    publisher: &Publisher,
+    tenant: &TenantId,
+    head_before: i64,
+    xid: i64,
+) -> Result<Vec<i64>, PublishError> {
+    let client = publisher
+        .log
+        .get()
+        .await
+        .map_err(|e| unavailable("the log", &e))?;
+    crate::log::custom_seqs_of_txid(&client, tenant, head_before, xid)
+        .await
+        .map_err(|e| unavailable("the log", &e))
 }
 
 async fn store_answer(

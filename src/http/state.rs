@@ -39,6 +39,8 @@ pub struct AppState {
     pub webhook_metrics: Arc<crate::webhooks::dispatch::WebhookMetrics>,
     /// Connections to the source database, for publishing custom events.
     pub publish_pool: deadpool_postgres::Pool,
+    /// Publishers waiting for their events, told by this process's appender.
+    pub publish_waiters: Arc<crate::deliver::waiters::Waiters>,
     /// The access policies (compiled from `config.policies`).
     pub policies: Arc<crate::policy::Policies>,
     /// Consumer groups.
@@ -95,6 +97,7 @@ impl AppState {
             source: self.publish_pool.clone(),
             log: self.pool.clone(),
             durable: self.durable.clone(),
+            waiters: self.publish_waiters.clone(),
         }
     }
 

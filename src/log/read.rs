@@ -320,20 +320,23 @@ pub async fn head(client: &impl GenericClient) -> Result<i64, tokio_postgres::Er
 /// transaction `xid` (its 32-bit id, as the log stores it), in order: what
 /// one publish appended. A record batch contributes each event it holds.
 pub async fn custom_seqs_of_txid(
-    client: &impl GenericClient,
+    client: &deadpool_postgres::Client,
     tenant: &TenantId,
     after: i64,
     xid: i64,
 ) -> Result<Vec<i64>, tokio_postgres::Error> {
-    let rows = client
-        .query(
+    // Prepared once per pooled connection: a publish looks here per wait.
+    let stmt = client
+        .prepare_cached(
             "SELECT s FROM sluice.events e,
                     generate_series(greatest(coalesce(e.first_seq, e.seq), $1::bigint + 1), e.seq) s
              WHERE e.seq > $1 AND e.tenant_hash = $2 AND e.tenant = $3 AND e.txid = $4
                AND e.type LIKE 'custom.%'
              ORDER BY s",
-            &[&after, &tenant.hash32(), &tenant.as_str(), &xid],
         )
+        .await?;
+    let rows = client
+        .query(&stmt, &[&after, &tenant.hash32(), &tenant.as_str(), &xid])
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
