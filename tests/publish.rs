@@ -485,3 +485,58 @@ async fn bad_publish_requests_get_precise_errors_and_the_service_keeps_going() {
     assert_eq!(log[0]["seq"], r.body["seq"]);
     stop_server(server, token).await;
 }
+
+/// A standby (no appender of its own) answers a publish too: it learns
+/// that the events are in the log from the log itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_publishes_and_answers_once_the_leader_appended() {
+    use common::proc::{free_port, ready_as, serve_on, write_config};
+    let db = TestDb::new("pub_standby");
+    db.client()
+        .await
+        .batch_execute(ITEMS)
+        .await
+        .expect("schema");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &db, "public.items", "tenant", "");
+    let (pa, pb) = (free_port(), free_port());
+    let _leader = serve_on(&config, pa);
+    let a = ready_as(pa, "leader").await;
+    let _standby = serve_on(&config, pb);
+    let b = ready_as(pb, "standby").await;
+    let acme = key(&db, "acme", Role::Service).await;
+    let on = |addr: std::net::SocketAddr| Api {
+        base: format!("http://{addr}"),
+        http: reqwest::Client::new(),
+    };
+    let (leader, standby) = (on(a), on(b));
+    let mut answered = Vec::new();
+    for i in 0..5 {
+        let api = if i % 2 == 0 { &standby } else { &leader };
+        let r = api
+            .publish(&acme, &json!({"events": [{"type": "n", "data": {"i": i}}, {"type": "n", "data": {"i": i}}]}))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        answered.extend(seqs(&r.body));
+    }
+    let r = standby
+        .post(
+            "/v1/events",
+            &acme,
+            Some("on-standby"),
+            json!({"type": "k", "data": {}}).to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    answered.push(r.body["seq"].as_i64().expect("seq"));
+    let log: Vec<i64> = leader
+        .log(&acme)
+        .await
+        .iter()
+        .map(|e| e["seq"].as_i64().expect("seq"))
+        .collect();
+    assert_eq!(
+        log, answered,
+        "every answer is the event's seq in the log, each once"
+    );
+}
