@@ -39,6 +39,13 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../sql/010_webhook_role.sql"),
     ),
     (11, "groups", include_str!("../../sql/011_groups.sql")),
+    // 12 is taken by another change in flight; versions need not be
+    // contiguous (each is applied once, in this list's order).
+    (
+        13,
+        "webhook_options",
+        include_str!("../../sql/013_webhook_options.sql"),
+    ),
 ];
 
 const MIGRATE_LOCK_KEY: i64 = 0x51_75_1C_E0_00_02;
