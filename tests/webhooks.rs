@@ -1,8 +1,10 @@
 //! Webhooks against a real Postgres, a real server and a test receiver:
 //! signatures checked by the PyPI `standardwebhooks` package (through a
-//! secret rotation), failures of every kind retried on schedule with a
-//! stable `webhook-id`, dead letters and replay, 410, rate limits, ordered
-//! endpoints, and bad input.
+//! secret rotation, and for batched and templated bodies), failures of
+//! every kind retried on schedule with a stable `webhook-id`, dead letters
+//! and replay, 410, rate limits, ordered endpoints, bad input, and the
+//! per-endpoint options: headers, timeouts, retry policies, batches and
+//! templates.
 
 mod common;
 
@@ -133,6 +135,21 @@ async fn deliveries_are_signed_and_verify_with_standardwebhooks_through_a_rotati
         shown.get("secret").is_none(),
         "the secret is never shown again: {shown}"
     );
+    // A batched endpoint and a templated one sign their own bodies.
+    let batch_rx = Receiver::ok().await;
+    let batched = api
+        .create(
+            json!({"url": batch_rx.url("/batch"), "topics": ["tables/public.items/*"],
+            "batch": {"max_events": 4, "max_wait_ms": 100}}),
+        )
+        .await;
+    let template_rx = Receiver::ok().await;
+    let templated = api
+        .create(
+            json!({"url": template_rx.url("/tpl"), "topics": ["tables/public.items/*"],
+            "template": "{\"text\": \"{{type}}: {{data.new.color}} \u{e9}\", \"seq\": {{seq}}}"}),
+        )
+        .await;
 
     insert(&db, "acme", 1..=3).await;
     insert(&db, "globex", 100..=101).await;
@@ -184,6 +201,28 @@ async fn deliveries_are_signed_and_verify_with_standardwebhooks_through_a_rotati
         3,
         "the 3 deliveries after the rotation carry both signatures"
     );
+    batch_rx
+        .wait_until(PATIENCE, "6 batched events", |r| {
+            r.iter().map(|x| x.seqs().len()).sum::<usize>() >= 6
+        })
+        .await;
+    template_rx
+        .wait_until(PATIENCE, "6 templated deliveries", |r| r.len() >= 6)
+        .await;
+    let batches = batch_rx.received();
+    for (other, endpoint) in [(&batches, &batched), (&template_rx.received(), &templated)] {
+        let secret = endpoint["secret"].as_str().expect("secret");
+        for r in other {
+            cases.push(json!({"secrets": [secret], "headers": r.headers, "body": r.body}));
+        }
+    }
+    for r in &template_rx.received() {
+        let body: Value = serde_json::from_str(&r.body).expect("json");
+        assert_eq!(body["text"], "row.inserted: red \u{e9}", "{}", r.body);
+        assert_eq!(r.header("webhook-id"), format!("msg_{}", body["seq"]));
+    }
+    let expected = cases.len();
+    assert_eq!(expected, 6 + batches.len() + 6);
     let file = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(file.path(), serde_json::to_vec(&cases).expect("json")).expect("write");
     let script = concat!(
@@ -201,7 +240,11 @@ async fn deliveries_are_signed_and_verify_with_standardwebhooks_through_a_rotati
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("verified 6"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("verified {expected} ")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     stop_server(server, token).await;
 }
 
@@ -1284,5 +1327,124 @@ async fn an_ordered_batched_endpoint_sees_increasing_seqs_across_requests_throug
         assert_eq!(code, 400, "{body}: {v}");
         assert_eq!(v["error"]["param"], param, "{body}: {v}");
     }
+    stop_server(server, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_shape_the_body_escape_hostile_values_and_a_failed_render_is_dead_alone() {
+    let db = TestDb::new("wh_template");
+    write(&db, ITEMS).await;
+    let (server, token) = serve(&db, &[]).await;
+    let api = api(&db, &server, "acme").await;
+    let rx = Receiver::ok().await;
+    let chat = api
+        .create(json!({"url": rx.url("/chat"),
+            "template": "{\"text\": \"{{type}} on {{subject}}: {{data.new.color}}\", \"n\": {{data.new.n}}, \"row\": {{json data.new}}}"}))
+        .await;
+    assert_eq!(chat["template_content_type"], "application/json");
+    let plain = api
+        .create(
+            json!({"url": rx.url("/plain"), "template": "{{type}} {{data.new.color}}",
+            "template_content_type": "text/plain; charset=utf-8"}),
+        )
+        .await;
+    // Inserts have no `old`: their render fails; updates render.
+    let was = api
+        .create(
+            json!({"url": rx.url("/was"), "template": "{\"text\": \"was {{data.old.color}}\"}"}),
+        )
+        .await;
+    let hostile = "\"}], \"x\": 1, \\ \n\t\u{2028} {{type}} </script>";
+    db.client()
+        .await
+        .execute("INSERT INTO items VALUES (1, 'acme', $1, 7)", &[&hostile])
+        .await
+        .expect("insert");
+    write(&db, "UPDATE items SET color = 'blue' WHERE id = 1").await;
+    rx.wait_until(PATIENCE, "chat and plain got both, /was the update", |r| {
+        let on = |p: &str| r.iter().filter(|x| x.path == p).count();
+        on("/chat") >= 2 && on("/plain") >= 2 && on("/was") >= 1
+    })
+    .await;
+    let got = rx.received();
+    let (_, insert_event) = api.get("/v1/events/1").await;
+    let on = |p: &str| -> Vec<&common::receiver::Received> {
+        got.iter().filter(|x| x.path == p).collect()
+    };
+    let first = on("/chat")[0];
+    assert_eq!(first.header("content-type"), "application/json");
+    assert_eq!(first.header("webhook-id"), "msg_1");
+    let body: Value = serde_json::from_str(&first.body).expect("a templated JSON body is JSON");
+    assert_eq!(
+        body,
+        json!({
+            "text": format!("row.inserted on {}: {hostile}", insert_event["subject"].as_str().expect("subject")),
+            "n": 7,
+            "row": insert_event["data"]["new"],
+        })
+    );
+    let text = on("/plain")[0];
+    assert_eq!(text.header("content-type"), "text/plain; charset=utf-8");
+    assert_eq!(text.body, format!("row.inserted {hostile}"));
+    let was_got = on("/was");
+    assert_eq!(was_got.len(), 1, "only the update rendered");
+    let body: Value = serde_json::from_str(&was_got[0].body).expect("json");
+    assert_eq!(body, json!({"text": format!("was {hostile}")}));
+    // The insert's delivery to /was is dead with the reason; the endpoint
+    // is still enabled and took the next event.
+    let was_id = was["id"].as_str().expect("id");
+    let ds = wait_deliveries(&api, was_id, "both recorded", |ds| {
+        ds.len() == 2
+            && ds
+                .iter()
+                .all(|d| d["status"] == "dead" || d["status"] == "delivered")
+    })
+    .await;
+    let dead: Vec<&Value> = ds.iter().filter(|d| d["status"] == "dead").collect();
+    assert_eq!(dead.len(), 1, "{ds:?}");
+    assert_eq!(dead[0]["seq"], 1);
+    let error = dead[0]["attempt_log"][0]["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("template") && error.contains("data.old.color"),
+        "{error}"
+    );
+    assert!(dead[0]["attempt_log"][0]["http_status"].is_null());
+    let (_, e) = api.get(&format!("/v1/webhooks/{was_id}")).await;
+    assert_eq!(e["enabled"], true, "{e}");
+    // Bad templates are refused when saved, naming `template`.
+    let plain_id = plain["id"].as_str().expect("id");
+    for (body, param) in [
+        (
+            json!({"template": "{\"text\": {{upper type}}}", "template_content_type": null}),
+            "template",
+        ),
+        (
+            json!({"template": "{\"text\": \"{{type}}\"", "template_content_type": null}),
+            "template",
+        ),
+        (
+            json!({"template_content_type": "not a type"}),
+            "template_content_type",
+        ),
+        (json!({"batch": {"max_events": 2}}), "template"),
+    ] {
+        let (code, v) = api
+            .patch(&format!("/v1/webhooks/{plain_id}"), body.clone())
+            .await;
+        assert_eq!(code, 400, "{body}: {v}");
+        assert_eq!(v["error"]["param"], param, "{body}: {v}");
+    }
+    // null removes the template (and its content type): envelopes again.
+    let (code, v) = api
+        .patch(
+            &format!("/v1/webhooks/{plain_id}"),
+            json!({"template": null}),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert!(
+        v["template"].is_null() && v["template_content_type"].is_null(),
+        "{v}"
+    );
     stop_server(server, token).await;
 }

@@ -33,7 +33,7 @@ use super::batch::{self, Candidate, Limits, Planned};
 use super::schedule::{self, TokenBucket};
 use super::sign;
 use super::ssrf;
-use super::store::{Compiled, Endpoints, Snapshot};
+use super::store::{BodyTemplate, Compiled, Endpoints, Snapshot};
 use crate::config::WebhooksConfig;
 use crate::event::Committed;
 
@@ -700,6 +700,7 @@ impl Dispatcher {
                 out.push((endpoint_id, Err(unsent)));
                 continue;
             };
+            let mut content_type = "application/json".to_owned();
             let body = if r.batch {
                 let envelopes: Vec<Bytes> = sendable.iter().map(|s| s.2.clone()).collect();
                 let (body, taken) = batch::body(&envelopes, batch::MAX_BATCH_BYTES);
@@ -708,6 +709,25 @@ impl Dispatcher {
                     released.1.push(c.attempt);
                 }
                 body
+            } else if let Some(t) = &r.endpoint.template {
+                // Rendered against the envelope the endpoint may see; a
+                // render that fails makes this delivery dead, nothing else.
+                match render(t, &sendable[0].2) {
+                    Ok(body) => {
+                        content_type.clone_from(&t.content_type);
+                        body
+                    }
+                    Err(error) => {
+                        unsent.push(Outcome::unsent(
+                            &endpoint_id,
+                            sendable[0].0,
+                            &r.msg_id,
+                            error,
+                        ));
+                        out.push((endpoint_id, Err(unsent)));
+                        continue;
+                    }
+                }
             } else {
                 sendable[0].2.clone()
             };
@@ -718,7 +738,7 @@ impl Dispatcher {
                         endpoint: r.endpoint,
                         msg_id: r.msg_id,
                         target,
-                        content_type: "application/json".to_owned(),
+                        content_type,
                         body,
                         deliveries: sendable.into_iter().map(|(c, t, _)| (c, t)).collect(),
                     },
@@ -949,6 +969,16 @@ impl Dispatcher {
         }
         Ok(())
     }
+}
+
+/// The body `t` renders from `envelope` (JSON), or why it cannot.
+fn render(t: &BodyTemplate, envelope: &[u8]) -> Result<Bytes, String> {
+    let envelope: Value = serde_json::from_slice(envelope)
+        .map_err(|e| format!("the event's envelope is not JSON: {e}"))?;
+    t.template
+        .render(&envelope, super::spec::MAX_RENDERED_BYTES)
+        .map(Bytes::from)
+        .map_err(|e| format!("the template cannot be rendered for this event: {e}"))
 }
 
 fn release(in_flight: &mut HashMap<Arc<str>, usize>, total: &mut usize, endpoint: &Arc<str>) {

@@ -16,6 +16,7 @@ pub mod sign;
 pub mod spec;
 pub mod ssrf;
 pub mod store;
+pub mod template;
 
 use std::sync::Arc;
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
-use super::{schedule, ssrf};
+use super::{schedule, ssrf, template};
 use crate::auth::Role;
 use crate::policy::Policies;
 use crate::subscription::{Filter, TopicGlob, MAX_TOPICS};
@@ -76,6 +76,8 @@ pub const BATCH_MAX_WAIT_MS: (i32, i32) = (0, 60_000);
 pub const DEFAULT_BATCH_WAIT_MS: i32 = 1000;
 /// `template_content_type` when not given.
 pub const DEFAULT_TEMPLATE_CONTENT_TYPE: &str = "application/json";
+/// Longest body a template may render, in bytes.
+pub const MAX_RENDERED_BYTES: usize = 256 * 1024;
 /// Longest `template_content_type`, in bytes.
 pub const MAX_CONTENT_TYPE_BYTES: usize = 255;
 /// Values of at most this many characters are masked whole on read.
@@ -266,12 +268,15 @@ impl EndpointSpec {
         if let Some(ct) = &self.template_content_type {
             check_content_type(ct)?;
         }
-        // PENDING(template): parsed by the renderer once it lands.
-        let _ = source;
-        Err(SpecError::new(
-            "template",
-            "templates are not available yet",
-        ))
+        self.parse_template(source)?;
+        Ok(())
+    }
+
+    /// `source` as this endpoint's template (in the mode its content type
+    /// asks for).
+    pub fn parse_template(&self, source: &str) -> Result<template::Template, SpecError> {
+        template::Template::parse(source, template_mode(self.content_type()))
+            .map_err(|e| SpecError::new("template", e.to_string()))
     }
 
     /// The API's view: every setting, header values masked ([`mask`]).
@@ -299,6 +304,22 @@ impl EndpointSpec {
             "template": self.template,
             "template_content_type": self.template.as_ref().map(|_| self.content_type()),
         })
+    }
+}
+
+/// How a template's output is escaped: JSON for `application/json` and
+/// any `…+json` type, text otherwise.
+pub fn template_mode(content_type: &str) -> template::Mode {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json" || essence.ends_with("+json") {
+        template::Mode::Json
+    } else {
+        template::Mode::Text
     }
 }
 
@@ -776,6 +797,27 @@ mod tests {
             let e = refused(json!({"url": URL, "template": "x", "template_content_type": ct}));
             assert_eq!(e.param, "template_content_type", "{ct:?}");
         }
+        let e = refused(json!({"url": URL, "template": "{\"text\": {{upper type}}}"}));
+        assert_eq!(e.param, "template");
+        assert!(e.message.contains("upper"), "{e}");
+        let e = refused(json!({"url": URL, "template": "{\"text\": {{type}}"}));
+        assert!(e.message.contains("not valid JSON"), "{e}");
+        // Text mode for other types: the same source is fine there.
+        let s = validate(json!({"url": URL, "template": "{\"text\": {{type}}",
+            "template_content_type": "text/plain; charset=utf-8"}))
+        .expect("a text template need not be JSON");
+        assert_eq!(
+            s.to_json()["template_content_type"],
+            "text/plain; charset=utf-8"
+        );
+        let s = validate(json!({"url": URL, "template": "{\"text\": {{type}}}"})).expect("valid");
+        assert_eq!(s.to_json()["template_content_type"], "application/json");
+        assert_eq!(template_mode("application/json"), template::Mode::Json);
+        assert_eq!(
+            template_mode("Application/Vnd.Chat+JSON; charset=utf-8"),
+            template::Mode::Json
+        );
+        assert_eq!(template_mode("text/plain"), template::Mode::Text);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use tokio_postgres::{GenericClient, Row};
 
 use super::spec::{self, Batch, EndpointSpec, RateLimit};
+use super::template::Template;
 use crate::event::{Committed, TenantId};
 use crate::policy::{Access, EventView, Policies};
 use crate::subscription::Selector;
@@ -247,6 +248,15 @@ pub struct Compiled {
     /// None: `webhooks.retry_schedule`.
     pub schedule: Option<Vec<Duration>>,
     pub batch: Option<Batch>,
+    /// The body to send instead of the envelope.
+    pub template: Option<Arc<BodyTemplate>>,
+}
+
+/// An endpoint's template, parsed, with the content type it is sent as.
+#[derive(Debug)]
+pub struct BodyTemplate {
+    pub template: Template,
+    pub content_type: String,
 }
 
 /// The enabled endpoints at one version of the table.
@@ -365,6 +375,19 @@ impl Endpoints {
                     continue;
                 }
             };
+            let template = match &e.spec.template {
+                None => None,
+                Some(source) => match e.spec.parse_template(source) {
+                    Ok(template) => Some(Arc::new(BodyTemplate {
+                        template,
+                        content_type: e.spec.content_type().to_owned(),
+                    })),
+                    Err(error) => {
+                        tracing::warn!(endpoint = %e.id, %error, "webhook template no longer parses; skipping the endpoint");
+                        continue;
+                    }
+                },
+            };
             by_tenant
                 .entry(tenant)
                 .or_default()
@@ -380,6 +403,7 @@ impl Endpoints {
                         .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
                     schedule,
                     batch: e.spec.batch,
+                    template,
                 }));
         }
         let snapshot = Arc::new(Snapshot { version, by_tenant });
