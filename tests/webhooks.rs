@@ -1448,3 +1448,70 @@ async fn templates_shape_the_body_escape_hostile_values_and_a_failed_render_is_d
     );
     stop_server(server, token).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_bounds_split_batches_and_make_oversized_renders_dead() {
+    let db = TestDb::new("wh_bytes");
+    write(&db, ITEMS).await;
+    let bounds = [
+        ("SLUICE_WEBHOOKS_BATCH_MAX_BYTES", "1500"),
+        ("SLUICE_WEBHOOKS_TEMPLATE_MAX_BYTES", "100"),
+    ];
+    let (server, token) = serve(&db, &bounds).await;
+    let api = api(&db, &server, "acme").await;
+    let rx = Receiver::ok().await;
+    let ep = api
+        .create(json!({"url": rx.url("/b"), "batch": {"max_events": 50, "max_wait_ms": 0}}))
+        .await;
+    let big = api
+        .create(json!({"url": rx.url("/t"), "template": "{\"all\": {{json data}}}"}))
+        .await;
+    write(
+        &db,
+        "INSERT INTO items SELECT g, 'acme', repeat('x', 200), g FROM generate_series(1, 12) g",
+    )
+    .await;
+    rx.wait_until(PATIENCE, "12 batched events", |r| {
+        r.iter()
+            .filter(|x| x.path == "/b")
+            .map(|x| x.seqs().len())
+            .sum::<usize>()
+            >= 12
+    })
+    .await;
+    let got: Vec<_> = rx
+        .received()
+        .into_iter()
+        .filter(|r| r.path == "/b")
+        .collect();
+    let mut seqs: Vec<i64> = Vec::new();
+    for r in &got {
+        assert!(
+            r.body.len() <= 1500 || r.seqs().len() == 1,
+            "{} bytes, {} events",
+            r.body.len(),
+            r.seqs().len()
+        );
+        seqs.extend(r.seqs());
+    }
+    seqs.sort();
+    assert_eq!(seqs, (1..=12).collect::<Vec<i64>>(), "every event once");
+    assert!(got.len() > 1, "the budget split the 12 events");
+    // The events left out of a request were not charged an attempt.
+    let id = ep["id"].as_str().expect("id");
+    let ds = wait_deliveries(&api, id, "all delivered", |ds| {
+        ds.len() == 12 && ds.iter().all(|d| d["status"] == "delivered")
+    })
+    .await;
+    assert!(ds.iter().all(|d| d["attempts"] == 1), "{ds:?}");
+    // A render over its bound is dead, with the reason.
+    let big_id = big["id"].as_str().expect("id");
+    let ds = wait_deliveries(&api, big_id, "oversized renders dead", |ds| {
+        ds.len() == 12 && ds.iter().all(|d| d["status"] == "dead")
+    })
+    .await;
+    let error = ds[0]["attempt_log"][0]["error"].as_str().unwrap_or("");
+    assert!(error.contains("limit of 100 bytes"), "{error}");
+    assert!(rx.received().iter().all(|r| r.path != "/t"));
+    stop_server(server, token).await;
+}

@@ -14,10 +14,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-/// Most bytes of envelopes in one batch body; the events past it wait for
-/// the next request (a single event larger than this still goes alone).
-pub const MAX_BATCH_BYTES: usize = 5 * 1024 * 1024;
-
 /// One unfinished delivery of a batched endpoint, as a claim read it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
@@ -339,7 +335,7 @@ mod tests {
     fn bodies_are_arrays_within_the_budget() {
         let e = |s: &str| Bytes::from(s.to_owned());
         let envelopes = [e("{\"seq\":1}"), e("{\"seq\":2}"), e("{\"seq\":3}")];
-        let (b, n) = body(&envelopes, MAX_BATCH_BYTES);
+        let (b, n) = body(&envelopes, 1 << 20);
         assert_eq!(
             (&b[..], n),
             (&b"[{\"seq\":1},{\"seq\":2},{\"seq\":3}]"[..], 3)

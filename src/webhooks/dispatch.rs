@@ -703,7 +703,7 @@ impl Dispatcher {
             let mut content_type = "application/json".to_owned();
             let body = if r.batch {
                 let envelopes: Vec<Bytes> = sendable.iter().map(|s| s.2.clone()).collect();
-                let (body, taken) = batch::body(&envelopes, batch::MAX_BATCH_BYTES);
+                let (body, taken) = batch::body(&envelopes, self.config.batch_max_bytes);
                 for (c, _, _) in sendable.drain(taken..) {
                     released.0.push(c.id);
                     released.1.push(c.attempt);
@@ -712,7 +712,7 @@ impl Dispatcher {
             } else if let Some(t) = &r.endpoint.template {
                 // Rendered against the envelope the endpoint may see; a
                 // render that fails makes this delivery dead, nothing else.
-                match render(t, &sendable[0].2) {
+                match render(t, &sendable[0].2, self.config.template_max_bytes) {
                     Ok(body) => {
                         content_type.clone_from(&t.content_type);
                         body
@@ -972,11 +972,11 @@ impl Dispatcher {
 }
 
 /// The body `t` renders from `envelope` (JSON), or why it cannot.
-fn render(t: &BodyTemplate, envelope: &[u8]) -> Result<Bytes, String> {
+fn render(t: &BodyTemplate, envelope: &[u8], max_bytes: usize) -> Result<Bytes, String> {
     let envelope: Value = serde_json::from_slice(envelope)
         .map_err(|e| format!("the event's envelope is not JSON: {e}"))?;
     t.template
-        .render(&envelope, super::spec::MAX_RENDERED_BYTES)
+        .render(&envelope, max_bytes)
         .map(Bytes::from)
         .map_err(|e| format!("the template cannot be rendered for this event: {e}"))
 }

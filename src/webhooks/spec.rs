@@ -76,8 +76,6 @@ pub const BATCH_MAX_WAIT_MS: (i32, i32) = (0, 60_000);
 pub const DEFAULT_BATCH_WAIT_MS: i32 = 1000;
 /// `template_content_type` when not given.
 pub const DEFAULT_TEMPLATE_CONTENT_TYPE: &str = "application/json";
-/// Longest body a template may render, in bytes.
-pub const MAX_RENDERED_BYTES: usize = 256 * 1024;
 /// Longest `template_content_type`, in bytes.
 pub const MAX_CONTENT_TYPE_BYTES: usize = 255;
 /// Values of at most this many characters are masked whole on read.
