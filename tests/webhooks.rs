@@ -1515,3 +1515,85 @@ async fn byte_bounds_split_batches_and_make_oversized_renders_dead() {
     assert!(rx.received().iter().all(|r| r.path != "/t"));
     stop_server(server, token).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_is_retried_whole_under_its_id_and_its_deliveries_share_each_outcome() {
+    let db = TestDb::new("wh_batch_retry");
+    write(&db, ITEMS).await;
+    let (server, token) = serve(&db, &[]).await;
+    let api = api(&db, &server, "acme").await;
+    // /flaky fails each request once; /down always.
+    let rx = Receiver::start(Arc::new(|r, before| {
+        if r.path == "/flaky" && before > 0 {
+            Answer::Status(200)
+        } else {
+            Answer::Status(503)
+        }
+    }))
+    .await;
+    let batch = json!({"max_events": 3, "max_wait_ms": 200});
+    let flaky = api
+        .create(json!({"url": rx.url("/flaky"), "batch": batch, "retry_schedule": "0s,100ms"}))
+        .await;
+    let down = api
+        .create(
+            json!({"url": rx.url("/down"), "batch": batch, "retry_schedule": "0s,100ms",
+            "max_attempts": 2}),
+        )
+        .await;
+    write(
+        &db,
+        "INSERT INTO items SELECT g, 'acme', 'red', g FROM generate_series(1, 9) g",
+    )
+    .await;
+    for (id, status) in [(&flaky["id"], "delivered"), (&down["id"], "dead")] {
+        let id = id.as_str().expect("id");
+        let ds = wait_deliveries(&api, id, status, |ds| {
+            ds.len() == 9 && ds.iter().all(|d| d["status"] == status)
+        })
+        .await;
+        let mut by_request: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+        for d in &ds {
+            assert_eq!(d["attempts"], 2, "{d}");
+            let log = d["attempt_log"].as_array().expect("log");
+            assert_eq!(log.len(), 2, "{d}");
+            assert!(log.iter().all(|a| a["request"] == d["request"]), "{d}");
+            by_request
+                .entry(d["request"].as_str().expect("request").to_owned())
+                .or_default()
+                .push(d);
+        }
+        for (request, members) in &by_request {
+            assert!(members.len() <= 3, "{request}: {members:?}");
+            // One request, one outcome: the same send time and answer for all.
+            for i in 0..2 {
+                let first = &members[0]["attempt_log"][i];
+                for d in members {
+                    let a = &d["attempt_log"][i];
+                    assert_eq!(a["at"], first["at"], "{request}: {members:?}");
+                    assert_eq!(a["http_status"], first["http_status"]);
+                }
+            }
+        }
+    }
+    let got = rx.received();
+    for path in ["/flaky", "/down"] {
+        let mut sent: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for r in got.iter().filter(|r| r.path == path) {
+            sent.entry(r.header("webhook-id"))
+                .or_default()
+                .push(&r.body);
+        }
+        for (msg, bodies) in &sent {
+            assert_eq!(bodies.len(), 2, "{path} {msg}: sent twice");
+            assert_eq!(bodies[0], bodies[1], "{path} {msg}: the same body");
+        }
+        let seqs: BTreeSet<i64> = got
+            .iter()
+            .filter(|r| r.path == path)
+            .flat_map(|r| r.seqs())
+            .collect();
+        assert_eq!(seqs.len(), 9, "{path}");
+    }
+    stop_server(server, token).await;
+}

@@ -61,9 +61,9 @@ fn sorted_by_seq(mut picked: Vec<&Candidate>) -> Vec<i64> {
 }
 
 /// An unordered endpoint: `due` holds its due deliveries in
-/// (`due_at`, seq) order, as read with a limit (`truncated`: the read hit
-/// it, so more may follow the last). At most `free` requests, the earliest
-/// due first.
+/// (`due_at`, seq) order, as read with a limit (`truncated`: there were
+/// more than `free` full batches, so more may follow the last one read). At
+/// most `free` requests, the earliest due first.
 pub fn plan_unordered(
     due: &[Candidate],
     limits: Limits,
@@ -271,6 +271,10 @@ mod tests {
         // A truncated read may have cut b2 short: it waits for a whole read.
         let plan = plan_unordered(&due, LIMITS, at(2000), 8, true);
         assert_eq!(ids(&plan), [vec![6, 5], vec![1, 2]]);
+        // A whole retry that fills the read is sent.
+        let whole: Vec<Candidate> = (1..=3).map(|i| retry(i, i, 0, "b3")).collect();
+        let plan = plan_unordered(&whole, LIMITS, at(0), 1, false);
+        assert_eq!(ids(&plan), [vec![1, 2, 3]]);
     }
 
     #[test]

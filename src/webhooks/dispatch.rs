@@ -494,8 +494,9 @@ impl Dispatcher {
                 max_wait: Duration::from_millis(u64::try_from(b.max_wait_ms).unwrap_or(0)),
             }
         };
-        // Unordered: the due deliveries, enough for `free` full batches;
-        // ordered: the earliest unfinished ones, due or not.
+        // Unordered: the due deliveries, enough for `free` full batches and
+        // one more (which tells whether the read was cut short); ordered:
+        // the earliest unfinished ones, due or not.
         let mut reads: Vec<(bool, Vec<&str>, Vec<i32>)> = vec![
             (false, Vec::new(), Vec::new()),
             (true, Vec::new(), Vec::new()),
@@ -505,7 +506,7 @@ impl Dispatcher {
             let lim = if e.ordered {
                 max_events
             } else {
-                max_events.saturating_mul(*free)
+                max_events.saturating_mul(*free).saturating_add(1)
             };
             let read = &mut reads[usize::from(e.ordered)];
             read.1.push(&e.id);
@@ -563,7 +564,7 @@ impl Dispatcher {
                 batch::plan_ordered(list, limits, *now)
             } else {
                 let lim = limits.max_events.saturating_mul(*free);
-                batch::plan_unordered(list, limits, *now, *free, list.len() >= lim)
+                batch::plan_unordered(list, limits, *now, *free, list.len() > lim)
             };
             if let Some(w) = plan.wake {
                 wake = Some(wake.map_or(w, |x: Duration| x.min(w)));

@@ -151,10 +151,10 @@ pub struct EndpointSpec {
     #[serde(default)]
     pub role: Option<String>,
     /// The claims that role's row predicates compare with (an object).
-    #[serde(default = "empty_object")]
+    #[serde(default = "empty_object", deserialize_with = "object_or_null")]
     pub claims: Value,
-    /// Sent on every request, as given.
-    #[serde(default)]
+    /// Sent on every request, as given (`null`: none).
+    #[serde(default, deserialize_with = "default_if_null")]
     pub headers: BTreeMap<String, String>,
     /// None: `webhooks.timeout_ms`.
     #[serde(default)]
@@ -174,6 +174,18 @@ pub struct EndpointSpec {
 
 fn empty_object() -> Value {
     json!({})
+}
+
+/// `null` is `{}` (no claims).
+fn object_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+    Ok(Option::<Value>::deserialize(d)?.unwrap_or_else(empty_object))
+}
+
+/// `null` is the type's default.
+fn default_if_null<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
+    d: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// What validation needs from outside the spec.
@@ -658,7 +670,11 @@ mod tests {
 
     #[test]
     fn defaults_are_filled_in() {
-        let s = validate(json!({"url": URL, "filter": null})).expect("valid");
+        let s = validate(
+            json!({"url": URL, "filter": null, "claims": null, "headers": null,
+            "role": null, "max_attempts": null}),
+        )
+        .expect("valid");
         assert_eq!(s.max_attempts, Some(8));
         assert_eq!(s.filter, None);
         assert!(s.enabled);
