@@ -229,6 +229,16 @@ pub const KEYS: &[Key] = &[
         "86400",
         "how long the previous secret keeps signing after a rotation",
     ),
+    Key::int(
+        "webhooks.batch_max_bytes",
+        "5242880",
+        "most envelope bytes in one batched webhook request; the events past it go in the next request (one larger event still goes alone)",
+    ),
+    Key::int(
+        "webhooks.template_max_bytes",
+        "262144",
+        "longest body an endpoint's template may render; a longer one makes that delivery dead",
+    ),
     Key::bool(
         "webhooks.allow_private_addresses",
         "false",
@@ -499,6 +509,8 @@ section!(
         endpoint_concurrency: usize = key_default!(int "webhooks.endpoint_concurrency" as usize),
         poll_interval_ms: u64 = key_default!(int "webhooks.poll_interval_ms"),
         secret_overlap_secs: u64 = key_default!(int "webhooks.secret_overlap_secs"),
+        batch_max_bytes: usize = key_default!(int "webhooks.batch_max_bytes" as usize),
+        template_max_bytes: usize = key_default!(int "webhooks.template_max_bytes" as usize),
         allow_private_addresses: bool = key_default!(bool "webhooks.allow_private_addresses"),
     }
 );
@@ -994,6 +1006,11 @@ impl Config {
         positive(
             "webhooks.poll_interval_ms",
             self.webhooks.poll_interval_ms as usize,
+        )?;
+        positive("webhooks.batch_max_bytes", self.webhooks.batch_max_bytes)?;
+        positive(
+            "webhooks.template_max_bytes",
+            self.webhooks.template_max_bytes,
         )?;
         crate::webhooks::schedule::parse_schedule(&self.webhooks.retry_schedule)
             .map_err(|e| ConfigError::key("webhooks.retry_schedule", e))?;

@@ -337,6 +337,8 @@ fn documented_numeric_defaults_are_the_real_defaults() {
             "webhooks.secret_overlap_secs",
             c.webhooks.secret_overlap_secs as usize,
         ),
+        ("webhooks.batch_max_bytes", c.webhooks.batch_max_bytes),
+        ("webhooks.template_max_bytes", c.webhooks.template_max_bytes),
         ("log.retention_hours", c.log.retention_hours as usize),
         (
             "log.prune_interval_secs",

@@ -557,6 +557,22 @@ async fn webhooks_and_exports_of_a_role_are_masked_and_scoped() {
         .expect("body");
     assert_eq!(created["role"], "member", "{created}");
     assert_eq!(created["claims"], json!({"sub": "u1"}));
+    // The same role, batched: each element of its arrays is what the
+    // endpoint above gets alone.
+    let batch_rx = Receiver::ok().await;
+    let batched = http
+        .post(format!("http://{addr}/v1/webhooks"))
+        .header("authorization", format!("Bearer {service}"))
+        .header("content-type", "application/json")
+        .body(
+            json!({"url": batch_rx.url("/batch"), "role": "member", "claims": {"sub": "u1"},
+                "batch": {"max_events": 3, "max_wait_ms": 100}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("create batched");
+    assert_eq!(batched.status(), 201);
     let bad = http
         .post(format!("http://{addr}/v1/webhooks"))
         .header("authorization", format!("Bearer {service}"))
@@ -617,6 +633,22 @@ async fn webhooks_and_exports_of_a_role_are_masked_and_scoped() {
         delivered[0]["data"]["new"],
         json!({"id": 1, "tenant": "acme", "owner_id": "u1", "team_id": "red", "title": "mine"})
     );
+    batch_rx
+        .wait_until(PATIENCE, "u1's 5 events, batched", |r| {
+            r.iter().map(|x| x.seqs().len()).sum::<usize>() >= 5
+        })
+        .await;
+    let mut in_batches: Vec<Value> = batch_rx
+        .received()
+        .iter()
+        .flat_map(|r| {
+            let body: Value = serde_json::from_str(&r.body).expect("json");
+            body.as_array().expect("a batch is an array").clone()
+        })
+        .collect();
+    in_batches.sort_by_key(|e| e["seq"].as_i64());
+    in_batches.dedup_by_key(|e| e["seq"].as_i64());
+    assert_eq!(in_batches, delivered);
 
     // NDJSON export and JSON page of the member u1, and of a viewer.
     let u1 = role_key(&db, "acme", "member", json!({"sub": "u1"})).await;

@@ -1,8 +1,10 @@
 //! Webhooks against a real Postgres, a real server and a test receiver:
 //! signatures checked by the PyPI `standardwebhooks` package (through a
-//! secret rotation), failures of every kind retried on schedule with a
-//! stable `webhook-id`, dead letters and replay, 410, rate limits, ordered
-//! endpoints, and bad input.
+//! secret rotation, and for batched and templated bodies), failures of
+//! every kind retried on schedule with a stable `webhook-id`, dead letters
+//! and replay, 410, rate limits, ordered endpoints, bad input, and the
+//! per-endpoint options: headers, timeouts, retry policies, batches and
+//! templates.
 
 mod common;
 
@@ -133,6 +135,21 @@ async fn deliveries_are_signed_and_verify_with_standardwebhooks_through_a_rotati
         shown.get("secret").is_none(),
         "the secret is never shown again: {shown}"
     );
+    // A batched endpoint and a templated one sign their own bodies.
+    let batch_rx = Receiver::ok().await;
+    let batched = api
+        .create(
+            json!({"url": batch_rx.url("/batch"), "topics": ["tables/public.items/*"],
+            "batch": {"max_events": 4, "max_wait_ms": 100}}),
+        )
+        .await;
+    let template_rx = Receiver::ok().await;
+    let templated = api
+        .create(
+            json!({"url": template_rx.url("/tpl"), "topics": ["tables/public.items/*"],
+            "template": "{\"text\": \"{{type}}: {{data.new.color}} \u{e9}\", \"seq\": {{seq}}}"}),
+        )
+        .await;
 
     insert(&db, "acme", 1..=3).await;
     insert(&db, "globex", 100..=101).await;
@@ -184,6 +201,28 @@ async fn deliveries_are_signed_and_verify_with_standardwebhooks_through_a_rotati
         3,
         "the 3 deliveries after the rotation carry both signatures"
     );
+    batch_rx
+        .wait_until(PATIENCE, "6 batched events", |r| {
+            r.iter().map(|x| x.seqs().len()).sum::<usize>() >= 6
+        })
+        .await;
+    template_rx
+        .wait_until(PATIENCE, "6 templated deliveries", |r| r.len() >= 6)
+        .await;
+    let batches = batch_rx.received();
+    for (other, endpoint) in [(&batches, &batched), (&template_rx.received(), &templated)] {
+        let secret = endpoint["secret"].as_str().expect("secret");
+        for r in other {
+            cases.push(json!({"secrets": [secret], "headers": r.headers, "body": r.body}));
+        }
+    }
+    for r in &template_rx.received() {
+        let body: Value = serde_json::from_str(&r.body).expect("json");
+        assert_eq!(body["text"], "row.inserted: red \u{e9}", "{}", r.body);
+        assert_eq!(r.header("webhook-id"), format!("msg_{}", body["seq"]));
+    }
+    let expected = cases.len();
+    assert_eq!(expected, 6 + batches.len() + 6);
     let file = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(file.path(), serde_json::to_vec(&cases).expect("json")).expect("write");
     let script = concat!(
@@ -201,7 +240,11 @@ async fn deliveries_are_signed_and_verify_with_standardwebhooks_through_a_rotati
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("verified 6"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("verified {expected} ")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     stop_server(server, token).await;
 }
 
@@ -723,4 +766,841 @@ async fn an_attempt_in_flight_at_shutdown_finishes_and_is_recorded() {
         "{:?}",
         rx.received().len()
     );
+}
+
+impl Api {
+    async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PATCH, path, Some(body)).await
+    }
+}
+
+/// Waits until the endpoint's deliveries satisfy `done`; returns them.
+async fn wait_deliveries(
+    api: &Api,
+    id: &str,
+    what: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    common::poll_until(PATIENCE, Duration::from_millis(50), || async {
+        let ds = api.deliveries(id, None).await;
+        if done(&ds) {
+            Ok(ds)
+        } else {
+            Err(format!("{what}: not yet, deliveries are {ds:?}"))
+        }
+    })
+    .await
+}
+
+fn time_of(v: &Value) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_else(|| panic!("a time: {v}")))
+        .unwrap_or_else(|e| panic!("{v}: {e}"))
+        .to_utc()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_headers_arrive_are_masked_on_read_and_reserved_names_are_refused() {
+    let db = TestDb::new("wh_headers");
+    write(&db, ITEMS).await;
+    let (server, token) = serve(&db, &[]).await;
+    let api = api(&db, &server, "acme").await;
+    let rx = Receiver::ok().await;
+    let ep = api
+        .create(json!({"url": rx.url("/h"), "headers": {
+            "X-Secret": "s3cret-token-value",
+            "Authorization": "Bearer abcdefgh",
+            "X-Short": "12345678",
+        }}))
+        .await;
+    let id = ep["id"].as_str().expect("id").to_owned();
+    let masked = json!({"X-Secret": "s3…", "Authorization": "Be…", "X-Short": "…"});
+    assert_eq!(ep["headers"], masked, "{ep}");
+    let (_, read) = api.get(&format!("/v1/webhooks/{id}")).await;
+    assert_eq!(read["headers"], masked, "{read}");
+    let (_, list) = api.get("/v1/webhooks").await;
+    assert_eq!(list["webhooks"][0]["headers"], masked, "{list}");
+    assert!(
+        !list.to_string().contains("s3cret-token-value") && !list.to_string().contains("abcdefgh"),
+        "a header value is never shown: {list}"
+    );
+
+    insert(&db, "acme", [1]).await;
+    rx.wait_until(PATIENCE, "the delivery", |r| !r.is_empty())
+        .await;
+    let got = &rx.received()[0];
+    assert_eq!(got.header("x-secret"), "s3cret-token-value");
+    assert_eq!(got.header("authorization"), "Bearer abcdefgh");
+    assert_eq!(got.header("x-short"), "12345678");
+    assert!(got.header("user-agent").starts_with("sluice-webhooks/"));
+    assert_eq!(got.header("webhook-id"), format!("msg_{}", got.seq()));
+
+    // PATCH replaces the whole map; null clears it.
+    let (code, v) = api
+        .patch(
+            &format!("/v1/webhooks/{id}"),
+            json!({"headers": {"X-Other": "1"}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["headers"], json!({"X-Other": "…"}));
+    insert(&db, "acme", [2]).await;
+    rx.wait_until(PATIENCE, "the second delivery", |r| r.len() >= 2)
+        .await;
+    let second = &rx.received()[1];
+    assert_eq!(second.header("x-other"), "1");
+    assert_eq!(second.header("x-secret"), "", "the old headers are gone");
+    let (code, v) = api
+        .patch(&format!("/v1/webhooks/{id}"), json!({"headers": null}))
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["headers"], json!({}));
+
+    // Refused, whatever the case, each answer naming the header.
+    for name in [
+        "webhook-id",
+        "Webhook-Signature",
+        "webhook-timestamp",
+        "Content-Type",
+        "content-length",
+        "Host",
+        "Connection",
+        "Transfer-Encoding",
+        "TE",
+        "Upgrade",
+        "Proxy-Authorization",
+        "User-Agent",
+    ] {
+        let (code, v) = api
+            .post(
+                "/v1/webhooks",
+                json!({"url": rx.url("/h"), "headers": {name: "x"}}),
+            )
+            .await;
+        assert_eq!(code, 400, "{name}: {v}");
+        assert_eq!(v["error"]["param"], format!("headers.{name}"), "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("may not set"),
+            "{v}"
+        );
+    }
+    let bad: Vec<(Value, &str)> = vec![
+        (json!({"Bad Name": "x"}), "headers.Bad Name"),
+        (json!({"X-A": "line\nbreak"}), "headers.X-A"),
+        (json!({"X-A": "x".repeat(4097)}), "headers.X-A"),
+        (json!({"X-A": 5}), "headers.X-A"),
+        (json!(["X-A"]), "headers"),
+    ];
+    for (headers, param) in bad {
+        let (code, v) = api
+            .post(
+                "/v1/webhooks",
+                json!({"url": rx.url("/h"), "headers": headers}),
+            )
+            .await;
+        assert_eq!(code, 400, "{v}");
+        assert_eq!(v["error"]["param"], param, "{v}");
+    }
+    let (code, v) = api
+        .patch(
+            &format!("/v1/webhooks/{id}"),
+            json!({"headers": {"Host": "evil"}}),
+        )
+        .await;
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(v["error"]["param"], "headers.Host");
+    stop_server(server, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_endpoint_timeout_fails_a_slower_receiver_and_a_longer_one_waits_for_it() {
+    let db = TestDb::new("wh_timeout");
+    write(&db, ITEMS).await;
+    // The global timeout (700 ms) would fail /slow; the endpoint allows 20 s.
+    let (server, token) = serve(&db, &[]).await;
+    let api = api(&db, &server, "acme").await;
+    let rx = Receiver::start(Arc::new(|r, _| {
+        if r.path == "/hang" {
+            Answer::Hang(Duration::from_secs(30))
+        } else {
+            Answer::Slow(Duration::from_millis(1500), 200)
+        }
+    }))
+    .await;
+    let short = api
+        .create(json!({"url": rx.url("/hang"), "timeout_ms": 300, "max_attempts": 1}))
+        .await;
+    let long = api
+        .create(json!({"url": rx.url("/slow"), "timeout_ms": 20000, "max_attempts": 1}))
+        .await;
+    assert_eq!(long["timeout_ms"], 20000);
+    insert(&db, "acme", [1]).await;
+    let short_id = short["id"].as_str().expect("id");
+    let long_id = long["id"].as_str().expect("id");
+    let dead = wait_deliveries(&api, short_id, "the short timeout fails", |ds| {
+        ds.first().is_some_and(|d| d["status"] == "dead")
+    })
+    .await;
+    let error = dead[0]["attempt_log"][0]["error"].as_str().unwrap_or("");
+    assert_eq!(error, "no answer within 300 ms", "{dead:?}");
+    let done = wait_deliveries(&api, long_id, "the long timeout succeeds", |ds| {
+        ds.first().is_some_and(|d| d["status"] == "delivered")
+    })
+    .await;
+    assert_eq!(done[0]["attempt_log"][0]["http_status"], 200, "{done:?}");
+    // The claim's lease covered the endpoint's timeout (+5 s), not the
+    // global one: a delivered row keeps the lease it was claimed with.
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT extract(epoch FROM next_attempt_at - created_at)::float8
+             FROM sluice.webhook_deliveries WHERE webhook_id = $1",
+            &[&long_id],
+        )
+        .await
+        .expect("delivery");
+    let lease: f64 = row.get(0);
+    assert!(lease >= 25.0, "leased for {lease} s");
+    stop_server(server, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_endpoint_retry_policy_sets_the_delays_and_the_number_of_attempts() {
+    let db = TestDb::new("wh_policy");
+    write(&db, ITEMS).await;
+    let (server, token) = serve(&db, &[]).await;
+    let api = api(&db, &server, "acme").await;
+    let rx = Receiver::start(Arc::new(|_, _| Answer::Status(503))).await;
+    // Dead after exactly 3 attempts (the global default is 8).
+    let three = api
+        .create(
+            json!({"url": rx.url("/three"), "max_attempts": 3, "retry_schedule": "0s,50ms,100ms"}),
+        )
+        .await;
+    // An hour after the first failure (the global schedule says 300 ms).
+    let hourly = api
+        .create(json!({"url": rx.url("/hourly"), "max_attempts": 5, "retry_schedule": "0s, 1h"}))
+        .await;
+    assert_eq!(three["retry_schedule"], "0s,50ms,100ms");
+    insert(&db, "acme", [1]).await;
+    let three_id = three["id"].as_str().expect("id");
+    let ds = wait_deliveries(&api, three_id, "dead after 3", |ds| {
+        ds.first().is_some_and(|d| d["status"] == "dead")
+    })
+    .await;
+    assert_eq!(ds[0]["attempts"], 3, "{ds:?}");
+    assert_eq!(ds[0]["attempt_log"].as_array().map(Vec::len), Some(3));
+    let hourly_id = hourly["id"].as_str().expect("id");
+    let ds = wait_deliveries(&api, hourly_id, "the first failure", |ds| {
+        ds.first().is_some_and(|d| d["status"] == "failed")
+    })
+    .await;
+    let first_at = time_of(&ds[0]["attempt_log"][0]["at"]);
+    let next = time_of(&ds[0]["next_attempt_at"]);
+    // 1 h jittered by at most 20 %.
+    assert!(
+        next - first_at >= chrono::Duration::minutes(48),
+        "retry at {next}, first attempt at {first_at}"
+    );
+    assert!(
+        next - first_at <= chrono::Duration::minutes(73),
+        "retry at {next}, first attempt at {first_at}"
+    );
+    assert_eq!(
+        rx.received().iter().filter(|r| r.path == "/three").count(),
+        3,
+        "exactly max_attempts requests"
+    );
+    // Bad policies name the member.
+    for (body, param) in [
+        (json!({"retry_schedule": "5s,soon"}), "retry_schedule"),
+        (json!({"retry_schedule": ""}), "retry_schedule"),
+        (json!({"timeout_ms": 50}), "timeout_ms"),
+        (json!({"timeout_ms": 60001}), "timeout_ms"),
+        (json!({"max_attempts": 101}), "max_attempts"),
+    ] {
+        let (code, v) = api.patch(&format!("/v1/webhooks/{three_id}"), body).await;
+        assert_eq!(code, 400, "{v}");
+        assert_eq!(v["error"]["param"], param, "{v}");
+    }
+    // null puts the global schedule back.
+    let (code, v) = api
+        .patch(
+            &format!("/v1/webhooks/{three_id}"),
+            json!({"retry_schedule": null, "timeout_ms": null}),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert!(
+        v["retry_schedule"].is_null() && v["timeout_ms"].is_null(),
+        "{v}"
+    );
+    stop_server(server, token).await;
+}
+
+/// A 429's `Retry-After` outlasts the schedule, as the times the server
+/// stored show: each attempt's `at` is when its request was sent, and a
+/// failed delivery's `next_attempt_at` when it may go again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_retry_after_delays_the_retry_by_at_least_that_long_in_the_stored_times() {
+    let db = TestDb::new("wh_429");
+    write(&db, ITEMS).await;
+    let (server, token) = serve(&db, &[]).await;
+    let api = api(&db, &server, "acme").await;
+    // The schedule says 100 ms; the receiver asks for 3 s, then an hour.
+    let rx = Receiver::start(Arc::new(|_, before| match before {
+        0 => Answer::RetryAfter(429, 3),
+        _ => Answer::RetryAfter(429, 3600),
+    }))
+    .await;
+    let ep = api
+        .create(json!({"url": rx.url("/ra"), "retry_schedule": "0s,100ms", "max_attempts": 5}))
+        .await;
+    let id = ep["id"].as_str().expect("id");
+    insert(&db, "acme", [1]).await;
+    let ds = wait_deliveries(&api, id, "two attempts recorded", |ds| {
+        ds.first().is_some_and(|d| {
+            d["attempt_log"].as_array().map_or(0, Vec::len) == 2 && d["status"] == "failed"
+        })
+    })
+    .await;
+    let log = ds[0]["attempt_log"].as_array().expect("log");
+    assert!(log.iter().all(|a| a["http_status"] == 429), "{log:?}");
+    let (first, second) = (time_of(&log[0]["at"]), time_of(&log[1]["at"]));
+    assert!(
+        second - first >= chrono::Duration::seconds(3),
+        "second attempt at {second}, {} after the first",
+        second - first
+    );
+    let next = time_of(&ds[0]["next_attempt_at"]);
+    assert!(
+        next - second >= chrono::Duration::seconds(3600),
+        "next attempt at {next}, {} after the second",
+        next - second
+    );
+    assert_eq!(rx.received().len(), 2);
+    stop_server(server, token).await;
+}
+
+/// Each request the receiver got, as (webhook-id, seqs in body order).
+fn requests_of(got: &[common::receiver::Received]) -> Vec<(String, Vec<i64>)> {
+    got.iter()
+        .map(|r| (r.header("webhook-id").to_owned(), r.seqs()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_endpoints_get_arrays_in_seq_order_every_event_once_and_replay_resends_one() {
+    let db = TestDb::new("wh_batch");
+    write(&db, ITEMS).await;
+    let (server, token) = serve(&db, &[]).await;
+    let api = api(&db, &server, "acme").await;
+    let rx = Receiver::ok().await;
+    let ep = api
+        .create(json!({"url": rx.url("/batch"), "batch": {"max_events": 5, "max_wait_ms": 200}}))
+        .await;
+    assert_eq!(ep["batch"], json!({"max_events": 5, "max_wait_ms": 200}));
+    let id = ep["id"].as_str().expect("id").to_owned();
+    // 17 events in one transaction, then 6 one by one.
+    write(
+        &db,
+        "INSERT INTO items SELECT g, 'acme', 'red', g FROM generate_series(1, 17) g",
+    )
+    .await;
+    insert(&db, "acme", 18..=23).await;
+    insert(&db, "globex", [100]).await;
+    rx.wait_until(PATIENCE, "23 events", |r| {
+        r.iter().map(|x| x.seqs().len()).sum::<usize>() >= 23
+    })
+    .await;
+    let got = rx.received();
+    let requests = requests_of(&got);
+    let mut all: Vec<i64> = Vec::new();
+    for (msg, seqs) in &requests {
+        assert!(msg.starts_with("batch_"), "{msg}");
+        assert!(
+            (1..=5).contains(&seqs.len()),
+            "{msg}: {} events",
+            seqs.len()
+        );
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{msg}: {seqs:?}");
+        all.extend(seqs);
+    }
+    let distinct: BTreeSet<i64> = all.iter().copied().collect();
+    assert_eq!(all.len(), 23, "every event exactly once: {requests:?}");
+    assert_eq!(distinct.len(), 23);
+    let ids: BTreeSet<&str> = requests.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(ids.len(), requests.len(), "one id per request");
+    // The bulk insert filled whole batches.
+    assert!(
+        requests.iter().filter(|(_, s)| s.len() == 5).count() >= 3,
+        "{requests:?}"
+    );
+    // Each element is the event's envelope, as a single delivery's body is.
+    for r in &got {
+        let body: Value = serde_json::from_str(&r.body).expect("json");
+        for e in body.as_array().expect("array") {
+            let (code, stored) = api.get(&format!("/v1/events/{}", e["seq"])).await;
+            assert_eq!(code, 200);
+            assert_eq!(*e, stored);
+            assert_eq!(e["tenant"], "acme");
+        }
+    }
+    // The deliveries list which request carried each event.
+    let ds = wait_deliveries(&api, &id, "all delivered", |ds| {
+        ds.len() == 23 && ds.iter().all(|d| d["status"] == "delivered")
+    })
+    .await;
+    let carried: BTreeMap<i64, String> = requests
+        .iter()
+        .flat_map(|(m, seqs)| seqs.iter().map(move |s| (*s, m.clone())))
+        .collect();
+    for d in &ds {
+        let seq = d["seq"].as_i64().expect("seq");
+        assert_eq!(d["request"], carried[&seq], "{d}");
+        assert_eq!(d["webhook_id"], carried[&seq], "{d}");
+        assert_eq!(d["attempt_log"][0]["request"], carried[&seq], "{d}");
+    }
+    let (first_msg, first_seqs) = &requests[0];
+    let (code, v) = api
+        .get(&format!("/v1/webhooks/{id}/deliveries?request={first_msg}"))
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let mut listed: Vec<i64> = v["deliveries"]
+        .as_array()
+        .expect("deliveries")
+        .iter()
+        .map(|d| d["seq"].as_i64().expect("seq"))
+        .collect();
+    listed.sort();
+    assert_eq!(&listed, first_seqs);
+    // Replaying one event sends it again, in a new request.
+    let again = first_seqs[1];
+    let (code, v) = api
+        .post(
+            &format!("/v1/webhooks/{id}/replay"),
+            json!({"event_ids": [again]}),
+        )
+        .await;
+    assert_eq!(code, 202, "{v}");
+    rx.wait_until(PATIENCE, "the replay", |r| r.len() > got.len())
+        .await;
+    let replayed = &rx.received()[got.len()];
+    assert_eq!(replayed.seqs(), [again]);
+    assert!(!ids.contains(replayed.header("webhook-id")));
+    let ds = wait_deliveries(&api, &id, "the replay recorded", |ds| {
+        ds.iter().any(|d| {
+            d["seq"] == again
+                && d["status"] == "delivered"
+                && d["attempts"] == 1
+                && d["request"] == replayed.header("webhook-id")
+        })
+    })
+    .await;
+    assert_eq!(ds.len(), 23);
+    // A batch request is one attempt in the metrics, its events 23 + 1
+    // delivered outcomes.
+    let m = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        m.contains(&format!(
+            "sluice_webhook_attempts_total {}",
+            requests.len() + 1
+        )),
+        "{m}"
+    );
+    assert!(
+        m.contains("sluice_webhook_deliveries_total{outcome=\"delivered\"} 24"),
+        "{m}"
+    );
+    stop_server(server, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_batched_endpoint_sees_increasing_seqs_across_requests_through_failures() {
+    let db = TestDb::new("wh_batch_ordered");
+    write(&db, ITEMS).await;
+    let (server, token) = serve(&db, &[]).await;
+    let api = api(&db, &server, "acme").await;
+    // Every request whose first event has an odd seq fails once.
+    let rx = Receiver::start(Arc::new(|r, before| {
+        let first = r.seqs().first().copied().unwrap_or(0);
+        if before == 0 && first % 2 == 1 {
+            Answer::Status(500)
+        } else {
+            Answer::Status(200)
+        }
+    }))
+    .await;
+    let ep = api
+        .create(json!({"url": rx.url("/ob"), "ordered": true,
+            "batch": {"max_events": 4, "max_wait_ms": 100}}))
+        .await;
+    let id = ep["id"].as_str().expect("id").to_owned();
+    insert(&db, "acme", 1..=10).await;
+    write(
+        &db,
+        "INSERT INTO items SELECT g, 'acme', 'red', g FROM generate_series(11, 30) g",
+    )
+    .await;
+    rx.wait_until(PATIENCE, "30 events delivered", |r| {
+        r.iter()
+            .filter(|x| x.answer == Answer::Status(200))
+            .map(|x| x.seqs().len())
+            .sum::<usize>()
+            >= 30
+    })
+    .await;
+    let got = rx.received();
+    let requests = requests_of(&got);
+    // In the order received: a failed request is retried next, whole, with
+    // its id; delivered requests follow one another in seq order.
+    let mut delivered: Vec<i64> = Vec::new();
+    for (i, r) in got.iter().enumerate() {
+        let (msg, seqs) = &requests[i];
+        assert!(seqs.len() <= 4 && !seqs.is_empty(), "{requests:?}");
+        if r.answer == Answer::Status(500) {
+            assert_eq!(
+                requests.get(i + 1),
+                Some(&(msg.clone(), seqs.clone())),
+                "the retry comes next, the same request: {requests:?}"
+            );
+        } else {
+            delivered.extend(seqs);
+        }
+    }
+    assert!(
+        delivered.windows(2).all(|w| w[0] < w[1]),
+        "seqs strictly increase across requests: {delivered:?}"
+    );
+    assert_eq!(delivered.len(), 30, "{requests:?}");
+    assert!(
+        got.iter().any(|r| r.answer == Answer::Status(500)),
+        "some request failed and was retried"
+    );
+    // The bodies of a retried request are the same bytes (one signature
+    // input, one id).
+    let mut bodies: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for r in &got {
+        bodies
+            .entry(r.header("webhook-id"))
+            .or_default()
+            .insert(&r.body);
+    }
+    assert!(bodies.values().all(|b| b.len() == 1), "{bodies:?}");
+    let ds = wait_deliveries(&api, &id, "all recorded", |ds| {
+        ds.len() == 30 && ds.iter().all(|d| d["status"] == "delivered")
+    })
+    .await;
+    for d in &ds {
+        let log = d["attempt_log"].as_array().expect("log");
+        assert!(
+            log.iter().all(|a| a["request"] == d["request"]),
+            "every attempt in the same request: {d}"
+        );
+    }
+    // Bad batch settings name the member; a template cannot be batched.
+    for (body, param) in [
+        (json!({"batch": {"max_events": 0}}), "batch.max_events"),
+        (json!({"batch": {"max_events": 1001}}), "batch.max_events"),
+        (
+            json!({"batch": {"max_events": 5, "max_wait_ms": 60001}}),
+            "batch.max_wait_ms",
+        ),
+        (
+            json!({"batch": {"max_events": 5, "every": 1}}),
+            "batch.every",
+        ),
+        (json!({"template": "{\"text\": \"x\"}"}), "template"),
+    ] {
+        let (code, v) = api.patch(&format!("/v1/webhooks/{id}"), body.clone()).await;
+        assert_eq!(code, 400, "{body}: {v}");
+        assert_eq!(v["error"]["param"], param, "{body}: {v}");
+    }
+    stop_server(server, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_shape_the_body_escape_hostile_values_and_a_failed_render_is_dead_alone() {
+    let db = TestDb::new("wh_template");
+    write(&db, ITEMS).await;
+    let (server, token) = serve(&db, &[]).await;
+    let api = api(&db, &server, "acme").await;
+    let rx = Receiver::ok().await;
+    let chat = api
+        .create(json!({"url": rx.url("/chat"),
+            "template": "{\"text\": \"{{type}} on {{subject}}: {{data.new.color}}\", \"n\": {{data.new.n}}, \"row\": {{json data.new}}}"}))
+        .await;
+    assert_eq!(chat["template_content_type"], "application/json");
+    let plain = api
+        .create(
+            json!({"url": rx.url("/plain"), "template": "{{type}} {{data.new.color}}",
+            "template_content_type": "text/plain; charset=utf-8"}),
+        )
+        .await;
+    // Inserts have no `old`: their render fails; updates render.
+    let was = api
+        .create(
+            json!({"url": rx.url("/was"), "template": "{\"text\": \"was {{data.old.color}}\"}"}),
+        )
+        .await;
+    let hostile = "\"}], \"x\": 1, \\ \n\t\u{2028} {{type}} </script>";
+    db.client()
+        .await
+        .execute("INSERT INTO items VALUES (1, 'acme', $1, 7)", &[&hostile])
+        .await
+        .expect("insert");
+    write(&db, "UPDATE items SET color = 'blue' WHERE id = 1").await;
+    rx.wait_until(PATIENCE, "chat and plain got both, /was the update", |r| {
+        let on = |p: &str| r.iter().filter(|x| x.path == p).count();
+        on("/chat") >= 2 && on("/plain") >= 2 && on("/was") >= 1
+    })
+    .await;
+    let got = rx.received();
+    let (_, insert_event) = api.get("/v1/events/1").await;
+    let on = |p: &str| -> Vec<&common::receiver::Received> {
+        got.iter().filter(|x| x.path == p).collect()
+    };
+    // Unordered endpoints may receive the two events in either order: pick
+    // the insert's request (seq 1) by its id.
+    let insert_on = |p: &str| -> &common::receiver::Received {
+        on(p)
+            .into_iter()
+            .find(|x| x.header("webhook-id") == "msg_1")
+            .unwrap_or_else(|| panic!("{p} received the insert"))
+    };
+    let first = insert_on("/chat");
+    assert_eq!(first.header("content-type"), "application/json");
+    let body: Value = serde_json::from_str(&first.body).expect("a templated JSON body is JSON");
+    assert_eq!(
+        body,
+        json!({
+            "text": format!("row.inserted on {}: {hostile}", insert_event["subject"].as_str().expect("subject")),
+            "n": 7,
+            "row": insert_event["data"]["new"],
+        })
+    );
+    let text = insert_on("/plain");
+    assert_eq!(text.header("content-type"), "text/plain; charset=utf-8");
+    assert_eq!(text.body, format!("row.inserted {hostile}"));
+    let was_got = on("/was");
+    assert_eq!(was_got.len(), 1, "only the update rendered");
+    let body: Value = serde_json::from_str(&was_got[0].body).expect("json");
+    assert_eq!(body, json!({"text": format!("was {hostile}")}));
+    // The insert's delivery to /was is dead with the reason; the endpoint
+    // is still enabled and took the next event.
+    let was_id = was["id"].as_str().expect("id");
+    let ds = wait_deliveries(&api, was_id, "both recorded", |ds| {
+        ds.len() == 2
+            && ds
+                .iter()
+                .all(|d| d["status"] == "dead" || d["status"] == "delivered")
+    })
+    .await;
+    let dead: Vec<&Value> = ds.iter().filter(|d| d["status"] == "dead").collect();
+    assert_eq!(dead.len(), 1, "{ds:?}");
+    assert_eq!(dead[0]["seq"], 1);
+    let error = dead[0]["attempt_log"][0]["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("template") && error.contains("data.old.color"),
+        "{error}"
+    );
+    assert!(dead[0]["attempt_log"][0]["http_status"].is_null());
+    let (_, e) = api.get(&format!("/v1/webhooks/{was_id}")).await;
+    assert_eq!(e["enabled"], true, "{e}");
+    // Bad templates are refused when saved, naming `template`.
+    let plain_id = plain["id"].as_str().expect("id");
+    for (body, param) in [
+        (
+            json!({"template": "{\"text\": {{upper type}}}", "template_content_type": null}),
+            "template",
+        ),
+        (
+            json!({"template": "{\"text\": \"{{type}}\"", "template_content_type": null}),
+            "template",
+        ),
+        (
+            json!({"template_content_type": "not a type"}),
+            "template_content_type",
+        ),
+        (json!({"batch": {"max_events": 2}}), "template"),
+    ] {
+        let (code, v) = api
+            .patch(&format!("/v1/webhooks/{plain_id}"), body.clone())
+            .await;
+        assert_eq!(code, 400, "{body}: {v}");
+        assert_eq!(v["error"]["param"], param, "{body}: {v}");
+    }
+    // null removes the template (and its content type): envelopes again.
+    let (code, v) = api
+        .patch(
+            &format!("/v1/webhooks/{plain_id}"),
+            json!({"template": null}),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert!(
+        v["template"].is_null() && v["template_content_type"].is_null(),
+        "{v}"
+    );
+    stop_server(server, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_bounds_split_batches_and_make_oversized_renders_dead() {
+    let db = TestDb::new("wh_bytes");
+    write(&db, ITEMS).await;
+    let bounds = [
+        ("SLUICE_WEBHOOKS_BATCH_MAX_BYTES", "1500"),
+        ("SLUICE_WEBHOOKS_TEMPLATE_MAX_BYTES", "100"),
+    ];
+    let (server, token) = serve(&db, &bounds).await;
+    let api = api(&db, &server, "acme").await;
+    let rx = Receiver::ok().await;
+    let ep = api
+        .create(json!({"url": rx.url("/b"), "batch": {"max_events": 50, "max_wait_ms": 0}}))
+        .await;
+    let big = api
+        .create(json!({"url": rx.url("/t"), "template": "{\"all\": {{json data}}}"}))
+        .await;
+    write(
+        &db,
+        "INSERT INTO items SELECT g, 'acme', repeat('x', 200), g FROM generate_series(1, 12) g",
+    )
+    .await;
+    rx.wait_until(PATIENCE, "12 batched events", |r| {
+        r.iter()
+            .filter(|x| x.path == "/b")
+            .map(|x| x.seqs().len())
+            .sum::<usize>()
+            >= 12
+    })
+    .await;
+    let got: Vec<_> = rx
+        .received()
+        .into_iter()
+        .filter(|r| r.path == "/b")
+        .collect();
+    let mut seqs: Vec<i64> = Vec::new();
+    for r in &got {
+        assert!(
+            r.body.len() <= 1500 || r.seqs().len() == 1,
+            "{} bytes, {} events",
+            r.body.len(),
+            r.seqs().len()
+        );
+        seqs.extend(r.seqs());
+    }
+    seqs.sort();
+    assert_eq!(seqs, (1..=12).collect::<Vec<i64>>(), "every event once");
+    assert!(got.len() > 1, "the budget split the 12 events");
+    // The events left out of a request were not charged an attempt.
+    let id = ep["id"].as_str().expect("id");
+    let ds = wait_deliveries(&api, id, "all delivered", |ds| {
+        ds.len() == 12 && ds.iter().all(|d| d["status"] == "delivered")
+    })
+    .await;
+    assert!(ds.iter().all(|d| d["attempts"] == 1), "{ds:?}");
+    // A render over its bound is dead, with the reason.
+    let big_id = big["id"].as_str().expect("id");
+    let ds = wait_deliveries(&api, big_id, "oversized renders dead", |ds| {
+        ds.len() == 12 && ds.iter().all(|d| d["status"] == "dead")
+    })
+    .await;
+    let error = ds[0]["attempt_log"][0]["error"].as_str().unwrap_or("");
+    assert!(error.contains("limit of 100 bytes"), "{error}");
+    assert!(rx.received().iter().all(|r| r.path != "/t"));
+    stop_server(server, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_is_retried_whole_under_its_id_and_its_deliveries_share_each_outcome() {
+    let db = TestDb::new("wh_batch_retry");
+    write(&db, ITEMS).await;
+    let (server, token) = serve(&db, &[]).await;
+    let api = api(&db, &server, "acme").await;
+    // /flaky fails each request once; /down always.
+    let rx = Receiver::start(Arc::new(|r, before| {
+        if r.path == "/flaky" && before > 0 {
+            Answer::Status(200)
+        } else {
+            Answer::Status(503)
+        }
+    }))
+    .await;
+    let batch = json!({"max_events": 3, "max_wait_ms": 200});
+    let flaky = api
+        .create(json!({"url": rx.url("/flaky"), "batch": batch, "retry_schedule": "0s,100ms"}))
+        .await;
+    let down = api
+        .create(
+            json!({"url": rx.url("/down"), "batch": batch, "retry_schedule": "0s,100ms",
+            "max_attempts": 2}),
+        )
+        .await;
+    write(
+        &db,
+        "INSERT INTO items SELECT g, 'acme', 'red', g FROM generate_series(1, 9) g",
+    )
+    .await;
+    for (id, status) in [(&flaky["id"], "delivered"), (&down["id"], "dead")] {
+        let id = id.as_str().expect("id");
+        let ds = wait_deliveries(&api, id, status, |ds| {
+            ds.len() == 9 && ds.iter().all(|d| d["status"] == status)
+        })
+        .await;
+        let mut by_request: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+        for d in &ds {
+            assert_eq!(d["attempts"], 2, "{d}");
+            let log = d["attempt_log"].as_array().expect("log");
+            assert_eq!(log.len(), 2, "{d}");
+            assert!(log.iter().all(|a| a["request"] == d["request"]), "{d}");
+            by_request
+                .entry(d["request"].as_str().expect("request").to_owned())
+                .or_default()
+                .push(d);
+        }
+        for (request, members) in &by_request {
+            assert!(members.len() <= 3, "{request}: {members:?}");
+            // One request, one outcome: the same send time and answer for all.
+            for i in 0..2 {
+                let first = &members[0]["attempt_log"][i];
+                for d in members {
+                    let a = &d["attempt_log"][i];
+                    assert_eq!(a["at"], first["at"], "{request}: {members:?}");
+                    assert_eq!(a["http_status"], first["http_status"]);
+                }
+            }
+        }
+    }
+    let got = rx.received();
+    for path in ["/flaky", "/down"] {
+        let mut sent: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for r in got.iter().filter(|r| r.path == path) {
+            sent.entry(r.header("webhook-id"))
+                .or_default()
+                .push(&r.body);
+        }
+        for (msg, bodies) in &sent {
+            assert_eq!(bodies.len(), 2, "{path} {msg}: sent twice");
+            assert_eq!(bodies[0], bodies[1], "{path} {msg}: the same body");
+        }
+        let seqs: BTreeSet<i64> = got
+            .iter()
+            .filter(|r| r.path == path)
+            .flat_map(|r| r.seqs())
+            .collect();
+        assert_eq!(seqs.len(), 9, "{path}");
+    }
+    stop_server(server, token).await;
 }

@@ -17,14 +17,10 @@ use super::{json_body, request, ApiError, AppState};
 use crate::auth::Role;
 use crate::event::TenantId;
 use crate::log::{LogQuery, ReadScope};
-use crate::subscription::{Filter, TopicGlob};
-use crate::webhooks::store::{Endpoint, COLUMNS};
-use crate::webhooks::{new_id, sign, ssrf};
+use crate::webhooks::spec::{self, EndpointPatch, EndpointSpec, SpecError};
+use crate::webhooks::store::{self, Endpoint, COLUMNS};
+use crate::webhooks::{new_id, sign};
 
-const MAX_DESCRIPTION_BYTES: usize = 1024;
-const MAX_TOPICS: usize = 32;
-const MAX_ATTEMPTS_LIMIT: i32 = 100;
-const MAX_RATE: f64 = 100_000.0;
 const DELIVERY_PAGE: i64 = 100;
 const DELIVERY_PAGE_MAX: i64 = 1000;
 /// Most events one `from_seq` replay request re-enqueues.
@@ -37,64 +33,6 @@ pub fn router() -> Router<AppState> {
         .route("/v1/webhooks/{id}/rotate-secret", post(rotate))
         .route("/v1/webhooks/{id}/deliveries", get(deliveries))
         .route("/v1/webhooks/{id}/replay", post(replay))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RateLimit {
-    per_second: f64,
-    burst: i32,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateBody {
-    url: String,
-    #[serde(default)]
-    topics: Vec<String>,
-    #[serde(default)]
-    filter: Option<Value>,
-    #[serde(default)]
-    description: String,
-    #[serde(default = "yes")]
-    enabled: bool,
-    #[serde(default)]
-    max_attempts: Option<i32>,
-    #[serde(default)]
-    rate_limit: Option<RateLimit>,
-    #[serde(default)]
-    ordered: bool,
-    /// The role of the access policies the endpoint receives events as.
-    #[serde(default)]
-    role: Option<String>,
-    /// The claims that role's row predicates compare with.
-    #[serde(default)]
-    claims: Option<Value>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// PATCH: every member optional; `filter` and `rate_limit` may be `null`
-/// to clear them.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PatchBody {
-    url: Option<String>,
-    topics: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "present")]
-    filter: Option<Value>,
-    description: Option<String>,
-    enabled: Option<bool>,
-    max_attempts: Option<i32>,
-    #[serde(default, deserialize_with = "present")]
-    rate_limit: Option<Value>,
-    ordered: Option<bool>,
-    /// `null` puts the endpoint back to service.
-    #[serde(default, deserialize_with = "present")]
-    role: Option<Value>,
-    claims: Option<Value>,
 }
 
 /// A member that is present (even as `null`) is `Some`.
@@ -118,111 +56,28 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("no webhook endpoint {id:?}"))
 }
 
-async fn check_url(state: &AppState, raw: &str) -> Result<String, ApiError> {
-    let url = ssrf::parse_url(raw).map_err(|e| ApiError::bad_param("url", e.to_string()))?;
-    ssrf::check_destination(&url, state.config.webhooks.allow_private_addresses)
-        .await
-        .map_err(|e| ApiError::bad_param("url", e.to_string()))?;
-    Ok(url.to_string())
+fn bad(e: SpecError) -> ApiError {
+    ApiError::bad_param(&e.param, e.message)
 }
 
-pub(super) fn check_topics(topics: &[String]) -> Result<(), ApiError> {
-    if topics.len() > MAX_TOPICS {
-        return Err(ApiError::bad_param(
-            "topics",
-            format!("at most {MAX_TOPICS} topic globs, got {}", topics.len()),
-        ));
-    }
-    for (i, t) in topics.iter().enumerate() {
-        TopicGlob::parse(t)
-            .map_err(|e| ApiError::bad_param(&format!("topics[{i}]"), e.to_string()))?;
-    }
-    Ok(())
-}
-
-pub(super) fn check_filter(filter: &Option<Value>) -> Result<(), ApiError> {
-    match filter {
-        None | Some(Value::Null) => Ok(()),
-        Some(f) => Filter::parse(f)
-            .map(|_| ())
-            .map_err(|e| ApiError::bad_param("filter", e.to_string())),
+/// What validating a spec needs from the server.
+fn context(state: &AppState) -> spec::Context<'_> {
+    spec::Context {
+        policies: &state.policies,
+        default_max_attempts: i32::try_from(state.config.webhooks.max_attempts)
+            .unwrap_or(spec::MAX_ATTEMPTS.1),
     }
 }
 
-/// A role for an endpoint: anon, service, or a custom role the policies
-/// name; never admin.
+/// A role for an endpoint or a group: anon, service, or a custom role the
+/// policies name; never admin.
 pub(super) fn check_role(state: &AppState, role: &str) -> Result<(), ApiError> {
-    match crate::auth::Role::parse(role) {
-        Some(crate::auth::Role::Admin) => Err(ApiError::bad_param(
-            "role",
-            "an endpoint acts for its tenant: anon, service or a custom role, never admin",
-        )),
-        Some(_) => Ok(()),
-        None if state.policies.custom_roles().iter().any(|r| r == role) => Ok(()),
-        None => Err(ApiError::bad_param(
-            "role",
-            format!(
-                "{role:?} is not a role: expected anon, service or a custom role of the access policies ({})",
-                match state.policies.custom_roles() {
-                    r if r.is_empty() => "none configured".to_owned(),
-                    r => r.join(", "),
-                }
-            ),
-        )),
-    }
+    spec::check_role(&state.policies, role).map_err(bad)
 }
 
-/// An endpoint's claims: a JSON object of at most 4 KiB.
+/// Claims of an endpoint or a group: a JSON object of at most 4 KiB.
 pub(super) fn check_claims(claims: &Value) -> Result<(), ApiError> {
-    if !claims.is_object() {
-        return Err(ApiError::bad_param(
-            "claims",
-            format!(
-                "expected an object of claims, got {}",
-                crate::event::json::kind_of(claims)
-            ),
-        ));
-    }
-    if claims.to_string().len() > 4096 {
-        return Err(ApiError::bad_param("claims", "at most 4096 bytes of JSON"));
-    }
-    Ok(())
-}
-
-fn check_description(d: &str) -> Result<(), ApiError> {
-    if d.len() > MAX_DESCRIPTION_BYTES {
-        return Err(ApiError::bad_param(
-            "description",
-            format!("at most {MAX_DESCRIPTION_BYTES} bytes, got {}", d.len()),
-        ));
-    }
-    Ok(())
-}
-
-fn check_attempts(n: i32) -> Result<(), ApiError> {
-    if !(1..=MAX_ATTEMPTS_LIMIT).contains(&n) {
-        return Err(ApiError::bad_param(
-            "max_attempts",
-            format!("expected 1 to {MAX_ATTEMPTS_LIMIT}, got {n}"),
-        ));
-    }
-    Ok(())
-}
-
-fn check_rate(r: &RateLimit) -> Result<(f64, i32), ApiError> {
-    if !(r.per_second.is_finite() && r.per_second > 0.0 && r.per_second <= MAX_RATE) {
-        return Err(ApiError::bad_param(
-            "rate_limit.per_second",
-            format!("expected a number above 0 and at most {MAX_RATE}"),
-        ));
-    }
-    if !(1..=100_000).contains(&r.burst) {
-        return Err(ApiError::bad_param(
-            "rate_limit.burst",
-            "expected a whole number from 1 to 100000",
-        ));
-    }
-    Ok((r.per_second, r.burst))
+    spec::check_claims(claims).map_err(bad)
 }
 
 async fn tenant_of(
@@ -258,54 +113,17 @@ async fn create(
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let (_, tenant) = tenant_of(&state, &headers, raw.as_deref(), &[]).await?;
-    let b: CreateBody = json_body(&bytes)?;
-    let url = check_url(&state, &b.url).await?;
-    check_topics(&b.topics)?;
-    check_filter(&b.filter)?;
-    check_description(&b.description)?;
-    if let Some(r) = &b.role {
-        check_role(&state, r)?;
-    }
-    let claims = b.claims.clone().unwrap_or_else(|| json!({}));
-    check_claims(&claims)?;
-    let max_attempts = match b.max_attempts {
-        Some(n) => n,
-        None => i32::try_from(state.config.webhooks.max_attempts).unwrap_or(MAX_ATTEMPTS_LIMIT),
-    };
-    check_attempts(max_attempts)?;
-    let rate = b.rate_limit.as_ref().map(check_rate).transpose()?;
-    let filter = b.filter.filter(|f| !f.is_null());
-    let id = new_id("wh_");
+    let mut spec: EndpointSpec = json_body(&bytes)?;
+    spec.validate(&context(&state)).map_err(bad)?;
+    spec::check_destination(&spec.url, state.config.webhooks.allow_private_addresses)
+        .await
+        .map_err(bad)?;
     let secret = sign::generate_secret();
     let client = state.state_db().await?;
-    let row = client
-        .query_one(
-            &format!(
-                "INSERT INTO sluice.webhooks (id, tenant, url, topics, filter, description, enabled,
-                     max_attempts, rate_per_second, rate_burst, ordered, secret, role, claims)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-                 RETURNING {COLUMNS}"
-            ),
-            &[
-                &id,
-                &tenant.as_str(),
-                &url,
-                &b.topics,
-                &filter,
-                &b.description,
-                &b.enabled,
-                &max_attempts,
-                &rate.map(|r| r.0),
-                &rate.map(|r| r.1),
-                &b.ordered,
-                &secret,
-                &b.role,
-                &claims,
-            ],
-        )
+    let endpoint = store::insert(&**client, &tenant, &new_id("wh_"), &secret, &spec)
         .await
         .map_err(dberr)?;
-    let mut out = Endpoint::from_row(&row).to_json();
+    let mut out = endpoint.to_json();
     out["secret"] = json!(secret);
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
@@ -352,107 +170,33 @@ async fn update(
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let (_, tenant) = tenant_of(&state, &headers, raw.as_deref(), &[]).await?;
-    let b: PatchBody = json_body(&bytes)?;
+    let patch: EndpointPatch = json_body(&bytes)?;
     let client = state.state_db().await?;
-    let mut e = fetch(&client, &tenant, &id).await?;
-    if let Some(url) = &b.url {
-        e.url = check_url(&state, url).await?;
+    let stored = fetch(&client, &tenant, &id).await?;
+    let new_url = patch.url.is_some();
+    let mut spec = patch.apply(stored.spec.clone());
+    spec.validate(&context(&state)).map_err(bad)?;
+    if new_url {
+        spec::check_destination(&spec.url, state.config.webhooks.allow_private_addresses)
+            .await
+            .map_err(bad)?;
     }
-    if let Some(topics) = b.topics {
-        check_topics(&topics)?;
-        e.topics = topics;
-    }
-    if let Some(filter) = b.filter {
-        let filter = Some(filter).filter(|f| !f.is_null());
-        check_filter(&filter)?;
-        e.filter = filter;
-    }
-    if let Some(d) = b.description {
-        check_description(&d)?;
-        e.description = d;
-    }
-    if let Some(enabled) = b.enabled {
-        if enabled && !e.enabled {
-            e.disabled_reason = None;
-        }
-        e.enabled = enabled;
-        if !enabled && e.disabled_reason.is_none() {
-            e.disabled_reason = Some("disabled through the API".to_owned());
-        }
-    }
-    if let Some(n) = b.max_attempts {
-        check_attempts(n)?;
-        e.max_attempts = n;
-    }
-    if let Some(rate) = b.rate_limit {
-        if rate.is_null() {
-            e.rate_per_second = None;
-            e.rate_burst = None;
-        } else {
-            let r: RateLimit = serde_json::from_value(rate)
-                .map_err(|err| ApiError::bad_param("rate_limit", err.to_string()))?;
-            let (per_second, burst) = check_rate(&r)?;
-            e.rate_per_second = Some(per_second);
-            e.rate_burst = Some(burst);
-        }
-    }
-    if let Some(ordered) = b.ordered {
-        e.ordered = ordered;
-    }
-    match b.role {
-        None => {}
-        Some(Value::Null) => e.role = None,
-        Some(Value::String(r)) => {
-            check_role(&state, &r)?;
-            e.role = Some(r);
-        }
-        Some(other) => {
-            return Err(ApiError::bad_param(
-                "role",
-                format!(
-                    "expected a role name or null, got {}",
-                    crate::event::json::kind_of(&other)
-                ),
-            ))
-        }
-    }
-    if let Some(claims) = b.claims {
-        check_claims(&claims)?;
-        e.claims = claims;
-    }
-    let row = client
-        .query_opt(
-            &format!(
-                "UPDATE sluice.webhooks SET url = $3, topics = $4, filter = $5, description = $6,
-                     enabled = $7, disabled_reason = $8, max_attempts = $9, rate_per_second = $10,
-                     rate_burst = $11, ordered = $12, role = $13, claims = $14, updated_at = now()
-                 WHERE id = $1 AND tenant = $2
-                 RETURNING {COLUMNS}"
-            ),
-            &[
-                &id,
-                &tenant.as_str(),
-                &e.url,
-                &e.topics,
-                &e.filter,
-                &e.description,
-                &e.enabled,
-                &e.disabled_reason,
-                &e.max_attempts,
-                &e.rate_per_second,
-                &e.rate_burst,
-                &e.ordered,
-                &e.role,
-                &e.claims,
-            ],
-        )
+    let disabled_reason = match (stored.spec.enabled, spec.enabled) {
+        (_, true) => None,
+        (true, false) => Some("disabled through the API"),
+        (false, false) => stored
+            .disabled_reason
+            .as_deref()
+            .or(Some("disabled through the API")),
+    };
+    let endpoint = store::update(&**client, &tenant, &id, &spec, disabled_reason)
         .await
         .map_err(dberr)?
         .ok_or_else(|| not_found(&id))?;
-    if e.enabled {
+    if endpoint.spec.enabled {
         state.outbox.notify.notify_one();
     }
-    Ok(Json(Endpoint::from_row(&row).to_json()))
+    Ok(Json(endpoint.to_json()))
 }
 
 async fn remove(
@@ -518,9 +262,10 @@ async fn deliveries(
         &state,
         &headers,
         raw.as_deref(),
-        &["status", "limit", "before"],
+        &["status", "limit", "before", "request"],
     )
     .await?;
+    let request = params.one("request")?.map(str::to_owned);
     let status = params.one("status")?.map(str::to_owned);
     if let Some(s) = &status {
         if !STATUSES.contains(&s.as_str()) {
@@ -539,18 +284,19 @@ async fn deliveries(
     fetch(&client, &tenant, &id).await?;
     let rows = client
         .query(
-            "SELECT id, seq, status, attempts, next_attempt_at, created_at, updated_at
+            "SELECT id, seq, status, attempts, next_attempt_at, created_at, updated_at, request
              FROM sluice.webhook_deliveries
              WHERE webhook_id = $1 AND ($2::text IS NULL OR status = $2) AND id < $3
+               AND ($5::text IS NULL OR request = $5)
              ORDER BY id DESC LIMIT $4",
-            &[&id, &status, &before, &limit],
+            &[&id, &status, &before, &limit, &request],
         )
         .await
         .map_err(dberr)?;
     let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     let attempt_rows = client
         .query(
-            "SELECT delivery_id, attempt, at, http_status, latency_ms, error
+            "SELECT delivery_id, attempt, at, http_status, latency_ms, error, request
              FROM sluice.webhook_attempts WHERE delivery_id = ANY($1) ORDER BY id",
             &[&ids],
         )
@@ -565,6 +311,7 @@ async fn deliveries(
             "http_status": a.get::<_, Option<i32>>(3),
             "latency_ms": a.get::<_, i32>(4),
             "error": a.get::<_, Option<String>>(5),
+            "request": a.get::<_, Option<String>>(6),
         }));
     }
     let items: Vec<Value> = rows
@@ -577,10 +324,12 @@ async fn deliveries(
             let created: chrono::DateTime<chrono::Utc> = r.get(5);
             let updated: chrono::DateTime<chrono::Utc> = r.get(6);
             let waiting = status == "pending" || status == "failed";
+            let request: Option<String> = r.get(7);
             json!({
                 "id": id,
                 "seq": seq,
-                "webhook_id": format!("msg_{seq}"),
+                "webhook_id": request.clone().unwrap_or_else(|| format!("msg_{seq}")),
+                "request": request,
                 "status": status,
                 "attempts": r.get::<_, i32>(3),
                 "next_attempt_at": waiting.then(|| next.to_rfc3339()),
@@ -634,7 +383,8 @@ async fn replay(
         client
             .execute(
                 "UPDATE sluice.webhook_deliveries
-                 SET status = 'pending', attempts = 0, next_attempt_at = now(), updated_at = now()
+                 SET status = 'pending', attempts = 0, next_attempt_at = now(), request = NULL,
+                     updated_at = now()
                  WHERE webhook_id = $1 AND status = 'dead'",
                 &[&id],
             )
@@ -750,7 +500,8 @@ async fn enqueue(
             "INSERT INTO sluice.webhook_deliveries (webhook_id, seq)
              SELECT $1, s FROM unnest($2::bigint[]) AS s
              ON CONFLICT (webhook_id, seq) DO UPDATE
-             SET status = 'pending', attempts = 0, next_attempt_at = now(), updated_at = now()",
+             SET status = 'pending', attempts = 0, next_attempt_at = now(), request = NULL,
+                 updated_at = now()",
             &[&endpoint, &seqs],
         )
         .await

@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (11, "groups", include_str!("../../sql/011_groups.sql")),
     (12, "publish", include_str!("../../sql/012_publish.sql")),
+    (
+        13,
+        "webhook_options",
+        include_str!("../../sql/013_webhook_options.sql"),
+    ),
 ];
 
 const MIGRATE_LOCK_KEY: i64 = 0x51_75_1C_E0_00_02;

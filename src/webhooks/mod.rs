@@ -9,11 +9,14 @@
 //! pruned). Delivery is at least once; `webhook-id` is stable across
 //! attempts so receivers can drop duplicates.
 
+pub mod batch;
 pub mod dispatch;
 pub mod schedule;
 pub mod sign;
+pub mod spec;
 pub mod ssrf;
 pub mod store;
+pub mod template;
 
 use std::sync::Arc;
 

@@ -134,6 +134,11 @@ impl TokenBucket {
         Err(self.wait_for_token())
     }
 
+    /// Gives back `n` tokens taken but not used (never past `burst`).
+    pub fn refund(&mut self, n: u32) {
+        self.tokens = (self.tokens + f64::from(n)).min(self.burst);
+    }
+
     /// Adds the tokens earned since the latest instant seen.
     fn refill(&mut self, now: Instant) {
         if self.per_second.is_infinite() {
@@ -327,6 +332,19 @@ mod tests {
         let earlier = start - secs(5);
         assert_eq!(bucket.try_take(earlier), Err(secs(1)));
         assert_eq!(bucket.try_take(start + secs(1)), Ok(()));
+    }
+
+    #[test]
+    fn refunded_tokens_can_be_taken_again_up_to_burst() {
+        let now = Instant::now();
+        let mut bucket = TokenBucket::new(1.0, 2);
+        assert_eq!(bucket.try_take(now), Ok(()));
+        assert_eq!(bucket.try_take(now), Ok(()));
+        assert!(bucket.try_take(now).is_err());
+        bucket.refund(5);
+        assert_eq!(bucket.try_take(now), Ok(()));
+        assert_eq!(bucket.try_take(now), Ok(()));
+        assert!(bucket.try_take(now).is_err(), "never more than burst");
     }
 
     #[test]

@@ -6,12 +6,15 @@
 //! `sluice.webhooks_version` moved, so an endpoint whose creation committed
 //! before an append gets that append's matching events.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio_postgres::{GenericClient, Row};
 
+use super::spec::{self, Batch, EndpointSpec, RateLimit};
+use super::template::Template;
 use crate::event::{Committed, TenantId};
 use crate::policy::{Access, EventView, Policies};
 use crate::subscription::Selector;
@@ -19,89 +22,86 @@ use crate::subscription::Selector;
 /// The columns `Endpoint::from_row` reads, in order.
 pub const COLUMNS: &str = "id, tenant, url, topics, filter, description, enabled, disabled_reason, \
      max_attempts, rate_per_second, rate_burst, ordered, secret, previous_secret, previous_expires, \
-     created_at, updated_at, role, claims";
+     created_at, updated_at, role, claims, headers, timeout_ms, retry_schedule, batch_max_events, \
+     batch_max_wait_ms, template, template_content_type";
 
 /// One endpoint as stored.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub id: String,
     pub tenant: String,
-    pub url: String,
-    pub topics: Vec<String>,
-    pub filter: Option<Value>,
-    pub description: String,
-    pub enabled: bool,
+    /// Its settings (validated when stored).
+    pub spec: EndpointSpec,
     pub disabled_reason: Option<String>,
-    pub max_attempts: i32,
-    pub rate_per_second: Option<f64>,
-    pub rate_burst: Option<i32>,
-    pub ordered: bool,
     pub secret: String,
     pub previous_secret: Option<String>,
     pub previous_expires: Option<chrono::DateTime<chrono::Utc>>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
-    /// The role of the access policies it receives events as (None:
-    /// service).
-    pub role: Option<String>,
-    /// The claims that role's row predicates compare with (an object).
-    pub claims: Value,
 }
 
 impl Endpoint {
     pub fn from_row(r: &Row) -> Endpoint {
+        let rate = match (r.get::<_, Option<f64>>(9), r.get::<_, Option<i32>>(10)) {
+            (Some(per_second), Some(burst)) => Some(RateLimit { per_second, burst }),
+            _ => None,
+        };
+        let batch = match (r.get::<_, Option<i32>>(22), r.get::<_, Option<i32>>(23)) {
+            (Some(max_events), Some(max_wait_ms)) => Some(Batch {
+                max_events,
+                max_wait_ms,
+            }),
+            _ => None,
+        };
+        let headers: Value = r.get(19);
+        let headers: BTreeMap<String, String> = serde_json::from_value(headers).unwrap_or_default();
         Endpoint {
             id: r.get(0),
             tenant: r.get(1),
-            url: r.get(2),
-            topics: r.get(3),
-            filter: r.get(4),
-            description: r.get(5),
-            enabled: r.get(6),
+            spec: EndpointSpec {
+                url: r.get(2),
+                topics: r.get(3),
+                filter: r.get(4),
+                description: r.get(5),
+                enabled: r.get(6),
+                max_attempts: Some(r.get(8)),
+                rate_limit: rate,
+                ordered: r.get(11),
+                role: r.get(17),
+                claims: r.get(18),
+                headers,
+                timeout_ms: r.get(20),
+                retry_schedule: r.get(21),
+                batch,
+                template: r.get(24),
+                template_content_type: r.get(25),
+            },
             disabled_reason: r.get(7),
-            max_attempts: r.get(8),
-            rate_per_second: r.get(9),
-            rate_burst: r.get(10),
-            ordered: r.get(11),
             secret: r.get(12),
             previous_secret: r.get(13),
             previous_expires: r.get(14),
             created_at: r.get(15),
             updated_at: r.get(16),
-            role: r.get(17),
-            claims: r.get(18),
         }
     }
 
-    /// The API's view: everything but the secrets.
+    /// The API's view: everything but the secrets (header values masked).
     pub fn to_json(&self) -> Value {
-        let rate = match (self.rate_per_second, self.rate_burst) {
-            (Some(per_second), Some(burst)) => json!({"per_second": per_second, "burst": burst}),
-            _ => Value::Null,
-        };
-        json!({
-            "id": self.id,
-            "url": self.url,
-            "topics": self.topics,
-            "filter": self.filter,
-            "description": self.description,
-            "enabled": self.enabled,
-            "disabled_reason": self.disabled_reason,
-            "max_attempts": self.max_attempts,
-            "rate_limit": rate,
-            "ordered": self.ordered,
-            "role": self.role.as_deref().unwrap_or("service"),
-            "claims": self.claims,
-            "previous_secret_expires_at": self.previous_expires.map(|t| t.to_rfc3339()),
-            "created_at": self.created_at.to_rfc3339(),
-            "updated_at": self.updated_at.to_rfc3339(),
-        })
+        let mut out = json!({ "id": self.id });
+        if let (Value::Object(out), Value::Object(spec)) = (&mut out, self.spec.to_json()) {
+            out.extend(spec);
+        }
+        out["disabled_reason"] = json!(self.disabled_reason);
+        out["previous_secret_expires_at"] = json!(self.previous_expires.map(|t| t.to_rfc3339()));
+        out["created_at"] = json!(self.created_at.to_rfc3339());
+        out["updated_at"] = json!(self.updated_at.to_rfc3339());
+        out
     }
 
     /// The selector its topics and filter describe (both were validated
     /// when stored; an entry that no longer parses matches nothing).
     pub fn selector(&self) -> Option<Selector> {
-        Selector::from_stored(&self.topics, self.filter.as_ref())
+        Selector::from_stored(&self.spec.topics, self.spec.filter.as_ref())
     }
 
     /// What the endpoint receives: its role's policy (with its claims),
@@ -109,10 +109,128 @@ impl Endpoint {
     pub fn access(&self, policies: &Policies) -> Option<Access> {
         let tenant = TenantId::new(&self.tenant).ok()?;
         Some(Access {
-            viewer: policies.viewer_as(&tenant, self.role.as_deref(), &self.claims)?,
+            viewer: policies.viewer_as(&tenant, self.spec.role.as_deref(), &self.spec.claims)?,
             selector: self.selector()?,
         })
     }
+}
+
+/// The members of a spec as the columns `insert` and `update` write
+/// (`$3` onwards, in this order).
+const SPEC_COLUMNS: &str = "url, topics, filter, description, enabled, max_attempts, \
+     rate_per_second, rate_burst, ordered, role, claims, headers, timeout_ms, retry_schedule, \
+     batch_max_events, batch_max_wait_ms, template, template_content_type";
+
+/// Stores a new endpoint of `tenant` with a validated `spec`.
+pub async fn insert(
+    client: &impl GenericClient,
+    tenant: &TenantId,
+    id: &str,
+    secret: &str,
+    spec: &EndpointSpec,
+) -> Result<Endpoint, tokio_postgres::Error> {
+    let (headers, rate, batch) = spec_values(spec);
+    let row = client
+        .query_one(
+            &format!(
+                "INSERT INTO sluice.webhooks (id, tenant, {SPEC_COLUMNS}, secret)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                         $17, $18, $19, $20, $21)
+                 RETURNING {COLUMNS}"
+            ),
+            &[
+                &id,
+                &tenant.as_str(),
+                &spec.url,
+                &spec.topics,
+                &spec.filter,
+                &spec.description,
+                &spec.enabled,
+                &spec.attempts(),
+                &rate.map(|r| r.per_second),
+                &rate.map(|r| r.burst),
+                &spec.ordered,
+                &spec.role,
+                &spec.claims,
+                &headers,
+                &spec.timeout_ms,
+                &spec.retry_schedule,
+                &batch.map(|b| b.max_events),
+                &batch.map(|b| b.max_wait_ms),
+                &spec.template,
+                &spec.template_content_type,
+                &secret,
+            ],
+        )
+        .await?;
+    Ok(Endpoint::from_row(&row))
+}
+
+/// Replaces the settings of endpoint `id` of `tenant` with a validated
+/// `spec`; `None` when there is no such endpoint. Changing `batch` (or
+/// turning it off) lets unfinished deliveries regroup: they leave the
+/// batch they were retried in and join the next one.
+pub async fn update(
+    client: &impl GenericClient,
+    tenant: &TenantId,
+    id: &str,
+    spec: &EndpointSpec,
+    disabled_reason: Option<&str>,
+) -> Result<Option<Endpoint>, tokio_postgres::Error> {
+    let (headers, rate, batch) = spec_values(spec);
+    let row = client
+        .query_opt(
+            &format!(
+                "WITH before AS (
+                     SELECT batch_max_events, batch_max_wait_ms FROM sluice.webhooks
+                     WHERE id = $1 AND tenant = $2
+                 ), changed AS (
+                     UPDATE sluice.webhooks SET ({SPEC_COLUMNS}, disabled_reason, updated_at) =
+                         ($3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+                          $19, $20, $21, now())
+                     WHERE id = $1 AND tenant = $2
+                     RETURNING {COLUMNS}
+                 ), regrouped AS (
+                     UPDATE sluice.webhook_deliveries d SET request = NULL
+                     FROM before
+                     WHERE d.webhook_id = $1 AND d.request IS NOT NULL
+                       AND d.status IN ('pending', 'failed')
+                       AND (before.batch_max_events, before.batch_max_wait_ms)
+                           IS DISTINCT FROM ($17::int, $18::int)
+                 )
+                 SELECT * FROM changed"
+            ),
+            &[
+                &id,
+                &tenant.as_str(),
+                &spec.url,
+                &spec.topics,
+                &spec.filter,
+                &spec.description,
+                &spec.enabled,
+                &spec.attempts(),
+                &rate.map(|r| r.per_second),
+                &rate.map(|r| r.burst),
+                &spec.ordered,
+                &spec.role,
+                &spec.claims,
+                &headers,
+                &spec.timeout_ms,
+                &spec.retry_schedule,
+                &batch.map(|b| b.max_events),
+                &batch.map(|b| b.max_wait_ms),
+                &spec.template,
+                &spec.template_content_type,
+                &disabled_reason,
+            ],
+        )
+        .await?;
+    Ok(row.as_ref().map(Endpoint::from_row))
+}
+
+fn spec_values(spec: &EndpointSpec) -> (Value, Option<RateLimit>, Option<Batch>) {
+    let headers = serde_json::to_value(&spec.headers).unwrap_or_else(|_| json!({}));
+    (headers, spec.rate_limit, spec.batch)
 }
 
 /// An enabled endpoint as the appender and dispatcher need it.
@@ -125,6 +243,20 @@ pub struct Compiled {
     pub max_attempts: i32,
     /// (per second, burst)
     pub rate: Option<(f64, u32)>,
+    /// None: `webhooks.timeout_ms`.
+    pub timeout: Option<Duration>,
+    /// None: `webhooks.retry_schedule`.
+    pub schedule: Option<Vec<Duration>>,
+    pub batch: Option<Batch>,
+    /// The body to send instead of the envelope.
+    pub template: Option<Arc<BodyTemplate>>,
+}
+
+/// An endpoint's template, parsed, with the content type it is sent as.
+#[derive(Debug)]
+pub struct BodyTemplate {
+    pub template: Template,
+    pub content_type: String,
 }
 
 /// The enabled endpoints at one version of the table.
@@ -231,9 +363,30 @@ impl Endpoints {
                 tracing::warn!(endpoint = %e.id, "webhook endpoint no longer parses; skipping it");
                 continue;
             };
-            let rate = match (e.rate_per_second, e.rate_burst) {
-                (Some(r), Some(b)) => Some((r, u32::try_from(b).unwrap_or(1).max(1))),
-                _ => None,
+            let rate = e
+                .spec
+                .rate_limit
+                .map(|r| (r.per_second, u32::try_from(r.burst).unwrap_or(1).max(1)));
+            let schedule = match e.spec.retry_schedule.as_deref().map(spec::check_schedule) {
+                None => None,
+                Some(Ok(s)) => Some(s),
+                Some(Err(error)) => {
+                    tracing::warn!(endpoint = %e.id, %error, "webhook retry schedule no longer parses; skipping the endpoint");
+                    continue;
+                }
+            };
+            let template = match &e.spec.template {
+                None => None,
+                Some(source) => match e.spec.parse_template(source) {
+                    Ok(template) => Some(Arc::new(BodyTemplate {
+                        template,
+                        content_type: e.spec.content_type().to_owned(),
+                    })),
+                    Err(error) => {
+                        tracing::warn!(endpoint = %e.id, %error, "webhook template no longer parses; skipping the endpoint");
+                        continue;
+                    }
+                },
             };
             by_tenant
                 .entry(tenant)
@@ -241,9 +394,16 @@ impl Endpoints {
                 .push(Arc::new(Compiled {
                     id: e.id.into(),
                     access,
-                    ordered: e.ordered,
-                    max_attempts: e.max_attempts,
+                    ordered: e.spec.ordered,
+                    max_attempts: e.spec.attempts(),
                     rate,
+                    timeout: e
+                        .spec
+                        .timeout_ms
+                        .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+                    schedule,
+                    batch: e.spec.batch,
+                    template,
                 }));
         }
         let snapshot = Arc::new(Snapshot { version, by_tenant });

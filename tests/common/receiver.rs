@@ -48,6 +48,17 @@ impl Received {
         let v: serde_json::Value = serde_json::from_str(&self.body).expect("JSON body");
         v["seq"].as_i64().expect("seq")
     }
+
+    /// The seqs of the envelopes a batch body (a JSON array) holds, in
+    /// body order.
+    pub fn seqs(&self) -> Vec<i64> {
+        let v: serde_json::Value = serde_json::from_str(&self.body).expect("JSON body");
+        v.as_array()
+            .expect("a batch body is an array")
+            .iter()
+            .map(|e| e["seq"].as_i64().expect("seq"))
+            .collect()
+    }
 }
 
 /// Decides the answer from the request and how many requests with the same
