@@ -244,6 +244,11 @@ pub const KEYS: &[Key] = &[
         "false",
         "let endpoints resolve to loopback, private, link-local or metadata addresses",
     ),
+    Key::list(
+        "webhooks.endpoints",
+        "[] (none)",
+        "webhook endpoints declared as code, reconciled at start: `[{name=\"billing\", tenant=\"acme\", url=\"https://…\", topics=[\"tables/public.orders/*\"], secret_env=\"BILLING_WEBHOOK_SECRET\"}]` (and every option of `POST /v1/webhooks`; see Endpoints as code)",
+    ),
     Key::int(
         "ws.auth_timeout_secs",
         "10",
@@ -512,8 +517,42 @@ section!(
         batch_max_bytes: usize = key_default!(int "webhooks.batch_max_bytes" as usize),
         template_max_bytes: usize = key_default!(int "webhooks.template_max_bytes" as usize),
         allow_private_addresses: bool = key_default!(bool "webhooks.allow_private_addresses"),
+        /// Endpoints declared in the configuration (`[[webhooks.endpoints]]`).
+        endpoints: Vec<WebhookEndpointConfig> = Vec::new(),
     }
 );
+
+/// One `[[webhooks.endpoints]]` entry: an endpoint kept in the
+/// configuration (and so in git), reconciled with the stored endpoints at
+/// start (`webhooks::declared`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct WebhookEndpointConfig {
+    /// Its name, unique within its tenant: what identifies it across
+    /// restarts and edits.
+    pub name: String,
+    pub tenant: String,
+    /// The environment variable holding its signing secret (`whsec_…`);
+    /// none: Sluice generates one (see it with `rotate-secret`).
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// The secret read from `secret_env` when the configuration was loaded.
+    #[serde(skip)]
+    pub secret: Option<Redacted>,
+    /// Every other member: the endpoint's settings, as `POST /v1/webhooks`
+    /// takes them (checked by `webhooks::spec::EndpointSpec`).
+    #[serde(flatten)]
+    pub settings: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A secret that never shows in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Redacted(…)")
+    }
+}
 
 section!(
     /// The live fan-out.
@@ -793,8 +832,8 @@ impl Config {
             None => toml::Table::new(),
         };
         apply_env(&mut doc, env)?;
-        let config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(doc))
+            .map_err(|e| {
                 let key = e.path().to_string();
                 let message = e
                     .inner()
@@ -803,8 +842,45 @@ impl Config {
                     .replace("expected u64", "expected a whole number");
                 ConfigError::key(if key == "." { String::new() } else { key }, message)
             })?;
+        config.read_webhook_secrets(env)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Reads each declared endpoint's `secret_env` from `env`.
+    fn read_webhook_secrets(&mut self, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+        for (i, e) in self.webhooks.endpoints.iter_mut().enumerate() {
+            let Some(var) = &e.secret_env else { continue };
+            let key = format!("webhooks.endpoints[{i}].secret_env");
+            let value = env
+                .get(var)
+                .filter(|v| !v.trim().is_empty())
+                .ok_or_else(|| {
+                    ConfigError::key(&key, format!("environment variable {var} is not set"))
+                })?;
+            crate::webhooks::sign::secret_key(value.trim()).map_err(|err| {
+                ConfigError::key(
+                    &key,
+                    format!("{var} is not a webhook secret (whsec_ and base64): {err}"),
+                )
+            })?;
+            e.secret = Some(Redacted(value.trim().to_owned()));
+        }
+        Ok(())
+    }
+
+    /// The endpoints declared in the configuration, each checked as the API
+    /// checks a new one (errors name `webhooks.endpoints[i].<member>`).
+    pub fn declared_webhooks(
+        &self,
+    ) -> Result<Vec<crate::webhooks::declared::Declared>, ConfigError> {
+        let policies = self.compiled_policies()?;
+        crate::webhooks::declared::compile(
+            &self.webhooks.endpoints,
+            &policies,
+            i32::try_from(self.webhooks.max_attempts).unwrap_or(i32::MAX),
+        )
+        .map_err(|(key, message)| ConfigError::Key { key, message })
     }
 
     /// Loads with the process environment.
@@ -873,8 +949,10 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.validate_keys()?;
-        // Last: policies name tables and collections checked above.
-        self.compiled_policies().map(|_| ())
+        // Last: policies name tables and collections checked above, and
+        // declared endpoints may name the policies' roles.
+        self.compiled_policies()?;
+        self.declared_webhooks().map(|_| ())
     }
 
     fn validate_keys(&self) -> Result<(), ConfigError> {

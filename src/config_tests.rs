@@ -375,11 +375,102 @@ fn every_key_has_a_kind_and_env_name() {
             Kind::TableList if key == "policies" => {
                 r#"[{role="member", table="public.orders", rows={field="new.owner_id", op="eq", claim="sub"}}]"#
             }
+            Kind::TableList if key == "webhooks.endpoints" => {
+                r#"[{name="n", tenant="acme", url="https://example.com/hook"}]"#
+            }
             Kind::TableList => r#"[{table="a.b", tenant_column="t"}]"#,
             Kind::Str if key.ends_with("url") => "postgres://u@h/d",
             Kind::Str if key.ends_with("listen") => "127.0.0.1:1",
             Kind::Str => "abc",
         };
         load(GOOD, &[(&var, value)]).unwrap_or_else(|e| panic!("{var}: {e}"));
+    }
+}
+
+#[test]
+fn declared_webhook_endpoints_load_from_the_file_and_the_environment() {
+    let secret = crate::webhooks::sign::generate_secret();
+    let file = format!(
+        r#"{GOOD}
+[[webhooks.endpoints]]
+name = "billing"
+tenant = "acme"
+url = "https://billing.example.com/hooks"
+topics = ["tables/public.orders/*"]
+secret_env = "BILLING_SECRET"
+headers = {{ "X-Team" = "billing" }}
+batch = {{ max_events = 50 }}
+"#
+    );
+    let c = load(&file, &[("BILLING_SECRET", &secret)]).expect("valid");
+    let e = &c.webhooks.endpoints[0];
+    assert_eq!(
+        e.secret.as_ref().map(|s| s.0.as_str()),
+        Some(secret.as_str())
+    );
+    assert!(
+        !format!("{c:?}").contains(&secret),
+        "the secret never shows in Debug"
+    );
+    let declared = c.declared_webhooks().expect("valid");
+    assert_eq!(declared[0].spec.batch.map(|b| b.max_events), Some(50));
+    assert_eq!(declared[0].spec.headers["X-Team"], "billing");
+    // The same from SLUICE_WEBHOOKS_ENDPOINTS.
+    let c = load(
+        GOOD,
+        &[(
+            "SLUICE_WEBHOOKS_ENDPOINTS",
+            r#"[{name="b", tenant="acme", url="https://e.com", timeout_ms=2000}]"#,
+        )],
+    )
+    .expect("valid");
+    assert_eq!(
+        c.declared_webhooks().expect("valid")[0].spec.timeout_ms,
+        Some(2000)
+    );
+
+    let entry = |extra: &str| {
+        format!("{GOOD}\n[[webhooks.endpoints]]\nname = \"b\"\ntenant = \"acme\"\n{extra}\n")
+    };
+    let cases = [
+        (
+            entry("url = \"https://e.com\"\nsecret_env = \"NOT_SET\""),
+            &[][..],
+            "webhooks.endpoints[0].secret_env",
+            "NOT_SET is not set",
+        ),
+        (
+            entry("url = \"https://e.com\"\nsecret_env = \"S\""),
+            &[("S", "plain")][..],
+            "webhooks.endpoints[0].secret_env",
+            "not a webhook secret",
+        ),
+        (
+            entry("url = \"https://e.com\"\nretry_schedule = \"soon\""),
+            &[][..],
+            "webhooks.endpoints[0].retry_schedule",
+            "",
+        ),
+        (
+            entry("url = \"https://e.com\"\nrole = \"nobody\""),
+            &[][..],
+            "webhooks.endpoints[0].role",
+            "",
+        ),
+        (
+            entry("topics = []"),
+            &[][..],
+            "webhooks.endpoints[0]",
+            "url",
+        ),
+    ];
+    for (text, env, key, message) in cases {
+        match load(&text, env) {
+            Err(ConfigError::Key { key: k, message: m }) => {
+                assert_eq!(k, key, "{m}");
+                assert!(m.contains(message), "{k}: {m}");
+            }
+            other => panic!("{key}: expected a key error, got {other:?}"),
+        }
     }
 }

@@ -34,6 +34,8 @@ pub enum ServerError {
     },
     #[error("the HTTP server failed: {0}")]
     Http(String),
+    #[error("cannot reconcile the webhook endpoints declared in the configuration: {0}")]
+    Declared(String),
 }
 
 /// A running server.
@@ -102,6 +104,32 @@ fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// Applies the webhook endpoints the configuration declares, and says
+/// what changed (`webhooks::declared`).
+async fn reconcile_declared(config: &Config, state_url: &str) -> Result<(), ServerError> {
+    let declared = config.declared_webhooks().map_err(PipelineError::from)?;
+    let mut client = crate::log::connect(state_url)
+        .await
+        .map_err(|e| ServerError::Declared(crate::pgconn::error_chain(&e)))?;
+    let report = crate::webhooks::declared::reconcile(
+        &mut client,
+        &declared,
+        config.webhooks.secret_overlap_secs as f64,
+    )
+    .await
+    .map_err(|e| ServerError::Declared(crate::pgconn::describe(&e)))?;
+    for e in &report.created {
+        tracing::info!(endpoint = %e, "declared webhook endpoint created");
+    }
+    for e in &report.updated {
+        tracing::info!(endpoint = %e, "declared webhook endpoint updated");
+    }
+    for e in &report.disabled {
+        tracing::warn!(endpoint = %e, "webhook endpoint removed from the configuration: disabled (not deleted; delete it through the API once no longer needed)");
+    }
+    Ok(())
+}
+
 /// Starts everything; `shutdown` stops it.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Server, ServerError> {
     let config = Arc::new(config);
@@ -110,6 +138,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Server
     let state_url = config.state_url().map_err(PipelineError::from)?.to_owned();
     // Standbys serve the log too: its schema must exist before anything.
     pipeline::migrate(&config).await?;
+    reconcile_declared(&config, &state_url).await?;
     let shared = pipeline::Shared::new(&config);
     let role = Arc::new(Role::default());
     let durable = shared.durable.subscribe();

@@ -1604,3 +1604,184 @@ async fn a_failed_batch_is_retried_whole_under_its_id_and_its_deliveries_share_e
     }
     stop_server(server, token).await;
 }
+
+/// Endpoints declared in the configuration are created at start, updated
+/// in place when their declaration changes, disabled (never deleted) when
+/// it goes, and owned by the configuration: the API may pause one but not
+/// change, delete or re-key it. API-created endpoints are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_declared_in_the_configuration_are_reconciled_at_start() {
+    let db = TestDb::new("wh_declared");
+    write(&db, ITEMS).await;
+    let rx = Receiver::ok().await;
+    let secret = sluice::webhooks::sign::generate_secret();
+    let declare = |eps: String| -> Vec<(String, String)> {
+        vec![
+            ("SLUICE_WEBHOOKS_ENDPOINTS".to_owned(), eps),
+            ("WH_DECLARED_SECRET".to_owned(), secret.clone()),
+        ]
+    };
+    let start = |env: Vec<(String, String)>| {
+        let db = &db;
+        async move {
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            serve(db, &env).await
+        }
+    };
+    let first = format!(
+        r#"[{{name="billing", tenant="acme", url="{}", topics=["tables/public.items/*"], secret_env="WH_DECLARED_SECRET", headers={{X-Team="billing-team"}}}},
+            {{name="audit", tenant="acme", url="{}"}}]"#,
+        rx.url("/billing"),
+        rx.url("/audit")
+    );
+    let (server, token) = start(declare(first)).await;
+    let api1 = api(&db, &server, "acme").await;
+    let by_api = api1
+        .create(json!({"url": rx.url("/api"), "topics": ["tables/public.items/*"]}))
+        .await;
+    let (_, list) = api1.get("/v1/webhooks").await;
+    let find = |list: &Value, name: &str| -> Value {
+        list["webhooks"]
+            .as_array()
+            .expect("webhooks")
+            .iter()
+            .find(|w| w["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no endpoint named {name}: {list}"))
+    };
+    let billing = find(&list, "billing");
+    let audit = find(&list, "audit");
+    assert_eq!(billing["managed_by"], "config");
+    assert_eq!(by_api["managed_by"], "api");
+    assert_eq!(
+        billing["headers"]["X-Team"], "bi…",
+        "header values masked on read"
+    );
+    let billing_id = billing["id"].as_str().expect("id").to_owned();
+    let audit_id = audit["id"].as_str().expect("id").to_owned();
+
+    insert(&db, "acme", [1]).await;
+    rx.wait_until(PATIENCE, "three endpoints got seq 1", |r| {
+        ["/billing", "/audit", "/api"]
+            .iter()
+            .all(|p| r.iter().any(|x| x.path == *p))
+    })
+    .await;
+    // Signed with the secret from the environment; the header arrives.
+    let got = rx.received();
+    let b = got.iter().find(|r| r.path == "/billing").expect("billing");
+    assert_eq!(b.header("x-team"), "billing-team");
+    let key = sluice::webhooks::sign::secret_key(&secret).expect("secret");
+    let ts: i64 = b.header("webhook-timestamp").parse().expect("timestamp");
+    assert!(sluice::webhooks::sign::verify(
+        &key,
+        b.header("webhook-id"),
+        ts,
+        b.body.as_bytes(),
+        b.header("webhook-signature")
+    ));
+
+    // The configuration owns it.
+    let (code, v) = api1
+        .patch(
+            &format!("/v1/webhooks/{billing_id}"),
+            json!({"url": rx.url("/elsewhere")}),
+        )
+        .await;
+    assert_eq!(
+        (code, v["error"]["code"].clone()),
+        (409, json!("declared_in_config")),
+        "{v}"
+    );
+    let (code, v) = api1
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/webhooks/{audit_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 409, "{v}");
+    let (code, v) = api1
+        .post(
+            &format!("/v1/webhooks/{billing_id}/rotate-secret"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(code, 409, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("WH_DECLARED_SECRET"),
+        "{v}"
+    );
+    // Pausing is the API's to do.
+    let (code, v) = api1
+        .patch(
+            &format!("/v1/webhooks/{audit_id}"),
+            json!({"enabled": false}),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let (code, _) = api1
+        .patch(
+            &format!("/v1/webhooks/{audit_id}"),
+            json!({"enabled": true}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    stop_server(server, token).await;
+
+    // Billing moves, audit goes, search comes.
+    let second = format!(
+        r#"[{{name="billing", tenant="acme", url="{}", topics=["tables/public.items/*"], secret_env="WH_DECLARED_SECRET"}},
+            {{name="search", tenant="acme", url="{}", batch={{max_events=10, max_wait_ms=0}}}}]"#,
+        rx.url("/billing2"),
+        rx.url("/search")
+    );
+    let (server, token) = start(declare(second)).await;
+    let api2 = api(&db, &server, "acme").await;
+    let (_, list) = api2.get("/v1/webhooks").await;
+    let billing = find(&list, "billing");
+    assert_eq!(billing["id"], billing_id.as_str(), "updated in place");
+    assert_eq!(billing["url"], rx.url("/billing2"));
+    assert_eq!(billing["headers"], json!({}));
+    let audit = find(&list, "audit");
+    assert_eq!(audit["enabled"], false);
+    assert_eq!(audit["disabled_reason"], "removed from the configuration");
+    let search = find(&list, "search");
+    assert_eq!(search["enabled"], true);
+    assert_eq!(search["batch"]["max_events"], 10);
+    let api_one = list["webhooks"]
+        .as_array()
+        .expect("webhooks")
+        .iter()
+        .find(|w| w["id"] == by_api["id"])
+        .cloned()
+        .expect("the API's endpoint is still there");
+    assert_eq!(api_one["enabled"], true);
+
+    insert(&db, "acme", [2]).await;
+    rx.wait_until(PATIENCE, "seq 2 at billing2, search and api", |r| {
+        ["/billing2", "/search", "/api"]
+            .iter()
+            .all(|p| r.iter().any(|x| x.path == *p))
+    })
+    .await;
+    assert_eq!(
+        rx.received().iter().filter(|r| r.path == "/audit").count(),
+        1,
+        "the removed endpoint got nothing more"
+    );
+    // No longer declared: the API may delete it now.
+    let (code, v) = api2
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/webhooks/{audit_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 204, "{v}");
+    stop_server(server, token).await;
+}

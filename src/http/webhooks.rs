@@ -56,6 +56,36 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("no webhook endpoint {id:?}"))
 }
 
+/// The configuration's declaration of `endpoint`, if it is declared there
+/// now (`webhooks::declared`).
+fn declaration<'a>(
+    state: &'a AppState,
+    endpoint: &Endpoint,
+) -> Option<&'a crate::config::WebhookEndpointConfig> {
+    let name = endpoint.name.as_deref().filter(|_| endpoint.managed)?;
+    state
+        .config
+        .webhooks
+        .endpoints
+        .iter()
+        .find(|e| e.name == name && e.tenant == endpoint.tenant)
+}
+
+/// 409 for a change the configuration owns.
+fn declared_conflict(endpoint: &Endpoint, what: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::CONFLICT,
+        code: "declared_in_config",
+        param: None,
+        message: format!(
+            "endpoint {} ({:?}) is declared in the configuration (webhooks.endpoints): {what}",
+            endpoint.id,
+            endpoint.name.as_deref().unwrap_or("")
+        ),
+        extra: None,
+    }
+}
+
 fn bad(e: SpecError) -> ApiError {
     ApiError::bad_param(&e.param, e.message)
 }
@@ -175,6 +205,16 @@ async fn update(
     let stored = fetch(&client, &tenant, &id).await?;
     let new_url = patch.url.is_some();
     let mut spec = patch.apply(stored.spec.clone());
+    if declaration(&state, &stored).is_some() {
+        let mut probe = spec.clone();
+        probe.enabled = stored.spec.enabled;
+        if probe != stored.spec {
+            return Err(declared_conflict(
+                &stored,
+                "change it there; through the API only enabled may change",
+            ));
+        }
+    }
     spec.validate(&context(&state)).map_err(bad)?;
     if new_url {
         spec::check_destination(&spec.url, state.config.webhooks.allow_private_addresses)
@@ -207,6 +247,13 @@ async fn remove(
 ) -> Result<StatusCode, ApiError> {
     let (_, tenant) = tenant_of(&state, &headers, raw.as_deref(), &[]).await?;
     let client = state.state_db().await?;
+    let stored = fetch(&client, &tenant, &id).await?;
+    if declaration(&state, &stored).is_some() {
+        return Err(declared_conflict(
+            &stored,
+            "remove it there (it is then disabled at the next start, and can be deleted)",
+        ));
+    }
     let n = client
         .execute(
             "DELETE FROM sluice.webhooks WHERE id = $1 AND tenant = $2",
@@ -230,6 +277,13 @@ async fn rotate(
     let secret = sign::generate_secret();
     let overlap = state.config.webhooks.secret_overlap_secs as f64;
     let client = state.state_db().await?;
+    let stored = fetch(&client, &tenant, &id).await?;
+    if let Some(var) = declaration(&state, &stored).and_then(|d| d.secret_env.as_deref()) {
+        return Err(declared_conflict(
+            &stored,
+            &format!("its secret comes from {var}: change that variable and restart"),
+        ));
+    }
     let row = client
         .query_opt(
             "UPDATE sluice.webhooks

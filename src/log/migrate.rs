@@ -45,6 +45,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "webhook_options",
         include_str!("../../sql/013_webhook_options.sql"),
     ),
+    (
+        14,
+        "declared_webhooks",
+        include_str!("../../sql/014_declared_webhooks.sql"),
+    ),
 ];
 
 const MIGRATE_LOCK_KEY: i64 = 0x51_75_1C_E0_00_02;

@@ -10,6 +10,7 @@
 //! attempts so receivers can drop duplicates.
 
 pub mod batch;
+pub mod declared;
 pub mod dispatch;
 pub mod schedule;
 pub mod sign;

@@ -23,7 +23,7 @@ use crate::subscription::Selector;
 pub const COLUMNS: &str = "id, tenant, url, topics, filter, description, enabled, disabled_reason, \
      max_attempts, rate_per_second, rate_burst, ordered, secret, previous_secret, previous_expires, \
      created_at, updated_at, role, claims, headers, timeout_ms, retry_schedule, batch_max_events, \
-     batch_max_wait_ms, template, template_content_type";
+     batch_max_wait_ms, template, template_content_type, name, managed";
 
 /// One endpoint as stored.
 #[derive(Debug, Clone)]
@@ -38,6 +38,10 @@ pub struct Endpoint {
     pub previous_expires: Option<chrono::DateTime<chrono::Utc>>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// Its name, when it is declared in the configuration.
+    pub name: Option<String>,
+    /// Declared in the configuration (`webhooks::declared`), not the API's.
+    pub managed: bool,
 }
 
 impl Endpoint {
@@ -82,6 +86,8 @@ impl Endpoint {
             previous_expires: r.get(14),
             created_at: r.get(15),
             updated_at: r.get(16),
+            name: r.get(26),
+            managed: r.get(27),
         }
     }
 
@@ -93,6 +99,8 @@ impl Endpoint {
         }
         out["disabled_reason"] = json!(self.disabled_reason);
         out["previous_secret_expires_at"] = json!(self.previous_expires.map(|t| t.to_rfc3339()));
+        out["name"] = json!(self.name);
+        out["managed_by"] = json!(if self.managed { "config" } else { "api" });
         out["created_at"] = json!(self.created_at.to_rfc3339());
         out["updated_at"] = json!(self.updated_at.to_rfc3339());
         out
