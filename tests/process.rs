@@ -8,7 +8,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::proc::{free_port, ready_as, serve, serve_on, sluice, write_config};
+use common::proc::{
+    free_port, leader_and_standby, ready_as, serve, serve_on, sluice, write_config,
+};
 use common::receiver::{Answer, Receiver};
 use common::{all_events, wait_for_events, TestDb};
 use rand::{Rng, SeedableRng};
@@ -701,11 +703,7 @@ async fn killing_the_leader_under_load_the_standby_takes_over_and_its_subscriber
     c.batch_execute(NUMBERS).await.expect("ddl");
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(dir.path(), &db, "public.numbers", "tenant", "");
-    let (pa, pb) = (free_port(), free_port());
-    let leader = serve_on(&config, pa);
-    let a = ready_as(pa, "leader").await;
-    let _standby = serve_on(&config, pb);
-    let b = ready_as(pb, "standby").await;
+    let (leader, a, _standby, b) = leader_and_standby(&config).await;
     let key = anon_key(&db).await;
     let path = format!("/v1/events/subscribe?apikey={key}");
     // One subscriber on each; the standby's is fed from the log.
@@ -719,7 +717,7 @@ async fn killing_the_leader_under_load_the_standby_takes_over_and_its_subscriber
     let mut seen_a = Vec::new();
     assert!(read_sse(&mut on_leader, 1, &mut seen_a).await.is_none());
     drop(leader); // SIGKILL, under load
-    ready_as(pb, "leader").await;
+    ready_as(b.port(), "leader").await;
     // Keep writing through the new leader for a while.
     let head = all_events(&c).await.len();
     let start = std::time::Instant::now();

@@ -326,41 +326,17 @@ async fn a_retry_after_a_lost_answer_is_resolved_from_the_source_transaction() {
         .expect("head")
         .get(0);
 
-    // Attempt 1 of request A committed its transaction, then "crashed".
+    // Attempt 1 of request A committed its transaction, then "crashed";
+    // attempt 1 of request B emitted, then its transaction rolled back.
     let body_a = json!({"type": "shipped", "data": {"o": 1}})
         .to_string()
         .into_bytes();
-    let mut src = db.client().await;
-    let tx = src.transaction().await.expect("begin");
-    let txid_a: i64 = tx
-        .query_one("SELECT txid_current()", &[])
-        .await
-        .expect("txid")
-        .get(0);
-    tx.execute(
-        "SELECT pg_logical_emit_message(true, 'sluice', $1::text)",
-        &[&json!({"tenant": "acme", "type": "shipped", "data": {"o": 1}}).to_string()],
-    )
-    .await
-    .expect("emit");
-    tx.commit().await.expect("commit");
-    // Attempt 1 of request B emitted, then its transaction rolled back.
     let body_b = json!({"type": "lost", "data": {"o": 2}})
         .to_string()
         .into_bytes();
-    let tx = src.transaction().await.expect("begin");
-    let txid_b: i64 = tx
-        .query_one("SELECT txid_current()", &[])
-        .await
-        .expect("txid")
-        .get(0);
-    tx.execute(
-        "SELECT pg_logical_emit_message(true, 'sluice', $1::text)",
-        &[&json!({"tenant": "acme", "type": "lost", "data": {"o": 2}}).to_string()],
-    )
-    .await
-    .expect("emit");
-    tx.rollback().await.expect("rollback");
+    let mut src = db.client().await;
+    let txid_a = emit_in_transaction(&mut src, "shipped", true).await;
+    let txid_b = emit_in_transaction(&mut src, "lost", false).await;
     // Their claims, as the dead attempts left them (leases run out), and a
     // third still held.
     for (k, body, txid, lease) in [
@@ -416,6 +392,30 @@ async fn a_retry_after_a_lost_answer_is_resolved_from_the_source_transaction() {
             .replayed
     );
     stop_server(server, token).await;
+}
+
+/// Emits one custom event of type `name` for acme in a transaction that
+/// commits or rolls back; returns its txid.
+async fn emit_in_transaction(src: &mut tokio_postgres::Client, name: &str, commit: bool) -> i64 {
+    let n = if commit { 1 } else { 2 };
+    let tx = src.transaction().await.expect("begin");
+    let txid: i64 = tx
+        .query_one("SELECT txid_current()", &[])
+        .await
+        .expect("txid")
+        .get(0);
+    tx.execute(
+        "SELECT pg_logical_emit_message(true, 'sluice', $1::text)",
+        &[&json!({"tenant": "acme", "type": name, "data": {"o": n}}).to_string()],
+    )
+    .await
+    .expect("emit");
+    if commit {
+        tx.commit().await.expect("commit");
+    } else {
+        tx.rollback().await.expect("rollback");
+    }
+    txid
 }
 
 #[tokio::test]
@@ -490,7 +490,7 @@ async fn bad_publish_requests_get_precise_errors_and_the_service_keeps_going() {
 /// that the events are in the log from the log itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_publishes_and_answers_once_the_leader_appended() {
-    use common::proc::{free_port, ready_as, serve_on, write_config};
+    use common::proc::{leader_and_standby, write_config};
     let db = TestDb::new("pub_standby");
     db.client()
         .await
@@ -499,11 +499,7 @@ async fn a_standby_publishes_and_answers_once_the_leader_appended() {
         .expect("schema");
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(dir.path(), &db, "public.items", "tenant", "");
-    let (pa, pb) = (free_port(), free_port());
-    let _leader = serve_on(&config, pa);
-    let a = ready_as(pa, "leader").await;
-    let _standby = serve_on(&config, pb);
-    let b = ready_as(pb, "standby").await;
+    let (_leader, a, _standby, b) = leader_and_standby(&config).await;
     let acme = key(&db, "acme", Role::Service).await;
     let on = |addr: std::net::SocketAddr| Api {
         base: format!("http://{addr}"),

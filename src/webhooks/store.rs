@@ -137,7 +137,6 @@ pub async fn insert(
     secret: &str,
     spec: &EndpointSpec,
 ) -> Result<Endpoint, tokio_postgres::Error> {
-    let (headers, rate, batch) = spec_values(spec);
     let row = client
         .query_one(
             &format!(
@@ -146,29 +145,7 @@ pub async fn insert(
                          $17, $18, $19, $20, $21)
                  RETURNING {COLUMNS}"
             ),
-            &[
-                &id,
-                &tenant.as_str(),
-                &spec.url,
-                &spec.topics,
-                &spec.filter,
-                &spec.description,
-                &spec.enabled,
-                &spec.attempts(),
-                &rate.map(|r| r.per_second),
-                &rate.map(|r| r.burst),
-                &spec.ordered,
-                &spec.role,
-                &spec.claims,
-                &headers,
-                &spec.timeout_ms,
-                &spec.retry_schedule,
-                &batch.map(|b| b.max_events),
-                &batch.map(|b| b.max_wait_ms),
-                &spec.template,
-                &spec.template_content_type,
-                &secret,
-            ],
+            &SpecValues::of(spec).params(&[&id, &tenant.as_str()], &[&secret]),
         )
         .await?;
     Ok(Endpoint::from_row(&row))
@@ -185,7 +162,6 @@ pub async fn update(
     spec: &EndpointSpec,
     disabled_reason: Option<&str>,
 ) -> Result<Option<Endpoint>, tokio_postgres::Error> {
-    let (headers, rate, batch) = spec_values(spec);
     let row = client
         .query_opt(
             &format!(
@@ -208,37 +184,67 @@ pub async fn update(
                  )
                  SELECT * FROM changed"
             ),
-            &[
-                &id,
-                &tenant.as_str(),
-                &spec.url,
-                &spec.topics,
-                &spec.filter,
-                &spec.description,
-                &spec.enabled,
-                &spec.attempts(),
-                &rate.map(|r| r.per_second),
-                &rate.map(|r| r.burst),
-                &spec.ordered,
-                &spec.role,
-                &spec.claims,
-                &headers,
-                &spec.timeout_ms,
-                &spec.retry_schedule,
-                &batch.map(|b| b.max_events),
-                &batch.map(|b| b.max_wait_ms),
-                &spec.template,
-                &spec.template_content_type,
-                &disabled_reason,
-            ],
+            &SpecValues::of(spec).params(&[&id, &tenant.as_str()], &[&disabled_reason]),
         )
         .await?;
     Ok(row.as_ref().map(Endpoint::from_row))
 }
 
-fn spec_values(spec: &EndpointSpec) -> (Value, Option<RateLimit>, Option<Batch>) {
-    let headers = serde_json::to_value(&spec.headers).unwrap_or_else(|_| json!({}));
-    (headers, spec.rate_limit, spec.batch)
+/// A spec's values in [`SPEC_COLUMNS`] order, some derived from it.
+struct SpecValues<'a> {
+    spec: &'a EndpointSpec,
+    headers: Value,
+    attempts: i32,
+    per_second: Option<f64>,
+    burst: Option<i32>,
+    max_events: Option<i32>,
+    max_wait_ms: Option<i32>,
+}
+
+type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+
+impl<'a> SpecValues<'a> {
+    fn of(spec: &'a EndpointSpec) -> SpecValues<'a> {
+        let rate: Option<RateLimit> = spec.rate_limit;
+        let batch: Option<Batch> = spec.batch;
+        SpecValues {
+            spec,
+            headers: serde_json::to_value(&spec.headers).unwrap_or_else(|_| json!({})),
+            attempts: spec.attempts(),
+            per_second: rate.map(|r| r.per_second),
+            burst: rate.map(|r| r.burst),
+            max_events: batch.map(|b| b.max_events),
+            max_wait_ms: batch.map(|b| b.max_wait_ms),
+        }
+    }
+
+    /// `before`, the spec's values, then `after`: a statement's parameters.
+    fn params<'b>(&'b self, before: &[Param<'b>], after: &[Param<'b>]) -> Vec<Param<'b>> {
+        let s = self.spec;
+        let mut out: Vec<Param<'b>> = before.to_vec();
+        out.extend_from_slice(&[
+            &s.url,
+            &s.topics,
+            &s.filter,
+            &s.description,
+            &s.enabled,
+            &self.attempts,
+            &self.per_second,
+            &self.burst,
+            &s.ordered,
+            &s.role,
+            &s.claims,
+            &self.headers,
+            &s.timeout_ms,
+            &s.retry_schedule,
+            &self.max_events,
+            &self.max_wait_ms,
+            &s.template,
+            &s.template_content_type,
+        ]);
+        out.extend_from_slice(after);
+        out
+    }
 }
 
 /// An enabled endpoint as the appender and dispatcher need it.

@@ -851,23 +851,12 @@ impl Miss<'_> {
                 format!(" ({parent} has {} {noun})", items.len())
             }
             Value::Array(_) => format!(" ({parent} is an array; index it with a number)"),
-            other => format!(" ({parent} is {})", kind(other)),
+            other => format!(" ({parent} is {})", crate::event::json::kind_of(other)),
         };
         RenderError::new(
             Some(field.to_string()),
             format!("the event has no {path}{detail}"),
         )
-    }
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

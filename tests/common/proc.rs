@@ -113,3 +113,16 @@ pub async fn ready_as(port: u16, role: &str) -> std::net::SocketAddr {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A leader and then a standby `sluice serve` of `config`, each on a free
+/// port and ready: (leader, its address, standby, its address).
+pub async fn leader_and_standby(
+    config: &Path,
+) -> (Running, std::net::SocketAddr, Running, std::net::SocketAddr) {
+    let (pa, pb) = (free_port(), free_port());
+    let leader = serve_on(config, pa);
+    let a = ready_as(pa, "leader").await;
+    let standby = serve_on(config, pb);
+    let b = ready_as(pb, "standby").await;
+    (leader, a, standby, b)
+}
