@@ -784,6 +784,33 @@ async fn what_a_policy_does_not_grant_is_refused_with_a_reason() {
     let m = recv(&mut ws).await;
     assert_eq!(m["type"], "error", "{m}");
     assert_eq!(m["code"], "forbidden", "{m}");
+    // POST /v1/events holds to the same policies: every event of a list
+    // must be on a topic the role may publish on, or none is published.
+    let http = reqwest::Client::new();
+    let post = |body: Value| {
+        http.post(format!("http://{addr}/v1/events"))
+            .header("authorization", format!("Bearer {member}"))
+            .body(body.to_string())
+            .send()
+    };
+    let r = post(json!({"type": "chat.message", "data": {"text": "over http"}}))
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 201);
+    let r = post(json!({"events": [
+        {"type": "chat.message", "data": {}}, {"type": "billing.paid", "data": {}}
+    ]}))
+    .await
+    .expect("post");
+    assert_eq!(r.status().as_u16(), 403);
+    let body: Value = serde_json::from_str(&r.text().await.expect("body")).expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("custom/billing.paid"),
+        "{body}"
+    );
     let viewer = role_key(&db, "acme", "viewer", json!({"teams": ["red"]})).await;
     let mut ws2 = connect(addr, "").await;
     send(&mut ws2, json!({"type": "auth", "token": viewer})).await;
