@@ -644,33 +644,6 @@ async fn bad_webhook_input_gets_a_precise_4xx() {
     stop_server(server, token).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retry_after_is_honoured() {
-    let db = TestDb::new("wh_retry_after");
-    write(&db, ITEMS).await;
-    let (server, token) = serve(&db, &[]).await;
-    let api = api(&db, &server, "acme").await;
-    // The schedule says 300 ms; the receiver asks for 2 s.
-    let rx = Receiver::start(Arc::new(|_, before| {
-        if before == 0 {
-            Answer::RetryAfter(429, 2)
-        } else {
-            Answer::Status(200)
-        }
-    }))
-    .await;
-    api.create(json!({"url": rx.url("/ra")})).await;
-    insert(&db, "acme", 1..=1).await;
-    rx.wait_until(PATIENCE, "the retry", |r| r.len() >= 2).await;
-    let got = rx.received();
-    let gap = got[1].at - got[0].at;
-    assert!(
-        gap >= Duration::from_millis(1900),
-        "retried after {gap:?}, before Retry-After"
-    );
-    stop_server(server, token).await;
-}
-
 /// Two dispatchers (as in two processes) share one outbox: every event is
 /// delivered once, and both do part of the work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
