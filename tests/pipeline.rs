@@ -1331,3 +1331,54 @@ async fn the_appender_stores_a_transaction_as_record_batches_per_tenant() {
     assert_eq!(order, statements);
     assert_eq!(subjects(&events, "a"), a_order);
 }
+
+/// A transaction whose commit record comes right after a non-transactional
+/// message (a heartbeat, or a custom event of its own) was written while it
+/// was open: its `commit_lsn` is the message's end LSN. Each such
+/// transaction must be in the log (a checkpoint at the message's end once
+/// counted it as appended, and it was lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_right_after_a_heartbeat_or_custom_message_is_not_lost() {
+    let db = TestDb::new("hb_commit");
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE o (id int PRIMARY KEY, tenant text); ALTER TABLE o REPLICA IDENTITY FULL",
+    )
+    .await
+    .expect("ddl");
+    let (running, token) = start(&db.config(&[("public.o", "tenant")])).await;
+    let mut open = db.client().await;
+    for i in 0..40 {
+        let tx = open.transaction().await.expect("begin");
+        tx.execute("INSERT INTO o VALUES ($1, 'acme')", &[&i])
+            .await
+            .expect("insert");
+        // The message, from another session, while the transaction is open.
+        let (prefix, content) = if i % 2 == 0 {
+            ("sluice-heartbeat", String::new())
+        } else {
+            (
+                "sluice",
+                format!(r#"{{"tenant":"acme","type":"ping","data":{{"i":{i}}}}}"#),
+            )
+        };
+        c.execute(
+            "SELECT pg_logical_emit_message(false, $1::text, $2::text)",
+            &[&prefix, &content],
+        )
+        .await
+        .expect("message");
+        // On an idle cluster this commit record starts exactly where the
+        // message's record ends.
+        tx.commit().await.expect("commit");
+    }
+    // Every row and every custom event is in the log.
+    let events = wait_for_events(&c, 60).await;
+    stop(running, token).await;
+    let rows: Vec<i64> = of_type(&events, "row.inserted")
+        .iter()
+        .map(|e| e["data"]["key"]["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(rows, (0..40).collect::<Vec<i64>>());
+    assert_eq!(of_type(&events, "custom.ping").len(), 20);
+}

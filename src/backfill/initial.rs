@@ -225,10 +225,7 @@ pub async fn run_if_new_slot(
                 table: t.table.clone(),
                 source: BackfillError::UnknownTable(t.table.clone()),
             })?;
-        let rule = TableRule {
-            tenant_column: t.tenant_column.clone(),
-            fields_only: t.fields_only,
-        };
+        let rule = TableRule::from(&t);
         normalizer.set_relation(catalog.resolve(info.relation.clone(), Some(rule)).await?);
         let mut last_key: Option<Vec<Option<String>>> = None;
         let mut total = 0u64;

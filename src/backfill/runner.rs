@@ -262,10 +262,7 @@ impl Runner {
             .tables
             .iter()
             .find(|t| t.table == table)
-            .map(|t| TableRule {
-                tenant_column: t.tenant_column.clone(),
-                fields_only: t.fields_only,
-            })
+            .map(TableRule::from)
             .ok_or_else(|| Failure::Fatal(format!("table {table} is no longer captured")))?;
         // Rows are normalized here, beside the stream, not on its task.
         let mut catalog = Catalog::new(

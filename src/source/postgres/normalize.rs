@@ -29,6 +29,15 @@ pub struct TableRule {
     pub fields_only: bool,
 }
 
+impl From<&crate::config::TableConfig> for TableRule {
+    fn from(t: &crate::config::TableConfig) -> TableRule {
+        TableRule {
+            tenant_column: t.tenant_column.clone(),
+            fields_only: t.fields_only,
+        }
+    }
+}
+
 /// A relation with everything the normalizer needs to know about it.
 #[derive(Debug, Clone)]
 pub struct ResolvedRelation {

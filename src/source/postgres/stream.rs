@@ -121,13 +121,7 @@ impl PgSource {
             .iter()
             .map(|t| {
                 let (s, n) = t.schema_and_name();
-                (
-                    (s.to_owned(), n.to_owned()),
-                    TableRule {
-                        tenant_column: t.tenant_column.clone(),
-                        fields_only: t.fields_only,
-                    },
-                )
+                ((s.to_owned(), n.to_owned()), TableRule::from(t))
             })
             .collect();
         let key = cfg.checkpoint_key().into();
@@ -450,12 +444,13 @@ impl<'a> Session<'a> {
         self.on_custom(transactional, lsn, content).await
     }
 
-    async fn on_heartbeat(&mut self, at: u64) -> Result<(), SourceError> {
+    async fn on_heartbeat(&mut self, end: u64) -> Result<(), SourceError> {
         // Everything before it has been sent: acknowledging it once durable
         // moves the slot past WAL that holds no captured change (other
         // tables, other databases).
+        let at = unit_position(end);
         if !self.out.last_sent.covers_transaction(at) {
-            self.out.end_tx(at, at).await?;
+            self.out.end_tx(at, end).await?;
             self.source()
                 .stats
                 .heartbeats
@@ -535,14 +530,14 @@ impl<'a> Session<'a> {
             }
             _ => {
                 // A non-transactional message is its own unit.
-                let at = lsn;
+                let at = unit_position(lsn);
                 if self.out.last_sent.covers_transaction(at) {
                     return Ok(());
                 }
                 let ctx = TxContext::new(0, at, chrono::Utc::now().timestamp_micros());
                 let o = self.normalizer.custom(&ctx, SUBS_PER_CHANGE, content);
                 self.out.deliver(o).await?;
-                self.out.end_tx(at, at).await?;
+                self.out.end_tx(at, lsn).await?;
             }
         }
         Ok(())
@@ -607,6 +602,21 @@ impl Out<'_> {
         self.source.appender.send(item).await?;
         Ok(())
     }
+}
+
+/// The position of a non-transactional message (a heartbeat, a custom
+/// event of its own) whose WAL record ends at `end`: the record's last
+/// byte.
+///
+/// Not `end` itself: the next record starts exactly there, and it may be
+/// the commit record of a transaction that was open while the message was
+/// written (its changes before the message, its commit just after). That
+/// transaction's `commit_lsn` is `end`, and a checkpoint at `end` would
+/// count it as appended ([`Checkpoint::covers_transaction`]) and skip it.
+/// No record starts at `end - 1` (records are 8-byte aligned), so every
+/// commit before the message is below it and every commit after it above.
+fn unit_position(end: u64) -> u64 {
+    end.saturating_sub(1)
 }
 
 impl PgSource {
