@@ -180,6 +180,16 @@ pub const KEYS: &[Key] = &[
         "longest accepted query string (at most 32768)",
     ),
     Key::int(
+        "http.max_snapshot_rows",
+        "100000",
+        "most rows the initial read of one live query (`snapshot=true`) may return; more is a `snapshot_too_large` error",
+    ),
+    Key::int(
+        "http.live_share_ms",
+        "2000",
+        "how long a finished live-query read is handed to new subscribers of the same table, tenant and filter (0: never shared once done)",
+    ),
+    Key::int(
         "http.page_limit",
         "1000",
         "most events in one JSON page or one catch-up read",
@@ -488,6 +498,8 @@ section!(
         retry_ms: u64 = key_default!(int "http.retry_ms"),
         max_query_bytes: usize = key_default!(int "http.max_query_bytes" as usize),
         page_limit: i64 = key_default!(int "http.page_limit" as i64),
+        max_snapshot_rows: u64 = key_default!(int "http.max_snapshot_rows"),
+        live_share_ms: u64 = key_default!(int "http.live_share_ms"),
         db_pool_size: usize = key_default!(int "http.db_pool_size" as usize),
         cors_origins: String = key_default!(str "http.cors_origins"),
     }

@@ -59,6 +59,33 @@ pub fn pool(url: &str, size: usize) -> Result<deadpool_postgres::Pool, ServerErr
     pool_with(url, size, None)
 }
 
+/// What live queries read: the source (its own connections for the reads,
+/// the publish pool for the heartbeat) and the log.
+fn live_config(
+    config: &Config,
+    source: &deadpool_postgres::Pool,
+    log: &deadpool_postgres::Pool,
+    durable: &tokio::sync::watch::Receiver<Arc<crate::log::Durable>>,
+) -> Result<crate::deliver::live::LiveConfig, ServerError> {
+    let pg = config.postgres().map_err(PipelineError::from)?;
+    Ok(crate::deliver::live::LiveConfig {
+        source_url: pg.url.clone(),
+        source: source.clone(),
+        log: log.clone(),
+        durable: durable.clone(),
+        event_source: pg.event_source(),
+        checkpoint_key: pg.checkpoint_key(),
+        max_rows: config.http.max_snapshot_rows,
+        share: Duration::from_millis(config.http.live_share_ms),
+        statement_timeout_ms: pg.backfill_statement_timeout_ms,
+        tables: pg
+            .tables
+            .iter()
+            .map(|t| (t.table.clone(), t.into()))
+            .collect(),
+    })
+}
+
 /// A pool whose connections run with `options` (`-c name=value …`).
 pub fn pool_with(
     url: &str,
@@ -167,9 +194,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Server
     let auth =
         Arc::new(Authenticator::new(&state_url, &config.auth, &policies.custom_roles()).await?);
     let streams = CancellationToken::new();
+    let state_pool = pool(&state_url, config.http.db_pool_size)?;
+    let publish_pool = pool(
+        &config.postgres().map_err(PipelineError::from)?.url,
+        config.http.db_pool_size,
+    )?;
+    let live = Arc::new(crate::deliver::live::Live::new(live_config(
+        &config,
+        &publish_pool,
+        &state_pool,
+        &durable,
+    )?));
     let state = AppState {
         config: config.clone(),
-        pool: pool(&state_url, config.http.db_pool_size)?,
+        pool: state_pool,
         hub,
         auth,
         durable,
@@ -182,11 +220,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Server
         shutdown: streams.clone(),
         outbox: shared.outbox.clone(),
         webhook_metrics: Arc::default(),
-        publish_pool: pool(
-            &config.postgres().map_err(PipelineError::from)?.url,
-            config.http.db_pool_size,
-        )?,
+        publish_pool,
         publish_waiters: shared.publish_waiters.clone(),
+        live,
         groups: Arc::new(crate::groups::Groups::new(policies.clone())),
         groups_pool: pool_with(
             &state_url,

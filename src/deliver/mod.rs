@@ -9,6 +9,7 @@
 //! and the credential's watch.
 
 pub mod follow;
+pub mod live;
 pub mod ndjson;
 pub mod publish;
 pub mod sse;

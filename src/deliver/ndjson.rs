@@ -19,6 +19,7 @@ use futures_util::stream;
 use tokio_util::sync::CancellationToken;
 
 use super::follow::{FollowError, Follower, Start};
+use super::live::{LiveError, LiveItem};
 use super::Streams;
 use crate::auth::{CredentialEnd, CredentialWatch};
 use crate::event::{Committed, TenantId};
@@ -153,13 +154,126 @@ pub fn tail(
     req: EventRange,
     credential: CredentialWatch,
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
+    stream::unfold(tail_of(streams, req, credential), |mut t| async move {
+        let line = t.next_line().await?;
+        Some((Ok(line), t))
+    })
+}
+
+/// Most lines of a live query's rows written in one chunk.
+const LIVE_CHUNK: usize = 256;
+
+/// NDJSON of a live query (`snapshot=true`): its rows (`row.snapshot`
+/// envelopes) and the changes up to the hand-over, then
+/// `{"synced":true,"seq":H,"next_from":H+1}`; with `follow`, the tail from
+/// `H + 1`, else the end. An error ends it with `{"error":{…}}` (no
+/// `next_from`: before `synced` there is nothing to resume from).
+pub fn live(
+    streams: Streams,
+    req: EventRange,
+    items: tokio::sync::mpsc::Receiver<Result<LiveItem, LiveError>>,
+    follow: bool,
+    credential: CredentialWatch,
+) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
+    enum Phase {
+        Rows(Box<LiveRows>),
+        Tail(Box<Tail>),
+        Done,
+    }
+    struct LiveRows {
+        streams: Streams,
+        req: EventRange,
+        items: tokio::sync::mpsc::Receiver<Result<LiveItem, LiveError>>,
+        follow: bool,
+        credential: CredentialWatch,
+    }
+    let rows = LiveRows {
+        streams,
+        req,
+        items,
+        follow,
+        credential,
+    };
+    stream::unfold(Phase::Rows(Box::new(rows)), |phase| async move {
+        let mut r = match phase {
+            Phase::Done => return None,
+            Phase::Tail(mut t) => {
+                let line = t.next_line().await?;
+                return Some((Ok(line), Phase::Tail(t)));
+            }
+            Phase::Rows(r) => r,
+        };
+        let shutdown = r.streams.shutdown.clone();
+        let first = tokio::select! {
+            item = r.items.recv() => item,
+            end = r.credential.ended() => {
+                let line = serde_json::json!({"error": {"code": end.code(), "message": end.message()}});
+                return Some((Ok(Bytes::from(format!("{line}\n"))), Phase::Done));
+            }
+            () = shutdown.cancelled() => {
+                return Some((Ok(Bytes::from_static(b"{\"shutdown\":true}\n")), Phase::Done));
+            }
+        };
+        let mut out = Vec::new();
+        let mut item = first;
+        let mut n = 0;
+        loop {
+            match item {
+                Some(Ok(LiveItem::Row(e) | LiveItem::Change(e))) => {
+                    out.extend_from_slice(&e.body);
+                    out.push(b'\n');
+                }
+                Some(Ok(LiveItem::Synced(h))) => {
+                    out.extend_from_slice(
+                        format!("{{\"synced\":true,\"seq\":{h},\"next_from\":{}}}\n", h + 1)
+                            .as_bytes(),
+                    );
+                    if !r.follow {
+                        return Some((Ok(Bytes::from(out)), Phase::Done));
+                    }
+                    let LiveRows {
+                        streams,
+                        mut req,
+                        credential,
+                        ..
+                    } = *r;
+                    req.from = h + 1;
+                    let tail = tail_of(streams, req, credential);
+                    return Some((Ok(Bytes::from(out)), Phase::Tail(Box::new(tail))));
+                }
+                Some(Err(e)) => {
+                    let line =
+                        serde_json::json!({"error": {"code": e.code(), "message": e.to_string()}});
+                    out.extend_from_slice(format!("{line}\n").as_bytes());
+                    return Some((Ok(Bytes::from(out)), Phase::Done));
+                }
+                None => {
+                    out.extend_from_slice(b"{\"error\":{\"code\":\"unavailable\",\"message\":\"the live query stopped; start it again\"}}\n");
+                    return Some((Ok(Bytes::from(out)), Phase::Done));
+                }
+            }
+            n += 1;
+            if n == LIVE_CHUNK {
+                break;
+            }
+            match r.items.try_recv() {
+                Ok(next) => item = Some(next),
+                Err(_) => break,
+            }
+        }
+        Some((Ok(Bytes::from(out)), Phase::Rows(r)))
+    })
+}
+
+/// The tail of `req` from its `from`.
+fn tail_of(streams: Streams, req: EventRange, credential: CredentialWatch) -> Tail {
     let follower = streams.follower(
         req.tenant.clone(),
         Arc::new(req.access),
         Start::At(req.from),
     );
     let now = tokio::time::Instant::now();
-    let tail = Tail {
+    Tail {
         _open: Tailing::new(streams.metrics.clone()),
         shutdown: streams.shutdown.clone(),
         follower,
@@ -169,11 +283,7 @@ pub fn tail(
         last_sent: now,
         idle: Box::pin(tokio::time::sleep_until(now + streams.heartbeat)),
         done: false,
-    };
-    stream::unfold(tail, |mut t| async move {
-        let line = t.next_line().await?;
-        Some((Ok(line), t))
-    })
+    }
 }
 
 /// One open tail.

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::follow::{FollowError, Follower};
+use super::live::{LiveError, LiveItem};
 use super::Streams;
 use crate::auth::CredentialWatch;
 use crate::metrics::HttpMetrics;
@@ -59,6 +60,16 @@ pub struct SseSession {
     last_sent: tokio::time::Instant,
     idle: Pin<Box<tokio::time::Sleep>>,
     done: bool,
+    /// A live query's initial part, until `synced`.
+    live: Option<LivePhase>,
+}
+
+/// A live query's rows and changes up to the hand-over, then the follower
+/// that goes on from it.
+pub struct LivePhase {
+    pub items: tokio::sync::mpsc::Receiver<Result<LiveItem, LiveError>>,
+    /// The follower from a seq on (the hand-over's next).
+    pub then: Box<dyn FnOnce(i64) -> Follower + Send + Sync>,
 }
 
 impl Drop for SseSession {
@@ -96,6 +107,52 @@ impl SseSession {
             last_sent: now,
             idle: Box::pin(tokio::time::sleep_until(now + streams.heartbeat)),
             done: false,
+            live: None,
+        }
+    }
+
+    /// This session starts with a live query's rows and changes (frames
+    /// without an `id:`, so a client that reconnects before `synced` starts
+    /// over), then `synced` with the hand-over seq as its `id:`, then the
+    /// follower's events. `follower` given to [`SseSession::new`] is not
+    /// read.
+    pub fn with_live(mut self, live: LivePhase) -> SseSession {
+        self.live = Some(live);
+        self
+    }
+
+    /// The frame of a live query's item (`None`: its task is gone).
+    fn live_frame(&mut self, item: Option<Result<LiveItem, LiveError>>) -> Bytes {
+        match item {
+            Some(Ok(LiveItem::Row(e) | LiveItem::Change(e))) => {
+                self.metrics.sse_events.fetch_add(1, Ordering::Relaxed);
+                unnumbered_frame(self.event_type(&e.event_type), &e.body)
+            }
+            Some(Ok(LiveItem::Synced(handover))) => {
+                if let Some(live) = self.live.take() {
+                    self.follower = (live.then)(handover + 1);
+                }
+                Bytes::from(format!(
+                    "id: {handover}\nevent: synced\ndata: {}\n\n",
+                    serde_json::json!({"seq": handover})
+                ))
+            }
+            Some(Err(e)) => {
+                self.done = true;
+                self.live = None;
+                control_frame(
+                    "closed",
+                    serde_json::json!({"code": e.code(), "message": e.to_string()}),
+                )
+            }
+            None => {
+                self.done = true;
+                self.live = None;
+                control_frame(
+                    "closed",
+                    serde_json::json!({"code": "unavailable", "message": "the live query stopped; reconnect to start it again"}),
+                )
+            }
         }
     }
 
@@ -117,6 +174,12 @@ impl SseSession {
         if self.done {
             return None;
         }
+        if let Some(live) = &mut self.live {
+            let item = live.items.try_recv().ok()?;
+            let frame = self.live_frame(Some(item));
+            self.last_sent = tokio::time::Instant::now();
+            return Some(frame);
+        }
         let e = self.follower.try_next()?;
         self.metrics.sse_events.fetch_add(1, Ordering::Relaxed);
         self.metrics.sse_latency.observe_since(e.commit_micros);
@@ -131,6 +194,27 @@ impl SseSession {
         }
         let shutdown = self.shutdown.clone();
         let frame = loop {
+            if let Some(live) = &mut self.live {
+                tokio::select! {
+                    item = live.items.recv() => break self.live_frame(item),
+                    () = self.idle.as_mut() => {
+                        let due = self.last_sent + self.heartbeat;
+                        if due > tokio::time::Instant::now() {
+                            self.idle.as_mut().reset(due);
+                            continue;
+                        }
+                        break Bytes::from_static(b": keepalive\n\n");
+                    }
+                    end = self.credential.ended() => {
+                        self.done = true;
+                        break control_frame(end.code(), serde_json::json!({"code": end.code(), "message": end.message()}));
+                    }
+                    () = shutdown.cancelled() => {
+                        self.done = true;
+                        break control_frame("shutdown", serde_json::json!({"code": "shutdown"}));
+                    }
+                }
+            }
             tokio::select! {
                 next = self.follower.next() => break match next {
                     Ok(e) => {
@@ -187,6 +271,21 @@ pub fn event_frame(seq: i64, event_type: Option<&str>, body: &[u8]) -> Bytes {
     }
     f.extend_from_slice(b"\ndata: ");
     // The envelope is one line of JSON (no raw newlines), so one data line.
+    f.extend_from_slice(body);
+    f.extend_from_slice(b"\n\n");
+    Bytes::from(f)
+}
+
+/// A live query's frame before `synced`: no `id:`, so it moves no
+/// client's resume position.
+fn unnumbered_frame(event_type: Option<&str>, body: &[u8]) -> Bytes {
+    let mut f = Vec::with_capacity(body.len() + event_type.map_or(0, str::len) + 24);
+    if let Some(t) = event_type {
+        f.extend_from_slice(b"event: ");
+        f.extend_from_slice(t.as_bytes());
+        f.push(b'\n');
+    }
+    f.extend_from_slice(b"data: ");
     f.extend_from_slice(body);
     f.extend_from_slice(b"\n\n");
     Bytes::from(f)

@@ -58,6 +58,8 @@ pub struct WsContext {
     /// Consumer groups, and the pool their receives and acks go through.
     pub groups: Arc<crate::groups::Groups>,
     pub groups_pool: deadpool_postgres::Pool,
+    /// Live queries (`"snapshot": true`).
+    pub live: Arc<super::live::Live>,
 }
 
 struct Session {
@@ -247,6 +249,16 @@ impl Session {
                     )));
                     s.subs.insert(id, task);
                 }
+                Some((id, Pending::Live(live))) => {
+                    let task = tokio::spawn(Box::pin(forward_live(
+                        id.clone(),
+                        live,
+                        s.ctx.streams.clone(),
+                        s.tx.clone(),
+                        s.cloudevents,
+                    )));
+                    s.subs.insert(id, task);
+                }
                 Some((id, Pending::Group(work))) => {
                     let task = tokio::spawn(Box::pin(take_work(
                         id.clone(),
@@ -281,7 +293,8 @@ impl Session {
                 selector,
                 from,
                 group: None,
-            } => self.subscribe(id, selector, from).await,
+                snapshot,
+            } => self.subscribe(id, selector, from, snapshot).await,
             ClientMessage::Subscribe {
                 id,
                 group: Some(group),
@@ -350,6 +363,7 @@ impl Session {
         id: String,
         selector: crate::subscription::Selector,
         from: Option<i64>,
+        snapshot: Option<String>,
     ) -> Result<String, ProtocolError> {
         let Some((identity, tenant)) = &self.who else {
             return Err(
@@ -360,7 +374,12 @@ impl Session {
         if let Err(why) = crate::policy::check_selector(&viewer, &selector, &identity.policy_role) {
             return Err(ProtocolError::new(code::FORBIDDEN, why).with_id(id));
         }
-        let access = Arc::new(crate::policy::Access { viewer, selector });
+        let access = Arc::new(crate::policy::Access {
+            viewer,
+            selector,
+            // A live query's filter keeps its view exact, resumed or not.
+            membership: snapshot.is_some(),
+        });
         if self.subs.contains_key(&id) {
             return Err(ProtocolError::new(
                 code::DUPLICATE_ID,
@@ -391,11 +410,31 @@ impl Session {
                 return Err(ProtocolError::gap(&id, g.requested, g.oldest));
             }
         }
+        let ack = proto::subscribed_frame(&id);
+        // A live query resumed with `from` goes on with changes only.
+        if let (Some(table), None) = (&snapshot, from) {
+            let Some(table) = self.ctx.live.table(table) else {
+                return Err(ProtocolError::new(
+                    code::UNKNOWN_TABLE,
+                    format!("{table:?} is not a captured table"),
+                )
+                .with_id(id));
+            };
+            let items = self.ctx.live.start(tenant.clone(), access.clone(), table);
+            self.pending = Some((
+                id,
+                Pending::Live(LiveStart {
+                    items,
+                    tenant: tenant.clone(),
+                    access,
+                }),
+            ));
+            return Ok(ack);
+        }
         let follower =
             self.ctx
                 .streams
                 .follower(tenant.clone(), access, from.map_or(Start::Live, Start::At));
-        let ack = proto::subscribed_frame(&id);
         self.pending = Some((id, Pending::Follow(follower)));
         Ok(ack)
     }
@@ -554,6 +593,80 @@ impl Session {
 
 /// One subscription: follows the log and live hub, queues frames for the
 /// connection until it is aborted or its follower ends.
+/// A live query's rows and changes as event frames, `synced`, then the
+/// follower from the hand-over ([`forward`]).
+async fn forward_live(
+    id: String,
+    mut live: LiveStart,
+    streams: Streams,
+    tx: mpsc::Sender<Out>,
+    cloudevents: bool,
+) {
+    use super::live::LiveItem;
+    let handover = loop {
+        let item = tokio::select! {
+            item = live.items.recv() => item,
+            _ = streams.shutdown.cancelled() => {
+                // Before `synced` there is nothing to resume: the client
+                // subscribes again and the read starts over.
+                let err = ProtocolError::new(code::UNAVAILABLE, "the server is shutting down; subscribe again")
+                    .with_id(id.clone());
+                let _ = tx.send(Out::Text(Utf8Bytes::from(proto::error_frame(&err)))).await;
+                let _ = tx.send(Out::Ended(id)).await;
+                return;
+            }
+        };
+        let frame = match item {
+            Some(Ok(LiveItem::Row(e) | LiveItem::Change(e))) => {
+                streams.metrics.ws_events.fetch_add(1, Ordering::Relaxed);
+                if cloudevents {
+                    proto::cloudevents_event_frame(&e.body)
+                } else {
+                    proto::event_frame(&id, &e.body)
+                }
+            }
+            Some(Ok(LiveItem::Synced(h))) => {
+                let _ = tx
+                    .send(Out::Text(Utf8Bytes::from(proto::synced_frame(&id, h))))
+                    .await;
+                break h;
+            }
+            Some(Err(e)) => {
+                let err = ProtocolError::live(&id, &e);
+                let _ = tx
+                    .send(Out::Text(Utf8Bytes::from(proto::error_frame(&err))))
+                    .await;
+                let _ = tx.send(Out::Ended(id)).await;
+                return;
+            }
+            None => {
+                let err = ProtocolError::unavailable("the live query").with_id(id.clone());
+                let _ = tx
+                    .send(Out::Text(Utf8Bytes::from(proto::error_frame(&err))))
+                    .await;
+                let _ = tx.send(Out::Ended(id)).await;
+                return;
+            }
+        };
+        let Ok(text) = Utf8Bytes::try_from(frame) else {
+            continue;
+        };
+        if tx.send(Out::Text(text)).await.is_err() {
+            return;
+        }
+    };
+    let follower = streams.follower(live.tenant, live.access, Start::At(handover + 1));
+    forward(
+        id,
+        follower,
+        tx,
+        cloudevents,
+        streams.metrics.clone(),
+        streams.shutdown.clone(),
+    )
+    .await;
+}
+
 async fn forward(
     id: String,
     mut follower: Follower,
@@ -642,7 +755,16 @@ fn is_over_library_limit(e: &axum::Error) -> bool {
 /// What a subscription starts once its acknowledgement is written.
 enum Pending {
     Follow(Follower),
+    Live(LiveStart),
     Group(GroupWork),
+}
+
+/// A live query about to start: its rows and changes up to `synced`, then
+/// a follower of the tenant from the hand-over.
+struct LiveStart {
+    items: mpsc::Receiver<Result<super::live::LiveItem, super::live::LiveError>>,
+    tenant: TenantId,
+    access: Arc<crate::policy::Access>,
 }
 
 /// A group subscription's work loop settings.

@@ -346,6 +346,10 @@ pub mod types {
     pub const DELETED: &str = "row.deleted";
     pub const TRUNCATED: &str = "row.truncated";
     pub const SNAPSHOT: &str = "row.snapshot";
+    /// A row an update made visible to a subscriber (policies, live queries).
+    pub const ENTERED: &str = "row.entered";
+    /// A row an update took out of a subscriber's view.
+    pub const LEFT: &str = "row.left";
     pub const CUSTOM_PREFIX: &str = "custom.";
     pub const DOC_INSERTED: &str = "doc.inserted";
     pub const DOC_UPDATED: &str = "doc.updated";

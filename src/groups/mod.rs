@@ -260,6 +260,7 @@ impl Groups {
                 .policies
                 .viewer_as(&g.tenant, g.spec.role.as_deref(), &g.spec.claims)?,
             selector: g.spec.selector()?,
+            membership: false,
         })
     }
 

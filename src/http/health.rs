@@ -294,6 +294,18 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
         ),
         (metrics::WS_EVENTS, None, load(&state.metrics.ws_events)),
         (
+            metrics::LIVE_QUERIES,
+            None,
+            load(&state.live.metrics.started),
+        ),
+        (metrics::LIVE_READS, None, load(&state.live.metrics.reads)),
+        (
+            metrics::LIVE_ROWS,
+            None,
+            load(&state.live.metrics.rows_read),
+        ),
+        (metrics::LIVE_SHARED, None, load(&state.live.metrics.shared)),
+        (
             metrics::WEBHOOK_ATTEMPTS,
             None,
             load(&state.webhook_metrics.attempts),
@@ -534,6 +546,26 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             metrics::WS_CONNECTIONS,
             "gauge",
             "open WebSocket connections",
+        ),
+        (
+            metrics::LIVE_QUERIES,
+            "counter",
+            "live queries (snapshot=true) started",
+        ),
+        (
+            metrics::LIVE_READS,
+            "counter",
+            "initial reads of the source for live queries (one per shape, however many subscribers share it)",
+        ),
+        (
+            metrics::LIVE_ROWS,
+            "counter",
+            "rows those initial reads returned",
+        ),
+        (
+            metrics::LIVE_SHARED,
+            "counter",
+            "live queries handed a read another one started (within 2 s)",
         ),
         (
             metrics::WS_EVENTS,

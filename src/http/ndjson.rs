@@ -40,6 +40,7 @@ const LIST_PARAMS: &[&str] = &[
     "until",
     "format",
     "follow",
+    "snapshot",
 ];
 
 pub fn router() -> Router<AppState> {
@@ -107,16 +108,65 @@ async fn list(
                 .map_err(|e| ApiError::bad_param("topics", e.to_string()))?,
         );
     }
+    let snapshot = p.bool("snapshot")?;
+    let live_table = if snapshot {
+        if !ndjson {
+            return Err(ApiError::bad_param(
+                "snapshot",
+                "snapshot=true streams NDJSON: add format=ndjson",
+            ));
+        }
+        for bounded in ["to", "limit", "types", "since", "until"] {
+            if p.one(bounded)?.is_some() {
+                return Err(ApiError::bad_param(
+                    bounded,
+                    "a live query (snapshot=true) returns the table's current rows: it takes no to, limit, types, since or until",
+                ));
+            }
+        }
+        let others = p.list("topic").len() + p.list("topics").len() + p.list("collection").len();
+        Some(state.live_table("table", &p.list("table"), others)?)
+    } else {
+        None
+    };
+    let mut access = state.access(&identity, selector)?;
+    // A live query's filter keeps its view exact, resumed or not.
+    access.membership = snapshot;
+    let resumed = p.one("from")?.is_some();
     let req = EventRange {
         tenant,
         from: p.from("from")?.unwrap_or(1),
         to: p.seq("to")?,
         limit,
         types: (!types.is_empty()).then_some(types),
-        access: state.access(&identity, selector)?,
+        access,
         since: p.time("since")?,
         until: p.time("until")?,
     };
+    if let (Some(table), false) = (live_table, resumed) {
+        let credential = state.auth.watch(
+            &identity,
+            Duration::from_secs(state.config.auth.revocation_check_secs),
+        );
+        let items = state.live.start(
+            req.tenant.clone(),
+            std::sync::Arc::new(req.access.clone()),
+            table,
+        );
+        let body = Body::from_stream(ndjson::live(
+            state.streams(),
+            req,
+            items,
+            follow,
+            credential,
+        ));
+        let mut resp = body.into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        );
+        return Ok(resp);
+    }
     if follow && (req.to.is_some() || req.until.is_some()) {
         return Err(ApiError::bad_param(
             "follow",

@@ -21,9 +21,17 @@ use super::params::Params;
 use super::{request, ApiError, AppState};
 use crate::auth::Role;
 use crate::deliver::follow::Start;
-use crate::deliver::sse::{FrameMode, SseSession, RESPONSE_HEADERS};
+use crate::deliver::sse::{FrameMode, LivePhase, SseSession, RESPONSE_HEADERS};
 
-const PARAMS: &[&str] = &["topic", "table", "collection", "filter", "from", "mode"];
+const PARAMS: &[&str] = &[
+    "topic",
+    "table",
+    "collection",
+    "filter",
+    "from",
+    "mode",
+    "snapshot",
+];
 
 /// The SSE route (the lean connection path in `conn` serves it too).
 pub const SUBSCRIBE_PATH: &str = "/v1/events/subscribe";
@@ -88,8 +96,21 @@ pub async fn open(
     raw_query: Option<&str>,
 ) -> Result<SseSession, ApiError> {
     let (params, identity, tenant) = request(state, headers, raw_query, PARAMS, Role::Anon).await?;
-    let access = Arc::new(state.access(&identity, params.selector(&state.captured_tables())?)?);
+    let snapshot = params.bool("snapshot")?;
+    let live_table = if snapshot {
+        let tables = params.list("table");
+        let others = params.list("topic").len() + params.list("collection").len();
+        Some(state.live_table("table", &tables, others)?)
+    } else {
+        None
+    };
+    let mut access = state.access(&identity, params.selector(&state.captured_tables())?)?;
+    // A live query's filter keeps its view exact (rows leave it too),
+    // whether it starts with the rows or resumes after `synced`.
+    access.membership = snapshot;
+    let access = Arc::new(access);
     let mode = frame_mode(&params)?;
+    let resumed = headers.contains_key("last-event-id") || params.one("from")?.is_some();
     let start = start(headers, &params)?;
     if let Start::At(from) = start {
         let client = state.log_db().await?;
@@ -101,16 +122,32 @@ pub async fn open(
         }
     }
     let streams = state.streams();
-    let follower = streams.follower(tenant, access, start);
     let credential = state.auth.watch(
         &identity,
         Duration::from_secs(state.config.auth.revocation_check_secs),
     );
-    Ok(SseSession::new(
-        &streams,
-        follower,
-        credential,
-        mode,
-        state.config.http.retry_ms,
-    ))
+    let live = match live_table {
+        // A resumed live query goes on with changes only.
+        Some(table) if !resumed => Some(table),
+        _ => None,
+    };
+    let Some(table) = live else {
+        let follower = streams.follower(tenant, access, start);
+        return Ok(SseSession::new(
+            &streams,
+            follower,
+            credential,
+            mode,
+            state.config.http.retry_ms,
+        ));
+    };
+    let items = state.live.start(tenant.clone(), access.clone(), table);
+    // Not read: the session follows from the hand-over once it is known.
+    let idle = streams.follower(tenant.clone(), access.clone(), Start::At(i64::MAX));
+    let then_streams = streams.clone();
+    let session = SseSession::new(&streams, idle, credential, mode, state.config.http.retry_ms);
+    Ok(session.with_live(LivePhase {
+        items,
+        then: Box::new(move |from| then_streams.follower(tenant, access, Start::At(from))),
+    }))
 }

@@ -41,6 +41,8 @@ pub struct AppState {
     pub publish_pool: deadpool_postgres::Pool,
     /// Publishers waiting for their events, told by this process's appender.
     pub publish_waiters: Arc<crate::deliver::waiters::Waiters>,
+    /// Live queries (current rows, then changes).
+    pub live: Arc<crate::deliver::live::Live>,
     /// The access policies (compiled from `config.policies`).
     pub policies: Arc<crate::policy::Policies>,
     /// Consumer groups.
@@ -88,7 +90,45 @@ impl AppState {
         let viewer = self.policies.viewer(identity);
         crate::policy::check_selector(&viewer, &selector, &identity.policy_role)
             .map_err(super::ApiError::forbidden)?;
-        Ok(crate::policy::Access { viewer, selector })
+        Ok(crate::policy::Access {
+            viewer,
+            selector,
+            membership: false,
+        })
+    }
+
+    /// The table of a live query: exactly one `table` (`param` names the
+    /// parameter in errors) and no other topic or collection.
+    pub fn live_table(
+        &self,
+        param: &str,
+        tables: &[String],
+        others: usize,
+    ) -> Result<crate::deliver::live::LiveTable, super::ApiError> {
+        let [table] = tables else {
+            return Err(super::ApiError::bad_param(
+                param,
+                format!(
+                    "a live query (snapshot=true) reads exactly one table; {} given",
+                    tables.len()
+                ),
+            ));
+        };
+        if others > 0 {
+            return Err(super::ApiError::bad_param(
+                param,
+                "a live query (snapshot=true) takes one table and no topic or collection",
+            ));
+        }
+        self.live.table(table).ok_or_else(|| {
+            super::ApiError::bad_param(
+                param,
+                format!(
+                    "unknown table {table:?}; captured tables: {}",
+                    self.captured_tables().join(", ")
+                ),
+            )
+        })
     }
 
     /// What publishing custom events needs.

@@ -33,6 +33,7 @@ fn context(state: &AppState) -> WsContext {
         policies: state.policies.clone(),
         groups: state.groups.clone(),
         groups_pool: state.groups_pool.clone(),
+        live: state.live.clone(),
     }
 }
 

@@ -494,6 +494,7 @@ mod tests {
             let access = Access {
                 viewer: policies.viewer(&identity),
                 selector: Selector::default(),
+                membership: false,
             };
             hub.subscribe(t.clone(), Arc::new(access))
         };

@@ -277,6 +277,9 @@ pub fn route_of(topic: &str) -> Option<&str> {
 pub struct Access {
     pub viewer: Viewer,
     pub selector: Selector,
+    /// The selector's filter decides membership of a live query's view
+    /// rather than which events pass ([`Access::admit`]).
+    pub membership: bool,
 }
 
 impl Access {
@@ -286,20 +289,80 @@ impl Access {
         Access {
             viewer: Viewer::open(),
             selector,
+            membership: false,
+        }
+    }
+
+    /// Whether the policy shows `column` of the table `route`
+    /// (`tables/public.todos`) to this subscriber whole (neither hidden nor
+    /// masked), so a test on it reads what the row holds.
+    pub fn shows_column(&self, route: &str, column: &str) -> bool {
+        match self.viewer.decide(&format!("{route}/insert")) {
+            Decision::Open => true,
+            Decision::Deny => false,
+            Decision::Rule(b) => b.rule.columns.shows(column),
         }
     }
 
     /// The event as this subscriber sees it, if it does.
+    ///
+    /// With `membership` (a live query), the filter says which rows are in
+    /// the subscriber's view, and the events keep that view exact without
+    /// any per-subscriber state: a row that appears passes if its new row
+    /// does; an update whose new row passes goes as it is (an upsert), one
+    /// whose new row fails goes as `row.left` (unless the old row is known
+    /// and failed too: it was never in the view); a delete or truncate
+    /// always goes (removing a row the view does not hold changes nothing).
     pub fn admit(&self, view: &mut EventView<'_>) -> Option<Arc<Committed>> {
+        if self.membership && self.selector.filter.is_some() {
+            return self.admit_member(view);
+        }
+        self.admit_filtered(view, &self.selector)
+    }
+
+    fn admit_member(&self, view: &mut EventView<'_>) -> Option<Arc<Committed>> {
+        use crate::event::types::{DELETED, ENTERED, INSERTED, LEFT, SNAPSHOT, TRUNCATED, UPDATED};
+        let filter = self.selector.filter.as_ref()?;
+        let unfiltered = Selector {
+            topics: self.selector.topics.clone(),
+            filter: None,
+        };
+        let event = self.admit_filtered(view, &unfiltered)?;
+        let data = event.data();
+        let passes = |image: &str| filter.matches_row(data.as_ref().and_then(|d| d.get(image)));
+        match &*event.event_type {
+            INSERTED | SNAPSHOT | ENTERED => passes("new").then_some(event),
+            UPDATED => {
+                if passes("new") {
+                    return Some(event);
+                }
+                let old_failed = data
+                    .as_ref()
+                    .and_then(|d| d.get("old"))
+                    .is_some_and(|o| !filter.matches_row(Some(o)));
+                if old_failed {
+                    return None;
+                }
+                rewrite(&event, &Columns::All, Form::Left).map(|m| m.event)
+            }
+            DELETED | TRUNCATED | LEFT => Some(event),
+            _ => filter.matches(data.as_ref()?).then_some(event),
+        }
+    }
+
+    fn admit_filtered(
+        &self,
+        view: &mut EventView<'_>,
+        selector: &Selector,
+    ) -> Option<Arc<Committed>> {
         let event = view.event;
         match self.viewer.decide(&event.topic) {
             Decision::Deny => None,
-            Decision::Open => self
-                .selector
+            Decision::Open => selector
                 .matches_ref(&event.topic, || view.data())
                 .then(|| event.clone()),
             Decision::Rule(b) => {
-                if !b.rule.subscribe || !self.selector.matches_topic(&event.topic) {
+                if !b.rule.subscribe || !selector.matches_topic(&event.topic) {
                     return None;
                 }
                 let form = b.form(&event.event_type, view.data())?;
@@ -310,7 +373,7 @@ impl Access {
                         .then(|| event.clone());
                 }
                 let made = view.made(&b.rule, form)?;
-                self.selector
+                selector
                     .matches_ref(&made.event.topic, || Some(&made.data))
                     .then(|| made.event.clone())
             }
@@ -381,14 +444,24 @@ fn rewrite(event: &Committed, columns: &Columns, form: Form) -> Option<Made> {
                     data.remove(k);
                 }
                 data.insert("op".into(), "entered".into());
-                event_type = if doc { "doc.entered" } else { "row.entered" }.into();
+                event_type = if doc {
+                    "doc.entered"
+                } else {
+                    crate::event::types::ENTERED
+                }
+                .into();
             }
             Form::Left => {
                 for k in ["new", "changed", "unchanged", "update"] {
                     data.remove(k);
                 }
                 data.insert("op".into(), "left".into());
-                event_type = if doc { "doc.left" } else { "row.left" }.into();
+                event_type = if doc {
+                    "doc.left"
+                } else {
+                    crate::event::types::LEFT
+                }
+                .into();
             }
         }
         mask(data, columns);

@@ -41,6 +41,7 @@ fn member(p: &Policies, sub: &str) -> Access {
     Access {
         viewer: p.viewer(&identity(Role::Anon, "member", json!({"sub": sub}))),
         selector: Selector::default(),
+        membership: false,
     }
 }
 
@@ -152,6 +153,7 @@ fn missing_or_forged_claims_see_nothing_and_truncates_reach_every_viewer_of_the_
     let nobody = Access {
         viewer: p.viewer(&identity(Role::Anon, "member", json!({}))),
         selector: Selector::default(),
+        membership: false,
     };
     let wrong_type = Access {
         viewer: p.viewer(&identity(
@@ -160,6 +162,7 @@ fn missing_or_forged_claims_see_nothing_and_truncates_reach_every_viewer_of_the_
             json!({"sub": {"id": "u1"}}),
         )),
         selector: Selector::default(),
+        membership: false,
     };
     let ins = event(
         1,
@@ -257,6 +260,7 @@ fn topic_policies_govern_custom_events_and_publishing() {
     let v = Access {
         viewer: p.viewer(&identity(Role::Anon, "viewer", json!({}))),
         selector: Selector::default(),
+        membership: false,
     };
     assert!(v.admit_one(&chat).is_some());
     assert!(!v.viewer.may_publish("custom/chat.message"));
@@ -286,6 +290,7 @@ fn routes_name_the_index_key() {
     let none = Access {
         viewer: p.viewer(&identity(Role::Anon, "member", json!({}))),
         selector: Selector::default(),
+        membership: false,
     };
     assert_eq!(
         none.viewer.routes(),

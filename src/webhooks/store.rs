@@ -119,6 +119,7 @@ impl Endpoint {
         Some(Access {
             viewer: policies.viewer_as(&tenant, self.spec.role.as_deref(), &self.spec.claims)?,
             selector: self.selector()?,
+            membership: false,
         })
     }
 }

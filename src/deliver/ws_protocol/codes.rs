@@ -40,6 +40,9 @@ pub mod code {
     pub const BINARY_NOT_SUPPORTED: &str = "binary_not_supported";
     /// A failure on the server's side; retry shortly.
     pub const UNAVAILABLE: &str = "unavailable";
+    /// A live query's initial read would return more rows than
+    /// `http.max_snapshot_rows`.
+    pub const SNAPSHOT_TOO_LARGE: &str = "snapshot_too_large";
 }
 
 /// Every error code, with its meaning: code → meaning.
@@ -96,6 +99,10 @@ pub const ERROR_CODES: &[(&str, &str)] = &[
     (
         code::UNAVAILABLE,
         "a failure on the server's side (e.g. the log's database); retry shortly",
+    ),
+    (
+        code::SNAPSHOT_TOO_LARGE,
+        "a live query's initial read would return more rows than http.max_snapshot_rows; narrow its filter",
     ),
 ];
 

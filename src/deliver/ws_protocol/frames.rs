@@ -35,6 +35,18 @@ pub fn subscribed_frame(id: &str) -> String {
     id_frame("subscribed", id)
 }
 
+/// Serializes `synced` of a live query: `{"type":"synced","id":…,"seq":N}`;
+/// its changes follow from `N + 1` (resume with `from: N + 1`).
+pub fn synced_frame(id: &str, seq: i64) -> String {
+    let mut out = String::with_capacity(id.len() + 48);
+    out.push_str("{\"type\":\"synced\",\"id\":");
+    push_json_str(&mut out, id);
+    out.push_str(",\"seq\":");
+    out.push_str(&seq.to_string());
+    out.push('}');
+    out
+}
+
 /// Serializes `unsubscribed`: `{"type":"unsubscribed","id":…}`.
 pub fn unsubscribed_frame(id: &str) -> String {
     id_frame("unsubscribed", id)

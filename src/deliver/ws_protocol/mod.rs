@@ -59,7 +59,7 @@ pub use codes::{
 };
 pub use frames::{
     auth_ok_frame, cloudevents_event_frame, error_frame, event_frame, group_event_frame,
-    pong_frame, published_frame, settled_frame, shutdown_frame, subscribed_frame,
+    pong_frame, published_frame, settled_frame, shutdown_frame, subscribed_frame, synced_frame,
     unsubscribed_frame,
 };
 pub(crate) use parse::echo;
@@ -120,6 +120,9 @@ pub enum ClientMessage {
         /// `from`: the group has its own), and how many of its messages may
         /// be unacknowledged on this subscription at once.
         group: Option<GroupSubscription>,
+        /// A live query (`"snapshot": true`) of this table: its current
+        /// rows, `synced`, then its changes (with `from`: changes only).
+        snapshot: Option<String>,
     },
     /// Acknowledge deliveries of a group subscription.
     Ack {
@@ -295,6 +298,17 @@ impl ProtocolError {
             code::UNAVAILABLE,
             format!("{what} is unavailable; retry shortly"),
         )
+    }
+
+    /// A live query of subscription `id` that could not start.
+    pub fn live(id: &str, e: &crate::deliver::live::LiveError) -> ProtocolError {
+        use crate::deliver::live::LiveError;
+        let c = match e {
+            LiveError::TooLarge(_) => code::SNAPSHOT_TOO_LARGE,
+            LiveError::Table(_) => code::UNKNOWN_TABLE,
+            LiveError::Unavailable(_) => code::UNAVAILABLE,
+        };
+        ProtocolError::new(c, e.to_string()).with_id(id)
     }
 }
 

@@ -114,6 +114,7 @@ impl MessageType {
                 "from",
                 "group",
                 "max_in_flight",
+                "snapshot",
             ],
             MessageType::Unsubscribe => &["id"],
             MessageType::Publish => &["event", "data", "subject"],
@@ -305,11 +306,35 @@ fn parse_typed(
             if group.is_none() && m.optional("max_in_flight").is_some() {
                 return Err(m.invalid("max_in_flight: only with group"));
             }
+            let snapshot = match m.optional("snapshot") {
+                None | Some(Value::Bool(false)) => None,
+                Some(Value::Bool(true)) => {
+                    let tables = m.names("table", "\"schema.table\"")?;
+                    let others = ["topic", "topics", "collection", "group"]
+                        .iter()
+                        .any(|k| m.optional(k).is_some());
+                    match tables.as_slice() {
+                        [(_, table)] if !others => Some((*table).to_owned()),
+                        _ => {
+                            return Err(m.invalid(
+                                "snapshot: a live query reads exactly one table: give one \"table\" and no topic, topics, collection or group",
+                            ))
+                        }
+                    }
+                }
+                Some(other) => {
+                    return Err(m.invalid(format!(
+                        "snapshot: expected true or false, found {}",
+                        kind_of(other)
+                    )))
+                }
+            };
             Ok(ClientMessage::Subscribe {
                 id,
                 selector,
                 from,
                 group,
+                snapshot,
             })
         }
         MessageType::Ack | MessageType::Nack => {

@@ -49,6 +49,7 @@ pub(super) fn subscribe(
         },
         from,
         group: None,
+        snapshot: None,
     }
 }
 
@@ -268,14 +269,32 @@ pub(super) fn error_cases() -> Vec<(String, &'static str, Option<&'static str>, 
             r#"{"type":"subscribe","id":"s1","topicz":"a"}"#.into(),
             code::INVALID_MESSAGE,
             Some("s1"),
-            "unknown member \"topicz\" in a subscribe message; accepted: type, id, topic, topics, table, collection, filter, from, group, max_in_flight"
+            "unknown member \"topicz\" in a subscribe message; accepted: type, id, topic, topics, table, collection, filter, from, group, max_in_flight, snapshot"
                 .into(),
+        ),
+        (
+            r#"{"type":"subscribe","id":"s1","table":"public.orders","snapshot":"yes"}"#.into(),
+            code::INVALID_MESSAGE,
+            Some("s1"),
+            "snapshot: expected true or false, found a string".into(),
+        ),
+        (
+            r#"{"type":"subscribe","id":"s1","table":["public.orders","public.items"],"snapshot":true}"#.into(),
+            code::INVALID_MESSAGE,
+            Some("s1"),
+            "snapshot: a live query reads exactly one table: give one \"table\" and no topic, topics, collection or group".into(),
+        ),
+        (
+            r#"{"type":"subscribe","id":"s1","snapshot":true}"#.into(),
+            code::INVALID_MESSAGE,
+            Some("s1"),
+            "snapshot: a live query reads exactly one table: give one \"table\" and no topic, topics, collection or group".into(),
         ),
         (
             r#"{"type":"subscribe","id":"s1","tenant":"other"}"#.into(),
             code::INVALID_MESSAGE,
             Some("s1"),
-            "unknown member \"tenant\" in a subscribe message; accepted: type, id, topic, topics, table, collection, filter, from, group, max_in_flight"
+            "unknown member \"tenant\" in a subscribe message; accepted: type, id, topic, topics, table, collection, filter, from, group, max_in_flight, snapshot"
                 .into(),
         ),
         (
@@ -629,6 +648,15 @@ pub(super) fn session_errors() -> Vec<(
             code::UNAVAILABLE,
             None,
             "the log is unavailable; retry shortly",
+        ),
+        (
+            ProtocolError::live(
+                "s1",
+                &crate::deliver::live::LiveError::TooLarge(10),
+            ),
+            code::SNAPSHOT_TOO_LARGE,
+            Some("s1"),
+            "the initial read would return more than 10 rows (http.max_snapshot_rows); narrow the filter",
         ),
     ]
 }

@@ -74,8 +74,10 @@ mod bind;
 mod decimal;
 mod eval;
 mod parse;
+mod sql;
 
 pub use ast::Filter;
+pub use sql::PushedColumn;
 
 /// Largest filter accepted, in bytes of JSON.
 pub const MAX_FILTER_BYTES: usize = 4096;
