@@ -910,3 +910,108 @@ async fn a_snapshot_row_reads_exactly_as_its_change_event() {
     token.cancel();
     server.wait().await.expect("server stops cleanly");
 }
+
+/// The live query through an SSE client we did not write (httpx-sse from
+/// PyPI): rows without ids, `synced` with the hand-over id, changes; a
+/// reconnect with the `Last-Event-ID` the client tracked resumes with
+/// changes only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_independent_sse_client_reads_a_live_query_and_resumes_after_synced() {
+    use tokio::io::AsyncBufReadExt;
+    let (db, server, token) = setup("live_python", &[]).await;
+    let src = db.client().await;
+    src.batch_execute(
+        "INSERT INTO items SELECT g, 'acme', 'u1', 'open', g, 's' FROM generate_series(1, 5) g;
+         INSERT INTO items VALUES (9, 'other', 'u1', 'open', 9, 's');",
+    )
+    .await
+    .expect("rows");
+    let anon = member_key(&db, "acme", "u1").await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/sse_live.py");
+    let base = format!("http://{}", server.addr);
+    let mut child = tokio::process::Command::new("python3")
+        .args([script, &base, &anon, "public.items", "2", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut received: Vec<Value> = Vec::new();
+    let read = async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            let v: Value = serde_json::from_str(&line).expect("the client prints JSON lines");
+            if v.get("synced").is_some() {
+                // Synced: three changes, the third after the client leaves.
+                src.batch_execute(
+                    "UPDATE items SET n = 100 WHERE id = 1;
+                     UPDATE items SET n = 200 WHERE id = 9;
+                     DELETE FROM items WHERE id = 2;
+                     UPDATE items SET status = 'closed' WHERE id = 3;",
+                )
+                .await
+                .expect("changes");
+            }
+            let done = v.get("done").is_some();
+            received.push(v);
+            if done {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .expect("the python client finished in time");
+    let out = child.wait_with_output().await.expect("python exits");
+    assert!(
+        out.status.success(),
+        "python client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    token.cancel();
+    server.wait().await.expect("server stops cleanly");
+
+    let synced_at = received
+        .iter()
+        .position(|v| v.get("synced").is_some())
+        .expect("synced");
+    for r in &received[..synced_at] {
+        assert_eq!(r["event"], "row.snapshot", "{r}");
+        assert_eq!(r["id"], "", "no id before synced: {r}");
+        assert_eq!(r["envelope"]["tenant"], "acme");
+    }
+    assert_eq!(synced_at, 5, "the tenant's five rows: {received:?}");
+    let h: i64 = received[synced_at]["synced"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("seq");
+    assert_eq!(received[synced_at]["data"]["seq"], h);
+    let rest: Vec<(&str, &str, i64)> = received[synced_at + 1..]
+        .iter()
+        .filter(|v| v.get("done").is_none())
+        .map(|v| {
+            (
+                v["phase"].as_str().expect("phase"),
+                v["event"].as_str().expect("event"),
+                v["envelope"]["data"]["key"]["id"].as_i64().expect("id"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rest,
+        [
+            ("first", "row.updated", 1),
+            ("first", "row.deleted", 2),
+            ("resumed", "row.updated", 3)
+        ],
+        "changes of its tenant only, and after the reconnect changes only"
+    );
+    for v in &received[synced_at + 1..] {
+        if let Some(seq) = v["envelope"]["seq"].as_i64() {
+            assert!(seq > h);
+            assert_eq!(v["id"], seq.to_string());
+        }
+    }
+}
