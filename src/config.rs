@@ -185,6 +185,11 @@ pub const KEYS: &[Key] = &[
         "most rows the initial read of one live query (`snapshot=true`) may return; more is a `snapshot_too_large` error",
     ),
     Key::int(
+        "http.max_top_rows",
+        "1000",
+        "largest limit of a top-N live query (order_by and limit); its window holds at most twice that many rows",
+    ),
+    Key::int(
         "http.live_share_ms",
         "2000",
         "how long a finished live-query read is handed to new subscribers of the same table, tenant and filter (0: never shared once done)",
@@ -500,6 +505,7 @@ section!(
         page_limit: i64 = key_default!(int "http.page_limit" as i64),
         max_snapshot_rows: u64 = key_default!(int "http.max_snapshot_rows"),
         live_share_ms: u64 = key_default!(int "http.live_share_ms"),
+        max_top_rows: usize = key_default!(int "http.max_top_rows" as usize),
         db_pool_size: usize = key_default!(int "http.db_pool_size" as usize),
         cors_origins: String = key_default!(str "http.cors_origins"),
     }

@@ -317,6 +317,7 @@ fn documented_numeric_defaults_are_the_real_defaults() {
         ("http.page_limit", c.http.page_limit as usize),
         ("http.max_snapshot_rows", c.http.max_snapshot_rows as usize),
         ("http.live_share_ms", c.http.live_share_ms as usize),
+        ("http.max_top_rows", c.http.max_top_rows),
         ("http.db_pool_size", c.http.db_pool_size),
         ("hub.subscriber_queue", c.hub.subscriber_queue),
         ("ws.auth_timeout_secs", c.ws.auth_timeout_secs as usize),

@@ -750,19 +750,25 @@ async fn subscribers_of_one_shape_share_a_read_and_an_oversized_read_fails_clear
     for i in 0..10 {
         if i == 9 {
             // A change after the shared read: the late subscriber gets it
-            // after synced, from the log.
+            // from the log (before synced if it is in the log by then: a
+            // shared read is brought up to the head; else just after).
             src.execute("UPDATE items SET status = 'open' WHERE id = 1", &[])
                 .await
                 .expect("update");
         }
         let mut s = stream(addr, &path, &[("authorization", &auth)]).await;
         let mut rows = Vec::new();
+        let mut changes = Vec::new();
         loop {
             let e = s.expect_event(PATIENCE).await;
             if e.event.as_deref() == Some("synced") {
                 break;
             }
-            rows.push(e.data);
+            if e.event.as_deref() == Some("row.snapshot") {
+                rows.push(e.data);
+            } else {
+                changes.push(e.data);
+            }
         }
         assert_eq!(
             rows.len(),
@@ -774,10 +780,14 @@ async fn subscribers_of_one_shape_share_a_read_and_an_oversized_read_fails_clear
             Some(f) => assert_eq!(&rows, f, "the same read"),
         }
         if i == 9 {
-            let e = s.expect_event(PATIENCE).await;
-            let v: Value = serde_json::from_str(&e.data).expect("json");
+            if changes.is_empty() {
+                changes.push(s.expect_event(PATIENCE).await.data);
+            }
+            let v: Value = serde_json::from_str(&changes[0]).expect("json");
             assert_eq!(v["type"], "row.updated");
             assert_eq!(v["data"]["key"]["id"], 1);
+        } else {
+            assert!(changes.is_empty(), "{changes:?}");
         }
     }
     assert_eq!(
@@ -1014,4 +1024,326 @@ async fn an_independent_sse_client_reads_a_live_query_and_resumes_after_synced()
             assert_eq!(v["id"], seq.to_string());
         }
     }
+}
+
+/// The first `n` rows of `view` by `n` descending, then id descending.
+fn top(view: &View, n: usize) -> View {
+    let mut rows: Vec<(&i64, &Value)> = view.0.iter().filter(|(_, r)| !r["n"].is_null()).collect();
+    rows.sort_by(|(ia, a), (ib, b)| {
+        b["n"]
+            .as_i64()
+            .cmp(&a["n"].as_i64())
+            .then_with(|| ib.cmp(ia))
+    });
+    View(
+        rows.into_iter()
+            .take(n)
+            .map(|(k, r)| (*k, r.clone()))
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_top_n_live_query_stays_equal_to_rerunning_the_query_while_a_writer_runs() {
+    let (db, server, token) = setup("live_top", &[]).await;
+    let addr = server.addr;
+    let service = key(&db, "acme", Role::Service).await;
+    let src = db.client().await;
+    src.batch_execute(
+        "INSERT INTO items SELECT g, 'acme', 'u1', CASE WHEN g % 2 = 0 THEN 'open' ELSE 'closed' END, (g * 37) % 101, 's'
+           FROM generate_series(1, 300) g;
+         INSERT INTO items SELECT g, 'other', 'u1', 'open', 1000 + g, 's' FROM generate_series(5001, 5050) g;",
+    )
+    .await
+    .expect("rows");
+    let filter = enc(r#"{"field":"status","op":"eq","value":"open"}"#);
+    let auth = format!("Bearer {service}");
+    let mut subscribers = Vec::new();
+    for (i, delay) in [0u64, 300, 900].into_iter().enumerate() {
+        let path = format!(
+            "/v1/events/subscribe?table=public.items&snapshot=true&order_by=-n&limit={}&filter={filter}",
+            [5, 3, 10][i]
+        );
+        let auth = auth.clone();
+        subscribers.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            let mut s = stream(addr, &path, &[("authorization", &auth)]).await;
+            assert_eq!(s.status, 200);
+            collect_until_sentinel(&mut s).await
+        }));
+    }
+    // A writer that moves rows up and down the order, in and out of the
+    // filter, inserts and deletes (the top rows too, so the window runs
+    // short and is read again).
+    let writer = {
+        let mut c = db.client().await;
+        tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+            let mut next_id = 400;
+            for _ in 0..300 {
+                let tx = c.transaction().await.expect("begin");
+                for _ in 0..rng.gen_range(1..=2) {
+                    let id: i32 = rng.gen_range(1..=300);
+                    match rng.gen_range(0..5) {
+                        0 => {
+                            next_id += 1;
+                            let n: i32 = rng.gen_range(0..120);
+                            tx.execute(
+                                "INSERT INTO items VALUES ($1, 'acme', 'u1', 'open', $2, 's')",
+                                &[&next_id, &n],
+                            )
+                            .await
+                            .expect("insert");
+                        }
+                        1 => {
+                            let n: i32 = rng.gen_range(0..120);
+                            tx.execute("UPDATE items SET n = $2 WHERE id = $1", &[&id, &n])
+                                .await
+                                .expect("update n");
+                        }
+                        2 => {
+                            let status = if rng.gen_bool(0.5) { "open" } else { "closed" };
+                            tx.execute(
+                                "UPDATE items SET status = $2 WHERE id = $1",
+                                &[&id, &status],
+                            )
+                            .await
+                            .expect("update status");
+                        }
+                        3 => {
+                            // Delete one of the current top rows.
+                            tx.execute(
+                                "DELETE FROM items WHERE id = (SELECT id FROM items WHERE tenant = 'acme' AND status = 'open' ORDER BY n DESC, id DESC LIMIT 1)",
+                                &[],
+                            )
+                            .await
+                            .expect("delete top");
+                        }
+                        _ => {
+                            tx.execute("DELETE FROM items WHERE id = $1", &[&id])
+                                .await
+                                .expect("delete");
+                        }
+                    }
+                }
+                tx.commit().await.expect("commit");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    writer.await.expect("writer");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    src.execute(
+        "INSERT INTO items VALUES ($1, 'acme', 'u1', 'open', 100000, 's')",
+        &[&(SENTINEL as i32)],
+    )
+    .await
+    .expect("sentinel");
+    let mut all = Vec::new();
+    for s in subscribers {
+        all.push(s.await.expect("subscriber"));
+    }
+    let truth = Truth {
+        log: log_of(addr, &service).await,
+    };
+    for (i, events) in all.iter().enumerate() {
+        let limit = [5, 3, 10][i];
+        let mut view = View::default();
+        let mut walker = truth.walker();
+        let synced = events
+            .iter()
+            .position(|e| e.event.as_deref() == Some("synced"))
+            .expect("synced");
+        for e in &events[..synced] {
+            assert_eq!(e.event.as_deref(), Some("row.snapshot"), "{e:?}");
+            view.apply(&serde_json::from_str(&e.data).expect("json"));
+        }
+        assert!(view.0.len() <= limit);
+        let h: i64 = events[synced]
+            .id
+            .as_deref()
+            .expect("id")
+            .parse()
+            .expect("seq");
+        let want = top(&walker.at(h).open(), limit);
+        assert!(
+            view == want,
+            "subscriber {i} at synced {h}: {:?}",
+            view.diff(&want)
+        );
+        let rest = &events[synced + 1..];
+        for (j, e) in rest.iter().enumerate() {
+            let v: Value = serde_json::from_str(&e.data).expect("json");
+            let seq = v["seq"].as_i64().expect("seq");
+            assert_eq!(e.id.as_deref(), Some(seq.to_string().as_str()));
+            let kind = v["type"].as_str().expect("type");
+            assert!(
+                ["row.entered", "row.left", "row.updated"].contains(&kind),
+                "{kind}"
+            );
+            view.apply(&v);
+            // The events of one change share its seq: check after the last.
+            let last_of_seq = rest.get(j + 1).is_none_or(|n| n.id != e.id);
+            if last_of_seq {
+                let want = top(&walker.at(seq).open(), limit);
+                assert!(
+                    view == want,
+                    "subscriber {i} (top {limit}) at seq {seq}: {:?}",
+                    view.diff(&want)
+                );
+            }
+        }
+        assert!(view.0.contains_key(&SENTINEL));
+    }
+    let reads = metric(addr, "sluice_live_reads_total").await;
+    assert!(
+        reads > 3,
+        "the windows ran short and were read again ({reads} reads)"
+    );
+    token.cancel();
+    server.wait().await.expect("server stops cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_n_over_websocket_and_ndjson_holds_to_the_policy_with_precise_errors() {
+    let (db, server, token) = setup("live_top_ws", &[]).await;
+    let addr = server.addr;
+    let src = db.client().await;
+    src.batch_execute(
+        "INSERT INTO items VALUES (1, 'acme', 'u1', 'open', 10, 'a'), (2, 'acme', 'u2', 'open', 99, 'b'),
+                                  (3, 'acme', 'u1', 'open', 30, 'c'), (4, 'acme', 'u1', 'open', 20, 'd'),
+                                  (5, 'other', 'u1', 'open', 500, 'e');",
+    )
+    .await
+    .expect("rows");
+    let member = member_key(&db, "acme", "u1").await;
+    let mut ws = connect(addr, "").await;
+    send(&mut ws, json!({"type": "auth", "token": member})).await;
+    assert_eq!(recv(&mut ws).await["type"], "auth_ok");
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "top", "table": "public.items", "snapshot": true,
+               "order_by": "-n", "limit": 2}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["type"], "subscribed");
+    let mut ids = Vec::new();
+    loop {
+        let m = recv(&mut ws).await;
+        if m["type"] == "synced" {
+            break;
+        }
+        assert_eq!(m["event"]["type"], "row.snapshot", "{m}");
+        assert!(m["event"]["data"]["new"].get("secret").is_none());
+        ids.push(m["event"]["data"]["key"]["id"].as_i64().expect("id"));
+    }
+    assert_eq!(
+        ids,
+        [3, 4],
+        "the member's own top 2 (not u2's 99, not the other tenant's 500)"
+    );
+    // Row 1 climbs to the top: it enters, 4 leaves.
+    src.execute("UPDATE items SET n = 50 WHERE id = 1", &[])
+        .await
+        .expect("update");
+    let left = recv(&mut ws).await;
+    let entered = recv(&mut ws).await;
+    assert_eq!(
+        (
+            left["event"]["type"].as_str(),
+            left["event"]["data"]["key"]["id"].as_i64()
+        ),
+        (Some("row.left"), Some(4))
+    );
+    assert_eq!(
+        (
+            entered["event"]["type"].as_str(),
+            entered["event"]["data"]["key"]["id"].as_i64()
+        ),
+        (Some("row.entered"), Some(1))
+    );
+    assert_eq!(left["event"]["seq"], entered["event"]["seq"]);
+    // Ordering by a column the policy hides is refused.
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "bad", "table": "public.items", "snapshot": true,
+               "order_by": "secret", "limit": 2}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["type"], "subscribed");
+    let err = recv(&mut ws).await;
+    assert_eq!(err["type"], "error", "{err}");
+    assert_eq!(err["id"], "bad");
+    assert!(
+        err["message"].as_str().expect("message").contains("hidden"),
+        "{err}"
+    );
+    for (msg, why) in [
+        (
+            json!({"type": "subscribe", "id": "x", "table": "public.items", "snapshot": true, "limit": 2}),
+            "needs order_by",
+        ),
+        (
+            json!({"type": "subscribe", "id": "x", "table": "public.items", "snapshot": true, "order_by": "n", "limit": 5000}),
+            "1 to 1000",
+        ),
+        (
+            json!({"type": "subscribe", "id": "x", "table": "public.items", "order_by": "n", "limit": 5}),
+            "snapshot",
+        ),
+    ] {
+        send(&mut ws, msg).await;
+        let err = recv(&mut ws).await;
+        assert_eq!(err["code"], "invalid_message", "{err}");
+        assert!(
+            err["message"].as_str().expect("message").contains(why),
+            "{err}"
+        );
+    }
+
+    // NDJSON: the top rows, then synced, then the end.
+    let r = get(
+        addr,
+        &format!("/v1/events?format=ndjson&table=public.items&snapshot=true&order_by=n&limit=2&apikey={member}"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let lines: Vec<Value> = String::from_utf8(r.body)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let ids: Vec<i64> = lines
+        .iter()
+        .filter_map(|l| l["data"]["key"]["id"].as_i64())
+        .collect();
+    assert_eq!(ids, [4, 3], "ascending: n 20, 30 (row 1 is 50 now)");
+    assert_eq!(lines.last().expect("line")["synced"], true);
+    let service = key(&db, "acme", Role::Service).await;
+    let auth = format!("Bearer {service}");
+    for (path, param) in [
+        (
+            "/v1/events/subscribe?table=public.items&order_by=n&limit=2",
+            "order_by",
+        ),
+        (
+            "/v1/events/subscribe?table=public.items&snapshot=true&order_by=n",
+            "limit",
+        ),
+        (
+            "/v1/events/subscribe?table=public.items&snapshot=true&limit=2",
+            "limit",
+        ),
+        (
+            "/v1/events/subscribe?table=public.items&snapshot=true&order_by=n&limit=0",
+            "limit",
+        ),
+    ] {
+        let r = get(addr, path, &[("authorization", &auth)]).await;
+        assert_eq!(r.status, 400, "{path}");
+        assert_eq!(r.json()["error"]["param"], param, "{path}: {}", r.json());
+    }
+    token.cancel();
+    server.wait().await.expect("server stops cleanly");
 }

@@ -24,6 +24,9 @@
 //!
 //! Frames before `synced` carry no resume id, so a client that reconnects
 //! before it starts over with the snapshot; `synced` carries `H`.
+//!
+//! `live_top` builds top-N queries (`order_by`, `limit`) on the same
+//! snapshot and hand-over.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,7 +48,7 @@ use crate::sql::quote_ident;
 use crate::subscription::filter::{Filter, PushedColumn};
 
 /// Rows read per page of the initial read.
-const PAGE_ROWS: i64 = 1000;
+pub(super) const PAGE_ROWS: i64 = 1000;
 /// How long the hand-over may wait for the log to reach the snapshot.
 const HANDOVER_WAIT: Duration = Duration::from_secs(30);
 /// The session settings the values' text forms depend on (as the
@@ -173,6 +176,10 @@ impl Live {
             shapes: Mutex::new(HashMap::new()),
             metrics: LiveMetrics::default(),
         }
+    }
+
+    pub(super) fn config(&self) -> &LiveConfig {
+        &self.config
     }
 
     /// The captured table `schema.table`, if it is one.
@@ -386,8 +393,233 @@ pub fn envelope_txid(body: &[u8]) -> Option<u32> {
         .map(|v| v as u32)
 }
 
-/// Reads the tenant's rows of the table at a snapshot, then the log up to
-/// the hand-over (the module doc says why this is exact).
+/// An initial read in progress: the table as the catalog describes it, a
+/// `REPEATABLE READ` snapshot on a connection of its own, and the WAL
+/// position its hand-over waits for (the module doc says why this is
+/// exact).
+pub(super) struct Snapshot {
+    client: tokio_postgres::Client,
+    pub(super) info: TableInfo,
+    outputs: Vec<String>,
+    pub(super) tenant_at: usize,
+    normalizer: Normalizer,
+    visibility: Visibility,
+    mark: u64,
+    start_seq: i64,
+    now: i64,
+    n: u64,
+}
+
+/// One row a page returned: its values as text (for keyset bounds) and its
+/// `row.snapshot` event, if it is a row of the tenant.
+pub(super) struct PageRow {
+    pub(super) values: Vec<Option<String>>,
+    pub(super) event: Option<Arc<Committed>>,
+}
+
+impl Snapshot {
+    /// Describes the table, takes the snapshot and writes the heartbeat
+    /// after it.
+    pub(super) async fn begin(ctx: &LiveConfig, table: &LiveTable) -> Result<Snapshot, LiveError> {
+        let source_down = |_| LiveError::Unavailable("the source database");
+        let start_seq = ctx.durable.borrow().last_seq;
+        let client = crate::log::connect_as(&ctx.source_url, "sluice-live")
+            .await
+            .map_err(source_down)?;
+        let info = table_info(&client, &table.schema, &table.table)
+            .await
+            .map_err(|e| db("the source database", &e))?
+            .ok_or_else(|| {
+                LiveError::Table(format!(
+                    "table {}.{} does not exist",
+                    table.schema, table.table
+                ))
+            })?;
+        if info.primary_key.is_empty() {
+            return Err(LiveError::Table(format!(
+                "table {}.{} has no primary key; a live query reads it in key order",
+                table.schema, table.table
+            )));
+        }
+        let Some(tenant_at) = info
+            .relation
+            .columns
+            .iter()
+            .position(|c| c.name == table.rule.tenant_column)
+        else {
+            return Err(LiveError::Table(format!(
+                "table {}.{} has no column {}",
+                table.schema, table.table, table.rule.tenant_column
+            )));
+        };
+        // The pipeline's normalizer, so a row reads exactly as a change does.
+        let mut catalog = Catalog::new(client);
+        let resolved = catalog
+            .resolve(info.relation.clone(), Some(table.rule.clone()))
+            .await
+            .map_err(|e| LiveError::Table(e.to_string()))?;
+        drop(catalog);
+        let mut normalizer = Normalizer::new(&ctx.event_source);
+        normalizer.set_relation(resolved);
+
+        let client = crate::log::connect_as(&ctx.source_url, "sluice-live")
+            .await
+            .map_err(source_down)?;
+        let outputs = output_functions(&client, &info).await?;
+        client
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {SESSION_SETTINGS}; SET LOCAL statement_timeout = {}",
+                ctx.statement_timeout_ms
+            ))
+            .await
+            .map_err(|e| db("the source database", &e))?;
+        let snapshot: String = client
+            .query_one("SELECT txid_current_snapshot()::text", &[])
+            .await
+            .map_err(|e| db("the source database", &e))?
+            .get(0);
+        let visibility = Visibility::parse(&snapshot)
+            .ok_or(LiveError::Unavailable("the source database's snapshot"))?;
+        let mark = heartbeat(ctx).await?;
+        Ok(Snapshot {
+            client,
+            info,
+            outputs,
+            tenant_at,
+            normalizer,
+            visibility,
+            mark,
+            start_seq,
+            now: chrono::Utc::now().timestamp_micros(),
+            n: 0,
+        })
+    }
+
+    /// The table's columns as the filter's pushdown sees them.
+    pub(super) fn columns<'a>(
+        &'a self,
+        table: &LiveTable,
+        shows: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Vec<PushedColumn<'a>> {
+        self.info
+            .relation
+            .columns
+            .iter()
+            .zip(&self.info.type_names)
+            .map(|(c, t)| PushedColumn {
+                name: &c.name,
+                type_name: t,
+                // A fields-only table's events carry no row to test.
+                visible: !table.rule.fields_only && shows(&c.name),
+            })
+            .collect()
+    }
+
+    /// The `SELECT` list and `FROM` of a page: every column through its
+    /// type's output function, the table aliased `t`.
+    pub(super) fn select_from(&self) -> String {
+        // Qualified with the alias, so an ORDER BY or a bound always
+        // compares the columns, never an output column of the same name.
+        // `outputs` are the server's own (regproc) names.
+        let select: Vec<String> = self
+            .info
+            .relation
+            .columns
+            .iter()
+            .zip(&self.outputs)
+            .map(|(c, out)| format!("textin({out}(t.{}))", quote_ident(&c.name)))
+            .collect();
+        format!(
+            "SELECT {} FROM {} AS t",
+            select.join(", "),
+            self.info.qualified()
+        )
+    }
+
+    /// Runs one page query in the snapshot.
+    pub(super) async fn page(
+        &mut self,
+        sql: &str,
+        params: &[Option<String>],
+        tenant: &TenantId,
+    ) -> Result<Vec<PageRow>, LiveError> {
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+            .iter()
+            .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let rows = self
+            .client
+            .query(sql, &refs)
+            .await
+            .map_err(|e| db("the source database", &e))?;
+        let txc = TxContext::new(0, 0, self.now);
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let values: Vec<Option<String>> = (0..self.info.relation.columns.len())
+                .map(|i| row.get::<_, Option<String>>(i))
+                .collect();
+            let tuple = Tuple(
+                values
+                    .iter()
+                    .map(|v| match v {
+                        Some(v) => Datum::Text(Bytes::copy_from_slice(v.as_bytes())),
+                        None => Datum::Null,
+                    })
+                    .collect(),
+            );
+            self.n += 1;
+            let event = match self
+                .normalizer
+                .snapshot(&txc, self.n, self.info.relation.id, &tuple)
+            {
+                // The row's own tenant, as the pipeline reads it: the
+                // query asked for the credential's, and nothing else goes.
+                Outcome::Event(mut e) if matches!(&e.audience, crate::event::Audience::Tenant(t) if t == tenant) =>
+                {
+                    e.txid = None;
+                    e.lsn = None;
+                    Some(Arc::new(Committed {
+                        seq: 0,
+                        tenant: tenant.clone(),
+                        topic: e.topic.clone(),
+                        event_type: e.event_type.clone(),
+                        body: Bytes::from(e.envelope_json(0, tenant)),
+                        commit_micros: self.now,
+                    }))
+                }
+                _ => None,
+            };
+            out.push(PageRow { values, event });
+        }
+        Ok(out)
+    }
+
+    /// Ends the snapshot, waits until the log holds everything it saw, and
+    /// returns the hand-over seq `H` and the table's changes in `(S, H]`
+    /// it did not see.
+    pub(super) async fn finish(
+        self,
+        ctx: &LiveConfig,
+        tenant: &TenantId,
+        table: &LiveTable,
+    ) -> Result<(i64, Vec<Arc<Committed>>), LiveError> {
+        drop(self.client);
+        let handover = wait_for_log(ctx, self.mark).await?;
+        let changes = changes_between(
+            ctx,
+            tenant,
+            table,
+            self.start_seq,
+            handover,
+            Some(&self.visibility),
+        )
+        .await?;
+        Ok((handover, changes))
+    }
+}
+
+/// Reads the tenant's rows of the table in primary-key pages at a
+/// snapshot, then the log up to the hand-over.
 async fn read(
     ctx: &LiveConfig,
     tenant: &TenantId,
@@ -395,108 +627,24 @@ async fn read(
     filter: Option<&Filter>,
     shows: &(dyn Fn(&str) -> bool + Sync),
 ) -> Result<Shape, LiveError> {
-    let source_down = |_| LiveError::Unavailable("the source database");
-    let start_seq = ctx.durable.borrow().last_seq;
-    let client = crate::log::connect_as(&ctx.source_url, "sluice-live")
-        .await
-        .map_err(source_down)?;
-    let info = table_info(&client, &table.schema, &table.table)
-        .await
-        .map_err(|e| db("the source database", &e))?
-        .ok_or_else(|| {
-            LiveError::Table(format!(
-                "table {}.{} does not exist",
-                table.schema, table.table
-            ))
-        })?;
-    if info.primary_key.is_empty() {
-        return Err(LiveError::Table(format!(
-            "table {}.{} has no primary key; a live query reads it in key order",
-            table.schema, table.table
-        )));
-    }
-    let Some(tenant_at) = info
-        .relation
-        .columns
-        .iter()
-        .position(|c| c.name == table.rule.tenant_column)
-    else {
-        return Err(LiveError::Table(format!(
-            "table {}.{} has no column {}",
-            table.schema, table.table, table.rule.tenant_column
-        )));
+    let mut snap = Snapshot::begin(ctx, table).await?;
+    let first_param = 2 + snap.info.primary_key.len();
+    let pushed = {
+        let columns = snap.columns(table, shows);
+        filter.and_then(|f| f.pushdown(&columns, first_param))
     };
-    // The pipeline's normalizer, so a row reads exactly as a change does.
-    let mut catalog = Catalog::new(client);
-    let resolved = catalog
-        .resolve(info.relation.clone(), Some(table.rule.clone()))
-        .await
-        .map_err(|e| LiveError::Table(e.to_string()))?;
-    drop(catalog);
-    let mut normalizer = Normalizer::new(&ctx.event_source);
-    normalizer.set_relation(resolved);
-
-    let columns: Vec<PushedColumn<'_>> = info
-        .relation
-        .columns
-        .iter()
-        .zip(&info.type_names)
-        .map(|(c, t)| PushedColumn {
-            name: &c.name,
-            type_name: t,
-            // A fields-only table's events carry no row to test.
-            visible: !table.rule.fields_only && shows(&c.name),
-        })
-        .collect();
-    let first_param = 2 + info.primary_key.len();
-    let pushed = filter.and_then(|f| f.pushdown(&columns, first_param));
-
-    let mut client = crate::log::connect_as(&ctx.source_url, "sluice-live")
-        .await
-        .map_err(source_down)?;
-    let outputs = output_functions(&client, &info).await?;
-    let sql = page_sql(
-        &info,
-        &outputs,
-        tenant_at,
-        pushed.as_ref().map(|p| p.sql.as_str()),
-    );
-    let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(|e| db("the source database", &e))?;
-    tx.batch_execute(&format!(
-        "{SESSION_SETTINGS}; SET LOCAL statement_timeout = {}",
-        ctx.statement_timeout_ms
-    ))
-    .await
-    .map_err(|e| db("the source database", &e))?;
-    let snapshot: String = tx
-        .query_one("SELECT txid_current_snapshot()::text", &[])
-        .await
-        .map_err(|e| db("the source database", &e))?
-        .get(0);
-    let visibility = Visibility::parse(&snapshot)
-        .ok_or(LiveError::Unavailable("the source database's snapshot"))?;
-    let mark = heartbeat(ctx).await?;
-
-    let now = chrono::Utc::now().timestamp_micros();
-    let txc = TxContext::new(0, 0, now);
-    let mut after: Option<Vec<Option<String>>> = None;
-    let mut rows_out = Vec::new();
-    let mut n: u64 = 0;
+    let sql = page_sql(&snap, pushed.as_ref().map(|p| p.sql.as_str()));
     let pushed_params: Vec<Option<String>> = pushed
         .as_ref()
         .map(|p| p.params.iter().cloned().map(Some).collect())
         .unwrap_or_default();
+    let mut after: Option<Vec<Option<String>>> = None;
+    let mut rows_out = Vec::new();
     loop {
         let mut params: Vec<Option<String>> = vec![Some(tenant.as_str().to_owned())];
         match &after {
             Some(a) => params.extend(a.iter().cloned()),
-            None => params.extend(info.primary_key.iter().map(|_| None)),
+            None => params.extend(snap.info.primary_key.iter().map(|_| None)),
         }
         params.extend(pushed_params.iter().cloned());
         let query = if after.is_some() {
@@ -504,65 +652,27 @@ async fn read(
         } else {
             &sql.first
         };
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-            .iter()
-            .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect();
-        let rows = tx
-            .query(query.as_str(), &refs)
-            .await
-            .map_err(|e| db("the source database", &e))?;
+        let rows = snap.page(query, &params, tenant).await?;
         let last = rows.len() < PAGE_ROWS as usize;
-        for row in &rows {
-            let tuple = Tuple(
-                (0..info.relation.columns.len())
-                    .map(|i| match row.get::<_, Option<&str>>(i) {
-                        Some(v) => Datum::Text(Bytes::copy_from_slice(v.as_bytes())),
-                        None => Datum::Null,
-                    })
-                    .collect(),
-            );
+        for row in rows {
             after = Some(
-                info.primary_key
+                snap.info
+                    .primary_key
                     .iter()
-                    .map(|&i| row.get::<_, Option<String>>(i))
+                    .map(|&i| row.values[i].clone())
                     .collect(),
             );
-            n += 1;
-            let Outcome::Event(mut e) = normalizer.snapshot(&txc, n, info.relation.id, &tuple)
-            else {
-                continue;
-            };
-            // The row's own tenant, as the pipeline reads it: the query
-            // asked for the credential's, and nothing else goes out.
-            if !matches!(&e.audience, crate::event::Audience::Tenant(t) if t == tenant) {
-                continue;
-            }
-            e.txid = None;
-            e.lsn = None;
+            let Some(event) = row.event else { continue };
             if rows_out.len() as u64 >= ctx.max_rows {
                 return Err(LiveError::TooLarge(ctx.max_rows));
             }
-            rows_out.push(Arc::new(Committed {
-                seq: 0,
-                tenant: tenant.clone(),
-                topic: e.topic.clone(),
-                event_type: e.event_type.clone(),
-                body: Bytes::from(e.envelope_json(0, tenant)),
-                commit_micros: now,
-            }));
+            rows_out.push(event);
         }
         if last {
             break;
         }
     }
-    drop(tx);
-    drop(client);
-
-    let handover = wait_for_log(ctx, mark).await?;
-    // (S, H] of this table: what the snapshot did not see.
-    let changes =
-        changes_between(ctx, tenant, table, start_seq, handover, Some(&visibility)).await?;
+    let (handover, changes) = snap.finish(ctx, tenant, table).await?;
     Ok(Shape {
         rows: rows_out,
         changes,
@@ -654,32 +764,19 @@ async fn output_functions(
         .collect()
 }
 
-fn page_sql(
-    info: &TableInfo,
-    outputs: &[String],
-    tenant_at: usize,
-    pushed: Option<&str>,
-) -> PageSql {
+fn page_sql(snap: &Snapshot, pushed: Option<&str>) -> PageSql {
+    let info = &snap.info;
     let cols = &info.relation.columns;
-    // Qualified with the table's alias, so the ORDER BY and the bound
-    // always compare the columns, never an output column of the same name.
-    // `outputs` are the server's own (regproc) names.
-    let select: Vec<String> = cols
-        .iter()
-        .zip(outputs)
-        .map(|(c, out)| format!("textin({out}(t.{}))", quote_ident(&c.name)))
-        .collect();
     let key: Vec<String> = info
         .primary_key
         .iter()
         .map(|&i| format!("t.{}", quote_ident(&cols[i].name)))
         .collect();
     let mut base = format!(
-        "SELECT {} FROM {} AS t WHERE t.{} = $1::text::{}",
-        select.join(", "),
-        info.qualified(),
-        quote_ident(&cols[tenant_at].name),
-        info.type_names[tenant_at]
+        "{} WHERE t.{} = $1::text::{}",
+        snap.select_from(),
+        quote_ident(&cols[snap.tenant_at].name),
+        info.type_names[snap.tenant_at]
     );
     if let Some(p) = pushed {
         base.push_str(&format!(" AND ({p})"));

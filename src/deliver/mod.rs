@@ -10,6 +10,7 @@
 
 pub mod follow;
 pub mod live;
+pub mod live_top;
 pub mod ndjson;
 pub mod publish;
 pub mod sse;

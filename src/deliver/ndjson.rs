@@ -166,13 +166,14 @@ const LIVE_CHUNK: usize = 256;
 /// NDJSON of a live query (`snapshot=true`): its rows (`row.snapshot`
 /// envelopes) and the changes up to the hand-over, then
 /// `{"synced":true,"seq":H,"next_from":H+1}`; with `follow`, the tail from
-/// `H + 1`, else the end. An error ends it with `{"error":{…}}` (no
+/// `H + 1` (a `top` query's own changes), else the end. An error ends it with `{"error":{…}}` (no
 /// `next_from`: before `synced` there is nothing to resume from).
 pub fn live(
     streams: Streams,
     req: EventRange,
     items: tokio::sync::mpsc::Receiver<Result<LiveItem, LiveError>>,
     follow: bool,
+    top: bool,
     credential: CredentialWatch,
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
     enum Phase {
@@ -185,6 +186,7 @@ pub fn live(
         req: EventRange,
         items: tokio::sync::mpsc::Receiver<Result<LiveItem, LiveError>>,
         follow: bool,
+        top: bool,
         credential: CredentialWatch,
     }
     let rows = LiveRows {
@@ -192,6 +194,7 @@ pub fn live(
         req,
         items,
         follow,
+        top,
         credential,
     };
     stream::unfold(Phase::Rows(Box::new(rows)), |phase| async move {
@@ -230,6 +233,10 @@ pub fn live(
                     );
                     if !r.follow {
                         return Some((Ok(Bytes::from(out)), Phase::Done));
+                    }
+                    if r.top {
+                        // A top-N query's changes come on `items` too.
+                        return Some((Ok(Bytes::from(out)), Phase::Rows(r)));
                     }
                     let LiveRows {
                         streams,

@@ -68,8 +68,11 @@ pub struct SseSession {
 /// that goes on from it.
 pub struct LivePhase {
     pub items: tokio::sync::mpsc::Receiver<Result<LiveItem, LiveError>>,
-    /// The follower from a seq on (the hand-over's next).
-    pub then: Box<dyn FnOnce(i64) -> Follower + Send + Sync>,
+    /// The follower from a seq on (the hand-over's next); `None`: the
+    /// items go on after `synced` (a top-N query's changes).
+    pub then: Option<Box<dyn FnOnce(i64) -> Follower + Send + Sync>>,
+    /// `synced` was sent: changes from here on carry their `id:`.
+    pub synced: bool,
 }
 
 impl Drop for SseSession {
@@ -126,11 +129,19 @@ impl SseSession {
         match item {
             Some(Ok(LiveItem::Row(e) | LiveItem::Change(e))) => {
                 self.metrics.sse_events.fetch_add(1, Ordering::Relaxed);
+                if self.live.as_ref().is_some_and(|l| l.synced) {
+                    self.metrics.sse_latency.observe_since(e.commit_micros);
+                    return event_frame(e.seq, self.event_type(&e.event_type), &e.body);
+                }
                 unnumbered_frame(self.event_type(&e.event_type), &e.body)
             }
             Some(Ok(LiveItem::Synced(handover))) => {
-                if let Some(live) = self.live.take() {
-                    self.follower = (live.then)(handover + 1);
+                if let Some(live) = &mut self.live {
+                    live.synced = true;
+                    if let Some(then) = live.then.take() {
+                        self.follower = then(handover + 1);
+                        self.live = None;
+                    }
                 }
                 Bytes::from(format!(
                     "id: {handover}\nevent: synced\ndata: {}\n\n",

@@ -60,6 +60,8 @@ pub struct WsContext {
     pub groups_pool: deadpool_postgres::Pool,
     /// Live queries (`"snapshot": true`).
     pub live: Arc<super::live::Live>,
+    /// The largest top-N limit (`http.max_top_rows`).
+    pub max_top_rows: usize,
 }
 
 struct Session {
@@ -363,7 +365,7 @@ impl Session {
         id: String,
         selector: crate::subscription::Selector,
         from: Option<i64>,
-        snapshot: Option<String>,
+        snapshot: Option<proto::LiveSubscription>,
     ) -> Result<String, ProtocolError> {
         let Some((identity, tenant)) = &self.who else {
             return Err(
@@ -411,25 +413,61 @@ impl Session {
             }
         }
         let ack = proto::subscribed_frame(&id);
-        // A live query resumed with `from` goes on with changes only.
-        if let (Some(table), None) = (&snapshot, from) {
-            let Some(table) = self.ctx.live.table(table) else {
+        if let Some(live) = &snapshot {
+            let Some(table) = self.ctx.live.table(&live.table) else {
                 return Err(ProtocolError::new(
                     code::UNKNOWN_TABLE,
-                    format!("{table:?} is not a captured table"),
+                    format!("{:?} is not a captured table", live.table),
                 )
                 .with_id(id));
             };
-            let items = self.ctx.live.start(tenant.clone(), access.clone(), table);
-            self.pending = Some((
-                id,
-                Pending::Live(LiveStart {
-                    items,
-                    tenant: tenant.clone(),
-                    access,
-                }),
-            ));
-            return Ok(ack);
+            let top = match (&live.order_by, live.limit) {
+                (None, None) => None,
+                (None, Some(_)) => {
+                    return Err(ProtocolError::new(
+                        code::INVALID_MESSAGE,
+                        "limit: a live query's limit needs order_by (a top-N query)",
+                    )
+                    .with_id(id))
+                }
+                (Some(o), limit) => Some(
+                    super::live_top::TopSpec::parse(o, limit, self.ctx.max_top_rows).map_err(
+                        |m| ProtocolError::new(code::INVALID_MESSAGE, m).with_id(id.clone()),
+                    )?,
+                ),
+            };
+            // A top-N query's window lives in its task: resumed or not, it
+            // starts with its rows. Any other live query resumed with
+            // `from` goes on with changes only.
+            let items = match (top, from) {
+                (Some(spec), _) => Some((
+                    self.ctx.live.start_top(
+                        self.ctx.streams.clone(),
+                        tenant.clone(),
+                        access.clone(),
+                        table,
+                        spec,
+                    ),
+                    true,
+                )),
+                (None, None) => Some((
+                    self.ctx.live.start(tenant.clone(), access.clone(), table),
+                    false,
+                )),
+                (None, Some(_)) => None,
+            };
+            if let Some((items, top)) = items {
+                self.pending = Some((
+                    id,
+                    Pending::Live(LiveStart {
+                        items,
+                        tenant: tenant.clone(),
+                        access,
+                        top,
+                    }),
+                ));
+                return Ok(ack);
+            }
         }
         let follower =
             self.ctx
@@ -629,6 +667,9 @@ async fn forward_live(
                 let _ = tx
                     .send(Out::Text(Utf8Bytes::from(proto::synced_frame(&id, h))))
                     .await;
+                if live.top {
+                    continue;
+                }
                 break h;
             }
             Some(Err(e)) => {
@@ -765,6 +806,8 @@ struct LiveStart {
     items: mpsc::Receiver<Result<super::live::LiveItem, super::live::LiveError>>,
     tenant: TenantId,
     access: Arc<crate::policy::Access>,
+    /// A top-N query: its changes keep coming on `items` after `synced`.
+    top: bool,
 }
 
 /// A group subscription's work loop settings.

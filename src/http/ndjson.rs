@@ -41,6 +41,7 @@ const LIST_PARAMS: &[&str] = &[
     "format",
     "follow",
     "snapshot",
+    "order_by",
 ];
 
 pub fn router() -> Router<AppState> {
@@ -117,6 +118,10 @@ async fn list(
             ));
         }
         for bounded in ["to", "limit", "types", "since", "until"] {
+            // With order_by, limit is the N of a top-N query.
+            if bounded == "limit" && p.one("order_by")?.is_some() {
+                continue;
+            }
             if p.one(bounded)?.is_some() {
                 return Err(ApiError::bad_param(
                     bounded,
@@ -129,10 +134,12 @@ async fn list(
     } else {
         None
     };
+    let top = state.top_spec(p.one("order_by")?, limit, snapshot, "limit")?;
     let mut access = state.access(&identity, selector)?;
     // A live query's filter keeps its view exact, resumed or not.
     access.membership = snapshot;
-    let resumed = p.one("from")?.is_some();
+    // A top-N query starts with its rows, resumed or not.
+    let resumed = p.one("from")?.is_some() && top.is_none();
     let req = EventRange {
         tenant,
         from: p.from("from")?.unwrap_or(1),
@@ -148,16 +155,22 @@ async fn list(
             &identity,
             Duration::from_secs(state.config.auth.revocation_check_secs),
         );
-        let items = state.live.start(
-            req.tenant.clone(),
-            std::sync::Arc::new(req.access.clone()),
-            table,
-        );
+        let access = std::sync::Arc::new(req.access.clone());
+        let (items, top) = match top {
+            Some(spec) => (
+                state
+                    .live
+                    .start_top(state.streams(), req.tenant.clone(), access, table, spec),
+                true,
+            ),
+            None => (state.live.start(req.tenant.clone(), access, table), false),
+        };
         let body = Body::from_stream(ndjson::live(
             state.streams(),
             req,
             items,
             follow,
+            top,
             credential,
         ));
         let mut resp = body.into_response();

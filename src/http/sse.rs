@@ -31,6 +31,8 @@ const PARAMS: &[&str] = &[
     "from",
     "mode",
     "snapshot",
+    "order_by",
+    "limit",
 ];
 
 /// The SSE route (the lean connection path in `conn` serves it too).
@@ -104,6 +106,13 @@ pub async fn open(
     } else {
         None
     };
+    let limit = match params.one("limit")? {
+        None => None,
+        Some(v) => Some(v.parse::<i64>().map_err(|_| {
+            ApiError::bad_param("limit", format!("expected a whole number, got {v:?}"))
+        })?),
+    };
+    let top = state.top_spec(params.one("order_by")?, limit, snapshot, "limit")?;
     let mut access = state.access(&identity, params.selector(&state.captured_tables())?)?;
     // A live query's filter keeps its view exact (rows leave it too),
     // whether it starts with the rows or resumes after `synced`.
@@ -126,6 +135,24 @@ pub async fn open(
         &identity,
         Duration::from_secs(state.config.auth.revocation_check_secs),
     );
+    if let (Some(table), Some(spec)) = (&live_table, top) {
+        // A top-N query's window lives in its task: a reconnect, resumed or
+        // not, starts it over with its rows.
+        let items = state.live.start_top(
+            streams.clone(),
+            tenant.clone(),
+            access.clone(),
+            table.clone(),
+            spec,
+        );
+        let idle = streams.follower(tenant, access, Start::At(i64::MAX));
+        let session = SseSession::new(&streams, idle, credential, mode, state.config.http.retry_ms);
+        return Ok(session.with_live(LivePhase {
+            items,
+            then: None,
+            synced: false,
+        }));
+    }
     let live = match live_table {
         // A resumed live query goes on with changes only.
         Some(table) if !resumed => Some(table),
@@ -148,6 +175,9 @@ pub async fn open(
     let session = SseSession::new(&streams, idle, credential, mode, state.config.http.retry_ms);
     Ok(session.with_live(LivePhase {
         items,
-        then: Box::new(move |from| then_streams.follower(tenant, access, Start::At(from))),
+        then: Some(Box::new(move |from| {
+            then_streams.follower(tenant, access, Start::At(from))
+        })),
+        synced: false,
     }))
 }

@@ -131,6 +131,42 @@ impl AppState {
         })
     }
 
+    /// A top-N live query's spec from `order_by` and `limit` (`limit_param`
+    /// names the limit in errors), if one was asked for.
+    pub fn top_spec(
+        &self,
+        order_by: Option<&str>,
+        limit: Option<i64>,
+        snapshot: bool,
+        limit_param: &str,
+    ) -> Result<Option<crate::deliver::live_top::TopSpec>, super::ApiError> {
+        let Some(order_by) = order_by else {
+            if limit.is_some() && snapshot {
+                return Err(super::ApiError::bad_param(
+                    limit_param,
+                    "limit in a live query needs order_by (a top-N query)",
+                ));
+            }
+            return Ok(None);
+        };
+        if !snapshot {
+            return Err(super::ApiError::bad_param(
+                "order_by",
+                "order_by is for live queries: add snapshot=true",
+            ));
+        }
+        crate::deliver::live_top::TopSpec::parse(order_by, limit, self.config.http.max_top_rows)
+            .map(Some)
+            .map_err(|m| {
+                let param = if m.starts_with("limit") || m.contains("needs limit") {
+                    limit_param
+                } else {
+                    "order_by"
+                };
+                super::ApiError::bad_param(param, m)
+            })
+    }
+
     /// What publishing custom events needs.
     pub fn publisher(&self) -> crate::deliver::publish::Publisher {
         crate::deliver::publish::Publisher {

@@ -34,6 +34,7 @@ fn context(state: &AppState) -> WsContext {
         groups: state.groups.clone(),
         groups_pool: state.groups_pool.clone(),
         live: state.live.clone(),
+        max_top_rows: state.config.http.max_top_rows,
     }
 }
 

@@ -98,6 +98,17 @@ pub struct GroupSubscription {
 /// Most deliveries in one `ack` or `nack`.
 pub const MAX_SETTLE: usize = 1000;
 
+/// What a live query subscription asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveSubscription {
+    /// The one table (`schema.table`).
+    pub table: String,
+    /// A top-N query's `order_by` and `limit`, as given (checked against
+    /// the table when it starts).
+    pub order_by: Option<String>,
+    pub limit: Option<i64>,
+}
+
 /// A client message, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMessage {
@@ -120,9 +131,9 @@ pub enum ClientMessage {
         /// `from`: the group has its own), and how many of its messages may
         /// be unacknowledged on this subscription at once.
         group: Option<GroupSubscription>,
-        /// A live query (`"snapshot": true`) of this table: its current
-        /// rows, `synced`, then its changes (with `from`: changes only).
-        snapshot: Option<String>,
+        /// A live query (`"snapshot": true`): its current rows, `synced`,
+        /// then its changes (with `from`: changes only).
+        snapshot: Option<LiveSubscription>,
     },
     /// Acknowledge deliveries of a group subscription.
     Ack {

@@ -115,6 +115,8 @@ impl MessageType {
                 "group",
                 "max_in_flight",
                 "snapshot",
+                "order_by",
+                "limit",
             ],
             MessageType::Unsubscribe => &["id"],
             MessageType::Publish => &["event", "data", "subject"],
@@ -314,7 +316,31 @@ fn parse_typed(
                         .iter()
                         .any(|k| m.optional(k).is_some());
                     match tables.as_slice() {
-                        [(_, table)] if !others => Some((*table).to_owned()),
+                        [(_, table)] if !others => Some(super::LiveSubscription {
+                            table: (*table).to_owned(),
+                            order_by: match m.optional("order_by") {
+                                None => None,
+                                Some(Value::String(s)) => Some(s.clone()),
+                                Some(other) => {
+                                    return Err(m.invalid(format!(
+                                        "order_by: expected a column name (with - for descending), found {}",
+                                        kind_of(other)
+                                    )))
+                                }
+                            },
+                            limit: match m.optional("limit") {
+                                None => None,
+                                Some(v) => match v.as_i64() {
+                                    Some(n) => Some(n),
+                                    None => {
+                                        return Err(m.invalid(format!(
+                                            "limit: expected a whole number, found {}",
+                                            kind_of(v)
+                                        )))
+                                    }
+                                },
+                            },
+                        }),
                         _ => {
                             return Err(m.invalid(
                                 "snapshot: a live query reads exactly one table: give one \"table\" and no topic, topics, collection or group",
@@ -329,6 +355,13 @@ fn parse_typed(
                     )))
                 }
             };
+            if snapshot.is_none()
+                && (m.optional("order_by").is_some() || m.optional("limit").is_some())
+            {
+                return Err(
+                    m.invalid("order_by and limit are for live queries: add \"snapshot\": true")
+                );
+            }
             Ok(ClientMessage::Subscribe {
                 id,
                 selector,

@@ -269,7 +269,7 @@ pub(super) fn error_cases() -> Vec<(String, &'static str, Option<&'static str>, 
             r#"{"type":"subscribe","id":"s1","topicz":"a"}"#.into(),
             code::INVALID_MESSAGE,
             Some("s1"),
-            "unknown member \"topicz\" in a subscribe message; accepted: type, id, topic, topics, table, collection, filter, from, group, max_in_flight, snapshot"
+            "unknown member \"topicz\" in a subscribe message; accepted: type, id, topic, topics, table, collection, filter, from, group, max_in_flight, snapshot, order_by, limit"
                 .into(),
         ),
         (
@@ -294,7 +294,7 @@ pub(super) fn error_cases() -> Vec<(String, &'static str, Option<&'static str>, 
             r#"{"type":"subscribe","id":"s1","tenant":"other"}"#.into(),
             code::INVALID_MESSAGE,
             Some("s1"),
-            "unknown member \"tenant\" in a subscribe message; accepted: type, id, topic, topics, table, collection, filter, from, group, max_in_flight, snapshot"
+            "unknown member \"tenant\" in a subscribe message; accepted: type, id, topic, topics, table, collection, filter, from, group, max_in_flight, snapshot, order_by, limit"
                 .into(),
         ),
         (

@@ -125,7 +125,7 @@ fn compare(a: &Value, b: &Value) -> Option<Ordering> {
 /// Byte-wise, except for two timestamps of the same shape, whose fractions
 /// of a second compare as digits padded with zeros (`30Z` < `30.5Z`, where
 /// bytes would put `.` before `Z`).
-fn compare_strings(a: &str, b: &str) -> Ordering {
+pub(super) fn compare_strings(a: &str, b: &str) -> Ordering {
     match (timestamp_parts(a), timestamp_parts(b)) {
         (Some((ha, fa, za)), Some((hb, fb, zb))) if za == zb => ha.cmp(hb).then_with(|| {
             (0..fa.len().max(fb.len()))

@@ -77,6 +77,20 @@ mod parse;
 mod sql;
 
 pub use ast::Filter;
+
+/// Exact decimal order of two numbers or numeric strings (`"150.00"` and
+/// `150` are equal), as the filter compares them; `None` when either is
+/// not numeric.
+pub fn compare_numbers(a: &serde_json::Value, b: &serde_json::Value) -> Option<std::cmp::Ordering> {
+    Some(eval::numeric(a)?.cmp(&eval::numeric(b)?))
+}
+
+/// The order of two of Sluice's timestamps or dates (chronological,
+/// fractions compared as digits padded with zeros), as the filter compares
+/// them; other strings by bytes.
+pub fn compare_times(a: &str, b: &str) -> std::cmp::Ordering {
+    eval::compare_strings(a, b)
+}
 pub use sql::PushedColumn;
 
 /// Largest filter accepted, in bytes of JSON.
