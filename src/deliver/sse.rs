@@ -167,6 +167,16 @@ impl SseSession {
         }
     }
 
+    /// `data` with `resume_from`, where there is a position to resume
+    /// from (not in a live query's initial part, nor in a top-N query,
+    /// which starts over on every connection).
+    fn with_resume(&self, mut data: serde_json::Value) -> serde_json::Value {
+        if self.live.is_none() {
+            data["resume_from"] = self.follower.position().into();
+        }
+        data
+    }
+
     /// The stream's first frame: the reconnection delay hint.
     pub fn retry_hint(&self) -> Bytes {
         Bytes::from(format!("retry: {}\n\n", self.retry_ms))
@@ -205,39 +215,28 @@ impl SseSession {
         }
         let shutdown = self.shutdown.clone();
         let frame = loop {
-            if let Some(live) = &mut self.live {
-                tokio::select! {
-                    item = live.items.recv() => break self.live_frame(item),
-                    () = self.idle.as_mut() => {
-                        let due = self.last_sent + self.heartbeat;
-                        if due > tokio::time::Instant::now() {
-                            self.idle.as_mut().reset(due);
-                            continue;
-                        }
-                        break Bytes::from_static(b": keepalive\n\n");
-                    }
-                    end = self.credential.ended() => {
-                        self.done = true;
-                        break control_frame(end.code(), serde_json::json!({"code": end.code(), "message": end.message()}));
-                    }
-                    () = shutdown.cancelled() => {
-                        self.done = true;
-                        break control_frame("shutdown", serde_json::json!({"code": "shutdown"}));
-                    }
+            // A live query's items until `synced` (a top-N query's for
+            // good), else the follower's events.
+            let (live, follower) = (&mut self.live, &mut self.follower);
+            let next = async move {
+                match live {
+                    Some(l) => Next::Live(l.items.recv().await),
+                    None => Next::Follow(follower.next().await),
                 }
-            }
+            };
             tokio::select! {
-                next = self.follower.next() => break match next {
-                    Ok(e) => {
+                next = next => break match next {
+                    Next::Live(item) => self.live_frame(item),
+                    Next::Follow(Ok(e)) => {
                         self.metrics.sse_events.fetch_add(1, Ordering::Relaxed);
                         self.metrics.sse_latency.observe_since(e.commit_micros);
                         event_frame(e.seq, self.event_type(&e.event_type), &e.body)
                     }
-                    Err(FollowError::Gap { requested, oldest }) => {
+                    Next::Follow(Err(FollowError::Gap { requested, oldest })) => {
                         self.done = true;
                         control_frame("gap", serde_json::json!({"code": "gap", "requested": requested, "oldest": oldest}))
                     }
-                    Err(FollowError::Db(e)) => {
+                    Next::Follow(Err(FollowError::Db(e))) => {
                         tracing::warn!(error = %e, "sse stream cannot read the log; closing it");
                         self.done = true;
                         control_frame("closed", serde_json::json!({"code": "unavailable", "message": "the log cannot be read; reconnect shortly", "resume_from": self.follower.position()}))
@@ -255,11 +254,11 @@ impl SseSession {
                 }
                 end = self.credential.ended() => {
                     self.done = true;
-                    break control_frame(end.code(), serde_json::json!({"code": end.code(), "message": end.message(), "resume_from": self.follower.position()}));
+                    break control_frame(end.code(), self.with_resume(serde_json::json!({"code": end.code(), "message": end.message()})));
                 }
                 () = shutdown.cancelled() => {
                     self.done = true;
-                    break control_frame("shutdown", serde_json::json!({"code": "shutdown", "resume_from": self.follower.position()}));
+                    break control_frame("shutdown", self.with_resume(serde_json::json!({"code": "shutdown"})));
                 }
             }
         };
@@ -268,6 +267,12 @@ impl SseSession {
         self.last_sent = tokio::time::Instant::now();
         Some(frame)
     }
+}
+
+/// What the session waited for.
+enum Next {
+    Live(Option<Result<LiveItem, LiveError>>),
+    Follow(Result<Arc<crate::event::Committed>, FollowError>),
 }
 
 /// Formats one event frame; without a type it has no `event:` line (a

@@ -631,6 +631,14 @@ impl Session {
 
 /// One subscription: follows the log and live hub, queues frames for the
 /// connection until it is aborted or its follower ends.
+/// Ends subscription `id` with `err`: the error frame, then its end.
+async fn end_with_error(tx: &mpsc::Sender<Out>, id: String, err: &ProtocolError) {
+    let _ = tx
+        .send(Out::Text(Utf8Bytes::from(proto::error_frame(err))))
+        .await;
+    let _ = tx.send(Out::Ended(id)).await;
+}
+
 /// A live query's rows and changes as event frames, `synced`, then the
 /// follower from the hand-over ([`forward`]).
 async fn forward_live(
@@ -649,8 +657,7 @@ async fn forward_live(
                 // subscribes again and the read starts over.
                 let err = ProtocolError::new(code::UNAVAILABLE, "the server is shutting down; subscribe again")
                     .with_id(id.clone());
-                let _ = tx.send(Out::Text(Utf8Bytes::from(proto::error_frame(&err)))).await;
-                let _ = tx.send(Out::Ended(id)).await;
+                end_with_error(&tx, id, &err).await;
                 return;
             }
         };
@@ -674,18 +681,12 @@ async fn forward_live(
             }
             Some(Err(e)) => {
                 let err = ProtocolError::live(&id, &e);
-                let _ = tx
-                    .send(Out::Text(Utf8Bytes::from(proto::error_frame(&err))))
-                    .await;
-                let _ = tx.send(Out::Ended(id)).await;
+                end_with_error(&tx, id, &err).await;
                 return;
             }
             None => {
                 let err = ProtocolError::unavailable("the live query").with_id(id.clone());
-                let _ = tx
-                    .send(Out::Text(Utf8Bytes::from(proto::error_frame(&err))))
-                    .await;
-                let _ = tx.send(Out::Ended(id)).await;
+                end_with_error(&tx, id, &err).await;
                 return;
             }
         };
@@ -751,10 +752,7 @@ async fn forward(
                     format!("seq {requested} was pruned by retention; the oldest available is {oldest}; resubscribe"),
                 )
                 .with_id(id.clone());
-                let _ = tx
-                    .send(Out::Text(Utf8Bytes::from(proto::error_frame(&err))))
-                    .await;
-                let _ = tx.send(Out::Ended(id)).await;
+                end_with_error(&tx, id, &err).await;
                 return;
             }
             Err(FollowError::Db(e)) => {
@@ -767,10 +765,7 @@ async fn forward(
                     ),
                 )
                 .with_id(id.clone());
-                let _ = tx
-                    .send(Out::Text(Utf8Bytes::from(proto::error_frame(&err))))
-                    .await;
-                let _ = tx.send(Out::Ended(id)).await;
+                end_with_error(&tx, id, &err).await;
                 return;
             }
         };
@@ -894,10 +889,7 @@ async fn take_work(id: String, work: GroupWork, ctx: WsContext, tx: mpsc::Sender
                     format!("the consumer group {name:?} was deleted"),
                 )
                 .with_id(id.clone());
-                let _ = tx
-                    .send(Out::Text(Utf8Bytes::from(proto::error_frame(&e))))
-                    .await;
-                let _ = tx.send(Out::Ended(id)).await;
+                end_with_error(&tx, id, &e).await;
                 return;
             }
             Err(e) => {
