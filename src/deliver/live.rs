@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch, OnceCell};
+use tokio::sync::{mpsc, watch};
 
 use crate::backfill::{table_info, TableInfo};
 use crate::event::{Committed, TenantId};
@@ -113,19 +113,40 @@ struct ShapeKey {
     visible: String,
 }
 
+/// One read of a shape, shared by its subscribers while it runs and for
+/// the share window after: the rows so far (they go out as they come),
+/// then how it ended.
 struct Slot {
-    cell: OnceCell<Result<Arc<Shape>, LiveError>>,
+    rows: std::sync::RwLock<Vec<Arc<Committed>>>,
+    progress: watch::Sender<Progress>,
 }
 
-/// One read: the snapshot's rows, the log's changes the snapshot did not
-/// see up to the hand-over, and the hand-over seq. Nothing here is held
-/// to a subscriber's policy yet.
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    /// Rows in `Slot::rows` so far.
+    rows: usize,
+    end: Option<Result<Arc<Ending>, LiveError>>,
+}
+
+/// How a read ended: the log's changes the snapshot did not see up to the
+/// hand-over, and the hand-over seq. Nothing here (nor in the rows) is
+/// held to a subscriber's policy yet.
 #[derive(Debug)]
-struct Shape {
-    rows: Vec<Arc<Committed>>,
+struct Ending {
     changes: Vec<Arc<Committed>>,
     handover: i64,
     done: Instant,
+}
+
+impl Slot {
+    /// Whether a subscriber arriving now may take this read.
+    fn shareable(&self, window: Duration) -> bool {
+        match &self.progress.borrow().end {
+            None => true,
+            Some(Ok(e)) => e.done.elapsed() < window,
+            Some(Err(_)) => false,
+        }
+    }
 }
 
 /// The captured table a live query reads.
@@ -206,37 +227,53 @@ impl Live {
         let (tx, rx) = mpsc::channel(256);
         let live = self.clone();
         self.metrics.started.fetch_add(1, Ordering::Relaxed);
+        let slot = self.slot(&tenant, &access, &table);
         tokio::spawn(async move {
-            let result = match live.shape(&tenant, &access, &table).await {
-                Ok(shape) => live.replay(&shape, &tenant, &access, &table, &tx).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = result {
+            if let Err(e) = live.replay(&slot, &tenant, &access, &table, &tx).await {
                 let _ = tx.send(Err(e)).await;
             }
         });
         rx
     }
 
-    /// Sends one subscriber its view of a read, then the log's changes of
-    /// the table since the read's hand-over (a shared read may be a moment
-    /// old): `synced` comes at the log's head as this subscriber found it.
+    /// Sends one subscriber its view of a read, its rows as they come,
+    /// then the log's changes of the table since the read's hand-over (a
+    /// shared read may be a moment old): `synced` comes at the log's head
+    /// as this subscriber found it.
     async fn replay(
         &self,
-        shape: &Shape,
+        slot: &Slot,
         tenant: &TenantId,
         access: &Access,
         table: &LiveTable,
         out: &mpsc::Sender<Result<LiveItem, LiveError>>,
     ) -> Result<(), LiveError> {
-        for row in &shape.rows {
-            if let Some(seen) = access.admit_one(row) {
-                if out.send(Ok(LiveItem::Row(seen))).await.is_err() {
-                    return Ok(());
+        let mut progress = slot.progress.subscribe();
+        let mut sent = 0;
+        let ending = loop {
+            let now = progress.borrow_and_update().clone();
+            while sent < now.rows {
+                let batch: Vec<Arc<Committed>> = {
+                    let rows = slot.rows.read().unwrap_or_else(|p| p.into_inner());
+                    rows[sent..now.rows.min(sent + 256)].to_vec()
+                };
+                sent += batch.len();
+                for row in &batch {
+                    if let Some(seen) = access.admit_one(row) {
+                        if out.send(Ok(LiveItem::Row(seen))).await.is_err() {
+                            return Ok(());
+                        }
+                    }
                 }
             }
-        }
-        for change in &shape.changes {
+            if let Some(end) = now.end {
+                break end?;
+            }
+            if progress.changed().await.is_err() {
+                return Err(LiveError::Unavailable("the live query's read"));
+            }
+        };
+        for change in &ending.changes {
             if let Some(seen) = access.admit_one(change) {
                 if out.send(Ok(LiveItem::Change(seen))).await.is_err() {
                     return Ok(());
@@ -244,10 +281,10 @@ impl Live {
             }
         }
         let head = self.config.durable.borrow().last_seq;
-        let mut synced = shape.handover;
-        if head > shape.handover {
+        let mut synced = ending.handover;
+        if head > ending.handover {
             let changes =
-                changes_between(&self.config, tenant, table, shape.handover, head, None).await?;
+                changes_between(&self.config, tenant, table, ending.handover, head, None).await?;
             for change in &changes {
                 if let Some(seen) = access.admit_one(change) {
                     if out.send(Ok(LiveItem::Change(seen))).await.is_err() {
@@ -262,13 +299,14 @@ impl Live {
     }
 
     /// The read of this shape: one in flight or done within the share
-    /// window, else a new one.
-    async fn shape(
-        &self,
+    /// window, else a new one, started now on a task of its own (it goes
+    /// on if its first subscriber leaves: others may share it).
+    fn slot(
+        self: &Arc<Live>,
         tenant: &TenantId,
-        access: &Access,
+        access: &Arc<Access>,
         table: &LiveTable,
-    ) -> Result<Arc<Shape>, LiveError> {
+    ) -> Arc<Slot> {
         let route = format!("tables/{}.{}", table.schema, table.table);
         let filter = access.selector.filter.as_ref();
         let key = ShapeKey {
@@ -293,50 +331,52 @@ impl Live {
                 .unwrap_or_default(),
         };
         let share = self.config.share;
-        let (slot, fresh) = {
-            let mut shapes = self.shapes.lock().unwrap_or_else(|p| p.into_inner());
-            shapes.retain(|_, s| match s.cell.get() {
-                None => true,
-                Some(Ok(shape)) => shape.done.elapsed() < share,
-                Some(Err(_)) => false,
-            });
-            match shapes.get(&key) {
-                Some(s) => (s.clone(), false),
-                None => {
-                    let s = Arc::new(Slot {
-                        cell: OnceCell::new(),
-                    });
-                    shapes.insert(key.clone(), s.clone());
-                    (s, true)
-                }
-            }
-        };
-        if !fresh {
+        let mut shapes = self.shapes.lock().unwrap_or_else(|p| p.into_inner());
+        shapes.retain(|_, s| s.shareable(share));
+        if let Some(s) = shapes.get(&key) {
             self.metrics.shared.fetch_add(1, Ordering::Relaxed);
+            return s.clone();
         }
-        let shows = |c: &str| access.shows_column(&route, c);
-        let result = slot
-            .cell
-            .get_or_init(|| async {
-                self.metrics.reads.fetch_add(1, Ordering::Relaxed);
-                let r = read(&self.config, tenant, table, filter, &shows).await;
-                if let Ok(s) = &r {
-                    self.metrics
-                        .rows_read
-                        .fetch_add(s.rows.len() as u64, Ordering::Relaxed);
+        let slot = Arc::new(Slot {
+            rows: std::sync::RwLock::new(Vec::new()),
+            progress: watch::channel(Progress::default()).0,
+        });
+        shapes.insert(key, slot.clone());
+        drop(shapes);
+        self.metrics.reads.fetch_add(1, Ordering::Relaxed);
+        let (live, filling) = (self.clone(), slot.clone());
+        let (tenant, access, table) = (tenant.clone(), access.clone(), table.clone());
+        tokio::spawn(async move {
+            /// Ends the read with an error if its task ends without an end
+            /// (a panic): its subscribers must not wait for ever.
+            struct Ends(Arc<Slot>);
+            impl Drop for Ends {
+                fn drop(&mut self) {
+                    self.0.progress.send_if_modified(|p| {
+                        let unset = p.end.is_none();
+                        if unset {
+                            p.end = Some(Err(LiveError::Unavailable("the live query's read")));
+                        }
+                        unset
+                    });
                 }
-                r.map(Arc::new)
-            })
-            .await
-            .clone();
-        if result.is_err() {
-            // A failed read is not handed to anyone who comes later.
-            let mut shapes = self.shapes.lock().unwrap_or_else(|p| p.into_inner());
-            if shapes.get(&key).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
-                shapes.remove(&key);
             }
-        }
-        result
+            let _ends = Ends(filling.clone());
+            let route = format!("tables/{}.{}", table.schema, table.table);
+            let shows = |c: &str| access.shows_column(&route, c);
+            let filter = access.selector.filter.as_ref();
+            let end = read(&live.config, &tenant, &table, filter, &shows, &filling).await;
+            let rows = filling.progress.borrow().rows;
+            live.metrics
+                .rows_read
+                .fetch_add(rows as u64, Ordering::Relaxed);
+            // A failed read is not handed to anyone who comes later
+            // (`shareable`); those reading it get the error.
+            filling
+                .progress
+                .send_modify(|p| p.end = Some(end.map(Arc::new)));
+        });
+        slot
     }
 }
 
@@ -404,22 +444,14 @@ pub(super) struct Snapshot {
     pub(super) tenant_at: usize,
     normalizer: Normalizer,
     visibility: Visibility,
-    mark: u64,
     start_seq: i64,
     now: i64,
     n: u64,
 }
 
-/// One row a page returned: its values as text (for keyset bounds) and its
-/// `row.snapshot` event, if it is a row of the tenant.
-pub(super) struct PageRow {
-    pub(super) values: Vec<Option<String>>,
-    pub(super) event: Option<Arc<Committed>>,
-}
-
 impl Snapshot {
-    /// Describes the table, takes the snapshot and writes the heartbeat
-    /// after it.
+    /// Describes the table and takes the snapshot ([`handover`] writes the
+    /// heartbeat after it, beside the pages).
     pub(super) async fn begin(ctx: &LiveConfig, table: &LiveTable) -> Result<Snapshot, LiveError> {
         let source_down = |_| LiveError::Unavailable("the source database");
         let start_seq = ctx.durable.borrow().last_seq;
@@ -458,13 +490,9 @@ impl Snapshot {
             .resolve(info.relation.clone(), Some(table.rule.clone()))
             .await
             .map_err(|e| LiveError::Table(e.to_string()))?;
-        drop(catalog);
+        let client = catalog.into_client();
         let mut normalizer = Normalizer::new(&ctx.event_source);
         normalizer.set_relation(resolved);
-
-        let client = crate::log::connect_as(&ctx.source_url, "sluice-live")
-            .await
-            .map_err(source_down)?;
         let outputs = output_functions(&client, &info).await?;
         client
             .batch_execute(&format!(
@@ -480,7 +508,6 @@ impl Snapshot {
             .get(0);
         let visibility = Visibility::parse(&snapshot)
             .ok_or(LiveError::Unavailable("the source database's snapshot"))?;
-        let mark = heartbeat(ctx).await?;
         Ok(Snapshot {
             client,
             info,
@@ -488,7 +515,6 @@ impl Snapshot {
             tenant_at,
             normalizer,
             visibility,
-            mark,
             start_seq,
             now: chrono::Utc::now().timestamp_micros(),
             n: 0,
@@ -536,75 +562,105 @@ impl Snapshot {
         )
     }
 
-    /// Runs one page query in the snapshot.
-    pub(super) async fn page(
+    /// Reads the pages of a keyset query in the snapshot: `first` (its
+    /// bound parameters NULL), then `next` bound after the previous page's
+    /// last row (its columns `bound`), until a page is short or `each`
+    /// says stop. `params(bound)` gives a page's parameters. Each page's
+    /// query is sent before the previous page is turned into events, so
+    /// the server reads while Sluice normalizes.
+    pub(super) async fn pages(
         &mut self,
-        sql: &str,
-        params: &[Option<String>],
+        first: &str,
+        next: &str,
+        bound: &[usize],
+        params: impl Fn(Option<&[Option<String>]>) -> Vec<Option<String>>,
         tenant: &TenantId,
-    ) -> Result<Vec<PageRow>, LiveError> {
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-            .iter()
-            .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect();
-        let rows = self
-            .client
-            .query(sql, &refs)
-            .await
-            .map_err(|e| db("the source database", &e))?;
-        let txc = TxContext::new(0, 0, self.now);
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let values: Vec<Option<String>> = (0..self.info.relation.columns.len())
-                .map(|i| row.get::<_, Option<String>>(i))
-                .collect();
-            let tuple = Tuple(
-                values
+        mut each: impl FnMut(Option<Arc<Committed>>) -> Result<bool, LiveError>,
+    ) -> Result<(), LiveError> {
+        let failed = |e: tokio_postgres::Error| db("the source database", &e);
+        let Snapshot {
+            client,
+            info,
+            normalizer,
+            now,
+            n,
+            ..
+        } = self;
+        let first = client.prepare(first).await.map_err(failed)?;
+        let next = client.prepare(next).await.map_err(failed)?;
+        let txc = TxContext::new(0, 0, *now);
+        let mut pending = Box::pin(fetch(client, &first, params(None)));
+        // A page that was already answered when its query was sent.
+        let mut answered = None;
+        loop {
+            let rows = match answered.take() {
+                Some(rows) => rows,
+                None => pending.as_mut().await,
+            }
+            .map_err(failed)?;
+            let more = rows.len() as i64 == PAGE_ROWS;
+            if let (true, Some(last)) = (more, rows.last()) {
+                let after: Vec<Option<String>> = bound
                     .iter()
-                    .map(|v| match v {
-                        Some(v) => Datum::Text(Bytes::copy_from_slice(v.as_bytes())),
-                        None => Datum::Null,
-                    })
-                    .collect(),
-            );
-            self.n += 1;
-            let event = match self
-                .normalizer
-                .snapshot(&txc, self.n, self.info.relation.id, &tuple)
-            {
-                // The row's own tenant, as the pipeline reads it: the
-                // query asked for the credential's, and nothing else goes.
-                Outcome::Event(mut e) if matches!(&e.audience, crate::event::Audience::Tenant(t) if t == tenant) =>
-                {
-                    e.txid = None;
-                    e.lsn = None;
-                    Some(Arc::new(Committed {
-                        seq: 0,
-                        tenant: tenant.clone(),
-                        topic: e.topic.clone(),
-                        event_type: e.event_type.clone(),
-                        body: Bytes::from(e.envelope_json(0, tenant)),
-                        commit_micros: self.now,
-                    }))
+                    .map(|&i| last.get::<_, Option<String>>(i))
+                    .collect();
+                pending = Box::pin(fetch(client, &next, params(Some(&after))));
+                // Polled once: the query is on its way to the server.
+                if let std::task::Poll::Ready(r) = futures_util::poll!(pending.as_mut()) {
+                    answered = Some(r);
                 }
-                _ => None,
-            };
-            out.push(PageRow { values, event });
+            }
+            for row in &rows {
+                let tuple = Tuple(
+                    (0..info.relation.columns.len())
+                        .map(|i| match row.get::<_, Option<&str>>(i) {
+                            Some(v) => Datum::Text(Bytes::copy_from_slice(v.as_bytes())),
+                            None => Datum::Null,
+                        })
+                        .collect(),
+                );
+                *n += 1;
+                let event = match normalizer.snapshot(&txc, *n, info.relation.id, &tuple) {
+                    // The row's own tenant, as the pipeline reads it: the
+                    // query asked for the credential's, and nothing else
+                    // goes.
+                    Outcome::Event(mut e) if matches!(&e.audience, crate::event::Audience::Tenant(t) if t == tenant) =>
+                    {
+                        e.txid = None;
+                        e.lsn = None;
+                        Some(Arc::new(Committed {
+                            seq: 0,
+                            tenant: tenant.clone(),
+                            topic: e.topic.clone(),
+                            event_type: e.event_type.clone(),
+                            body: Bytes::from(e.envelope_json(0, tenant)),
+                            commit_micros: *now,
+                        }))
+                    }
+                    _ => None,
+                };
+                // `each` gets the row's event if it is a row of the tenant.
+                if !each(event)? {
+                    return Ok(());
+                }
+            }
+            if !more {
+                return Ok(());
+            }
         }
-        Ok(out)
     }
 
-    /// Ends the snapshot, waits until the log holds everything it saw, and
-    /// returns the hand-over seq `H` and the table's changes in `(S, H]`
-    /// it did not see.
+    /// Ends the snapshot and returns the table's changes in `(S, H]` it
+    /// did not see, `H` the hand-over ([`handover`], awaited beside the
+    /// pages).
     pub(super) async fn finish(
         self,
         ctx: &LiveConfig,
         tenant: &TenantId,
         table: &LiveTable,
-    ) -> Result<(i64, Vec<Arc<Committed>>), LiveError> {
+        handover: i64,
+    ) -> Result<Vec<Arc<Committed>>, LiveError> {
         drop(self.client);
-        let handover = wait_for_log(ctx, self.mark).await?;
         let changes = changes_between(
             ctx,
             tenant,
@@ -614,8 +670,21 @@ impl Snapshot {
             Some(&self.visibility),
         )
         .await?;
-        Ok((handover, changes))
+        Ok(changes)
     }
+}
+
+/// One page query; the request goes out on the first poll.
+async fn fetch(
+    client: &tokio_postgres::Client,
+    statement: &tokio_postgres::Statement,
+    params: Vec<Option<String>>,
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+        .iter()
+        .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    client.query(statement, &refs).await
 }
 
 /// Reads the tenant's rows of the table in primary-key pages at a
@@ -626,7 +695,8 @@ async fn read(
     table: &LiveTable,
     filter: Option<&Filter>,
     shows: &(dyn Fn(&str) -> bool + Sync),
-) -> Result<Shape, LiveError> {
+    slot: &Slot,
+) -> Result<Ending, LiveError> {
     let mut snap = Snapshot::begin(ctx, table).await?;
     let first_param = 2 + snap.info.primary_key.len();
     let pushed = {
@@ -638,43 +708,50 @@ async fn read(
         .as_ref()
         .map(|p| p.params.iter().cloned().map(Some).collect())
         .unwrap_or_default();
-    let mut after: Option<Vec<Option<String>>> = None;
-    let mut rows_out = Vec::new();
-    loop {
-        let mut params: Vec<Option<String>> = vec![Some(tenant.as_str().to_owned())];
-        match &after {
-            Some(a) => params.extend(a.iter().cloned()),
-            None => params.extend(snap.info.primary_key.iter().map(|_| None)),
+    let keys = snap.info.primary_key.clone();
+    let params = |after: Option<&[Option<String>]>| {
+        let mut p: Vec<Option<String>> = vec![Some(tenant.as_str().to_owned())];
+        match after {
+            Some(a) => p.extend(a.iter().cloned()),
+            None => p.extend(keys.iter().map(|_| None)),
         }
-        params.extend(pushed_params.iter().cloned());
-        let query = if after.is_some() {
-            &sql.next
-        } else {
-            &sql.first
+        p.extend(pushed_params.iter().cloned());
+        p
+    };
+    // Rows go to the slot (and out to its subscribers) page by page, and
+    // the log catches up with the snapshot while the pages are read.
+    let mut page = Vec::new();
+    let mut total: u64 = 0;
+    let publish = |page: &mut Vec<Arc<Committed>>| {
+        if page.is_empty() {
+            return;
+        }
+        let n = {
+            let mut rows = slot.rows.write().unwrap_or_else(|p| p.into_inner());
+            rows.append(page);
+            rows.len()
         };
-        let rows = snap.page(query, &params, tenant).await?;
-        let last = rows.len() < PAGE_ROWS as usize;
-        for row in rows {
-            after = Some(
-                snap.info
-                    .primary_key
-                    .iter()
-                    .map(|&i| row.values[i].clone())
-                    .collect(),
-            );
-            let Some(event) = row.event else { continue };
-            if rows_out.len() as u64 >= ctx.max_rows {
-                return Err(LiveError::TooLarge(ctx.max_rows));
+        slot.progress.send_modify(|p| p.rows = n);
+    };
+    let ((), handover) = tokio::try_join!(
+        snap.pages(&sql.first, &sql.next, &keys, params, tenant, |event| {
+            if let Some(event) = event {
+                total += 1;
+                if total > ctx.max_rows {
+                    return Err(LiveError::TooLarge(ctx.max_rows));
+                }
+                page.push(event);
+                if page.len() as i64 >= PAGE_ROWS {
+                    publish(&mut page);
+                }
             }
-            rows_out.push(event);
-        }
-        if last {
-            break;
-        }
-    }
-    let (handover, changes) = snap.finish(ctx, tenant, table).await?;
-    Ok(Shape {
-        rows: rows_out,
+            Ok(true)
+        }),
+        handover(ctx)
+    )?;
+    publish(&mut page);
+    let changes = snap.finish(ctx, tenant, table, handover).await?;
+    Ok(Ending {
         changes,
         handover,
         done: Instant::now(),
@@ -811,22 +888,41 @@ fn page_sql(snap: &Snapshot, pushed: Option<&str>) -> PageSql {
     }
 }
 
+/// The hand-over of a snapshot taken before: the heartbeat written after
+/// it, then the log's head once the log holds everything before the
+/// heartbeat.
+pub(super) async fn handover(ctx: &LiveConfig) -> Result<i64, LiveError> {
+    let mark = heartbeat(ctx).await?;
+    wait_for_log(ctx, mark).await
+}
+
 /// Writes the heartbeat after the snapshot; returns the WAL position every
 /// commit the snapshot saw is before.
 async fn heartbeat(ctx: &LiveConfig) -> Result<u64, LiveError> {
-    let source = ctx
+    let mut source = ctx
         .source
         .get()
         .await
         .map_err(|_| LiveError::Unavailable("the source database"))?;
-    let row = source
+    let failed = |e: tokio_postgres::Error| db("the source database", &e);
+    // A non-transactional message is not flushed by itself, and the
+    // walsender sends only flushed WAL: it would wait for the WAL writer
+    // (up to wal_writer_delay). The transaction around it takes an xid, so
+    // its commit writes a record after the message and flushes both.
+    let tx = source.transaction().await.map_err(failed)?;
+    tx.batch_execute("SET LOCAL synchronous_commit = on")
+        .await
+        .map_err(failed)?;
+    let row = tx
         .query_one(
             "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint,
-                    pg_logical_emit_message(false, $1::text, ''::text)::text",
+                    pg_logical_emit_message(false, $1::text, ''::text)::text,
+                    pg_current_xact_id()::text",
             &[&HEARTBEAT_PREFIX],
         )
         .await
-        .map_err(|e| db("the source database", &e))?;
+        .map_err(failed)?;
+    tx.commit().await.map_err(failed)?;
     Ok(row.get::<_, i64>(0).max(0) as u64)
 }
 

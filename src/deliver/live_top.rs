@@ -31,7 +31,9 @@ use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
 use super::follow::{FollowError, Start};
-use super::live::{Live, LiveConfig, LiveError, LiveItem, LiveTable, Snapshot, PAGE_ROWS};
+use super::live::{
+    handover, Live, LiveConfig, LiveError, LiveItem, LiveTable, Snapshot, PAGE_ROWS,
+};
 use super::Streams;
 use crate::event::types::{DELETED, ENTERED, INSERTED, LEFT, SNAPSHOT, TRUNCATED, UPDATED};
 use crate::event::{Committed, TenantId};
@@ -615,46 +617,40 @@ impl Live {
             .map(|p| p.params.iter().cloned().map(Some).collect())
             .unwrap_or_default();
         let mut view = TopView::new(spec.clone(), order, keys);
-        let mut after: Option<Vec<Option<String>>> = None;
+        let bound: Vec<usize> = ordered.iter().map(|(i, _)| *i).collect();
+        let params = |after: Option<&[Option<String>]>| {
+            let mut p: Vec<Option<String>> = vec![Some(tenant.as_str().to_owned())];
+            match after {
+                Some(a) => p.extend(a.iter().cloned()),
+                None => p.extend(bound.iter().map(|_| None)),
+            }
+            p.extend(pushed_params.iter().cloned());
+            p
+        };
+        let max_rows = self.config().max_rows;
         let mut read: u64 = 0;
-        loop {
-            let mut params: Vec<Option<String>> = vec![Some(tenant.as_str().to_owned())];
-            match &after {
-                Some(a) => params.extend(a.iter().cloned()),
-                None => params.extend(ordered.iter().map(|_| None)),
-            }
-            params.extend(pushed_params.iter().cloned());
-            let sql = if after.is_some() { &next } else { &first };
-            let rows = snap.page(sql, &params, tenant).await?;
-            let exhausted = rows.len() < PAGE_ROWS as usize;
-            read += rows.len() as u64;
-            if read > self.config().max_rows {
-                return Err(LiveError::TooLarge(self.config().max_rows));
-            }
-            for row in rows {
-                after = Some(
-                    ordered
-                        .iter()
-                        .map(|(i, _)| row.values[*i].clone())
-                        .collect(),
-                );
-                if let Some(seen) = row.event.and_then(|e| access.admit_one(&e)) {
+        let mut full = false;
+        // The log catches up with the snapshot while its pages are read.
+        let ((), handover) = tokio::try_join!(
+            snap.pages(&first, &next, &bound, params, tenant, |event| {
+                read += 1;
+                if read > max_rows {
+                    return Err(LiveError::TooLarge(max_rows));
+                }
+                if let Some(seen) = event.and_then(|e| access.admit_one(&e)) {
                     view.load(seen);
                 }
-            }
-            if view.rows.len() >= spec.capacity() {
-                view.complete = false;
-                break;
-            }
-            if exhausted {
-                view.complete = true;
-                break;
-            }
-        }
+                full = view.rows.len() >= spec.capacity();
+                Ok(!full)
+            }),
+            handover(ctx)
+        )?;
+        // Every row was read unless the window filled first.
+        view.complete = !full;
         self.metrics
             .rows_read
             .fetch_add(read, std::sync::atomic::Ordering::Relaxed);
-        let (handover, changes) = snap.finish(ctx, tenant, table).await?;
+        let changes = snap.finish(ctx, tenant, table, handover).await?;
         Ok((view, handover, changes))
     }
 }

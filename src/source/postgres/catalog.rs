@@ -31,6 +31,11 @@ impl Catalog {
         &self.client
     }
 
+    /// The connection back, for other work once the catalog is read.
+    pub fn into_client(self) -> Client {
+        self.client
+    }
+
     /// The JSON mapping for a type OID.
     pub async fn resolve_type(&mut self, oid: u32) -> Result<PgType, tokio_postgres::Error> {
         self.resolve_type_at(oid, 0).await
