@@ -46,7 +46,7 @@
 //!    `pg_stat_force_next_flush()`): the raw client's connection is closed
 //!    before, Sluice's live reads use connections of their own that close
 //!    after each read, and each sample is taken 2 s after the activity
-//!    before it. A read of N rows is N / 1000 + 1 keyset page queries,
+//!    before it. A read of N rows is N / 2,500 + 1 keyset page queries,
 //!    each one index scan. The bench client runs on the same 2 cores: its
 //!    CPU and Sluice's are printed too. File descriptors: the open-files
 //!    limits are raised as benches/sse_fanout.rs does (`connection_budget`,
@@ -88,6 +88,8 @@ const FD_SLACK: u64 = 200;
 /// How long one subscriber may take to reach `synced`.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// Rows per page of Sluice's initial read (`deliver::live`).
+const LIVE_PAGE_ROWS: u64 = 2500;
 fn table_of(rows: u64) -> String {
     format!("bench_{rows}")
 }
@@ -717,7 +719,7 @@ fn main() {
             fanout_lines.push(format!(
                 "  pg scans per sluice read: {:.1} (a read of {fanout_rows} rows is {} keyset pages)",
                 (scans1 - scans0) as f64 / reads,
-                fanout_rows / 1000 + 1
+                fanout_rows / LIVE_PAGE_ROWS + 1
             ));
         }
         if subscribers < requested {

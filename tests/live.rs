@@ -365,10 +365,10 @@ async fn live_queries_started_during_random_writes_replay_to_the_table() {
     let addr = server.addr;
     let service = key(&db, "acme", Role::Service).await;
     let src = db.client().await;
-    // More rows than one page of the initial read (1,000).
+    // More rows than one page of the initial read (2,500).
     src.batch_execute(
         "INSERT INTO items SELECT g, 'acme', 'u1', CASE WHEN g % 3 = 0 THEN 'open' ELSE 'closed' END, g, 's'
-           FROM generate_series(1, 1500) g;
+           FROM generate_series(1, 2600) g;
          INSERT INTO items SELECT g, 'other', 'u1', 'open', g, 's' FROM generate_series(5001, 5200) g;",
     )
     .await
@@ -400,7 +400,7 @@ async fn live_queries_started_during_random_writes_replay_to_the_table() {
         let mut c = db.client().await;
         tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-            let mut next_id = 2000;
+            let mut next_id = 3000;
             for _ in 0..400 {
                 let tx = c.transaction().await.expect("begin");
                 for _ in 0..rng.gen_range(1..=3) {
@@ -466,7 +466,7 @@ async fn live_queries_started_during_random_writes_replay_to_the_table() {
         log: log_of(addr, &service).await,
     };
     assert!(
-        truth.log.len() > 1700,
+        truth.log.len() > 2800,
         "the log holds the rows and the writes"
     );
     let stored: Vec<i64> = db

@@ -48,7 +48,7 @@ use crate::sql::quote_ident;
 use crate::subscription::filter::{Filter, PushedColumn};
 
 /// Rows read per page of the initial read.
-pub(super) const PAGE_ROWS: i64 = 1000;
+pub(super) const PAGE_ROWS: i64 = 2500;
 /// How long the hand-over may wait for the log to reach the snapshot.
 const HANDOVER_WAIT: Duration = Duration::from_secs(30);
 /// The session settings the values' text forms depend on (as the
