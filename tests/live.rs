@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::http::{get, stream, SseEvent};
 use common::ws::{connect, recv, send};
-use common::{key, poll_until, TestDb, PATIENCE};
+use common::{key, poll_until, serve_items, TestDb, PATIENCE};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
 use sluice::auth::keys::create_key;
@@ -37,23 +37,6 @@ fn enc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-async fn serve(
-    db: &TestDb,
-    extra: &[(&str, &str)],
-) -> (sluice::server::Server, tokio_util::sync::CancellationToken) {
-    let mut env = vec![
-        ("SLUICE_HTTP_LISTEN", "127.0.0.1:0"),
-        ("SLUICE_POLICIES", POLICIES),
-    ];
-    env.extend_from_slice(extra);
-    let config = db.config_with(&[("public.items", "tenant")], &env);
-    let token = tokio_util::sync::CancellationToken::new();
-    let server = sluice::server::start(config, token.clone())
-        .await
-        .expect("server starts");
-    (server, token)
-}
-
 async fn setup(
     prefix: &str,
     extra: &[(&str, &str)],
@@ -68,7 +51,10 @@ async fn setup(
         .batch_execute(ITEMS)
         .await
         .expect("schema");
-    let (server, token) = serve(&db, extra).await;
+    // `public.items` captured, with the members' policy.
+    let mut env = vec![("SLUICE_POLICIES", POLICIES)];
+    env.extend_from_slice(extra);
+    let (server, token) = serve_items(&db, &env).await;
     (db, server, token)
 }
 
@@ -191,24 +177,45 @@ impl Walker<'_> {
     }
 }
 
-/// SSE events until the sentinel row arrives (or the stream ends).
+/// SSE events until both `synced` and the sentinel row have come (the
+/// sentinel may be among the rows or a change after `synced`).
 async fn collect_until_sentinel(s: &mut common::http::Stream) -> Vec<SseEvent> {
     let mut out = Vec::new();
-    loop {
-        let Some(ev) = tokio::time::timeout(Duration::from_secs(60), s.next_event())
+    let (mut synced, mut sentinel) = (false, false);
+    while !(synced && sentinel) {
+        let Some(ev) = tokio::time::timeout(PATIENCE, s.next_event())
             .await
-            .expect("the sentinel within 60 s")
+            .expect("synced and the sentinel within the patience window")
         else {
             panic!("the stream ended before the sentinel: {out:?}")
         };
-        let done = ev.event.as_deref() != Some("synced")
-            && serde_json::from_str::<Value>(&ev.data)
+        if ev.event.as_deref() == Some("synced") {
+            synced = true;
+        } else {
+            sentinel |= serde_json::from_str::<Value>(&ev.data)
                 .ok()
                 .is_some_and(|v| v["data"]["key"]["id"] == SENTINEL);
-        out.push(ev);
-        if done {
-            return out;
         }
+        out.push(ev);
+    }
+    out
+}
+
+/// Subscribers that start at points of a writer's progress (not at moments
+/// of a clock): `start(milestone)` waits until the writer has committed
+/// that many transactions, and `started` counts the opened streams.
+#[derive(Clone)]
+struct Milestones {
+    written: tokio::sync::watch::Receiver<usize>,
+    started: tokio::sync::mpsc::Sender<()>,
+}
+
+impl Milestones {
+    async fn start(&mut self, milestone: usize) {
+        self.written
+            .wait_for(|n| *n >= milestone)
+            .await
+            .expect("the writer runs");
     }
 }
 
@@ -375,24 +382,32 @@ async fn live_queries_started_during_random_writes_replay_to_the_table() {
     .expect("rows");
 
     let filter = enc(r#"{"field":"status","op":"eq","value":"open"}"#);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    let (written, progress) = tokio::sync::watch::channel(0usize);
+    let (started, mut opened) = tokio::sync::mpsc::channel(20);
+    let milestones = Milestones {
+        written: progress,
+        started,
+    };
     let mut subscribers = Vec::new();
     for i in 0..20 {
-        // Half filtered, half the whole table; each starts at its moment.
-        let delay = Duration::from_millis(rng.gen_range(0..2500));
+        // Half filtered, half the whole table; subscriber i starts once
+        // the writer has committed 20 × i transactions.
         let path = if i % 2 == 0 {
             format!("/v1/events/subscribe?table=public.items&snapshot=true&filter={filter}")
         } else {
             "/v1/events/subscribe?table=public.items&snapshot=true".to_owned()
         };
         let auth = format!("Bearer {service}");
+        let mut m = milestones.clone();
         subscribers.push(tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
+            m.start(20 * i).await;
             let mut s = stream(addr, &path, &[("authorization", &auth)]).await;
             assert_eq!(s.status, 200);
+            m.started.send(()).await.expect("counted");
             (i % 2 == 0, collect_until_sentinel(&mut s).await)
         }));
     }
+    drop(milestones);
 
     // The writer: 400 transactions of 1 to 3 changes each, in both
     // tenants, moving rows in and out of the filter.
@@ -444,13 +459,16 @@ async fn live_queries_started_during_random_writes_replay_to_the_table() {
                     }
                 }
                 tx.commit().await.expect("commit");
+                written.send_modify(|n| *n += 1);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
     };
     writer.await.expect("writer");
-    // Every subscriber has started before the sentinel goes in.
-    tokio::time::sleep(Duration::from_millis(2600)).await;
+    // Every stream is open before the sentinel goes in.
+    for _ in 0..20 {
+        opened.recv().await.expect("a subscriber started");
+    }
     src.execute(
         "INSERT INTO items VALUES ($1, 'acme', 'u1', 'open', 0, 's')",
         &[&(SENTINEL as i32)],
@@ -505,10 +523,8 @@ async fn live_queries_started_during_random_writes_replay_to_the_table() {
             explain(&db, &logged, &want).await
         );
     }
-    let mut handovers = Vec::new();
     for (filtered, events) in &streams {
-        let (view, h) = check_stream(events, &truth, "acme", *filtered);
-        handovers.push(h);
+        let (view, _) = check_stream(events, &truth, "acme", *filtered);
         // And the end state is the table's, as SQL reads it.
         let got = rows_of(&view.open());
         if got != want {
@@ -518,12 +534,6 @@ async fn live_queries_started_during_random_writes_replay_to_the_table() {
             );
         }
     }
-    handovers.sort_unstable();
-    handovers.dedup();
-    assert!(
-        handovers.len() > 1,
-        "the subscribers started at different log positions: {handovers:?}"
-    );
     token.cancel();
     server.wait().await.expect("server stops cleanly");
 }
@@ -1058,20 +1068,29 @@ async fn a_top_n_live_query_stays_equal_to_rerunning_the_query_while_a_writer_ru
     .expect("rows");
     let filter = enc(r#"{"field":"status","op":"eq","value":"open"}"#);
     let auth = format!("Bearer {service}");
+    let (written, progress) = tokio::sync::watch::channel(0usize);
+    let (started, mut opened) = tokio::sync::mpsc::channel(3);
+    let milestones = Milestones {
+        written: progress,
+        started,
+    };
     let mut subscribers = Vec::new();
-    for (i, delay) in [0u64, 300, 900].into_iter().enumerate() {
+    for (i, milestone) in [0usize, 30, 90].into_iter().enumerate() {
         let path = format!(
             "/v1/events/subscribe?table=public.items&snapshot=true&order_by=-n&limit={}&filter={filter}",
             [5, 3, 10][i]
         );
         let auth = auth.clone();
+        let mut m = milestones.clone();
         subscribers.push(tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
+            m.start(milestone).await;
             let mut s = stream(addr, &path, &[("authorization", &auth)]).await;
             assert_eq!(s.status, 200);
+            m.started.send(()).await.expect("counted");
             collect_until_sentinel(&mut s).await
         }));
     }
+    drop(milestones);
     // A writer that moves rows up and down the order, in and out of the
     // filter, inserts and deletes (the top rows too, so the window runs
     // short and is read again).
@@ -1127,12 +1146,15 @@ async fn a_top_n_live_query_stays_equal_to_rerunning_the_query_while_a_writer_ru
                     }
                 }
                 tx.commit().await.expect("commit");
+                written.send_modify(|n| *n += 1);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
     };
     writer.await.expect("writer");
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for _ in 0..3 {
+        opened.recv().await.expect("a subscriber started");
+    }
     src.execute(
         "INSERT INTO items VALUES ($1, 'acme', 'u1', 'open', 100000, 's')",
         &[&(SENTINEL as i32)],

@@ -9,7 +9,9 @@
 //!    transactions that committed before it.
 //! 3. On another connection, `X = pg_current_wal_insert_lsn()` and a
 //!    heartbeat message are written in one statement: every commit the
-//!    snapshot sees is before `X` in the WAL, and the heartbeat after it.
+//!    snapshot sees is before `X` in the WAL, and the heartbeat after it
+//!    (its transaction's commit flushes it). This and step 5 run while
+//!    step 4 reads.
 //! 4. The snapshot's rows of the tenant are read in primary-key pages
 //!    (parameterised: the tenant and the keyset bound are parameters), each
 //!    row turned into a `row.snapshot` envelope by the pipeline's own
@@ -282,7 +284,10 @@ impl Live {
         }
         let head = self.config.durable.borrow().last_seq;
         let mut synced = ending.handover;
-        if head > ending.handover {
+        // A read a moment old is brought up to the head here; one far
+        // behind hands over at its own `H` and the follower catches up from
+        // the log page by page (nothing large is held per subscriber).
+        if head > ending.handover && head - ending.handover <= PAGE_ROWS {
             let changes =
                 changes_between(&self.config, tenant, table, ending.handover, head, None).await?;
             for change in &changes {
@@ -759,7 +764,8 @@ async fn read(
 }
 
 /// The log's events of the tenant's `table` in `(after, upto]`, without
-/// those of transactions `seen` saw.
+/// those of transactions `seen` saw; more than `http.max_snapshot_rows` of
+/// them is [`LiveError::TooLarge`] (they are held in memory).
 async fn changes_between(
     ctx: &LiveConfig,
     tenant: &TenantId,
@@ -792,6 +798,9 @@ async fn changes_between(
                 if v.saw(x) {
                     continue;
                 }
+            }
+            if changes.len() as u64 >= ctx.max_rows {
+                return Err(LiveError::TooLarge(ctx.max_rows));
             }
             changes.push(Arc::new(e));
         }
