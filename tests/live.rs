@@ -734,11 +734,11 @@ async fn metric(addr: SocketAddr, name: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_of_one_shape_share_a_read_and_an_oversized_read_fails_clearly() {
-    // A read stays shared for a minute; at most 50 rows per read.
+    // A read stays shared for an hour (longer than the test); at most 50 rows per read.
     let (db, server, token) = setup(
         "live_shared",
         &[
-            ("SLUICE_HTTP_LIVE_SHARE_MS", "60000"),
+            ("SLUICE_HTTP_LIVE_SHARE_MS", "3600000"),
             ("SLUICE_HTTP_MAX_SNAPSHOT_ROWS", "50"),
         ],
     )
