@@ -124,6 +124,21 @@ pub const KEYS: &[Key] = &[
         "1024",
         "bound on raw replication messages buffered from the server",
     ),
+    Key::bool(
+        "source.postgres.streaming",
+        "true",
+        "read a large transaction while it runs (pgoutput protocol 2–4 with `streaming`, Postgres 14+), staged until its commit; `false`: protocol 1, each transaction sent whole at its commit",
+    ),
+    Key::int(
+        "source.postgres.stream_memory_mb",
+        "64",
+        "memory for streamed transactions not yet committed; past it they spill to unlinked files in `spill_dir`",
+    ),
+    Key::str(
+        "source.postgres.spill_dir",
+        "(system temp dir)",
+        "directory of the spill files of streamed transactions",
+    ),
     Key::int(
         "source.postgres.backfill_statement_timeout_ms",
         "300000",
@@ -358,7 +373,7 @@ const fn default_of(path: &str) -> &'static str {
 }
 
 /// The default of an `Int` key (digits only; checked at compile time).
-const fn default_int(path: &str) -> u64 {
+pub const fn default_int(path: &str) -> u64 {
     let digits = default_of(path).as_bytes();
     assert!(!digits.is_empty(), "an Int default is digits");
     let mut v: u64 = 0;
@@ -681,6 +696,22 @@ pub struct PgSourceConfig {
     /// `statement_timeout` of a backfill's chunk queries (0: none).
     #[serde(default = "default_backfill_statement_timeout_ms")]
     pub backfill_statement_timeout_ms: u64,
+    /// Streamed transactions (protocol 2+), staged until commit.
+    #[serde(default = "default_streaming")]
+    pub streaming: bool,
+    #[serde(default = "default_stream_memory_mb")]
+    pub stream_memory_mb: usize,
+    /// Where staged transactions spill (None: the system's temp dir).
+    #[serde(default)]
+    pub spill_dir: Option<std::path::PathBuf>,
+}
+
+fn default_streaming() -> bool {
+    key_default!(bool "source.postgres.streaming")
+}
+
+fn default_stream_memory_mb() -> usize {
+    key_default!(int "source.postgres.stream_memory_mb" as usize)
 }
 
 fn default_backfill_statement_timeout_ms() -> u64 {
@@ -1037,6 +1068,7 @@ impl Config {
                 pg.status_interval_ms as usize,
             )?;
             positive("source.postgres.queue_messages", pg.queue_messages)?;
+            positive("source.postgres.stream_memory_mb", pg.stream_memory_mb)?;
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, m) in self.source.mongo.iter().enumerate() {

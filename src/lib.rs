@@ -32,6 +32,7 @@ pub(crate) mod leader;
 pub mod log;
 pub(crate) mod metrics;
 pub mod pgconn;
+pub mod pgrepl;
 pub mod pipeline;
 pub(crate) mod policy;
 pub mod server;

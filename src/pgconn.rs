@@ -568,73 +568,6 @@ impl deadpool_postgres::Connect for PoolConnect {
     }
 }
 
-/// Where and how a replication connection (pgwire-replication) connects.
-#[derive(Debug, Clone)]
-pub struct ReplicationTarget {
-    /// The address connected to (`hostaddr` when given, else the host).
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub password: String,
-    pub database: String,
-    pub tls: pgwire_replication::TlsConfig,
-}
-
-/// The replication connection's settings for a connection string, with
-/// the same TLS meaning as every other connection (the first host only).
-pub fn replication_target(conninfo: &str) -> Result<ReplicationTarget, PgError> {
-    use pgwire_replication::TlsConfig;
-    let target = Target::parse(conninfo)?;
-    let pc = &target.config;
-    let name = match pc.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => Some(h.clone()),
-        Some(tokio_postgres::config::Host::Unix(p)) => Some(p.display().to_string()),
-        None => None,
-    };
-    let host = match pc.get_hostaddrs().first() {
-        Some(a) => a.to_string(),
-        None => name.clone().unwrap_or_else(|| "localhost".to_owned()),
-    };
-    let port = pc.get_ports().first().copied().unwrap_or(5432);
-    let user = pc.get_user().unwrap_or("postgres").to_owned();
-    let password = pc
-        .get_password()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .unwrap_or_default();
-    let database = pc.get_dbname().unwrap_or(&user).to_owned();
-    // None: pgwire-replication's built-in Mozilla roots, as ours.
-    let ca = match target.tls.roots() {
-        Roots::System => system_bundle(),
-        Roots::File(p) => Some(p),
-    };
-    let mut tls = match target.tls.effective_mode() {
-        SslMode::Disable => TlsConfig::disabled(),
-        SslMode::Prefer => TlsConfig {
-            mode: pgwire_replication::SslMode::Prefer,
-            ..TlsConfig::default()
-        },
-        SslMode::Require => TlsConfig::require(),
-        SslMode::VerifyCa => TlsConfig::verify_ca(ca),
-        // The name checked is the host's (also when connecting to a
-        // hostaddr); pgwire-replication refuses an IP address as the host
-        // of verify-full unless it is given as the name to check, which
-        // then is matched against the certificate's IP SANs.
-        SslMode::VerifyFull => TlsConfig::verify_full(ca)
-            .with_sni_hostname(name.clone().unwrap_or_else(|| host.clone())),
-    };
-    if let Some((cert, key)) = &target.tls.client_cert {
-        tls = tls.with_client_cert(cert.clone(), key.clone());
-    }
-    Ok(ReplicationTarget {
-        host,
-        port,
-        user,
-        password,
-        database,
-        tls,
-    })
-}
-
 // ---- the connection string ----
 
 /// Splits libpq's TLS parameters out of a connection string: the rest
@@ -769,7 +702,7 @@ fn key_values(s: &str) -> Result<Vec<(String, String, &str)>, PgError> {
 
 /// Builds the rustls client configuration for `tls`: the verifier its mode
 /// asks for, the roots, the client certificate.
-fn client_config(tls: &TlsSettings) -> Result<rustls::ClientConfig, PgError> {
+pub(crate) fn client_config(tls: &TlsSettings) -> Result<rustls::ClientConfig, PgError> {
     // Explicit provider: both of rustls' providers are compiled in (other
     // crates enable aws-lc-rs), so there is no unambiguous default.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -1198,42 +1131,5 @@ mod tests {
             e.to_string(),
             "invalid connection string: unknown option `sslcrl`"
         );
-    }
-
-    #[test]
-    fn replication_target_maps_modes_onto_pgwire_replication() {
-        use pgwire_replication::SslMode as P;
-        let r = replication_target(
-            "postgres://u:pw@127.0.0.1:5433/app?sslmode=verify-full&sslrootcert=/ca.pem&sslcert=/c.pem&sslkey=/k.pem",
-        )
-        .unwrap();
-        assert_eq!(
-            (
-                r.host.as_str(),
-                r.port,
-                r.user.as_str(),
-                r.password.as_str(),
-                r.database.as_str()
-            ),
-            ("127.0.0.1", 5433, "u", "pw", "app")
-        );
-        assert_eq!(r.tls.mode, P::VerifyFull);
-        assert_eq!(r.tls.ca_pem_path, Some("/ca.pem".into()));
-        assert_eq!(r.tls.sni_hostname.as_deref(), Some("127.0.0.1"));
-        assert!(r.tls.is_mtls());
-        let r = replication_target("host=db.example hostaddr=127.0.0.1 user=u sslmode=verify-full")
-            .unwrap();
-        assert_eq!(r.host, "127.0.0.1");
-        assert_eq!(r.tls.sni_hostname.as_deref(), Some("db.example"));
-        assert_eq!(r.tls.ca_pem_path, system_bundle());
-        let mode = |s: &str| replication_target(s).unwrap().tls.mode;
-        assert_eq!(mode("postgres://h/db?sslmode=disable"), P::Disable);
-        assert_eq!(mode("postgres://h/db"), P::Prefer);
-        assert_eq!(mode("postgres://h/db?sslmode=require"), P::Require);
-        assert_eq!(
-            mode("postgres://h/db?sslmode=require&sslrootcert=/ca.pem"),
-            P::VerifyCa
-        );
-        assert_eq!(mode("postgres://h/db?sslmode=verify-ca"), P::VerifyCa);
     }
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
+use sluice::pgrepl::ReplEvent;
 use sluice::source::postgres::pgoutput::{self, Datum, Message};
 
 /// Microseconds from the Unix epoch to Postgres's (2000-01-01).
@@ -29,29 +29,20 @@ pub fn run(
     stop: Arc<AtomicBool>,
     samples: Arc<Mutex<Vec<(i64, i64)>>>,
 ) {
-    let target = sluice::pgconn::replication_target(url).expect("replication target");
-    let config = ReplicationConfig::new(
-        target.host,
-        target.user,
-        target.password,
-        target.database,
-        slot,
-        publication,
-    )
-    .with_port(target.port)
-    .with_tls(target.tls)
-    .with_status_interval(Duration::from_millis(50))
-    .with_buffer_size(1024)
-    .with_options(sluice::source::postgres::stream::SESSION_OPTIONS)
-    .with_application_name("bench-lean-floor");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async move {
-        let mut client = ReplicationClient::connect(config)
-            .await
-            .expect("connect the lean floor");
+        let (mut client, _) = sluice::source::postgres::stream::open_stream(
+            url,
+            "bench-lean-floor",
+            (slot, publication),
+            0,
+            true,
+        )
+        .await
+        .expect("connect the lean floor");
         let mut relation = None;
         let mut ours = false;
         while !stop.load(Ordering::Relaxed) {
@@ -67,29 +58,25 @@ pub fn run(
                     break;
                 }
             };
-            match event {
-                ReplicationEvent::Begin { .. } => ours = false,
-                ReplicationEvent::XLogData { data, .. } => {
-                    note(&data, table, column, tenant, &mut relation, &mut ours)
-                }
-                ReplicationEvent::Commit {
-                    end_lsn,
-                    commit_time_micros,
-                    ..
-                } => {
+            let ReplEvent::XLogData { data, .. } = event else {
+                continue;
+            };
+            match pgoutput::decode(&data) {
+                Ok(Message::Begin(_)) => ours = false,
+                Ok(Message::Commit(c)) => {
                     let at = crate::common::now_micros();
-                    client.update_applied_lsn(end_lsn);
+                    client.update_applied_lsn(c.end_lsn);
                     if ours {
                         samples
                             .lock()
                             .expect("samples")
-                            .push((commit_time_micros + PG_EPOCH_MICROS, at));
+                            .push((c.commit_time + PG_EPOCH_MICROS, at));
                     }
                 }
-                _ => {}
+                _ => note(&data, table, column, tenant, &mut relation, &mut ours),
             }
         }
-        client.stop();
+        client.shutdown().await;
     });
 }
 

@@ -7,56 +7,54 @@
 //! PUBLICATION END_LSN`), so its CPU is its own process's; it prints
 //! `null-reader messages=N cpu_secs=S` when it reaches the end.
 
-use std::time::Duration;
-
-use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
+use sluice::pgrepl::ReplEvent;
+use sluice::source::postgres::pgoutput::{self, Message};
+use sluice::source::postgres::stream::open_stream;
 
 /// Streams `slot` until `end` (an LSN as Postgres prints it), decoding
 /// every message; returns how many pgoutput messages it decoded.
 pub fn run(url: &str, slot: &str, publication: &str, end: &str) -> u64 {
-    let end = Lsn::parse(end).expect("end LSN");
-    let target = sluice::pgconn::replication_target(url).expect("replication target");
-    let config = ReplicationConfig::new(
-        target.host,
-        target.user,
-        target.password,
-        target.database,
-        slot,
-        publication,
-    )
-    .with_port(target.port)
-    .with_tls(target.tls)
-    .with_stop_lsn(end)
-    // The same session as Sluice's stream (status interval, buffer,
-    // session options), so the two differ only in what they do with it.
-    .with_status_interval(Duration::from_millis(50))
-    .with_buffer_size(1024)
-    .with_options(sluice::source::postgres::stream::SESSION_OPTIONS)
-    .with_application_name("bench-null-reader");
+    let end = pgoutput::parse_lsn(end).expect("end LSN");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async move {
-        let mut client = ReplicationClient::connect(config).await.expect("connect");
+        // The same session as Sluice's stream (protocol, status interval,
+        // buffer, session options), so the two differ only in what they do
+        // with it.
+        let (mut client, _) = open_stream(url, "bench-null-reader", (slot, publication), 0, true)
+            .await
+            .expect("connect");
         let mut messages = 0u64;
+        let mut in_stream = false;
         while let Some(event) = client.recv().await.expect("replication stream") {
-            match event {
-                ReplicationEvent::XLogData { data, .. } => {
-                    let decoded = sluice::source::postgres::pgoutput::decode(&data);
+            let ReplEvent::XLogData { data, .. } = event else {
+                continue;
+            };
+            messages += 1;
+            let end_lsn = match pgoutput::decode_with(&data, in_stream) {
+                Ok((_, Message::Commit(c))) => c.end_lsn,
+                Ok((_, Message::StreamCommit(c))) => c.end_lsn,
+                Ok((_, Message::StreamStart(_))) => {
+                    in_stream = true;
+                    continue;
+                }
+                Ok((_, Message::StreamStop)) => {
+                    in_stream = false;
+                    continue;
+                }
+                decoded => {
                     std::hint::black_box(decoded.is_ok());
-                    messages += 1;
+                    continue;
                 }
-                ReplicationEvent::Commit { end_lsn, .. } => {
-                    client.update_applied_lsn(end_lsn);
-                }
-                ReplicationEvent::StoppedAt { .. } => break,
-                ReplicationEvent::KeepAlive { .. }
-                | ReplicationEvent::Begin { .. }
-                | ReplicationEvent::Message { .. } => {}
+            };
+            client.update_applied_lsn(end_lsn);
+            if end_lsn >= end {
+                break;
             }
         }
-        client.stop();
+        client.shutdown().await;
         messages
     })
 }

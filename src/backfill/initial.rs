@@ -27,7 +27,7 @@ use crate::event::{parse_lsn, SourcePosition};
 use crate::log::{AppendItem, AppenderHandle, LogError};
 use crate::source::postgres::catalog::Catalog;
 use crate::source::postgres::normalize::{Normalizer, TableRule, TxContext};
-use crate::source::postgres::stream::{replication_config, SESSION_OPTIONS};
+use crate::source::postgres::stream::{replication_session, SESSION_OPTIONS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitialError {
@@ -166,20 +166,12 @@ pub async fn run_if_new_slot(
     }
 
     // The slot, and the snapshot of its consistent point.
-    let rc = replication_config(
-        pg,
-        pgwire_replication::Lsn::from_u64(0),
-        pgwire_replication::Lsn::from_u64(0),
-    )
-    .map_err(|e| InitialError::Slot(e.to_string()))?;
-    let mut repl = pgwire_replication::ReplicationClient::connect_gated(rc)
+    let mut repl = replication_session(pg)
         .await
         .map_err(|e| InitialError::Slot(e.to_string()))?;
+    let command = crate::source::postgres::setup::create_slot_command(&slot, repl.major(), true);
     let rows = repl
-        .simple_query(&format!(
-            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
-            crate::sql::quote_ident(&slot)
-        ))
+        .simple_query(&command)
         .await
         .map_err(|e| InitialError::Slot(e.to_string()))?;
     let text = |row: &[Option<bytes::Bytes>], i: usize| {

@@ -228,6 +228,10 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             Some("source=\"postgres\""),
             load(&s.heartbeats),
         ),
+        (metrics::PROTOCOL, None, load(&s.protocol)),
+        (metrics::STREAMED_TX, None, load(&s.streamed_transactions)),
+        (metrics::STREAMED_OPEN, None, load(&s.streamed_open)),
+        (metrics::STREAMED_SPILLS, None, load(&s.streamed_spills)),
         (metrics::LAG_SECONDS, None, lag_seconds),
         (
             metrics::SUBSCRIBERS,
@@ -436,6 +440,26 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             metrics::HEARTBEATS,
             "counter",
             "heartbeat messages read back from the replication slot",
+        ),
+        (
+            metrics::PROTOCOL,
+            "gauge",
+            "pgoutput protocol version of the replication session (2-4: large transactions streamed while they run; 0: not connected)",
+        ),
+        (
+            metrics::STREAMED_TX,
+            "counter",
+            "transactions received while they ran (streamed), committed and appended",
+        ),
+        (
+            metrics::STREAMED_OPEN,
+            "gauge",
+            "streamed transactions staged, neither committed nor aborted yet",
+        ),
+        (
+            metrics::STREAMED_SPILLS,
+            "counter",
+            "streamed transactions that outgrew source.postgres.stream_memory_mb and spilled to disk",
         ),
         (
             metrics::SOURCE_STREAMING,

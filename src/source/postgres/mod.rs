@@ -11,6 +11,7 @@ pub mod monitor;
 pub mod normalize;
 pub mod pgoutput;
 pub mod setup;
+pub mod staging;
 pub mod stats;
 pub mod stream;
 pub mod value;

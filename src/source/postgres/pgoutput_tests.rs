@@ -116,6 +116,10 @@ fn shape(msgs: &[Message]) -> String {
             Message::Delete(_) => "D",
             Message::Truncate(_) => "T",
             Message::Message(_) => "M",
+            Message::StreamStart(_) => "S",
+            Message::StreamStop => "E",
+            Message::StreamCommit(_) => "c",
+            Message::StreamAbort(_) => "A",
         })
         .collect::<Vec<_>>()
         .join(" ")
@@ -498,8 +502,8 @@ fn errors_are_precise() {
         })
     );
     assert_eq!(d(b"Z"), Err(DecodeError::UnknownMessageTag { tag: b'Z' }));
-    // Protocol 2 stream start is not part of version 1.
-    assert_eq!(d(b"S"), Err(DecodeError::UnknownMessageTag { tag: b'S' }));
+    // Two-phase messages come only to a `two_phase` session.
+    assert_eq!(d(b"P"), Err(DecodeError::UnknownMessageTag { tag: b'P' }));
     assert_eq!(
         d(b"B\0\0\0\0\0\0\0\x01\0\0"),
         Err(DecodeError::Truncated {
@@ -775,4 +779,60 @@ proptest! {
     fn lsn_round_trips(lsn in any::<u64>()) {
         prop_assert_eq!(parse_lsn(&format_lsn(lsn)), Some(lsn));
     }
+}
+
+#[test]
+fn stream_messages_and_the_xid_inside_a_block() {
+    let b = |v: &[u8]| Bytes::copy_from_slice(v);
+    assert_eq!(
+        decode_with(&b(b"S\0\0\x02\x00\x01"), false).unwrap(),
+        (
+            None,
+            Message::StreamStart(StreamStart {
+                xid: 512,
+                first_segment: true
+            })
+        )
+    );
+    assert_eq!(
+        decode_with(&b(b"E"), true).unwrap(),
+        (None, Message::StreamStop)
+    );
+    let mut commit = vec![b'c', 0, 0, 2, 0, 0];
+    commit.extend_from_slice(&0x1_0000_0010u64.to_be_bytes());
+    commit.extend_from_slice(&0x1_0000_0040u64.to_be_bytes());
+    commit.extend_from_slice(&77i64.to_be_bytes());
+    assert_eq!(
+        decode_with(&b(&commit), false).unwrap().1,
+        Message::StreamCommit(StreamCommit {
+            xid: 512,
+            flags: 0,
+            commit_lsn: 0x1_0000_0010,
+            end_lsn: 0x1_0000_0040,
+            commit_time: 77
+        })
+    );
+    // `streaming = on`, then `parallel` (abort LSN and time follow).
+    let abort = b"A\0\0\x02\0\0\0\x02\x05";
+    assert_eq!(
+        decode_with(&b(abort), false).unwrap().1,
+        Message::StreamAbort(StreamAbort {
+            xid: 512,
+            subxid: 517
+        })
+    );
+    let mut parallel = abort.to_vec();
+    parallel.extend_from_slice(&[0u8; 16]);
+    assert!(decode_with(&b(&parallel), false).is_ok());
+    // Inside a block, an insert carries its subtransaction's xid first.
+    let mut insert = vec![
+        b'I', 0, 0, 2, 5, 0, 0, 0x40, 0, b'N', 0, 1, b't', 0, 0, 0, 1, b'7',
+    ];
+    let (xid, msg) = decode_with(&b(&insert), true).unwrap();
+    assert_eq!(xid, Some(517));
+    assert!(matches!(msg, Message::Insert(i) if i.relation_id == 0x4000));
+    // The same bytes outside a block are misaligned, and refused.
+    assert!(decode_with(&b(&insert), false).is_err());
+    insert.drain(1..5);
+    assert_eq!(decode_with(&b(&insert), false).unwrap().0, None);
 }

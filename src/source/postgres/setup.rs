@@ -98,15 +98,47 @@ pub async fn setup(client: &Client, cfg: &PgSourceConfig) -> Result<Vec<String>,
         .await?
         .is_some();
     if !slot_exists {
-        client
-            .query_one(
-                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                &[&slot],
-            )
-            .await?;
-        done.push(format!("created replication slot {slot} (pgoutput)"));
+        let num: i32 = client
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await?
+            .get(0);
+        if num >= 170_000 {
+            // A failover slot: a standby with `sync_replication_slots`
+            // keeps a copy, so a promoted standby has it (Postgres 17+).
+            client
+                .query_one(
+                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)",
+                    &[&slot],
+                )
+                .await?;
+            done.push(format!(
+                "created replication slot {slot} (pgoutput, failover: standbys with sync_replication_slots keep it)"
+            ));
+        } else {
+            client
+                .query_one(
+                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                    &[&slot],
+                )
+                .await?;
+            done.push(format!("created replication slot {slot} (pgoutput)"));
+        }
     }
     Ok(done)
+}
+
+/// The replication command that creates `slot` and exports a snapshot of
+/// its consistent point; with `failover` on Postgres 17 and later, a
+/// failover slot (kept by standbys that sync slots).
+pub fn create_slot_command(slot: &str, major: u32, failover: bool) -> String {
+    let name = quote_ident(slot);
+    if major >= 17 && failover {
+        format!(
+            "CREATE_REPLICATION_SLOT {name} LOGICAL pgoutput (SNAPSHOT 'export', FAILOVER true)"
+        )
+    } else {
+        format!("CREATE_REPLICATION_SLOT {name} LOGICAL pgoutput EXPORT_SNAPSHOT")
+    }
 }
 
 /// Creates the publication (or sets its table list to the configured one).

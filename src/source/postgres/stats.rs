@@ -23,6 +23,17 @@ pub struct SourceStats {
     pub last_commit_micros: AtomicI64,
     /// Heartbeat messages read back from the slot.
     pub heartbeats: AtomicU64,
+    /// The pgoutput protocol version of the current session (0: none yet).
+    pub protocol: AtomicU64,
+    /// Messages of transactions received while they ran (streamed).
+    pub streamed_messages: AtomicU64,
+    /// Streamed transactions committed and appended.
+    pub streamed_transactions: AtomicU64,
+    /// Streamed transactions received and neither committed nor aborted.
+    pub streamed_open: AtomicU64,
+    /// Streamed transactions that outgrew `stream_memory_mb` and spilled
+    /// to disk.
+    pub streamed_spills: AtomicU64,
     /// What the monitor last saw on the source database.
     pub monitor: SlotHealth,
 }

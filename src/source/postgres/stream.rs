@@ -1,5 +1,7 @@
-//! The replication loop: reads the slot through `pgwire-replication`,
-//! decodes pgoutput, normalizes, and hands events to the appender in source
+//! The replication loop: reads the slot through Sluice's replication
+//! client (`pgrepl`), at the highest pgoutput protocol version the server
+//! speaks (with `streaming`, large transactions arrive while they run and
+//! are staged until their commit, `staging`), decodes pgoutput, normalizes, and hands events to the appender in source
 //! order. It acknowledges to Postgres only what the appender reports as
 //! durable, and reconnects with backoff when the connection breaks.
 //!
@@ -19,7 +21,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
+use crate::pgrepl::{ReplConn, ReplError, ReplEvent, ReplStream, ReplTarget, StreamConfig};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +29,7 @@ use super::catalog::Catalog;
 use super::messages::{CUSTOM_PREFIX, HEARTBEAT_PREFIX, MARK_PREFIX};
 use super::normalize::{DropReason, Normalizer, Outcome, TableRule, TxContext, SUBS_PER_CHANGE};
 use super::pgoutput::{self, Message};
+use super::staging::{Staging, StagingError};
 use super::stats::SourceStats;
 use super::watermark::{self, Windows};
 use crate::config::PgSourceConfig;
@@ -41,7 +44,11 @@ pub const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalS
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("replication connection: {0}")]
-    Replication(#[from] pgwire_replication::PgWireError),
+    Replication(#[from] ReplError),
+    #[error("{0}")]
+    Staging(#[from] StagingError),
+    #[error("the replication stream is not understood: {0}")]
+    Stream(String),
     #[error("source database (catalog session): {0}")]
     Catalog(#[from] crate::pgconn::PgError),
     #[error("cannot decode a pgoutput message (the stream is not understood, so nothing after it is appended): {0}")]
@@ -67,35 +74,78 @@ impl SourceError {
     }
 }
 
-/// Builds the replication connection settings from a Postgres URL.
-pub fn replication_config(
-    cfg: &PgSourceConfig,
-    start: Lsn,
-    ack: Lsn,
-) -> Result<ReplicationConfig, SourceError> {
-    // The same connection string, and the same TLS meaning, as every other
-    // connection to the source (src/pgconn.rs).
-    let target =
-        crate::pgconn::replication_target(&cfg.url).map_err(|e| SourceError::Url(e.to_string()))?;
-    let mut rc = ReplicationConfig::new(
-        target.host,
-        target.user,
-        target.password,
-        target.database,
-        cfg.slot(),
-        cfg.publication(),
+/// The pgoutput protocol version Sluice asks a server of `major` for:
+/// the highest it offers (2 on 14, 3 on 15, 4 on 16 and later), or 1 when
+/// streaming is off (what the other versions add is streaming and
+/// two-phase, neither asked for then).
+pub fn protocol_version(major: u32, streaming: bool) -> u32 {
+    match major {
+        _ if !streaming => 1,
+        0..=13 => 1,
+        14 => 2,
+        15 => 3,
+        _ => 4,
+    }
+}
+
+/// The `START_REPLICATION` command for `slot` from `start`.
+pub fn start_command(slot: &str, publication: &str, start: u64, proto: u32) -> String {
+    // The option value is a list of identifiers inside a string literal.
+    let names = crate::sql::quote_ident(publication).replace('\'', "''");
+    let streaming = if proto >= 2 { ", streaming 'on'" } else { "" };
+    format!(
+        "START_REPLICATION SLOT {} LOGICAL {} (proto_version '{proto}', publication_names '{names}', messages 'true'{streaming})",
+        crate::sql::quote_ident(slot),
+        crate::event::format_lsn(start),
     )
-    .with_port(target.port)
-    .with_tls(target.tls)
-    .with_start_lsn(start)
-    .with_ack_lsn(ack)
-    .with_status_interval(Duration::from_millis(cfg.status_interval_ms))
-    .with_wakeup_interval(Duration::from_secs(5))
-    .with_buffer_size(cfg.queue_messages)
-    .with_options(SESSION_OPTIONS)
-    .with_application_name(format!("sluice/{}", cfg.name));
-    rc.stop_at_lsn = None;
-    Ok(rc)
+}
+
+/// Connects a replication session to `url` (every host of it, in order,
+/// as `target_session_attrs` asks), with Sluice's session settings.
+pub async fn connect_replication(
+    url: &str,
+    application_name: &str,
+) -> Result<ReplConn, SourceError> {
+    let target = ReplTarget::parse(url).map_err(|e| SourceError::Url(e.to_string()))?;
+    let session = crate::pgrepl::Session {
+        application_name: application_name.to_owned(),
+        options: Some(SESSION_OPTIONS.to_owned()),
+    };
+    Ok(ReplConn::connect(&target, &session).await?)
+}
+
+/// [`connect_replication`] for a source.
+pub async fn replication_session(cfg: &PgSourceConfig) -> Result<ReplConn, SourceError> {
+    connect_replication(&cfg.url, &format!("sluice/{}", cfg.name)).await
+}
+
+/// Streams `slot` from `start` at the protocol version Sluice would use
+/// (streaming as `streaming` says), acknowledging as Sluice's stream does
+/// by default; for the benchmarks' readers, which must read exactly as
+/// Sluice does. Returns the stream and its protocol version.
+pub async fn open_stream(
+    url: &str,
+    application_name: &str,
+    (slot, publication): (&str, &str),
+    start: u64,
+    streaming: bool,
+) -> Result<(ReplStream, u32), SourceError> {
+    let conn = connect_replication(url, application_name).await?;
+    let proto = protocol_version(conn.major(), streaming);
+    let stream = conn
+        .start(
+            &start_command(slot, publication, start, proto),
+            StreamConfig {
+                status_interval: Duration::from_millis(crate::config::default_int(
+                    "source.postgres.status_interval_ms",
+                )),
+                wakeup_interval: Duration::from_secs(5),
+                buffer: crate::config::default_int("source.postgres.queue_messages") as usize,
+                start_ack: start,
+            },
+        )
+        .await?;
+    Ok((stream, proto))
 }
 
 pub struct PgSource {
@@ -106,6 +156,11 @@ pub struct PgSource {
     pub stats: Arc<SourceStats>,
     /// Backfill chunks waiting for their high watermark.
     chunks: Arc<crate::backfill::Chunks>,
+}
+
+/// Where spilled streamed transactions go.
+fn spill_dir(cfg: &PgSourceConfig) -> std::path::PathBuf {
+    cfg.spill_dir.clone().unwrap_or_else(std::env::temp_dir)
 }
 
 struct OpenTx {
@@ -192,7 +247,7 @@ impl PgSource {
             let ev = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    s.client.stop();
+                    s.client.shutdown().await;
                     return Ok(());
                 }
                 changed = s.durable.changed() => {
@@ -217,7 +272,12 @@ impl PgSource {
 
 /// The state of one replication connection.
 struct Session<'a> {
-    client: ReplicationClient,
+    client: ReplStream,
+    /// The top-level xid of the stream block being received (between
+    /// Stream Start and Stream Stop).
+    in_stream: Option<u32>,
+    /// Streamed transactions not committed yet.
+    staging: Staging,
     catalog: Catalog,
     normalizer: Normalizer,
     durable: watch::Receiver<Arc<Durable>>,
@@ -256,14 +316,38 @@ impl<'a> Session<'a> {
             .checkpoints
             .get(&source.key)
             .map_or(0, |c| c.ack_lsn);
-        let rc = replication_config(
-            &source.cfg,
-            Lsn::from_u64(last_sent.ack_lsn),
-            Lsn::from_u64(durable_ack),
-        )?;
-        let client = ReplicationClient::connect(rc).await?;
+        let conn = replication_session(&source.cfg).await?;
+        let proto = protocol_version(conn.major(), source.cfg.streaming);
+        source
+            .stats
+            .protocol
+            .store(u64::from(proto), Ordering::Relaxed);
+        let command = start_command(
+            &source.cfg.slot(),
+            &source.cfg.publication(),
+            last_sent.ack_lsn,
+            proto,
+        );
+        tracing::info!(source = %source.cfg.name, server = %conn.addr(), version = %conn.server_version,
+            proto_version = proto, streaming = proto >= 2, "starting replication");
+        let client = conn
+            .start(
+                &command,
+                StreamConfig {
+                    status_interval: Duration::from_millis(source.cfg.status_interval_ms),
+                    wakeup_interval: Duration::from_secs(5),
+                    buffer: source.cfg.queue_messages,
+                    start_ack: durable_ack,
+                },
+            )
+            .await?;
         Ok(Session {
             client,
+            in_stream: None,
+            staging: Staging::new(
+                source.cfg.stream_memory_mb.saturating_mul(1 << 20),
+                spill_dir(&source.cfg),
+            ),
             catalog,
             normalizer: Normalizer::new(&source.cfg.event_source()),
             durable,
@@ -289,7 +373,7 @@ impl<'a> Session<'a> {
             .get(&source.key)
             .map(|c| c.ack_lsn);
         if let Some(ack) = ack {
-            self.client.update_applied_lsn(Lsn::from_u64(ack));
+            self.client.update_applied_lsn(ack);
             source.stats.acked_lsn.store(ack, Ordering::Relaxed);
         }
     }
@@ -305,41 +389,25 @@ impl<'a> Session<'a> {
     }
 
     /// Handles one replication event; `Break`: the stream stopped.
-    async fn dispatch(&mut self, ev: ReplicationEvent) -> Result<ControlFlow<()>, SourceError> {
+    async fn dispatch(&mut self, ev: ReplEvent) -> Result<ControlFlow<()>, SourceError> {
         match ev {
-            ReplicationEvent::KeepAlive { wal_end, .. } => self.on_keepalive(wal_end),
-            ReplicationEvent::Begin {
-                final_lsn,
-                xid,
-                commit_time_micros,
-            } => self.on_begin(final_lsn.as_u64(), xid, commit_time_micros),
-            ReplicationEvent::XLogData { data, .. } => self.on_data(&data).await?,
-            ReplicationEvent::Message {
-                transactional,
-                lsn,
-                prefix,
-                content,
-            } => {
-                self.on_message(transactional, lsn.as_u64(), &prefix, &content)
-                    .await?
-            }
-            ReplicationEvent::Commit { lsn, end_lsn, .. } => {
-                self.on_commit(lsn.as_u64(), end_lsn.as_u64()).await?
-            }
-            ReplicationEvent::StoppedAt { .. } => return Ok(ControlFlow::Break(())),
+            ReplEvent::KeepAlive { wal_end, .. } => self.on_keepalive(wal_end),
+            ReplEvent::XLogData { data, .. } => self.on_data(&data).await?,
         }
         Ok(ControlFlow::Continue(()))
     }
 
-    fn on_keepalive(&mut self, wal_end: Lsn) {
+    fn on_keepalive(&mut self, wal_end: u64) {
         let source = self.source();
         source
             .stats
             .server_wal_end
-            .store(wal_end.as_u64(), Ordering::Relaxed);
+            .store(wal_end, Ordering::Relaxed);
         // Nothing open and everything sent is durable: the slot may move to
         // the server's position (quiet captured tables must not hold WAL
-        // back).
+        // back). A streamed transaction still open does not hold it: the
+        // server sends it again, whole, to a session that starts before
+        // its commit.
         let last_sent = &*self.out.last_sent;
         let all_durable = self
             .durable
@@ -347,7 +415,7 @@ impl<'a> Session<'a> {
             .checkpoints
             .get(&source.key)
             .is_some_and(|c| c == last_sent);
-        if self.tx.is_none() && all_durable && wal_end.as_u64() > last_sent.ack_lsn {
+        if self.tx.is_none() && all_durable && wal_end > last_sent.ack_lsn {
             self.client.update_applied_lsn(wal_end);
         }
     }
@@ -360,20 +428,101 @@ impl<'a> Session<'a> {
         });
     }
 
-    /// A pgoutput message inside the stream's data.
+    /// A pgoutput message.
     async fn on_data(&mut self, data: &bytes::Bytes) -> Result<(), SourceError> {
-        let msg = pgoutput::decode(data)?;
+        let (xid, msg) = pgoutput::decode_with(data, self.in_stream.is_some())?;
+        if let (Some(top), Some(sub)) = (self.in_stream, xid) {
+            // Part of a transaction still running: kept until it commits.
+            let spilled = self.staging.spilled;
+            self.staging.add(top, sub, data)?;
+            let stats = &self.source().stats;
+            stats.streamed_messages.fetch_add(1, Ordering::Relaxed);
+            if self.staging.spilled > spilled {
+                stats.streamed_spills.fetch_add(1, Ordering::Relaxed);
+            }
+            return Ok(());
+        }
+        match msg {
+            Message::Begin(b) => self.on_begin(b.final_lsn, b.xid, b.commit_time),
+            Message::Commit(c) => self.on_commit(c.commit_lsn, c.end_lsn).await?,
+            Message::StreamStart(st) => {
+                if self.in_stream.is_some() {
+                    return Err(SourceError::Stream(
+                        "a stream block began inside another".into(),
+                    ));
+                }
+                self.staging.start(st.xid, st.first_segment);
+                self.in_stream = Some(st.xid);
+            }
+            Message::StreamStop => self.in_stream = None,
+            Message::StreamAbort(a) => self.staging.abort(a.xid, a.subxid)?,
+            Message::StreamCommit(c) => self.on_stream_commit(c).await?,
+            other => return self.on_message_decoded(other).await,
+        }
+        self.source()
+            .stats
+            .streamed_open
+            .store(self.staging.open() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A relation, change or logical message of the open transaction (or
+    /// a logical message of its own).
+    async fn on_message_decoded(&mut self, msg: Message) -> Result<(), SourceError> {
         match msg {
             Message::Relation(rel) => self.on_relation(rel).await?,
             Message::Insert(_) | Message::Update(_) | Message::Delete(_) | Message::Truncate(_) => {
                 self.on_change(&msg).await?
             }
-            Message::Begin(_) | Message::Commit(_) | Message::Message(_) => {
-                tracing::warn!("transaction boundary arrived as raw data; ignored");
+            Message::Message(m) => {
+                self.on_message(m.transactional, m.lsn, &m.prefix, &m.content)
+                    .await?
             }
             Message::Type(_) | Message::Origin(_) => {}
+            Message::Begin(_)
+            | Message::Commit(_)
+            | Message::StreamStart(_)
+            | Message::StreamStop
+            | Message::StreamCommit(_)
+            | Message::StreamAbort(_) => {
+                return Err(SourceError::Stream(
+                    "a transaction boundary inside a streamed transaction".into(),
+                ))
+            }
         }
         Ok(())
+    }
+
+    /// A streamed transaction committed: its staged messages go through
+    /// the same path as a transaction sent whole, at its place in commit
+    /// order.
+    async fn on_stream_commit(&mut self, c: pgoutput::StreamCommit) -> Result<(), SourceError> {
+        let Some(mut replay) = self.staging.take(c.xid) else {
+            // Never happens with a conforming server (a session receives a
+            // transaction from its first block); reconnecting has it sent
+            // again rather than appending it empty.
+            return Err(SourceError::Stream(format!(
+                "stream commit of transaction {} whose blocks were not received",
+                c.xid
+            )));
+        };
+        // Streams come for every large transaction, also one that changed
+        // nothing published (Sluice's own appends when the log shares the
+        // database): an empty one is nothing, as an empty transaction sent
+        // whole is.
+        if replay.messages == 0 || self.out.last_sent.covers_transaction(c.commit_lsn) {
+            return Ok(());
+        }
+        self.source()
+            .stats
+            .streamed_transactions
+            .fetch_add(1, Ordering::Relaxed);
+        self.on_begin(c.commit_lsn, c.xid, c.commit_time);
+        while let Some(bytes) = replay.next_message()? {
+            let (_, msg) = pgoutput::decode_with(&bytes, true)?;
+            self.on_message_decoded(msg).await?;
+        }
+        self.on_commit(c.commit_lsn, c.end_lsn).await
     }
 
     async fn on_relation(&mut self, rel: pgoutput::Relation) -> Result<(), SourceError> {
