@@ -9,6 +9,9 @@
 //! server would keep all that WAL. A non-transactional logical message in
 //! the captured database is decoded and sent; the source acknowledges it
 //! like an empty transaction once everything before it is durable.
+//!
+//! A standby source (Postgres 16+ decodes on a standby) cannot write one:
+//! there the positions are the replayed WAL's and no heartbeat is sent.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -29,6 +32,9 @@ pub async fn run(cfg: PgSourceConfig, stats: Arc<SourceStats>, shutdown: Cancell
     let slot = cfg.slot();
     let mut client: Option<tokio_postgres::Client> = None;
     let mut last_beat = Instant::now();
+    // A standby (logical decoding on a standby, Postgres 16+) cannot write
+    // a heartbeat; its slot moves with the primary's activity.
+    let mut standby = false;
     loop {
         if client.as_ref().is_none_or(|c| c.is_closed()) {
             client = match crate::log::connect_as(&cfg.url, "sluice-monitor").await {
@@ -48,7 +54,11 @@ pub async fn run(cfg: PgSourceConfig, stats: Arc<SourceStats>, shutdown: Cancell
         }
         if let Some(c) = &client {
             match check(c, &slot).await {
-                Ok((wal, confirmed, state)) => {
+                Ok((wal, confirmed, state, in_recovery)) => {
+                    if in_recovery && !standby {
+                        tracing::info!("the source is a standby: no heartbeats are written (the slot moves with the primary's writes)");
+                    }
+                    standby = in_recovery;
                     let m = &stats.monitor;
                     m.wal_lsn.store(wal, Ordering::Relaxed);
                     m.confirmed_flush.store(confirmed, Ordering::Relaxed);
@@ -64,7 +74,7 @@ pub async fn run(cfg: PgSourceConfig, stats: Arc<SourceStats>, shutdown: Cancell
             }
         }
         if let (Some(h), Some(c)) = (heartbeat, &client) {
-            if last_beat.elapsed() >= h && stats.connected.load(Ordering::Relaxed) {
+            if !standby && last_beat.elapsed() >= h && stats.connected.load(Ordering::Relaxed) {
                 last_beat = Instant::now();
                 if let Err(e) = c
                     .execute(
@@ -84,17 +94,20 @@ pub async fn run(cfg: PgSourceConfig, stats: Arc<SourceStats>, shutdown: Cancell
     }
 }
 
-/// (current WAL LSN, the slot's confirmed flush LSN, its state).
+/// (current WAL LSN (replayed, on a standby), the slot's confirmed flush
+/// LSN, its state, whether the source is a standby).
 async fn check(
     c: &tokio_postgres::Client,
     slot: &str,
-) -> Result<(u64, u64, u8), tokio_postgres::Error> {
+) -> Result<(u64, u64, u8, bool), tokio_postgres::Error> {
     let row = c
         .query_one(
-            "SELECT (pg_current_wal_lsn() - '0/0')::int8,
+            "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                          ELSE pg_current_wal_lsn() END - '0/0')::int8,
                     (s.confirmed_flush_lsn - '0/0')::int8,
                     s.wal_status,
-                    s.slot_name IS NOT NULL
+                    s.slot_name IS NOT NULL,
+                    pg_is_in_recovery()
              FROM (SELECT 1) one
              LEFT JOIN pg_replication_slots s ON s.slot_name = $1",
             &[&slot],
@@ -104,11 +117,12 @@ async fn check(
     let confirmed: Option<i64> = row.get(1);
     let status: Option<String> = row.get(2);
     let exists: bool = row.get(3);
+    let standby: bool = row.get(4);
     let state = match (exists, status.as_deref()) {
         (false, _) => SLOT_MISSING,
         (true, Some("lost")) => SLOT_LOST,
         (true, _) => SLOT_OK,
     };
     let to_u64 = |v: i64| u64::try_from(v).unwrap_or(0);
-    Ok((to_u64(wal), confirmed.map_or(0, to_u64), state))
+    Ok((to_u64(wal), confirmed.map_or(0, to_u64), state, standby))
 }

@@ -63,6 +63,9 @@ pub enum SetupError {
     /// nothing was changed.
     #[error("refusing to add tables to the publication (nothing was changed):\n{}", lines(.0))]
     Refused(Vec<Finding>),
+    /// The source is a standby, where nothing can be created but the slot.
+    #[error("{0}")]
+    Standby(String),
 }
 
 impl From<tokio_postgres::Error> for SetupError {
@@ -98,11 +101,14 @@ pub async fn setup(client: &Client, cfg: &PgSourceConfig) -> Result<Vec<String>,
         .await?
         .is_some();
     if !slot_exists {
-        let num: i32 = client
-            .query_one("SELECT current_setting('server_version_num')::int", &[])
-            .await?
-            .get(0);
-        if num >= 170_000 {
+        let row = client
+            .query_one(
+                "SELECT current_setting('server_version_num')::int, pg_is_in_recovery()",
+                &[],
+            )
+            .await?;
+        let (num, standby): (i32, bool) = (row.get(0), row.get(1));
+        if num >= 170_000 && !standby {
             // A failover slot: a standby with `sync_replication_slots`
             // keeps a copy, so a promoted standby has it (Postgres 17+).
             client
@@ -160,6 +166,30 @@ pub async fn publication(client: &Client, cfg: &PgSourceConfig) -> Result<Vec<St
         )
         .await?
         .is_some();
+    let standby: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await?
+        .get(0);
+    if standby {
+        // A standby replays the primary's catalog: the publication is made
+        // there, and arrives here by replication.
+        let covered = if exists {
+            publication_tables(client, &publication).await?
+        } else {
+            Default::default()
+        };
+        let wanted: std::collections::BTreeSet<String> =
+            cfg.tables.iter().map(|t| t.table.clone()).collect();
+        if covered != wanted {
+            return Err(SetupError::Standby(format!(
+                "the source is a standby, where publication {publication} cannot be {}: run `sluice setup` once against the primary (same configuration, the primary's URL), or on the primary: {} {}",
+                if exists { "changed" } else { "created" },
+                if exists { format!("ALTER PUBLICATION {} SET TABLE", quote_ident(&publication)) } else { format!("CREATE PUBLICATION {} FOR TABLE", quote_ident(&publication)) },
+                tables.join(", ")
+            )));
+        }
+        return Ok(done);
+    }
     if !exists {
         client
             .batch_execute(&format!(
@@ -407,8 +437,144 @@ pub async fn check(
         }
     });
 
+    out.extend(server_findings(client, cfg).await?);
     for t in &cfg.tables {
         out.extend(check_table(client, t).await?);
+    }
+    Ok(out)
+}
+
+/// What the server supports (its version), and what a failover or a
+/// standby source needs of the operator.
+async fn server_findings(
+    client: &Client,
+    cfg: &PgSourceConfig,
+) -> Result<Vec<Finding>, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int, current_setting('server_version'), pg_is_in_recovery()",
+            &[],
+        )
+        .await?;
+    let (num, version, standby): (i32, String, bool) = (row.get(0), row.get(1), row.get(2));
+    let major = u32::try_from(num / 10_000).unwrap_or(0);
+    let mut out = Vec::new();
+    if major < 14 {
+        out.push(finding(
+            Status::Fail,
+            "server",
+            format!("PostgreSQL {version}: Sluice supports 14 to 18"),
+            Some("upgrade the server".into()),
+        ));
+        return Ok(out);
+    }
+    let proto = super::stream::protocol_version(major, cfg.streaming);
+    let mut supports = vec![format!("pgoutput protocol {proto}")];
+    supports.push(if proto >= 2 {
+        "large transactions streamed while they run".to_owned()
+    } else if cfg.streaming {
+        "no streaming of large transactions".to_owned()
+    } else {
+        "streaming off (source.postgres.streaming = false)".to_owned()
+    });
+    if major >= 16 {
+        supports.push("logical decoding on a standby".into());
+    }
+    if major >= 17 {
+        supports.push("failover slots".into());
+    }
+    out.push(finding(
+        Status::Ok,
+        "server",
+        format!("PostgreSQL {version}: {}", supports.join(", ")),
+        None,
+    ));
+    let setting = |name: &'static str| async move {
+        client
+            .query_one("SELECT coalesce(current_setting($1, true), '')", &[&name])
+            .await
+            .map(|r| r.get::<_, String>(0))
+    };
+    if standby {
+        if major < 16 {
+            out.push(finding(
+                Status::Fail,
+                "standby",
+                "the source URL names a standby, and logical decoding on a standby needs PostgreSQL 16 or newer",
+                Some("point source.postgres.url at the primary".into()),
+            ));
+            return Ok(out);
+        }
+        let feedback = setting("hot_standby_feedback").await?;
+        let primary_slot = setting("primary_slot_name").await?;
+        let ok = feedback == "on" && !primary_slot.is_empty();
+        out.push(finding(
+            if ok { Status::Ok } else { Status::Warn },
+            "standby",
+            format!(
+                "the source is a standby (hot_standby_feedback={feedback}, primary_slot_name={primary_slot:?}): \
+                 the slot lives here and the publication comes from the primary; no heartbeat can be written, \
+                 so the slot moves with the primary's writes; the log (state.url) must be a writable database; \
+                 creating the slot waits for a running-transactions record from the primary (SELECT pg_log_standby_snapshot() there makes one at once)"
+            ),
+            (!ok).then(|| {
+                "on this standby: ALTER SYSTEM SET hot_standby_feedback = on, and set primary_slot_name to a physical slot on the primary \
+                 (without them the primary may remove rows the slot still needs, and the slot is invalidated); then reload"
+                    .to_owned()
+            }),
+        ));
+        return Ok(out);
+    }
+    if major >= 17 {
+        let slot = cfg.slot();
+        let failover: Option<bool> = client
+            .query_opt(
+                "SELECT failover FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await?
+            .map(|r| r.get(0));
+        let standby_slots = setting("synchronized_standby_slots").await?;
+        match failover {
+            Some(false) => out.push(finding(
+                Status::Warn,
+                "failover",
+                format!("slot {slot} is not a failover slot: a promoted standby will not have it"),
+                Some(format!(
+                    "while Sluice is stopped, on a replication connection: ALTER_REPLICATION_SLOT {} (FAILOVER true)",
+                    quote_ident(&slot)
+                )),
+            )),
+            _ => {
+                let created = if failover.is_some() { "is" } else { "will be created as" };
+                let detail = format!(
+                    "slot {slot} {created} a failover slot; a standby keeps a copy when it has \
+                     sync_replication_slots = on, hot_standby_feedback = on, primary_slot_name set and dbname in primary_conninfo{}",
+                    if standby_slots.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; synchronized_standby_slots = {standby_slots:?}")
+                    }
+                );
+                let physical: i64 = client
+                    .query_one(
+                        "SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'physical'",
+                        &[],
+                    )
+                    .await?
+                    .get(0);
+                if standby_slots.is_empty() && physical > 0 {
+                    out.push(finding(
+                        Status::Warn,
+                        "failover",
+                        format!("{detail}; synchronized_standby_slots is empty, so Sluice may read changes a standby has not received, which a failover to it loses from the database (the log keeps them)"),
+                        Some("on the primary: ALTER SYSTEM SET synchronized_standby_slots = '<physical slot of each failover standby>'; SELECT pg_reload_conf()".into()),
+                    ));
+                } else {
+                    out.push(finding(Status::Ok, "failover", detail, None));
+                }
+            }
+        }
     }
     Ok(out)
 }
