@@ -440,6 +440,111 @@ impl LocalPg {
         Ok(())
     }
 
+    /// `pg_ctl stop -m immediate`: the server dies as in a crash (no
+    /// checkpoint, no goodbye to clients or standbys).
+    pub fn kill(&self) -> Result<(), LocalPgError> {
+        let data = self.data_dir.as_os_str();
+        self.run_pg(
+            "pg_ctl",
+            &[
+                "stop".as_ref(),
+                "-D".as_ref(),
+                data,
+                "-m".as_ref(),
+                "immediate".as_ref(),
+                "-w".as_ref(),
+                "-s".as_ref(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// `pg_ctl promote -w`: a standby becomes a primary.
+    pub fn promote(&self) -> Result<(), LocalPgError> {
+        let data = self.data_dir.as_os_str();
+        self.run_pg(
+            "pg_ctl",
+            &[
+                "promote".as_ref(),
+                "-D".as_ref(),
+                data,
+                "-w".as_ref(),
+                "-t".as_ref(),
+                PG_CTL_TIMEOUT_SECS.as_ref(),
+                "-s".as_ref(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Turns this cluster into a physical standby of `primary`, streaming
+    /// through the physical slot `slot` (created on the primary here), and
+    /// starts both. The standby is a copy of the primary's data directory
+    /// taken while the primary is cleanly stopped (a cold base backup: the
+    /// same result as `pg_basebackup`, which the server-only binary trees
+    /// of some majors do not ship). `settings` are extra lines for the
+    /// standby's `postgresql.auto.conf` (e.g. `sync_replication_slots =
+    /// on`). This cluster's own data is replaced; its port, socket dir and
+    /// watchdog stay.
+    pub fn become_standby_of(
+        &self,
+        primary: &LocalPg,
+        slot: &str,
+        settings: &str,
+    ) -> Result<(), LocalPgError> {
+        primary.psql(
+            "postgres",
+            &format!("SELECT pg_create_physical_replication_slot('{slot}', true)"),
+        )?;
+        self.stop()?;
+        primary.stop()?;
+        let script = format!(
+            "rm -rf '{to}' && cp -a '{from}' '{to}' && rm -f '{to}/postmaster.pid' '{to}/{log}'",
+            from = primary.data_dir.display(),
+            to = self.data_dir.display(),
+            log = LOG_FILE,
+        );
+        let out = self
+            .run_as
+            .command(Path::new("/bin/sh"), &["-c".as_ref(), script.as_ref()])
+            .current_dir("/")
+            .output()
+            .map_err(|error| LocalPgError::Spawn {
+                command: script.clone(),
+                error,
+            })?;
+        if !out.status.success() {
+            return Err(LocalPgError::CommandFailed {
+                command: script,
+                status: out.status.to_string(),
+                output: tail(&String::from_utf8_lossy(&out.stderr)),
+            });
+        }
+        let owner = if running_as_root() {
+            Some(postgres_ids()?)
+        } else {
+            None
+        };
+        // Our port and socket dir, not the primary's.
+        self.write_settings(owner)?;
+        let auto = self.data_dir.join("postgresql.auto.conf");
+        let mut text = fs::read_to_string(&auto).unwrap_or_default();
+        text.push_str(&format!(
+            "primary_conninfo = 'host=127.0.0.1 port={port} user={PG_USER} dbname=postgres application_name={slot}'\n\
+             primary_slot_name = '{slot}'\n\
+             hot_standby = on\n\
+             hot_standby_feedback = on\n\
+             {settings}\n",
+            port = primary.port,
+        ));
+        self.write_server_file("postgresql.auto.conf", &text, owner)?;
+        self.write_server_file("standby.signal", "", owner)?;
+        primary.start_again()?;
+        self.pg_ctl_start()?;
+        self.psql("postgres", "SELECT 1")?;
+        Ok(())
+    }
+
     fn log_path(&self) -> PathBuf {
         self.data_dir.join(LOG_FILE)
     }
