@@ -208,3 +208,77 @@ fn setup_twice_and_keys_create_print_no_server_notices() {
         );
     }
 }
+
+/// The replication client logs in with SCRAM-SHA-256 and with MD5 (and
+/// with neither when the password is wrong, in the server's words), and
+/// runs replication commands on the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replication_client_logs_in_with_scram_and_md5_and_reports_a_wrong_password() {
+    use sluice::pgrepl::{ReplConn, ReplTarget, Session};
+    let pg = common::cluster();
+    let db = TestDb::new("repl_auth");
+    pg.psql(
+        "postgres",
+        "DO $$ BEGIN CREATE ROLE repl_scram LOGIN REPLICATION PASSWORD 'scram-pw';
+                     EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         SET password_encryption = 'md5';
+         DO $$ BEGIN CREATE ROLE repl_md5 LOGIN REPLICATION PASSWORD 'md5-pw';
+                     EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
+    )
+    .expect("roles");
+    let hba = pg.data_dir().join("pg_hba.conf");
+    let old = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+    if !old.contains("repl_scram") {
+        std::fs::write(
+            &hba,
+            format!(
+                "host all repl_scram 127.0.0.1/32 scram-sha-256\n\
+                 host all repl_md5 127.0.0.1/32 md5\n{old}"
+            ),
+        )
+        .expect("write pg_hba.conf");
+        pg.psql("postgres", "SELECT pg_reload_conf()")
+            .expect("reload");
+    }
+    let session = Session {
+        application_name: "auth-test".into(),
+        options: None,
+    };
+    for (user, pw) in [("repl_scram", "scram-pw"), ("repl_md5", "md5-pw")] {
+        let url = format!(
+            "postgres://{user}:{pw}@127.0.0.1:{}/{}?sslmode=disable",
+            pg.port(),
+            db.name
+        );
+        let target = ReplTarget::parse(&url).expect("url");
+        let mut conn = ReplConn::connect(&target, &session)
+            .await
+            .unwrap_or_else(|e| panic!("{user} logs in: {e}"));
+        assert!(conn.major() >= 14, "{}", conn.server_version);
+        let rows = conn
+            .simple_query("IDENTIFY_SYSTEM")
+            .await
+            .expect("identify");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            rows[0][3].as_deref(),
+            Some(db.name.as_bytes()),
+            "a replication session of the database"
+        );
+        conn.close().await;
+        let wrong = format!(
+            "postgres://{user}:nope@127.0.0.1:{}/{}?sslmode=disable",
+            pg.port(),
+            db.name
+        );
+        let e = ReplConn::connect(&ReplTarget::parse(&wrong).unwrap(), &session)
+            .await
+            .err()
+            .expect("a wrong password is refused");
+        let text = e.to_string();
+        assert!(
+            text.contains("password authentication failed") && text.contains("28P01"),
+            "{user}: {text}"
+        );
+    }
+}
