@@ -177,6 +177,23 @@ fn check_reports_each_problem_with_its_fix() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("[ok  ] wal_level: logical"), "{stdout}");
+    // The server's version and what Sluice uses of it.
+    let major: u32 = common::cluster()
+        .psql("postgres", "SHOW server_version_num")
+        .expect("version")
+        .trim()
+        .parse::<u32>()
+        .expect("a number")
+        / 10_000;
+    let proto = sluice::source::postgres::stream::protocol_version(major, true);
+    assert!(
+        stdout.contains(&format!("[ok  ] server: PostgreSQL {major}"))
+            && stdout.contains(&format!(
+                "pgoutput protocol {proto}, large transactions streamed while they run"
+            )),
+        "{stdout}"
+    );
+    assert_eq!(stdout.contains("failover slots"), major >= 17, "{stdout}");
     assert!(
         stdout.contains("publication sluice_main: does not exist"),
         "{stdout}"
