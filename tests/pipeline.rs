@@ -1,6 +1,6 @@
 //! The pipeline against a real Postgres: type fidelity, TOAST, transactions,
-//! truncate, schema changes, a large transaction, custom events, tenant
-//! tagging and the preflight refusal.
+//! truncate, schema changes, a large transaction, custom events, two-phase
+//! commit, tenant tagging and the preflight refusal.
 
 mod common;
 
@@ -487,6 +487,59 @@ INSERT INTO o VALUES (3, 'acme');
     assert_eq!(events[1]["topic"], "custom/order.shipped");
     assert_eq!(events[3]["tenant"], "globex");
     assert_eq!(events[3]["data"], json!([1, 2]));
+}
+
+/// Two-phase commit, as a transaction manager drives it: a transaction
+/// prepared in one session (PREPARE TRANSACTION) and committed from another
+/// (COMMIT PREPARED) is captured whole, as one transaction, where it
+/// committed in the log's order; one rolled back (ROLLBACK PREPARED) never
+/// appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_transactions_are_captured_when_committed_and_never_when_rolled_back() {
+    let db = TestDb::new("twophase");
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE p (id int PRIMARY KEY, tenant text NOT NULL); ALTER TABLE p REPLICA IDENTITY FULL",
+    )
+    .await
+    .expect("ddl");
+    let (running, token) = start(&db.config(&[("public.p", "tenant")])).await;
+    // Transaction identifiers are cluster-wide: named after the database.
+    let (kept, dropped) = (format!("{}_kept", db.name), format!("{}_dropped", db.name));
+    c.batch_execute(&format!(
+        "BEGIN; INSERT INTO p VALUES (1, 'acme'), (2, 'globex'); PREPARE TRANSACTION '{kept}';
+         BEGIN; INSERT INTO p VALUES (3, 'acme'); PREPARE TRANSACTION '{dropped}';
+         INSERT INTO p VALUES (4, 'acme');"
+    ))
+    .await
+    .expect("prepare");
+    // Finished from another session, as a transaction manager does; each
+    // statement on its own (COMMIT/ROLLBACK PREPARED refuse to run inside a
+    // transaction block, which a multi-statement query is).
+    let manager = db.client().await;
+    for sql in [
+        format!("ROLLBACK PREPARED '{dropped}'"),
+        format!("COMMIT PREPARED '{kept}'"),
+        "INSERT INTO p VALUES (5, 'acme')".to_owned(),
+    ] {
+        manager.batch_execute(&sql).await.expect(&sql);
+    }
+    wait_for_events(&c, 4).await;
+    stop(running, token).await;
+    let events = all_events(&c).await;
+    let ids: Vec<i64> = events
+        .iter()
+        .filter_map(|e| e["data"]["new"]["id"].as_i64())
+        .collect();
+    assert_eq!(ids, vec![4, 1, 2, 5], "commit order, and row 3 never");
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert_eq!(events[1]["txid"], events[2]["txid"], "one transaction");
+    assert_ne!(events[0]["txid"], events[1]["txid"]);
+    assert_ne!(events[3]["txid"], events[1]["txid"]);
+    assert_eq!(
+        (&events[1]["tenant"], &events[2]["tenant"]),
+        (&json!("acme"), &json!("globex"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,26 @@
 //!
 //! It only *finds* the server binaries (`$SLUICE_PG_BIN`, then
 //! `/usr/lib/postgresql/<major>/bin` with the highest major >= 14, then
-//! `initdb` on `PATH`); installing them is `scripts/ensure-postgres.sh`'s job.
+//! `initdb` on `PATH`); installing them is `scripts/ensure-postgres.sh`'s job
+//! (Debian's packages), or `scripts/install-postgres.sh <major>`'s for a
+//! given major version 14 to 18.
+//!
+//! # Server and client binaries
+//!
+//! The server binaries (`initdb`, `pg_ctl`, `postgres`) always come from the
+//! one bin dir found above, so its major version is the server's. The
+//! client programs (`psql`, which [`LocalPg::psql`] runs, and
+//! `pg_recvlogical`, which the benchmarks run) come from that same dir when
+//! it holds them, and otherwise from the first of
+//! `/usr/lib/postgresql/<major>/bin` (highest major >= 14) or `PATH` that
+//! holds both: [`LocalPg::client_bin_dir`]. That is for server-only trees,
+//! like the ones `scripts/install-postgres.sh` unpacks for the majors Debian
+//! does not ship (they hold just `initdb`, `pg_ctl` and `postgres`); the
+//! clients then are Debian's, of another major, which is fine: psql and
+//! pg_recvlogical speak the same protocol to every server major from 9.2
+//! on, and nothing here relies on a feature of a newer client.
+//! [`LocalPg::major`] tells the server's major version, so a test can skip
+//! what an older server lacks (saying so).
 //!
 //! `initdb` and `postgres` refuse to run as root. When this process is root,
 //! every server-side command (`initdb`, `pg_ctl`) runs as the `postgres` OS
@@ -41,8 +60,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Oldest major version accepted.
 const MIN_MAJOR: u32 = 14;
-/// What a bin dir must hold.
-const REQUIRED_BINARIES: [&str; 5] = ["initdb", "pg_ctl", "postgres", "pg_recvlogical", "psql"];
+/// What the server's bin dir must hold.
+const SERVER_BINARIES: [&str; 3] = ["initdb", "pg_ctl", "postgres"];
+/// The client programs: from the server's bin dir when it holds both, else
+/// from the default places (see the module documentation).
+const CLIENT_BINARIES: [&str; 2] = ["psql", "pg_recvlogical"];
 /// The OS user the server runs as when we are root, and the superuser.
 const PG_USER: &str = "postgres";
 /// Start attempts, each on another port, when the port turns out taken.
@@ -61,8 +83,12 @@ const MAX_PREFIX_LEN: usize = 40;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalPgError {
-    #[error("no usable postgresql server binaries: {detail}; run scripts/ensure-postgres.sh, or set SLUICE_PG_BIN to a bin dir holding initdb, pg_ctl, postgres, pg_recvlogical and psql (postgresql {MIN_MAJOR} or newer)")]
+    #[error("no usable postgresql server binaries: {detail}; run scripts/ensure-postgres.sh (or scripts/install-postgres.sh <major>), or set SLUICE_PG_BIN to a bin dir holding initdb, pg_ctl and postgres (postgresql {MIN_MAJOR} or newer)")]
     BinariesNotFound { detail: String },
+    #[error("no postgresql client programs (psql, pg_recvlogical): {detail}; run scripts/ensure-postgres.sh, which installs them")]
+    ClientsNotFound { detail: String },
+    #[error("could not read the server's version: `SHOW server_version_num` answered {answer:?}")]
+    UnknownVersion { answer: String },
     #[error("running as root, so the server must run as the `postgres` os user, which does not exist; run scripts/ensure-postgres.sh")]
     NoPostgresUser,
     #[error("running as root, but neither runuser nor su was found to run the server as the `postgres` os user")]
@@ -191,7 +217,12 @@ pub struct LocalPg {
     /// The temp directory we own: unix socket dir and parent of `data_dir`.
     root: PathBuf,
     data_dir: PathBuf,
+    /// Server binaries (`initdb`, `pg_ctl`, `postgres`).
     bin_dir: PathBuf,
+    /// `psql` and `pg_recvlogical`: `bin_dir` itself when it has them.
+    client_bin_dir: PathBuf,
+    /// The running server's `server_version_num` (e.g. 170010).
+    version_num: u32,
     port: u16,
     run_as: RunAs,
     /// Stops the server and removes `root` once this process is gone.
@@ -219,10 +250,13 @@ const TLS_ONLY_HBA: &str = "# written by sluice::localpg: TCP only over TLS\n\
 
 impl LocalPg {
     /// Finds the binaries (env `SLUICE_PG_BIN`, `/usr/lib/postgresql/*/bin`
-    /// highest >= 14, `PATH`; it does not install: callers run
-    /// `scripts/ensure-postgres.sh` first), initdb's a fresh cluster in a new
-    /// temp dir, writes the settings (logical replication, fsync on, port =
-    /// a free one, socket in the temp dir, log in the data dir), starts it
+    /// highest >= 14, `PATH`; the clients as the module documentation says;
+    /// it does not install: callers run `scripts/ensure-postgres.sh` or
+    /// `scripts/install-postgres.sh` first), initdb's a fresh cluster in a new
+    /// temp dir, writes the settings (logical replication, fsync on,
+    /// `max_prepared_transactions = 10` so tests can `PREPARE TRANSACTION`,
+    /// port = a free one, socket in the temp dir, log in the data dir; only
+    /// settings every major from 14 to 18 knows), starts it
     /// with `pg_ctl -w` (retrying on another port, up to 5 attempts, when the
     /// port turns out taken) and returns once it answers a query over TCP.
     ///
@@ -242,6 +276,7 @@ impl LocalPg {
 
     fn start_with(tls: Option<ServerTls>) -> Result<LocalPg, LocalPgError> {
         let bin_dir = find_bin_dir()?;
+        let client_bin_dir = find_client_dir(&bin_dir)?;
         let (run_as, owner) = if running_as_root() {
             (find_user_switch()?, Some(postgres_ids()?))
         } else {
@@ -253,6 +288,8 @@ impl LocalPg {
             data_dir: root.join("data"),
             root,
             bin_dir,
+            client_bin_dir,
+            version_num: 0,
             port: 0,
             run_as,
             watchdog: Mutex::new(None),
@@ -307,7 +344,11 @@ impl LocalPg {
                 Err(e) => return Err(e),
             }
         }
-        pg.psql("postgres", "SELECT 1")?;
+        let answer = pg.psql("postgres", "SHOW server_version_num")?;
+        pg.version_num = answer
+            .trim()
+            .parse()
+            .map_err(|_| LocalPgError::UnknownVersion { answer })?;
         Ok(pg)
     }
 
@@ -315,8 +356,26 @@ impl LocalPg {
         self.port
     }
 
+    /// The server binaries' dir (`initdb`, `pg_ctl`, `postgres`).
     pub fn bin_dir(&self) -> &Path {
         &self.bin_dir
+    }
+
+    /// The dir of the client programs `psql` and `pg_recvlogical`: the same
+    /// as [`LocalPg::bin_dir`] when that holds them, else another install's
+    /// (see the module documentation).
+    pub fn client_bin_dir(&self) -> &Path {
+        &self.client_bin_dir
+    }
+
+    /// The server's major version: 14, 15, 16, 17, 18, …
+    pub fn major(&self) -> u32 {
+        self.version_num / 10_000
+    }
+
+    /// The server's `server_version_num`, e.g. `170010` for 17.10.
+    pub fn version_num(&self) -> u32 {
+        self.version_num
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -339,7 +398,7 @@ impl LocalPg {
             self.port,
             conninfo_quote(db)
         );
-        let program = self.bin_dir.join("psql");
+        let program = self.client_bin_dir.join("psql");
         let mut cmd = Command::new(&program);
         cmd.args(["-v", "ON_ERROR_STOP=1", "-X", "-q", "-At", "-f", "-", "-d"])
             .arg(&conninfo);
@@ -651,6 +710,7 @@ impl LocalPg {
              unix_socket_directories = {socket_dir}\n\
              wal_level = logical\n\
              max_replication_slots = 64\n\
+             max_prepared_transactions = 10\n\
              max_wal_senders = 64\n\
              max_connections = 200\n\
              max_prepared_transactions = 10\n\
@@ -961,10 +1021,11 @@ fn is_executable(path: &Path) -> bool {
     fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Which of the required binaries `dir` lacks.
-fn missing_binaries(dir: &Path) -> Vec<&'static str> {
-    REQUIRED_BINARIES
-        .into_iter()
+/// Which of `names` `dir` lacks (or holds but cannot execute).
+fn missing_binaries(dir: &Path, names: &[&'static str]) -> Vec<&'static str> {
+    names
+        .iter()
+        .copied()
         .filter(|b| !is_executable(&dir.join(b)))
         .collect()
 }
@@ -983,9 +1044,9 @@ fn major_version(dir: &Path) -> Option<u32> {
     digits.parse().ok()
 }
 
-/// `Ok(())` when `dir` holds all required binaries of a recent enough major.
+/// `Ok(())` when `dir` holds the server binaries of a recent enough major.
 fn check_bin_dir(dir: &Path) -> Result<(), String> {
-    let missing = missing_binaries(dir);
+    let missing = missing_binaries(dir, &SERVER_BINARIES);
     if !missing.is_empty() {
         return Err(format!("{} lacks {}", dir.display(), missing.join(", ")));
     }
@@ -1032,7 +1093,7 @@ fn find_bin_dir() -> Result<PathBuf, LocalPgError> {
     majors.sort_unstable_by(|a, b| b.cmp(a));
     for major in majors {
         let dir = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
-        if missing_binaries(&dir).is_empty() {
+        if missing_binaries(&dir, &SERVER_BINARIES).is_empty() {
             return Ok(dir);
         }
     }
@@ -1053,6 +1114,46 @@ fn find_bin_dir() -> Result<PathBuf, LocalPgError> {
         None => detail.push_str(" and no initdb on PATH"),
     }
     Err(LocalPgError::BinariesNotFound { detail })
+}
+
+/// Where `psql` and `pg_recvlogical` are taken from: the server's own
+/// `bin_dir` when it holds both, else the highest-major
+/// `/usr/lib/postgresql/<major>/bin` (>= 14) that does, else the directory
+/// of `psql` on `PATH` when `pg_recvlogical` is there too.
+fn find_client_dir(bin_dir: &Path) -> Result<PathBuf, LocalPgError> {
+    if missing_binaries(bin_dir, &CLIENT_BINARIES).is_empty() {
+        return Ok(bin_dir.to_owned());
+    }
+    let mut majors: Vec<u32> = fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .filter(|&major| major >= MIN_MAJOR)
+                .collect()
+        })
+        .unwrap_or_default();
+    majors.sort_unstable_by(|a, b| b.cmp(a));
+    for major in majors {
+        let dir = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+        if missing_binaries(&dir, &CLIENT_BINARIES).is_empty() {
+            return Ok(dir);
+        }
+    }
+    // Debian's /usr/bin/psql is a wrapper script that picks a version; its
+    // dir holds the pg_recvlogical wrapper too. Not resolved through links
+    // for that reason.
+    if let Some(dir) = find_on_path("psql").and_then(|p| p.parent().map(Path::to_owned)) {
+        if missing_binaries(&dir, &CLIENT_BINARIES).is_empty() {
+            return Ok(dir);
+        }
+    }
+    Err(LocalPgError::ClientsNotFound {
+        detail: format!(
+            "{} lacks {}, and neither /usr/lib/postgresql/*/bin (major {MIN_MAJOR}+) nor PATH holds both",
+            bin_dir.display(),
+            missing_binaries(bin_dir, &CLIENT_BINARIES).join(", ")
+        ),
+    })
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
@@ -1127,6 +1228,7 @@ mod tests {
         let root = pg.root.clone();
         assert!(pg.data_dir().join("PG_VERSION").is_file());
         assert!(pg.bin_dir().join("initdb").is_file());
+        assert!(pg.client_bin_dir().join("psql").is_file());
         assert_eq!(
             pg.url("x"),
             format!("postgres://postgres@127.0.0.1:{}/x", pg.port())
@@ -1160,5 +1262,90 @@ mod tests {
 
         drop(pg);
         assert!(!root.exists(), "{} left behind", root.display());
+    }
+
+    /// The settings file is valid on this major: every line of it is a
+    /// setting the server knows and applied; and the version is told right.
+    #[test]
+    fn every_setting_is_applied_and_the_version_is_known() {
+        let pg =
+            LocalPg::start().expect("start a throwaway cluster (run scripts/ensure-postgres.sh)");
+        println!(
+            "server: {} (major {}); server binaries {}, clients {}",
+            pg.psql("postgres", "SELECT version()").unwrap(),
+            pg.major(),
+            pg.bin_dir().display(),
+            pg.client_bin_dir().display()
+        );
+        assert!(pg.major() >= MIN_MAJOR, "{}", pg.major());
+        assert_eq!(
+            pg.psql("postgres", "SHOW server_version_num").unwrap(),
+            pg.version_num().to_string()
+        );
+        assert_eq!(
+            Some(pg.major()),
+            major_version(pg.bin_dir()),
+            "the server is initdb's major"
+        );
+        assert_eq!(
+            pg.psql("postgres", "SHOW max_prepared_transactions")
+                .unwrap(),
+            "10"
+        );
+        let settings = pg
+            .psql(
+                "postgres",
+                &format!(
+                    "SELECT name, applied, coalesce(error, '') FROM pg_file_settings \
+                     WHERE sourcefile LIKE '%/{SETTINGS_FILE}' ORDER BY seqno"
+                ),
+            )
+            .unwrap();
+        let lines: Vec<&str> = settings.lines().collect();
+        assert!(lines.len() >= 14, "{settings}");
+        for line in lines {
+            assert!(
+                line.ends_with("|t|"),
+                "a setting of {SETTINGS_FILE} the server did not apply (name|applied|error): {line}"
+            );
+        }
+    }
+
+    /// What Sluice needs from the cluster, on every major: a pgoutput slot
+    /// decodes committed rows, a prepared transaction once it is committed,
+    /// and nothing of one rolled back.
+    #[test]
+    fn a_pgoutput_slot_decodes_commits_and_prepared_transactions() {
+        let pg =
+            LocalPg::start().expect("start a throwaway cluster (run scripts/ensure-postgres.sh)");
+        let db = pg.create_database("localpg_repl").expect("create database");
+        pg.psql(
+            &db,
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             CREATE PUBLICATION p FOR TABLE t;
+             SELECT pg_create_logical_replication_slot('localpg_repl', 'pgoutput');
+             INSERT INTO t VALUES (1, 'one'), (2, 'two');
+             BEGIN; INSERT INTO t VALUES (3, 'three'); PREPARE TRANSACTION 'localpg_2pc';
+             BEGIN; INSERT INTO t VALUES (4, 'four'); PREPARE TRANSACTION 'localpg_gone';
+             COMMIT PREPARED 'localpg_2pc';
+             ROLLBACK PREPARED 'localpg_gone';",
+        )
+        .expect("write, also through prepared transactions");
+        // pgoutput protocol 1's message types, a letter each: the first
+        // transaction is Begin, Relation, Insert, Insert, Commit; the
+        // committed prepared one (decoded at COMMIT PREPARED, as protocol 1
+        // has no two-phase messages) Begin, Insert, Commit; the rolled-back
+        // one nothing.
+        let kinds = pg
+            .psql(
+                &db,
+                "SELECT string_agg(chr(get_byte(data, 0)), '' ORDER BY ordinality) \
+                 FROM pg_logical_slot_get_binary_changes('localpg_repl', NULL, NULL, \
+                      'proto_version', '1', 'publication_names', 'p') WITH ORDINALITY",
+            )
+            .expect("read the slot");
+        assert_eq!(kinds, "BRIICBIC", "postgresql {}", pg.major());
+        pg.psql(&db, "SELECT pg_drop_replication_slot('localpg_repl')")
+            .expect("drop the slot");
     }
 }
