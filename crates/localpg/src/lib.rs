@@ -713,7 +713,6 @@ impl LocalPg {
              max_prepared_transactions = 10\n\
              max_wal_senders = 64\n\
              max_connections = 200\n\
-             max_prepared_transactions = 10\n\
              fsync = on\n\
              synchronous_commit = on\n\
              shared_buffers = 128MB\n\
