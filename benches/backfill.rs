@@ -158,7 +158,7 @@ fn main() {
     // R: the same rows in key order, read raw by psql into /dev/null.
     let raw = || {
         let t = Instant::now();
-        let status = Command::new(pg.bin_dir().join("psql"))
+        let status = Command::new(pg.client_bin_dir().join("psql"))
             .args([
                 "-X",
                 "-q",

@@ -161,7 +161,7 @@ fn single_row_backlog(pg: &LocalPg, db: &str, rows: u64) {
         ),
     )
     .expect("write the pgbench script");
-    let status = Command::new(pg.bin_dir().join("pgbench"))
+    let status = Command::new(pg.client_bin_dir().join("pgbench"))
         .args([
             "-n",
             "-c",
@@ -195,7 +195,7 @@ enum Contender {
 
 /// `pg_recvlogical` decodes with pgoutput into /dev/null; its wall time.
 fn recvlogical(pg: &LocalPg, db: &str, end_lsn: &str) -> f64 {
-    let recv = pg.bin_dir().join("pg_recvlogical");
+    let recv = pg.client_bin_dir().join("pg_recvlogical");
     let t = Instant::now();
     let status = Command::new(&recv)
         .args([

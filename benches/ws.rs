@@ -348,7 +348,7 @@ fn latency(pg: &LocalPg, db: &str, a: &LatencyArgs) {
 
     // The floor: pg_recvlogical with test_decoding on its own slot.
     let mut recv = Guard {
-        child: Command::new(pg.bin_dir().join("pg_recvlogical"))
+        child: Command::new(pg.client_bin_dir().join("pg_recvlogical"))
             .args([
                 "-d",
                 &pg.url(db),

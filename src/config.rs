@@ -23,6 +23,8 @@ const NON_KEY_VARS: &[&str] = &[
     "SLUICE_LOG",
     "SLUICE_LOG_FORMAT",
     "SLUICE_PG_BIN",
+    "SLUICE_PG_CACHE",
+    "SLUICE_PG_COMPAT",
 ];
 
 /// How a key's environment value is read.
