@@ -404,25 +404,7 @@ async fn a_200k_row_transaction_is_appended_whole_and_in_order() {
     stop(running, token).await;
     // Each tenant's events in statement order (the transaction's events
     // are grouped by tenant: appender.group_by_tenant).
-    let row = c
-        .query_one(
-            "SELECT count(*), count(DISTINCT id), count(DISTINCT txid), min(seq), max(seq),
-                    bool_and(prev IS NULL OR id > prev)
-             FROM (SELECT seq, txid, (data::jsonb->'new'->>'id')::int AS id,
-                          lag((data::jsonb->'new'->>'id')::int) OVER (PARTITION BY tenant ORDER BY seq) AS prev
-                   FROM sluice.event_log WHERE tenant <> 'after') e",
-            &[],
-        )
-        .await
-        .expect("summary");
-    let (n, ids, txids, min, max, ordered): (i64, i64, i64, i64, i64, bool) = (
-        row.get(0),
-        row.get(1),
-        row.get(2),
-        row.get(3),
-        row.get(4),
-        row.get(5),
-    );
+    let (n, ids, txids, min, max, ordered) = common::rows_summary(&c, "after").await;
     assert_eq!(n, 200_000);
     assert_eq!(ids, 200_000, "every row once");
     assert_eq!(txids, 1, "one transaction");

@@ -133,25 +133,7 @@ async fn a_large_transaction_arrives_while_it_runs_and_is_appended_whole_at_its_
     );
     stop_pipeline(running, token).await;
 
-    let row = c
-        .query_one(
-            "SELECT count(*), count(DISTINCT id), count(DISTINCT txid), min(seq), max(seq),
-                    bool_and(prev IS NULL OR id > prev)
-             FROM (SELECT seq, txid, (data::jsonb->'new'->>'id')::int AS id,
-                          lag((data::jsonb->'new'->>'id')::int) OVER (PARTITION BY tenant ORDER BY seq) AS prev
-                   FROM sluice.event_log WHERE tenant <> 'other') e",
-            &[],
-        )
-        .await
-        .expect("summary");
-    let (n, ids, txids, min, max, ordered): (i64, i64, i64, i64, i64, bool) = (
-        row.get(0),
-        row.get(1),
-        row.get(2),
-        row.get(3),
-        row.get(4),
-        row.get(5),
-    );
+    let (n, ids, txids, min, max, ordered) = common::rows_summary(&c, "other").await;
     assert_eq!(
         (n, ids, txids),
         (40_000, 40_000, 1),

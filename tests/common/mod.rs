@@ -249,3 +249,28 @@ pub async fn stop_pipeline(
     token.cancel();
     running.wait().await.expect("pipeline stops cleanly");
 }
+
+/// The events of the log's rows (`data.new.id`) except tenant `except`:
+/// (events, distinct ids, distinct txids, first seq, last seq, whether each
+/// tenant's ids rise in seq order).
+pub async fn rows_summary(c: &Client, except: &str) -> (i64, i64, i64, i64, i64, bool) {
+    let row = c
+        .query_one(
+            "SELECT count(*), count(DISTINCT id), count(DISTINCT txid), min(seq), max(seq),
+                    bool_and(prev IS NULL OR id > prev)
+             FROM (SELECT seq, txid, (data::jsonb->'new'->>'id')::int AS id,
+                          lag((data::jsonb->'new'->>'id')::int) OVER (PARTITION BY tenant ORDER BY seq) AS prev
+                   FROM sluice.event_log WHERE tenant <> $1) e",
+            &[&except],
+        )
+        .await
+        .expect("summary");
+    (
+        row.get(0),
+        row.get(1),
+        row.get(2),
+        row.get(3),
+        row.get(4),
+        row.get(5),
+    )
+}
