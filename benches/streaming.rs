@@ -26,6 +26,7 @@ struct Round {
     insert_secs: f64,
     commit_to_last_secs: f64,
     peak_mib: f64,
+    /// The highest RSS sampled (every 100 ms) while the transaction ran.
     rss_at_commit_mib: f64,
 }
 
@@ -77,6 +78,19 @@ fn round(rows: u64, streaming: bool) -> Round {
         .enable_all()
         .build()
         .expect("runtime");
+    // Sluice's resident set while the transaction runs, sampled.
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut max = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                max = max.max(status_kib(pid, "VmRSS").unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            max
+        })
+    };
     let (insert_secs, committed) = rt.block_on(async {
         let c = sluice::log::connect(&pg.url("src")).await.expect("connect");
         let t = Instant::now();
@@ -89,7 +103,8 @@ fn round(rows: u64, streaming: bool) -> Round {
         c.batch_execute("COMMIT").await.expect("commit");
         (insert_secs, Instant::now())
     });
-    let rss_at_commit = status_kib(pid, "VmRSS").unwrap_or(0);
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let rss_at_commit = sampler.join().unwrap_or(0);
     let state_url = pg.url("state");
     let head = rt
         .block_on(sluice::log::connect(&state_url))
@@ -108,6 +123,21 @@ fn round(rows: u64, streaming: bool) -> Round {
         std::thread::sleep(Duration::from_millis(5));
     }
     let commit_to_last = committed.elapsed().as_secs_f64();
+    // Exact and contiguous: every row once, one transaction, no gap.
+    let row = rt
+        .block_on(head.query_one(
+            "SELECT count(*), count(DISTINCT id), count(DISTINCT txid), max(seq) - min(seq) + 1
+             FROM (SELECT seq, txid, (data::jsonb->'new'->>'id')::int8 AS id FROM sluice.event_log) e",
+            &[],
+        ))
+        .expect("summary");
+    let (n, ids, txids, span): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(
+        (n, ids, txids, span),
+        (rows as i64, rows as i64, 1, rows as i64),
+        "the log holds the transaction exactly, contiguously"
+    );
     let peak = peak_rss_kib(pid).unwrap_or(0);
     let proto = if streaming {
         let major: u32 = psql(&pg, "postgres", "SHOW server_version_num")
@@ -163,7 +193,7 @@ fn main() {
         for streaming in order {
             let r = round(rows, streaming);
             println!(
-                "  run {} {:<9} proto {}: insert {:6.1} s, COMMIT -> last event in the log {:6.2} s, RSS at commit {:5.0} MiB, peak {:5.0} MiB",
+                "  run {} {:<9} proto {}: insert {:6.1} s, COMMIT -> last event in the log {:6.2} s, max RSS while it ran {:5.0} MiB, peak {:5.0} MiB (exact, contiguous)",
                 run + 1,
                 if r.streaming { "streaming" } else { "whole" },
                 r.proto,
