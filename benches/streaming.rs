@@ -91,6 +91,7 @@ fn round(rows: u64, streaming: bool) -> Round {
             max
         })
     };
+    let stop_sampling = sampling.clone();
     let (insert_secs, committed) = rt.block_on(async {
         let c = sluice::log::connect(&pg.url("src")).await.expect("connect");
         let t = Instant::now();
@@ -100,10 +101,11 @@ fn round(rows: u64, streaming: bool) -> Round {
         .await
         .expect("insert");
         let insert_secs = t.elapsed().as_secs_f64();
+        // The samples are of the running transaction only.
+        stop_sampling.store(false, std::sync::atomic::Ordering::Relaxed);
         c.batch_execute("COMMIT").await.expect("commit");
         (insert_secs, Instant::now())
     });
-    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let rss_at_commit = sampler.join().unwrap_or(0);
     let state_url = pg.url("state");
     let head = rt
