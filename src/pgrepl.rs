@@ -897,9 +897,12 @@ fn version_num(v: &str) -> u32 {
     let major = parts.next().unwrap_or(0);
     let minor = parts.next().unwrap_or(0);
     if major >= 10 {
-        major * 10_000 + minor
+        major.saturating_mul(10_000).saturating_add(minor)
     } else {
-        major * 10_000 + minor * 100 + parts.next().unwrap_or(0)
+        major
+            .saturating_mul(10_000)
+            .saturating_add(minor.saturating_mul(100))
+            .saturating_add(parts.next().unwrap_or(0))
     }
 }
 
@@ -1208,6 +1211,8 @@ mod tests {
         assert_eq!(version_num("17beta1"), 170000);
         assert_eq!(version_num("15.18"), 150018);
         assert_eq!(version_num("9.6.24"), 90624);
+        // A server's text is not trusted to be small.
+        assert_eq!(version_num("4294967295.4294967295"), u32::MAX);
     }
 
     #[test]
